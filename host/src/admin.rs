@@ -1,0 +1,144 @@
+//! The admin API, on its own listener (default 127.0.0.1:8081), behind a bearer admin token
+//! compared in constant time. JSON in and out; the CLI is a client of exactly these endpoints.
+//!
+//! ```text
+//! GET  /healthz                          liveness (no token)
+//! GET  /readyz                           store answers (no token)
+//! GET  /v1/keys                          list keys (never secrets)
+//! POST /v1/keys                          create {owner, team?, name?, expires_at?} → {key, record}
+//! GET  /v1/keys/{id}                     one key
+//! POST /v1/keys/{id}/revoke              revoke; effective on the next request
+//! GET  /v1/credentials                   credential metadata (write-only: no plaintext, ever)
+//! PUT  /v1/credentials/{provider}        set {secret}
+//! POST /v1/credentials/rotate-master     re-seal everything under {master_key} (base64)
+//! ```
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use zeroize::Zeroizing;
+
+use crate::body::GatewayBody;
+use crate::error::Error;
+use crate::gateway::Gateway;
+use crate::ops;
+use crate::seal::MasterKey;
+
+const MAX_ADMIN_BODY: usize = 1024 * 1024;
+
+/// Handles one admin request.
+pub async fn handle(gw: &Gateway, req: Request<Incoming>) -> Response<GatewayBody> {
+    let path = req.uri().path().trim_end_matches('/').to_string();
+    let method = req.method().clone();
+    match (&method, path.as_str()) {
+        (&Method::GET, "/healthz") => return reply(StatusCode::OK, json!({"status": "ok"})),
+        (&Method::GET, "/readyz") => {
+            return match gw.store.ping() {
+                Ok(()) => reply(StatusCode::OK, json!({"status": "ready"})),
+                Err(e) => problem(StatusCode::SERVICE_UNAVAILABLE, &format!("store is not answering: {e}")),
+            };
+        }
+        _ => {}
+    }
+    if !authorized(gw, &req) {
+        return problem(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong admin token; send `Authorization: Bearer <token>` (CONDUIT_ADMIN_TOKEN, or <data_dir>/admin.token)",
+        );
+    }
+    let segments: Vec<&str> = path.split('/').skip(1).collect();
+    let result = match (&method, segments.as_slice()) {
+        (&Method::GET, ["v1", "keys"]) => gw.store.keys().map(|k| (StatusCode::OK, json!({"keys": k}))),
+        (&Method::POST, ["v1", "keys"]) => match body::<ops::NewKeyRequest>(req).await {
+            Ok(r) => ops::create_key(gw.store.as_ref(), r).map(|c| (StatusCode::CREATED, json!(c))),
+            Err(e) => Err(e),
+        },
+        (&Method::GET, ["v1", "keys", id]) => ops::key(gw.store.as_ref(), id).map(|k| (StatusCode::OK, json!(k))),
+        (&Method::POST, ["v1", "keys", id, "revoke"]) => {
+            ops::revoke_key(gw.store.as_ref(), id).map(|k| {
+                tracing::info!(key_id = %k.id, owner = %k.owner, "key revoked");
+                (StatusCode::OK, json!(k))
+            })
+        }
+        (&Method::GET, ["v1", "credentials"]) => {
+            ops::credentials(gw.store.as_ref()).map(|c| (StatusCode::OK, json!({"credentials": c})))
+        }
+        (&Method::POST, ["v1", "credentials", "rotate-master"]) => match body::<RotateRequest>(req).await {
+            Ok(r) => MasterKey::from_base64(&r.master_key, "master_key")
+                .and_then(|new| {
+                    let id = new.id().to_string();
+                    gw.rotate_master_key(new).map(|n| (n, id))
+                })
+                .map(|(n, id)| {
+                    tracing::warn!(resealed = n, master_key_id = %id, "master key rotated");
+                    (StatusCode::OK, json!({"resealed": n, "master_key_id": id}))
+                }),
+            Err(e) => Err(e),
+        },
+        (&Method::PUT, ["v1", "credentials", provider]) => {
+            let provider = provider.to_string();
+            match body::<SetCredential>(req).await {
+                Ok(r) => ops::set_credential(gw.store.as_ref(), &gw.master_key(), &provider, r.secret).map(|c| {
+                    tracing::info!(provider = %c.provider, version = c.version, "credential set");
+                    (StatusCode::OK, json!(c))
+                }),
+                Err(e) => Err(e),
+            }
+        }
+        _ => return problem(StatusCode::NOT_FOUND, &format!("no admin endpoint {method} {path}")),
+    };
+    match result {
+        Ok((status, value)) => reply(status, value),
+        Err(e) => problem(StatusCode::BAD_REQUEST, &e.to_string()),
+    }
+}
+
+#[derive(Deserialize)]
+struct SetCredential {
+    secret: Zeroizing<String>,
+}
+
+#[derive(Deserialize)]
+struct RotateRequest {
+    master_key: Zeroizing<String>,
+}
+
+fn authorized(gw: &Gateway, req: &Request<Incoming>) -> bool {
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .unwrap_or("");
+    // Comparing digests keeps the comparison constant-time in the token length too.
+    let a = Sha256::digest(presented.trim().as_bytes());
+    let b = Sha256::digest(gw.admin_token.as_bytes());
+    !presented.is_empty() && bool::from(a.ct_eq(&b))
+}
+
+async fn body<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, Error> {
+    let bytes = Limited::new(req.into_body(), MAX_ADMIN_BODY)
+        .collect()
+        .await
+        .map_err(|e| Error::msg(format!("reading the request body: {e}")))?
+        .to_bytes();
+    serde_json::from_slice(&bytes).map_err(|e| Error::msg(format!("request body: {e}")))
+}
+
+fn reply(status: StatusCode, value: serde_json::Value) -> Response<GatewayBody> {
+    let mut r = Response::new(GatewayBody::full(Bytes::from(value.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+fn problem(status: StatusCode, message: &str) -> Response<GatewayBody> {
+    reply(status, json!({"error": {"message": message}}))
+}

@@ -1,0 +1,397 @@
+//! The `conduit` command line: `serve` (the default), and the operator commands for keys,
+//! credentials and the master key. While a gateway is running the commands go through its admin
+//! API (sled admits one process); otherwise they open the store directly.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use http::Method;
+use serde_json::json;
+use zeroize::Zeroizing;
+
+use crate::admin_client::AdminClient;
+use crate::config::{Config, MasterKeySource};
+use crate::error::{Error, Result};
+use crate::ops::{self, CreatedKey, CredentialInfo, NewKeyRequest};
+use crate::seal::MasterKey;
+use crate::store::{KeyRecord, SledStore, Store};
+
+/// Conduit: the gateway between AI coding tools and model providers.
+#[derive(Debug, Parser)]
+#[command(name = "conduit", version, about)]
+pub struct Cli {
+    /// TOML config file (see docs/configuration.md); environment variables override it.
+    #[arg(long, global = true, env = "CONDUIT_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// File holding the base64 master key (overrides CONDUIT_MASTER_KEY and the config).
+    #[arg(long, global = true)]
+    pub master_key_file: Option<PathBuf>,
+    /// What to do (default: serve).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway (the default when no command is given).
+    Serve,
+    /// Issue, list and revoke stand-in keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Set provider credentials (write-only) and rotate the master key.
+    #[command(subcommand)]
+    Credentials(CredentialsCommand),
+    /// Master key utilities.
+    #[command(subcommand, name = "master-key")]
+    MasterKey(MasterKeyCommand),
+}
+
+/// `conduit keys …`
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create a key; prints it once.
+    Create {
+        /// Engineer the key is issued to (e-mail or user name).
+        #[arg(long)]
+        owner: String,
+        /// Team, for attribution.
+        #[arg(long)]
+        team: Option<String>,
+        /// Label, e.g. laptop or ci.
+        #[arg(long)]
+        name: Option<String>,
+        /// Expiry: YYYY-MM-DD (UTC midnight) or YYYY-MM-DDTHH:MM:SSZ.
+        #[arg(long)]
+        expires: Option<String>,
+        #[command(flatten)]
+        out: Output,
+    },
+    /// List keys (never the secrets).
+    List {
+        #[command(flatten)]
+        out: Output,
+    },
+    /// Show one key.
+    Show {
+        /// Key id (key_…).
+        id: String,
+        #[command(flatten)]
+        out: Output,
+    },
+    /// Revoke a key; refused from the next request on.
+    Revoke {
+        /// Key id (key_…).
+        id: String,
+        #[command(flatten)]
+        out: Output,
+    },
+}
+
+/// `conduit credentials …`
+#[derive(Debug, Subcommand)]
+pub enum CredentialsCommand {
+    /// Seal and store a provider credential (from an environment variable or stdin).
+    Set {
+        /// anthropic or openai.
+        provider: String,
+        /// Read the credential from this environment variable.
+        #[arg(long, conflicts_with = "stdin", required_unless_present = "stdin")]
+        from_env: Option<String>,
+        /// Read the credential from standard input.
+        #[arg(long)]
+        stdin: bool,
+    },
+    /// Show which credentials are set (metadata only).
+    List {
+        #[command(flatten)]
+        out: Output,
+    },
+    /// Re-seal every credential under a new master key.
+    RotateMaster {
+        /// Read the new base64 master key from this environment variable.
+        #[arg(long, group = "new")]
+        new_key_env: Option<String>,
+        /// Read the new base64 master key from this file.
+        #[arg(long, group = "new")]
+        new_key_file: Option<PathBuf>,
+    },
+}
+
+/// `conduit master-key …`
+#[derive(Debug, Subcommand)]
+pub enum MasterKeyCommand {
+    /// Print a new random master key (base64 of 32 bytes).
+    Generate,
+}
+
+/// Output format flag shared by listing commands.
+#[derive(Debug, Args)]
+pub struct Output {
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs the parsed command line.
+pub async fn run(cli: Cli) -> Result<()> {
+    let mut config = Config::load(cli.config.as_deref())?;
+    if let Some(p) = cli.master_key_file {
+        config.master_key = MasterKeySource::File(p);
+    }
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(config).await,
+        Command::MasterKey(MasterKeyCommand::Generate) => {
+            let (_, encoded) = MasterKey::generate()?;
+            println!("{}", encoded.as_str());
+            Ok(())
+        }
+        Command::Keys(cmd) => keys(Control::connect(config).await?, cmd).await,
+        Command::Credentials(cmd) => credentials(Control::connect(config).await?, cmd).await,
+    }
+}
+
+async fn serve(config: Config) -> Result<()> {
+    crate::telemetry::init(&config.log);
+    let gateway = crate::Gateway::open(config)?;
+    let running = crate::server::start(gateway, Duration::from_secs(30)).await?;
+    shutdown_signal().await;
+    tracing::info!("shutting down: no new connections; finishing in-flight requests (up to 30 s)");
+    running.shutdown(Duration::from_secs(30)).await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return std::future::pending().await,
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// Where operator commands go: a running gateway's admin API, or the store itself.
+enum Control {
+    Remote(Box<AdminClient>),
+    Local { store: SledStore, config: Config },
+}
+
+impl Control {
+    async fn connect(config: Config) -> Result<Control> {
+        if AdminClient::is_listening(config.admin_listen).await {
+            let token = crate::gateway::resolve_admin_token(&config, false)?;
+            return Ok(Control::Remote(Box::new(AdminClient::new(config.admin_listen, token))));
+        }
+        let store = SledStore::open(&config.data_dir).map_err(|e| {
+            e.context(format!("no gateway answers on the admin address {}, and", config.admin_listen))
+        })?;
+        Ok(Control::Local { store, config })
+    }
+
+    fn master_key(store: &SledStore, config: &Config) -> Result<MasterKey> {
+        crate::gateway::resolve_master_key(&config.master_key, store, true)
+    }
+}
+
+async fn keys(control: Control, cmd: KeysCommand) -> Result<()> {
+    match cmd {
+        KeysCommand::Create { owner, team, name, expires, out } => {
+            let expires_at = expires
+                .map(|e| {
+                    crate::clock::parse_date_or_time(&e).ok_or_else(|| {
+                        Error::msg(format!("--expires {e:?} is not a date; use YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ (UTC)"))
+                    })
+                })
+                .transpose()?;
+            let req = NewKeyRequest { owner, team, name, expires_at };
+            let created: CreatedKey = match &control {
+                Control::Remote(c) => c.call(Method::POST, "/v1/keys", Some(json!(req))).await?,
+                Control::Local { store, .. } => ops::create_key(store, req)?,
+            };
+            if out.json {
+                println!("{}", json!(created));
+            } else {
+                println!("{}", created.key);
+                eprintln!(
+                    "created {} for {}{} — this is the only time the key is shown; hand it to its owner now",
+                    created.record.id,
+                    created.record.owner,
+                    created.record.team.as_deref().map(|t| format!(" (team {t})")).unwrap_or_default()
+                );
+            }
+        }
+        KeysCommand::List { out } => {
+            let all: Vec<KeyRecord> = match &control {
+                Control::Remote(c) => {
+                    let v: serde_json::Value = c.call(Method::GET, "/v1/keys", None).await?;
+                    serde_json::from_value(v["keys"].clone())?
+                }
+                Control::Local { store, .. } => store.keys()?,
+            };
+            if out.json {
+                println!("{}", json!({"keys": all}));
+            } else {
+                print_keys(&all);
+            }
+        }
+        KeysCommand::Show { id, out } => {
+            let k: KeyRecord = match &control {
+                Control::Remote(c) => c.call(Method::GET, &format!("/v1/keys/{}", path_segment(&id)?), None).await?,
+                Control::Local { store, .. } => ops::key(store, &id)?,
+            };
+            if out.json { println!("{}", json!(k)) } else { print_keys(std::slice::from_ref(&k)) }
+        }
+        KeysCommand::Revoke { id, out } => {
+            let k: KeyRecord = match &control {
+                Control::Remote(c) => {
+                    c.call(Method::POST, &format!("/v1/keys/{}/revoke", path_segment(&id)?), None).await?
+                }
+                Control::Local { store, .. } => ops::revoke_key(store, &id)?,
+            };
+            if out.json {
+                println!("{}", json!(k));
+            } else {
+                println!("revoked {} (owner {}); requests with it are refused from now on", k.id, k.owner);
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn credentials(control: Control, cmd: CredentialsCommand) -> Result<()> {
+    match cmd {
+        CredentialsCommand::Set { provider, from_env, stdin } => {
+            let secret = if stdin {
+                let mut s = Zeroizing::new(String::new());
+                std::io::stdin().read_to_string(&mut s)?;
+                s
+            } else {
+                let var = from_env.unwrap_or_default();
+                Zeroizing::new(std::env::var(&var).map_err(|_| {
+                    Error::msg(format!("environment variable {var:?} is not set (or not valid text); export it first, or use --stdin"))
+                })?)
+            };
+            let info: CredentialInfo = match &control {
+                Control::Remote(c) => {
+                    let body = json!({"secret": secret.as_str()});
+                    c.call(Method::PUT, &format!("/v1/credentials/{}", path_segment(&provider)?), Some(body)).await?
+                }
+                Control::Local { store, config } => {
+                    let mk = Control::master_key(store, config)?;
+                    ops::set_credential(store, &mk, &provider, secret)?
+                }
+            };
+            println!("{} credential set (version {}, sealed under {})", info.provider, info.version, info.master_key_id);
+        }
+        CredentialsCommand::List { out } => {
+            let all: Vec<CredentialInfo> = match &control {
+                Control::Remote(c) => {
+                    let v: serde_json::Value = c.call(Method::GET, "/v1/credentials", None).await?;
+                    serde_json::from_value(v["credentials"].clone())?
+                }
+                Control::Local { store, .. } => ops::credentials(store)?,
+            };
+            if out.json {
+                println!("{}", json!({"credentials": all}));
+            } else if all.is_empty() {
+                println!("no credentials set; `conduit credentials set anthropic --from-env ANTHROPIC_API_KEY`");
+            } else {
+                println!("{:<10} {:<8} {:>7}  {:<20}  UPDATED", "PROVIDER", "ID", "VERSION", "MASTER KEY");
+                for c in all {
+                    println!(
+                        "{:<10} {:<8} {:>7}  {:<20}  {}",
+                        c.provider,
+                        c.id,
+                        c.version,
+                        c.master_key_id,
+                        crate::clock::format_rfc3339(c.updated_at)
+                    );
+                }
+            }
+        }
+        CredentialsCommand::RotateMaster { new_key_env, new_key_file } => {
+            let (encoded, source) = match (new_key_env, new_key_file) {
+                (Some(var), _) => (
+                    Zeroizing::new(std::env::var(&var).map_err(|_| Error::msg(format!("environment variable {var:?} is not set")))?),
+                    var,
+                ),
+                (None, Some(p)) => (
+                    Zeroizing::new(std::fs::read_to_string(&p).map_err(|e| Error::msg(format!("reading {:?}: {e}", p.display().to_string())))?),
+                    p.display().to_string(),
+                ),
+                (None, None) => {
+                    return Err(Error::msg(
+                        "give the new key with --new-key-env VAR or --new-key-file FILE (make one with `conduit master-key generate`)",
+                    ));
+                }
+            };
+            let new = MasterKey::from_base64(&encoded, &source)?;
+            let new_id = new.id().to_string();
+            let count = match &control {
+                Control::Remote(c) => {
+                    let v: serde_json::Value = c
+                        .call(Method::POST, "/v1/credentials/rotate-master", Some(json!({"master_key": encoded.as_str()})))
+                        .await?;
+                    v["resealed"].as_u64().unwrap_or(0) as usize
+                }
+                Control::Local { store, config } => {
+                    let old = Control::master_key(store, config)?;
+                    let n = ops::rotate_master(store, &old, &new)?;
+                    if let MasterKeySource::Generated(path) = &config.master_key {
+                        crate::gateway::replace_secret_file(path, new.to_base64().as_bytes())?;
+                    }
+                    n
+                }
+            };
+            println!(
+                "re-sealed {count} credential(s) under {new_id}; from now on start the gateway with the new key (CONDUIT_MASTER_KEY or --master-key-file)"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Refuses ids that would change the admin URL's path.
+fn path_segment(s: &str) -> Result<&str> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+        return Err(Error::msg(format!("{s:?} is not a valid id")));
+    }
+    Ok(s)
+}
+
+fn print_keys(keys: &[KeyRecord]) {
+    if keys.is_empty() {
+        println!("no keys; create one with `conduit keys create --owner alice@corp.example --team payments`");
+        return;
+    }
+    let now = crate::clock::now_unix();
+    println!("{:<17} {:<28} {:<14} {:<10} {:<10} {:<10} {:<8} ENDS IN", "ID", "OWNER", "TEAM", "NAME", "CREATED", "EXPIRES", "STATUS");
+    for k in keys {
+        let day = |t: i64| crate::clock::format_rfc3339(t)[..10].to_string();
+        let status = match k.unusable_reason(now) {
+            None => "active",
+            Some(_) if k.revoked_at.is_some() => "revoked",
+            Some(_) => "expired",
+        };
+        println!(
+            "{:<17} {:<28} {:<14} {:<10} {:<10} {:<10} {:<8} …{}",
+            k.id,
+            k.owner,
+            k.team.as_deref().unwrap_or("-"),
+            k.name.as_deref().unwrap_or("-"),
+            day(k.created_at),
+            k.expires_at.map(day).unwrap_or_else(|| "-".into()),
+            status,
+            k.hint
+        );
+    }
+}

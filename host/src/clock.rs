@@ -1,0 +1,102 @@
+//! Wall-clock helpers in UTC without a date library: Unix seconds ⇄ civil dates.
+//! (Howard Hinnant's `days_from_civil` algorithm; exact for the proleptic Gregorian calendar.)
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Seconds since the Unix epoch, now.
+pub fn now_unix() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+/// Days since 1970-01-01 for a civil date.
+pub fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = if y >= 0 { y } else { y - 399 } / 400;
+    let yoe = y - era * 400;
+    let mp = (m as i64 + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d as i64 - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// Civil date for days since 1970-01-01.
+pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = if z >= 0 { z } else { z - 146_096 } / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { yoe + era * 400 + 1 } else { yoe + era * 400 }, m, d)
+}
+
+/// RFC 3339 UTC timestamp (`2026-11-27T04:05:06Z`).
+pub fn format_rfc3339(unix: i64) -> String {
+    let (y, m, d) = civil_from_days(unix.div_euclid(86_400));
+    let s = unix.rem_euclid(86_400);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", s / 3600, s / 60 % 60, s % 60)
+}
+
+/// Parses `YYYY-MM-DD` (start of that day, UTC) or `YYYY-MM-DDTHH:MM:SSZ`.
+pub fn parse_date_or_time(s: &str) -> Option<i64> {
+    let s = s.trim();
+    let (date, time) = match s.split_once(['T', ' ']) {
+        Some((d, t)) => (d, Some(t.strip_suffix('Z').unwrap_or(t))),
+        None => (s, None),
+    };
+    let mut parts = date.splitn(3, '-');
+    let y: i64 = parts.next()?.parse().ok()?;
+    let m: u32 = parts.next()?.parse().ok()?;
+    let d: u32 = parts.next()?.parse().ok()?;
+    if !(1..=12).contains(&m) || d == 0 || d > days_in_month(y, m) {
+        return None;
+    }
+    let mut secs = days_from_civil(y, m, d) * 86_400;
+    if let Some(t) = time {
+        let mut hms = t.splitn(3, ':');
+        let h: i64 = hms.next()?.parse().ok()?;
+        let mi: i64 = hms.next()?.parse().ok()?;
+        let se: i64 = hms.next().unwrap_or("0").parse().ok()?;
+        if h > 23 || mi > 59 || se > 60 {
+            return None;
+        }
+        secs += h * 3600 + mi * 60 + se;
+    }
+    Some(secs)
+}
+
+fn days_in_month(y: i64, m: u32) -> u32 {
+    match m {
+        2 if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_round_trip_over_centuries() {
+        for z in (-800_000..800_000).step_by(37) {
+            let (y, m, d) = civil_from_days(z);
+            assert_eq!(days_from_civil(y, m, d), z);
+        }
+    }
+
+    #[test]
+    fn parses_and_formats() {
+        assert_eq!(parse_date_or_time("1970-01-02"), Some(86_400));
+        assert_eq!(format_rfc3339(1_795_748_130), "2026-11-27T02:55:30Z");
+        let t = parse_date_or_time("2026-11-27T02:55:30Z");
+        assert_eq!(t, Some(1_795_748_130));
+        assert_eq!(parse_date_or_time("2026-02-29"), None);
+        assert_eq!(parse_date_or_time("2024-02-29").map(format_rfc3339).as_deref(), Some("2024-02-29T00:00:00Z"));
+        assert_eq!(parse_date_or_time("tomorrow"), None);
+        assert_eq!(parse_date_or_time("2026-13-01"), None);
+    }
+}

@@ -1,0 +1,494 @@
+//! Configuration: one TOML file plus environment overrides, validated once at start-up.
+//!
+//! [`RawConfig`] mirrors the file (every field documented, every field optional); [`Config::load`]
+//! applies the environment on top and turns it into typed values, or refuses with a message that
+//! names the key, the offending value and the fix. Nothing reads configuration after start-up.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+use crate::protocol::{AuthStyle, Protocol};
+
+/// The file as written by the operator. See `docs/configuration.md` for an annotated example.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Gateway listener, `host:port` (env `CONDUIT_LISTEN`; default `127.0.0.1:8080`).
+    pub listen: Option<String>,
+    /// Admin listener (env `CONDUIT_ADMIN_LISTEN`; default `127.0.0.1:8081`).
+    pub admin_listen: Option<String>,
+    /// Where the store and generated secrets live (env `CONDUIT_DATA_DIR`; default `./conduit-data`).
+    pub data_dir: Option<PathBuf>,
+    /// File holding the base64 master key (env `CONDUIT_MASTER_KEY_FILE`). `CONDUIT_MASTER_KEY` wins.
+    pub master_key_file: Option<PathBuf>,
+    /// Admin bearer token (prefer env `CONDUIT_ADMIN_TOKEN`); generated into the data dir if unset.
+    pub admin_token: Option<String>,
+    /// Logging.
+    #[serde(default)]
+    pub log: RawLog,
+    /// Request limits.
+    #[serde(default)]
+    pub limits: RawLimits,
+    /// Outbound connections.
+    #[serde(default)]
+    pub network: RawNetwork,
+    /// Per-family upstreams: `[upstream.anthropic]`, `[upstream.openai]`.
+    #[serde(default)]
+    pub upstream: HashMap<String, RawUpstream>,
+    /// TLS termination on the gateway listener.
+    pub tls: Option<RawTls>,
+}
+
+/// `[log]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    /// `text` or `json` (env `CONDUIT_LOG_FORMAT`; default `text`).
+    pub format: Option<String>,
+    /// A tracing filter such as `info` or `conduit=debug` (env `CONDUIT_LOG`; default `info`).
+    pub level: Option<String>,
+}
+
+/// `[limits]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    /// Largest request body accepted (env `CONDUIT_MAX_BODY_BYTES`; default 32 MiB). Larger → 413.
+    pub max_body_bytes: Option<u64>,
+    /// Largest request head (request line + headers) in bytes (default 64 KiB).
+    pub max_header_bytes: Option<usize>,
+    /// Most request headers (default 100).
+    pub max_headers: Option<usize>,
+    /// Seconds a client may take to send its body (default 60).
+    pub body_read_timeout_secs: Option<u64>,
+}
+
+/// `[network]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNetwork {
+    /// Seconds to establish an upstream connection, TLS included (default 10).
+    pub connect_timeout_secs: Option<u64>,
+    /// Seconds to wait for upstream response headers (default 600: non-streamed completions are slow).
+    pub response_timeout_secs: Option<u64>,
+    /// Seconds without a byte from the upstream before a response body is cut (default 300).
+    /// There is no total limit: a stream that keeps sending runs as long as it needs.
+    pub idle_timeout_secs: Option<u64>,
+    /// PEM bundle of extra CA certificates trusted upstream, e.g. for TLS inspection
+    /// (env `CONDUIT_EXTRA_CA_FILE`).
+    pub extra_ca_file: Option<PathBuf>,
+    /// Honour `HTTPS_PROXY` / `HTTP_PROXY` / `ALL_PROXY` / `NO_PROXY` (default true).
+    pub use_env_proxy: Option<bool>,
+}
+
+/// `[upstream.<family>]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    /// Base URL; a path prefix is kept (env `UPSTREAM_ANTHROPIC_URL` / `UPSTREAM_OPENAI_URL`).
+    pub url: Option<String>,
+    /// Header for the real credential: `x-api-key`, `bearer` or `api-key`.
+    pub auth: Option<AuthStyle>,
+}
+
+/// `[tls]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    /// PEM certificate chain (env `CONDUIT_TLS_CERT_FILE`).
+    pub cert_file: PathBuf,
+    /// PEM private key (env `CONDUIT_TLS_KEY_FILE`).
+    pub key_file: PathBuf,
+}
+
+/// Validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Gateway listener.
+    pub listen: SocketAddr,
+    /// Admin listener.
+    pub admin_listen: SocketAddr,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Where the master key comes from.
+    pub master_key: MasterKeySource,
+    /// Admin token from config/env; `None` → generated file in the data dir.
+    pub admin_token: Option<String>,
+    /// Log format and filter.
+    pub log: LogConfig,
+    /// Request limits.
+    pub limits: Limits,
+    /// Outbound connection settings.
+    pub network: Network,
+    /// One upstream per family.
+    pub upstreams: Upstreams,
+    /// TLS termination files.
+    pub tls: Option<TlsFiles>,
+}
+
+/// Where the master key is read from.
+#[derive(Clone)]
+pub enum MasterKeySource {
+    /// `CONDUIT_MASTER_KEY` (base64).
+    Env(zeroize::Zeroizing<String>),
+    /// A file holding base64.
+    File(PathBuf),
+    /// `<data_dir>/master.key`, generated on first use (development default; logged loudly).
+    Generated(PathBuf),
+}
+
+impl std::fmt::Debug for MasterKeySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MasterKeySource::Env(_) => f.write_str("Env(CONDUIT_MASTER_KEY)"),
+            MasterKeySource::File(p) => write!(f, "File({p:?})"),
+            MasterKeySource::Generated(p) => write!(f, "Generated({p:?})"),
+        }
+    }
+}
+
+/// Log settings.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// JSON lines instead of text.
+    pub json: bool,
+    /// tracing filter directive.
+    pub level: String,
+}
+
+/// Request limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Body bytes.
+    pub max_body_bytes: u64,
+    /// Request head bytes.
+    pub max_header_bytes: usize,
+    /// Number of headers.
+    pub max_headers: usize,
+    /// Time to receive the body.
+    pub body_read_timeout: Duration,
+}
+
+/// Outbound settings.
+#[derive(Debug, Clone)]
+pub struct Network {
+    /// Connect (TCP + TLS) timeout.
+    pub connect_timeout: Duration,
+    /// Time to response headers.
+    pub response_timeout: Duration,
+    /// Idle time between response body frames.
+    pub idle_timeout: Duration,
+    /// Extra trusted CAs.
+    pub extra_ca_file: Option<PathBuf>,
+    /// Use proxy environment variables.
+    pub use_env_proxy: bool,
+}
+
+/// A configured upstream.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    /// Family.
+    pub protocol: Protocol,
+    /// `https` or `http`.
+    pub scheme: http::uri::Scheme,
+    /// `host[:port]`.
+    pub authority: http::uri::Authority,
+    /// Path prefix without trailing slash (`""` or `/proxy`).
+    pub path_prefix: String,
+    /// Credential header style.
+    pub auth: AuthStyle,
+}
+
+impl Upstream {
+    /// The base URL as configured (for logs and docs; carries no secret).
+    pub fn base_url(&self) -> String {
+        format!("{}://{}{}", self.scheme, self.authority, self.path_prefix)
+    }
+}
+
+/// One upstream per family.
+#[derive(Debug, Clone)]
+pub struct Upstreams {
+    /// Anthropic upstream.
+    pub anthropic: Upstream,
+    /// OpenAI upstream.
+    pub openai: Upstream,
+}
+
+impl Upstreams {
+    /// The upstream of a family.
+    pub fn get(&self, p: Protocol) -> &Upstream {
+        match p {
+            Protocol::Anthropic => &self.anthropic,
+            Protocol::OpenAi => &self.openai,
+        }
+    }
+}
+
+/// TLS termination files.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// Certificate chain.
+    pub cert_file: PathBuf,
+    /// Private key.
+    pub key_file: PathBuf,
+}
+
+impl Config {
+    /// Reads `path` (if given) and the process environment.
+    pub fn load(path: Option<&Path>) -> Result<Config> {
+        Self::load_with(path, &|k| std::env::var(k).ok())
+    }
+
+    /// As [`Config::load`], with an explicit environment (tests).
+    pub fn load_with(path: Option<&Path>, env: &dyn Fn(&str) -> Option<String>) -> Result<Config> {
+        let raw = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| Error::msg(format!("reading config file {:?}: {e}", p.display().to_string())))?;
+                toml::from_str::<RawConfig>(&text)
+                    .map_err(|e| Error::msg(format!("config file {:?}: {e}", p.display().to_string())))?
+            }
+            None => RawConfig::default(),
+        };
+        raw.validate(env)
+    }
+}
+
+impl RawConfig {
+    /// Applies environment overrides and validates every field.
+    pub fn validate(self, env: &dyn Fn(&str) -> Option<String>) -> Result<Config> {
+        let env_or = |name: &str, file: Option<String>| env(name).filter(|v| !v.is_empty()).or(file);
+
+        let listen = parse_addr("listen", "CONDUIT_LISTEN", env_or("CONDUIT_LISTEN", self.listen), "127.0.0.1:8080")?;
+        let admin_listen = parse_addr(
+            "admin_listen",
+            "CONDUIT_ADMIN_LISTEN",
+            env_or("CONDUIT_ADMIN_LISTEN", self.admin_listen),
+            "127.0.0.1:8081",
+        )?;
+        if listen == admin_listen && listen.port() != 0 {
+            return Err(Error::msg(format!(
+                "listen and admin_listen are both {listen}; give the admin API its own port (e.g. CONDUIT_ADMIN_LISTEN=127.0.0.1:8081)"
+            )));
+        }
+        let data_dir = env("CONDUIT_DATA_DIR")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+            .or(self.data_dir)
+            .unwrap_or_else(|| PathBuf::from("conduit-data"));
+
+        let master_key = if let Some(v) = env("CONDUIT_MASTER_KEY").filter(|v| !v.is_empty()) {
+            // Checked here so a bad key stops start-up before anything listens.
+            crate::seal::MasterKey::from_base64(&v, "CONDUIT_MASTER_KEY")?;
+            MasterKeySource::Env(zeroize::Zeroizing::new(v))
+        } else if let Some(p) = env("CONDUIT_MASTER_KEY_FILE").filter(|v| !v.is_empty()).map(PathBuf::from).or(self.master_key_file) {
+            MasterKeySource::File(p)
+        } else {
+            MasterKeySource::Generated(data_dir.join("master.key"))
+        };
+
+        let admin_token = env_or("CONDUIT_ADMIN_TOKEN", self.admin_token);
+        if let Some(t) = &admin_token
+            && t.len() < 16
+        {
+            return Err(Error::msg(format!(
+                "admin token (CONDUIT_ADMIN_TOKEN / admin_token) is {} characters; use at least 16 random characters, e.g. `openssl rand -hex 24`",
+                t.len()
+            )));
+        }
+
+        let format = env_or("CONDUIT_LOG_FORMAT", self.log.format).unwrap_or_else(|| "text".into());
+        let json = match format.as_str() {
+            "text" => false,
+            "json" => true,
+            other => {
+                return Err(Error::msg(format!(
+                    "log.format (CONDUIT_LOG_FORMAT) is {other:?}; expected \"text\" or \"json\""
+                )));
+            }
+        };
+        let log = LogConfig { json, level: env_or("CONDUIT_LOG", self.log.level).unwrap_or_else(|| "info".into()) };
+
+        let max_body_bytes = match env("CONDUIT_MAX_BODY_BYTES").filter(|v| !v.is_empty()) {
+            Some(v) => v.trim().parse::<u64>().map_err(|_| {
+                Error::msg(format!("CONDUIT_MAX_BODY_BYTES is {v:?}; expected a whole number of bytes, e.g. 33554432"))
+            })?,
+            None => self.limits.max_body_bytes.unwrap_or(32 * 1024 * 1024),
+        };
+        if max_body_bytes == 0 {
+            return Err(Error::msg("limits.max_body_bytes is 0; expected a positive number of bytes (default 33554432)"));
+        }
+        let limits = Limits {
+            max_body_bytes,
+            max_header_bytes: positive("limits.max_header_bytes", self.limits.max_header_bytes, 64 * 1024)?.max(8192),
+            max_headers: positive("limits.max_headers", self.limits.max_headers, 100)?,
+            body_read_timeout: secs("limits.body_read_timeout_secs", self.limits.body_read_timeout_secs, 60)?,
+        };
+
+        let network = Network {
+            connect_timeout: secs("network.connect_timeout_secs", self.network.connect_timeout_secs, 10)?,
+            response_timeout: secs("network.response_timeout_secs", self.network.response_timeout_secs, 600)?,
+            idle_timeout: secs("network.idle_timeout_secs", self.network.idle_timeout_secs, 300)?,
+            extra_ca_file: env("CONDUIT_EXTRA_CA_FILE").filter(|v| !v.is_empty()).map(PathBuf::from).or(self.network.extra_ca_file),
+            use_env_proxy: self.network.use_env_proxy.unwrap_or(true),
+        };
+        if let Some(p) = &network.extra_ca_file
+            && !p.is_file()
+        {
+            return Err(Error::msg(format!(
+                "network.extra_ca_file (CONDUIT_EXTRA_CA_FILE) is {:?}, which is not a readable file; point it at a PEM bundle",
+                p.display().to_string()
+            )));
+        }
+
+        let mut upstream = self.upstream;
+        if let Some(name) = upstream.keys().find(|k| Protocol::parse(k).is_none()) {
+            return Err(Error::msg(format!("[upstream.{name}] is not a known provider; expected one of: anthropic, openai")));
+        }
+        let mut build = |p: Protocol| -> Result<Upstream> {
+            let raw = upstream.remove(p.as_str()).unwrap_or_default();
+            let url = env(p.upstream_env()).filter(|v| !v.is_empty()).or(raw.url).unwrap_or_else(|| p.default_upstream().into());
+            parse_upstream(p, &url, raw.auth.unwrap_or(p.default_auth_style()))
+        };
+        let upstreams = Upstreams { anthropic: build(Protocol::Anthropic)?, openai: build(Protocol::OpenAi)? };
+
+        let tls = match (env("CONDUIT_TLS_CERT_FILE").filter(|v| !v.is_empty()), env("CONDUIT_TLS_KEY_FILE").filter(|v| !v.is_empty()), self.tls) {
+            (Some(c), Some(k), _) => Some(TlsFiles { cert_file: c.into(), key_file: k.into() }),
+            (None, None, Some(t)) => Some(TlsFiles { cert_file: t.cert_file, key_file: t.key_file }),
+            (None, None, None) => None,
+            _ => {
+                return Err(Error::msg(
+                    "only one of CONDUIT_TLS_CERT_FILE and CONDUIT_TLS_KEY_FILE is set; TLS termination needs both (or neither)",
+                ));
+            }
+        };
+
+        Ok(Config { listen, admin_listen, data_dir, master_key, admin_token, log, limits, network, upstreams, tls })
+    }
+}
+
+fn parse_addr(key: &str, env_name: &str, value: Option<String>, default: &str) -> Result<SocketAddr> {
+    let v = value.unwrap_or_else(|| default.to_string());
+    v.trim().parse().map_err(|_| {
+        Error::msg(format!(
+            "{key} ({env_name}) is {v:?}; expected an IP address and port such as {default:?} (use 0.0.0.0:PORT to listen on all interfaces)"
+        ))
+    })
+}
+
+fn positive(key: &str, v: Option<usize>, default: usize) -> Result<usize> {
+    match v {
+        Some(0) => Err(Error::msg(format!("{key} is 0; expected a positive number (default {default})"))),
+        Some(n) => Ok(n),
+        None => Ok(default),
+    }
+}
+
+fn secs(key: &str, v: Option<u64>, default: u64) -> Result<Duration> {
+    match v {
+        Some(0) => Err(Error::msg(format!("{key} is 0; expected a positive number of seconds (default {default})"))),
+        Some(n) => Ok(Duration::from_secs(n)),
+        None => Ok(Duration::from_secs(default)),
+    }
+}
+
+/// Parses an upstream base URL: `http(s)://host[:port][/prefix]`, no query or fragment.
+pub fn parse_upstream(p: Protocol, url: &str, auth: AuthStyle) -> Result<Upstream> {
+    let bad = |why: &str| {
+        Error::msg(format!(
+            "{} / [upstream.{}].url is {url:?}: {why}; expected e.g. {:?} or \"http://litellm:4000\"",
+            p.upstream_env(),
+            p.as_str(),
+            p.default_upstream()
+        ))
+    };
+    let uri: http::Uri = url.trim().parse().map_err(|_| bad("not a valid URL"))?;
+    let scheme = uri.scheme().cloned().ok_or_else(|| bad("missing http:// or https://"))?;
+    if scheme != http::uri::Scheme::HTTP && scheme != http::uri::Scheme::HTTPS {
+        return Err(bad("the scheme must be http or https"));
+    }
+    let authority = uri.authority().cloned().ok_or_else(|| bad("missing a host"))?;
+    if authority.as_str().contains('@') {
+        return Err(bad("credentials in the URL are not supported; set them with `conduit credentials set`"));
+    }
+    if uri.query().is_some() {
+        return Err(bad("a query string is not allowed in a base URL"));
+    }
+    let path_prefix = uri.path().trim_end_matches('/').to_string();
+    Ok(Upstream { protocol: p, scheme, authority, path_prefix, auth })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn defaults() {
+        let c = RawConfig::default().validate(&env_of(&[])).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.admin_listen.to_string(), "127.0.0.1:8081");
+        assert_eq!(c.upstreams.anthropic.base_url(), "https://api.anthropic.com");
+        assert_eq!(c.upstreams.openai.auth, AuthStyle::Bearer);
+        assert_eq!(c.limits.max_body_bytes, 32 * 1024 * 1024);
+        assert!(matches!(c.master_key, MasterKeySource::Generated(_)));
+        assert!(c.tls.is_none());
+    }
+
+    #[test]
+    fn env_overrides_file_and_prefix_is_kept() {
+        let raw: RawConfig = toml::from_str(
+            "listen = \"127.0.0.1:9000\"\n[upstream.anthropic]\nurl = \"http://file:1\"\nauth = \"bearer\"\n",
+        )
+        .unwrap();
+        let c = raw
+            .validate(&env_of(&[("UPSTREAM_ANTHROPIC_URL", "http://litellm:4000/anthropic/"), ("CONDUIT_LISTEN", "127.0.0.1:9100")]))
+            .unwrap();
+        assert_eq!(c.listen.port(), 9100);
+        assert_eq!(c.upstreams.anthropic.path_prefix, "/anthropic");
+        assert_eq!(c.upstreams.anthropic.auth, AuthStyle::Bearer);
+    }
+
+    #[test]
+    fn rejected_values_name_key_value_and_fix() {
+        type Case<'a> = (&'a [(&'a str, &'a str)], &'a [&'a str]);
+        let cases: &[Case] = &[
+            (&[("CONDUIT_LISTEN", "localhost")], &["CONDUIT_LISTEN", "\"localhost\"", "127.0.0.1:8080"]),
+            (&[("UPSTREAM_OPENAI_URL", "ftp://x")], &["UPSTREAM_OPENAI_URL", "ftp://x", "http or https"]),
+            (&[("UPSTREAM_OPENAI_URL", "api.openai.com")], &["UPSTREAM_OPENAI_URL", "missing"]),
+            (&[("CONDUIT_MASTER_KEY", "dG9vIHNob3J0")], &["CONDUIT_MASTER_KEY", "32 bytes", "rand -base64 32"]),
+            (&[("CONDUIT_MAX_BODY_BYTES", "lots")], &["CONDUIT_MAX_BODY_BYTES", "\"lots\""]),
+            (&[("CONDUIT_ADMIN_TOKEN", "short")], &["CONDUIT_ADMIN_TOKEN", "at least 16"]),
+            (&[("CONDUIT_LOG_FORMAT", "xml")], &["CONDUIT_LOG_FORMAT", "\"xml\""]),
+            (&[("CONDUIT_TLS_CERT_FILE", "/x")], &["CONDUIT_TLS_KEY_FILE"]),
+            (&[("CONDUIT_EXTRA_CA_FILE", "/nonexistent.pem")], &["CONDUIT_EXTRA_CA_FILE", "/nonexistent.pem"]),
+        ];
+        for (env, needles) in cases {
+            let err = RawConfig::default().validate(&env_of(env)).unwrap_err().to_string();
+            for n in *needles {
+                assert!(err.contains(n), "error for {env:?} should mention {n:?}: {err}");
+            }
+        }
+        // The master key value itself must never be echoed.
+        let err = RawConfig::default().validate(&env_of(&[("CONDUIT_MASTER_KEY", "dG9vIHNob3J0")])).unwrap_err();
+        assert!(!err.to_string().contains("dG9vIHNob3J0"));
+    }
+
+    #[test]
+    fn unknown_fields_and_providers_are_refused() {
+        assert!(toml::from_str::<RawConfig>("lisen = \"x\"").unwrap_err().to_string().contains("lisen"));
+        let raw: RawConfig = toml::from_str("[upstream.gemini]\nurl = \"https://x\"").unwrap();
+        let err = raw.validate(&env_of(&[])).unwrap_err().to_string();
+        assert!(err.contains("upstream.gemini"), "{err}");
+    }
+}

@@ -1,0 +1,187 @@
+//! Error types. [`GatewayError`] ends a request on the request path and carries which side caused it;
+//! [`Error`] is everything else (start-up, store, CLI), rendered as one specific sentence.
+
+use std::fmt;
+
+/// What went wrong, coarse enough to pick a status and an error type in every provider shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Malformed request (bad JSON, bad header).
+    BadRequest,
+    /// A JSON endpoint got a body that is not `application/json`.
+    UnsupportedMediaType,
+    /// Missing, unknown, malformed, revoked or expired stand-in key.
+    Unauthenticated,
+    /// Authenticated, but not allowed (later: model allow-lists, policy blocks).
+    Forbidden,
+    /// No such local resource.
+    NotFound,
+    /// Body larger than `limits.max_body_bytes`.
+    PayloadTooLarge,
+    /// The client did not send its body in time.
+    RequestTimeout,
+    /// The gateway lacks something an operator must set up (a provider credential).
+    NotConfigured,
+    /// The upstream could not be reached or broke the connection before a response.
+    UpstreamUnreachable,
+    /// The upstream did not answer within the configured time.
+    UpstreamTimeout,
+    /// A bug or a store failure inside Conduit.
+    Internal,
+}
+
+impl ErrorKind {
+    /// Whether a client retrying the same request could succeed (drives `x-should-retry`).
+    pub fn retryable(self) -> bool {
+        matches!(
+            self,
+            ErrorKind::UpstreamUnreachable | ErrorKind::UpstreamTimeout | ErrorKind::Internal | ErrorKind::RequestTimeout
+        )
+    }
+
+    /// A short stable name for logs and (later) audit records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::BadRequest => "bad_request",
+            ErrorKind::UnsupportedMediaType => "unsupported_media_type",
+            ErrorKind::Unauthenticated => "unauthenticated",
+            ErrorKind::Forbidden => "forbidden",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::PayloadTooLarge => "payload_too_large",
+            ErrorKind::RequestTimeout => "request_timeout",
+            ErrorKind::NotConfigured => "not_configured",
+            ErrorKind::UpstreamUnreachable => "upstream_unreachable",
+            ErrorKind::UpstreamTimeout => "upstream_timeout",
+            ErrorKind::Internal => "internal",
+        }
+    }
+}
+
+/// Who caused a failure: the client, the provider side, or Conduit itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The client sent something wrong.
+    Downstream,
+    /// The upstream (provider, proxy) failed.
+    Upstream,
+    /// Conduit failed or is not configured.
+    Internal,
+}
+
+impl Side {
+    /// Name for logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Side::Downstream => "downstream",
+            Side::Upstream => "upstream",
+            Side::Internal => "internal",
+        }
+    }
+}
+
+/// A request-path failure. `message` is shown to the client: it names the offending value (never a
+/// secret) and what to do. `cause` is for the log only.
+#[derive(Debug)]
+pub struct GatewayError {
+    /// Picks status and error type.
+    pub kind: ErrorKind,
+    /// Who caused it.
+    pub side: Side,
+    /// Client-facing sentence.
+    pub message: String,
+    /// Internal detail for the log (may name upstream hosts; never secrets or bodies).
+    pub cause: Option<String>,
+    /// Seconds for a `retry-after` header.
+    pub retry_after: Option<u64>,
+}
+
+impl GatewayError {
+    /// A failure with a client-facing message.
+    pub fn new(kind: ErrorKind, side: Side, message: impl Into<String>) -> Self {
+        GatewayError { kind, side, message: message.into(), cause: None, retry_after: None }
+    }
+
+    /// The client's fault.
+    pub fn downstream(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self::new(kind, Side::Downstream, message)
+    }
+
+    /// The upstream's fault.
+    pub fn upstream(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self::new(kind, Side::Upstream, message)
+    }
+
+    /// Conduit's fault; the cause is logged, the client sees a generic sentence with the request id.
+    pub fn internal(cause: impl fmt::Display) -> Self {
+        let mut e = Self::new(
+            ErrorKind::Internal,
+            Side::Internal,
+            "internal error in the gateway; the operator can find the cause in the gateway log by this request's x-conduit-request-id",
+        );
+        e.cause = Some(cause.to_string());
+        e
+    }
+
+    /// Attaches a log-only cause.
+    pub fn with_cause(mut self, cause: impl fmt::Display) -> Self {
+        self.cause = Some(cause.to_string());
+        self
+    }
+}
+
+impl fmt::Display for GatewayError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({}): {}", self.kind.as_str(), self.side.as_str(), self.message)?;
+        if let Some(cause) = &self.cause {
+            write!(f, "; cause: {cause}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for GatewayError {}
+
+/// Any failure outside the request path: configuration, store, CLI, admin client.
+#[derive(Debug)]
+pub struct Error(String);
+
+impl Error {
+    /// An error with a complete, specific message.
+    pub fn msg(message: impl Into<String>) -> Self {
+        Error(message.into())
+    }
+
+    /// Prefixes context: `"opening the store at \"/x\": <inner>"`.
+    pub fn context(self, what: impl fmt::Display) -> Self {
+        Error(format!("{what}: {}", self.0))
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<sled::Error> for Error {
+    fn from(e: sled::Error) -> Self {
+        Error(format!("store error: {e}"))
+    }
+}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        Error(e.to_string())
+    }
+}
+
+impl From<serde_json::Error> for Error {
+    fn from(e: serde_json::Error) -> Self {
+        Error(format!("invalid JSON: {e}"))
+    }
+}
+
+/// Result for non-request-path operations.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

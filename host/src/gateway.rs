@@ -1,0 +1,174 @@
+//! The running gateway's shared state, built once at start-up by [`Gateway::open`]: validated
+//! config, the store, the master key (checked against the store), the upstream client.
+//! `main` and the tests build the gateway the same way, through this type and `server::start`.
+
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+
+use zeroize::Zeroizing;
+
+use crate::config::{Config, MasterKeySource};
+use crate::error::{Error, Result};
+use crate::seal::MasterKey;
+use crate::stages::accept::RequestIds;
+use crate::store::{META_MASTER_KEY_ID, SledStore, Store};
+use crate::upstream::{UpstreamClient, build_client};
+
+/// Shared state of a running gateway.
+pub struct Gateway {
+    /// Validated configuration.
+    pub config: Config,
+    /// Durable state.
+    pub store: Arc<dyn Store>,
+    /// Upstream HTTP client.
+    pub client: UpstreamClient,
+    /// Request id source.
+    pub request_ids: RequestIds,
+    /// Admin bearer token.
+    pub(crate) admin_token: Zeroizing<String>,
+    master_key: RwLock<Arc<MasterKey>>,
+}
+
+impl Gateway {
+    /// Opens the store, resolves and checks the master key, resolves the admin token and builds
+    /// the upstream client. Any failure here stops start-up with a specific message.
+    pub fn open(config: Config) -> Result<Gateway> {
+        let store: Arc<dyn Store> = Arc::new(SledStore::open(&config.data_dir)?);
+        let master_key = resolve_master_key(&config.master_key, store.as_ref(), true)?;
+        let admin_token = resolve_admin_token(&config, true)?;
+        let client = build_client(&config.network)?;
+        Ok(Gateway {
+            config,
+            store,
+            client,
+            request_ids: RequestIds::new(),
+            admin_token,
+            master_key: RwLock::new(Arc::new(master_key)),
+        })
+    }
+
+    /// The current master key.
+    pub fn master_key(&self) -> Arc<MasterKey> {
+        match self.master_key.read() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Re-seals every credential under `new` and switches to it.
+    pub fn rotate_master_key(&self, new: MasterKey) -> Result<usize> {
+        let mut guard = self.master_key.write().unwrap_or_else(|p| p.into_inner());
+        let count = crate::ops::rotate_master(self.store.as_ref(), &guard, &new)?;
+        if let MasterKeySource::Generated(path) = &self.config.master_key {
+            replace_secret_file(path, new.to_base64().as_bytes())?;
+            tracing::warn!(path = %path.display(), "the generated master key file now holds the rotated key");
+        }
+        *guard = Arc::new(new);
+        Ok(count)
+    }
+}
+
+/// Loads the master key from its source and checks it is the one that sealed this store.
+///
+/// `may_generate`: with no key configured, create `<data_dir>/master.key` on first use
+/// (development default). The CLI passes `false` when it only reads.
+pub fn resolve_master_key(source: &MasterKeySource, store: &dyn Store, may_generate: bool) -> Result<MasterKey> {
+    let recorded = store.meta(META_MASTER_KEY_ID)?;
+    let key = match source {
+        MasterKeySource::Env(v) => MasterKey::from_base64(v, "CONDUIT_MASTER_KEY")?,
+        MasterKeySource::File(path) => read_key_file(path)?,
+        MasterKeySource::Generated(path) if path.exists() => read_key_file(path)?,
+        MasterKeySource::Generated(path) => {
+            if let Some(id) = &recorded {
+                return Err(Error::msg(format!(
+                    "this store's credentials are sealed under master key {id}, but no master key is configured and {:?} does not exist; set CONDUIT_MASTER_KEY (or --master-key-file) to that key",
+                    path.display().to_string()
+                )));
+            }
+            if !may_generate {
+                return Err(Error::msg(
+                    "no master key is configured; set CONDUIT_MASTER_KEY, or start the gateway once to generate a development key",
+                ));
+            }
+            let (key, encoded) = MasterKey::generate()?;
+            write_secret_file(path, encoded.as_bytes())?;
+            tracing::warn!(
+                path = %path.display(),
+                master_key_id = key.id(),
+                "no master key configured: generated one next to the data for development; in production set CONDUIT_MASTER_KEY from a secret manager and keep it away from the data directory"
+            );
+            key
+        }
+    };
+    match recorded {
+        Some(id) if id != key.id() => Err(Error::msg(format!(
+            "the configured master key ({}) is not the one that sealed this store's credentials ({id}); start with the original key, or re-seal with `conduit credentials rotate-master` while holding it",
+            key.id()
+        ))),
+        Some(_) => Ok(key),
+        None => {
+            store.set_meta(META_MASTER_KEY_ID, key.id())?;
+            Ok(key)
+        }
+    }
+}
+
+fn read_key_file(path: &Path) -> Result<MasterKey> {
+    let shown = path.display().to_string();
+    let text = Zeroizing::new(
+        std::fs::read_to_string(path).map_err(|e| Error::msg(format!("reading master key file {shown:?}: {e}")))?,
+    );
+    MasterKey::from_base64(&text, &format!("master key file {shown:?}"))
+}
+
+/// Resolves the admin token: configured, or `<data_dir>/admin.token` (generated by the gateway).
+pub fn resolve_admin_token(config: &Config, may_generate: bool) -> Result<Zeroizing<String>> {
+    if let Some(t) = &config.admin_token {
+        return Ok(Zeroizing::new(t.clone()));
+    }
+    let path = config.data_dir.join("admin.token");
+    if path.exists() {
+        let t = std::fs::read_to_string(&path)
+            .map_err(|e| Error::msg(format!("reading admin token file {:?}: {e}", path.display().to_string())))?;
+        return Ok(Zeroizing::new(t.trim().to_string()));
+    }
+    if !may_generate {
+        return Err(Error::msg(format!(
+            "no admin token: set CONDUIT_ADMIN_TOKEN, or start the gateway once so it writes {:?}",
+            path.display().to_string()
+        )));
+    }
+    let mut raw = [0u8; 24];
+    getrandom::fill(&mut raw).map_err(|e| Error::msg(format!("OS random source failed: {e}")))?;
+    let token = Zeroizing::new(format!("cat_{}", crate::hex::encode(&raw)));
+    write_secret_file(&path, token.as_bytes())?;
+    tracing::info!(path = %path.display(), "generated an admin token (the CLI reads it from there)");
+    Ok(token)
+}
+
+/// Atomically replaces a secret file (write a sibling, then rename over it).
+pub fn replace_secret_file(path: &Path, contents: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("new");
+    let _ = std::fs::remove_file(&tmp);
+    write_secret_file(&tmp, contents)?;
+    std::fs::rename(&tmp, path)
+        .map_err(|e| Error::msg(format!("replacing {:?}: {e}", path.display().to_string())))
+}
+
+/// Writes a file readable by the owner only.
+fn write_secret_file(path: &Path, contents: &[u8]) -> Result<()> {
+    use std::io::Write;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut f = opts
+        .open(path)
+        .map_err(|e| Error::msg(format!("writing {:?}: {e}", path.display().to_string())))?;
+    f.write_all(contents)?;
+    f.sync_all()?;
+    Ok(())
+}

@@ -1,0 +1,45 @@
+//! # Conduit
+//!
+//! The control point an organisation runs between its AI coding tools and the model providers.
+//! Engineers point Claude Code, Codex, Cursor or an SDK at Conduit with one base-URL variable and a
+//! stand-in key Conduit issued them; Conduit authenticates the key, attaches the real (sealed)
+//! provider credential and forwards the request byte for byte, streaming the response back.
+//!
+//! Start a gateway in-process (this is what `conduit serve` and the tests do):
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), conduit::Error> {
+//! let config = conduit::Config::load(None)?;            // defaults + environment
+//! let gateway = conduit::Gateway::open(config)?;         // store, master key, upstream client
+//! let running = conduit::server::start(gateway, std::time::Duration::from_secs(10)).await?;
+//! println!("listening on {}", running.addr);
+//! # Ok(()) }
+//! ```
+//!
+//! The request path is in [`pipeline`]; each stage is a module under [`stages`].
+
+pub mod admin;
+pub mod admin_client;
+pub mod body;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod error;
+pub mod gateway;
+pub mod hex;
+pub mod keys;
+pub mod mock;
+pub mod ops;
+pub mod pipeline;
+pub mod protocol;
+pub mod rescue;
+pub mod seal;
+pub mod server;
+pub mod stages;
+pub mod store;
+pub mod telemetry;
+pub mod upstream;
+
+pub use config::Config;
+pub use error::{Error, GatewayError};
+pub use gateway::Gateway;

@@ -1,0 +1,169 @@
+//! Administrative operations on the store, shared by the admin API (gateway running) and the CLI
+//! (gateway stopped), so both paths run the same code and checks.
+
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use crate::error::{Error, Result};
+use crate::keys;
+use crate::protocol::Protocol;
+use crate::seal::{MasterKey, SealedCredential};
+use crate::store::{KeyRecord, Store};
+
+/// Input for a new stand-in key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NewKeyRequest {
+    /// Engineer (e-mail or user name).
+    pub owner: String,
+    /// Team for attribution.
+    #[serde(default)]
+    pub team: Option<String>,
+    /// Label.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Unix seconds.
+    #[serde(default)]
+    pub expires_at: Option<i64>,
+}
+
+/// A created key: the only response that ever carries the secret.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CreatedKey {
+    /// The stand-in key, shown once.
+    pub key: String,
+    /// Its record.
+    pub record: KeyRecord,
+}
+
+/// What may be shown about a credential: never the plaintext, never a hash of it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CredentialInfo {
+    /// Provider.
+    pub provider: String,
+    /// Name within the provider.
+    pub id: String,
+    /// Version, incremented per set.
+    pub version: u32,
+    /// Sealing master key id.
+    pub master_key_id: String,
+    /// Unix seconds.
+    pub updated_at: i64,
+}
+
+impl From<&SealedCredential> for CredentialInfo {
+    fn from(c: &SealedCredential) -> Self {
+        CredentialInfo {
+            provider: c.provider.clone(),
+            id: c.id.clone(),
+            version: c.version,
+            master_key_id: c.master_key_id.clone(),
+            updated_at: c.updated_at,
+        }
+    }
+}
+
+/// Creates a stand-in key.
+pub fn create_key(store: &dyn Store, req: NewKeyRequest) -> Result<CreatedKey> {
+    let owner = req.owner.trim();
+    if owner.is_empty() || owner.len() > 256 || owner.chars().any(char::is_control) {
+        return Err(Error::msg(format!("owner {:?} is not valid; give an e-mail address or user name", req.owner)));
+    }
+    let team = normalise_label("team", req.team)?;
+    let name = normalise_label("name", req.name)?;
+    let now = crate::clock::now_unix();
+    if let Some(t) = req.expires_at
+        && t <= now
+    {
+        return Err(Error::msg(format!(
+            "expiry {} is in the past; give a future date such as {}",
+            crate::clock::format_rfc3339(t),
+            crate::clock::format_rfc3339(now + 90 * 86_400)[..10].to_owned()
+        )));
+    }
+    let new = keys::generate().map_err(|e| Error::msg(format!("OS random source failed: {e}")))?;
+    let record = KeyRecord {
+        id: new.id.clone(),
+        hint: new.hint.clone(),
+        owner: owner.to_string(),
+        team,
+        name,
+        created_at: now,
+        expires_at: req.expires_at,
+        revoked_at: None,
+    };
+    store.insert_key(&new.hash, &record)?;
+    Ok(CreatedKey { key: new.secret, record })
+}
+
+fn normalise_label(what: &str, v: Option<String>) -> Result<Option<String>> {
+    match v.map(|s| s.trim().to_string()).filter(|s| !s.is_empty()) {
+        Some(s) if s.len() > 128 || s.chars().any(char::is_control) => {
+            Err(Error::msg(format!("{what} {s:?} is not valid; use up to 128 printable characters")))
+        }
+        other => Ok(other),
+    }
+}
+
+/// A key by id, or a message naming the id.
+pub fn key(store: &dyn Store, id: &str) -> Result<KeyRecord> {
+    store.key(id)?.ok_or_else(|| Error::msg(format!("no key with id {id:?}; `conduit keys list` shows the ids")))
+}
+
+/// Revokes a key; effective on the next request. Revoking twice is harmless.
+pub fn revoke_key(store: &dyn Store, id: &str) -> Result<KeyRecord> {
+    let mut record = key(store, id)?;
+    if record.revoked_at.is_none() {
+        record.revoked_at = Some(crate::clock::now_unix());
+        store.update_key(&record)?;
+    }
+    Ok(record)
+}
+
+/// Seals and stores the credential for `provider`, bumping its version.
+pub fn set_credential(store: &dyn Store, master: &MasterKey, provider: &str, secret: Zeroizing<String>) -> Result<CredentialInfo> {
+    let protocol = Protocol::parse(provider).ok_or_else(|| {
+        Error::msg(format!("unknown provider {provider:?}; expected one of: anthropic, openai"))
+    })?;
+    let secret = Zeroizing::new(secret.trim().to_string());
+    if secret.is_empty() {
+        return Err(Error::msg(format!("the {protocol} credential is empty; nothing was stored")));
+    }
+    if secret.bytes().any(|b| b.is_ascii_control()) {
+        return Err(Error::msg(format!(
+            "the {protocol} credential contains control characters and could not be sent in a header; nothing was stored"
+        )));
+    }
+    if secret.starts_with(keys::PREFIX) && keys::check_format(&secret).is_ok() {
+        return Err(Error::msg(format!(
+            "this is a Conduit stand-in key, not a {protocol} provider credential; nothing was stored"
+        )));
+    }
+    let id = "default";
+    let version = store.credential(protocol.as_str(), id)?.map(|c| c.version + 1).unwrap_or(1);
+    let sealed = master.seal(protocol.as_str(), id, version, secret.as_bytes(), crate::clock::now_unix())?;
+    store.put_credential(&sealed)?;
+    Ok(CredentialInfo::from(&sealed))
+}
+
+/// Metadata of every credential.
+pub fn credentials(store: &dyn Store) -> Result<Vec<CredentialInfo>> {
+    Ok(store.credentials()?.iter().map(CredentialInfo::from).collect())
+}
+
+/// Re-seals every credential from `old` to `new` in one transaction; returns how many.
+pub fn rotate_master(store: &dyn Store, old: &MasterKey, new: &MasterKey) -> Result<usize> {
+    if old.id() == new.id() {
+        return Err(Error::msg(format!("the new master key is the current one ({}); generate a different key", old.id())));
+    }
+    let now = crate::clock::now_unix();
+    let resealed = store
+        .credentials()?
+        .iter()
+        .map(|c| {
+            let plain = old.unseal(c)?;
+            new.seal(&c.provider, &c.id, c.version, &plain, now)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    store.reseal_all(&resealed, new.id())?;
+    Ok(resealed.len())
+}

@@ -1,0 +1,115 @@
+//! The request path, in order. Every request that reaches the gateway listener runs these stages;
+//! each lives in its own module under `stages/`, documented with what it reads, decides and returns.
+//!
+//! ```text
+//! accept        request id, start time, declared body size            stages::accept
+//! route         path + headers → API family, upstream URL; local probes stages::route
+//! authenticate  stand-in key → principal (key id, owner, team); 401     stages::authenticate
+//! inspect       bounded body read, original bytes kept; model, stream  stages::inspect
+//! credential    unseal the provider credential → upstream auth header  stages::credential
+//! forward       original bytes upstream; response streamed back        stages::forward
+//! audit         always: one metadata-only record per request           stages::audit
+//! ```
+//!
+//! Stages that later work adds slot in between without reshaping this file: `police` (Wasm policy
+//! verdicts) after `inspect`, `admit` (rate limits, budget reservation) before `credential`, and
+//! `meter` / `settle` as a tap on the response body in `forward`. See docs/architecture.md.
+//!
+//! A stage ends a request by returning a [`GatewayError`]; [`handle`] is the one place that turns
+//! it into a provider-shaped response (via `rescue`) and makes sure `audit` still runs.
+
+use std::net::SocketAddr;
+
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+
+use crate::body::GatewayBody;
+use crate::error::GatewayError;
+use crate::gateway::Gateway;
+use crate::rescue::{self, REQUEST_ID_HEADER};
+use crate::stages::route::Routed;
+use crate::stages::{accept, audit, authenticate, credential, forward, inspect, route};
+
+/// Handles one request on the gateway listener. Never fails: errors become responses.
+pub async fn handle(gw: &Gateway, req: Request<Incoming>, peer: SocketAddr) -> Response<GatewayBody> {
+    let mut exchange = accept::begin(&gw.request_ids, &req, peer);
+    match run(gw, req, &mut exchange).await {
+        Ok(Handled::Streaming(response)) => response, // audit runs when the body ends
+        Ok(Handled::Local(response)) => {
+            audit::record(&exchange, response.status().as_u16(), None);
+            response
+        }
+        Err(err) => {
+            log_failure(&exchange, &err);
+            let response = rescue::render(&err, exchange.protocol, &exchange.id);
+            audit::record(&exchange, response.status().as_u16(), Some(&err));
+            response
+        }
+    }
+}
+
+enum Handled {
+    /// Answered by the gateway itself.
+    Local(Response<GatewayBody>),
+    /// The upstream's response, streaming; audited when its body ends.
+    Streaming(Response<GatewayBody>),
+}
+
+async fn run(gw: &Gateway, req: Request<Incoming>, ex: &mut accept::Exchange) -> Result<Handled, GatewayError> {
+    accept::check_declared_length(&req, &gw.config.limits)?;
+
+    let route = match route::resolve(&gw.config.upstreams, req.method(), req.uri(), req.headers())? {
+        Routed::Local => return Ok(Handled::Local(probe_response(req.method(), &ex.id))),
+        Routed::Upstream(route) => route,
+    };
+    ex.protocol = Some(route.protocol);
+    ex.upstream = Some(route.upstream.base_url());
+
+    let principal = authenticate::principal(gw.store.as_ref(), req.headers(), crate::clock::now_unix())?;
+    ex.key_id = Some(principal.key_id);
+    ex.owner = Some(principal.owner);
+    ex.team = principal.team;
+
+    let (parts, body) = req.into_parts();
+    let inspected = inspect::read(body, &parts.headers, route.endpoint, &gw.config.limits).await?;
+    ex.bytes_in = inspected.body.len() as u64;
+    ex.model = inspected.facts.model;
+    ex.stream = inspected.facts.stream;
+
+    let auth = credential::for_upstream(gw, route.protocol, route.upstream.auth)?;
+
+    let response = forward::send(gw, &route, parts, inspected.body, auth, ex).await?;
+    Ok(Handled::Streaming(response))
+}
+
+/// Answers the probes clients send to the base URL (Claude Code sends `HEAD /` at start-up).
+fn probe_response(method: &Method, request_id: &str) -> Response<GatewayBody> {
+    let body = if method == Method::HEAD {
+        GatewayBody::empty()
+    } else {
+        GatewayBody::full(r#"{"service":"conduit","status":"ok"}"#)
+    };
+    let mut response = Response::new(body);
+    *response.status_mut() = StatusCode::OK;
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if let Ok(id) = HeaderValue::from_str(request_id) {
+        response.headers_mut().insert(REQUEST_ID_HEADER, id);
+    }
+    response
+}
+
+fn log_failure(ex: &accept::Exchange, err: &GatewayError) {
+    match err.side {
+        crate::error::Side::Downstream => {
+            tracing::debug!(request_id = %ex.id, kind = err.kind.as_str(), "request refused: {}", err.message)
+        }
+        _ => tracing::warn!(
+            request_id = %ex.id,
+            kind = err.kind.as_str(),
+            side = err.side.as_str(),
+            cause = err.cause.as_deref().unwrap_or("-"),
+            "request failed: {}",
+            err.message
+        ),
+    }
+}

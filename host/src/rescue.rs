@@ -1,0 +1,80 @@
+//! The one place where a failed request becomes an HTTP response.
+//!
+//! Any stage can end a request with a [`GatewayError`]; `rescue::render` turns it into the error shape
+//! of the provider the client thinks it is talking to, so SDKs raise their usual exception types and
+//! Claude Code prints the message. Internals (causes, upstream addresses) go to the log, never here.
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use serde_json::json;
+
+use crate::body::GatewayBody;
+use crate::error::{ErrorKind, GatewayError};
+use crate::protocol::Protocol;
+
+/// Header carrying Conduit's request id on every response.
+pub const REQUEST_ID_HEADER: &str = "x-conduit-request-id";
+
+/// Renders `err` for a client of `protocol` (Anthropic's shape when the route is not known yet).
+pub fn render(err: &GatewayError, protocol: Option<Protocol>, request_id: &str) -> Response<GatewayBody> {
+    let (status, anthropic_type, openai_type, openai_code) = shape(err.kind);
+    let message = format!("conduit: {}", err.message);
+    let body = match protocol.unwrap_or(Protocol::Anthropic) {
+        Protocol::Anthropic => json!({
+            "type": "error",
+            "error": {"type": anthropic_type, "message": message},
+            "request_id": request_id,
+        }),
+        Protocol::OpenAi => json!({
+            "error": {"message": message, "type": openai_type, "param": null, "code": openai_code},
+        }),
+    };
+    let mut response = Response::new(GatewayBody::full(Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if let Ok(id) = HeaderValue::from_str(request_id) {
+        headers.insert(REQUEST_ID_HEADER, id);
+    }
+    // SDKs and Claude Code honour this: waiting cannot fix a bad key or a missing credential.
+    if !err.kind.retryable() {
+        headers.insert("x-should-retry", HeaderValue::from_static("false"));
+    }
+    if let Some(secs) = err.retry_after {
+        headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    response
+}
+
+/// Status, Anthropic `error.type`, OpenAI `error.type` and OpenAI `error.code` for each kind.
+fn shape(kind: ErrorKind) -> (StatusCode, &'static str, &'static str, Option<&'static str>) {
+    use ErrorKind::*;
+    match kind {
+        BadRequest => (StatusCode::BAD_REQUEST, "invalid_request_error", "invalid_request_error", None),
+        UnsupportedMediaType => (
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "invalid_request_error",
+            "invalid_request_error",
+            None,
+        ),
+        Unauthenticated => (
+            StatusCode::UNAUTHORIZED,
+            "authentication_error",
+            "invalid_request_error",
+            Some("invalid_api_key"),
+        ),
+        Forbidden => (StatusCode::FORBIDDEN, "permission_error", "invalid_request_error", Some("forbidden")),
+        NotFound => (StatusCode::NOT_FOUND, "not_found_error", "invalid_request_error", Some("not_found")),
+        PayloadTooLarge => (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request_too_large",
+            "invalid_request_error",
+            Some("request_too_large"),
+        ),
+        RequestTimeout => (StatusCode::REQUEST_TIMEOUT, "invalid_request_error", "invalid_request_error", None),
+        NotConfigured => (StatusCode::SERVICE_UNAVAILABLE, "api_error", "server_error", Some("not_configured")),
+        UpstreamUnreachable => (StatusCode::BAD_GATEWAY, "api_error", "server_error", Some("upstream_unreachable")),
+        UpstreamTimeout => (StatusCode::GATEWAY_TIMEOUT, "api_error", "server_error", Some("upstream_timeout")),
+        Internal => (StatusCode::INTERNAL_SERVER_ERROR, "api_error", "server_error", None),
+    }
+}

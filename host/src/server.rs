@@ -1,0 +1,187 @@
+//! Listeners: the gateway (optionally TLS-terminated) and the admin API, with graceful shutdown.
+//!
+//! Each accepted connection is served by hyper's auto builder (HTTP/1.1, and HTTP/2 by prior
+//! knowledge or ALPN). HTTP/1 limits on the request head (size, header count, read timeout) are
+//! enforced here, before any stage runs: hyper answers 431 / 408 itself.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::{Limits, TlsFiles};
+use crate::error::{Error, Result};
+use crate::gateway::Gateway;
+
+/// A started gateway: its bound addresses and a handle to stop it.
+pub struct Running {
+    /// Gateway listener address (useful when configured with port 0).
+    pub addr: SocketAddr,
+    /// Admin listener address.
+    pub admin_addr: SocketAddr,
+    /// The shared state (tests reach the store through it).
+    pub gateway: Arc<Gateway>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops accepting, lets in-flight requests finish (up to `grace`), then returns.
+    pub async fn shutdown(self, grace: Duration) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = tokio::time::timeout(grace + Duration::from_secs(1), t).await;
+        }
+    }
+}
+
+/// Binds both listeners and serves until [`Running::shutdown`].
+pub async fn start(gateway: Gateway, grace: Duration) -> Result<Running> {
+    let gateway = Arc::new(gateway);
+    let config = &gateway.config;
+    let tls = config.tls.as_ref().map(load_tls).transpose()?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| Error::msg(format!("binding the gateway listener on {} (CONDUIT_LISTEN): {e}", config.listen)))?;
+    let admin = TcpListener::bind(config.admin_listen).await.map_err(|e| {
+        Error::msg(format!("binding the admin listener on {} (CONDUIT_ADMIN_LISTEN): {e}", config.admin_listen))
+    })?;
+    let addr = listener.local_addr()?;
+    let admin_addr = admin.local_addr()?;
+    let (stop, stopped) = watch::channel(false);
+
+    let gw = gateway.clone();
+    let limits = config.limits;
+    let gateway_task = tokio::spawn(serve(listener, tls, limits, stopped.clone(), grace, move |peer| {
+        let gw = gw.clone();
+        service_fn(move |req| {
+            let gw = gw.clone();
+            async move { Ok::<_, std::convert::Infallible>(crate::pipeline::handle(&gw, req, peer).await) }
+        })
+    }));
+    let gw = gateway.clone();
+    let admin_task = tokio::spawn(serve(admin, None, limits, stopped, grace, move |_peer| {
+        let gw = gw.clone();
+        service_fn(move |req| {
+            let gw = gw.clone();
+            async move { Ok::<_, std::convert::Infallible>(crate::admin::handle(&gw, req).await) }
+        })
+    }));
+    let scheme = if config.tls.is_some() { "https" } else { "http" };
+    tracing::info!(
+        gateway = %format!("{scheme}://{addr}"),
+        admin = %format!("http://{admin_addr}"),
+        anthropic_upstream = %config.upstreams.anthropic.base_url(),
+        openai_upstream = %config.upstreams.openai.base_url(),
+        "conduit listening"
+    );
+    Ok(Running { addr, admin_addr, gateway, stop, tasks: vec![gateway_task, admin_task] })
+}
+
+async fn serve<F, S>(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    limits: Limits,
+    mut stopped: watch::Receiver<bool>,
+    grace: Duration,
+    make_service: F,
+) where
+    F: Fn(SocketAddr) -> S,
+    S: hyper::service::Service<
+            http::Request<hyper::body::Incoming>,
+            Response = http::Response<crate::body::GatewayBody>,
+            Error = std::convert::Infallible,
+        > + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30))
+        .max_buf_size(limits.max_header_bytes.max(8192))
+        .max_headers(limits.max_headers);
+    builder.http2().timer(TokioTimer::new()).max_header_list_size(limits.max_header_bytes as u32);
+    let builder = Arc::new(builder);
+    let graceful = GracefulShutdown::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stopped.changed() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = make_service(peer);
+        let builder = builder.clone();
+        match &tls {
+            None => {
+                let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, %peer, "connection ended with an error");
+                    }
+                });
+            }
+            Some(acceptor) => {
+                let acceptor = acceptor.clone();
+                let watcher = graceful.watcher();
+                tokio::spawn(async move {
+                    let tls_stream = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => return tracing::debug!(error = %e, %peer, "TLS handshake failed"),
+                        Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+                    };
+                    let conn = builder.serve_connection(TokioIo::new(tls_stream), service).into_owned();
+                    if let Err(e) = watcher.watch(conn).await {
+                        tracing::debug!(error = %e, %peer, "connection ended with an error");
+                    }
+                });
+            }
+        }
+    }
+    drop(listener);
+    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+        tracing::warn!(grace_secs = grace.as_secs(), "in-flight requests did not finish within the grace period");
+    }
+}
+
+fn load_tls(files: &TlsFiles) -> Result<TlsAcceptor> {
+    let cert_shown = files.cert_file.display().to_string();
+    let key_shown = files.key_file.display().to_string();
+    let certs = CertificateDer::pem_file_iter(&files.cert_file)
+        .map_err(|e| Error::msg(format!("tls.cert_file {cert_shown:?}: {e}")))?
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| Error::msg(format!("tls.cert_file {cert_shown:?}: {e}")))?;
+    if certs.is_empty() {
+        return Err(Error::msg(format!("tls.cert_file {cert_shown:?} holds no PEM certificate")));
+    }
+    let key = PrivateKeyDer::from_pem_file(&files.key_file)
+        .map_err(|e| Error::msg(format!("tls.key_file {key_shown:?}: {e} (expected a PEM private key)")))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::msg(format!("TLS setup: {e}")))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| Error::msg(format!("tls.cert_file / tls.key_file do not form a usable pair: {e}")))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}

@@ -1,0 +1,122 @@
+//! **accept** — reads: the request head and the peer address. Decides: the request id and start
+//! time, and refuses a body whose declared length is over the limit before reading a byte of it.
+//! Returns: the [`Exchange`] that every later stage fills in and `audit` records.
+//! (Header count and size limits are enforced earlier, by the HTTP server itself: see `server`.)
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use http::{Request, header};
+
+use crate::config::Limits;
+use crate::error::{ErrorKind, GatewayError};
+use crate::protocol::Protocol;
+
+/// Metadata of one request as it passes the stages: what `audit` records. Never holds a body, a
+/// prompt, a query string or a key.
+#[derive(Debug, Clone)]
+pub struct Exchange {
+    /// Conduit's request id (`x-conduit-request-id`).
+    pub id: String,
+    /// Monotonic start.
+    pub started: Instant,
+    /// Wall-clock start, Unix seconds.
+    pub started_unix: i64,
+    /// Client address.
+    pub peer: SocketAddr,
+    /// HTTP method.
+    pub method: http::Method,
+    /// Path without the query string.
+    pub path: String,
+    /// Family, once routed.
+    pub protocol: Option<Protocol>,
+    /// Upstream base URL, once routed.
+    pub upstream: Option<String>,
+    /// Stand-in key id, once authenticated.
+    pub key_id: Option<String>,
+    /// Key owner.
+    pub owner: Option<String>,
+    /// Key team.
+    pub team: Option<String>,
+    /// Requested model, once inspected.
+    pub model: Option<String>,
+    /// Whether the client asked for a stream.
+    pub stream: bool,
+    /// Request body bytes.
+    pub bytes_in: u64,
+    /// Time until upstream response headers arrived.
+    pub upstream_ttfb_ms: Option<f64>,
+}
+
+/// Hands out request ids: a per-process random prefix and a counter — unique, cheap, sortable.
+#[derive(Debug)]
+pub struct RequestIds {
+    prefix: u32,
+    next: AtomicU64,
+}
+
+impl RequestIds {
+    /// Seeds the prefix from the OS random source.
+    pub fn new() -> Self {
+        let mut b = [0u8; 4];
+        let _ = getrandom::fill(&mut b);
+        RequestIds { prefix: u32::from_le_bytes(b), next: AtomicU64::new(1) }
+    }
+
+    fn next(&self) -> String {
+        format!("req_{:08x}{:010x}", self.prefix, self.next.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+impl Default for RequestIds {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Starts the exchange for `req`.
+pub fn begin<B>(ids: &RequestIds, req: &Request<B>, peer: SocketAddr) -> Exchange {
+    Exchange {
+        id: ids.next(),
+        started: Instant::now(),
+        started_unix: crate::clock::now_unix(),
+        peer,
+        method: req.method().clone(),
+        path: req.uri().path().to_string(),
+        protocol: None,
+        upstream: None,
+        key_id: None,
+        owner: None,
+        team: None,
+        model: None,
+        stream: false,
+        bytes_in: 0,
+        upstream_ttfb_ms: None,
+    }
+}
+
+/// Refuses a declared `content-length` over the limit, without reading the body.
+pub fn check_declared_length<B>(req: &Request<B>, limits: &Limits) -> Result<(), GatewayError> {
+    let Some(value) = req.headers().get(header::CONTENT_LENGTH) else {
+        return Ok(());
+    };
+    let declared = value.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok()).ok_or_else(|| {
+        GatewayError::downstream(ErrorKind::BadRequest, "the content-length header is not a number")
+    })?;
+    if declared > limits.max_body_bytes {
+        return Err(too_large(declared, limits));
+    }
+    Ok(())
+}
+
+/// The 413 for a body over the limit.
+pub fn too_large(size: u64, limits: &Limits) -> GatewayError {
+    GatewayError::downstream(
+        ErrorKind::PayloadTooLarge,
+        format!(
+            "request body of {size} bytes is over this gateway's limit of {} bytes; send less context, or ask the operator to raise limits.max_body_bytes",
+            limits.max_body_bytes
+        ),
+    )
+}

@@ -1,0 +1,47 @@
+//! **audit** — always runs, whatever happened: success, refusal, upstream failure, client abort.
+//! Reads: the [`Exchange`] and the outcome. Records: one metadata-only event per request on the
+//! `conduit::audit` log target — ids, key id, team, family, path, model, status, sizes, timings.
+//! Never a body, a prompt, a query string or a key. (The durable, hash-chained audit store builds
+//! on this record; see docs/architecture.md.)
+
+use crate::body::StreamEnd;
+use crate::error::GatewayError;
+use crate::stages::accept::Exchange;
+
+/// Records a request that ended before or without a streamed upstream body.
+pub fn record(ex: &Exchange, status: u16, error: Option<&GatewayError>) {
+    emit(ex, status, 0, error.map(|e| e.kind.as_str()).unwrap_or("complete"), error);
+}
+
+/// Records a request whose upstream body finished, failed or was abandoned.
+pub fn record_stream(ex: &Exchange, status: u16, bytes_out: u64, end: &StreamEnd) {
+    emit(ex, status, bytes_out, end.as_str(), None);
+    if let StreamEnd::UpstreamError(cause) = end {
+        tracing::warn!(request_id = %ex.id, cause = %cause, "upstream body failed mid-stream");
+    }
+}
+
+fn emit(ex: &Exchange, status: u16, bytes_out: u64, outcome: &str, error: Option<&GatewayError>) {
+    let duration_ms = ex.started.elapsed().as_secs_f64() * 1e3;
+    tracing::info!(
+        target: "conduit::audit",
+        request_id = %ex.id,
+        key_id = ex.key_id.as_deref().unwrap_or("-"),
+        owner = ex.owner.as_deref().unwrap_or("-"),
+        team = ex.team.as_deref().unwrap_or("-"),
+        provider = ex.protocol.map(|p| p.as_str()).unwrap_or("-"),
+        method = %ex.method,
+        path = %ex.path,
+        model = ex.model.as_deref().unwrap_or("-"),
+        stream = ex.stream,
+        status,
+        outcome,
+        error_side = error.map(|e| e.side.as_str()).unwrap_or("-"),
+        bytes_in = ex.bytes_in,
+        bytes_out,
+        upstream_ttfb_ms = ex.upstream_ttfb_ms.unwrap_or(-1.0),
+        duration_ms,
+        client_ip = %ex.peer.ip(),
+        "request"
+    );
+}

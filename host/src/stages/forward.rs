@@ -1,0 +1,152 @@
+//! **forward** — reads: the route, the original request head and body bytes, the upstream auth
+//! header. Decides: which headers cross (everything but hop-by-hop headers, `host` and the client's
+//! own key). Returns: the upstream's response — status, headers (hop-by-hop aside) and body — passed
+//! back unchanged, the body streamed frame by frame through [`UpstreamBody`], which triggers `audit`
+//! when it ends. Compressed responses stay compressed: the gateway never decodes what it forwards.
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response};
+use http_body_util::Full;
+
+use crate::body::{GatewayBody, UpstreamBody};
+use crate::error::{ErrorKind, GatewayError};
+use crate::gateway::Gateway;
+use crate::rescue::REQUEST_ID_HEADER;
+use crate::stages::accept::Exchange;
+use crate::stages::audit;
+use crate::stages::credential::UpstreamAuth;
+use crate::stages::route::Route;
+
+/// Sends the request upstream and streams the response back.
+pub async fn send(
+    gw: &Gateway,
+    route: &Route,
+    parts: http::request::Parts,
+    body: Bytes,
+    auth: UpstreamAuth,
+    exchange: &mut Exchange,
+) -> Result<Response<GatewayBody>, GatewayError> {
+    let mut upstream_req = Request::new(Full::new(body));
+    *upstream_req.method_mut() = parts.method;
+    *upstream_req.uri_mut() = route.uri.clone();
+    let headers = upstream_req.headers_mut();
+    copy_end_to_end(&parts.headers, headers, true);
+    headers.insert(auth.name, auth.value);
+
+    let sent = std::time::Instant::now();
+    let net = &gw.config.network;
+    let response = tokio::time::timeout(net.response_timeout, gw.client.request(upstream_req))
+        .await
+        .map_err(|_| {
+            GatewayError::upstream(
+                ErrorKind::UpstreamTimeout,
+                format!(
+                    "the {} upstream did not answer within {} s (network.response_timeout_secs)",
+                    route.protocol,
+                    net.response_timeout.as_secs()
+                ),
+            )
+        })?
+        .map_err(|e| {
+            let what = if e.is_connect() { "could not be reached" } else { "closed the connection before answering" };
+            GatewayError::upstream(
+                ErrorKind::UpstreamUnreachable,
+                format!("the {} upstream {what}; the gateway log has the cause", route.protocol),
+            )
+            .with_cause(format!("{}: {}", route.upstream.base_url(), error_chain(&e)))
+        })?;
+    exchange.upstream_ttfb_ms = Some(sent.elapsed().as_secs_f64() * 1e3);
+
+    let (mut parts, incoming) = response.into_parts();
+    let mut headers = HeaderMap::with_capacity(parts.headers.len() + 1);
+    copy_end_to_end(&parts.headers, &mut headers, false);
+    if let Ok(id) = HeaderValue::from_str(&exchange.id) {
+        headers.insert(REQUEST_ID_HEADER, id);
+    }
+    parts.headers = headers;
+
+    let status = parts.status.as_u16();
+    let finished = exchange.clone();
+    let on_end = Box::new(move |bytes_out, end| audit::record_stream(&finished, status, bytes_out, &end));
+    let body = UpstreamBody::new(incoming, net.idle_timeout, on_end);
+    Ok(Response::from_parts(parts, GatewayBody::Upstream { inner: body }))
+}
+
+/// Copies end-to-end headers: drops hop-by-hop ones (RFC 9110 §7.6.1, including any named in
+/// `Connection`), and on requests also `host` and the client's key headers.
+fn copy_end_to_end(from: &HeaderMap, to: &mut HeaderMap, is_request: bool) {
+    let named_by_connection: Vec<HeaderName> = from
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for (name, value) in from {
+        let drop = is_hop_by_hop(name)
+            || named_by_connection.contains(name)
+            || (is_request && (name == header::HOST || name == header::AUTHORIZATION || name == "x-api-key" || name == header::CONTENT_LENGTH));
+        if !drop {
+            to.append(name.clone(), value.clone());
+        }
+    }
+}
+
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == header::TRANSFER_ENCODING
+        || name == header::TE
+        || name == header::TRAILER
+        || name == header::UPGRADE
+        || name == header::PROXY_AUTHORIZATION
+        || name == header::PROXY_AUTHENTICATE
+        || name == "keep-alive"
+        || name == "proxy-connection"
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_headers_lose_hop_by_hop_host_and_client_keys() {
+        let mut from = HeaderMap::new();
+        for (k, v) in [
+            ("host", "conduit:8080"),
+            ("x-api-key", "ck_x"),
+            ("authorization", "Bearer ck_x"),
+            ("connection", "keep-alive, x-private-hop"),
+            ("x-private-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("transfer-encoding", "chunked"),
+            ("content-length", "10"),
+            ("anthropic-version", "2023-06-01"),
+            ("anthropic-beta", "a"),
+            ("x-claude-code-session-id", "s"),
+        ] {
+            from.append(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        from.append("anthropic-beta", HeaderValue::from_static("b"));
+        let mut to = HeaderMap::new();
+        copy_end_to_end(&from, &mut to, true);
+        let names: Vec<_> = to.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["anthropic-version", "anthropic-beta", "x-claude-code-session-id"]);
+        assert_eq!(to.get_all("anthropic-beta").iter().count(), 2, "repeated headers are kept");
+
+        let mut resp = HeaderMap::new();
+        copy_end_to_end(&from, &mut resp, false);
+        assert!(resp.contains_key("content-length") && resp.contains_key("authorization"));
+    }
+}

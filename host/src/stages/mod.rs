@@ -1,0 +1,11 @@
+//! The request stages, one module each, in the order `pipeline` runs them. Each module says what it
+//! reads, what it decides and what it returns; any stage may end the request with a
+//! [`GatewayError`](crate::error::GatewayError), which `rescue` renders in the provider's shape.
+
+pub mod accept;
+pub mod audit;
+pub mod authenticate;
+pub mod credential;
+pub mod forward;
+pub mod inspect;
+pub mod route;

@@ -1,0 +1,302 @@
+//! Durable state behind a small trait, so a multi-replica deployment can later move some of it to a
+//! shared engine. The embedded default is sled, one process at a time: while a gateway runs, the
+//! CLI goes through the admin API instead of opening the store.
+//!
+//! Trees (sled): `meta` (schema version, master key id), `keys` (key hash → record),
+//! `key_ids` (key id → key hash), `credentials` (`provider/id` → sealed credential).
+//! Records are JSON; new fields are added with `#[serde(default)]` so old records still load.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::keys::KeyHash;
+use crate::seal::SealedCredential;
+
+/// Schema version this build reads and writes.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// A stand-in key as stored: everything but the secret.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct KeyRecord {
+    /// Public id (`key_…`).
+    pub id: String,
+    /// Last four characters of the secret, to help a person match key and id.
+    pub hint: String,
+    /// The engineer it was issued to.
+    pub owner: String,
+    /// Team for attribution.
+    #[serde(default)]
+    pub team: Option<String>,
+    /// Free-form label (`laptop`, `ci`).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Unix seconds after which the key is refused.
+    #[serde(default)]
+    pub expires_at: Option<i64>,
+    /// Unix seconds when revoked; refused from then on.
+    #[serde(default)]
+    pub revoked_at: Option<i64>,
+}
+
+impl KeyRecord {
+    /// Why the key may not be used at `now`, if it may not.
+    pub fn unusable_reason(&self, now: i64) -> Option<String> {
+        if let Some(t) = self.revoked_at {
+            return Some(format!("was revoked at {}", crate::clock::format_rfc3339(t)));
+        }
+        match self.expires_at {
+            Some(t) if now >= t => Some(format!("expired at {}", crate::clock::format_rfc3339(t))),
+            _ => None,
+        }
+    }
+}
+
+/// What the gateway and the CLI need from durable storage.
+pub trait Store: Send + Sync + 'static {
+    /// Adds a new key; fails if the id or hash exists.
+    fn insert_key(&self, hash: &KeyHash, record: &KeyRecord) -> Result<()>;
+    /// Looks a presented key up by its hash (the request path).
+    fn key_by_hash(&self, hash: &KeyHash) -> Result<Option<KeyRecord>>;
+    /// Looks a key up by id.
+    fn key(&self, id: &str) -> Result<Option<KeyRecord>>;
+    /// Replaces an existing key's record (revoke, update).
+    fn update_key(&self, record: &KeyRecord) -> Result<()>;
+    /// All keys, oldest first.
+    fn keys(&self) -> Result<Vec<KeyRecord>>;
+    /// Stores (replaces) a sealed credential.
+    fn put_credential(&self, credential: &SealedCredential) -> Result<()>;
+    /// The credential `id` for `provider`.
+    fn credential(&self, provider: &str, id: &str) -> Result<Option<SealedCredential>>;
+    /// All sealed credentials.
+    fn credentials(&self) -> Result<Vec<SealedCredential>>;
+    /// Atomically replaces all credentials and the recorded master key id (master key rotation).
+    fn reseal_all(&self, credentials: &[SealedCredential], master_key_id: &str) -> Result<()>;
+    /// A metadata value.
+    fn meta(&self, name: &str) -> Result<Option<String>>;
+    /// Sets a metadata value.
+    fn set_meta(&self, name: &str, value: &str) -> Result<()>;
+    /// A cheap round trip proving the store answers (`/readyz`).
+    fn ping(&self) -> Result<()>;
+}
+
+/// Metadata name holding the id of the master key that sealed the credentials.
+pub const META_MASTER_KEY_ID: &str = "master_key_id";
+const META_SCHEMA: &str = "schema_version";
+
+/// The embedded sled store.
+pub struct SledStore {
+    db: sled::Db,
+    meta: sled::Tree,
+    keys: sled::Tree,
+    key_ids: sled::Tree,
+    credentials: sled::Tree,
+}
+
+impl SledStore {
+    /// Opens (creating if needed) the store under `dir`, checking the schema version.
+    pub fn open(dir: &Path) -> Result<SledStore> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::msg(format!("creating data directory {:?}: {e}", dir.display().to_string())))?;
+        let path = dir.join("store");
+        let db = sled::Config::new().path(&path).mode(sled::Mode::HighThroughput).open().map_err(|e| {
+            let hint = if e.to_string().contains("lock") || e.to_string().contains("WouldBlock") {
+                "; another Conduit process (a running gateway) holds it: use the CLI against its admin API, or stop it"
+            } else {
+                ""
+            };
+            Error::msg(format!("opening the store at {:?}: {e}{hint}", path.display().to_string()))
+        })?;
+        let store = SledStore {
+            meta: db.open_tree("meta")?,
+            keys: db.open_tree("keys")?,
+            key_ids: db.open_tree("key_ids")?,
+            credentials: db.open_tree("credentials")?,
+            db,
+        };
+        match store.meta(META_SCHEMA)? {
+            None => store.set_meta(META_SCHEMA, &SCHEMA_VERSION.to_string())?,
+            Some(v) if v == SCHEMA_VERSION.to_string() => {}
+            Some(v) => {
+                return Err(Error::msg(format!(
+                    "the store at {:?} has schema version {v}, this build reads version {SCHEMA_VERSION}; run a Conduit release that matches it",
+                    path.display().to_string()
+                )));
+            }
+        }
+        Ok(store)
+    }
+
+    fn decode<T: for<'de> Deserialize<'de>>(what: &str, bytes: &[u8]) -> Result<T> {
+        serde_json::from_slice(bytes).map_err(|e| Error::msg(format!("corrupt {what} record in the store: {e}")))
+    }
+}
+
+fn credential_key(provider: &str, id: &str) -> String {
+    format!("{provider}/{id}")
+}
+
+impl Store for SledStore {
+    fn insert_key(&self, hash: &KeyHash, record: &KeyRecord) -> Result<()> {
+        let value = serde_json::to_vec(record)?;
+        use sled::Transactional;
+        (&self.keys, &self.key_ids)
+            .transaction(|(keys, ids)| {
+                if ids.get(record.id.as_bytes())?.is_some() || keys.get(hash.0)?.is_some() {
+                    return sled::transaction::abort(());
+                }
+                keys.insert(&hash.0, value.as_slice())?;
+                ids.insert(record.id.as_bytes(), &hash.0)?;
+                Ok(())
+            })
+            .map_err(|e| match e {
+                sled::transaction::TransactionError::Abort(()) => {
+                    Error::msg(format!("a key with id {:?} already exists", record.id))
+                }
+                sled::transaction::TransactionError::Storage(e) => e.into(),
+            })?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    fn key_by_hash(&self, hash: &KeyHash) -> Result<Option<KeyRecord>> {
+        self.keys.get(hash.0)?.map(|v| Self::decode("key", &v)).transpose()
+    }
+
+    fn key(&self, id: &str) -> Result<Option<KeyRecord>> {
+        match self.key_ids.get(id.as_bytes())? {
+            Some(hash) => self.keys.get(hash)?.map(|v| Self::decode("key", &v)).transpose(),
+            None => Ok(None),
+        }
+    }
+
+    fn update_key(&self, record: &KeyRecord) -> Result<()> {
+        let hash = self
+            .key_ids
+            .get(record.id.as_bytes())?
+            .ok_or_else(|| Error::msg(format!("no key with id {:?}", record.id)))?;
+        self.keys.insert(hash, serde_json::to_vec(record)?)?;
+        // Revocation must survive a crash right after the CLI said it worked.
+        self.db.flush()?;
+        Ok(())
+    }
+
+    fn keys(&self) -> Result<Vec<KeyRecord>> {
+        let mut all = self
+            .keys
+            .iter()
+            .values()
+            .map(|v| Self::decode::<KeyRecord>("key", &v?))
+            .collect::<Result<Vec<_>>>()?;
+        all.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(all)
+    }
+
+    fn put_credential(&self, c: &SealedCredential) -> Result<()> {
+        self.credentials.insert(credential_key(&c.provider, &c.id), serde_json::to_vec(c)?)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    fn credential(&self, provider: &str, id: &str) -> Result<Option<SealedCredential>> {
+        self.credentials
+            .get(credential_key(provider, id))?
+            .map(|v| Self::decode("credential", &v))
+            .transpose()
+    }
+
+    fn credentials(&self) -> Result<Vec<SealedCredential>> {
+        self.credentials.iter().values().map(|v| Self::decode("credential", &v?)).collect()
+    }
+
+    fn reseal_all(&self, credentials: &[SealedCredential], master_key_id: &str) -> Result<()> {
+        let encoded = credentials
+            .iter()
+            .map(|c| Ok((credential_key(&c.provider, &c.id), serde_json::to_vec(c)?)))
+            .collect::<Result<Vec<_>>>()?;
+        use sled::Transactional;
+        (&self.credentials, &self.meta)
+            .transaction(|(creds, meta)| {
+                for (k, v) in &encoded {
+                    creds.insert(k.as_bytes(), v.as_slice())?;
+                }
+                meta.insert(META_MASTER_KEY_ID, master_key_id.as_bytes())?;
+                Ok::<_, sled::transaction::ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| Error::msg(format!("re-sealing credentials failed, nothing was changed: {e:?}")))?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    fn meta(&self, name: &str) -> Result<Option<String>> {
+        Ok(self.meta.get(name)?.map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    fn set_meta(&self, name: &str, value: &str) -> Result<()> {
+        self.meta.insert(name, value.as_bytes())?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    fn ping(&self) -> Result<()> {
+        self.meta.get(META_SCHEMA)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: &str) -> KeyRecord {
+        KeyRecord {
+            id: id.into(),
+            hint: "abcd".into(),
+            owner: "alice@corp.example".into(),
+            team: Some("payments".into()),
+            name: None,
+            created_at: 1,
+            expires_at: None,
+            revoked_at: None,
+        }
+    }
+
+    #[test]
+    fn keys_by_hash_and_id_and_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let hash = KeyHash::of("ck_x");
+        {
+            let s = SledStore::open(dir.path()).unwrap();
+            s.insert_key(&hash, &record("key_1")).unwrap();
+            assert!(s.insert_key(&hash, &record("key_1")).is_err(), "duplicate id refused");
+            let mut r = s.key("key_1").unwrap().unwrap();
+            r.revoked_at = Some(5);
+            s.update_key(&r).unwrap();
+        }
+        let s = SledStore::open(dir.path()).unwrap();
+        assert_eq!(s.key_by_hash(&hash).unwrap().unwrap().revoked_at, Some(5));
+        assert_eq!(s.keys().unwrap().len(), 1);
+        assert!(s.key_by_hash(&KeyHash::of("ck_y")).unwrap().is_none());
+    }
+
+    #[test]
+    fn newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        SledStore::open(dir.path()).unwrap().set_meta(META_SCHEMA, "99").unwrap();
+        let err = SledStore::open(dir.path()).err().unwrap().to_string();
+        assert!(err.contains("schema version 99"), "{err}");
+    }
+
+    #[test]
+    fn unusable_reasons() {
+        let mut r = record("k");
+        assert_eq!(r.unusable_reason(10), None);
+        r.expires_at = Some(10);
+        assert!(r.unusable_reason(10).unwrap().starts_with("expired at 1970-01-01"));
+        r.revoked_at = Some(3);
+        assert!(r.unusable_reason(0).unwrap().starts_with("was revoked"));
+    }
+}
