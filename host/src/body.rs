@@ -33,7 +33,9 @@ pin_project_lite::pin_project! {
 impl GatewayBody {
     /// A buffered body.
     pub fn full(bytes: impl Into<Bytes>) -> Self {
-        GatewayBody::Full { inner: Full::new(bytes.into()) }
+        GatewayBody::Full {
+            inner: Full::new(bytes.into()),
+        }
     }
 
     /// An empty body.
@@ -46,7 +48,10 @@ impl Body for GatewayBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.project() {
             GatewayBodyProj::Full { inner } => inner.poll_frame(cx).map_err(|never| match never {}),
             GatewayBodyProj::Upstream { inner } => inner.poll_frame(cx),
@@ -137,14 +142,19 @@ impl Body for UpstreamBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let mut this = self.project();
         match this.inner.as_mut().poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     *this.bytes += data.len() as u64;
                 }
-                this.idle.as_mut().reset(Instant::now() + *this.idle_timeout);
+                this.idle
+                    .as_mut()
+                    .reset(Instant::now() + *this.idle_timeout);
                 if this.inner.is_end_stream()
                     && let Some(f) = this.on_end.take()
                 {
@@ -170,7 +180,10 @@ impl Body for UpstreamBody {
                 if let Some(f) = this.on_end.take() {
                     f(*this.bytes, StreamEnd::IdleTimeout);
                 }
-                Poll::Ready(Some(Err(format!("upstream sent nothing for {secs} s (network.idle_timeout_secs)").into())))
+                Poll::Ready(Some(Err(format!(
+                    "upstream sent nothing for {secs} s (network.idle_timeout_secs)"
+                )
+                .into())))
             }
         }
     }

@@ -166,10 +166,11 @@ async fn serve(config: Config) -> Result<()> {
 async fn shutdown_signal() {
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => return std::future::pending().await,
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return std::future::pending().await,
+            };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {},
             _ = term.recv() => {},
@@ -180,8 +181,9 @@ async fn shutdown_signal() {
 }
 
 /// Where operator commands go: a running gateway's admin API, or the store itself.
+#[allow(clippy::large_enum_variant)] // one value per CLI run; boxing buys nothing
 enum Control {
-    Remote(Box<AdminClient>),
+    Remote(AdminClient),
     Local { store: SledStore, config: Config },
 }
 
@@ -189,10 +191,16 @@ impl Control {
     async fn connect(config: Config) -> Result<Control> {
         if AdminClient::is_listening(config.admin_listen).await {
             let token = crate::gateway::resolve_admin_token(&config, false)?;
-            return Ok(Control::Remote(Box::new(AdminClient::new(config.admin_listen, token))));
+            return Ok(Control::Remote(AdminClient::new(
+                config.admin_listen,
+                token,
+            )));
         }
         let store = SledStore::open(&config.data_dir).map_err(|e| {
-            e.context(format!("no gateway answers on the admin address {}, and", config.admin_listen))
+            e.context(format!(
+                "no gateway answers on the admin address {}, and",
+                config.admin_listen
+            ))
         })?;
         Ok(Control::Local { store, config })
     }
@@ -204,7 +212,13 @@ impl Control {
 
 async fn keys(control: Control, cmd: KeysCommand) -> Result<()> {
     match cmd {
-        KeysCommand::Create { owner, team, name, expires, out } => {
+        KeysCommand::Create {
+            owner,
+            team,
+            name,
+            expires,
+            out,
+        } => {
             let expires_at = expires
                 .map(|e| {
                     crate::clock::parse_date_or_time(&e).ok_or_else(|| {
@@ -212,7 +226,12 @@ async fn keys(control: Control, cmd: KeysCommand) -> Result<()> {
                     })
                 })
                 .transpose()?;
-            let req = NewKeyRequest { owner, team, name, expires_at };
+            let req = NewKeyRequest {
+                owner,
+                team,
+                name,
+                expires_at,
+            };
             let created: CreatedKey = match &control {
                 Control::Remote(c) => c.call(Method::POST, "/v1/keys", Some(json!(req))).await?,
                 Control::Local { store, .. } => ops::create_key(store, req)?,
@@ -225,7 +244,12 @@ async fn keys(control: Control, cmd: KeysCommand) -> Result<()> {
                     "created {} for {}{} — this is the only time the key is shown; hand it to its owner now",
                     created.record.id,
                     created.record.owner,
-                    created.record.team.as_deref().map(|t| format!(" (team {t})")).unwrap_or_default()
+                    created
+                        .record
+                        .team
+                        .as_deref()
+                        .map(|t| format!(" (team {t})"))
+                        .unwrap_or_default()
                 );
             }
         }
@@ -245,22 +269,41 @@ async fn keys(control: Control, cmd: KeysCommand) -> Result<()> {
         }
         KeysCommand::Show { id, out } => {
             let k: KeyRecord = match &control {
-                Control::Remote(c) => c.call(Method::GET, &format!("/v1/keys/{}", path_segment(&id)?), None).await?,
+                Control::Remote(c) => {
+                    c.call(
+                        Method::GET,
+                        &format!("/v1/keys/{}", path_segment(&id)?),
+                        None,
+                    )
+                    .await?
+                }
                 Control::Local { store, .. } => ops::key(store, &id)?,
             };
-            if out.json { println!("{}", json!(k)) } else { print_keys(std::slice::from_ref(&k)) }
+            if out.json {
+                println!("{}", json!(k))
+            } else {
+                print_keys(std::slice::from_ref(&k))
+            }
         }
         KeysCommand::Revoke { id, out } => {
             let k: KeyRecord = match &control {
                 Control::Remote(c) => {
-                    c.call(Method::POST, &format!("/v1/keys/{}/revoke", path_segment(&id)?), None).await?
+                    c.call(
+                        Method::POST,
+                        &format!("/v1/keys/{}/revoke", path_segment(&id)?),
+                        None,
+                    )
+                    .await?
                 }
                 Control::Local { store, .. } => ops::revoke_key(store, &id)?,
             };
             if out.json {
                 println!("{}", json!(k));
             } else {
-                println!("revoked {} (owner {}); requests with it are refused from now on", k.id, k.owner);
+                println!(
+                    "revoked {} (owner {}); requests with it are refused from now on",
+                    k.id, k.owner
+                );
             }
         }
     }
@@ -269,7 +312,11 @@ async fn keys(control: Control, cmd: KeysCommand) -> Result<()> {
 
 async fn credentials(control: Control, cmd: CredentialsCommand) -> Result<()> {
     match cmd {
-        CredentialsCommand::Set { provider, from_env, stdin } => {
+        CredentialsCommand::Set {
+            provider,
+            from_env,
+            stdin,
+        } => {
             let secret = if stdin {
                 let mut s = Zeroizing::new(String::new());
                 std::io::stdin().read_to_string(&mut s)?;
@@ -283,14 +330,22 @@ async fn credentials(control: Control, cmd: CredentialsCommand) -> Result<()> {
             let info: CredentialInfo = match &control {
                 Control::Remote(c) => {
                     let body = json!({"secret": secret.as_str()});
-                    c.call(Method::PUT, &format!("/v1/credentials/{}", path_segment(&provider)?), Some(body)).await?
+                    c.call(
+                        Method::PUT,
+                        &format!("/v1/credentials/{}", path_segment(&provider)?),
+                        Some(body),
+                    )
+                    .await?
                 }
                 Control::Local { store, config } => {
                     let mk = Control::master_key(store, config)?;
                     ops::set_credential(store, &mk, &provider, secret)?
                 }
             };
-            println!("{} credential set (version {}, sealed under {})", info.provider, info.version, info.master_key_id);
+            println!(
+                "{} credential set (version {}, sealed under {})",
+                info.provider, info.version, info.master_key_id
+            );
         }
         CredentialsCommand::List { out } => {
             let all: Vec<CredentialInfo> = match &control {
@@ -303,9 +358,14 @@ async fn credentials(control: Control, cmd: CredentialsCommand) -> Result<()> {
             if out.json {
                 println!("{}", json!({"credentials": all}));
             } else if all.is_empty() {
-                println!("no credentials set; `conduit credentials set anthropic --from-env ANTHROPIC_API_KEY`");
+                println!(
+                    "no credentials set; `conduit credentials set anthropic --from-env ANTHROPIC_API_KEY`"
+                );
             } else {
-                println!("{:<10} {:<8} {:>7}  {:<20}  UPDATED", "PROVIDER", "ID", "VERSION", "MASTER KEY");
+                println!(
+                    "{:<10} {:<8} {:>7}  {:<20}  UPDATED",
+                    "PROVIDER", "ID", "VERSION", "MASTER KEY"
+                );
                 for c in all {
                     println!(
                         "{:<10} {:<8} {:>7}  {:<20}  {}",
@@ -318,14 +378,21 @@ async fn credentials(control: Control, cmd: CredentialsCommand) -> Result<()> {
                 }
             }
         }
-        CredentialsCommand::RotateMaster { new_key_env, new_key_file } => {
+        CredentialsCommand::RotateMaster {
+            new_key_env,
+            new_key_file,
+        } => {
             let (encoded, source) = match (new_key_env, new_key_file) {
                 (Some(var), _) => (
-                    Zeroizing::new(std::env::var(&var).map_err(|_| Error::msg(format!("environment variable {var:?} is not set")))?),
+                    Zeroizing::new(std::env::var(&var).map_err(|_| {
+                        Error::msg(format!("environment variable {var:?} is not set"))
+                    })?),
                     var,
                 ),
                 (None, Some(p)) => (
-                    Zeroizing::new(std::fs::read_to_string(&p).map_err(|e| Error::msg(format!("reading {:?}: {e}", p.display().to_string())))?),
+                    Zeroizing::new(std::fs::read_to_string(&p).map_err(|e| {
+                        Error::msg(format!("reading {:?}: {e}", p.display().to_string()))
+                    })?),
                     p.display().to_string(),
                 ),
                 (None, None) => {
@@ -339,7 +406,11 @@ async fn credentials(control: Control, cmd: CredentialsCommand) -> Result<()> {
             let count = match &control {
                 Control::Remote(c) => {
                     let v: serde_json::Value = c
-                        .call(Method::POST, "/v1/credentials/rotate-master", Some(json!({"master_key": encoded.as_str()})))
+                        .call(
+                            Method::POST,
+                            "/v1/credentials/rotate-master",
+                            Some(json!({"master_key": encoded.as_str()})),
+                        )
                         .await?;
                     v["resealed"].as_u64().unwrap_or(0) as usize
                 }
@@ -362,7 +433,11 @@ async fn credentials(control: Control, cmd: CredentialsCommand) -> Result<()> {
 
 /// Refuses ids that would change the admin URL's path.
 fn path_segment(s: &str) -> Result<&str> {
-    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+    if s.is_empty()
+        || !s
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
         return Err(Error::msg(format!("{s:?} is not a valid id")));
     }
     Ok(s)
@@ -370,11 +445,16 @@ fn path_segment(s: &str) -> Result<&str> {
 
 fn print_keys(keys: &[KeyRecord]) {
     if keys.is_empty() {
-        println!("no keys; create one with `conduit keys create --owner alice@corp.example --team payments`");
+        println!(
+            "no keys; create one with `conduit keys create --owner alice@corp.example --team payments`"
+        );
         return;
     }
     let now = crate::clock::now_unix();
-    println!("{:<17} {:<28} {:<14} {:<10} {:<10} {:<10} {:<8} ENDS IN", "ID", "OWNER", "TEAM", "NAME", "CREATED", "EXPIRES", "STATUS");
+    println!(
+        "{:<17} {:<28} {:<14} {:<10} {:<10} {:<10} {:<8} ENDS IN",
+        "ID", "OWNER", "TEAM", "NAME", "CREATED", "EXPIRES", "STATUS"
+    );
     for k in keys {
         let day = |t: i64| crate::clock::format_rfc3339(t)[..10].to_string();
         let status = match k.unusable_reason(now) {

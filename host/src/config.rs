@@ -249,10 +249,15 @@ impl Config {
     pub fn load_with(path: Option<&Path>, env: &dyn Fn(&str) -> Option<String>) -> Result<Config> {
         let raw = match path {
             Some(p) => {
-                let text = std::fs::read_to_string(p)
-                    .map_err(|e| Error::msg(format!("reading config file {:?}: {e}", p.display().to_string())))?;
-                toml::from_str::<RawConfig>(&text)
-                    .map_err(|e| Error::msg(format!("config file {:?}: {e}", p.display().to_string())))?
+                let text = std::fs::read_to_string(p).map_err(|e| {
+                    Error::msg(format!(
+                        "reading config file {:?}: {e}",
+                        p.display().to_string()
+                    ))
+                })?;
+                toml::from_str::<RawConfig>(&text).map_err(|e| {
+                    Error::msg(format!("config file {:?}: {e}", p.display().to_string()))
+                })?
             }
             None => RawConfig::default(),
         };
@@ -263,9 +268,15 @@ impl Config {
 impl RawConfig {
     /// Applies environment overrides and validates every field.
     pub fn validate(self, env: &dyn Fn(&str) -> Option<String>) -> Result<Config> {
-        let env_or = |name: &str, file: Option<String>| env(name).filter(|v| !v.is_empty()).or(file);
+        let env_or =
+            |name: &str, file: Option<String>| env(name).filter(|v| !v.is_empty()).or(file);
 
-        let listen = parse_addr("listen", "CONDUIT_LISTEN", env_or("CONDUIT_LISTEN", self.listen), "127.0.0.1:8080")?;
+        let listen = parse_addr(
+            "listen",
+            "CONDUIT_LISTEN",
+            env_or("CONDUIT_LISTEN", self.listen),
+            "127.0.0.1:8080",
+        )?;
         let admin_listen = parse_addr(
             "admin_listen",
             "CONDUIT_ADMIN_LISTEN",
@@ -287,7 +298,11 @@ impl RawConfig {
             // Checked here so a bad key stops start-up before anything listens.
             crate::seal::MasterKey::from_base64(&v, "CONDUIT_MASTER_KEY")?;
             MasterKeySource::Env(zeroize::Zeroizing::new(v))
-        } else if let Some(p) = env("CONDUIT_MASTER_KEY_FILE").filter(|v| !v.is_empty()).map(PathBuf::from).or(self.master_key_file) {
+        } else if let Some(p) = env("CONDUIT_MASTER_KEY_FILE")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+            .or(self.master_key_file)
+        {
             MasterKeySource::File(p)
         } else {
             MasterKeySource::Generated(data_dir.join("master.key"))
@@ -313,7 +328,10 @@ impl RawConfig {
                 )));
             }
         };
-        let log = LogConfig { json, level: env_or("CONDUIT_LOG", self.log.level).unwrap_or_else(|| "info".into()) };
+        let log = LogConfig {
+            json,
+            level: env_or("CONDUIT_LOG", self.log.level).unwrap_or_else(|| "info".into()),
+        };
 
         let max_body_bytes = match env("CONDUIT_MAX_BODY_BYTES").filter(|v| !v.is_empty()) {
             Some(v) => v.trim().parse::<u64>().map_err(|_| {
@@ -322,20 +340,46 @@ impl RawConfig {
             None => self.limits.max_body_bytes.unwrap_or(32 * 1024 * 1024),
         };
         if max_body_bytes == 0 {
-            return Err(Error::msg("limits.max_body_bytes is 0; expected a positive number of bytes (default 33554432)"));
+            return Err(Error::msg(
+                "limits.max_body_bytes is 0; expected a positive number of bytes (default 33554432)",
+            ));
         }
         let limits = Limits {
             max_body_bytes,
-            max_header_bytes: positive("limits.max_header_bytes", self.limits.max_header_bytes, 64 * 1024)?.max(8192),
+            max_header_bytes: positive(
+                "limits.max_header_bytes",
+                self.limits.max_header_bytes,
+                64 * 1024,
+            )?
+            .max(8192),
             max_headers: positive("limits.max_headers", self.limits.max_headers, 100)?,
-            body_read_timeout: secs("limits.body_read_timeout_secs", self.limits.body_read_timeout_secs, 60)?,
+            body_read_timeout: secs(
+                "limits.body_read_timeout_secs",
+                self.limits.body_read_timeout_secs,
+                60,
+            )?,
         };
 
         let network = Network {
-            connect_timeout: secs("network.connect_timeout_secs", self.network.connect_timeout_secs, 10)?,
-            response_timeout: secs("network.response_timeout_secs", self.network.response_timeout_secs, 600)?,
-            idle_timeout: secs("network.idle_timeout_secs", self.network.idle_timeout_secs, 300)?,
-            extra_ca_file: env("CONDUIT_EXTRA_CA_FILE").filter(|v| !v.is_empty()).map(PathBuf::from).or(self.network.extra_ca_file),
+            connect_timeout: secs(
+                "network.connect_timeout_secs",
+                self.network.connect_timeout_secs,
+                10,
+            )?,
+            response_timeout: secs(
+                "network.response_timeout_secs",
+                self.network.response_timeout_secs,
+                600,
+            )?,
+            idle_timeout: secs(
+                "network.idle_timeout_secs",
+                self.network.idle_timeout_secs,
+                300,
+            )?,
+            extra_ca_file: env("CONDUIT_EXTRA_CA_FILE")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+                .or(self.network.extra_ca_file),
             use_env_proxy: self.network.use_env_proxy.unwrap_or(true),
         };
         if let Some(p) = &network.extra_ca_file
@@ -349,18 +393,36 @@ impl RawConfig {
 
         let mut upstream = self.upstream;
         if let Some(name) = upstream.keys().find(|k| Protocol::parse(k).is_none()) {
-            return Err(Error::msg(format!("[upstream.{name}] is not a known provider; expected one of: anthropic, openai")));
+            return Err(Error::msg(format!(
+                "[upstream.{name}] is not a known provider; expected one of: anthropic, openai"
+            )));
         }
         let mut build = |p: Protocol| -> Result<Upstream> {
             let raw = upstream.remove(p.as_str()).unwrap_or_default();
-            let url = env(p.upstream_env()).filter(|v| !v.is_empty()).or(raw.url).unwrap_or_else(|| p.default_upstream().into());
+            let url = env(p.upstream_env())
+                .filter(|v| !v.is_empty())
+                .or(raw.url)
+                .unwrap_or_else(|| p.default_upstream().into());
             parse_upstream(p, &url, raw.auth.unwrap_or(p.default_auth_style()))
         };
-        let upstreams = Upstreams { anthropic: build(Protocol::Anthropic)?, openai: build(Protocol::OpenAi)? };
+        let upstreams = Upstreams {
+            anthropic: build(Protocol::Anthropic)?,
+            openai: build(Protocol::OpenAi)?,
+        };
 
-        let tls = match (env("CONDUIT_TLS_CERT_FILE").filter(|v| !v.is_empty()), env("CONDUIT_TLS_KEY_FILE").filter(|v| !v.is_empty()), self.tls) {
-            (Some(c), Some(k), _) => Some(TlsFiles { cert_file: c.into(), key_file: k.into() }),
-            (None, None, Some(t)) => Some(TlsFiles { cert_file: t.cert_file, key_file: t.key_file }),
+        let tls = match (
+            env("CONDUIT_TLS_CERT_FILE").filter(|v| !v.is_empty()),
+            env("CONDUIT_TLS_KEY_FILE").filter(|v| !v.is_empty()),
+            self.tls,
+        ) {
+            (Some(c), Some(k), _) => Some(TlsFiles {
+                cert_file: c.into(),
+                key_file: k.into(),
+            }),
+            (None, None, Some(t)) => Some(TlsFiles {
+                cert_file: t.cert_file,
+                key_file: t.key_file,
+            }),
             (None, None, None) => None,
             _ => {
                 return Err(Error::msg(
@@ -369,11 +431,27 @@ impl RawConfig {
             }
         };
 
-        Ok(Config { listen, admin_listen, data_dir, master_key, admin_token, log, limits, network, upstreams, tls })
+        Ok(Config {
+            listen,
+            admin_listen,
+            data_dir,
+            master_key,
+            admin_token,
+            log,
+            limits,
+            network,
+            upstreams,
+            tls,
+        })
     }
 }
 
-fn parse_addr(key: &str, env_name: &str, value: Option<String>, default: &str) -> Result<SocketAddr> {
+fn parse_addr(
+    key: &str,
+    env_name: &str,
+    value: Option<String>,
+    default: &str,
+) -> Result<SocketAddr> {
     let v = value.unwrap_or_else(|| default.to_string());
     v.trim().parse().map_err(|_| {
         Error::msg(format!(
@@ -384,7 +462,9 @@ fn parse_addr(key: &str, env_name: &str, value: Option<String>, default: &str) -
 
 fn positive(key: &str, v: Option<usize>, default: usize) -> Result<usize> {
     match v {
-        Some(0) => Err(Error::msg(format!("{key} is 0; expected a positive number (default {default})"))),
+        Some(0) => Err(Error::msg(format!(
+            "{key} is 0; expected a positive number (default {default})"
+        ))),
         Some(n) => Ok(n),
         None => Ok(default),
     }
@@ -392,7 +472,9 @@ fn positive(key: &str, v: Option<usize>, default: usize) -> Result<usize> {
 
 fn secs(key: &str, v: Option<u64>, default: u64) -> Result<Duration> {
     match v {
-        Some(0) => Err(Error::msg(format!("{key} is 0; expected a positive number of seconds (default {default})"))),
+        Some(0) => Err(Error::msg(format!(
+            "{key} is 0; expected a positive number of seconds (default {default})"
+        ))),
         Some(n) => Ok(Duration::from_secs(n)),
         None => Ok(Duration::from_secs(default)),
     }
@@ -409,19 +491,33 @@ pub fn parse_upstream(p: Protocol, url: &str, auth: AuthStyle) -> Result<Upstrea
         ))
     };
     let uri: http::Uri = url.trim().parse().map_err(|_| bad("not a valid URL"))?;
-    let scheme = uri.scheme().cloned().ok_or_else(|| bad("missing http:// or https://"))?;
+    let scheme = uri
+        .scheme()
+        .cloned()
+        .ok_or_else(|| bad("missing http:// or https://"))?;
     if scheme != http::uri::Scheme::HTTP && scheme != http::uri::Scheme::HTTPS {
         return Err(bad("the scheme must be http or https"));
     }
-    let authority = uri.authority().cloned().ok_or_else(|| bad("missing a host"))?;
+    let authority = uri
+        .authority()
+        .cloned()
+        .ok_or_else(|| bad("missing a host"))?;
     if authority.as_str().contains('@') {
-        return Err(bad("credentials in the URL are not supported; set them with `conduit credentials set`"));
+        return Err(bad(
+            "credentials in the URL are not supported; set them with `conduit credentials set`",
+        ));
     }
     if uri.query().is_some() {
         return Err(bad("a query string is not allowed in a base URL"));
     }
     let path_prefix = uri.path().trim_end_matches('/').to_string();
-    Ok(Upstream { protocol: p, scheme, authority, path_prefix, auth })
+    Ok(Upstream {
+        protocol: p,
+        scheme,
+        authority,
+        path_prefix,
+        auth,
+    })
 }
 
 #[cfg(test)]
@@ -429,7 +525,10 @@ mod tests {
     use super::*;
 
     fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         move |k| map.get(k).cloned()
     }
 
@@ -438,7 +537,10 @@ mod tests {
         let c = RawConfig::default().validate(&env_of(&[])).unwrap();
         assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(c.admin_listen.to_string(), "127.0.0.1:8081");
-        assert_eq!(c.upstreams.anthropic.base_url(), "https://api.anthropic.com");
+        assert_eq!(
+            c.upstreams.anthropic.base_url(),
+            "https://api.anthropic.com"
+        );
         assert_eq!(c.upstreams.openai.auth, AuthStyle::Bearer);
         assert_eq!(c.limits.max_body_bytes, 32 * 1024 * 1024);
         assert!(matches!(c.master_key, MasterKeySource::Generated(_)));
@@ -452,7 +554,10 @@ mod tests {
         )
         .unwrap();
         let c = raw
-            .validate(&env_of(&[("UPSTREAM_ANTHROPIC_URL", "http://litellm:4000/anthropic/"), ("CONDUIT_LISTEN", "127.0.0.1:9100")]))
+            .validate(&env_of(&[
+                ("UPSTREAM_ANTHROPIC_URL", "http://litellm:4000/anthropic/"),
+                ("CONDUIT_LISTEN", "127.0.0.1:9100"),
+            ]))
             .unwrap();
         assert_eq!(c.listen.port(), 9100);
         assert_eq!(c.upstreams.anthropic.path_prefix, "/anthropic");
@@ -463,30 +568,70 @@ mod tests {
     fn rejected_values_name_key_value_and_fix() {
         type Case<'a> = (&'a [(&'a str, &'a str)], &'a [&'a str]);
         let cases: &[Case] = &[
-            (&[("CONDUIT_LISTEN", "localhost")], &["CONDUIT_LISTEN", "\"localhost\"", "127.0.0.1:8080"]),
-            (&[("UPSTREAM_OPENAI_URL", "ftp://x")], &["UPSTREAM_OPENAI_URL", "ftp://x", "http or https"]),
-            (&[("UPSTREAM_OPENAI_URL", "api.openai.com")], &["UPSTREAM_OPENAI_URL", "missing"]),
-            (&[("CONDUIT_MASTER_KEY", "dG9vIHNob3J0")], &["CONDUIT_MASTER_KEY", "32 bytes", "rand -base64 32"]),
-            (&[("CONDUIT_MAX_BODY_BYTES", "lots")], &["CONDUIT_MAX_BODY_BYTES", "\"lots\""]),
-            (&[("CONDUIT_ADMIN_TOKEN", "short")], &["CONDUIT_ADMIN_TOKEN", "at least 16"]),
-            (&[("CONDUIT_LOG_FORMAT", "xml")], &["CONDUIT_LOG_FORMAT", "\"xml\""]),
-            (&[("CONDUIT_TLS_CERT_FILE", "/x")], &["CONDUIT_TLS_KEY_FILE"]),
-            (&[("CONDUIT_EXTRA_CA_FILE", "/nonexistent.pem")], &["CONDUIT_EXTRA_CA_FILE", "/nonexistent.pem"]),
+            (
+                &[("CONDUIT_LISTEN", "localhost")],
+                &["CONDUIT_LISTEN", "\"localhost\"", "127.0.0.1:8080"],
+            ),
+            (
+                &[("UPSTREAM_OPENAI_URL", "ftp://x")],
+                &["UPSTREAM_OPENAI_URL", "ftp://x", "http or https"],
+            ),
+            (
+                &[("UPSTREAM_OPENAI_URL", "api.openai.com")],
+                &["UPSTREAM_OPENAI_URL", "missing"],
+            ),
+            (
+                &[("CONDUIT_MASTER_KEY", "dG9vIHNob3J0")],
+                &["CONDUIT_MASTER_KEY", "32 bytes", "rand -base64 32"],
+            ),
+            (
+                &[("CONDUIT_MAX_BODY_BYTES", "lots")],
+                &["CONDUIT_MAX_BODY_BYTES", "\"lots\""],
+            ),
+            (
+                &[("CONDUIT_ADMIN_TOKEN", "short")],
+                &["CONDUIT_ADMIN_TOKEN", "at least 16"],
+            ),
+            (
+                &[("CONDUIT_LOG_FORMAT", "xml")],
+                &["CONDUIT_LOG_FORMAT", "\"xml\""],
+            ),
+            (
+                &[("CONDUIT_TLS_CERT_FILE", "/x")],
+                &["CONDUIT_TLS_KEY_FILE"],
+            ),
+            (
+                &[("CONDUIT_EXTRA_CA_FILE", "/nonexistent.pem")],
+                &["CONDUIT_EXTRA_CA_FILE", "/nonexistent.pem"],
+            ),
         ];
         for (env, needles) in cases {
-            let err = RawConfig::default().validate(&env_of(env)).unwrap_err().to_string();
+            let err = RawConfig::default()
+                .validate(&env_of(env))
+                .unwrap_err()
+                .to_string();
             for n in *needles {
-                assert!(err.contains(n), "error for {env:?} should mention {n:?}: {err}");
+                assert!(
+                    err.contains(n),
+                    "error for {env:?} should mention {n:?}: {err}"
+                );
             }
         }
         // The master key value itself must never be echoed.
-        let err = RawConfig::default().validate(&env_of(&[("CONDUIT_MASTER_KEY", "dG9vIHNob3J0")])).unwrap_err();
+        let err = RawConfig::default()
+            .validate(&env_of(&[("CONDUIT_MASTER_KEY", "dG9vIHNob3J0")]))
+            .unwrap_err();
         assert!(!err.to_string().contains("dG9vIHNob3J0"));
     }
 
     #[test]
     fn unknown_fields_and_providers_are_refused() {
-        assert!(toml::from_str::<RawConfig>("lisen = \"x\"").unwrap_err().to_string().contains("lisen"));
+        assert!(
+            toml::from_str::<RawConfig>("lisen = \"x\"")
+                .unwrap_err()
+                .to_string()
+                .contains("lisen")
+        );
         let raw: RawConfig = toml::from_str("[upstream.gemini]\nurl = \"https://x\"").unwrap();
         let err = raw.validate(&env_of(&[])).unwrap_err().to_string();
         assert!(err.contains("upstream.gemini"), "{err}");

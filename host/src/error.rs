@@ -35,7 +35,10 @@ impl ErrorKind {
     pub fn retryable(self) -> bool {
         matches!(
             self,
-            ErrorKind::UpstreamUnreachable | ErrorKind::UpstreamTimeout | ErrorKind::Internal | ErrorKind::RequestTimeout
+            ErrorKind::UpstreamUnreachable
+                | ErrorKind::UpstreamTimeout
+                | ErrorKind::Internal
+                | ErrorKind::RequestTimeout
         )
     }
 
@@ -98,7 +101,13 @@ pub struct GatewayError {
 impl GatewayError {
     /// A failure with a client-facing message.
     pub fn new(kind: ErrorKind, side: Side, message: impl Into<String>) -> Self {
-        GatewayError { kind, side, message: message.into(), cause: None, retry_after: None }
+        GatewayError {
+            kind,
+            side,
+            message: message.into(),
+            cause: None,
+            retry_after: None,
+        }
     }
 
     /// The client's fault.
@@ -131,7 +140,13 @@ impl GatewayError {
 
 impl fmt::Display for GatewayError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} ({}): {}", self.kind.as_str(), self.side.as_str(), self.message)?;
+        write!(
+            f,
+            "{} ({}): {}",
+            self.kind.as_str(),
+            self.side.as_str(),
+            self.message
+        )?;
         if let Some(cause) = &self.cause {
             write!(f, "; cause: {cause}")?;
         }

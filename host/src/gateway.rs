@@ -72,7 +72,11 @@ impl Gateway {
 ///
 /// `may_generate`: with no key configured, create `<data_dir>/master.key` on first use
 /// (development default). The CLI passes `false` when it only reads.
-pub fn resolve_master_key(source: &MasterKeySource, store: &dyn Store, may_generate: bool) -> Result<MasterKey> {
+pub fn resolve_master_key(
+    source: &MasterKeySource,
+    store: &dyn Store,
+    may_generate: bool,
+) -> Result<MasterKey> {
     let recorded = store.meta(META_MASTER_KEY_ID)?;
     let key = match source {
         MasterKeySource::Env(v) => MasterKey::from_base64(v, "CONDUIT_MASTER_KEY")?,
@@ -116,7 +120,8 @@ pub fn resolve_master_key(source: &MasterKeySource, store: &dyn Store, may_gener
 fn read_key_file(path: &Path) -> Result<MasterKey> {
     let shown = path.display().to_string();
     let text = Zeroizing::new(
-        std::fs::read_to_string(path).map_err(|e| Error::msg(format!("reading master key file {shown:?}: {e}")))?,
+        std::fs::read_to_string(path)
+            .map_err(|e| Error::msg(format!("reading master key file {shown:?}: {e}")))?,
     );
     MasterKey::from_base64(&text, &format!("master key file {shown:?}"))
 }
@@ -128,8 +133,12 @@ pub fn resolve_admin_token(config: &Config, may_generate: bool) -> Result<Zeroiz
     }
     let path = config.data_dir.join("admin.token");
     if path.exists() {
-        let t = std::fs::read_to_string(&path)
-            .map_err(|e| Error::msg(format!("reading admin token file {:?}: {e}", path.display().to_string())))?;
+        let t = std::fs::read_to_string(&path).map_err(|e| {
+            Error::msg(format!(
+                "reading admin token file {:?}: {e}",
+                path.display().to_string()
+            ))
+        })?;
         return Ok(Zeroizing::new(t.trim().to_string()));
     }
     if !may_generate {

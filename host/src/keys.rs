@@ -40,7 +40,10 @@ pub struct NewKey {
 
 impl std::fmt::Debug for NewKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NewKey").field("id", &self.id).field("hint", &self.hint).finish_non_exhaustive()
+        f.debug_struct("NewKey")
+            .field("id", &self.id)
+            .field("hint", &self.hint)
+            .finish_non_exhaustive()
     }
 }
 
@@ -69,7 +72,12 @@ pub fn generate() -> Result<NewKey, getrandom::Error> {
     getrandom::fill(&mut id_bytes)?;
     let id = format!("key_{}", crate::hex::encode(&id_bytes));
     let hint = secret[secret.len() - 4..].to_string();
-    Ok(NewKey { hash: KeyHash::of(&secret), secret, id, hint })
+    Ok(NewKey {
+        hash: KeyHash::of(&secret),
+        secret,
+        id,
+        hint,
+    })
 }
 
 /// Why a presented token is not a well-formed stand-in key (checked before any store lookup).
@@ -121,7 +129,10 @@ mod tests {
         assert_ne!(a.secret, b.secret);
         assert_ne!(a.id, b.id);
         assert_eq!(KeyHash::of(&a.secret), a.hash);
-        assert!(!format!("{a:?}").contains(&a.secret), "Debug must not print the secret");
+        assert!(
+            !format!("{a:?}").contains(&a.secret),
+            "Debug must not print the secret"
+        );
     }
 
     #[test]
@@ -130,7 +141,10 @@ mod tests {
         let mut flipped = k.clone().into_bytes();
         let i = PREFIX.len() + 7;
         flipped[i] = if flipped[i] == b'a' { b'b' } else { b'a' };
-        assert_eq!(check_format(std::str::from_utf8(&flipped).unwrap()), Err(Malformed::Checksum));
+        assert_eq!(
+            check_format(std::str::from_utf8(&flipped).unwrap()),
+            Err(Malformed::Checksum)
+        );
         assert_eq!(check_format(&k[..k.len() - 1]), Err(Malformed::Shape));
         assert_eq!(check_format("sk-ant-api03-abc"), Err(Malformed::Prefix));
         assert_eq!(check_format(&k.replace('_', "-")), Err(Malformed::Prefix));

@@ -66,7 +66,10 @@ impl From<&SealedCredential> for CredentialInfo {
 pub fn create_key(store: &dyn Store, req: NewKeyRequest) -> Result<CreatedKey> {
     let owner = req.owner.trim();
     if owner.is_empty() || owner.len() > 256 || owner.chars().any(char::is_control) {
-        return Err(Error::msg(format!("owner {:?} is not valid; give an e-mail address or user name", req.owner)));
+        return Err(Error::msg(format!(
+            "owner {:?} is not valid; give an e-mail address or user name",
+            req.owner
+        )));
     }
     let team = normalise_label("team", req.team)?;
     let name = normalise_label("name", req.name)?;
@@ -92,21 +95,28 @@ pub fn create_key(store: &dyn Store, req: NewKeyRequest) -> Result<CreatedKey> {
         revoked_at: None,
     };
     store.insert_key(&new.hash, &record)?;
-    Ok(CreatedKey { key: new.secret, record })
+    Ok(CreatedKey {
+        key: new.secret,
+        record,
+    })
 }
 
 fn normalise_label(what: &str, v: Option<String>) -> Result<Option<String>> {
     match v.map(|s| s.trim().to_string()).filter(|s| !s.is_empty()) {
-        Some(s) if s.len() > 128 || s.chars().any(char::is_control) => {
-            Err(Error::msg(format!("{what} {s:?} is not valid; use up to 128 printable characters")))
-        }
+        Some(s) if s.len() > 128 || s.chars().any(char::is_control) => Err(Error::msg(format!(
+            "{what} {s:?} is not valid; use up to 128 printable characters"
+        ))),
         other => Ok(other),
     }
 }
 
 /// A key by id, or a message naming the id.
 pub fn key(store: &dyn Store, id: &str) -> Result<KeyRecord> {
-    store.key(id)?.ok_or_else(|| Error::msg(format!("no key with id {id:?}; `conduit keys list` shows the ids")))
+    store.key(id)?.ok_or_else(|| {
+        Error::msg(format!(
+            "no key with id {id:?}; `conduit keys list` shows the ids"
+        ))
+    })
 }
 
 /// Revokes a key; effective on the next request. Revoking twice is harmless.
@@ -120,13 +130,22 @@ pub fn revoke_key(store: &dyn Store, id: &str) -> Result<KeyRecord> {
 }
 
 /// Seals and stores the credential for `provider`, bumping its version.
-pub fn set_credential(store: &dyn Store, master: &MasterKey, provider: &str, secret: Zeroizing<String>) -> Result<CredentialInfo> {
+pub fn set_credential(
+    store: &dyn Store,
+    master: &MasterKey,
+    provider: &str,
+    secret: Zeroizing<String>,
+) -> Result<CredentialInfo> {
     let protocol = Protocol::parse(provider).ok_or_else(|| {
-        Error::msg(format!("unknown provider {provider:?}; expected one of: anthropic, openai"))
+        Error::msg(format!(
+            "unknown provider {provider:?}; expected one of: anthropic, openai"
+        ))
     })?;
     let secret = Zeroizing::new(secret.trim().to_string());
     if secret.is_empty() {
-        return Err(Error::msg(format!("the {protocol} credential is empty; nothing was stored")));
+        return Err(Error::msg(format!(
+            "the {protocol} credential is empty; nothing was stored"
+        )));
     }
     if secret.bytes().any(|b| b.is_ascii_control()) {
         return Err(Error::msg(format!(
@@ -139,21 +158,37 @@ pub fn set_credential(store: &dyn Store, master: &MasterKey, provider: &str, sec
         )));
     }
     let id = "default";
-    let version = store.credential(protocol.as_str(), id)?.map(|c| c.version + 1).unwrap_or(1);
-    let sealed = master.seal(protocol.as_str(), id, version, secret.as_bytes(), crate::clock::now_unix())?;
+    let version = store
+        .credential(protocol.as_str(), id)?
+        .map(|c| c.version + 1)
+        .unwrap_or(1);
+    let sealed = master.seal(
+        protocol.as_str(),
+        id,
+        version,
+        secret.as_bytes(),
+        crate::clock::now_unix(),
+    )?;
     store.put_credential(&sealed)?;
     Ok(CredentialInfo::from(&sealed))
 }
 
 /// Metadata of every credential.
 pub fn credentials(store: &dyn Store) -> Result<Vec<CredentialInfo>> {
-    Ok(store.credentials()?.iter().map(CredentialInfo::from).collect())
+    Ok(store
+        .credentials()?
+        .iter()
+        .map(CredentialInfo::from)
+        .collect())
 }
 
 /// Re-seals every credential from `old` to `new` in one transaction; returns how many.
 pub fn rotate_master(store: &dyn Store, old: &MasterKey, new: &MasterKey) -> Result<usize> {
     if old.id() == new.id() {
-        return Err(Error::msg(format!("the new master key is the current one ({}); generate a different key", old.id())));
+        return Err(Error::msg(format!(
+            "the new master key is the current one ({}); generate a different key",
+            old.id()
+        )));
     }
     let now = crate::clock::now_unix();
     let resealed = store

@@ -16,7 +16,11 @@ use crate::protocol::Protocol;
 pub const REQUEST_ID_HEADER: &str = "x-conduit-request-id";
 
 /// Renders `err` for a client of `protocol` (Anthropic's shape when the route is not known yet).
-pub fn render(err: &GatewayError, protocol: Option<Protocol>, request_id: &str) -> Response<GatewayBody> {
+pub fn render(
+    err: &GatewayError,
+    protocol: Option<Protocol>,
+    request_id: &str,
+) -> Response<GatewayBody> {
     let (status, anthropic_type, openai_type, openai_code) = shape(err.kind);
     let message = format!("conduit: {}", err.message);
     let body = match protocol.unwrap_or(Protocol::Anthropic) {
@@ -32,7 +36,10 @@ pub fn render(err: &GatewayError, protocol: Option<Protocol>, request_id: &str) 
     let mut response = Response::new(GatewayBody::full(Bytes::from(body.to_string())));
     *response.status_mut() = status;
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     if let Ok(id) = HeaderValue::from_str(request_id) {
         headers.insert(REQUEST_ID_HEADER, id);
     }
@@ -50,7 +57,12 @@ pub fn render(err: &GatewayError, protocol: Option<Protocol>, request_id: &str) 
 fn shape(kind: ErrorKind) -> (StatusCode, &'static str, &'static str, Option<&'static str>) {
     use ErrorKind::*;
     match kind {
-        BadRequest => (StatusCode::BAD_REQUEST, "invalid_request_error", "invalid_request_error", None),
+        BadRequest => (
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "invalid_request_error",
+            None,
+        ),
         UnsupportedMediaType => (
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "invalid_request_error",
@@ -63,18 +75,53 @@ fn shape(kind: ErrorKind) -> (StatusCode, &'static str, &'static str, Option<&'s
             "invalid_request_error",
             Some("invalid_api_key"),
         ),
-        Forbidden => (StatusCode::FORBIDDEN, "permission_error", "invalid_request_error", Some("forbidden")),
-        NotFound => (StatusCode::NOT_FOUND, "not_found_error", "invalid_request_error", Some("not_found")),
+        Forbidden => (
+            StatusCode::FORBIDDEN,
+            "permission_error",
+            "invalid_request_error",
+            Some("forbidden"),
+        ),
+        NotFound => (
+            StatusCode::NOT_FOUND,
+            "not_found_error",
+            "invalid_request_error",
+            Some("not_found"),
+        ),
         PayloadTooLarge => (
             StatusCode::PAYLOAD_TOO_LARGE,
             "request_too_large",
             "invalid_request_error",
             Some("request_too_large"),
         ),
-        RequestTimeout => (StatusCode::REQUEST_TIMEOUT, "invalid_request_error", "invalid_request_error", None),
-        NotConfigured => (StatusCode::SERVICE_UNAVAILABLE, "api_error", "server_error", Some("not_configured")),
-        UpstreamUnreachable => (StatusCode::BAD_GATEWAY, "api_error", "server_error", Some("upstream_unreachable")),
-        UpstreamTimeout => (StatusCode::GATEWAY_TIMEOUT, "api_error", "server_error", Some("upstream_timeout")),
-        Internal => (StatusCode::INTERNAL_SERVER_ERROR, "api_error", "server_error", None),
+        RequestTimeout => (
+            StatusCode::REQUEST_TIMEOUT,
+            "invalid_request_error",
+            "invalid_request_error",
+            None,
+        ),
+        NotConfigured => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "api_error",
+            "server_error",
+            Some("not_configured"),
+        ),
+        UpstreamUnreachable => (
+            StatusCode::BAD_GATEWAY,
+            "api_error",
+            "server_error",
+            Some("upstream_unreachable"),
+        ),
+        UpstreamTimeout => (
+            StatusCode::GATEWAY_TIMEOUT,
+            "api_error",
+            "server_error",
+            Some("upstream_timeout"),
+        ),
+        Internal => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "api_error",
+            "server_error",
+            None,
+        ),
     }
 }

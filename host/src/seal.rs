@@ -47,7 +47,8 @@ impl MasterKey {
     /// Generates a new random key; returns it with its base64 form for the operator to store.
     pub fn generate() -> Result<(MasterKey, Zeroizing<String>)> {
         let mut key = Zeroizing::new([0u8; 32]);
-        getrandom::fill(key.as_mut()).map_err(|e| Error::msg(format!("OS random source failed: {e}")))?;
+        getrandom::fill(key.as_mut())
+            .map_err(|e| Error::msg(format!("OS random source failed: {e}")))?;
         let encoded = Zeroizing::new(B64.encode(key.as_ref()));
         Ok((MasterKey::from_bytes(*key), encoded))
     }
@@ -57,7 +58,10 @@ impl MasterKey {
         h.update(b"conduit master key id v1\0");
         h.update(key);
         let id = format!("mk_{}", crate::hex::encode(&h.finalize()[..8]));
-        MasterKey { key: Zeroizing::new(key), id }
+        MasterKey {
+            key: Zeroizing::new(key),
+            id,
+        }
     }
 
     /// The key in base64, for writing it where the operator keeps it. Zeroized on drop.
@@ -71,13 +75,27 @@ impl MasterKey {
     }
 
     /// Seals `plaintext` as version `version` of credential `id` for `provider`.
-    pub fn seal(&self, provider: &str, id: &str, version: u32, plaintext: &[u8], now: i64) -> Result<SealedCredential> {
+    pub fn seal(
+        &self,
+        provider: &str,
+        id: &str,
+        version: u32,
+        plaintext: &[u8],
+        now: i64,
+    ) -> Result<SealedCredential> {
         let mut nonce = [0u8; 12];
-        getrandom::fill(&mut nonce).map_err(|e| Error::msg(format!("OS random source failed: {e}")))?;
+        getrandom::fill(&mut nonce)
+            .map_err(|e| Error::msg(format!("OS random source failed: {e}")))?;
         let aad = associated_data(provider, id, version);
         let ciphertext = self
             .cipher()
-            .encrypt(Nonce::from_slice(&nonce), Payload { msg: plaintext, aad: aad.as_bytes() })
+            .encrypt(
+                Nonce::from_slice(&nonce),
+                Payload {
+                    msg: plaintext,
+                    aad: aad.as_bytes(),
+                },
+            )
             .map_err(|_| Error::msg("sealing the credential failed"))?;
         Ok(SealedCredential {
             provider: provider.to_string(),
@@ -98,8 +116,12 @@ impl MasterKey {
                 sealed.provider, sealed.master_key_id, self.id
             )));
         }
-        let nonce = B64.decode(&sealed.nonce).map_err(|e| Error::msg(format!("sealed nonce: {e}")))?;
-        let ciphertext = B64.decode(&sealed.ciphertext).map_err(|e| Error::msg(format!("sealed ciphertext: {e}")))?;
+        let nonce = B64
+            .decode(&sealed.nonce)
+            .map_err(|e| Error::msg(format!("sealed nonce: {e}")))?;
+        let ciphertext = B64
+            .decode(&sealed.ciphertext)
+            .map_err(|e| Error::msg(format!("sealed ciphertext: {e}")))?;
         if nonce.len() != 12 {
             return Err(Error::msg("sealed credential has a malformed nonce"));
         }
@@ -150,12 +172,16 @@ mod tests {
     #[test]
     fn round_trip_and_binding() {
         let (mk, _) = MasterKey::generate().unwrap();
-        let sealed = mk.seal("anthropic", "default", 3, b"sk-ant-secret", 0).unwrap();
+        let sealed = mk
+            .seal("anthropic", "default", 3, b"sk-ant-secret", 0)
+            .unwrap();
         assert_eq!(mk.unseal(&sealed).unwrap().as_slice(), b"sk-ant-secret");
         assert!(!sealed.ciphertext.contains("sk-ant"));
 
         // Same plaintext twice → different nonces and ciphertexts.
-        let again = mk.seal("anthropic", "default", 3, b"sk-ant-secret", 0).unwrap();
+        let again = mk
+            .seal("anthropic", "default", 3, b"sk-ant-secret", 0)
+            .unwrap();
         assert_ne!(sealed.nonce, again.nonce);
         assert_ne!(sealed.ciphertext, again.ciphertext);
 
@@ -179,8 +205,13 @@ mod tests {
 
     #[test]
     fn master_key_parsing_names_the_problem_not_the_value() {
-        let err = MasterKey::from_base64("c2hvcnQ=", "CONDUIT_MASTER_KEY").unwrap_err().to_string();
-        assert!(err.contains("CONDUIT_MASTER_KEY") && err.contains("got 5 bytes"), "{err}");
+        let err = MasterKey::from_base64("c2hvcnQ=", "CONDUIT_MASTER_KEY")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("CONDUIT_MASTER_KEY") && err.contains("got 5 bytes"),
+            "{err}"
+        );
         assert!(!err.contains("c2hvcnQ="));
         let (_, b64) = MasterKey::generate().unwrap();
         assert!(MasterKey::from_base64(&b64, "x").is_ok());

@@ -50,11 +50,17 @@ pub async fn start(gateway: Gateway, grace: Duration) -> Result<Running> {
     let gateway = Arc::new(gateway);
     let config = &gateway.config;
     let tls = config.tls.as_ref().map(load_tls).transpose()?;
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|e| Error::msg(format!("binding the gateway listener on {} (CONDUIT_LISTEN): {e}", config.listen)))?;
+    let listener = TcpListener::bind(config.listen).await.map_err(|e| {
+        Error::msg(format!(
+            "binding the gateway listener on {} (CONDUIT_LISTEN): {e}",
+            config.listen
+        ))
+    })?;
     let admin = TcpListener::bind(config.admin_listen).await.map_err(|e| {
-        Error::msg(format!("binding the admin listener on {} (CONDUIT_ADMIN_LISTEN): {e}", config.admin_listen))
+        Error::msg(format!(
+            "binding the admin listener on {} (CONDUIT_ADMIN_LISTEN): {e}",
+            config.admin_listen
+        ))
     })?;
     let addr = listener.local_addr()?;
     let admin_addr = admin.local_addr()?;
@@ -62,13 +68,22 @@ pub async fn start(gateway: Gateway, grace: Duration) -> Result<Running> {
 
     let gw = gateway.clone();
     let limits = config.limits;
-    let gateway_task = tokio::spawn(serve(listener, tls, limits, stopped.clone(), grace, move |peer| {
-        let gw = gw.clone();
-        service_fn(move |req| {
+    let gateway_task = tokio::spawn(serve(
+        listener,
+        tls,
+        limits,
+        stopped.clone(),
+        grace,
+        move |peer| {
             let gw = gw.clone();
-            async move { Ok::<_, std::convert::Infallible>(crate::pipeline::handle(&gw, req, peer).await) }
-        })
-    }));
+            service_fn(move |req| {
+                let gw = gw.clone();
+                async move {
+                    Ok::<_, std::convert::Infallible>(crate::pipeline::handle(&gw, req, peer).await)
+                }
+            })
+        },
+    ));
     let gw = gateway.clone();
     let admin_task = tokio::spawn(serve(admin, None, limits, stopped, grace, move |_peer| {
         let gw = gw.clone();
@@ -77,7 +92,11 @@ pub async fn start(gateway: Gateway, grace: Duration) -> Result<Running> {
             async move { Ok::<_, std::convert::Infallible>(crate::admin::handle(&gw, req).await) }
         })
     }));
-    let scheme = if config.tls.is_some() { "https" } else { "http" };
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     tracing::info!(
         gateway = %format!("{scheme}://{addr}"),
         admin = %format!("http://{admin_addr}"),
@@ -85,7 +104,13 @@ pub async fn start(gateway: Gateway, grace: Duration) -> Result<Running> {
         openai_upstream = %config.upstreams.openai.base_url(),
         "conduit listening"
     );
-    Ok(Running { addr, admin_addr, gateway, stop, tasks: vec![gateway_task, admin_task] })
+    Ok(Running {
+        addr,
+        admin_addr,
+        gateway,
+        stop,
+        tasks: vec![gateway_task, admin_task],
+    })
 }
 
 async fn serve<F, S>(
@@ -112,7 +137,10 @@ async fn serve<F, S>(
         .header_read_timeout(Duration::from_secs(30))
         .max_buf_size(limits.max_header_bytes.max(8192))
         .max_headers(limits.max_headers);
-    builder.http2().timer(TokioTimer::new()).max_header_list_size(limits.max_header_bytes as u32);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(limits.max_header_bytes as u32);
     let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
     loop {
@@ -133,7 +161,9 @@ async fn serve<F, S>(
         let builder = builder.clone();
         match &tls {
             None => {
-                let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+                let conn = builder
+                    .serve_connection(TokioIo::new(stream), service)
+                    .into_owned();
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {
                     if let Err(e) = conn.await {
@@ -145,12 +175,21 @@ async fn serve<F, S>(
                 let acceptor = acceptor.clone();
                 let watcher = graceful.watcher();
                 tokio::spawn(async move {
-                    let tls_stream = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
+                    let tls_stream = match tokio::time::timeout(
+                        Duration::from_secs(10),
+                        acceptor.accept(stream),
+                    )
+                    .await
+                    {
                         Ok(Ok(s)) => s,
-                        Ok(Err(e)) => return tracing::debug!(error = %e, %peer, "TLS handshake failed"),
+                        Ok(Err(e)) => {
+                            return tracing::debug!(error = %e, %peer, "TLS handshake failed");
+                        }
                         Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
                     };
-                    let conn = builder.serve_connection(TokioIo::new(tls_stream), service).into_owned();
+                    let conn = builder
+                        .serve_connection(TokioIo::new(tls_stream), service)
+                        .into_owned();
                     if let Err(e) = watcher.watch(conn).await {
                         tracing::debug!(error = %e, %peer, "connection ended with an error");
                     }
@@ -159,8 +198,14 @@ async fn serve<F, S>(
         }
     }
     drop(listener);
-    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
-        tracing::warn!(grace_secs = grace.as_secs(), "in-flight requests did not finish within the grace period");
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            grace_secs = grace.as_secs(),
+            "in-flight requests did not finish within the grace period"
+        );
     }
 }
 
@@ -172,16 +217,27 @@ fn load_tls(files: &TlsFiles) -> Result<TlsAcceptor> {
         .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(|e| Error::msg(format!("tls.cert_file {cert_shown:?}: {e}")))?;
     if certs.is_empty() {
-        return Err(Error::msg(format!("tls.cert_file {cert_shown:?} holds no PEM certificate")));
+        return Err(Error::msg(format!(
+            "tls.cert_file {cert_shown:?} holds no PEM certificate"
+        )));
     }
-    let key = PrivateKeyDer::from_pem_file(&files.key_file)
-        .map_err(|e| Error::msg(format!("tls.key_file {key_shown:?}: {e} (expected a PEM private key)")))?;
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| Error::msg(format!("TLS setup: {e}")))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| Error::msg(format!("tls.cert_file / tls.key_file do not form a usable pair: {e}")))?;
+    let key = PrivateKeyDer::from_pem_file(&files.key_file).map_err(|e| {
+        Error::msg(format!(
+            "tls.key_file {key_shown:?}: {e} (expected a PEM private key)"
+        ))
+    })?;
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| Error::msg(format!("TLS setup: {e}")))?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .map_err(|e| {
+        Error::msg(format!(
+            "tls.cert_file / tls.key_file do not form a usable pair: {e}"
+        ))
+    })?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
 }

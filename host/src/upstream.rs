@@ -44,16 +44,20 @@ pub fn build_client(net: &Network) -> Result<UpstreamClient> {
             .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(|e| Error::msg(format!("network.extra_ca_file {shown:?}: {e}")))?;
         if certs.is_empty() {
-            return Err(Error::msg(format!("network.extra_ca_file {shown:?} holds no PEM certificate")));
+            return Err(Error::msg(format!(
+                "network.extra_ca_file {shown:?} holds no PEM certificate"
+            )));
         }
         let (added, _) = roots.add_parsable_certificates(certs);
         tracing::info!(file = %shown, added, "trusting extra CA certificates upstream");
     }
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| Error::msg(format!("TLS setup: {e}")))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| Error::msg(format!("TLS setup: {e}")))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
 
     let mut http = HttpConnector::new();
     http.enforce_http(false);
@@ -84,7 +88,8 @@ pub struct UpstreamConnector {
 impl Service<Uri> for UpstreamConnector {
     type Response = TokioIo<TcpStream>;
     type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = std::result::Result<Self::Response, BoxError>> + Send>>;
+    type Future =
+        Pin<Box<dyn Future<Output = std::result::Result<Self::Response, BoxError>> + Send>>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<std::result::Result<(), BoxError>> {
         Poll::Ready(Ok(()))

@@ -25,7 +25,11 @@ struct Args {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let a = Args::parse();
-    let options = conduit::mock::MockOptions { mode: a.mode, event_delay_ms: a.event_delay_ms, compress: a.compress };
+    let options = conduit::mock::MockOptions {
+        mode: a.mode,
+        event_delay_ms: a.event_delay_ms,
+        compress: a.compress,
+    };
     match conduit::mock::run_forever(a.listen, options).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -78,7 +78,10 @@ pub struct Recorded {
 impl Recorded {
     /// The first value of header `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -112,9 +115,14 @@ impl Drop for MockServer {
 pub async fn start(listen: SocketAddr, options: MockOptions) -> std::io::Result<MockServer> {
     let listener = TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
-    let state = Arc::new(State { options: Mutex::new(options), log: Mutex::default() });
+    let state = Arc::new(State {
+        options: Mutex::new(options),
+        log: Mutex::default(),
+    });
     let task = tokio::spawn(async move {
-        let builder = Arc::new(hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()));
+        let builder = Arc::new(hyper_util::server::conn::auto::Builder::new(
+            TokioExecutor::new(),
+        ));
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -125,7 +133,9 @@ pub async fn start(listen: SocketAddr, options: MockOptions) -> std::io::Result<
             let builder = builder.clone();
             tokio::spawn(async move {
                 let service = service_fn(move |req| handle(state.clone(), req));
-                let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+                let _ = builder
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
             });
         }
     });
@@ -155,21 +165,35 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<MockRespons
             }
             return Ok(json_response(StatusCode::OK, b"{\"ok\":true}".to_vec()));
         }
-        (&Method::HEAD | &Method::GET, "/") => return Ok(json_response(StatusCode::OK, b"{\"mock\":true}".to_vec())),
+        (&Method::HEAD | &Method::GET, "/") => {
+            return Ok(json_response(StatusCode::OK, b"{\"mock\":true}".to_vec()));
+        }
         _ => {}
     }
 
     let defaults = state.options.lock().map(|o| o.clone()).unwrap_or_default();
     let (parts, body) = req.into_parts();
     let body = body.collect().await?.to_bytes();
-    let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let mode = header("x-mock-mode").or(defaults.mode.clone()).unwrap_or_else(|| "ok".into());
+    let header = |name: &str| {
+        parts
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let mode = header("x-mock-mode")
+        .or(defaults.mode.clone())
+        .unwrap_or_else(|| "ok".into());
     let delay = header("x-mock-delay-ms")
         .and_then(|v| v.parse().ok())
         .map(Duration::from_millis)
         .unwrap_or(Duration::from_millis(defaults.event_delay_ms));
     let accepts_gzip = header("accept-encoding").is_some_and(|v| v.contains("gzip"));
-    let gzip = header("x-mock-compress").or(defaults.compress.clone()).as_deref() == Some("gzip") && accepts_gzip;
+    let gzip = header("x-mock-compress")
+        .or(defaults.compress.clone())
+        .as_deref()
+        == Some("gzip")
+        && accepts_gzip;
 
     let mut record = Recorded {
         method: parts.method.to_string(),
@@ -178,7 +202,12 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<MockRespons
         headers: parts
             .headers
             .iter()
-            .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_owned(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
             .collect(),
         body_len: body.len(),
         body_sha256: crate::hex::encode(&Sha256::digest(&body)),
@@ -193,17 +222,34 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<MockRespons
         return Err("mock: connection reset as requested".into());
     }
 
-    let reply = payload::reply(&parts.method, &path, &parts.headers, &body, &mode, header("x-mock-usage").as_deref() == Some("max"));
-    let chunks: Vec<Bytes> = if gzip { gzip_chunks(&reply.chunks) } else { reply.chunks.clone() };
+    let reply = payload::reply(
+        &parts.method,
+        &path,
+        &parts.headers,
+        &body,
+        &mode,
+        header("x-mock-usage").as_deref() == Some("max"),
+    );
+    let chunks: Vec<Bytes> = if gzip {
+        gzip_chunks(&reply.chunks)
+    } else {
+        reply.chunks.clone()
+    };
     let mut hasher = Sha256::new();
     let (sent, cut) = match mode.as_str() {
-        "midstream-error" | "reset-midstream" | "stall" if reply.streaming => (chunks.len().min(2), true),
+        "midstream-error" | "reset-midstream" | "stall" if reply.streaming => {
+            (chunks.len().min(2), true)
+        }
         _ => (chunks.len(), false),
     };
     let mut to_send: Vec<Bytes> = chunks[..sent].to_vec();
     if mode == "midstream-error" && reply.streaming {
         let err = payload::midstream_error(reply.family);
-        to_send.push(if gzip { gzip_chunks(std::slice::from_ref(&err)).remove(0) } else { err });
+        to_send.push(if gzip {
+            gzip_chunks(std::slice::from_ref(&err)).remove(0)
+        } else {
+            err
+        });
     }
     for c in &to_send {
         hasher.update(c);
@@ -217,10 +263,21 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<MockRespons
         "reset-midstream" if cut => Ending::Reset,
         _ => Ending::Close,
     };
-    let mut resp = Response::new(MockBody::spawn(to_send, if reply.streaming { delay } else { Duration::ZERO }, ending));
+    let mut resp = Response::new(MockBody::spawn(
+        to_send,
+        if reply.streaming {
+            delay
+        } else {
+            Duration::ZERO
+        },
+        ending,
+    ));
     *resp.status_mut() = reply.status;
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(reply.content_type));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(reply.content_type),
+    );
     h.insert("request-id", HeaderValue::from_static("req_mock_0001"));
     if gzip {
         h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
@@ -257,9 +314,16 @@ fn gzip_chunks(chunks: &[Bytes]) -> Vec<Bytes> {
 }
 
 fn json_response(status: StatusCode, body: Vec<u8>) -> MockResponse {
-    let mut r = Response::new(MockBody::spawn(vec![Bytes::from(body)], Duration::ZERO, Ending::Close));
+    let mut r = Response::new(MockBody::spawn(
+        vec![Bytes::from(body)],
+        Duration::ZERO,
+        Ending::Close,
+    ));
     *r.status_mut() = status;
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     r
 }
 
@@ -294,7 +358,9 @@ impl MockBody {
                     tx.closed().await;
                 }
                 Ending::Reset => {
-                    let _ = tx.send(Err("mock: connection reset mid-stream as requested".into())).await;
+                    let _ = tx
+                        .send(Err("mock: connection reset mid-stream as requested".into()))
+                        .await;
                 }
             }
         });
@@ -306,7 +372,10 @@ impl Body for MockBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         self.rx.poll_recv(cx).map(|o| o.map(|r| r.map(Frame::data)))
     }
 }

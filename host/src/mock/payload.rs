@@ -47,12 +47,35 @@ pub struct Reply {
     pub usage: Usage,
 }
 
-const TEXT: &[&str] = &["Hello", "!", " This", " is", " the", " Conduit", " mock", " upstream", ":", " your", " request", " arrived", " intact", "."];
+const TEXT: &[&str] = &[
+    "Hello",
+    "!",
+    " This",
+    " is",
+    " the",
+    " Conduit",
+    " mock",
+    " upstream",
+    ":",
+    " your",
+    " request",
+    " arrived",
+    " intact",
+    ".",
+];
 
 /// Builds the reply for a request.
-pub fn reply(method: &Method, path: &str, headers: &HeaderMap, body: &[u8], mode: &str, usage_max: bool) -> Reply {
+pub fn reply(
+    method: &Method,
+    path: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+    mode: &str,
+    usage_max: bool,
+) -> Reply {
     let req: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
-    let anthropic_headers = headers.contains_key("anthropic-version") || headers.contains_key("x-api-key");
+    let anthropic_headers =
+        headers.contains_key("anthropic-version") || headers.contains_key("x-api-key");
     let family = match path {
         "/v1/chat/completions" => Family::OpenAiChat,
         "/v1/responses" => Family::OpenAiResponses,
@@ -60,26 +83,51 @@ pub fn reply(method: &Method, path: &str, headers: &HeaderMap, body: &[u8], mode
         _ if anthropic_headers => Family::Anthropic,
         _ => Family::OpenAiOther,
     };
-    if let Some(code) = mode.strip_prefix("status-").and_then(|c| c.parse::<u16>().ok()) {
-        return error_reply(family, StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR));
+    if let Some(code) = mode
+        .strip_prefix("status-")
+        .and_then(|c| c.parse::<u16>().ok())
+    {
+        return error_reply(
+            family,
+            StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        );
     }
     let model = req["model"].as_str().unwrap_or("mock-model").to_string();
     let stream = req["stream"].as_bool().unwrap_or(false);
-    let max_tokens = ["max_tokens", "max_completion_tokens", "max_output_tokens"].iter().find_map(|k| req[*k].as_u64());
-    let usage = usage_for(family, body, &req, if usage_max { max_tokens } else { None });
+    let max_tokens = ["max_tokens", "max_completion_tokens", "max_output_tokens"]
+        .iter()
+        .find_map(|k| req[*k].as_u64());
+    let usage = usage_for(
+        family,
+        body,
+        &req,
+        if usage_max { max_tokens } else { None },
+    );
 
     match (method, path) {
-        (&Method::POST, "/v1/messages/count_tokens") => {
-            json_reply(family, json!({"input_tokens": usage.input + usage.cache_read + usage.cache_write}), usage)
-        }
+        (&Method::POST, "/v1/messages/count_tokens") => json_reply(
+            family,
+            json!({"input_tokens": usage.input + usage.cache_read + usage.cache_write}),
+            usage,
+        ),
         (&Method::POST, "/v1/messages") if stream => anthropic_sse(&model, usage),
-        (&Method::POST, "/v1/messages") => json_reply(family, anthropic_message(&model, usage), usage),
-        (&Method::POST, "/v1/chat/completions") if stream => {
-            openai_chat_sse(&model, usage, req["stream_options"]["include_usage"].as_bool().unwrap_or(false))
+        (&Method::POST, "/v1/messages") => {
+            json_reply(family, anthropic_message(&model, usage), usage)
         }
-        (&Method::POST, "/v1/chat/completions") => json_reply(family, openai_chat(&model, usage), usage),
+        (&Method::POST, "/v1/chat/completions") if stream => openai_chat_sse(
+            &model,
+            usage,
+            req["stream_options"]["include_usage"]
+                .as_bool()
+                .unwrap_or(false),
+        ),
+        (&Method::POST, "/v1/chat/completions") => {
+            json_reply(family, openai_chat(&model, usage), usage)
+        }
         (&Method::POST, "/v1/responses") if stream => responses_sse(&model, usage),
-        (&Method::POST, "/v1/responses") => json_reply(family, response_object(&model, usage, "completed"), usage),
+        (&Method::POST, "/v1/responses") => {
+            json_reply(family, response_object(&model, usage, "completed"), usage)
+        }
         (&Method::POST, "/v1/embeddings") => json_reply(
             family,
             json!({"object": "list", "model": model,
@@ -110,11 +158,25 @@ fn usage_for(family: Family, body: &[u8], req: &Value, output_override: Option<u
         _ => false,
     };
     if !cached {
-        return Usage { input: total_in, output, cache_read: 0, cache_write: 0 };
+        return Usage {
+            input: total_in,
+            output,
+            cache_read: 0,
+            cache_write: 0,
+        };
     }
     let cache_read = total_in * 6 / 10;
-    let cache_write = if family == Family::Anthropic { total_in / 10 } else { 0 };
-    Usage { input: total_in - cache_read - cache_write, output, cache_read, cache_write }
+    let cache_write = if family == Family::Anthropic {
+        total_in / 10
+    } else {
+        0
+    };
+    Usage {
+        input: total_in - cache_read - cache_write,
+        output,
+        cache_read,
+        cache_write,
+    }
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
@@ -147,7 +209,14 @@ fn sse(family: Family, events: Vec<(Option<&str>, Value)>, done: bool, usage: Us
     if done {
         chunks.push(Bytes::from_static(b"data: [DONE]\n\n"));
     }
-    Reply { family, status: StatusCode::OK, content_type: "text/event-stream; charset=utf-8", streaming: true, chunks, usage }
+    Reply {
+        family,
+        status: StatusCode::OK,
+        content_type: "text/event-stream; charset=utf-8",
+        streaming: true,
+        chunks,
+        usage,
+    }
 }
 
 fn anthropic_usage(u: Usage) -> Value {
@@ -165,16 +234,25 @@ fn anthropic_sse(model: &str, u: Usage) -> Reply {
     let mut start_usage = anthropic_usage(u);
     start_usage["output_tokens"] = json!(1);
     let mut events = vec![
-        (Some("message_start"), json!({"type": "message_start", "message": {
+        (
+            Some("message_start"),
+            json!({"type": "message_start", "message": {
             "id": "msg_mock_01", "type": "message", "role": "assistant", "model": model, "content": [],
-            "stop_reason": null, "stop_sequence": null, "usage": start_usage}})),
-        (Some("content_block_start"), json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})),
+            "stop_reason": null, "stop_sequence": null, "usage": start_usage}}),
+        ),
+        (
+            Some("content_block_start"),
+            json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+        ),
         (Some("ping"), json!({"type": "ping"})),
     ];
     for piece in TEXT {
         events.push((Some("content_block_delta"), json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": piece}})));
     }
-    events.push((Some("content_block_stop"), json!({"type": "content_block_stop", "index": 0})));
+    events.push((
+        Some("content_block_stop"),
+        json!({"type": "content_block_stop", "index": 0}),
+    ));
     events.push((Some("message_delta"), json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null},
         "usage": {"input_tokens": u.input, "cache_creation_input_tokens": u.cache_write, "cache_read_input_tokens": u.cache_read, "output_tokens": u.output}})));
     events.push((Some("message_stop"), json!({"type": "message_stop"})));
@@ -198,7 +276,10 @@ fn openai_chat_sse(model: &str, u: Usage, include_usage: bool) -> Reply {
         json!({"id": "chatcmpl-mock01", "object": "chat.completion.chunk", "created": 1_795_000_000, "model": model,
                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
     };
-    let mut events = vec![(None, chunk(json!({"role": "assistant", "content": ""}), Value::Null))];
+    let mut events = vec![(
+        None,
+        chunk(json!({"role": "assistant", "content": ""}), Value::Null),
+    )];
     for piece in TEXT {
         events.push((None, chunk(json!({"content": piece}), Value::Null)));
     }
@@ -237,20 +318,47 @@ fn responses_sse(model: &str, u: Usage) -> Reply {
     };
     let text = full_text();
     let mut events = vec![
-        ev("response.created", json!({"response": response_object(model, u, "in_progress")})),
-        ev("response.in_progress", json!({"response": response_object(model, u, "in_progress")})),
-        ev("response.output_item.added", json!({"output_index": 0, "item": message_item("in_progress")})),
-        ev("response.content_part.added", json!({"item_id": "msg_mock01", "output_index": 0, "content_index": 0,
-            "part": {"type": "output_text", "text": "", "annotations": []}})),
+        ev(
+            "response.created",
+            json!({"response": response_object(model, u, "in_progress")}),
+        ),
+        ev(
+            "response.in_progress",
+            json!({"response": response_object(model, u, "in_progress")}),
+        ),
+        ev(
+            "response.output_item.added",
+            json!({"output_index": 0, "item": message_item("in_progress")}),
+        ),
+        ev(
+            "response.content_part.added",
+            json!({"item_id": "msg_mock01", "output_index": 0, "content_index": 0,
+            "part": {"type": "output_text", "text": "", "annotations": []}}),
+        ),
     ];
     for piece in TEXT {
-        events.push(ev("response.output_text.delta", json!({"item_id": "msg_mock01", "output_index": 0, "content_index": 0, "delta": piece})));
+        events.push(ev(
+            "response.output_text.delta",
+            json!({"item_id": "msg_mock01", "output_index": 0, "content_index": 0, "delta": piece}),
+        ));
     }
-    events.push(ev("response.output_text.done", json!({"item_id": "msg_mock01", "output_index": 0, "content_index": 0, "text": text})));
-    events.push(ev("response.content_part.done", json!({"item_id": "msg_mock01", "output_index": 0, "content_index": 0,
-        "part": {"type": "output_text", "text": text, "annotations": []}})));
-    events.push(ev("response.output_item.done", json!({"output_index": 0, "item": message_item("completed")})));
-    events.push(ev("response.completed", json!({"response": response_object(model, u, "completed")})));
+    events.push(ev(
+        "response.output_text.done",
+        json!({"item_id": "msg_mock01", "output_index": 0, "content_index": 0, "text": text}),
+    ));
+    events.push(ev(
+        "response.content_part.done",
+        json!({"item_id": "msg_mock01", "output_index": 0, "content_index": 0,
+        "part": {"type": "output_text", "text": text, "annotations": []}}),
+    ));
+    events.push(ev(
+        "response.output_item.done",
+        json!({"output_index": 0, "item": message_item("completed")}),
+    ));
+    events.push(ev(
+        "response.completed",
+        json!({"response": response_object(model, u, "completed")}),
+    ));
     sse(Family::OpenAiResponses, events, false, u)
 }
 
@@ -276,7 +384,9 @@ fn error_reply(family: Family, status: StatusCode) -> Reply {
     };
     let message = format!("mock upstream answered {status}");
     let body = match family {
-        Family::Anthropic => json!({"type": "error", "error": {"type": a_type, "message": message}}),
+        Family::Anthropic => {
+            json!({"type": "error", "error": {"type": a_type, "message": message}})
+        }
         _ => json!({"error": {"message": message, "type": o_type, "param": null, "code": null}}),
     };
     Reply {

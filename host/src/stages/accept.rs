@@ -61,11 +61,18 @@ impl RequestIds {
     pub fn new() -> Self {
         let mut b = [0u8; 4];
         let _ = getrandom::fill(&mut b);
-        RequestIds { prefix: u32::from_le_bytes(b), next: AtomicU64::new(1) }
+        RequestIds {
+            prefix: u32::from_le_bytes(b),
+            next: AtomicU64::new(1),
+        }
     }
 
     fn next(&self) -> String {
-        format!("req_{:08x}{:010x}", self.prefix, self.next.fetch_add(1, Ordering::Relaxed))
+        format!(
+            "req_{:08x}{:010x}",
+            self.prefix,
+            self.next.fetch_add(1, Ordering::Relaxed)
+        )
     }
 }
 
@@ -101,9 +108,16 @@ pub fn check_declared_length<B>(req: &Request<B>, limits: &Limits) -> Result<(),
     let Some(value) = req.headers().get(header::CONTENT_LENGTH) else {
         return Ok(());
     };
-    let declared = value.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok()).ok_or_else(|| {
-        GatewayError::downstream(ErrorKind::BadRequest, "the content-length header is not a number")
-    })?;
+    let declared = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .ok_or_else(|| {
+            GatewayError::downstream(
+                ErrorKind::BadRequest,
+                "the content-length header is not a number",
+            )
+        })?;
     if declared > limits.max_body_bytes {
         return Err(too_large(declared, limits));
     }

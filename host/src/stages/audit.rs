@@ -10,7 +10,13 @@ use crate::stages::accept::Exchange;
 
 /// Records a request that ended before or without a streamed upstream body.
 pub fn record(ex: &Exchange, status: u16, error: Option<&GatewayError>) {
-    emit(ex, status, 0, error.map(|e| e.kind.as_str()).unwrap_or("complete"), error);
+    emit(
+        ex,
+        status,
+        0,
+        error.map(|e| e.kind.as_str()).unwrap_or("complete"),
+        error,
+    );
 }
 
 /// Records a request whose upstream body finished, failed or was abandoned.

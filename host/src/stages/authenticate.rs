@@ -24,7 +24,11 @@ pub struct Principal {
 const HOW: &str = "send the Conduit key you were issued as x-api-key or `Authorization: Bearer` (Claude Code: ANTHROPIC_API_KEY; OpenAI clients: OPENAI_API_KEY)";
 
 /// Authenticates the request's stand-in key.
-pub fn principal(store: &dyn Store, headers: &HeaderMap, now: i64) -> Result<Principal, GatewayError> {
+pub fn principal(
+    store: &dyn Store,
+    headers: &HeaderMap,
+    now: i64,
+) -> Result<Principal, GatewayError> {
     let token = presented_key(headers)?;
     let unauthenticated = |msg: String| GatewayError::downstream(ErrorKind::Unauthenticated, msg);
     match keys::check_format(token) {
@@ -61,12 +65,19 @@ pub fn principal(store: &dyn Store, headers: &HeaderMap, now: i64) -> Result<Pri
             record.id, record.owner
         )));
     }
-    Ok(Principal { key_id: record.id, owner: record.owner, team: record.team })
+    Ok(Principal {
+        key_id: record.id,
+        owner: record.owner,
+        team: record.team,
+    })
 }
 
 fn presented_key(headers: &HeaderMap) -> Result<&str, GatewayError> {
     let bad_header = |name: &str| {
-        GatewayError::downstream(ErrorKind::Unauthenticated, format!("the {name} header is not valid text; {HOW}"))
+        GatewayError::downstream(
+            ErrorKind::Unauthenticated,
+            format!("the {name} header is not valid text; {HOW}"),
+        )
     };
     if let Some(v) = headers.get("x-api-key") {
         let v = v.to_str().map_err(|_| bad_header("x-api-key"))?.trim();
@@ -90,16 +101,26 @@ fn presented_key(headers: &HeaderMap) -> Result<&str, GatewayError> {
             return Ok(token);
         }
     }
-    Err(GatewayError::downstream(ErrorKind::Unauthenticated, format!("no API key in the request; {HOW}")))
+    Err(GatewayError::downstream(
+        ErrorKind::Unauthenticated,
+        format!("no API key in the request; {HOW}"),
+    ))
 }
 
 fn looks_like_provider_key(token: &str) -> bool {
-    ["sk-", "sk_", "AIza", "gsk_", "xai-", "hf_"].iter().any(|p| token.starts_with(p))
+    ["sk-", "sk_", "AIza", "gsk_", "xai-", "hf_"]
+        .iter()
+        .any(|p| token.starts_with(p))
 }
 
 /// Last four characters, for messages (never more of a presented secret).
 fn tail(token: &str) -> String {
-    let start = token.char_indices().rev().nth(3).map(|(i, _)| i).unwrap_or(0);
+    let start = token
+        .char_indices()
+        .rev()
+        .nth(3)
+        .map(|(i, _)| i)
+        .unwrap_or(0);
     token[start..].to_string()
 }
 
@@ -111,6 +132,9 @@ mod tests {
     fn tail_is_short_and_char_safe() {
         assert_eq!(tail("ck_abcdefgh"), "efgh");
         assert_eq!(tail("ab"), "ab");
-        assert_eq!(tail("xxé€日本"), "xé€日本".chars().skip(1).collect::<String>());
+        assert_eq!(
+            tail("xxé€日本"),
+            "xé€日本".chars().skip(1).collect::<String>()
+        );
     }
 }

@@ -49,12 +49,23 @@ pub async fn send(
             )
         })?
         .map_err(|e| {
-            let what = if e.is_connect() { "could not be reached" } else { "closed the connection before answering" };
+            let what = if e.is_connect() {
+                "could not be reached"
+            } else {
+                "closed the connection before answering"
+            };
             GatewayError::upstream(
                 ErrorKind::UpstreamUnreachable,
-                format!("the {} upstream {what}; the gateway log has the cause", route.protocol),
+                format!(
+                    "the {} upstream {what}; the gateway log has the cause",
+                    route.protocol
+                ),
             )
-            .with_cause(format!("{}: {}", route.upstream.base_url(), error_chain(&e)))
+            .with_cause(format!(
+                "{}: {}",
+                route.upstream.base_url(),
+                error_chain(&e)
+            ))
         })?;
     exchange.upstream_ttfb_ms = Some(sent.elapsed().as_secs_f64() * 1e3);
 
@@ -68,9 +79,13 @@ pub async fn send(
 
     let status = parts.status.as_u16();
     let finished = exchange.clone();
-    let on_end = Box::new(move |bytes_out, end| audit::record_stream(&finished, status, bytes_out, &end));
+    let on_end =
+        Box::new(move |bytes_out, end| audit::record_stream(&finished, status, bytes_out, &end));
     let body = UpstreamBody::new(incoming, net.idle_timeout, on_end);
-    Ok(Response::from_parts(parts, GatewayBody::Upstream { inner: body }))
+    Ok(Response::from_parts(
+        parts,
+        GatewayBody::Upstream { inner: body },
+    ))
 }
 
 /// Copies end-to-end headers: drops hop-by-hop ones (RFC 9110 §7.6.1, including any named in
@@ -86,7 +101,11 @@ fn copy_end_to_end(from: &HeaderMap, to: &mut HeaderMap, is_request: bool) {
     for (name, value) in from {
         let drop = is_hop_by_hop(name)
             || named_by_connection.contains(name)
-            || (is_request && (name == header::HOST || name == header::AUTHORIZATION || name == "x-api-key" || name == header::CONTENT_LENGTH));
+            || (is_request
+                && (name == header::HOST
+                    || name == header::AUTHORIZATION
+                    || name == "x-api-key"
+                    || name == header::CONTENT_LENGTH));
         if !drop {
             to.append(name.clone(), value.clone());
         }
@@ -142,8 +161,19 @@ mod tests {
         let mut to = HeaderMap::new();
         copy_end_to_end(&from, &mut to, true);
         let names: Vec<_> = to.keys().map(|k| k.as_str()).collect();
-        assert_eq!(names, ["anthropic-version", "anthropic-beta", "x-claude-code-session-id"]);
-        assert_eq!(to.get_all("anthropic-beta").iter().count(), 2, "repeated headers are kept");
+        assert_eq!(
+            names,
+            [
+                "anthropic-version",
+                "anthropic-beta",
+                "x-claude-code-session-id"
+            ]
+        );
+        assert_eq!(
+            to.get_all("anthropic-beta").iter().count(),
+            2,
+            "repeated headers are kept"
+        );
 
         let mut resp = HeaderMap::new();
         copy_end_to_end(&from, &mut resp, false);

@@ -41,23 +41,37 @@ pub struct Inspected {
 }
 
 /// Reads and inspects the body.
-pub async fn read(body: Incoming, headers: &HeaderMap, endpoint: Endpoint, limits: &Limits) -> Result<Inspected, GatewayError> {
-    let collected = tokio::time::timeout(limits.body_read_timeout, Limited::new(body, limits.max_body_bytes as usize).collect())
-        .await
-        .map_err(|_| {
-            GatewayError::downstream(
-                ErrorKind::RequestTimeout,
-                format!("the request body did not arrive within {} s", limits.body_read_timeout.as_secs()),
-            )
-        })?;
+pub async fn read(
+    body: Incoming,
+    headers: &HeaderMap,
+    endpoint: Endpoint,
+    limits: &Limits,
+) -> Result<Inspected, GatewayError> {
+    let collected = tokio::time::timeout(
+        limits.body_read_timeout,
+        Limited::new(body, limits.max_body_bytes as usize).collect(),
+    )
+    .await
+    .map_err(|_| {
+        GatewayError::downstream(
+            ErrorKind::RequestTimeout,
+            format!(
+                "the request body did not arrive within {} s",
+                limits.body_read_timeout.as_secs()
+            ),
+        )
+    })?;
     let body = match collected {
         Ok(c) => c.to_bytes(),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
             return Err(accept::too_large(limits.max_body_bytes + 1, limits));
         }
         Err(e) => {
-            return Err(GatewayError::downstream(ErrorKind::BadRequest, "the request body could not be read")
-                .with_cause(e));
+            return Err(GatewayError::downstream(
+                ErrorKind::BadRequest,
+                "the request body could not be read",
+            )
+            .with_cause(e));
         }
     };
     let facts = if endpoint.takes_json() && !body.is_empty() {
@@ -70,14 +84,24 @@ pub async fn read(body: Incoming, headers: &HeaderMap, endpoint: Endpoint, limit
 }
 
 fn check_content_type(headers: &HeaderMap) -> Result<(), GatewayError> {
-    let ct = headers.get(http::header::CONTENT_TYPE).map(|v| v.to_str().unwrap_or("(not text)"));
+    let ct = headers
+        .get(http::header::CONTENT_TYPE)
+        .map(|v| v.to_str().unwrap_or("(not text)"));
     match ct {
-        Some(v) if v.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json")) => Ok(()),
+        Some(v)
+            if v.split(';')
+                .next()
+                .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json")) =>
+        {
+            Ok(())
+        }
         other => Err(GatewayError::downstream(
             ErrorKind::UnsupportedMediaType,
             format!(
                 "this endpoint takes a JSON body, but content-type is {}; send `content-type: application/json`",
-                other.map(|v| format!("{v:?}")).unwrap_or_else(|| "missing".into())
+                other
+                    .map(|v| format!("{v:?}"))
+                    .unwrap_or_else(|| "missing".into())
             ),
         )),
     }
@@ -101,13 +125,24 @@ struct Head<'a> {
 pub fn parse_facts(body: &[u8]) -> Result<RequestFacts, GatewayError> {
     let head: Head<'_> = serde_json::from_slice(body).map_err(|e| {
         // serde_json's messages give a position and a category, never the input text.
-        let what = if e.is_data() { "is not a JSON object of the expected shape" } else { "is not valid JSON" };
-        GatewayError::downstream(ErrorKind::BadRequest, format!("the request body {what}: {e}"))
+        let what = if e.is_data() {
+            "is not a JSON object of the expected shape"
+        } else {
+            "is not valid JSON"
+        };
+        GatewayError::downstream(
+            ErrorKind::BadRequest,
+            format!("the request body {what}: {e}"),
+        )
     })?;
-    let max_tokens = [head.max_tokens, head.max_completion_tokens, head.max_output_tokens]
-        .into_iter()
-        .flatten()
-        .find_map(|v| v.as_u64());
+    let max_tokens = [
+        head.max_tokens,
+        head.max_completion_tokens,
+        head.max_output_tokens,
+    ]
+    .into_iter()
+    .flatten()
+    .find_map(|v| v.as_u64());
     Ok(RequestFacts {
         model: head.model.map(Cow::into_owned),
         stream: head.stream.and_then(|v| v.as_bool()).unwrap_or(false),
@@ -121,18 +156,35 @@ mod tests {
 
     #[test]
     fn facts_from_each_family() {
-        let f = parse_facts(br#"{"model":"claude-sonnet-4-5","max_tokens":64000,"stream":true,"messages":[]}"#).unwrap();
-        assert_eq!(f, RequestFacts { model: Some("claude-sonnet-4-5".into()), stream: true, max_tokens: Some(64000) });
+        let f = parse_facts(
+            br#"{"model":"claude-sonnet-4-5","max_tokens":64000,"stream":true,"messages":[]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            f,
+            RequestFacts {
+                model: Some("claude-sonnet-4-5".into()),
+                stream: true,
+                max_tokens: Some(64000)
+            }
+        );
         let f = parse_facts(br#"{"model":"gpt-5","max_output_tokens":5,"input":"x"}"#).unwrap();
         assert_eq!(f.max_tokens, Some(5));
         assert!(!f.stream);
-        let f = parse_facts(br#"{"model":"m\u00e9","messages":[{"content":"\"quoted\""}]}"#).unwrap();
+        let f =
+            parse_facts(br#"{"model":"m\u00e9","messages":[{"content":"\"quoted\""}]}"#).unwrap();
         assert_eq!(f.model.as_deref(), Some("mé"));
     }
 
     #[test]
     fn refuses_bad_json_without_echoing_it() {
-        for bad in [&b"{\"model\": \"secret-sauce\""[..], b"[1,2]", b"\"str\"", b"{\"model\":1}", b"\xff\xfe"] {
+        for bad in [
+            &b"{\"model\": \"secret-sauce\""[..],
+            b"[1,2]",
+            b"\"str\"",
+            b"{\"model\":1}",
+            b"\xff\xfe",
+        ] {
             let e = parse_facts(bad).unwrap_err();
             assert_eq!(e.kind, ErrorKind::BadRequest);
             assert!(!e.message.contains("secret-sauce"), "{}", e.message);
