@@ -41,10 +41,7 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>) -> Response<GatewayBod
         (&Method::GET, "/readyz") => {
             return match gw.store.ping() {
                 Ok(()) => reply(StatusCode::OK, json!({"status": "ready"})),
-                Err(e) => problem(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    &format!("store is not answering: {e}"),
-                ),
+                Err(e) => problem(StatusCode::SERVICE_UNAVAILABLE, &format!("store is not answering: {e}")),
             };
         }
         _ => {}
@@ -57,49 +54,35 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>) -> Response<GatewayBod
     }
     let segments: Vec<&str> = path.split('/').skip(1).collect();
     let result = match (&method, segments.as_slice()) {
-        (&Method::GET, ["v1", "keys"]) => gw
-            .store
-            .keys()
-            .map(|k| (StatusCode::OK, json!({"keys": k}))),
+        (&Method::GET, ["v1", "keys"]) => gw.store.keys().map(|k| (StatusCode::OK, json!({"keys": k}))),
         (&Method::POST, ["v1", "keys"]) => match body::<ops::NewKeyRequest>(req).await {
             Ok(r) => ops::create_key(gw.store.as_ref(), r).map(|c| (StatusCode::CREATED, json!(c))),
             Err(e) => Err(e),
         },
-        (&Method::GET, ["v1", "keys", id]) => {
-            ops::key(gw.store.as_ref(), id).map(|k| (StatusCode::OK, json!(k)))
-        }
-        (&Method::POST, ["v1", "keys", id, "revoke"]) => ops::revoke_key(gw.store.as_ref(), id)
-            .map(|k| {
-                tracing::info!(key_id = %k.id, owner = %k.owner, "key revoked");
-                (StatusCode::OK, json!(k))
-            }),
+        (&Method::GET, ["v1", "keys", id]) => ops::key(gw.store.as_ref(), id).map(|k| (StatusCode::OK, json!(k))),
+        (&Method::POST, ["v1", "keys", id, "revoke"]) => ops::revoke_key(gw.store.as_ref(), id).map(|k| {
+            tracing::info!(key_id = %k.id, owner = %k.owner, "key revoked");
+            (StatusCode::OK, json!(k))
+        }),
         (&Method::GET, ["v1", "credentials"]) => {
             ops::credentials(gw.store.as_ref()).map(|c| (StatusCode::OK, json!({"credentials": c})))
         }
-        (&Method::POST, ["v1", "credentials", "rotate-master"]) => {
-            match body::<RotateRequest>(req).await {
-                Ok(r) => MasterKey::from_base64(&r.master_key, "master_key")
-                    .and_then(|new| {
-                        let id = new.id().to_string();
-                        gw.rotate_master_key(new).map(|n| (n, id))
-                    })
-                    .map(|(n, id)| {
-                        tracing::warn!(resealed = n, master_key_id = %id, "master key rotated");
-                        (StatusCode::OK, json!({"resealed": n, "master_key_id": id}))
-                    }),
-                Err(e) => Err(e),
-            }
-        }
+        (&Method::POST, ["v1", "credentials", "rotate-master"]) => match body::<RotateRequest>(req).await {
+            Ok(r) => MasterKey::from_base64(&r.master_key, "master_key")
+                .and_then(|new| {
+                    let id = new.id().to_string();
+                    gw.rotate_master_key(new).map(|n| (n, id))
+                })
+                .map(|(n, id)| {
+                    tracing::warn!(resealed = n, master_key_id = %id, "master key rotated");
+                    (StatusCode::OK, json!({"resealed": n, "master_key_id": id}))
+                }),
+            Err(e) => Err(e),
+        },
         (&Method::PUT, ["v1", "credentials", provider]) => {
             let provider = provider.to_string();
             match body::<SetCredential>(req).await {
-                Ok(r) => ops::set_credential(
-                    gw.store.as_ref(),
-                    &gw.master_key(),
-                    &provider,
-                    r.secret,
-                )
-                .map(|c| {
+                Ok(r) => ops::set_credential(gw.store.as_ref(), &gw.master_key(), &provider, r.secret).map(|c| {
                     tracing::info!(provider = %c.provider, version = c.version, "credential set");
                     (StatusCode::OK, json!(c))
                 }),
@@ -107,10 +90,7 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>) -> Response<GatewayBod
             }
         }
         _ => {
-            return problem(
-                StatusCode::NOT_FOUND,
-                &format!("no admin endpoint {method} {path}"),
-            );
+            return problem(StatusCode::NOT_FOUND, &format!("no admin endpoint {method} {path}"));
         }
     };
     match result {
@@ -134,10 +114,7 @@ fn authorized(gw: &Gateway, req: &Request<Incoming>) -> bool {
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
         .unwrap_or("");
     // Comparing digests keeps the comparison constant-time in the token length too.
     let a = Sha256::digest(presented.trim().as_bytes());
@@ -157,10 +134,8 @@ async fn body<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, Error> {
 fn reply(status: StatusCode, value: serde_json::Value) -> Response<GatewayBody> {
     let mut r = Response::new(GatewayBody::full(Bytes::from(value.to_string())));
     *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     r.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r

@@ -36,11 +36,7 @@ impl AdminClient {
     /// Whether something accepts connections on the admin address (a gateway is running).
     pub async fn is_listening(addr: SocketAddr) -> bool {
         matches!(
-            tokio::time::timeout(
-                Duration::from_millis(500),
-                tokio::net::TcpStream::connect(addr)
-            )
-            .await,
+            tokio::time::timeout(Duration::from_millis(500), tokio::net::TcpStream::connect(addr)).await,
             Ok(Ok(_))
         )
     }
@@ -56,21 +52,13 @@ impl AdminClient {
         let req = Request::builder()
             .method(method.clone())
             .uri(format!("http://{}{path}", self.addr))
-            .header(
-                header::AUTHORIZATION,
-                format!("Bearer {}", self.token.as_str()),
-            )
+            .header(header::AUTHORIZATION, format!("Bearer {}", self.token.as_str()))
             .header(header::CONTENT_TYPE, "application/json")
             .body(Full::new(payload))
             .map_err(|e| Error::msg(format!("building admin request: {e}")))?;
         let resp = tokio::time::timeout(Duration::from_secs(60), self.client.request(req))
             .await
-            .map_err(|_| {
-                Error::msg(format!(
-                    "the admin API at {} did not answer within 60 s",
-                    self.addr
-                ))
-            })?
+            .map_err(|_| Error::msg(format!("the admin API at {} did not answer within 60 s", self.addr)))?
             .map_err(|e| Error::msg(format!("calling the admin API at {}: {e}", self.addr)))?;
         let status = resp.status();
         let bytes = resp
@@ -84,11 +72,8 @@ impl AdminClient {
                 .ok()
                 .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
                 .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
-            return Err(Error::msg(format!(
-                "{message} (admin API {method} {path}: {status})"
-            )));
+            return Err(Error::msg(format!("{message} (admin API {method} {path}: {status})")));
         }
-        serde_json::from_slice(&bytes)
-            .map_err(|e| Error::msg(format!("unexpected admin API answer: {e}")))
+        serde_json::from_slice(&bytes).map_err(|e| Error::msg(format!("unexpected admin API answer: {e}")))
     }
 }

@@ -166,11 +166,10 @@ async fn serve(config: Config) -> Result<()> {
 async fn shutdown_signal() {
     #[cfg(unix)]
     {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => return std::future::pending().await,
-            };
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return std::future::pending().await,
+        };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {},
             _ = term.recv() => {},
@@ -191,10 +190,7 @@ impl Control {
     async fn connect(config: Config) -> Result<Control> {
         if AdminClient::is_listening(config.admin_listen).await {
             let token = crate::gateway::resolve_admin_token(&config, false)?;
-            return Ok(Control::Remote(AdminClient::new(
-                config.admin_listen,
-                token,
-            )));
+            return Ok(Control::Remote(AdminClient::new(config.admin_listen, token)));
         }
         let store = SledStore::open(&config.data_dir).map_err(|e| {
             e.context(format!(
@@ -222,7 +218,9 @@ async fn keys(control: Control, cmd: KeysCommand) -> Result<()> {
             let expires_at = expires
                 .map(|e| {
                     crate::clock::parse_date_or_time(&e).ok_or_else(|| {
-                        Error::msg(format!("--expires {e:?} is not a date; use YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ (UTC)"))
+                        Error::msg(format!(
+                            "--expires {e:?} is not a date; use YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ (UTC)"
+                        ))
                     })
                 })
                 .transpose()?;
@@ -270,12 +268,8 @@ async fn keys(control: Control, cmd: KeysCommand) -> Result<()> {
         KeysCommand::Show { id, out } => {
             let k: KeyRecord = match &control {
                 Control::Remote(c) => {
-                    c.call(
-                        Method::GET,
-                        &format!("/v1/keys/{}", path_segment(&id)?),
-                        None,
-                    )
-                    .await?
+                    c.call(Method::GET, &format!("/v1/keys/{}", path_segment(&id)?), None)
+                        .await?
                 }
                 Control::Local { store, .. } => ops::key(store, &id)?,
             };
@@ -288,12 +282,8 @@ async fn keys(control: Control, cmd: KeysCommand) -> Result<()> {
         KeysCommand::Revoke { id, out } => {
             let k: KeyRecord = match &control {
                 Control::Remote(c) => {
-                    c.call(
-                        Method::POST,
-                        &format!("/v1/keys/{}/revoke", path_segment(&id)?),
-                        None,
-                    )
-                    .await?
+                    c.call(Method::POST, &format!("/v1/keys/{}/revoke", path_segment(&id)?), None)
+                        .await?
                 }
                 Control::Local { store, .. } => ops::revoke_key(store, &id)?,
             };
@@ -324,7 +314,9 @@ async fn credentials(control: Control, cmd: CredentialsCommand) -> Result<()> {
             } else {
                 let var = from_env.unwrap_or_default();
                 Zeroizing::new(std::env::var(&var).map_err(|_| {
-                    Error::msg(format!("environment variable {var:?} is not set (or not valid text); export it first, or use --stdin"))
+                    Error::msg(format!(
+                        "environment variable {var:?} is not set (or not valid text); export it first, or use --stdin"
+                    ))
                 })?)
             };
             let info: CredentialInfo = match &control {
@@ -358,9 +350,7 @@ async fn credentials(control: Control, cmd: CredentialsCommand) -> Result<()> {
             if out.json {
                 println!("{}", json!({"credentials": all}));
             } else if all.is_empty() {
-                println!(
-                    "no credentials set; `conduit credentials set anthropic --from-env ANTHROPIC_API_KEY`"
-                );
+                println!("no credentials set; `conduit credentials set anthropic --from-env ANTHROPIC_API_KEY`");
             } else {
                 println!(
                     "{:<10} {:<8} {:>7}  {:<20}  UPDATED",
@@ -384,15 +374,17 @@ async fn credentials(control: Control, cmd: CredentialsCommand) -> Result<()> {
         } => {
             let (encoded, source) = match (new_key_env, new_key_file) {
                 (Some(var), _) => (
-                    Zeroizing::new(std::env::var(&var).map_err(|_| {
-                        Error::msg(format!("environment variable {var:?} is not set"))
-                    })?),
+                    Zeroizing::new(
+                        std::env::var(&var)
+                            .map_err(|_| Error::msg(format!("environment variable {var:?} is not set")))?,
+                    ),
                     var,
                 ),
                 (None, Some(p)) => (
-                    Zeroizing::new(std::fs::read_to_string(&p).map_err(|e| {
-                        Error::msg(format!("reading {:?}: {e}", p.display().to_string()))
-                    })?),
+                    Zeroizing::new(
+                        std::fs::read_to_string(&p)
+                            .map_err(|e| Error::msg(format!("reading {:?}: {e}", p.display().to_string())))?,
+                    ),
                     p.display().to_string(),
                 ),
                 (None, None) => {
@@ -433,11 +425,7 @@ async fn credentials(control: Control, cmd: CredentialsCommand) -> Result<()> {
 
 /// Refuses ids that would change the admin URL's path.
 fn path_segment(s: &str) -> Result<&str> {
-    if s.is_empty()
-        || !s
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-    {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
         return Err(Error::msg(format!("{s:?} is not a valid id")));
     }
     Ok(s)
@@ -445,9 +433,7 @@ fn path_segment(s: &str) -> Result<&str> {
 
 fn print_keys(keys: &[KeyRecord]) {
     if keys.is_empty() {
-        println!(
-            "no keys; create one with `conduit keys create --owner alice@corp.example --team payments`"
-        );
+        println!("no keys; create one with `conduit keys create --owner alice@corp.example --team payments`");
         return;
     }
     let now = crate::clock::now_unix();

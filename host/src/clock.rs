@@ -32,27 +32,14 @@ pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let mp = (5 * doy + 2) / 153;
     let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
     let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (
-        if m <= 2 {
-            yoe + era * 400 + 1
-        } else {
-            yoe + era * 400
-        },
-        m,
-        d,
-    )
+    (if m <= 2 { yoe + era * 400 + 1 } else { yoe + era * 400 }, m, d)
 }
 
 /// RFC 3339 UTC timestamp (`2026-11-27T04:05:06Z`).
 pub fn format_rfc3339(unix: i64) -> String {
     let (y, m, d) = civil_from_days(unix.div_euclid(86_400));
     let s = unix.rem_euclid(86_400);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        s / 3600,
-        s / 60 % 60,
-        s % 60
-    )
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", s / 3600, s / 60 % 60, s % 60)
 }
 
 /// Parses `YYYY-MM-DD` (start of that day, UTC) or `YYYY-MM-DDTHH:MM:SSZ`.
@@ -112,9 +99,7 @@ mod tests {
         assert_eq!(t, Some(1_795_748_130));
         assert_eq!(parse_date_or_time("2026-02-29"), None);
         assert_eq!(
-            parse_date_or_time("2024-02-29")
-                .map(format_rfc3339)
-                .as_deref(),
+            parse_date_or_time("2024-02-29").map(format_rfc3339).as_deref(),
             Some("2024-02-29T00:00:00Z")
         );
         assert_eq!(parse_date_or_time("tomorrow"), None);

@@ -82,8 +82,13 @@ pub struct RawNetwork {
     /// PEM bundle of extra CA certificates trusted upstream, e.g. for TLS inspection
     /// (env `CONDUIT_EXTRA_CA_FILE`).
     pub extra_ca_file: Option<PathBuf>,
-    /// Honour `HTTPS_PROXY` / `HTTP_PROXY` / `ALL_PROXY` / `NO_PROXY` (default true).
+    /// Honour `HTTPS_PROXY` / `HTTP_PROXY` / `ALL_PROXY` / `NO_PROXY` (and lowercase forms) when
+    /// `proxy` is not set here (default true).
     pub use_env_proxy: Option<bool>,
+    /// Egress proxy for all upstreams, e.g. `http://user:pass@proxy.corp:3128`; overrides the env.
+    pub proxy: Option<String>,
+    /// Hosts that bypass the proxy, curl `NO_PROXY` syntax (`localhost,.corp.internal,10.0.0.0/8`).
+    pub no_proxy: Option<String>,
 }
 
 /// `[upstream.<family>]`
@@ -185,8 +190,35 @@ pub struct Network {
     pub idle_timeout: Duration,
     /// Extra trusted CAs.
     pub extra_ca_file: Option<PathBuf>,
-    /// Use proxy environment variables.
-    pub use_env_proxy: bool,
+    /// Egress proxy, if any (every upstream is reached through a CONNECT tunnel on it).
+    pub proxy: Option<ProxySettings>,
+}
+
+/// Egress proxy settings.
+#[derive(Clone)]
+pub struct ProxySettings {
+    /// Proxy for `http://` upstreams.
+    pub http: Option<String>,
+    /// Proxy for `https://` upstreams.
+    pub https: Option<String>,
+    /// Bypass list.
+    pub no: String,
+}
+
+impl std::fmt::Debug for ProxySettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Proxy URLs may carry credentials: show hosts only.
+        let host = |u: &Option<String>| {
+            u.as_deref()
+                .and_then(|u| u.parse::<http::Uri>().ok())
+                .and_then(|u| u.host().map(str::to_owned))
+        };
+        f.debug_struct("ProxySettings")
+            .field("http", &host(&self.http))
+            .field("https", &host(&self.https))
+            .field("no", &self.no)
+            .finish()
+    }
 }
 
 /// A configured upstream.
@@ -249,15 +281,10 @@ impl Config {
     pub fn load_with(path: Option<&Path>, env: &dyn Fn(&str) -> Option<String>) -> Result<Config> {
         let raw = match path {
             Some(p) => {
-                let text = std::fs::read_to_string(p).map_err(|e| {
-                    Error::msg(format!(
-                        "reading config file {:?}: {e}",
-                        p.display().to_string()
-                    ))
-                })?;
-                toml::from_str::<RawConfig>(&text).map_err(|e| {
-                    Error::msg(format!("config file {:?}: {e}", p.display().to_string()))
-                })?
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| Error::msg(format!("reading config file {:?}: {e}", p.display().to_string())))?;
+                toml::from_str::<RawConfig>(&text)
+                    .map_err(|e| Error::msg(format!("config file {:?}: {e}", p.display().to_string())))?
             }
             None => RawConfig::default(),
         };
@@ -268,8 +295,7 @@ impl Config {
 impl RawConfig {
     /// Applies environment overrides and validates every field.
     pub fn validate(self, env: &dyn Fn(&str) -> Option<String>) -> Result<Config> {
-        let env_or =
-            |name: &str, file: Option<String>| env(name).filter(|v| !v.is_empty()).or(file);
+        let env_or = |name: &str, file: Option<String>| env(name).filter(|v| !v.is_empty()).or(file);
 
         let listen = parse_addr(
             "listen",
@@ -335,7 +361,9 @@ impl RawConfig {
 
         let max_body_bytes = match env("CONDUIT_MAX_BODY_BYTES").filter(|v| !v.is_empty()) {
             Some(v) => v.trim().parse::<u64>().map_err(|_| {
-                Error::msg(format!("CONDUIT_MAX_BODY_BYTES is {v:?}; expected a whole number of bytes, e.g. 33554432"))
+                Error::msg(format!(
+                    "CONDUIT_MAX_BODY_BYTES is {v:?}; expected a whole number of bytes, e.g. 33554432"
+                ))
             })?,
             None => self.limits.max_body_bytes.unwrap_or(32 * 1024 * 1024),
         };
@@ -346,41 +374,21 @@ impl RawConfig {
         }
         let limits = Limits {
             max_body_bytes,
-            max_header_bytes: positive(
-                "limits.max_header_bytes",
-                self.limits.max_header_bytes,
-                64 * 1024,
-            )?
-            .max(8192),
+            max_header_bytes: positive("limits.max_header_bytes", self.limits.max_header_bytes, 64 * 1024)?.max(8192),
             max_headers: positive("limits.max_headers", self.limits.max_headers, 100)?,
-            body_read_timeout: secs(
-                "limits.body_read_timeout_secs",
-                self.limits.body_read_timeout_secs,
-                60,
-            )?,
+            body_read_timeout: secs("limits.body_read_timeout_secs", self.limits.body_read_timeout_secs, 60)?,
         };
 
+        let proxy = proxy_settings(&self.network, env)?;
         let network = Network {
-            connect_timeout: secs(
-                "network.connect_timeout_secs",
-                self.network.connect_timeout_secs,
-                10,
-            )?,
-            response_timeout: secs(
-                "network.response_timeout_secs",
-                self.network.response_timeout_secs,
-                600,
-            )?,
-            idle_timeout: secs(
-                "network.idle_timeout_secs",
-                self.network.idle_timeout_secs,
-                300,
-            )?,
+            connect_timeout: secs("network.connect_timeout_secs", self.network.connect_timeout_secs, 10)?,
+            response_timeout: secs("network.response_timeout_secs", self.network.response_timeout_secs, 600)?,
+            idle_timeout: secs("network.idle_timeout_secs", self.network.idle_timeout_secs, 300)?,
             extra_ca_file: env("CONDUIT_EXTRA_CA_FILE")
                 .filter(|v| !v.is_empty())
                 .map(PathBuf::from)
                 .or(self.network.extra_ca_file),
-            use_env_proxy: self.network.use_env_proxy.unwrap_or(true),
+            proxy,
         };
         if let Some(p) = &network.extra_ca_file
             && !p.is_file()
@@ -446,12 +454,44 @@ impl RawConfig {
     }
 }
 
-fn parse_addr(
-    key: &str,
-    env_name: &str,
-    value: Option<String>,
-    default: &str,
-) -> Result<SocketAddr> {
+/// The proxy from `[network]`, else (unless `use_env_proxy = false`) from the environment.
+fn proxy_settings(net: &RawNetwork, env: &dyn Fn(&str) -> Option<String>) -> Result<Option<ProxySettings>> {
+    let var = |names: &[&str]| names.iter().find_map(|n| env(n).filter(|v| !v.trim().is_empty()));
+    let settings = if let Some(p) = &net.proxy {
+        ProxySettings {
+            http: Some(p.clone()),
+            https: Some(p.clone()),
+            no: net.no_proxy.clone().unwrap_or_default(),
+        }
+    } else if net.use_env_proxy.unwrap_or(true) {
+        let all = var(&["ALL_PROXY", "all_proxy"]);
+        ProxySettings {
+            http: var(&["HTTP_PROXY", "http_proxy"]).or(all.clone()),
+            https: var(&["HTTPS_PROXY", "https_proxy"]).or(all),
+            no: net
+                .no_proxy
+                .clone()
+                .or_else(|| var(&["NO_PROXY", "no_proxy"]))
+                .unwrap_or_default(),
+        }
+    } else {
+        return Ok(None);
+    };
+    for url in settings.http.iter().chain(settings.https.iter()) {
+        let uri: http::Uri = url.parse().map_err(|_| {
+            Error::msg("the egress proxy URL (network.proxy / HTTPS_PROXY / HTTP_PROXY) is not a valid URL; expected e.g. \"http://proxy.corp:3128\"")
+        })?;
+        if uri.host().is_none() || uri.scheme_str().is_some_and(|s| s != "http") {
+            return Err(Error::msg(format!(
+                "the egress proxy URL for host {:?} must be http://host:port (Conduit tunnels TLS through it with CONNECT)",
+                uri.host().unwrap_or("")
+            )));
+        }
+    }
+    Ok((settings.http.is_some() || settings.https.is_some()).then_some(settings))
+}
+
+fn parse_addr(key: &str, env_name: &str, value: Option<String>, default: &str) -> Result<SocketAddr> {
     let v = value.unwrap_or_else(|| default.to_string());
     v.trim().parse().map_err(|_| {
         Error::msg(format!(
@@ -498,10 +538,7 @@ pub fn parse_upstream(p: Protocol, url: &str, auth: AuthStyle) -> Result<Upstrea
     if scheme != http::uri::Scheme::HTTP && scheme != http::uri::Scheme::HTTPS {
         return Err(bad("the scheme must be http or https"));
     }
-    let authority = uri
-        .authority()
-        .cloned()
-        .ok_or_else(|| bad("missing a host"))?;
+    let authority = uri.authority().cloned().ok_or_else(|| bad("missing a host"))?;
     if authority.as_str().contains('@') {
         return Err(bad(
             "credentials in the URL are not supported; set them with `conduit credentials set`",
@@ -525,10 +562,7 @@ mod tests {
     use super::*;
 
     fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let map: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         move |k| map.get(k).cloned()
     }
 
@@ -537,10 +571,7 @@ mod tests {
         let c = RawConfig::default().validate(&env_of(&[])).unwrap();
         assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(c.admin_listen.to_string(), "127.0.0.1:8081");
-        assert_eq!(
-            c.upstreams.anthropic.base_url(),
-            "https://api.anthropic.com"
-        );
+        assert_eq!(c.upstreams.anthropic.base_url(), "https://api.anthropic.com");
         assert_eq!(c.upstreams.openai.auth, AuthStyle::Bearer);
         assert_eq!(c.limits.max_body_bytes, 32 * 1024 * 1024);
         assert!(matches!(c.master_key, MasterKeySource::Generated(_)));
@@ -592,29 +623,17 @@ mod tests {
                 &[("CONDUIT_ADMIN_TOKEN", "short")],
                 &["CONDUIT_ADMIN_TOKEN", "at least 16"],
             ),
-            (
-                &[("CONDUIT_LOG_FORMAT", "xml")],
-                &["CONDUIT_LOG_FORMAT", "\"xml\""],
-            ),
-            (
-                &[("CONDUIT_TLS_CERT_FILE", "/x")],
-                &["CONDUIT_TLS_KEY_FILE"],
-            ),
+            (&[("CONDUIT_LOG_FORMAT", "xml")], &["CONDUIT_LOG_FORMAT", "\"xml\""]),
+            (&[("CONDUIT_TLS_CERT_FILE", "/x")], &["CONDUIT_TLS_KEY_FILE"]),
             (
                 &[("CONDUIT_EXTRA_CA_FILE", "/nonexistent.pem")],
                 &["CONDUIT_EXTRA_CA_FILE", "/nonexistent.pem"],
             ),
         ];
         for (env, needles) in cases {
-            let err = RawConfig::default()
-                .validate(&env_of(env))
-                .unwrap_err()
-                .to_string();
+            let err = RawConfig::default().validate(&env_of(env)).unwrap_err().to_string();
             for n in *needles {
-                assert!(
-                    err.contains(n),
-                    "error for {env:?} should mention {n:?}: {err}"
-                );
+                assert!(err.contains(n), "error for {env:?} should mention {n:?}: {err}");
             }
         }
         // The master key value itself must never be echoed.

@@ -140,13 +140,7 @@ impl GatewayError {
 
 impl fmt::Display for GatewayError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} ({}): {}",
-            self.kind.as_str(),
-            self.side.as_str(),
-            self.message
-        )?;
+        write!(f, "{} ({}): {}", self.kind.as_str(), self.side.as_str(), self.message)?;
         if let Some(cause) = &self.cause {
             write!(f, "; cause: {cause}")?;
         }

@@ -72,11 +72,7 @@ impl Gateway {
 ///
 /// `may_generate`: with no key configured, create `<data_dir>/master.key` on first use
 /// (development default). The CLI passes `false` when it only reads.
-pub fn resolve_master_key(
-    source: &MasterKeySource,
-    store: &dyn Store,
-    may_generate: bool,
-) -> Result<MasterKey> {
+pub fn resolve_master_key(source: &MasterKeySource, store: &dyn Store, may_generate: bool) -> Result<MasterKey> {
     let recorded = store.meta(META_MASTER_KEY_ID)?;
     let key = match source {
         MasterKeySource::Env(v) => MasterKey::from_base64(v, "CONDUIT_MASTER_KEY")?,
@@ -120,8 +116,7 @@ pub fn resolve_master_key(
 fn read_key_file(path: &Path) -> Result<MasterKey> {
     let shown = path.display().to_string();
     let text = Zeroizing::new(
-        std::fs::read_to_string(path)
-            .map_err(|e| Error::msg(format!("reading master key file {shown:?}: {e}")))?,
+        std::fs::read_to_string(path).map_err(|e| Error::msg(format!("reading master key file {shown:?}: {e}")))?,
     );
     MasterKey::from_base64(&text, &format!("master key file {shown:?}"))
 }
@@ -160,8 +155,7 @@ pub fn replace_secret_file(path: &Path, contents: &[u8]) -> Result<()> {
     let tmp = path.with_extension("new");
     let _ = std::fs::remove_file(&tmp);
     write_secret_file(&tmp, contents)?;
-    std::fs::rename(&tmp, path)
-        .map_err(|e| Error::msg(format!("replacing {:?}: {e}", path.display().to_string())))
+    std::fs::rename(&tmp, path).map_err(|e| Error::msg(format!("replacing {:?}: {e}", path.display().to_string())))
 }
 
 /// Writes a file readable by the owner only.

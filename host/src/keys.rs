@@ -129,10 +129,7 @@ mod tests {
         assert_ne!(a.secret, b.secret);
         assert_ne!(a.id, b.id);
         assert_eq!(KeyHash::of(&a.secret), a.hash);
-        assert!(
-            !format!("{a:?}").contains(&a.secret),
-            "Debug must not print the secret"
-        );
+        assert!(!format!("{a:?}").contains(&a.secret), "Debug must not print the secret");
     }
 
     #[test]

@@ -112,11 +112,9 @@ fn normalise_label(what: &str, v: Option<String>) -> Result<Option<String>> {
 
 /// A key by id, or a message naming the id.
 pub fn key(store: &dyn Store, id: &str) -> Result<KeyRecord> {
-    store.key(id)?.ok_or_else(|| {
-        Error::msg(format!(
-            "no key with id {id:?}; `conduit keys list` shows the ids"
-        ))
-    })
+    store
+        .key(id)?
+        .ok_or_else(|| Error::msg(format!("no key with id {id:?}; `conduit keys list` shows the ids")))
 }
 
 /// Revokes a key; effective on the next request. Revoking twice is harmless.
@@ -175,11 +173,7 @@ pub fn set_credential(
 
 /// Metadata of every credential.
 pub fn credentials(store: &dyn Store) -> Result<Vec<CredentialInfo>> {
-    Ok(store
-        .credentials()?
-        .iter()
-        .map(CredentialInfo::from)
-        .collect())
+    Ok(store.credentials()?.iter().map(CredentialInfo::from).collect())
 }
 
 /// Re-seals every credential from `old` to `new` in one transaction; returns how many.

@@ -31,11 +31,7 @@ use crate::stages::route::Routed;
 use crate::stages::{accept, audit, authenticate, credential, forward, inspect, route};
 
 /// Handles one request on the gateway listener. Never fails: errors become responses.
-pub async fn handle(
-    gw: &Gateway,
-    req: Request<Incoming>,
-    peer: SocketAddr,
-) -> Response<GatewayBody> {
+pub async fn handle(gw: &Gateway, req: Request<Incoming>, peer: SocketAddr) -> Response<GatewayBody> {
     let mut exchange = accept::begin(&gw.request_ids, &req, peer);
     match run(gw, req, &mut exchange).await {
         Ok(Handled::Streaming(response)) => response, // audit runs when the body ends
@@ -59,23 +55,17 @@ enum Handled {
     Streaming(Response<GatewayBody>),
 }
 
-async fn run(
-    gw: &Gateway,
-    req: Request<Incoming>,
-    ex: &mut accept::Exchange,
-) -> Result<Handled, GatewayError> {
+async fn run(gw: &Gateway, req: Request<Incoming>, ex: &mut accept::Exchange) -> Result<Handled, GatewayError> {
     accept::check_declared_length(&req, &gw.config.limits)?;
 
-    let route = match route::resolve(&gw.config.upstreams, req.method(), req.uri(), req.headers())?
-    {
+    let route = match route::resolve(&gw.config.upstreams, req.method(), req.uri(), req.headers())? {
         Routed::Local => return Ok(Handled::Local(probe_response(req.method(), &ex.id))),
         Routed::Upstream(route) => route,
     };
     ex.protocol = Some(route.protocol);
     ex.upstream = Some(route.upstream.base_url());
 
-    let principal =
-        authenticate::principal(gw.store.as_ref(), req.headers(), crate::clock::now_unix())?;
+    let principal = authenticate::principal(gw.store.as_ref(), req.headers(), crate::clock::now_unix())?;
     ex.key_id = Some(principal.key_id);
     ex.owner = Some(principal.owner);
     ex.team = principal.team;
@@ -101,10 +91,9 @@ fn probe_response(method: &Method, request_id: &str) -> Response<GatewayBody> {
     };
     let mut response = Response::new(body);
     *response.status_mut() = StatusCode::OK;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     if let Ok(id) = HeaderValue::from_str(request_id) {
         response.headers_mut().insert(REQUEST_ID_HEADER, id);
     }

@@ -16,11 +16,7 @@ use crate::protocol::Protocol;
 pub const REQUEST_ID_HEADER: &str = "x-conduit-request-id";
 
 /// Renders `err` for a client of `protocol` (Anthropic's shape when the route is not known yet).
-pub fn render(
-    err: &GatewayError,
-    protocol: Option<Protocol>,
-    request_id: &str,
-) -> Response<GatewayBody> {
+pub fn render(err: &GatewayError, protocol: Option<Protocol>, request_id: &str) -> Response<GatewayBody> {
     let (status, anthropic_type, openai_type, openai_code) = shape(err.kind);
     let message = format!("conduit: {}", err.message);
     let body = match protocol.unwrap_or(Protocol::Anthropic) {
@@ -36,10 +32,7 @@ pub fn render(
     let mut response = Response::new(GatewayBody::full(Bytes::from(body.to_string())));
     *response.status_mut() = status;
     let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     if let Ok(id) = HeaderValue::from_str(request_id) {
         headers.insert(REQUEST_ID_HEADER, id);
     }
@@ -117,11 +110,6 @@ fn shape(kind: ErrorKind) -> (StatusCode, &'static str, &'static str, Option<&'s
             "server_error",
             Some("upstream_timeout"),
         ),
-        Internal => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "api_error",
-            "server_error",
-            None,
-        ),
+        Internal => (StatusCode::INTERNAL_SERVER_ERROR, "api_error", "server_error", None),
     }
 }

@@ -47,8 +47,7 @@ impl MasterKey {
     /// Generates a new random key; returns it with its base64 form for the operator to store.
     pub fn generate() -> Result<(MasterKey, Zeroizing<String>)> {
         let mut key = Zeroizing::new([0u8; 32]);
-        getrandom::fill(key.as_mut())
-            .map_err(|e| Error::msg(format!("OS random source failed: {e}")))?;
+        getrandom::fill(key.as_mut()).map_err(|e| Error::msg(format!("OS random source failed: {e}")))?;
         let encoded = Zeroizing::new(B64.encode(key.as_ref()));
         Ok((MasterKey::from_bytes(*key), encoded))
     }
@@ -75,17 +74,9 @@ impl MasterKey {
     }
 
     /// Seals `plaintext` as version `version` of credential `id` for `provider`.
-    pub fn seal(
-        &self,
-        provider: &str,
-        id: &str,
-        version: u32,
-        plaintext: &[u8],
-        now: i64,
-    ) -> Result<SealedCredential> {
+    pub fn seal(&self, provider: &str, id: &str, version: u32, plaintext: &[u8], now: i64) -> Result<SealedCredential> {
         let mut nonce = [0u8; 12];
-        getrandom::fill(&mut nonce)
-            .map_err(|e| Error::msg(format!("OS random source failed: {e}")))?;
+        getrandom::fill(&mut nonce).map_err(|e| Error::msg(format!("OS random source failed: {e}")))?;
         let aad = associated_data(provider, id, version);
         let ciphertext = self
             .cipher()
@@ -172,16 +163,12 @@ mod tests {
     #[test]
     fn round_trip_and_binding() {
         let (mk, _) = MasterKey::generate().unwrap();
-        let sealed = mk
-            .seal("anthropic", "default", 3, b"sk-ant-secret", 0)
-            .unwrap();
+        let sealed = mk.seal("anthropic", "default", 3, b"sk-ant-secret", 0).unwrap();
         assert_eq!(mk.unseal(&sealed).unwrap().as_slice(), b"sk-ant-secret");
         assert!(!sealed.ciphertext.contains("sk-ant"));
 
         // Same plaintext twice → different nonces and ciphertexts.
-        let again = mk
-            .seal("anthropic", "default", 3, b"sk-ant-secret", 0)
-            .unwrap();
+        let again = mk.seal("anthropic", "default", 3, b"sk-ant-secret", 0).unwrap();
         assert_ne!(sealed.nonce, again.nonce);
         assert_ne!(sealed.ciphertext, again.ciphertext);
 

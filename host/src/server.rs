@@ -68,22 +68,13 @@ pub async fn start(gateway: Gateway, grace: Duration) -> Result<Running> {
 
     let gw = gateway.clone();
     let limits = config.limits;
-    let gateway_task = tokio::spawn(serve(
-        listener,
-        tls,
-        limits,
-        stopped.clone(),
-        grace,
-        move |peer| {
+    let gateway_task = tokio::spawn(serve(listener, tls, limits, stopped.clone(), grace, move |peer| {
+        let gw = gw.clone();
+        service_fn(move |req| {
             let gw = gw.clone();
-            service_fn(move |req| {
-                let gw = gw.clone();
-                async move {
-                    Ok::<_, std::convert::Infallible>(crate::pipeline::handle(&gw, req, peer).await)
-                }
-            })
-        },
-    ));
+            async move { Ok::<_, std::convert::Infallible>(crate::pipeline::handle(&gw, req, peer).await) }
+        })
+    }));
     let gw = gateway.clone();
     let admin_task = tokio::spawn(serve(admin, None, limits, stopped, grace, move |_peer| {
         let gw = gw.clone();
@@ -92,11 +83,7 @@ pub async fn start(gateway: Gateway, grace: Duration) -> Result<Running> {
             async move { Ok::<_, std::convert::Infallible>(crate::admin::handle(&gw, req).await) }
         })
     }));
-    let scheme = if config.tls.is_some() {
-        "https"
-    } else {
-        "http"
-    };
+    let scheme = if config.tls.is_some() { "https" } else { "http" };
     tracing::info!(
         gateway = %format!("{scheme}://{addr}"),
         admin = %format!("http://{admin_addr}"),
@@ -161,9 +148,7 @@ async fn serve<F, S>(
         let builder = builder.clone();
         match &tls {
             None => {
-                let conn = builder
-                    .serve_connection(TokioIo::new(stream), service)
-                    .into_owned();
+                let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {
                     if let Err(e) = conn.await {
@@ -175,11 +160,7 @@ async fn serve<F, S>(
                 let acceptor = acceptor.clone();
                 let watcher = graceful.watcher();
                 tokio::spawn(async move {
-                    let tls_stream = match tokio::time::timeout(
-                        Duration::from_secs(10),
-                        acceptor.accept(stream),
-                    )
-                    .await
+                    let tls_stream = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await
                     {
                         Ok(Ok(s)) => s,
                         Ok(Err(e)) => {
@@ -187,9 +168,7 @@ async fn serve<F, S>(
                         }
                         Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
                     };
-                    let conn = builder
-                        .serve_connection(TokioIo::new(tls_stream), service)
-                        .into_owned();
+                    let conn = builder.serve_connection(TokioIo::new(tls_stream), service).into_owned();
                     if let Err(e) = watcher.watch(conn).await {
                         tracing::debug!(error = %e, %peer, "connection ended with an error");
                     }
@@ -198,10 +177,7 @@ async fn serve<F, S>(
         }
     }
     drop(listener);
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
         tracing::warn!(
             grace_secs = grace.as_secs(),
             "in-flight requests did not finish within the grace period"
@@ -221,23 +197,14 @@ fn load_tls(files: &TlsFiles) -> Result<TlsAcceptor> {
             "tls.cert_file {cert_shown:?} holds no PEM certificate"
         )));
     }
-    let key = PrivateKeyDer::from_pem_file(&files.key_file).map_err(|e| {
-        Error::msg(format!(
-            "tls.key_file {key_shown:?}: {e} (expected a PEM private key)"
-        ))
-    })?;
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| Error::msg(format!("TLS setup: {e}")))?
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .map_err(|e| {
-        Error::msg(format!(
-            "tls.cert_file / tls.key_file do not form a usable pair: {e}"
-        ))
-    })?;
+    let key = PrivateKeyDer::from_pem_file(&files.key_file)
+        .map_err(|e| Error::msg(format!("tls.key_file {key_shown:?}: {e} (expected a PEM private key)")))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::msg(format!("TLS setup: {e}")))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| Error::msg(format!("tls.cert_file / tls.key_file do not form a usable pair: {e}")))?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
 }

@@ -46,10 +46,7 @@ impl KeyRecord {
     /// Why the key may not be used at `now`, if it may not.
     pub fn unusable_reason(&self, now: i64) -> Option<String> {
         if let Some(t) = self.revoked_at {
-            return Some(format!(
-                "was revoked at {}",
-                crate::clock::format_rfc3339(t)
-            ));
+            return Some(format!("was revoked at {}", crate::clock::format_rfc3339(t)));
         }
         match self.expires_at {
             Some(t) if now >= t => Some(format!("expired at {}", crate::clock::format_rfc3339(t))),
@@ -102,12 +99,8 @@ pub struct SledStore {
 impl SledStore {
     /// Opens (creating if needed) the store under `dir`, checking the schema version.
     pub fn open(dir: &Path) -> Result<SledStore> {
-        std::fs::create_dir_all(dir).map_err(|e| {
-            Error::msg(format!(
-                "creating data directory {:?}: {e}",
-                dir.display().to_string()
-            ))
-        })?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::msg(format!("creating data directory {:?}: {e}", dir.display().to_string())))?;
         let path = dir.join("store");
         let db = sled::Config::new().path(&path).mode(sled::Mode::HighThroughput).open().map_err(|e| {
             let hint = if e.to_string().contains("lock") || e.to_string().contains("WouldBlock") {
@@ -138,8 +131,7 @@ impl SledStore {
     }
 
     fn decode<T: for<'de> Deserialize<'de>>(what: &str, bytes: &[u8]) -> Result<T> {
-        serde_json::from_slice(bytes)
-            .map_err(|e| Error::msg(format!("corrupt {what} record in the store: {e}")))
+        serde_json::from_slice(bytes).map_err(|e| Error::msg(format!("corrupt {what} record in the store: {e}")))
     }
 }
 
@@ -171,19 +163,12 @@ impl Store for SledStore {
     }
 
     fn key_by_hash(&self, hash: &KeyHash) -> Result<Option<KeyRecord>> {
-        self.keys
-            .get(hash.0)?
-            .map(|v| Self::decode("key", &v))
-            .transpose()
+        self.keys.get(hash.0)?.map(|v| Self::decode("key", &v)).transpose()
     }
 
     fn key(&self, id: &str) -> Result<Option<KeyRecord>> {
         match self.key_ids.get(id.as_bytes())? {
-            Some(hash) => self
-                .keys
-                .get(hash)?
-                .map(|v| Self::decode("key", &v))
-                .transpose(),
+            Some(hash) => self.keys.get(hash)?.map(|v| Self::decode("key", &v)).transpose(),
             None => Ok(None),
         }
     }
@@ -246,20 +231,13 @@ impl Store for SledStore {
                 meta.insert(META_MASTER_KEY_ID, master_key_id.as_bytes())?;
                 Ok::<_, sled::transaction::ConflictableTransactionError<()>>(())
             })
-            .map_err(|e| {
-                Error::msg(format!(
-                    "re-sealing credentials failed, nothing was changed: {e:?}"
-                ))
-            })?;
+            .map_err(|e| Error::msg(format!("re-sealing credentials failed, nothing was changed: {e:?}")))?;
         self.db.flush()?;
         Ok(())
     }
 
     fn meta(&self, name: &str) -> Result<Option<String>> {
-        Ok(self
-            .meta
-            .get(name)?
-            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+        Ok(self.meta.get(name)?.map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
 
     fn set_meta(&self, name: &str, value: &str) -> Result<()> {
@@ -298,10 +276,7 @@ mod tests {
         {
             let s = SledStore::open(dir.path()).unwrap();
             s.insert_key(&hash, &record("key_1")).unwrap();
-            assert!(
-                s.insert_key(&hash, &record("key_1")).is_err(),
-                "duplicate id refused"
-            );
+            assert!(s.insert_key(&hash, &record("key_1")).is_err(), "duplicate id refused");
             let mut r = s.key("key_1").unwrap().unwrap();
             r.revoked_at = Some(5);
             s.update_key(&r).unwrap();
@@ -328,11 +303,7 @@ mod tests {
         let mut r = record("k");
         assert_eq!(r.unusable_reason(10), None);
         r.expires_at = Some(10);
-        assert!(
-            r.unusable_reason(10)
-                .unwrap()
-                .starts_with("expired at 1970-01-01")
-        );
+        assert!(r.unusable_reason(10).unwrap().starts_with("expired at 1970-01-01"));
         r.revoked_at = Some(3);
         assert!(r.unusable_reason(0).unwrap().starts_with("was revoked"));
     }

@@ -51,19 +51,27 @@ pub fn build_client(net: &Network) -> Result<UpstreamClient> {
         let (added, _) = roots.add_parsable_certificates(certs);
         tracing::info!(file = %shown, added, "trusting extra CA certificates upstream");
     }
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| Error::msg(format!("TLS setup: {e}")))?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::msg(format!("TLS setup: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
 
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(net.connect_timeout));
-    let proxy = net.use_env_proxy.then(|| Arc::new(Matcher::from_env()));
+    let proxy = net.proxy.as_ref().map(|p| {
+        tracing::info!(proxy = ?p, "upstream connections go through the egress proxy");
+        let mut m = Matcher::builder().no(p.no.clone());
+        if let Some(h) = &p.http {
+            m = m.http(h.clone());
+        }
+        if let Some(h) = &p.https {
+            m = m.https(h.clone());
+        }
+        Arc::new(m.build())
+    });
     let connector = UpstreamConnector { http, proxy };
 
     let https = hyper_rustls::HttpsConnectorBuilder::new()
@@ -88,8 +96,7 @@ pub struct UpstreamConnector {
 impl Service<Uri> for UpstreamConnector {
     type Response = TokioIo<TcpStream>;
     type Error = BoxError;
-    type Future =
-        Pin<Box<dyn Future<Output = std::result::Result<Self::Response, BoxError>> + Send>>;
+    type Future = Pin<Box<dyn Future<Output = std::result::Result<Self::Response, BoxError>> + Send>>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<std::result::Result<(), BoxError>> {
         Poll::Ready(Ok(()))

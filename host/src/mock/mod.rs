@@ -120,9 +120,7 @@ pub async fn start(listen: SocketAddr, options: MockOptions) -> std::io::Result<
         log: Mutex::default(),
     });
     let task = tokio::spawn(async move {
-        let builder = Arc::new(hyper_util::server::conn::auto::Builder::new(
-            TokioExecutor::new(),
-        ));
+        let builder = Arc::new(hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()));
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -133,9 +131,7 @@ pub async fn start(listen: SocketAddr, options: MockOptions) -> std::io::Result<
             let builder = builder.clone();
             tokio::spawn(async move {
                 let service = service_fn(move |req| handle(state.clone(), req));
-                let _ = builder
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
+                let _ = builder.serve_connection(TokioIo::new(stream), service).await;
             });
         }
     });
@@ -174,13 +170,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<MockRespons
     let defaults = state.options.lock().map(|o| o.clone()).unwrap_or_default();
     let (parts, body) = req.into_parts();
     let body = body.collect().await?.to_bytes();
-    let header = |name: &str| {
-        parts
-            .headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    };
+    let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let mode = header("x-mock-mode")
         .or(defaults.mode.clone())
         .unwrap_or_else(|| "ok".into());
@@ -189,11 +179,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<MockRespons
         .map(Duration::from_millis)
         .unwrap_or(Duration::from_millis(defaults.event_delay_ms));
     let accepts_gzip = header("accept-encoding").is_some_and(|v| v.contains("gzip"));
-    let gzip = header("x-mock-compress")
-        .or(defaults.compress.clone())
-        .as_deref()
-        == Some("gzip")
-        && accepts_gzip;
+    let gzip = header("x-mock-compress").or(defaults.compress.clone()).as_deref() == Some("gzip") && accepts_gzip;
 
     let mut record = Recorded {
         method: parts.method.to_string(),
@@ -237,9 +223,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<MockRespons
     };
     let mut hasher = Sha256::new();
     let (sent, cut) = match mode.as_str() {
-        "midstream-error" | "reset-midstream" | "stall" if reply.streaming => {
-            (chunks.len().min(2), true)
-        }
+        "midstream-error" | "reset-midstream" | "stall" if reply.streaming => (chunks.len().min(2), true),
         _ => (chunks.len(), false),
     };
     let mut to_send: Vec<Bytes> = chunks[..sent].to_vec();
@@ -265,19 +249,12 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<MockRespons
     };
     let mut resp = Response::new(MockBody::spawn(
         to_send,
-        if reply.streaming {
-            delay
-        } else {
-            Duration::ZERO
-        },
+        if reply.streaming { delay } else { Duration::ZERO },
         ending,
     ));
     *resp.status_mut() = reply.status;
     let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static(reply.content_type),
-    );
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(reply.content_type));
     h.insert("request-id", HeaderValue::from_static("req_mock_0001"));
     if gzip {
         h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
@@ -314,16 +291,10 @@ fn gzip_chunks(chunks: &[Bytes]) -> Vec<Bytes> {
 }
 
 fn json_response(status: StatusCode, body: Vec<u8>) -> MockResponse {
-    let mut r = Response::new(MockBody::spawn(
-        vec![Bytes::from(body)],
-        Duration::ZERO,
-        Ending::Close,
-    ));
+    let mut r = Response::new(MockBody::spawn(vec![Bytes::from(body)], Duration::ZERO, Ending::Close));
     *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     r
 }
 
@@ -372,10 +343,7 @@ impl Body for MockBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         self.rx.poll_recv(cx).map(|o| o.map(|r| r.map(Frame::data)))
     }
 }

@@ -65,17 +65,9 @@ const TEXT: &[&str] = &[
 ];
 
 /// Builds the reply for a request.
-pub fn reply(
-    method: &Method,
-    path: &str,
-    headers: &HeaderMap,
-    body: &[u8],
-    mode: &str,
-    usage_max: bool,
-) -> Reply {
+pub fn reply(method: &Method, path: &str, headers: &HeaderMap, body: &[u8], mode: &str, usage_max: bool) -> Reply {
     let req: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
-    let anthropic_headers =
-        headers.contains_key("anthropic-version") || headers.contains_key("x-api-key");
+    let anthropic_headers = headers.contains_key("anthropic-version") || headers.contains_key("x-api-key");
     let family = match path {
         "/v1/chat/completions" => Family::OpenAiChat,
         "/v1/responses" => Family::OpenAiResponses,
@@ -83,10 +75,7 @@ pub fn reply(
         _ if anthropic_headers => Family::Anthropic,
         _ => Family::OpenAiOther,
     };
-    if let Some(code) = mode
-        .strip_prefix("status-")
-        .and_then(|c| c.parse::<u16>().ok())
-    {
+    if let Some(code) = mode.strip_prefix("status-").and_then(|c| c.parse::<u16>().ok()) {
         return error_reply(
             family,
             StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
@@ -97,12 +86,7 @@ pub fn reply(
     let max_tokens = ["max_tokens", "max_completion_tokens", "max_output_tokens"]
         .iter()
         .find_map(|k| req[*k].as_u64());
-    let usage = usage_for(
-        family,
-        body,
-        &req,
-        if usage_max { max_tokens } else { None },
-    );
+    let usage = usage_for(family, body, &req, if usage_max { max_tokens } else { None });
 
     match (method, path) {
         (&Method::POST, "/v1/messages/count_tokens") => json_reply(
@@ -111,23 +95,15 @@ pub fn reply(
             usage,
         ),
         (&Method::POST, "/v1/messages") if stream => anthropic_sse(&model, usage),
-        (&Method::POST, "/v1/messages") => {
-            json_reply(family, anthropic_message(&model, usage), usage)
-        }
+        (&Method::POST, "/v1/messages") => json_reply(family, anthropic_message(&model, usage), usage),
         (&Method::POST, "/v1/chat/completions") if stream => openai_chat_sse(
             &model,
             usage,
-            req["stream_options"]["include_usage"]
-                .as_bool()
-                .unwrap_or(false),
+            req["stream_options"]["include_usage"].as_bool().unwrap_or(false),
         ),
-        (&Method::POST, "/v1/chat/completions") => {
-            json_reply(family, openai_chat(&model, usage), usage)
-        }
+        (&Method::POST, "/v1/chat/completions") => json_reply(family, openai_chat(&model, usage), usage),
         (&Method::POST, "/v1/responses") if stream => responses_sse(&model, usage),
-        (&Method::POST, "/v1/responses") => {
-            json_reply(family, response_object(&model, usage, "completed"), usage)
-        }
+        (&Method::POST, "/v1/responses") => json_reply(family, response_object(&model, usage, "completed"), usage),
         (&Method::POST, "/v1/embeddings") => json_reply(
             family,
             json!({"object": "list", "model": model,
@@ -166,11 +142,7 @@ fn usage_for(family: Family, body: &[u8], req: &Value, output_override: Option<u
         };
     }
     let cache_read = total_in * 6 / 10;
-    let cache_write = if family == Family::Anthropic {
-        total_in / 10
-    } else {
-        0
-    };
+    let cache_write = if family == Family::Anthropic { total_in / 10 } else { 0 };
     Usage {
         input: total_in - cache_read - cache_write,
         output,
@@ -247,7 +219,10 @@ fn anthropic_sse(model: &str, u: Usage) -> Reply {
         (Some("ping"), json!({"type": "ping"})),
     ];
     for piece in TEXT {
-        events.push((Some("content_block_delta"), json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": piece}})));
+        events.push((
+            Some("content_block_delta"),
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": piece}}),
+        ));
     }
     events.push((
         Some("content_block_stop"),
@@ -276,17 +251,17 @@ fn openai_chat_sse(model: &str, u: Usage, include_usage: bool) -> Reply {
         json!({"id": "chatcmpl-mock01", "object": "chat.completion.chunk", "created": 1_795_000_000, "model": model,
                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
     };
-    let mut events = vec![(
-        None,
-        chunk(json!({"role": "assistant", "content": ""}), Value::Null),
-    )];
+    let mut events = vec![(None, chunk(json!({"role": "assistant", "content": ""}), Value::Null))];
     for piece in TEXT {
         events.push((None, chunk(json!({"content": piece}), Value::Null)));
     }
     events.push((None, chunk(json!({}), json!("stop"))));
     if include_usage {
-        events.push((None, json!({"id": "chatcmpl-mock01", "object": "chat.completion.chunk", "created": 1_795_000_000,
-            "model": model, "choices": [], "usage": openai_usage(u)})));
+        events.push((
+            None,
+            json!({"id": "chatcmpl-mock01", "object": "chat.completion.chunk", "created": 1_795_000_000,
+            "model": model, "choices": [], "usage": openai_usage(u)}),
+        ));
     }
     sse(Family::OpenAiChat, events, true, u)
 }

@@ -112,12 +112,7 @@ pub fn check_declared_length<B>(req: &Request<B>, limits: &Limits) -> Result<(),
         .to_str()
         .ok()
         .and_then(|v| v.trim().parse::<u64>().ok())
-        .ok_or_else(|| {
-            GatewayError::downstream(
-                ErrorKind::BadRequest,
-                "the content-length header is not a number",
-            )
-        })?;
+        .ok_or_else(|| GatewayError::downstream(ErrorKind::BadRequest, "the content-length header is not a number"))?;
     if declared > limits.max_body_bytes {
         return Err(too_large(declared, limits));
     }

@@ -24,11 +24,7 @@ pub struct Principal {
 const HOW: &str = "send the Conduit key you were issued as x-api-key or `Authorization: Bearer` (Claude Code: ANTHROPIC_API_KEY; OpenAI clients: OPENAI_API_KEY)";
 
 /// Authenticates the request's stand-in key.
-pub fn principal(
-    store: &dyn Store,
-    headers: &HeaderMap,
-    now: i64,
-) -> Result<Principal, GatewayError> {
+pub fn principal(store: &dyn Store, headers: &HeaderMap, now: i64) -> Result<Principal, GatewayError> {
     let token = presented_key(headers)?;
     let unauthenticated = |msg: String| GatewayError::downstream(ErrorKind::Unauthenticated, msg);
     match keys::check_format(token) {
@@ -115,12 +111,7 @@ fn looks_like_provider_key(token: &str) -> bool {
 
 /// Last four characters, for messages (never more of a presented secret).
 fn tail(token: &str) -> String {
-    let start = token
-        .char_indices()
-        .rev()
-        .nth(3)
-        .map(|(i, _)| i)
-        .unwrap_or(0);
+    let start = token.char_indices().rev().nth(3).map(|(i, _)| i).unwrap_or(0);
     token[start..].to_string()
 }
 
@@ -132,9 +123,6 @@ mod tests {
     fn tail_is_short_and_char_safe() {
         assert_eq!(tail("ck_abcdefgh"), "efgh");
         assert_eq!(tail("ab"), "ab");
-        assert_eq!(
-            tail("xxé€日本"),
-            "xé€日本".chars().skip(1).collect::<String>()
-        );
+        assert_eq!(tail("xxé€日本"), "xé€日本".chars().skip(1).collect::<String>());
     }
 }

@@ -19,11 +19,7 @@ pub struct UpstreamAuth {
 }
 
 /// Unseals the credential for `protocol` and renders it in the upstream's auth style.
-pub fn for_upstream(
-    gw: &Gateway,
-    protocol: Protocol,
-    style: AuthStyle,
-) -> Result<UpstreamAuth, GatewayError> {
+pub fn for_upstream(gw: &Gateway, protocol: Protocol, style: AuthStyle) -> Result<UpstreamAuth, GatewayError> {
     let sealed = gw
         .store
         .credential(protocol.as_str(), "default")
@@ -37,25 +33,16 @@ pub fn for_upstream(
                 ),
             )
         })?;
-    let plaintext = gw.master_key().unseal(&sealed).map_err(|e| {
-        GatewayError::internal(format!("unsealing the {protocol} credential failed: {e}"))
-    })?;
-    let secret = std::str::from_utf8(&plaintext).map_err(|_| {
-        GatewayError::internal(format!("the {protocol} credential is not valid text"))
-    })?;
+    let plaintext = gw
+        .master_key()
+        .unseal(&sealed)
+        .map_err(|e| GatewayError::internal(format!("unsealing the {protocol} credential failed: {e}")))?;
+    let secret = std::str::from_utf8(&plaintext)
+        .map_err(|_| GatewayError::internal(format!("the {protocol} credential is not valid text")))?;
     let (name, text) = match style {
-        AuthStyle::XApiKey => (
-            HeaderName::from_static("x-api-key"),
-            Zeroizing::new(secret.to_string()),
-        ),
-        AuthStyle::Bearer => (
-            http::header::AUTHORIZATION,
-            Zeroizing::new(format!("Bearer {secret}")),
-        ),
-        AuthStyle::ApiKey => (
-            HeaderName::from_static("api-key"),
-            Zeroizing::new(secret.to_string()),
-        ),
+        AuthStyle::XApiKey => (HeaderName::from_static("x-api-key"), Zeroizing::new(secret.to_string())),
+        AuthStyle::Bearer => (http::header::AUTHORIZATION, Zeroizing::new(format!("Bearer {secret}"))),
+        AuthStyle::ApiKey => (HeaderName::from_static("api-key"), Zeroizing::new(secret.to_string())),
     };
     let mut value = HeaderValue::from_str(&text).map_err(|_| {
         GatewayError::internal(format!(

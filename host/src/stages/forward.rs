@@ -56,16 +56,9 @@ pub async fn send(
             };
             GatewayError::upstream(
                 ErrorKind::UpstreamUnreachable,
-                format!(
-                    "the {} upstream {what}; the gateway log has the cause",
-                    route.protocol
-                ),
+                format!("the {} upstream {what}; the gateway log has the cause", route.protocol),
             )
-            .with_cause(format!(
-                "{}: {}",
-                route.upstream.base_url(),
-                error_chain(&e)
-            ))
+            .with_cause(format!("{}: {}", route.upstream.base_url(), error_chain(&e)))
         })?;
     exchange.upstream_ttfb_ms = Some(sent.elapsed().as_secs_f64() * 1e3);
 
@@ -79,13 +72,9 @@ pub async fn send(
 
     let status = parts.status.as_u16();
     let finished = exchange.clone();
-    let on_end =
-        Box::new(move |bytes_out, end| audit::record_stream(&finished, status, bytes_out, &end));
+    let on_end = Box::new(move |bytes_out, end| audit::record_stream(&finished, status, bytes_out, &end));
     let body = UpstreamBody::new(incoming, net.idle_timeout, on_end);
-    Ok(Response::from_parts(
-        parts,
-        GatewayBody::Upstream { inner: body },
-    ))
+    Ok(Response::from_parts(parts, GatewayBody::Upstream { inner: body }))
 }
 
 /// Copies end-to-end headers: drops hop-by-hop ones (RFC 9110 §7.6.1, including any named in
@@ -163,11 +152,7 @@ mod tests {
         let names: Vec<_> = to.keys().map(|k| k.as_str()).collect();
         assert_eq!(
             names,
-            [
-                "anthropic-version",
-                "anthropic-beta",
-                "x-claude-code-session-id"
-            ]
+            ["anthropic-version", "anthropic-beta", "x-claude-code-session-id"]
         );
         assert_eq!(
             to.get_all("anthropic-beta").iter().count(),

@@ -67,11 +67,9 @@ pub async fn read(
             return Err(accept::too_large(limits.max_body_bytes + 1, limits));
         }
         Err(e) => {
-            return Err(GatewayError::downstream(
-                ErrorKind::BadRequest,
-                "the request body could not be read",
-            )
-            .with_cause(e));
+            return Err(
+                GatewayError::downstream(ErrorKind::BadRequest, "the request body could not be read").with_cause(e),
+            );
         }
     };
     let facts = if endpoint.takes_json() && !body.is_empty() {
@@ -99,9 +97,7 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), GatewayError> {
             ErrorKind::UnsupportedMediaType,
             format!(
                 "this endpoint takes a JSON body, but content-type is {}; send `content-type: application/json`",
-                other
-                    .map(|v| format!("{v:?}"))
-                    .unwrap_or_else(|| "missing".into())
+                other.map(|v| format!("{v:?}")).unwrap_or_else(|| "missing".into())
             ),
         )),
     }
@@ -130,19 +126,12 @@ pub fn parse_facts(body: &[u8]) -> Result<RequestFacts, GatewayError> {
         } else {
             "is not valid JSON"
         };
-        GatewayError::downstream(
-            ErrorKind::BadRequest,
-            format!("the request body {what}: {e}"),
-        )
+        GatewayError::downstream(ErrorKind::BadRequest, format!("the request body {what}: {e}"))
     })?;
-    let max_tokens = [
-        head.max_tokens,
-        head.max_completion_tokens,
-        head.max_output_tokens,
-    ]
-    .into_iter()
-    .flatten()
-    .find_map(|v| v.as_u64());
+    let max_tokens = [head.max_tokens, head.max_completion_tokens, head.max_output_tokens]
+        .into_iter()
+        .flatten()
+        .find_map(|v| v.as_u64());
     Ok(RequestFacts {
         model: head.model.map(Cow::into_owned),
         stream: head.stream.and_then(|v| v.as_bool()).unwrap_or(false),
@@ -156,10 +145,8 @@ mod tests {
 
     #[test]
     fn facts_from_each_family() {
-        let f = parse_facts(
-            br#"{"model":"claude-sonnet-4-5","max_tokens":64000,"stream":true,"messages":[]}"#,
-        )
-        .unwrap();
+        let f =
+            parse_facts(br#"{"model":"claude-sonnet-4-5","max_tokens":64000,"stream":true,"messages":[]}"#).unwrap();
         assert_eq!(
             f,
             RequestFacts {
@@ -171,8 +158,7 @@ mod tests {
         let f = parse_facts(br#"{"model":"gpt-5","max_output_tokens":5,"input":"x"}"#).unwrap();
         assert_eq!(f.max_tokens, Some(5));
         assert!(!f.stream);
-        let f =
-            parse_facts(br#"{"model":"m\u00e9","messages":[{"content":"\"quoted\""}]}"#).unwrap();
+        let f = parse_facts(br#"{"model":"m\u00e9","messages":[{"content":"\"quoted\""}]}"#).unwrap();
         assert_eq!(f.model.as_deref(), Some("mé"));
     }
 

@@ -66,12 +66,7 @@ pub enum Routed {
 }
 
 /// Routes a request.
-pub fn resolve(
-    upstreams: &Upstreams,
-    method: &Method,
-    uri: &Uri,
-    headers: &HeaderMap,
-) -> Result<Routed, GatewayError> {
+pub fn resolve(upstreams: &Upstreams, method: &Method, uri: &Uri, headers: &HeaderMap) -> Result<Routed, GatewayError> {
     let path = uri.path();
     if path == "/" && (method == Method::GET || method == Method::HEAD) {
         return Ok(Routed::Local);
@@ -99,12 +94,7 @@ pub fn resolve(
         .authority(upstream.authority.clone())
         .path_and_query(target)
         .build()
-        .map_err(|_| {
-            GatewayError::downstream(
-                ErrorKind::BadRequest,
-                "the request path is not a valid URL path",
-            )
-        })?;
+        .map_err(|_| GatewayError::downstream(ErrorKind::BadRequest, "the request path is not a valid URL path"))?;
     Ok(Routed::Upstream(Route {
         protocol,
         endpoint,
@@ -116,11 +106,7 @@ pub fn resolve(
 /// `"/anthropic/v1/x"` → `Some("/v1/x")`; requires a segment boundary.
 fn strip_segment<'a>(path: &'a str, prefix: &str) -> Option<&'a str> {
     let rest = path.strip_prefix(prefix)?;
-    if rest.starts_with('/') {
-        Some(rest)
-    } else {
-        None
-    }
+    if rest.starts_with('/') { Some(rest) } else { None }
 }
 
 /// The family a path belongs to (if it is unique to one) and its endpoint kind.
@@ -177,28 +163,15 @@ mod tests {
 
     fn upstreams() -> Upstreams {
         Upstreams {
-            anthropic: parse_upstream(
-                Protocol::Anthropic,
-                "https://api.anthropic.com",
-                AuthStyle::XApiKey,
-            )
-            .unwrap(),
-            openai: parse_upstream(
-                Protocol::OpenAi,
-                "http://litellm:4000/openai-proxy",
-                AuthStyle::Bearer,
-            )
-            .unwrap(),
+            anthropic: parse_upstream(Protocol::Anthropic, "https://api.anthropic.com", AuthStyle::XApiKey).unwrap(),
+            openai: parse_upstream(Protocol::OpenAi, "http://litellm:4000/openai-proxy", AuthStyle::Bearer).unwrap(),
         }
     }
 
     fn route(method: Method, uri: &str, headers: &[(&str, &str)]) -> Route {
         let mut h = HeaderMap::new();
         for (k, v) in headers {
-            h.insert(
-                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                v.parse().unwrap(),
-            );
+            h.insert(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
         }
         match resolve(&upstreams(), &method, &uri.parse().unwrap(), &h).unwrap() {
             Routed::Upstream(r) => r,
@@ -209,24 +182,15 @@ mod tests {
     #[test]
     fn family_paths() {
         let r = route(Method::POST, "/v1/messages?beta=true", &[]);
-        assert_eq!(
-            (r.protocol, r.endpoint),
-            (Protocol::Anthropic, Endpoint::Messages)
-        );
-        assert_eq!(
-            r.uri.to_string(),
-            "https://api.anthropic.com/v1/messages?beta=true"
-        );
+        assert_eq!((r.protocol, r.endpoint), (Protocol::Anthropic, Endpoint::Messages));
+        assert_eq!(r.uri.to_string(), "https://api.anthropic.com/v1/messages?beta=true");
         let r = route(Method::POST, "/v1/responses", &[("x-api-key", "k")]);
         assert_eq!(
             r.protocol,
             Protocol::OpenAi,
             "a path unique to a family wins over headers"
         );
-        assert_eq!(
-            r.uri.to_string(),
-            "http://litellm:4000/openai-proxy/v1/responses"
-        );
+        assert_eq!(r.uri.to_string(), "http://litellm:4000/openai-proxy/v1/responses");
         assert_eq!(
             route(Method::POST, "/v1/messages/count_tokens", &[]).endpoint,
             Endpoint::CountTokens
@@ -240,12 +204,7 @@ mod tests {
     #[test]
     fn shared_paths_by_headers() {
         assert_eq!(
-            route(
-                Method::GET,
-                "/v1/models",
-                &[("anthropic-version", "2023-06-01")]
-            )
-            .protocol,
+            route(Method::GET, "/v1/models", &[("anthropic-version", "2023-06-01")]).protocol,
             Protocol::Anthropic
         );
         assert_eq!(
@@ -263,32 +222,18 @@ mod tests {
             "anthropic-py 2.x sends Bearer plus anthropic-version"
         );
         assert_eq!(
-            route(
-                Method::GET,
-                "/v1/files/abc",
-                &[("authorization", "Bearer x")]
-            )
-            .protocol,
+            route(Method::GET, "/v1/files/abc", &[("authorization", "Bearer x")]).protocol,
             Protocol::OpenAi
         );
     }
 
     #[test]
     fn pinned_prefix_is_removed() {
-        let r = route(
-            Method::GET,
-            "/openai/v1/models?limit=2",
-            &[("x-api-key", "k")],
-        );
+        let r = route(Method::GET, "/openai/v1/models?limit=2", &[("x-api-key", "k")]);
         assert_eq!(r.protocol, Protocol::OpenAi);
+        assert_eq!(r.uri.to_string(), "http://litellm:4000/openai-proxy/v1/models?limit=2");
         assert_eq!(
-            r.uri.to_string(),
-            "http://litellm:4000/openai-proxy/v1/models?limit=2"
-        );
-        assert_eq!(
-            route(Method::POST, "/anthropic/v1/messages", &[])
-                .uri
-                .path(),
+            route(Method::POST, "/anthropic/v1/messages", &[]).uri.path(),
             "/v1/messages"
         );
         // Not a segment boundary: no pinning.

@@ -1,0 +1,269 @@
+//! Test harness: a mock upstream and a gateway in-process, on 127.0.0.1 port 0, with a stand-in
+//! key issued and real (canary) provider credentials sealed — the same `Gateway::open` +
+//! `server::start` path `conduit serve` takes.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use conduit::config::RawConfig;
+use conduit::mock::{MockOptions, MockServer, Recorded};
+use conduit::server::Running;
+use conduit::{Gateway, ops};
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use zeroize::Zeroizing;
+
+/// The "real" provider credentials the gateway holds; tests check the mock sees exactly these.
+pub const REAL_ANTHROPIC: &str = "sk-ant-api03-REALCANARY7f3c9a1e5b2d4f6a8c0e2b4d6f8a0c2e4-AAAA";
+pub const REAL_OPENAI: &str = "sk-proj-REALCANARY0a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d6e7f8";
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef";
+
+pub struct Harness {
+    pub mock: MockServer,
+    pub running: Running,
+    pub data: tempfile::TempDir,
+    /// A valid stand-in key.
+    pub key: String,
+    pub key_id: String,
+    pub http: Client<HttpConnector, Full<Bytes>>,
+}
+
+pub struct Builder {
+    env: HashMap<String, String>,
+    toml: String,
+    openai_credential: bool,
+    mock: MockOptions,
+}
+
+impl Harness {
+    pub fn builder() -> Builder {
+        Builder {
+            env: HashMap::new(),
+            toml: String::new(),
+            openai_credential: true,
+            mock: MockOptions::default(),
+        }
+    }
+
+    pub async fn start() -> Harness {
+        Harness::builder().start().await
+    }
+
+    pub fn gateway(&self) -> &Gateway {
+        &self.running.gateway
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.running.addr)
+    }
+
+    /// Sends a request to the gateway and reads the whole response (raw bytes, no decoding).
+    pub async fn send(&self, method: Method, path: &str, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Reply {
+        let mut req = Request::builder().method(method).uri(self.url(path));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = self
+            .http
+            .request(req.body(Full::new(body.into())).unwrap())
+            .await
+            .expect("gateway answers");
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map(|c| c.to_bytes())
+            .unwrap_or_default();
+        Reply { status, headers, body }
+    }
+
+    /// An Anthropic Messages request with the stand-in key as x-api-key.
+    pub async fn messages(&self, body: &str) -> Reply {
+        let key = self.key.clone();
+        self.send(
+            Method::POST,
+            "/v1/messages",
+            &[
+                ("x-api-key", &key),
+                ("anthropic-version", "2023-06-01"),
+                ("content-type", "application/json"),
+            ],
+            body.to_string(),
+        )
+        .await
+    }
+
+    pub async fn mock_log(&self) -> Vec<Recorded> {
+        let resp = self
+            .http
+            .request(
+                Request::get(format!("{}/__mock/requests", self.mock.url()))
+                    .body(Full::default())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap()
+    }
+
+    pub async fn mock_reset(&self) {
+        let req = Request::post(format!("{}/__mock/reset", self.mock.url()))
+            .body(Full::default())
+            .unwrap();
+        self.http.request(req).await.unwrap();
+    }
+
+    /// Issues another key.
+    pub fn new_key(&self, owner: &str) -> ops::CreatedKey {
+        ops::create_key(
+            self.gateway().store.as_ref(),
+            ops::NewKeyRequest {
+                owner: owner.into(),
+                team: Some("payments".into()),
+                name: None,
+                expires_at: None,
+            },
+        )
+        .unwrap()
+    }
+}
+
+impl Builder {
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.env.insert(k.into(), v.into());
+        self
+    }
+
+    pub fn toml(mut self, t: &str) -> Self {
+        self.toml.push_str(t);
+        self.toml.push('\n');
+        self
+    }
+
+    pub fn without_openai_credential(mut self) -> Self {
+        self.openai_credential = false;
+        self
+    }
+
+    pub fn mock(mut self, m: MockOptions) -> Self {
+        self.mock = m;
+        self
+    }
+
+    pub async fn start(self) -> Harness {
+        let mock = conduit::mock::start("127.0.0.1:0".parse().unwrap(), self.mock)
+            .await
+            .unwrap();
+        let data = tempfile::tempdir().unwrap();
+        let (_, master) = conduit::seal::MasterKey::generate().unwrap();
+        let mut env: HashMap<String, String> = [
+            ("CONDUIT_LISTEN", "127.0.0.1:0".to_string()),
+            ("CONDUIT_ADMIN_LISTEN", "127.0.0.1:0".to_string()),
+            ("CONDUIT_DATA_DIR", data.path().display().to_string()),
+            ("CONDUIT_MASTER_KEY", master.to_string()),
+            ("CONDUIT_ADMIN_TOKEN", ADMIN_TOKEN.to_string()),
+            ("UPSTREAM_ANTHROPIC_URL", mock.url()),
+            ("UPSTREAM_OPENAI_URL", mock.url()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        env.extend(self.env);
+        let raw: RawConfig = toml::from_str(&self.toml).unwrap();
+        let config = raw.validate(&|k| env.get(k).cloned()).unwrap();
+        let gateway = Gateway::open(config).unwrap();
+        let store = gateway.store.clone();
+        let mk = gateway.master_key();
+        ops::set_credential(store.as_ref(), &mk, "anthropic", Zeroizing::new(REAL_ANTHROPIC.into())).unwrap();
+        if self.openai_credential {
+            ops::set_credential(store.as_ref(), &mk, "openai", Zeroizing::new(REAL_OPENAI.into())).unwrap();
+        }
+        let created = ops::create_key(
+            store.as_ref(),
+            ops::NewKeyRequest {
+                owner: "alice@corp.example".into(),
+                team: Some("payments".into()),
+                name: Some("laptop".into()),
+                expires_at: None,
+            },
+        )
+        .unwrap();
+        let running = conduit::server::start(gateway, Duration::from_secs(2)).await.unwrap();
+        let http = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+        Harness {
+            mock,
+            running,
+            data,
+            key: created.key,
+            key_id: created.record.id,
+            http,
+        }
+    }
+}
+
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// Asserts an Anthropic-shaped error of `status` / `error_type` whose message contains `needle`.
+    pub fn assert_anthropic_error(&self, status: u16, error_type: &str, needle: &str) {
+        assert_eq!(
+            self.status.as_u16(),
+            status,
+            "body: {}",
+            String::from_utf8_lossy(&self.body)
+        );
+        let v = self.json();
+        assert_eq!(v["type"], "error", "{v}");
+        assert_eq!(v["error"]["type"], error_type, "{v}");
+        let msg = v["error"]["message"].as_str().unwrap();
+        assert!(msg.contains(needle), "message {msg:?} should contain {needle:?}");
+        assert!(
+            self.header("x-conduit-request-id")
+                .is_some_and(|id| id.starts_with("req_"))
+        );
+    }
+
+    /// Asserts an OpenAI-shaped error.
+    pub fn assert_openai_error(&self, status: u16, needle: &str) {
+        assert_eq!(
+            self.status.as_u16(),
+            status,
+            "body: {}",
+            String::from_utf8_lossy(&self.body)
+        );
+        let v = self.json();
+        assert!(v.get("type").is_none(), "OpenAI errors have no top-level type: {v}");
+        let msg = v["error"]["message"].as_str().unwrap();
+        assert!(msg.contains(needle), "message {msg:?} should contain {needle:?}");
+    }
+}
+
+pub fn sha256_hex(b: &[u8]) -> String {
+    use sha2::Digest;
+    conduit::hex::encode(&sha2::Sha256::digest(b))
+}
+
+/// ../shared relative to the repository root.
+pub fn shared_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared")
+}
