@@ -1,7 +1,7 @@
 //! Test harness: a mock upstream and a gateway in-process, on 127.0.0.1 port 0, with a stand-in
 //! key issued and real (canary) provider credentials sealed — the same `Gateway::open` +
 //! `server::start` path `conduit serve` takes.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
 use std::time::Duration;
