@@ -37,6 +37,7 @@ pub struct Builder {
     env: HashMap<String, String>,
     toml: String,
     openai_credential: bool,
+    anthropic_credential: String,
     mock: MockOptions,
 }
 
@@ -46,6 +47,7 @@ impl Harness {
             env: HashMap::new(),
             toml: String::new(),
             openai_credential: true,
+            anthropic_credential: REAL_ANTHROPIC.into(),
             mock: MockOptions::default(),
         }
     }
@@ -152,6 +154,12 @@ impl Builder {
         self
     }
 
+    /// The Anthropic credential this gateway injects (e.g. another gateway's stand-in key).
+    pub fn anthropic_credential(mut self, c: &str) -> Self {
+        self.anthropic_credential = c.into();
+        self
+    }
+
     pub fn mock(mut self, m: MockOptions) -> Self {
         self.mock = m;
         self
@@ -181,7 +189,13 @@ impl Builder {
         let gateway = Gateway::open(config).unwrap();
         let store = gateway.store.clone();
         let mk = gateway.master_key();
-        ops::set_credential(store.as_ref(), &mk, "anthropic", Zeroizing::new(REAL_ANTHROPIC.into())).unwrap();
+        ops::set_credential(
+            store.as_ref(),
+            &mk,
+            "anthropic",
+            Zeroizing::new(self.anthropic_credential),
+        )
+        .unwrap();
         if self.openai_credential {
             ops::set_credential(store.as_ref(), &mk, "openai", Zeroizing::new(REAL_OPENAI.into())).unwrap();
         }
