@@ -20,6 +20,8 @@ pub enum ErrorKind {
     PayloadTooLarge,
     /// The client did not send its body in time.
     RequestTimeout,
+    /// A protocol upgrade (WebSocket) that the gateway cannot inspect, so does not tunnel.
+    UpgradeUnsupported,
     /// The gateway lacks something an operator must set up (a provider credential).
     NotConfigured,
     /// The upstream could not be reached or broke the connection before a response.
@@ -52,6 +54,7 @@ impl ErrorKind {
             ErrorKind::NotFound => "not_found",
             ErrorKind::PayloadTooLarge => "payload_too_large",
             ErrorKind::RequestTimeout => "request_timeout",
+            ErrorKind::UpgradeUnsupported => "upgrade_unsupported",
             ErrorKind::NotConfigured => "not_configured",
             ErrorKind::UpstreamUnreachable => "upstream_unreachable",
             ErrorKind::UpstreamTimeout => "upstream_timeout",

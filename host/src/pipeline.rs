@@ -57,6 +57,7 @@ enum Handled {
 
 async fn run(gw: &Gateway, req: Request<Incoming>, ex: &mut accept::Exchange) -> Result<Handled, GatewayError> {
     accept::check_declared_length(&req, &gw.config.limits)?;
+    accept::refuse_upgrade(&req)?;
 
     let route = match route::resolve(&gw.config.upstreams, req.method(), req.uri(), req.headers())? {
         Routed::Local => return Ok(Handled::Local(probe_response(req.method(), &ex.id))),

@@ -86,6 +86,12 @@ fn shape(kind: ErrorKind) -> (StatusCode, &'static str, &'static str, Option<&'s
             "invalid_request_error",
             Some("request_too_large"),
         ),
+        UpgradeUnsupported => (
+            StatusCode::NOT_IMPLEMENTED,
+            "invalid_request_error",
+            "invalid_request_error",
+            Some("websocket_unsupported"),
+        ),
         RequestTimeout => (
             StatusCode::REQUEST_TIMEOUT,
             "invalid_request_error",

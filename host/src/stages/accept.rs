@@ -119,6 +119,26 @@ pub fn check_declared_length<B>(req: &Request<B>, limits: &Limits) -> Result<(),
     Ok(())
 }
 
+/// Refuses protocol upgrades (Codex tries a Responses WebSocket first). Frames on an upgraded
+/// connection would bypass inspection, metering and audit, so the gateway never tunnels them;
+/// clients fall back to HTTPS (see docs/clients.md for turning the attempt off in Codex).
+pub fn refuse_upgrade<B>(req: &Request<B>) -> Result<(), GatewayError> {
+    if req.headers().contains_key(header::UPGRADE) {
+        let what = req
+            .headers()
+            .get(header::UPGRADE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("another protocol");
+        return Err(GatewayError::downstream(
+            ErrorKind::UpgradeUnsupported,
+            format!(
+                "this gateway does not tunnel {what:?} upgrades (their traffic could not be inspected or metered); use HTTPS requests (Codex: supports_websockets = false)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// The 413 for a body over the limit.
 pub fn too_large(size: u64, limits: &Limits) -> GatewayError {
     GatewayError::downstream(

@@ -18,6 +18,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use zeroize::Zeroizing;
 
+pub mod wiretap;
+
 /// The "real" provider credentials the gateway holds; tests check the mock sees exactly these.
 pub const REAL_ANTHROPIC: &str = "sk-ant-api03-REALCANARY7f3c9a1e5b2d4f6a8c0e2b4d6f8a0c2e4-AAAA";
 pub const REAL_OPENAI: &str = "sk-proj-REALCANARY0a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d6e7f8";

@@ -1,0 +1,344 @@
+//! Real clients through Conduit to the mock: Claude Code (`claude -p`), Codex (`codex exec`, both
+//! the built-in provider with `openai_base_url` and a custom provider entry), anthropic-py and
+//! openai-py, streamed and not. Each run goes through a wiretap in front of the gateway, so the test
+//! compares the bodies the client put on the wire with the bodies the mock received — byte for
+//! byte — and checks the mock saw the real credential and never the stand-in key.
+//!
+//! The clients are installed by `.ci/run` (npm and pip). Locally, a missing client skips its test
+//! with a message; with `CONDUIT_REQUIRE_PEERS=1` (CI) it fails instead.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::wiretap::Wiretap;
+use common::{Harness, REAL_ANTHROPIC, REAL_OPENAI, sha256_hex};
+
+fn require(what: &str, found: Option<PathBuf>) -> Option<PathBuf> {
+    if found.is_none() {
+        let msg = format!(
+            "{what} is not installed (run .ci/run, or see README: npm i @anthropic-ai/claude-code @openai/codex; pip install anthropic openai)"
+        );
+        if std::env::var("CONDUIT_REQUIRE_PEERS").as_deref() == Ok("1") {
+            panic!("{msg}");
+        }
+        eprintln!("SKIPPED: {msg}");
+    }
+    found
+}
+
+/// `node_modules/.bin/<name>` under CONDUIT_PEERS_DIR, else on PATH.
+fn node_bin(name: &str) -> Option<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::env::var_os("CONDUIT_PEERS_DIR")
+        .map(|d| PathBuf::from(d).join("node_modules/.bin"))
+        .into_iter()
+        .collect();
+    dirs.extend(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()));
+    dirs.into_iter().map(|d| d.join(name)).find(|p| p.is_file())
+}
+
+fn python_with_sdks() -> Option<PathBuf> {
+    let ok = std::process::Command::new("python3")
+        .args(["-c", "import anthropic, openai"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    ok.then(|| PathBuf::from("python3"))
+}
+
+struct Run {
+    stdout: String,
+    stderr: String,
+}
+
+async fn run(program: &PathBuf, args: &[&str], env: &[(&str, String)], cwd: &std::path::Path) -> Run {
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(args)
+        .current_dir(cwd)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = tokio::time::timeout(Duration::from_secs(180), cmd.output())
+        .await
+        .unwrap_or_else(|_| panic!("{} did not finish within 180 s", program.display()))
+        .unwrap();
+    let run = Run {
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    assert!(
+        out.status.success(),
+        "{} failed ({}):\nstdout: {}\nstderr: {}",
+        program.display(),
+        out.status,
+        run.stdout,
+        run.stderr
+    );
+    run
+}
+
+/// Every POST the client sent reached the mock byte-identical, with the real credential only.
+async fn assert_transparent(h: &Harness, tap: &Wiretap) -> usize {
+    let sent: Vec<_> = tap.requests().into_iter().filter(|r| r.method == "POST").collect();
+    let received: Vec<_> = h.mock_log().await.into_iter().filter(|r| r.method == "POST").collect();
+    assert!(!sent.is_empty(), "the client sent no POST");
+    let mut sent_hashes: Vec<String> = sent.iter().map(|r| sha256_hex(&r.body)).collect();
+    let mut received_hashes: Vec<String> = received.iter().map(|r| r.body_sha256.clone()).collect();
+    sent_hashes.sort();
+    received_hashes.sort();
+    assert_eq!(
+        sent_hashes,
+        received_hashes,
+        "bodies on the client's wire and at the upstream differ; sent {:?}",
+        sent.iter().map(|r| (&r.target, r.body.len())).collect::<Vec<_>>()
+    );
+    for r in &received {
+        let real = r
+            .header("x-api-key")
+            .map(str::to_owned)
+            .or_else(|| r.header("authorization").map(str::to_owned));
+        assert!(
+            real.as_deref() == Some(REAL_ANTHROPIC) || real == Some(format!("Bearer {REAL_OPENAI}")),
+            "{}: upstream saw {:?} instead of the real credential",
+            r.path,
+            real
+        );
+        assert!(
+            r.headers.iter().all(|(_, v)| !v.contains(&h.key)),
+            "stand-in key reached the upstream"
+        );
+    }
+    received.len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claude_code_print_mode() {
+    let Some(claude) = require("Claude Code (claude)", node_bin("claude")) else {
+        return;
+    };
+    let h = Harness::start().await;
+    let tap = Wiretap::start(h.running.addr).await;
+    let home = tempfile::tempdir().unwrap();
+    let out = run(
+        &claude,
+        &["-p", "say hello", "--output-format", "json"],
+        &[
+            ("ANTHROPIC_BASE_URL", format!("http://{}", tap.addr)),
+            ("ANTHROPIC_API_KEY", h.key.clone()),
+            ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1".into()),
+            ("HOME", home.path().display().to_string()),
+        ],
+        home.path(),
+    )
+    .await;
+    let result: serde_json::Value =
+        serde_json::from_str(out.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {}", out.stdout));
+    assert_eq!(result["is_error"], false, "{result}");
+    assert!(
+        result["result"].as_str().unwrap().contains("Conduit mock upstream"),
+        "{result}"
+    );
+    let n = assert_transparent(&h, &tap).await;
+    assert!(n >= 1);
+    let log = h.mock_log().await;
+    let msg = log
+        .iter()
+        .find(|r| r.path == "/v1/messages")
+        .expect("a /v1/messages request");
+    assert_eq!(msg.query.as_deref(), Some("beta=true"));
+    assert!(
+        msg.body_len > 20_000,
+        "Claude Code's first turn carries its tools: {} bytes",
+        msg.body_len
+    );
+}
+
+async fn codex(h: &Harness, provider_args: &[String]) -> Run {
+    let codex = node_bin("codex").unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let mut args: Vec<&str> = vec!["exec", "--skip-git-repo-check"];
+    args.extend(provider_args.iter().map(String::as_str));
+    args.push("say hello");
+    run(
+        &codex,
+        &args,
+        &[
+            ("CODEX_API_KEY", h.key.clone()),
+            ("CONDUIT_KEY", h.key.clone()),
+            ("HOME", home.path().display().to_string()),
+            ("CODEX_HOME", home.path().display().to_string()),
+            ("RUST_LOG", "warn".into()),
+        ],
+        home.path(),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn codex_exec_with_openai_base_url() {
+    if require("Codex (codex)", node_bin("codex")).is_none() {
+        return;
+    }
+    let h = Harness::start().await;
+    let tap = Wiretap::start(h.running.addr).await;
+    let out = codex(
+        &h,
+        &["-c".into(), format!("openai_base_url=\"http://{}/v1\"", tap.addr)],
+    )
+    .await;
+    assert!(
+        out.stdout.contains("Conduit mock upstream"),
+        "{}\n{}",
+        out.stdout,
+        out.stderr
+    );
+    // Codex tries a Responses WebSocket first; Conduit refuses it with a reason, Codex falls back.
+    assert!(out.stderr.contains("does not tunnel"), "{}", out.stderr);
+    assert!(
+        h.mock_log().await.iter().all(|r| r.method == "POST"),
+        "no upgrade attempt reached the upstream"
+    );
+    assert_eq!(assert_transparent(&h, &tap).await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn codex_exec_with_a_custom_provider() {
+    if require("Codex (codex)", node_bin("codex")).is_none() {
+        return;
+    }
+    let h = Harness::start().await;
+    let tap = Wiretap::start(h.running.addr).await;
+    let args: Vec<String> = [
+        "model_provider=\"conduit\"".to_string(),
+        "model_providers.conduit.name=\"Conduit\"".into(),
+        format!("model_providers.conduit.base_url=\"http://{}/v1\"", tap.addr),
+        "model_providers.conduit.env_key=\"CONDUIT_KEY\"".into(),
+        "model_providers.conduit.wire_api=\"responses\"".into(),
+    ]
+    .into_iter()
+    .flat_map(|a| ["-c".to_string(), a])
+    .collect();
+    let out = codex(&h, &args).await;
+    assert!(
+        out.stdout.contains("Conduit mock upstream"),
+        "{}\n{}",
+        out.stdout,
+        out.stderr
+    );
+    assert!(
+        !out.stderr.contains("WebSocket"),
+        "a custom provider makes no WebSocket attempt: {}",
+        out.stderr
+    );
+    let log = h.mock_log().await;
+    assert_eq!(log.len(), 1);
+    assert_eq!(log[0].path, "/v1/responses");
+    assert_eq!(assert_transparent(&h, &tap).await, 1);
+}
+
+const SDK_SCRIPT: &str = r#"
+import json, os, anthropic, openai
+base, key = os.environ["BASE"], os.environ["KEY"]
+msgs = [{"role": "user", "content": "say hello"}]
+out = {}
+a = anthropic.Anthropic(base_url=base, api_key=key, max_retries=0)
+m = a.messages.create(model="claude-sonnet-4-5", max_tokens=64, messages=msgs)
+out["anthropic"] = m.content[0].text
+with a.messages.stream(model="claude-sonnet-4-5", max_tokens=64, messages=msgs) as s:
+    out["anthropic_stream"] = "".join(s.text_stream)
+    out["anthropic_stream_output_tokens"] = s.get_final_message().usage.output_tokens
+out["count_tokens"] = a.messages.count_tokens(model="claude-sonnet-4-5", messages=msgs).input_tokens
+o = openai.OpenAI(base_url=base + "/v1", api_key=key, max_retries=0)
+out["chat"] = o.chat.completions.create(model="gpt-5", messages=msgs).choices[0].message.content
+parts, usage = [], None
+for ch in o.chat.completions.create(model="gpt-5", messages=msgs, stream=True, stream_options={"include_usage": True}):
+    parts += [c.delta.content or "" for c in ch.choices]
+    usage = ch.usage or usage
+out["chat_stream"], out["chat_stream_total_tokens"] = "".join(parts), usage.total_tokens
+text = ""
+for ev in o.responses.create(model="gpt-5", input="say hello", stream=True):
+    if ev.type == "response.output_text.delta":
+        text += ev.delta
+    if ev.type == "response.completed":
+        out["responses_output_tokens"] = ev.response.usage.output_tokens
+out["responses_stream"] = text
+print(json.dumps(out))
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anthropic_and_openai_python_sdks() {
+    let Some(python) = require("the anthropic and openai Python SDKs", python_with_sdks()) else {
+        return;
+    };
+    let h = Harness::start().await;
+    let tap = Wiretap::start(h.running.addr).await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(
+        &python,
+        &["-c", SDK_SCRIPT],
+        &[("BASE", format!("http://{}", tap.addr)), ("KEY", h.key.clone())],
+        dir.path(),
+    )
+    .await;
+    let v: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    let hello = "Hello! This is the Conduit mock upstream: your request arrived intact.";
+    for k in [
+        "anthropic",
+        "anthropic_stream",
+        "chat",
+        "chat_stream",
+        "responses_stream",
+    ] {
+        assert_eq!(v[k], hello, "{k}: {v}");
+    }
+    assert_eq!(v["anthropic_stream_output_tokens"], 15);
+    assert!(v["count_tokens"].as_u64().unwrap() > 0);
+    assert!(v["chat_stream_total_tokens"].as_u64().unwrap() > 15);
+    assert_eq!(assert_transparent(&h, &tap).await, 6);
+    // anthropic-py 2.x authenticates with Authorization: Bearer (see the captures).
+    let wire = tap.requests();
+    assert!(!wire.is_empty());
+}
+
+const SDK_ERRORS: &str = r#"
+import json, os, anthropic, openai
+base, key = os.environ["BASE"], os.environ["KEY"]
+msgs = [{"role": "user", "content": "hi"}]
+out = {}
+try:
+    anthropic.Anthropic(base_url=base, api_key=key, max_retries=0).messages.create(model="m", max_tokens=5, messages=msgs)
+except anthropic.AuthenticationError as e:
+    out["anthropic"] = [type(e).__name__, e.status_code, e.body["message"] if isinstance(e.body, dict) and "message" in e.body else str(e)]
+try:
+    openai.OpenAI(base_url=base + "/v1", api_key=key, max_retries=0).chat.completions.create(model="m", messages=msgs)
+except openai.AuthenticationError as e:
+    out["openai"] = [type(e).__name__, e.status_code, str(e)]
+print(json.dumps(out))
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdks_raise_their_own_errors_for_gateway_refusals() {
+    let Some(python) = require("the anthropic and openai Python SDKs", python_with_sdks()) else {
+        return;
+    };
+    let h = Harness::start().await;
+    conduit::ops::revoke_key(h.gateway().store.as_ref(), &h.key_id).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(
+        &python,
+        &["-c", SDK_ERRORS],
+        &[("BASE", h.url("")), ("KEY", h.key.clone())],
+        dir.path(),
+    )
+    .await;
+    let v: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    assert_eq!(v["anthropic"][0], "AuthenticationError", "{v}");
+    assert_eq!(v["anthropic"][1], 401);
+    assert!(v["anthropic"][2].as_str().unwrap().contains("was revoked"), "{v}");
+    assert_eq!(v["openai"][0], "AuthenticationError", "{v}");
+    assert!(v["openai"][2].as_str().unwrap().contains("was revoked"), "{v}");
+    assert!(h.mock_log().await.is_empty());
+}
