@@ -7,9 +7,12 @@ use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+/// Client→server bytes of one connection.
+type Recording = Arc<Mutex<Vec<u8>>>;
+
 pub struct Wiretap {
     pub addr: SocketAddr,
-    streams: Arc<Mutex<Vec<Arc<Mutex<Vec<u8>>>>>>,
+    streams: Arc<Mutex<Vec<Recording>>>,
 }
 
 /// One HTTP/1.1 request as seen on the wire.
@@ -25,7 +28,7 @@ impl Wiretap {
     pub async fn start(to: SocketAddr) -> Wiretap {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let streams: Arc<Mutex<Vec<Arc<Mutex<Vec<u8>>>>>> = Arc::default();
+        let streams: Arc<Mutex<Vec<Recording>>> = Arc::default();
         let all = streams.clone();
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
@@ -48,7 +51,7 @@ impl Wiretap {
     }
 }
 
-async fn relay(mut client: TcpStream, to: SocketAddr, record: Arc<Mutex<Vec<u8>>>) {
+async fn relay(mut client: TcpStream, to: SocketAddr, record: Recording) {
     let Ok(mut server) = TcpStream::connect(to).await else {
         return;
     };
