@@ -1,0 +1,201 @@
+//! No secret, prompt or completion text in logs, the store or CLI output — ever. A gateway runs as
+//! a process at `debug` log level (more than production), requests carry canaries in every place a
+//! careless implementation might log them, and then the logs, every file under the data directory
+//! and the CLI's output are searched for each canary.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use http_body_util::{BodyExt, Full};
+
+const BIN: &str = env!("CARGO_BIN_EXE_conduit");
+const CANARY_CREDENTIAL: &str = "sk-ant-api03-HYGIENECANARYCREDENTIAL-9d8c7b";
+const CANARY_PROMPT: &str = "HYGIENE-CANARY-PROMPT the merger code is BLUEHERON-7";
+const CANARY_SECRET_IN_PROMPT: &str = "AKIAHYGIENECANARY777";
+const CANARY_QUERY: &str = "hygienecanaryquery";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn files_under(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() { files_under(&p, out) } else { out.push(p) }
+    }
+}
+
+fn contains(hay: &[u8], needle: &str) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canaries_never_reach_logs_store_or_cli_output() {
+    let mock = conduit::mock::start("127.0.0.1:0".parse().unwrap(), Default::default())
+        .await
+        .unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let admin = format!("127.0.0.1:{}", free_port());
+    let cmd = |args: &[&str]| {
+        let mut c = Command::new(BIN);
+        c.args(args)
+            .env("CONDUIT_DATA_DIR", data.path())
+            .env("CONDUIT_LISTEN", &listen)
+            .env("CONDUIT_ADMIN_LISTEN", &admin)
+            .env("UPSTREAM_ANTHROPIC_URL", mock.url())
+            .env("UPSTREAM_OPENAI_URL", mock.url())
+            .env("CONDUIT_LOG", "debug")
+            .env("CONDUIT_LOG_FORMAT", "json")
+            .env("CANARY", CANARY_CREDENTIAL);
+        c
+    };
+    let mut cli_output = Vec::new();
+    let mut cli = |args: &[&str]| {
+        let out = cmd(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        cli_output.extend_from_slice(&out.stderr);
+        // `keys create` prints the new key by design; everything else is searched.
+        if args[..2] != ["keys", "create"] {
+            cli_output.extend_from_slice(&out.stdout);
+        }
+        out.stdout
+    };
+    let created: serde_json::Value =
+        serde_json::from_slice(&cli(&["keys", "create", "--owner", "h@corp.example", "--json"])).unwrap();
+    let key = created["key"].as_str().unwrap().to_string();
+    cli(&["credentials", "set", "anthropic", "--from-env", "CANARY"]);
+    cli(&["credentials", "set", "openai", "--from-env", "CANARY"]);
+
+    let mut gateway = cmd(&["serve"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(&admin).is_err() {
+        assert!(Instant::now() < deadline, "gateway did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build(hyper_util::client::legacy::connect::HttpConnector::new());
+    let prompt_body = format!(
+        r#"{{"model":"claude-sonnet-4-5","max_tokens":32,"stream":true,"messages":[{{"role":"user","content":"{CANARY_PROMPT} key {CANARY_SECRET_IN_PROMPT}"}}]}}"#
+    );
+    let wrong_key = conduit::keys::generate().unwrap().secret;
+    let cases: Vec<(&str, Vec<(&str, String)>, String)> = vec![
+        (
+            "/v1/messages?q=".to_string() + CANARY_QUERY,
+            vec![("x-api-key", key.clone())],
+            prompt_body.clone(),
+        ),
+        (
+            "/v1/chat/completions".into(),
+            vec![("authorization", format!("Bearer {key}"))],
+            prompt_body.clone(),
+        ),
+        // Refusals that carry the canaries: bad JSON, unknown key, a provider key, wrong type.
+        (
+            "/v1/messages".into(),
+            vec![("x-api-key", key.clone())],
+            format!("{{\"model\":\"{CANARY_PROMPT}\""),
+        ),
+        (
+            "/v1/messages".into(),
+            vec![("x-api-key", wrong_key.clone())],
+            prompt_body.clone(),
+        ),
+        (
+            "/v1/messages".into(),
+            vec![("x-api-key", CANARY_CREDENTIAL.into())],
+            prompt_body.clone(),
+        ),
+        (
+            "/v1/messages".into(),
+            vec![("x-api-key", key.clone()), ("x-mock-mode", "midstream-error".into())],
+            prompt_body.clone(),
+        ),
+        (
+            "/v1/messages".into(),
+            vec![("x-api-key", key.clone()), ("x-mock-mode", "status-500".into())],
+            prompt_body.clone(),
+        ),
+    ]
+    .into_iter()
+    .map(|(p, h, b)| (Box::leak(p.into_boxed_str()) as &str, h, b))
+    .collect();
+    let mut answered = Vec::new();
+    for (path, headers, body) in &cases {
+        let mut req = http::Request::post(format!("http://{listen}{path}")).header("content-type", "application/json");
+        for (k, v) in headers {
+            req = req.header(*k, v);
+        }
+        let resp = client
+            .request(req.body(Full::new(bytes::Bytes::from(body.clone()))).unwrap())
+            .await
+            .unwrap();
+        answered.push(resp.status().as_u16());
+        let _ = resp.into_body().collect().await;
+    }
+    assert_eq!(answered, [200, 200, 400, 401, 401, 200, 500]);
+    cli(&["keys", "list"]);
+    cli(&["credentials", "list"]);
+    cli(&["keys", "list", "--json"]);
+    cli(&["credentials", "list", "--json"]);
+
+    Command::new("kill")
+        .args(["-TERM", &gateway.id().to_string()])
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while gateway.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let logs = gateway.wait_with_output().unwrap().stderr;
+    drop(cli);
+    assert!(contains(&logs, "conduit::audit"), "the audit events are in the log");
+    assert!(contains(&logs, "\"status\":200"), "audit records carry statuses");
+    assert!(
+        contains(&logs, "request refused"),
+        "debug-level lines were captured too"
+    );
+
+    let mut stored = Vec::new();
+    files_under(data.path(), &mut stored);
+    assert!(stored.len() > 3, "the store wrote files: {stored:?}");
+    let canaries = [
+        CANARY_CREDENTIAL,
+        "HYGIENECANARYCREDENTIAL",
+        "HYGIENE-CANARY-PROMPT",
+        "BLUEHERON",
+        CANARY_SECRET_IN_PROMPT,
+        CANARY_QUERY,
+        "Conduit mock upstream", // completion text
+        key.as_str(),
+        &key[3..30],
+        &wrong_key[3..30],
+    ];
+    for canary in canaries {
+        assert!(!contains(&logs, canary), "log contains {canary:?}");
+        assert!(!contains(&cli_output, canary), "CLI output contains {canary:?}");
+        for file in &stored {
+            assert!(
+                !contains(&std::fs::read(file).unwrap(), canary),
+                "{} contains {canary:?}",
+                file.display()
+            );
+        }
+    }
+}
