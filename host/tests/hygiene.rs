@@ -94,7 +94,8 @@ async fn canaries_never_reach_logs_store_or_cli_output() {
         r#"{{"model":"claude-sonnet-4-5","max_tokens":32,"stream":true,"messages":[{{"role":"user","content":"{CANARY_PROMPT} key {CANARY_SECRET_IN_PROMPT}"}}]}}"#
     );
     let wrong_key = conduit::keys::generate().unwrap().secret;
-    let cases: Vec<(&str, Vec<(&str, String)>, String)> = vec![
+    type Case<'a> = (&'a str, Vec<(&'a str, String)>, String);
+    let cases: Vec<Case> = vec![
         (
             "/v1/messages?q=".to_string() + CANARY_QUERY,
             vec![("x-api-key", key.clone())],
@@ -164,7 +165,6 @@ async fn canaries_never_reach_logs_store_or_cli_output() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let logs = gateway.wait_with_output().unwrap().stderr;
-    drop(cli);
     assert!(contains(&logs, "conduit::audit"), "the audit events are in the log");
     assert!(contains(&logs, "\"status\":200"), "audit records carry statuses");
     assert!(
