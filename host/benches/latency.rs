@@ -1,0 +1,169 @@
+//! Added latency through Conduit vs straight to the mock upstream, measured in the same run.
+//!
+//! Run with: `cargo bench -p conduit --bench latency -- [--requests N] [--body-kb K] [--capture FILE] [--stream]`
+//!
+//! Concurrency 1. Requests alternate direct / through the gateway so both see the same machine
+//! noise; each latency is request start → last response byte. The mock, the gateway and the load
+//! loop run on separate single-threaded runtimes (threads), like separate processes would.
+//! Prints p50 / p99 / p99.9 for both paths and the difference; this is a figure to read, not an
+//! assertion (the suite never times anything).
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use zeroize::Zeroizing;
+
+struct Args {
+    requests: usize,
+    body_kb: usize,
+    capture: Option<String>,
+    stream: bool,
+}
+
+fn parse_args() -> Args {
+    let mut a = Args { requests: 5000, body_kb: 4, capture: None, stream: false };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--requests" => a.requests = it.next().and_then(|v| v.parse().ok()).expect("--requests N"),
+            "--body-kb" => a.body_kb = it.next().and_then(|v| v.parse().ok()).expect("--body-kb K"),
+            "--capture" => a.capture = it.next(),
+            "--stream" => a.stream = true,
+            "--bench" => {}
+            "--help" | "-h" => {
+                println!("latency [--requests N] [--body-kb K] [--capture FILE.json] [--stream]");
+                std::process::exit(0);
+            }
+            other => panic!("unknown argument {other:?}; see --help"),
+        }
+    }
+    a
+}
+
+/// A Messages body of about `kb` KiB (or a capture's body, re-serialised compactly).
+fn body(args: &Args) -> Bytes {
+    if let Some(path) = &args.capture {
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(path).expect("capture file")).expect("capture JSON");
+        let mut b = v["body"].clone();
+        b["stream"] = serde_json::Value::Bool(args.stream);
+        return Bytes::from(serde_json::to_vec(&b).unwrap_or_default());
+    }
+    let filler = "lorem ipsum dolor sit amet ".repeat(args.body_kb * 1024 / 27);
+    Bytes::from(
+        serde_json::json!({"model": "claude-sonnet-4-5", "max_tokens": 256, "stream": args.stream,
+                           "messages": [{"role": "user", "content": filler}]})
+        .to_string(),
+    )
+}
+
+fn runtime_thread<F: std::future::Future<Output = ()> + Send + 'static>(name: &str, f: F) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    std::thread::Builder::new().name(name.into()).spawn(move || rt.block_on(f)).expect("thread");
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i].as_secs_f64() * 1e6
+}
+
+fn main() {
+    let args = parse_args();
+    let body = body(&args);
+
+    let (tx, rx) = std::sync::mpsc::channel();
+    runtime_thread("mock", async move {
+        let mock = conduit::mock::start("127.0.0.1:0".parse().expect("addr"), Default::default()).await.expect("mock");
+        tx.send(mock.addr).expect("send");
+        std::future::pending::<()>().await;
+    });
+    let mock_addr = rx.recv().expect("mock address");
+
+    let data = tempfile::tempdir().expect("tempdir");
+    let (_, master) = conduit::seal::MasterKey::generate().expect("master key");
+    let env: std::collections::HashMap<&str, String> = [
+        ("CONDUIT_LISTEN", "127.0.0.1:0".to_string()),
+        ("CONDUIT_ADMIN_LISTEN", "127.0.0.1:0".to_string()),
+        ("CONDUIT_DATA_DIR", data.path().display().to_string()),
+        ("CONDUIT_MASTER_KEY", master.to_string()),
+        ("CONDUIT_ADMIN_TOKEN", "bench-admin-token-0123456789".to_string()),
+        ("UPSTREAM_ANTHROPIC_URL", format!("http://{mock_addr}")),
+        ("CONDUIT_LOG", "warn".to_string()),
+    ]
+    .into_iter()
+    .collect();
+    let config = conduit::config::RawConfig::default().validate(&|k| env.get(k).cloned()).expect("config");
+    let gateway = conduit::Gateway::open(config).expect("gateway");
+    conduit::ops::set_credential(gateway.store.as_ref(), &gateway.master_key(), "anthropic", Zeroizing::new("sk-ant-bench".into()))
+        .expect("credential");
+    let key = conduit::ops::create_key(
+        gateway.store.as_ref(),
+        conduit::ops::NewKeyRequest { owner: "bench@corp.example".into(), team: None, name: None, expires_at: None },
+    )
+    .expect("key")
+    .key;
+    let (tx, rx) = std::sync::mpsc::channel();
+    runtime_thread("gateway", async move {
+        let running = conduit::server::start(gateway, Duration::from_secs(1)).await.expect("start");
+        tx.send(running.addr).expect("send");
+        std::future::pending::<()>().await;
+    });
+    let gateway_addr = rx.recv().expect("gateway address");
+
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let (direct, through) = rt.block_on(async {
+        let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+        let send = |addr: std::net::SocketAddr| {
+            let req = Request::post(format!("http://{addr}/v1/messages"))
+                .header("x-api-key", &key)
+                .header("anthropic-version", "2023-06-01")
+                .header("content-type", "application/json")
+                .body(Full::new(body.clone()))
+                .expect("request");
+            let client = client.clone();
+            async move {
+                let t = Instant::now();
+                let resp = client.request(req).await.expect("response");
+                assert!(resp.status().is_success(), "status {}", resp.status());
+                resp.into_body().collect().await.expect("body");
+                t.elapsed()
+            }
+        };
+        for _ in 0..(args.requests / 10).max(50) {
+            send(mock_addr).await;
+            send(gateway_addr).await;
+        }
+        let (mut d, mut g) = (Vec::with_capacity(args.requests), Vec::with_capacity(args.requests));
+        for _ in 0..args.requests {
+            d.push(send(mock_addr).await);
+            g.push(send(gateway_addr).await);
+        }
+        (d, g)
+    });
+    let (mut direct, mut through) = (direct, through);
+    direct.sort();
+    through.sort();
+    let what = args.capture.as_deref().map(|c| c.rsplit('/').next().unwrap_or(c).to_string()).unwrap_or(format!("{} KiB", args.body_kb));
+    println!(
+        "added latency, c=1, {} requests per path, body {} ({} bytes), {}",
+        args.requests,
+        what,
+        body.len(),
+        if args.stream { "SSE response" } else { "JSON response" }
+    );
+    println!("{:<22} {:>10} {:>10} {:>10}", "µs", "p50", "p99", "p99.9");
+    for (name, v) in [("direct to mock", &direct), ("through conduit", &through)] {
+        println!("{name:<22} {:>10.1} {:>10.1} {:>10.1}", percentile(v, 0.5), percentile(v, 0.99), percentile(v, 0.999));
+    }
+    println!(
+        "{:<22} {:>10.1} {:>10.1} {:>10.1}",
+        "added by conduit",
+        percentile(&through, 0.5) - percentile(&direct, 0.5),
+        percentile(&through, 0.99) - percentile(&direct, 0.99),
+        percentile(&through, 0.999) - percentile(&direct, 0.999)
+    );
+}
