@@ -26,7 +26,12 @@ struct Args {
 }
 
 fn parse_args() -> Args {
-    let mut a = Args { requests: 5000, body_kb: 4, capture: None, stream: false };
+    let mut a = Args {
+        requests: 5000,
+        body_kb: 4,
+        capture: None,
+        stream: false,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
@@ -48,7 +53,8 @@ fn parse_args() -> Args {
 /// A Messages body of about `kb` KiB (or a capture's body, re-serialised compactly).
 fn body(args: &Args) -> Bytes {
     if let Some(path) = &args.capture {
-        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(path).expect("capture file")).expect("capture JSON");
+        let v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(path).expect("capture file")).expect("capture JSON");
         let mut b = v["body"].clone();
         b["stream"] = serde_json::Value::Bool(args.stream);
         return Bytes::from(serde_json::to_vec(&b).unwrap_or_default());
@@ -62,8 +68,14 @@ fn body(args: &Args) -> Bytes {
 }
 
 fn runtime_thread<F: std::future::Future<Output = ()> + Send + 'static>(name: &str, f: F) {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-    std::thread::Builder::new().name(name.into()).spawn(move || rt.block_on(f)).expect("thread");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || rt.block_on(f))
+        .expect("thread");
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
@@ -77,7 +89,9 @@ fn main() {
 
     let (tx, rx) = std::sync::mpsc::channel();
     runtime_thread("mock", async move {
-        let mock = conduit::mock::start("127.0.0.1:0".parse().expect("addr"), Default::default()).await.expect("mock");
+        let mock = conduit::mock::start("127.0.0.1:0".parse().expect("addr"), Default::default())
+            .await
+            .expect("mock");
         tx.send(mock.addr).expect("send");
         std::future::pending::<()>().await;
     });
@@ -96,27 +110,45 @@ fn main() {
     ]
     .into_iter()
     .collect();
-    let config = conduit::config::RawConfig::default().validate(&|k| env.get(k).cloned()).expect("config");
+    let config = conduit::config::RawConfig::default()
+        .validate(&|k| env.get(k).cloned())
+        .expect("config");
     let gateway = conduit::Gateway::open(config).expect("gateway");
-    conduit::ops::set_credential(gateway.store.as_ref(), &gateway.master_key(), "anthropic", Zeroizing::new("sk-ant-bench".into()))
-        .expect("credential");
+    conduit::ops::set_credential(
+        gateway.store.as_ref(),
+        &gateway.master_key(),
+        "anthropic",
+        Zeroizing::new("sk-ant-bench".into()),
+    )
+    .expect("credential");
     let key = conduit::ops::create_key(
         gateway.store.as_ref(),
-        conduit::ops::NewKeyRequest { owner: "bench@corp.example".into(), team: None, name: None, expires_at: None },
+        conduit::ops::NewKeyRequest {
+            owner: "bench@corp.example".into(),
+            team: None,
+            name: None,
+            expires_at: None,
+        },
     )
     .expect("key")
     .key;
     let (tx, rx) = std::sync::mpsc::channel();
     runtime_thread("gateway", async move {
-        let running = conduit::server::start(gateway, Duration::from_secs(1)).await.expect("start");
+        let running = conduit::server::start(gateway, Duration::from_secs(1))
+            .await
+            .expect("start");
         tx.send(running.addr).expect("send");
         std::future::pending::<()>().await;
     });
     let gateway_addr = rx.recv().expect("gateway address");
 
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     let (direct, through) = rt.block_on(async {
-        let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+        let client: Client<HttpConnector, Full<Bytes>> =
+            Client::builder(TokioExecutor::new()).build(HttpConnector::new());
         let send = |addr: std::net::SocketAddr| {
             let req = Request::post(format!("http://{addr}/v1/messages"))
                 .header("x-api-key", &key)
@@ -147,7 +179,11 @@ fn main() {
     let (mut direct, mut through) = (direct, through);
     direct.sort();
     through.sort();
-    let what = args.capture.as_deref().map(|c| c.rsplit('/').next().unwrap_or(c).to_string()).unwrap_or(format!("{} KiB", args.body_kb));
+    let what = args
+        .capture
+        .as_deref()
+        .map(|c| c.rsplit('/').next().unwrap_or(c).to_string())
+        .unwrap_or(format!("{} KiB", args.body_kb));
     println!(
         "added latency, c=1, {} requests per path, body {} ({} bytes), {}",
         args.requests,
@@ -157,7 +193,12 @@ fn main() {
     );
     println!("{:<22} {:>10} {:>10} {:>10}", "µs", "p50", "p99", "p99.9");
     for (name, v) in [("direct to mock", &direct), ("through conduit", &through)] {
-        println!("{name:<22} {:>10.1} {:>10.1} {:>10.1}", percentile(v, 0.5), percentile(v, 0.99), percentile(v, 0.999));
+        println!(
+            "{name:<22} {:>10.1} {:>10.1} {:>10.1}",
+            percentile(v, 0.5),
+            percentile(v, 0.99),
+            percentile(v, 0.999)
+        );
     }
     println!(
         "{:<22} {:>10.1} {:>10.1} {:>10.1}",

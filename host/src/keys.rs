@@ -146,4 +146,31 @@ mod tests {
         assert_eq!(check_format("sk-ant-api03-abc"), Err(Malformed::Prefix));
         assert_eq!(check_format(&k.replace('_', "-")), Err(Malformed::Prefix));
     }
+
+    /// Property: arbitrary text, including multi-byte characters, never panics the format check,
+    /// and every single-character substitution in a valid key is rejected.
+    #[test]
+    fn arbitrary_tokens_never_panic_and_substitutions_fail() {
+        let mut rng = crate::testing::Rng(7);
+        let alphabet: Vec<char> = "ck_AZaz09-é日\u{0}".chars().collect();
+        for _ in 0..20_000 {
+            let len = rng.below(60);
+            let t: String = (0..len).map(|_| alphabet[rng.below(alphabet.len())]).collect();
+            let _ = check_format(&t);
+        }
+        let k = generate().unwrap().secret;
+        for i in PREFIX.len()..k.len() {
+            for c in [b'0', b'Z', b'z'] {
+                let mut b = k.clone().into_bytes();
+                if b[i] == c {
+                    continue;
+                }
+                b[i] = c;
+                assert!(
+                    check_format(std::str::from_utf8(&b).unwrap()).is_err(),
+                    "substitution at {i} accepted"
+                );
+            }
+        }
+    }
 }

@@ -40,6 +40,9 @@ pub mod store;
 pub mod telemetry;
 pub mod upstream;
 
+#[cfg(test)]
+mod testing;
+
 pub use config::Config;
 pub use error::{Error, GatewayError};
 pub use gateway::Gateway;

@@ -588,3 +588,23 @@ async fn path_prefixes_and_unknown_paths_pass_through() {
     assert_eq!(log[0].query.as_deref(), Some("limit=3"));
     assert_eq!(log[0].header("x-api-key"), Some(REAL_ANTHROPIC));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_leaving_mid_stream_does_not_disturb_the_gateway() {
+    let h = Harness::start().await;
+    for _ in 0..5 {
+        let req = Request::post(h.url("/v1/messages"))
+            .header("x-api-key", &h.key)
+            .header("content-type", "application/json")
+            .header("x-mock-delay-ms", "50")
+            .body(Full::new(Bytes::from(STREAM_BODY)))
+            .unwrap();
+        let resp = h.http.request(req).await.unwrap();
+        let mut body = resp.into_body();
+        let first = body.frame().await.unwrap().unwrap();
+        assert!(first.is_data());
+        drop(body); // the client goes away after the first event
+    }
+    assert_eq!(h.messages(STREAM_BODY).await.status, 200, "still serving");
+    assert_eq!(h.mock_log().await.len(), 6);
+}

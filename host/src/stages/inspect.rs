@@ -178,4 +178,41 @@ mod tests {
         let e = parse_facts(br#"{"model":"a","model":"b"}"#).unwrap_err();
         assert!(e.message.contains("duplicate field"), "{}", e.message);
     }
+
+    /// Property: any byte string — random, or a valid body with bytes flipped, cut or duplicated —
+    /// yields facts or a 400, never a panic.
+    #[test]
+    fn arbitrary_bytes_never_panic() {
+        let base = br#"{"model":"claude-sonnet-4-5","max_tokens":64000,"stream":true,"system":"s\u00e9","messages":[{"role":"user","content":[{"type":"text","text":"hi \"x\""}]}]}"#;
+        assert!(parse_facts(base).is_ok());
+        let mut rng = crate::testing::Rng(0x9e37_79b9_7f4a_7c15);
+        let mut parsed = 0;
+        for round in 0..50_000 {
+            let mut body = base.to_vec();
+            match round % 4 {
+                0 => body = (0..rng.below(64)).map(|_| rng.byte()).collect(),
+                1 => {
+                    for _ in 0..=rng.below(3) {
+                        let i = rng.below(body.len());
+                        body[i] = rng.byte();
+                    }
+                }
+                2 => body.truncate(rng.below(body.len())),
+                _ => {
+                    let i = rng.below(body.len());
+                    let j = i + rng.below(body.len() - i);
+                    let slice = body[i..j].to_vec();
+                    body.splice(i..i, slice);
+                }
+            }
+            match parse_facts(&body) {
+                Ok(_) => parsed += 1,
+                Err(e) => assert_eq!(e.kind, ErrorKind::BadRequest),
+            }
+        }
+        assert!(
+            parsed > 100,
+            "mutations that keep the JSON valid are still accepted ({parsed})"
+        );
+    }
 }

@@ -243,6 +243,43 @@ mod tests {
         );
     }
 
+    /// Property: any path the HTTP layer accepts routes or fails cleanly, keeping prefix and query.
+    #[test]
+    fn arbitrary_paths_never_panic() {
+        let mut rng = crate::testing::Rng(42);
+        let pieces = [
+            "/",
+            "v1",
+            "messages",
+            "openai",
+            "anthropic",
+            "..",
+            "%2F",
+            "?",
+            "&",
+            "=",
+            "models",
+            "x",
+            "//",
+            "#",
+        ];
+        for _ in 0..20_000 {
+            let mut p = String::from("/");
+            for _ in 0..rng.below(8) {
+                p.push_str(pieces[rng.below(pieces.len())]);
+            }
+            let Ok(uri) = p.parse::<Uri>() else { continue };
+            for method in [Method::GET, Method::POST, Method::HEAD] {
+                if let Ok(Routed::Upstream(r)) = resolve(&upstreams(), &method, &uri, &HeaderMap::new()) {
+                    if r.protocol == Protocol::OpenAi {
+                        assert!(r.uri.path().starts_with("/openai-proxy"), "{p} → {}", r.uri);
+                    }
+                    assert_eq!(r.uri.query(), uri.query());
+                }
+            }
+        }
+    }
+
     #[test]
     fn probes_are_local() {
         let h = HeaderMap::new();
