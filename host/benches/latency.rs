@@ -8,6 +8,8 @@
 //! Prints p50 / p99 / p99.9 for both paths and the difference; this is a figure to read, not an
 //! assertion (the suite never times anything).
 
+#![allow(clippy::expect_used, clippy::unwrap_used)] // a measuring tool: stopping loudly on any failure is right
+
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
