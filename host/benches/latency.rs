@@ -55,8 +55,11 @@ fn parse_args() -> Args {
 /// A Messages body of about `kb` KiB (or a capture's body, re-serialised compactly).
 fn body(args: &Args) -> Bytes {
     if let Some(path) = &args.capture {
+        // `cargo bench` runs in host/: accept paths relative to the repository root too.
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let file = if std::path::Path::new(path).exists() { path.into() } else { root.join(path) };
         let v: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(path).expect("capture file")).expect("capture JSON");
+            serde_json::from_slice(&std::fs::read(&file).expect("capture file")).expect("capture JSON");
         let mut b = v["body"].clone();
         b["stream"] = serde_json::Value::Bool(args.stream);
         return Bytes::from(serde_json::to_vec(&b).unwrap_or_default());
