@@ -57,7 +57,11 @@ fn body(args: &Args) -> Bytes {
     if let Some(path) = &args.capture {
         // `cargo bench` runs in host/: accept paths relative to the repository root too.
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let file = if std::path::Path::new(path).exists() { path.into() } else { root.join(path) };
+        let file = if std::path::Path::new(path).exists() {
+            path.into()
+        } else {
+            root.join(path)
+        };
         let v: serde_json::Value =
             serde_json::from_slice(&std::fs::read(&file).expect("capture file")).expect("capture JSON");
         let mut b = v["body"].clone();

@@ -2,8 +2,9 @@
 //! each lives in its own module under `stages/`, documented with what it reads, decides and returns.
 //!
 //! ```text
-//! accept        request id, start time, declared body size            stages::accept
+//! accept        request id, start time                                 stages::accept
 //! route         path + headers → API family, upstream URL; local probes stages::route
+//!   (accept)    declared body size, protocol upgrades — checked here, so refusals take the family's shape
 //! authenticate  stand-in key → principal (key id, owner, team); 401     stages::authenticate
 //! inspect       bounded body read, original bytes kept; model, stream  stages::inspect
 //! credential    unseal the provider credential → upstream auth header  stages::credential
@@ -56,15 +57,15 @@ enum Handled {
 }
 
 async fn run(gw: &Gateway, req: Request<Incoming>, ex: &mut accept::Exchange) -> Result<Handled, GatewayError> {
-    accept::check_declared_length(&req, &gw.config.limits)?;
-    accept::refuse_upgrade(&req)?;
-
     let route = match route::resolve(&gw.config.upstreams, req.method(), req.uri(), req.headers())? {
         Routed::Local => return Ok(Handled::Local(probe_response(req.method(), &ex.id))),
         Routed::Upstream(route) => route,
     };
     ex.protocol = Some(route.protocol);
     ex.upstream = Some(route.upstream.base_url());
+    // The head checks of `accept` run once the family is known, so refusals come in its shape.
+    accept::check_declared_length(&req, &gw.config.limits)?;
+    accept::refuse_upgrade(&req)?;
 
     let principal = authenticate::principal(gw.store.as_ref(), req.headers(), crate::clock::now_unix())?;
     ex.key_id = Some(principal.key_id);

@@ -608,3 +608,34 @@ async fn a_client_leaving_mid_stream_does_not_disturb_the_gateway() {
     assert_eq!(h.messages(STREAM_BODY).await.status, 200, "still serving");
     assert_eq!(h.mock_log().await.len(), 6);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_before_the_body_come_in_the_callers_shape() {
+    let h = Harness::builder().env("CONDUIT_MAX_BODY_BYTES", "1024").start().await;
+    let bearer = format!("Bearer {}", h.key);
+    let big = vec![b'x'; 2048];
+    let r = h
+        .send(
+            Method::POST,
+            "/v1/chat/completions",
+            &[("authorization", &bearer), ("content-type", "application/json")],
+            big,
+        )
+        .await;
+    r.assert_openai_error(413, "over this gateway's limit of 1024 bytes");
+    let r = h
+        .send(
+            Method::GET,
+            "/v1/responses",
+            &[
+                ("authorization", &bearer),
+                ("connection", "upgrade"),
+                ("upgrade", "websocket"),
+            ],
+            "",
+        )
+        .await;
+    r.assert_openai_error(501, "does not tunnel \"websocket\" upgrades");
+    assert_eq!(r.json()["error"]["code"], "websocket_unsupported");
+    assert!(h.mock_log().await.is_empty());
+}
