@@ -7,22 +7,13 @@ mod common;
 
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
 
+use common::process::{BIN, free_port, terminate, wait_listening};
 use common::sha256_hex;
 use http::Method;
 use http_body_util::{BodyExt, Full};
 
-const BIN: &str = env!("CARGO_BIN_EXE_conduit");
 const CANARY_CREDENTIAL: &str = "sk-ant-api03-CLICANARY-5e1f0c77aa";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 struct Env {
     vars: Vec<(String, String)>,
@@ -83,27 +74,9 @@ impl Env {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let admin = self.get("CONDUIT_ADMIN_LISTEN");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(&admin).is_err() {
-            assert!(Instant::now() < deadline, "gateway did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_listening(&self.get("CONDUIT_ADMIN_LISTEN"));
         child
     }
-}
-
-fn terminate(mut child: Child) -> Output {
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while child.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "gateway did not stop on SIGTERM");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child.wait_with_output().unwrap()
 }
 
 async fn post_messages(gateway: &str, key: &str) -> u16 {

@@ -13,6 +13,16 @@ use http_body_util::{BodyExt, Full};
 
 const STREAM_BODY: &str = r#"{"model":"claude-sonnet-4-5","max_tokens":64,"stream":true,"messages":[{"role":"user","content":"say hello \u00e9 ✓"}]}"#;
 
+/// A streaming Messages request with the harness key and one `x-mock-*` header.
+fn stream_request(h: &Harness, mock_header: (&str, &str)) -> Request<Full<Bytes>> {
+    Request::post(h.url("/v1/messages"))
+        .header("x-api-key", &h.key)
+        .header("content-type", "application/json")
+        .header(mock_header.0, mock_header.1)
+        .body(Full::new(Bytes::from(STREAM_BODY)))
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn anthropic_stream_is_byte_identical_and_carries_the_real_credential() {
     let h = Harness::start().await;
@@ -125,12 +135,7 @@ async fn sse_is_forwarded_event_by_event_not_buffered() {
     // The mock sends the first events, then holds the stream open and silent. A gateway that
     // buffered the stream would deliver nothing; this one must deliver the first event at once.
     let h = Harness::start().await;
-    let req = Request::post(h.url("/v1/messages"))
-        .header("x-api-key", &h.key)
-        .header("content-type", "application/json")
-        .header("x-mock-mode", "stall")
-        .body(Full::new(Bytes::from(STREAM_BODY)))
-        .unwrap();
+    let req = stream_request(&h, ("x-mock-mode", "stall"));
     let resp = tokio::time::timeout(Duration::from_secs(10), h.http.request(req))
         .await
         .unwrap()
@@ -173,13 +178,11 @@ async fn idle_timeout_cuts_a_silent_stream_but_not_a_long_busy_one() {
     );
 
     // Silent after two events: cut after ~1 s of idleness, the client sees a truncated body.
-    let req = Request::post(h.url("/v1/messages"))
-        .header("x-api-key", &h.key)
-        .header("content-type", "application/json")
-        .header("x-mock-mode", "stall")
-        .body(Full::new(Bytes::from(STREAM_BODY)))
+    let resp = h
+        .http
+        .request(stream_request(&h, ("x-mock-mode", "stall")))
+        .await
         .unwrap();
-    let resp = h.http.request(req).await.unwrap();
     let outcome = tokio::time::timeout(Duration::from_secs(10), resp.into_body().collect()).await;
     assert!(
         matches!(outcome, Ok(Err(_))),
@@ -593,13 +596,11 @@ async fn path_prefixes_and_unknown_paths_pass_through() {
 async fn a_client_leaving_mid_stream_does_not_disturb_the_gateway() {
     let h = Harness::start().await;
     for _ in 0..5 {
-        let req = Request::post(h.url("/v1/messages"))
-            .header("x-api-key", &h.key)
-            .header("content-type", "application/json")
-            .header("x-mock-delay-ms", "50")
-            .body(Full::new(Bytes::from(STREAM_BODY)))
+        let resp = h
+            .http
+            .request(stream_request(&h, ("x-mock-delay-ms", "50")))
+            .await
             .unwrap();
-        let resp = h.http.request(req).await.unwrap();
         let mut body = resp.into_body();
         let first = body.frame().await.unwrap().unwrap();
         assert!(first.is_data());

@@ -4,35 +4,24 @@
 //! and the CLI's output are searched for each canary.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
+use common::process::{BIN, contains, free_port, terminate, wait_listening};
 use http_body_util::{BodyExt, Full};
 
-const BIN: &str = env!("CARGO_BIN_EXE_conduit");
 const CANARY_CREDENTIAL: &str = "sk-ant-api03-HYGIENECANARYCREDENTIAL-9d8c7b";
 const CANARY_PROMPT: &str = "HYGIENE-CANARY-PROMPT the merger code is BLUEHERON-7";
 const CANARY_SECRET_IN_PROMPT: &str = "AKIAHYGIENECANARY777";
 const CANARY_QUERY: &str = "hygienecanaryquery";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn files_under(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
     for e in std::fs::read_dir(dir).unwrap() {
         let p = e.unwrap().path();
         if p.is_dir() { files_under(&p, out) } else { out.push(p) }
     }
-}
-
-fn contains(hay: &[u8], needle: &str) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle.as_bytes())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -77,16 +66,12 @@ async fn canaries_never_reach_logs_store_or_cli_output() {
     cli(&["credentials", "set", "anthropic", "--from-env", "CANARY"]);
     cli(&["credentials", "set", "openai", "--from-env", "CANARY"]);
 
-    let mut gateway = cmd(&["serve"])
+    let gateway = cmd(&["serve"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(&admin).is_err() {
-        assert!(Instant::now() < deadline, "gateway did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_listening(&admin);
 
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build(hyper_util::client::legacy::connect::HttpConnector::new());
@@ -155,16 +140,7 @@ async fn canaries_never_reach_logs_store_or_cli_output() {
     cli(&["keys", "list", "--json"]);
     cli(&["credentials", "list", "--json"]);
 
-    Command::new("kill")
-        .args(["-TERM", &gateway.id().to_string()])
-        .status()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while gateway.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let logs = gateway.wait_with_output().unwrap().stderr;
+    let logs = terminate(gateway).stderr;
     assert!(contains(&logs, "conduit::audit"), "the audit events are in the log");
     assert!(contains(&logs, "\"status\":200"), "audit records carry statuses");
     assert!(

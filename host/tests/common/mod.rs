@@ -18,6 +18,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use zeroize::Zeroizing;
 
+pub mod process;
 pub mod wiretap;
 
 /// The "real" provider credentials the gateway holds; tests check the mock sees exactly these.
