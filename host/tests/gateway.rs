@@ -1,6 +1,8 @@
 //! The gateway core (issue 2): byte transparency, streaming, routing, stand-in keys, credentials,
 //! and bad input — driven in-process against the mock upstream.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::time::Duration;
@@ -157,20 +159,8 @@ async fn idle_timeout_cuts_a_silent_stream_but_not_a_long_busy_one() {
         .toml("[network]\nidle_timeout_secs = 1")
         .start()
         .await;
-    let key = h.key.clone();
     // 24 events, 150 ms apart: ~3.5 s in all, longer than the idle timeout, never idle for 1 s.
-    let r = h
-        .send(
-            Method::POST,
-            "/v1/messages",
-            &[
-                ("x-api-key", &key),
-                ("content-type", "application/json"),
-                ("x-mock-delay-ms", "150"),
-            ],
-            STREAM_BODY,
-        )
-        .await;
+    let r = h.messages_with(STREAM_BODY, &[("x-mock-delay-ms", "150")]).await;
     assert_eq!(r.status, 200);
     assert!(
         String::from_utf8_lossy(&r.body).contains("event: message_stop"),
@@ -199,23 +189,13 @@ async fn gzip_responses_reach_the_client_compressed_and_identical() {
         })
         .start()
         .await;
-    let key = h.key.clone();
     for body in [
         STREAM_BODY,
         r#"{"model":"claude-haiku-4-5","max_tokens":8,"messages":[]}"#,
     ] {
         h.mock_reset().await;
         let r = h
-            .send(
-                Method::POST,
-                "/v1/messages",
-                &[
-                    ("x-api-key", &key),
-                    ("content-type", "application/json"),
-                    ("accept-encoding", "gzip, deflate, br, zstd"),
-                ],
-                body,
-            )
+            .messages_with(body, &[("accept-encoding", "gzip, deflate, br, zstd")])
             .await;
         assert_eq!(r.status, 200);
         assert_eq!(r.header("content-encoding"), Some("gzip"));
@@ -230,21 +210,9 @@ async fn gzip_responses_reach_the_client_compressed_and_identical() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_errors_pass_through_unchanged() {
     let h = Harness::start().await;
-    let key = h.key.clone();
     for mode in ["status-429", "status-500", "status-529", "status-400"] {
         h.mock_reset().await;
-        let r = h
-            .send(
-                Method::POST,
-                "/v1/messages",
-                &[
-                    ("x-api-key", &key),
-                    ("content-type", "application/json"),
-                    ("x-mock-mode", mode),
-                ],
-                STREAM_BODY,
-            )
-            .await;
+        let r = h.messages_with(STREAM_BODY, &[("x-mock-mode", mode)]).await;
         assert_eq!(r.status.as_u16(), mode[7..].parse::<u16>().unwrap());
         assert_eq!(
             h.mock_log().await[0].response_sha256.as_deref(),
@@ -257,31 +225,11 @@ async fn upstream_errors_pass_through_unchanged() {
     }
     // Mid-stream error event arrives intact.
     let r = h
-        .send(
-            Method::POST,
-            "/v1/messages",
-            &[
-                ("x-api-key", &key),
-                ("content-type", "application/json"),
-                ("x-mock-mode", "midstream-error"),
-            ],
-            STREAM_BODY,
-        )
+        .messages_with(STREAM_BODY, &[("x-mock-mode", "midstream-error")])
         .await;
     assert!(String::from_utf8_lossy(&r.body).ends_with("event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n"));
     // Upstream resets before answering → 502 in the provider's shape, retryable.
-    let r = h
-        .send(
-            Method::POST,
-            "/v1/messages",
-            &[
-                ("x-api-key", &key),
-                ("content-type", "application/json"),
-                ("x-mock-mode", "reset"),
-            ],
-            STREAM_BODY,
-        )
-        .await;
+    let r = h.messages_with(STREAM_BODY, &[("x-mock-mode", "reset")]).await;
     r.assert_anthropic_error(502, "api_error", "anthropic upstream");
     assert!(r.header("x-should-retry").is_none());
 }

@@ -89,6 +89,15 @@ impl Harness {
         Reply { status, headers, body }
     }
 
+    /// An Anthropic Messages request with the stand-in key as x-api-key and extra headers.
+    pub async fn messages_with(&self, body: &str, extra: &[(&str, &str)]) -> Reply {
+        let key = self.key.clone();
+        let mut headers = vec![("x-api-key", key.as_str()), ("content-type", "application/json")];
+        headers.extend_from_slice(extra);
+        self.send(Method::POST, "/v1/messages", &headers, body.to_string())
+            .await
+    }
+
     /// An Anthropic Messages request with the stand-in key as x-api-key.
     pub async fn messages(&self, body: &str) -> Reply {
         let key = self.key.clone();
