@@ -11,6 +11,9 @@
 //! GET  /v1/credentials                   credential metadata (write-only: no plaintext, ever)
 //! PUT  /v1/credentials/{provider}        set {secret}
 //! POST /v1/credentials/rotate-master     re-seal everything under {master_key} (base64)
+//! GET  /v1/spend?by=team&since=&until=   spend report (by key|owner|team|model|day, UTC days)
+//! GET  /v1/prices                        the price table in force (shipped + overrides)
+//! POST /v1/prices/import                 {content} LiteLLM JSON or [[price]] TOML → overrides
 //! ```
 
 use bytes::Bytes;
@@ -79,6 +82,27 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>) -> Response<GatewayBod
                 }),
             Err(e) => Err(e),
         },
+        (&Method::GET, ["v1", "spend"]) => {
+            let q = query_pairs(req.uri().query());
+            let by = crate::ledger::By::parse(q.get("by").map(String::as_str).unwrap_or("team"));
+            let range = ops::spend_range(q.get("since").map(String::as_str), q.get("until").map(String::as_str));
+            match (by, range) {
+                (Ok(by), Ok((since, until))) => {
+                    gw.ledger.flush();
+                    ops::spend(gw.store.as_ref(), by, &since, &until).map(|r| (StatusCode::OK, json!(r)))
+                }
+                (Err(e), _) | (_, Err(e)) => Err(e),
+            }
+        }
+        (&Method::GET, ["v1", "prices"]) => Ok((StatusCode::OK, json!({"prices": gw.prices().rows()}))),
+        (&Method::POST, ["v1", "prices", "import"]) => match body::<ImportPrices>(req).await {
+            Ok(r) => ops::parse_price_file(&r.content).and_then(|imported| {
+                let skipped = imported.skipped.clone();
+                gw.add_price_overrides(imported.rows)
+                    .map(|n| (StatusCode::OK, json!({"imported": n, "skipped": skipped})))
+            }),
+            Err(e) => Err(e),
+        },
         (&Method::PUT, ["v1", "credentials", provider]) => {
             let provider = provider.to_string();
             match body::<SetCredential>(req).await {
@@ -102,6 +126,20 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>) -> Response<GatewayBod
 #[derive(Deserialize)]
 struct SetCredential {
     secret: Zeroizing<String>,
+}
+
+#[derive(Deserialize)]
+struct ImportPrices {
+    content: String,
+}
+
+/// `a=1&b=2` → map (no percent-decoding needed for the values the API takes).
+fn query_pairs(q: Option<&str>) -> std::collections::HashMap<String, String> {
+    q.unwrap_or("")
+        .split('&')
+        .filter_map(|p| p.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 #[derive(Deserialize)]

@@ -3,8 +3,9 @@
 //!
 //! [`UpstreamBody`] never buffers or rewrites: each frame read from the upstream is handed to hyper
 //! as-is, so an SSE event reaches the client as soon as the upstream sends it. It adds an idle
-//! timeout (no total timeout: long streams are fine), counts bytes, and calls a completion hook
-//! exactly once — on the end of the stream, an upstream error, or the client going away.
+//! timeout (no total timeout: long streams are fine), counts bytes, shows each frame to the usage
+//! tap, and calls a completion hook exactly once — on the end of the stream, an upstream error, or
+//! after the client went away and the rest of the upstream body was drained for metering.
 
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -15,6 +16,8 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
+
+use crate::usage::{Observed, UsageTap};
 
 /// Error type of gateway bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -95,41 +98,82 @@ impl StreamEnd {
     }
 }
 
-/// Called once when a streamed body ends, with bytes sent and how it ended.
-pub type OnEnd = Box<dyn FnOnce(u64, StreamEnd) + Send>;
+/// Called once when a streamed body ends: bytes sent to the client, how it ended, and what the
+/// usage tap saw (all bytes the upstream sent, including any drained after the client left).
+pub type OnEnd = Box<dyn FnOnce(u64, StreamEnd, Observed) + Send>;
+
+/// After the client leaves mid-stream, keep reading the upstream for at most this long and this
+/// many bytes, so the usage the provider bills is the usage recorded.
+const DRAIN_TIME: Duration = Duration::from_secs(600);
+const DRAIN_BYTES: u64 = 64 * 1024 * 1024;
 
 pin_project_lite::pin_project! {
     /// The upstream response body, passed through unchanged.
     pub struct UpstreamBody {
-        #[pin]
-        inner: Incoming,
+        inner: Option<Incoming>,
         #[pin]
         idle: Sleep,
         idle_timeout: Duration,
         bytes: u64,
+        tap: Option<UsageTap>,
         on_end: Option<OnEnd>,
     }
 
     impl PinnedDrop for UpstreamBody {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
-            if let Some(f) = this.on_end.take() {
+            let Some(on_end) = this.on_end.take() else { return };
+            let tap = this.tap.take();
+            let bytes = *this.bytes;
+            match this.inner.take() {
                 // An empty body (HEAD, 204) may be dropped without ever being polled.
-                let end = if this.inner.is_end_stream() { StreamEnd::Complete } else { StreamEnd::ClientGone };
-                f(*this.bytes, end);
+                Some(inner) if !inner.is_end_stream() => drain(inner, tap, *this.idle_timeout, bytes, on_end),
+                _ => on_end(bytes, StreamEnd::Complete, tap.map(UsageTap::finish).unwrap_or_default()),
             }
         }
     }
 }
 
+/// The client is gone: read the rest of the upstream body on a task of its own, then report.
+fn drain(mut inner: Incoming, mut tap: Option<UsageTap>, idle: Duration, sent: u64, on_end: OnEnd) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return on_end(
+            sent,
+            StreamEnd::ClientGone,
+            tap.map(UsageTap::finish).unwrap_or_default(),
+        );
+    };
+    runtime.spawn(async move {
+        use http_body_util::BodyExt;
+        let deadline = Instant::now() + DRAIN_TIME;
+        let mut drained = 0u64;
+        while drained < DRAIN_BYTES {
+            let next = tokio::time::timeout_at(deadline.min(Instant::now() + idle), inner.frame()).await;
+            let Ok(Some(Ok(frame))) = next else { break };
+            if let Some(data) = frame.data_ref() {
+                drained += data.len() as u64;
+                if let Some(t) = tap.as_mut() {
+                    t.observe(data);
+                }
+            }
+        }
+        on_end(
+            sent,
+            StreamEnd::ClientGone,
+            tap.map(UsageTap::finish).unwrap_or_default(),
+        );
+    });
+}
+
 impl UpstreamBody {
-    /// Wraps `inner`; `on_end` runs once when it ends or is dropped.
-    pub fn new(inner: Incoming, idle_timeout: Duration, on_end: OnEnd) -> Self {
+    /// Wraps `inner`; `tap` sees every data frame; `on_end` runs once when it ends or is dropped.
+    pub fn new(inner: Incoming, idle_timeout: Duration, tap: UsageTap, on_end: OnEnd) -> Self {
         UpstreamBody {
-            inner,
+            inner: Some(inner),
             idle: tokio::time::sleep(idle_timeout),
             idle_timeout,
             bytes: 0,
+            tap: Some(tap),
             on_end: Some(on_end),
         }
     }
@@ -141,37 +185,40 @@ impl Body for UpstreamBody {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let mut this = self.project();
-        match this.inner.as_mut().poll_frame(cx) {
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(&mut *inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     *this.bytes += data.len() as u64;
+                    if let Some(t) = this.tap.as_mut() {
+                        t.observe(data);
+                    }
                 }
                 this.idle.as_mut().reset(Instant::now() + *this.idle_timeout);
-                if this.inner.is_end_stream()
-                    && let Some(f) = this.on_end.take()
-                {
-                    f(*this.bytes, StreamEnd::Complete);
+                if inner.is_end_stream() {
+                    finish(this.on_end, this.tap, *this.bytes, StreamEnd::Complete);
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
-                if let Some(f) = this.on_end.take() {
-                    f(*this.bytes, StreamEnd::UpstreamError(e.to_string()));
-                }
+                finish(
+                    this.on_end,
+                    this.tap,
+                    *this.bytes,
+                    StreamEnd::UpstreamError(e.to_string()),
+                );
                 Poll::Ready(Some(Err(e.into())))
             }
             Poll::Ready(None) => {
-                if let Some(f) = this.on_end.take() {
-                    f(*this.bytes, StreamEnd::Complete);
-                }
+                finish(this.on_end, this.tap, *this.bytes, StreamEnd::Complete);
                 Poll::Ready(None)
             }
             Poll::Pending => {
                 ready!(this.idle.as_mut().poll(cx));
                 let secs = this.idle_timeout.as_secs();
-                if let Some(f) = this.on_end.take() {
-                    f(*this.bytes, StreamEnd::IdleTimeout);
-                }
+                finish(this.on_end, this.tap, *this.bytes, StreamEnd::IdleTimeout);
                 Poll::Ready(Some(Err(format!(
                     "upstream sent nothing for {secs} s (network.idle_timeout_secs)"
                 )
@@ -181,11 +228,20 @@ impl Body for UpstreamBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(|i| i.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.inner
+            .as_ref()
+            .map(|i| i.size_hint())
+            .unwrap_or_else(|| SizeHint::with_exact(0))
+    }
+}
+
+fn finish(on_end: &mut Option<OnEnd>, tap: &mut Option<UsageTap>, bytes: u64, end: StreamEnd) {
+    if let Some(f) = on_end.take() {
+        f(bytes, end, tap.take().map(UsageTap::finish).unwrap_or_default());
     }
 }
 

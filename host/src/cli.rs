@@ -47,6 +47,39 @@ pub enum Command {
     /// Master key utilities.
     #[command(subcommand, name = "master-key")]
     MasterKey(MasterKeyCommand),
+    /// Who spent what: tokens and cost by key, owner, team, model or day (UTC).
+    Spend {
+        /// Group by: key, owner, team, model or day.
+        #[arg(long, default_value = "team")]
+        by: String,
+        /// First day, YYYY-MM-DD (default: 29 days ago).
+        #[arg(long)]
+        since: Option<String>,
+        /// Last day, YYYY-MM-DD (default: today).
+        #[arg(long)]
+        until: Option<String>,
+        /// table, csv or json.
+        #[arg(long, default_value = "table")]
+        format: String,
+    },
+    /// The price table: list it, or import an organisation's prices.
+    #[command(subcommand)]
+    Prices(PricesCommand),
+}
+
+/// `conduit prices …`
+#[derive(Debug, Subcommand)]
+pub enum PricesCommand {
+    /// Show the prices in force (shipped table plus overrides), USD per million tokens.
+    List {
+        #[command(flatten)]
+        out: Output,
+    },
+    /// Import overrides: LiteLLM's model_prices_and_context_window.json, or a [[price]] TOML file.
+    Import {
+        /// The file.
+        file: PathBuf,
+    },
 }
 
 /// `conduit keys …`
@@ -149,6 +182,22 @@ pub async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Keys(cmd) => keys(Control::connect(config).await?, cmd).await,
+        Command::Spend {
+            by,
+            since,
+            until,
+            format,
+        } => {
+            spend(
+                Control::connect(config).await?,
+                &by,
+                since.as_deref(),
+                until.as_deref(),
+                &format,
+            )
+            .await
+        }
+        Command::Prices(cmd) => prices(Control::connect(config).await?, cmd).await,
         Command::Credentials(cmd) => credentials(Control::connect(config).await?, cmd).await,
     }
 }
@@ -418,6 +467,156 @@ async fn credentials(control: Control, cmd: CredentialsCommand) -> Result<()> {
             println!(
                 "re-sealed {count} credential(s) under {new_id}; from now on start the gateway with the new key (CONDUIT_MASTER_KEY or --master-key-file)"
             );
+        }
+    }
+    Ok(())
+}
+
+async fn spend(control: Control, by: &str, since: Option<&str>, until: Option<&str>, format: &str) -> Result<()> {
+    let by = crate::ledger::By::parse(by)?;
+    if !["table", "csv", "json"].contains(&format) {
+        return Err(Error::msg(format!("--format {format:?}: expected table, csv or json")));
+    }
+    let (since, until) = ops::spend_range(since, until)?;
+    let report: ops::SpendReport = match &control {
+        Control::Remote(c) => {
+            let by_name = serde_json::to_value(by)?.as_str().unwrap_or("team").to_string();
+            c.call(
+                Method::GET,
+                &format!("/v1/spend?by={by_name}&since={since}&until={until}"),
+                None,
+            )
+            .await?
+        }
+        Control::Local { store, .. } => ops::spend(store, by, &since, &until)?,
+    };
+    let usd = crate::ledger::usd;
+    match format {
+        "json" => println!("{}", json!(report)),
+        "csv" => {
+            println!(
+                "group,requests,errors,estimated,unpriced,input_tokens,output_tokens,cache_read_tokens,cache_write_tokens,cost_usd"
+            );
+            for l in &report.lines {
+                let t = &l.totals;
+                println!(
+                    "{},{},{},{},{},{},{},{},{},{}",
+                    csv_field(&l.group),
+                    t.requests,
+                    t.errors,
+                    t.estimated,
+                    t.unpriced,
+                    t.input,
+                    t.output,
+                    t.cache_read,
+                    t.cache_write,
+                    usd(t.cost_micros)
+                );
+            }
+        }
+        _ => {
+            println!("spend by {by:?} from {since} to {until} (UTC)", by = report.by);
+            println!(
+                "{:<28} {:>8} {:>6} {:>12} {:>12} {:>12} {:>12} {:>14}",
+                "GROUP", "REQUESTS", "ERRORS", "INPUT", "OUTPUT", "CACHE READ", "CACHE WRITE", "COST USD"
+            );
+            for l in &report.lines {
+                let t = &l.totals;
+                let mut notes = Vec::new();
+                if t.unpriced > 0 {
+                    notes.push(format!(
+                        "{} unpriced (cost unknown; add a price with `conduit prices import`)",
+                        t.unpriced
+                    ));
+                }
+                if t.estimated > 0 {
+                    notes.push(format!("{} estimated", t.estimated));
+                }
+                println!(
+                    "{:<28} {:>8} {:>6} {:>12} {:>12} {:>12} {:>12} {:>14}  {}",
+                    l.group,
+                    t.requests,
+                    t.errors,
+                    t.input,
+                    t.output,
+                    t.cache_read,
+                    t.cache_write,
+                    usd(t.cost_micros),
+                    notes.join("; ")
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+async fn prices(control: Control, cmd: PricesCommand) -> Result<()> {
+    match cmd {
+        PricesCommand::List { out } => {
+            let rows: Vec<crate::prices::PriceRow> = match &control {
+                Control::Remote(c) => {
+                    let v: serde_json::Value = c.call(Method::GET, "/v1/prices", None).await?;
+                    serde_json::from_value(v["prices"].clone())?
+                }
+                Control::Local { store, .. } => crate::prices::PriceTable::shipped()?
+                    .with_overrides(store.price_overrides()?)
+                    .rows()
+                    .into_iter()
+                    .cloned()
+                    .collect(),
+            };
+            if out.json {
+                println!("{}", json!({"prices": rows}));
+                return Ok(());
+            }
+            let per_m = |micros: u64| format!("{}.{:06}", micros / 1_000_000, micros % 1_000_000);
+            println!(
+                "{:<10} {:<28} {:>12} {:>12} {:>12} {:>12}  {:<10} {:<8} SOURCE",
+                "PROVIDER", "MODEL", "INPUT", "OUTPUT", "CACHE WRITE", "CACHE READ", "EFFECTIVE", "ORIGIN"
+            );
+            for r in rows {
+                println!(
+                    "{:<10} {:<28} {:>12} {:>12} {:>12} {:>12}  {:<10} {:<8} {}{}",
+                    r.provider,
+                    r.model,
+                    per_m(r.rates.input),
+                    per_m(r.rates.output),
+                    per_m(r.rates.cache_write),
+                    per_m(r.rates.cache_read),
+                    r.effective,
+                    r.origin,
+                    r.source,
+                    r.long_context
+                        .map(|(t, l)| format!(" (above {t} input tokens: {} / {})", per_m(l.input), per_m(l.output)))
+                        .unwrap_or_default()
+                );
+            }
+        }
+        PricesCommand::Import { file } => {
+            let content = std::fs::read_to_string(&file)
+                .map_err(|e| Error::msg(format!("reading {:?}: {e}", file.display().to_string())))?;
+            let (n, skipped): (usize, serde_json::Value) = match &control {
+                Control::Remote(c) => {
+                    let v: serde_json::Value = c
+                        .call(Method::POST, "/v1/prices/import", Some(json!({"content": content})))
+                        .await?;
+                    (v["imported"].as_u64().unwrap_or(0) as usize, v["skipped"].clone())
+                }
+                Control::Local { store, .. } => {
+                    let imported = ops::parse_price_file(&content)?;
+                    store.put_price_overrides(&imported.rows)?;
+                    (imported.rows.len(), json!(imported.skipped))
+                }
+            };
+            println!("imported {n} price(s) as overrides; skipped (providers not routed yet): {skipped}");
         }
     }
     Ok(())

@@ -9,8 +9,11 @@ use zeroize::Zeroizing;
 
 use crate::config::{Config, MasterKeySource};
 use crate::error::{Error, Result};
+use crate::ledger::Ledger;
+use crate::prices::{PriceRow, PriceTable};
 use crate::seal::MasterKey;
 use crate::stages::accept::RequestIds;
+use crate::stages::settle::Settlement;
 use crate::store::{META_MASTER_KEY_ID, SledStore, Store};
 use crate::upstream::{UpstreamClient, build_client};
 
@@ -26,7 +29,10 @@ pub struct Gateway {
     pub request_ids: RequestIds,
     /// Admin bearer token.
     pub(crate) admin_token: Zeroizing<String>,
+    /// The spend ledger writer.
+    pub ledger: Ledger,
     master_key: RwLock<Arc<MasterKey>>,
+    prices: RwLock<Arc<PriceTable>>,
 }
 
 impl Gateway {
@@ -37,14 +43,39 @@ impl Gateway {
         let master_key = resolve_master_key(&config.master_key, store.as_ref(), true)?;
         let admin_token = resolve_admin_token(&config, true)?;
         let client = build_client(&config.network)?;
+        let prices = PriceTable::shipped()?.with_overrides(store.price_overrides()?);
+        let ledger = Ledger::start(store.clone())?;
         Ok(Gateway {
             config,
             store,
             client,
             request_ids: RequestIds::new(),
             admin_token,
+            ledger,
             master_key: RwLock::new(Arc::new(master_key)),
+            prices: RwLock::new(Arc::new(prices)),
         })
+    }
+
+    /// The prices in force.
+    pub fn prices(&self) -> Arc<PriceTable> {
+        self.prices.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Stores price overrides and puts them in force for the next request.
+    pub fn add_price_overrides(&self, rows: Vec<PriceRow>) -> Result<usize> {
+        self.store.put_price_overrides(&rows)?;
+        let table = PriceTable::shipped()?.with_overrides(self.store.price_overrides()?);
+        *self.prices.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(table);
+        Ok(rows.len())
+    }
+
+    /// What the `settle` stage needs for one request.
+    pub fn settlement(&self) -> Settlement {
+        Settlement {
+            prices: self.prices(),
+            ledger: self.ledger.clone(),
+        }
     }
 
     /// The current master key.

@@ -28,9 +28,11 @@ pub mod error;
 pub mod gateway;
 pub mod hex;
 pub mod keys;
+pub mod ledger;
 pub mod mock;
 pub mod ops;
 pub mod pipeline;
+pub mod prices;
 pub mod protocol;
 pub mod rescue;
 pub mod seal;
@@ -39,6 +41,7 @@ pub mod stages;
 pub mod store;
 pub mod telemetry;
 pub mod upstream;
+pub mod usage;
 
 #[cfg(test)]
 mod testing;

@@ -191,3 +191,58 @@ pub fn rotate_master(store: &dyn Store, old: &MasterKey, new: &MasterKey) -> Res
     store.reseal_all(&resealed, new.id())?;
     Ok(resealed.len())
 }
+
+/// A spend report: counters summed by one dimension over a range of UTC days.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SpendReport {
+    /// The dimension.
+    pub by: crate::ledger::By,
+    /// First day (YYYY-MM-DD), inclusive.
+    pub since: String,
+    /// Last day, inclusive.
+    pub until: String,
+    /// One line per group, most expensive first.
+    pub lines: Vec<crate::ledger::ReportLine>,
+}
+
+/// Validates a report range; defaults: the last 30 days up to today (UTC).
+pub fn spend_range(since: Option<&str>, until: Option<&str>) -> Result<(String, String)> {
+    let today = crate::clock::now_unix().div_euclid(86_400);
+    let day = |what: &str, v: Option<&str>, default_days_ago: i64| -> Result<String> {
+        match v {
+            Some(d) => crate::clock::parse_date_or_time(d)
+                .map(|t| crate::clock::format_rfc3339(t)[..10].to_string())
+                .ok_or_else(|| Error::msg(format!("--{what} {d:?} is not a date; use YYYY-MM-DD (UTC)"))),
+            None => Ok(crate::clock::format_rfc3339((today - default_days_ago) * 86_400)[..10].to_string()),
+        }
+    };
+    let (since, until) = (day("since", since, 29)?, day("until", until, 0)?);
+    if since > until {
+        return Err(Error::msg(format!("--since {since} is after --until {until}")));
+    }
+    Ok((since, until))
+}
+
+/// Builds a spend report from the store.
+pub fn spend(store: &dyn Store, by: crate::ledger::By, since: &str, until: &str) -> Result<SpendReport> {
+    let rows = store.spend(since, until)?;
+    Ok(SpendReport {
+        by,
+        since: since.into(),
+        until: until.into(),
+        lines: crate::ledger::report(&rows, by),
+    })
+}
+
+/// Parses a price file: LiteLLM JSON (`model_prices_and_context_window.json`) or `[[price]]` TOML.
+pub fn parse_price_file(content: &str) -> Result<crate::prices::Imported> {
+    let today = crate::clock::format_rfc3339(crate::clock::now_unix())[..10].to_string();
+    if content.trim_start().starts_with('{') {
+        crate::prices::import_litellm(content.as_bytes(), &today)
+    } else {
+        Ok(crate::prices::Imported {
+            rows: crate::prices::parse_toml(content, "override")?,
+            ..Default::default()
+        })
+    }
+}

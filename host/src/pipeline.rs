@@ -9,12 +9,14 @@
 //! inspect       bounded body read, original bytes kept; model, stream  stages::inspect
 //! credential    unseal the provider credential → upstream auth header  stages::credential
 //! forward       original bytes upstream; response streamed back        stages::forward
+//! meter         usage tap on the response body, never delaying a frame  usage::UsageTap (in forward)
+//! settle        tokens (reported or flagged estimate) × price → ledger  stages::settle
 //! audit         always: one metadata-only record per request           stages::audit
 //! ```
 //!
 //! Stages that later work adds slot in between without reshaping this file: `police` (Wasm policy
-//! verdicts) after `inspect`, `admit` (rate limits, budget reservation) before `credential`, and
-//! `meter` / `settle` as a tap on the response body in `forward`. See docs/architecture.md.
+//! verdicts) after `inspect`, and `admit` (rate limits, budget reservation) before `credential`;
+//! `settle` will then reconcile the reservation too. See docs/architecture.md.
 //!
 //! A stage ends a request by returning a [`GatewayError`]; [`handle`] is the one place that turns
 //! it into a provider-shaped response (via `rescue`) and makes sure `audit` still runs.
@@ -29,7 +31,7 @@ use crate::error::GatewayError;
 use crate::gateway::Gateway;
 use crate::rescue::{self, REQUEST_ID_HEADER};
 use crate::stages::route::Routed;
-use crate::stages::{accept, audit, authenticate, credential, forward, inspect, route};
+use crate::stages::{accept, audit, authenticate, credential, forward, inspect, route, settle};
 
 /// Handles one request on the gateway listener. Never fails: errors become responses.
 pub async fn handle(gw: &Gateway, req: Request<Incoming>, peer: SocketAddr) -> Response<GatewayBody> {
@@ -37,13 +39,15 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>, peer: SocketAddr) -> R
     match run(gw, req, &mut exchange).await {
         Ok(Handled::Streaming(response)) => response, // audit runs when the body ends
         Ok(Handled::Local(response)) => {
-            audit::record(&exchange, response.status().as_u16(), None);
+            audit::record(&exchange, response.status().as_u16(), None, None);
             response
         }
         Err(err) => {
             log_failure(&exchange, &err);
             let response = rescue::render(&err, exchange.protocol, &exchange.id);
-            audit::record(&exchange, response.status().as_u16(), Some(&err));
+            let status = response.status().as_u16();
+            let settled = settle::settle(&gw.settlement(), &exchange, status, None, None);
+            audit::record(&exchange, status, Some(&err), settled);
             response
         }
     }

@@ -12,6 +12,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::keys::KeyHash;
+use crate::ledger::{SpendEntry, SpendRow};
+use crate::prices::PriceRow;
 use crate::seal::SealedCredential;
 
 /// Schema version this build reads and writes.
@@ -81,6 +83,14 @@ pub trait Store: Send + Sync + 'static {
     fn set_meta(&self, name: &str, value: &str) -> Result<()>;
     /// A cheap round trip proving the store answers (`/readyz`).
     fn ping(&self) -> Result<()>;
+    /// Folds a finished request into its day × key × model counters (atomically).
+    fn add_spend(&self, entry: &SpendEntry) -> Result<()>;
+    /// Counter rows for UTC days `since..=until` (YYYY-MM-DD).
+    fn spend(&self, since: &str, until: &str) -> Result<Vec<SpendRow>>;
+    /// The organisation's price overrides.
+    fn price_overrides(&self) -> Result<Vec<PriceRow>>;
+    /// Adds or replaces price overrides (by provider and model pattern).
+    fn put_price_overrides(&self, rows: &[PriceRow]) -> Result<()>;
 }
 
 /// Metadata name holding the id of the master key that sealed the credentials.
@@ -94,6 +104,8 @@ pub struct SledStore {
     keys: sled::Tree,
     key_ids: sled::Tree,
     credentials: sled::Tree,
+    spend: sled::Tree,
+    prices: sled::Tree,
 }
 
 impl SledStore {
@@ -115,6 +127,8 @@ impl SledStore {
             keys: db.open_tree("keys")?,
             key_ids: db.open_tree("key_ids")?,
             credentials: db.open_tree("credentials")?,
+            spend: db.open_tree("spend")?,
+            prices: db.open_tree("prices")?,
             db,
         };
         match store.meta(META_SCHEMA)? {
@@ -248,6 +262,60 @@ impl Store for SledStore {
 
     fn ping(&self) -> Result<()> {
         self.meta.get(META_SCHEMA)?;
+        Ok(())
+    }
+
+    fn add_spend(&self, e: &SpendEntry) -> Result<()> {
+        let key = format!("{}\0{}\0{}", e.day, e.key_id, e.model);
+        let mut corrupt = None;
+        self.spend.update_and_fetch(key.as_bytes(), |old| {
+            let mut row: SpendRow = match old.map(serde_json::from_slice) {
+                Some(Ok(r)) => r,
+                Some(Err(err)) => {
+                    corrupt = Some(err.to_string());
+                    SpendRow::default()
+                }
+                None => SpendRow::default(),
+            };
+            row.add(e);
+            serde_json::to_vec(&row).ok()
+        })?;
+        match corrupt {
+            Some(err) => Err(Error::msg(format!("corrupt spend row {key:?} was reset: {err}"))),
+            None => Ok(()),
+        }
+    }
+
+    fn spend(&self, since: &str, until: &str) -> Result<Vec<SpendRow>> {
+        let mut rows = Vec::new();
+        for kv in self.spend.range(since.as_bytes()..) {
+            let (k, v) = kv?;
+            if k.get(..until.len()).is_some_and(|day| day > until.as_bytes()) {
+                break;
+            }
+            rows.push(Self::decode::<SpendRow>("spend", &v)?);
+        }
+        Ok(rows)
+    }
+
+    fn price_overrides(&self) -> Result<Vec<PriceRow>> {
+        self.prices
+            .iter()
+            .values()
+            .map(|v| Self::decode("price", &v?))
+            .collect()
+    }
+
+    fn put_price_overrides(&self, rows: &[PriceRow]) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        for r in rows {
+            batch.insert(
+                format!("{}\0{}", r.provider, r.model).as_bytes(),
+                serde_json::to_vec(r)?,
+            );
+        }
+        self.prices.apply_batch(batch)?;
+        self.db.flush()?;
         Ok(())
     }
 }

@@ -15,7 +15,7 @@
 //! It records every request (method, path, query, headers, body length and SHA-256, and the SHA-256
 //! of the exact response bytes it sent) at `GET /__mock/requests`; `POST /__mock/reset` clears it.
 
-mod payload;
+pub(crate) mod payload;
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -73,6 +73,9 @@ pub struct Recorded {
     pub status: u16,
     /// The mode it answered in.
     pub mode: String,
+    /// The usage its response reported (absent for errors and resets).
+    #[serde(default)]
+    pub usage: Option<Usage>,
 }
 
 impl Recorded {
@@ -200,6 +203,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<MockRespons
         response_sha256: None,
         status: 0,
         mode: mode.clone(),
+        usage: None,
     };
 
     if mode == "reset" {
@@ -240,6 +244,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<MockRespons
     }
     record.response_sha256 = Some(crate::hex::encode(&hasher.finalize()));
     record.status = reply.status.as_u16();
+    record.usage = reply.status.is_success().then_some(reply.usage);
     push(&state, record);
 
     let ending = match mode.as_str() {

@@ -17,8 +17,8 @@ pub enum Family {
     OpenAiOther,
 }
 
-/// Token counts the mock reports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// Token counts the mock reports (input excludes cached tokens, on every family).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct Usage {
     /// Uncached input tokens.
     pub input: u64,

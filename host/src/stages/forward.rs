@@ -1,22 +1,23 @@
 //! **forward** — reads: the route, the original request head and body bytes, the upstream auth
 //! header. Decides: which headers cross (everything but hop-by-hop headers, `host` and the client's
 //! own key). Returns: the upstream's response — status, headers (hop-by-hop aside) and body — passed
-//! back unchanged, the body streamed frame by frame through [`UpstreamBody`], which triggers `audit`
-//! when it ends. Compressed responses stay compressed: the gateway never decodes what it forwards.
+//! back unchanged, the body streamed frame by frame through [`UpstreamBody`], whose usage tap is the
+//! **meter** stage, and which runs `settle` and `audit` when it ends. Compressed responses stay compressed: the gateway never decodes what it forwards.
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response};
 use http_body_util::Full;
 
-use crate::body::{GatewayBody, UpstreamBody};
+use crate::body::{GatewayBody, OnEnd, UpstreamBody};
 use crate::error::{ErrorKind, GatewayError};
 use crate::gateway::Gateway;
 use crate::rescue::REQUEST_ID_HEADER;
 use crate::stages::accept::Exchange;
-use crate::stages::audit;
 use crate::stages::credential::UpstreamAuth;
 use crate::stages::route::Route;
+use crate::stages::{audit, settle};
+use crate::usage::UsageTap;
 
 /// Sends the request upstream and streams the response back.
 pub async fn send(
@@ -71,9 +72,19 @@ pub async fn send(
     parts.headers = headers;
 
     let status = parts.status.as_u16();
+    let header = |name: header::HeaderName| parts.headers.get(name).and_then(|v| v.to_str().ok());
+    let tap = UsageTap::new(
+        route.protocol,
+        header(header::CONTENT_TYPE),
+        header(header::CONTENT_ENCODING),
+    );
     let finished = exchange.clone();
-    let on_end = Box::new(move |bytes_out, end| audit::record_stream(&finished, status, bytes_out, &end));
-    let body = UpstreamBody::new(incoming, net.idle_timeout, on_end);
+    let settlement = gw.settlement();
+    let on_end: OnEnd = Box::new(move |bytes_out, end, seen| {
+        let settled = settle::settle(&settlement, &finished, status, Some(&end), Some(&seen));
+        audit::record_stream(&finished, status, bytes_out, &end, settled);
+    });
+    let body = UpstreamBody::new(incoming, net.idle_timeout, tap, on_end);
     Ok(Response::from_parts(parts, GatewayBody::Upstream { inner: body }))
 }
 

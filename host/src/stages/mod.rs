@@ -9,3 +9,4 @@ pub mod credential;
 pub mod forward;
 pub mod inspect;
 pub mod route;
+pub mod settle;

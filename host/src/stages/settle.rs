@@ -1,0 +1,105 @@
+//! **settle** — runs when a request is over (its response body ended, or it was refused after
+//! authentication). Reads: the exchange, the status, how the body ended and what the usage tap saw.
+//! Decides: the tokens billed — as the provider reported them, or, when it reported none for a
+//! successful response, an estimate flagged as such (never a silent zero) — and their cost under the
+//! price table (`None` when the model has no price). Records: one ledger entry, sent off the
+//! request path. Returns the figures for `audit`.
+//!
+//! Estimates are a documented heuristic, not a tokenizer: input = ⌈request body bytes / 4⌉,
+//! output = ⌈generated text bytes / 4⌉ (docs/metering.md).
+
+use std::sync::Arc;
+
+use crate::body::StreamEnd;
+use crate::ledger::{Ledger, SpendEntry};
+use crate::prices::PriceTable;
+use crate::stages::accept::Exchange;
+use crate::usage::{Observed, Usage};
+
+/// What settling needs, cloned into each streamed response (two reference counts).
+#[derive(Clone, Debug)]
+pub struct Settlement {
+    /// Prices in force when the request started.
+    pub prices: Arc<PriceTable>,
+    /// The ledger writer.
+    pub ledger: Ledger,
+}
+
+/// The figures of a settled request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Settled {
+    /// Tokens billed.
+    pub usage: Usage,
+    /// Cost in micro-dollars; `None` when the model has no price.
+    pub cost_micros: Option<u64>,
+    /// Tokens are an estimate.
+    pub estimated: bool,
+}
+
+/// Bytes → tokens heuristic used when a response carries no usage.
+pub fn estimate_tokens(bytes: u64) -> u64 {
+    bytes.div_ceil(4)
+}
+
+/// Settles a request; `None` for requests no key is attributed to (they never reached a provider).
+pub fn settle(
+    s: &Settlement,
+    ex: &Exchange,
+    status: u16,
+    end: Option<&StreamEnd>,
+    seen: Option<&Observed>,
+) -> Option<Settled> {
+    let key_id = ex.key_id.as_ref()?;
+    let ok_status = (200..300).contains(&status);
+    let complete = matches!(end, Some(StreamEnd::Complete | StreamEnd::ClientGone));
+    let error = !ok_status || !complete || seen.is_some_and(|o| o.stream_error);
+    let (usage, estimated) = match seen {
+        Some(o) => match o.reported {
+            // Reported, but the stream was cut before the final count: never below what was seen.
+            Some(mut u) if error || o.gave_up => {
+                let seen_output = estimate_tokens(o.text_bytes);
+                let estimated = seen_output > u.output;
+                u.output = u.output.max(seen_output);
+                (u, estimated)
+            }
+            Some(u) => (u, false),
+            None if ok_status => (
+                Usage {
+                    input: estimate_tokens(ex.bytes_in),
+                    output: estimate_tokens(o.text_bytes),
+                    ..Usage::default()
+                },
+                true,
+            ),
+            // Provider errors without usage are not billed.
+            None => (Usage::default(), false),
+        },
+        // Refused by the gateway: nothing reached a provider.
+        None => (Usage::default(), false),
+    };
+    let model = ex.model.clone().unwrap_or_else(|| "-".into());
+    let provider = ex.protocol.map(|p| p.as_str()).unwrap_or("-");
+    let cost_micros = if usage == Usage::default() {
+        Some(0)
+    } else {
+        s.prices.lookup(provider, &model).map(|row| row.cost_micros(&usage))
+    };
+    let settled = Settled {
+        usage,
+        cost_micros,
+        estimated,
+    };
+    s.ledger.record(SpendEntry {
+        day: crate::clock::format_rfc3339(ex.started_unix)[..10].to_string(),
+        key_id: key_id.clone(),
+        owner: ex.owner.clone().unwrap_or_default(),
+        team: ex.team.clone().unwrap_or_else(|| "-".into()),
+        provider: provider.to_string(),
+        model,
+        usage,
+        cost_micros,
+        estimated,
+        error,
+    });
+    Some(settled)
+}

@@ -1,0 +1,504 @@
+//! Token usage from a provider's response, read by a tap on the response body as it streams past.
+//!
+//! [`UsageTap`] sees every frame the gateway forwards (after the frame is handed on, it never holds
+//! one back), decompresses a copy when the upstream compressed the body (gzip, br, zstd), and
+//! parses what it needs:
+//! - Anthropic SSE: `message_start.message.usage` (input, cache write, cache read) and the
+//!   cumulative `message_delta.usage` (output; later API versions repeat input fields there too);
+//! - OpenAI chat SSE: the final chunk's `usage` (only when the client asked `include_usage`);
+//! - OpenAI Responses SSE: `response.completed.response.usage`;
+//! - JSON bodies of all three: the top-level `usage`.
+//!
+//! It also counts the bytes of generated text (and tool-call arguments), so that a response without
+//! usage can still be estimated. The tap's memory is bounded: a partial SSE line up to 1 MiB, a JSON
+//! body up to 16 MiB; past that it stops parsing and the request is marked estimated.
+
+use std::io::Write;
+
+use serde_json::Value;
+
+use crate::protocol::Protocol;
+
+/// Tokens as the provider bills them. `input` excludes cached tokens on every family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct Usage {
+    /// Uncached input tokens.
+    pub input: u64,
+    /// Output tokens (reasoning included).
+    pub output: u64,
+    /// Input tokens read from the prompt cache.
+    pub cache_read: u64,
+    /// Input tokens written to the prompt cache.
+    pub cache_write: u64,
+}
+
+impl Usage {
+    /// All input tokens, cached or not (what long-context tiers are decided on).
+    pub fn total_input(&self) -> u64 {
+        self.input + self.cache_read + self.cache_write
+    }
+}
+
+/// What the tap learned when the body ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Observed {
+    /// Usage reported by the provider, if it reported any.
+    pub reported: Option<Usage>,
+    /// Bytes of generated text seen (for estimates).
+    pub text_bytes: u64,
+    /// A provider error event arrived inside a 2xx stream.
+    pub stream_error: bool,
+    /// Parsing stopped (oversized line or body, undecodable compression).
+    pub gave_up: bool,
+}
+
+const MAX_LINE: usize = 1024 * 1024;
+const MAX_JSON: usize = 16 * 1024 * 1024;
+
+/// Reads usage from a response body, frame by frame.
+pub struct UsageTap {
+    protocol: Protocol,
+    decoder: Decoder,
+    sse: bool,
+    buf: Vec<u8>,
+    observed: Observed,
+    usage: Usage,
+}
+
+impl std::fmt::Debug for UsageTap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UsageTap")
+            .field("protocol", &self.protocol)
+            .field("sse", &self.sse)
+            .finish_non_exhaustive()
+    }
+}
+
+enum Decoder {
+    Identity,
+    Gzip(Box<flate2::write::MultiGzDecoder<Vec<u8>>>),
+    Deflate(Box<flate2::write::ZlibDecoder<Vec<u8>>>),
+    Brotli(Box<brotli_decompressor::DecompressorWriter<Vec<u8>>>),
+    Zstd(ZstdBuffered),
+    Failed,
+}
+
+impl UsageTap {
+    /// A tap for a response of `protocol` with the given `content-type` and `content-encoding`.
+    pub fn new(protocol: Protocol, content_type: Option<&str>, content_encoding: Option<&str>) -> UsageTap {
+        let sse = content_type.is_some_and(|t| t.trim_start().to_ascii_lowercase().starts_with("text/event-stream"));
+        let decoder = match content_encoding.map(|e| e.trim().to_ascii_lowercase()) {
+            None => Decoder::Identity,
+            Some(e) if e.is_empty() || e == "identity" => Decoder::Identity,
+            Some(e) if e == "gzip" || e == "x-gzip" => {
+                Decoder::Gzip(Box::new(flate2::write::MultiGzDecoder::new(Vec::new())))
+            }
+            Some(e) if e == "deflate" => Decoder::Deflate(Box::new(flate2::write::ZlibDecoder::new(Vec::new()))),
+            Some(e) if e == "br" => {
+                Decoder::Brotli(Box::new(brotli_decompressor::DecompressorWriter::new(Vec::new(), 4096)))
+            }
+            Some(e) if e == "zstd" => Decoder::Zstd(ZstdBuffered { compressed: Vec::new() }),
+            Some(_) => Decoder::Failed,
+        };
+        let mut tap = UsageTap {
+            protocol,
+            decoder,
+            sse,
+            buf: Vec::new(),
+            observed: Observed::default(),
+            usage: Usage::default(),
+        };
+        if matches!(tap.decoder, Decoder::Failed) {
+            tap.observed.gave_up = true;
+        }
+        tap
+    }
+
+    /// Feeds the next body frame (as it went to the client).
+    pub fn observe(&mut self, chunk: &[u8]) {
+        if self.observed.gave_up {
+            return;
+        }
+        if let Decoder::Identity = self.decoder {
+            return self.consume(chunk);
+        }
+        // Insurance: a third-party decoder must not take a connection down on hostile bytes.
+        let decoder = &mut self.decoder;
+        let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match decoder {
+            Decoder::Gzip(d) => write_and_take(d.as_mut(), chunk, |d| d.get_mut()),
+            Decoder::Deflate(d) => write_and_take(d.as_mut(), chunk, |d| d.get_mut()),
+            Decoder::Brotli(d) => write_and_take(d.as_mut(), chunk, |d| d.get_mut()),
+            Decoder::Zstd(d) => d.push(chunk),
+            Decoder::Identity | Decoder::Failed => None,
+        }));
+        match decoded {
+            Ok(Some(bytes)) => self.consume(&bytes),
+            _ => {
+                self.decoder = Decoder::Failed;
+                self.observed.gave_up = true;
+            }
+        }
+    }
+
+    /// Ends the body and returns what was seen.
+    pub fn finish(mut self) -> Observed {
+        match &mut self.decoder {
+            Decoder::Gzip(d) => {
+                let _ = d.try_finish();
+                let rest = std::mem::take(d.get_mut());
+                self.consume(&rest);
+            }
+            Decoder::Zstd(z) if !self.observed.gave_up => match z.finish() {
+                Some(all) => self.consume(&all),
+                None => self.observed.gave_up = true,
+            },
+            _ => {}
+        }
+        if self.sse {
+            if !self.buf.is_empty() {
+                let line = std::mem::take(&mut self.buf);
+                self.line(&line);
+            }
+        } else if !self.observed.gave_up && !self.buf.is_empty() {
+            let body = std::mem::take(&mut self.buf);
+            if let Ok(v) = serde_json::from_slice::<Value>(&body) {
+                self.json_body(&v);
+            }
+        }
+        self.observed
+    }
+
+    fn consume(&mut self, bytes: &[u8]) {
+        if bytes.is_empty() || self.observed.gave_up {
+            return;
+        }
+        if !self.sse {
+            if self.buf.len() + bytes.len() > MAX_JSON {
+                self.observed.gave_up = true;
+                self.buf = Vec::new();
+            } else {
+                self.buf.extend_from_slice(bytes);
+            }
+            return;
+        }
+        let mut rest = bytes;
+        while let Some(nl) = rest.iter().position(|&b| b == b'\n') {
+            if self.buf.is_empty() {
+                self.line(&rest[..nl]);
+            } else {
+                let mut line = std::mem::take(&mut self.buf);
+                line.extend_from_slice(&rest[..nl]);
+                self.line(&line);
+            }
+            rest = &rest[nl + 1..];
+        }
+        if self.buf.len() + rest.len() > MAX_LINE {
+            self.observed.gave_up = true;
+            self.buf = Vec::new();
+        } else {
+            self.buf.extend_from_slice(rest);
+        }
+    }
+
+    fn line(&mut self, line: &[u8]) {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.starts_with(b"event: error") || line.starts_with(b"event:error") {
+            self.observed.stream_error = true;
+            return;
+        }
+        let Some(data) = line.strip_prefix(b"data:") else {
+            return;
+        };
+        let data = data.strip_prefix(b" ").unwrap_or(data);
+        if data.is_empty() || data == b"[DONE]" {
+            return;
+        }
+        let Ok(v) = serde_json::from_slice::<Value>(data) else {
+            return;
+        };
+        if v.get("error").is_some_and(|e| !e.is_null()) || v["type"] == "error" || v["type"] == "response.failed" {
+            self.observed.stream_error = true;
+        }
+        // Generated text, for estimates.
+        self.observed.text_bytes += delta_text_len(&v);
+        for usage in [&v["usage"], &v["message"]["usage"], &v["response"]["usage"]] {
+            if usage.is_object() {
+                self.merge(usage);
+            }
+        }
+    }
+
+    fn json_body(&mut self, v: &Value) {
+        self.observed.text_bytes += body_text_len(v);
+        if v["usage"].is_object() {
+            self.merge(&v["usage"]);
+        }
+    }
+
+    /// Folds one usage object in; later values of a field replace earlier ones (Anthropic's
+    /// `message_delta` counts are cumulative).
+    fn merge(&mut self, u: &Value) {
+        let get = |v: &Value| v.as_u64();
+        let u_ref = &mut self.usage;
+        match self.protocol {
+            Protocol::Anthropic => {
+                if let Some(n) = get(&u["input_tokens"]) {
+                    u_ref.input = n;
+                }
+                if let Some(n) = get(&u["output_tokens"]) {
+                    u_ref.output = n;
+                }
+                if let Some(n) = get(&u["cache_read_input_tokens"]) {
+                    u_ref.cache_read = n;
+                }
+                if let Some(n) = get(&u["cache_creation_input_tokens"]) {
+                    u_ref.cache_write = n;
+                }
+            }
+            Protocol::OpenAi => {
+                // Chat: prompt/completion; Responses: input/output. Both count cached input inside
+                // the input total.
+                let total_in = get(&u["prompt_tokens"]).or_else(|| get(&u["input_tokens"]));
+                let cached = get(&u["prompt_tokens_details"]["cached_tokens"])
+                    .or_else(|| get(&u["input_tokens_details"]["cached_tokens"]))
+                    .unwrap_or(0);
+                if let Some(t) = total_in {
+                    u_ref.input = t.saturating_sub(cached);
+                    u_ref.cache_read = cached;
+                }
+                if let Some(n) = get(&u["completion_tokens"]).or_else(|| get(&u["output_tokens"])) {
+                    u_ref.output = n;
+                }
+            }
+        }
+        self.observed.reported = Some(self.usage);
+    }
+}
+
+fn write_and_take<D: Write>(d: &mut D, chunk: &[u8], out: impl FnOnce(&mut D) -> &mut Vec<u8>) -> Option<Vec<u8>> {
+    d.write_all(chunk).ok()?;
+    d.flush().ok()?;
+    Some(std::mem::take(out(d)))
+}
+
+fn str_len(v: &Value) -> u64 {
+    v.as_str().map(|s| s.len() as u64).unwrap_or(0)
+}
+
+/// Bytes of generated text in one SSE event of any family.
+fn delta_text_len(v: &Value) -> u64 {
+    let d = &v["delta"];
+    // Anthropic content_block_delta; Responses *.delta events carry a string delta.
+    let mut n = str_len(&d["text"]) + str_len(&d["partial_json"]) + str_len(&d["thinking"]);
+    if v["type"]
+        .as_str()
+        .is_some_and(|t| t.starts_with("response.") && t.ends_with(".delta"))
+    {
+        n += str_len(d);
+    }
+    // OpenAI chat chunks.
+    if let Some(choices) = v["choices"].as_array() {
+        for c in choices {
+            n += str_len(&c["delta"]["content"]) + str_len(&c["delta"]["reasoning_content"]);
+            if let Some(calls) = c["delta"]["tool_calls"].as_array() {
+                n += calls.iter().map(|t| str_len(&t["function"]["arguments"])).sum::<u64>();
+            }
+        }
+    }
+    n
+}
+
+/// Bytes of generated text in a whole JSON response of any family.
+fn body_text_len(v: &Value) -> u64 {
+    let mut n = 0;
+    if let Some(content) = v["content"].as_array() {
+        for c in content {
+            n += str_len(&c["text"]) + str_len(&c["thinking"]);
+            if c["type"] == "tool_use" {
+                n += c["input"].to_string().len() as u64;
+            }
+        }
+    }
+    if let Some(choices) = v["choices"].as_array() {
+        for c in choices {
+            n += str_len(&c["message"]["content"]);
+        }
+    }
+    if let Some(output) = v["output"].as_array() {
+        for item in output {
+            n += str_len(&item["arguments"]);
+            if let Some(parts) = item["content"].as_array() {
+                n += parts.iter().map(|p| str_len(&p["text"])).sum::<u64>();
+            }
+        }
+    }
+    n
+}
+
+/// zstd: the decoder here is pull-based, so the compressed bytes are kept (bounded) and decoded once
+/// when the body ends — the meter only needs the totals, which come at the end anyway.
+struct ZstdBuffered {
+    compressed: Vec<u8>,
+}
+
+impl ZstdBuffered {
+    fn push(&mut self, chunk: &[u8]) -> Option<Vec<u8>> {
+        if self.compressed.len() + chunk.len() > MAX_JSON {
+            return None;
+        }
+        self.compressed.extend_from_slice(chunk);
+        Some(Vec::new())
+    }
+
+    fn finish(&mut self) -> Option<Vec<u8>> {
+        use std::io::Read;
+        let compressed = std::mem::take(&mut self.compressed);
+        // Insurance: a third-party decoder must not take a connection down on hostile bytes.
+        std::panic::catch_unwind(move || {
+            let mut out = Vec::new();
+            let mut decoder = ruzstd::decoding::StreamingDecoder::new(compressed.as_slice()).ok()?;
+            (&mut decoder).take(4 * MAX_JSON as u64).read_to_end(&mut out).ok()?;
+            Some(out)
+        })
+        .ok()
+        .flatten()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mock::payload;
+    use http::{HeaderMap, Method};
+
+    /// The mock's reply for a request, and the usage it says it reported.
+    fn mock_reply(path: &str, body: &str) -> (Vec<u8>, bool, Usage) {
+        let mut h = HeaderMap::new();
+        h.insert("anthropic-version", "2023-06-01".parse().unwrap());
+        let r = payload::reply(&Method::POST, path, &h, body.as_bytes(), "ok", false);
+        let u = Usage {
+            input: r.usage.input,
+            output: r.usage.output,
+            cache_read: r.usage.cache_read,
+            cache_write: r.usage.cache_write,
+        };
+        (r.chunks.concat(), r.streaming, u)
+    }
+
+    fn tap_all(protocol: Protocol, sse: bool, encoding: Option<&str>, chunks: &[&[u8]]) -> Observed {
+        let ct = if sse {
+            "text/event-stream; charset=utf-8"
+        } else {
+            "application/json"
+        };
+        let mut tap = UsageTap::new(protocol, Some(ct), encoding);
+        for c in chunks {
+            tap.observe(c);
+        }
+        tap.finish()
+    }
+
+    const CASES: &[(Protocol, &str, &str)] = &[
+        (
+            Protocol::Anthropic,
+            "/v1/messages",
+            r#"{"model":"claude-sonnet-4-5","stream":true,"max_tokens":64,"system":[{"type":"text","text":"x","cache_control":{"type":"ephemeral"}}],"messages":[]}"#,
+        ),
+        (
+            Protocol::Anthropic,
+            "/v1/messages",
+            r#"{"model":"claude-sonnet-4-5","max_tokens":64,"messages":[{"role":"user","content":"hello there"}]}"#,
+        ),
+        (
+            Protocol::OpenAi,
+            "/v1/chat/completions",
+            r#"{"model":"gpt-5","stream":true,"stream_options":{"include_usage":true},"prompt_cache_key":"k","messages":[]}"#,
+        ),
+        (
+            Protocol::OpenAi,
+            "/v1/chat/completions",
+            r#"{"model":"gpt-5","messages":[{"role":"user","content":"hi"}]}"#,
+        ),
+        (
+            Protocol::OpenAi,
+            "/v1/responses",
+            r#"{"model":"gpt-5-codex","stream":true,"prompt_cache_key":"k","input":"a longer input to count"}"#,
+        ),
+        (Protocol::OpenAi, "/v1/responses", r#"{"model":"gpt-5","input":"hi"}"#),
+    ];
+
+    #[test]
+    fn reads_the_usage_each_family_reports() {
+        for (protocol, path, body) in CASES {
+            let (bytes, sse, expected) = mock_reply(path, body);
+            let seen = tap_all(*protocol, sse, None, &[&bytes]);
+            assert_eq!(seen.reported, Some(expected), "{path} {body}");
+            assert!(!seen.stream_error && !seen.gave_up);
+            assert_eq!(seen.text_bytes, 70, "{path}: the mock's text is 70 bytes");
+        }
+    }
+
+    /// Property: where the frames are cut does not change what is read.
+    #[test]
+    fn any_frame_boundaries_give_the_same_usage() {
+        for (protocol, path, body) in CASES {
+            let (bytes, sse, expected) = mock_reply(path, body);
+            for cut in 0..=bytes.len() {
+                let seen = tap_all(*protocol, sse, None, &[&bytes[..cut], &bytes[cut..]]);
+                assert_eq!(seen.reported, Some(expected), "{path} cut at {cut}");
+            }
+            let singles: Vec<&[u8]> = bytes.chunks(1).collect();
+            assert_eq!(tap_all(*protocol, sse, None, &singles).reported, Some(expected));
+        }
+    }
+
+    #[test]
+    fn compressed_bodies_are_read_through_a_copy() {
+        use std::io::Write;
+        for (protocol, path, body) in CASES {
+            let (bytes, sse, expected) = mock_reply(path, body);
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            gz.write_all(&bytes).unwrap();
+            let gz = gz.finish().unwrap();
+            let mut br = Vec::new();
+            brotli::BrotliCompress(&mut &bytes[..], &mut br, &brotli::enc::BrotliEncoderParams::default()).unwrap();
+            let zst = ruzstd::encoding::compress_to_vec(&bytes[..], ruzstd::encoding::CompressionLevel::Fastest);
+            for (enc, data) in [("gzip", &gz), ("br", &br), ("zstd", &zst)] {
+                let chunks: Vec<&[u8]> = data.chunks(7).collect();
+                let seen = tap_all(*protocol, sse, Some(enc), &chunks);
+                assert_eq!(seen.reported, Some(expected), "{enc} {path}");
+                assert!(!seen.gave_up, "{enc} {path}");
+            }
+        }
+        let seen = tap_all(Protocol::Anthropic, true, Some("compress"), &[b"x"]);
+        assert!(
+            seen.gave_up && seen.reported.is_none(),
+            "an unknown encoding is flagged, not guessed"
+        );
+    }
+
+    #[test]
+    fn streams_without_usage_errors_and_oversize_lines() {
+        // OpenAI chat stream without include_usage: no usage, but the text is counted.
+        let (bytes, _, _) = mock_reply(
+            "/v1/chat/completions",
+            r#"{"model":"gpt-5","stream":true,"messages":[]}"#,
+        );
+        let seen = tap_all(Protocol::OpenAi, true, None, &[&bytes]);
+        assert_eq!((seen.reported, seen.text_bytes), (None, 70));
+        // Anthropic error event mid-stream.
+        let seen = tap_all(
+            Protocol::Anthropic,
+            true,
+            None,
+            &[b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":9,\"output_tokens\":1}}}\n\n",
+              b"event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\"}}\n\n"],
+        );
+        assert!(seen.stream_error);
+        assert_eq!(seen.reported.map(|u| (u.input, u.output)), Some((9, 1)));
+        // A line longer than the bound stops parsing instead of growing memory.
+        let long = vec![b'a'; MAX_LINE + 10];
+        let seen = tap_all(Protocol::Anthropic, true, None, &[b"data: ", &long, b"\n"]);
+        assert!(seen.gave_up);
+    }
+}
