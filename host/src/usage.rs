@@ -213,6 +213,12 @@ impl UsageTap {
         if data.is_empty() || data == b"[DONE]" {
             return;
         }
+        // Hot path: most events are text deltas. Only events that carry a usage object or an error
+        // are parsed as JSON; deltas are measured by a scan that allocates nothing.
+        if !(has_object(data, b"\"usage\"") || contains(data, b"\"error\"") || contains(data, b"response.failed")) {
+            self.observed.text_bytes += scan_delta_text_len(data);
+            return;
+        }
         let Ok(v) = serde_json::from_slice::<Value>(data) else {
             return;
         };
@@ -279,6 +285,60 @@ fn write_and_take<D: Write>(d: &mut D, chunk: &[u8], out: impl FnOnce(&mut D) ->
     d.write_all(chunk).ok()?;
     d.flush().ok()?;
     Some(std::mem::take(out(d)))
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Whether `key` appears followed by `:` and an object (`"usage":{`, spaces allowed).
+fn has_object(hay: &[u8], key: &[u8]) -> bool {
+    let mut from = 0;
+    while let Some(i) = hay[from..].windows(key.len()).position(|w| w == key) {
+        let rest = &hay[from + i + key.len()..];
+        let mut it = rest.iter().skip_while(|b| b.is_ascii_whitespace());
+        if it.next() == Some(&b':') && it.find(|b| !b.is_ascii_whitespace()) == Some(&b'{') {
+            return true;
+        }
+        from += i + 1;
+    }
+    false
+}
+
+/// Text bytes in a delta event, without parsing it: the raw (escaped) lengths of the string values
+/// of the keys that carry generated text. Only delta events count, so `*.done` events that repeat
+/// the whole text are not counted twice.
+fn scan_delta_text_len(data: &[u8]) -> u64 {
+    let is_delta = contains(data, b"content_block_delta")
+        || contains(data, b".delta\"")
+        || contains(data, b"chat.completion.chunk");
+    if !is_delta {
+        return 0;
+    }
+    const KEYS: [&[u8]; 7] = [
+        b"\"text\":\"",
+        b"\"partial_json\":\"",
+        b"\"thinking\":\"",
+        b"\"delta\":\"",
+        b"\"content\":\"",
+        b"\"reasoning_content\":\"",
+        b"\"arguments\":\"",
+    ];
+    let mut n = 0u64;
+    for key in KEYS {
+        let mut from = 0;
+        while let Some(i) = data[from..].windows(key.len()).position(|w| w == key) {
+            let start = from + i + key.len();
+            let mut j = start;
+            while j < data.len() && data[j] != b'"' {
+                j += if data[j] == b'\\' { 2 } else { 1 };
+            }
+            let end = j.min(data.len());
+            n += (end - start) as u64;
+            from = end;
+        }
+    }
+    n
 }
 
 fn str_len(v: &Value) -> u64 {
