@@ -137,6 +137,7 @@ fn main() {
             team: None,
             name: None,
             expires_at: None,
+            limits: Default::default(),
         },
     )
     .expect("key")

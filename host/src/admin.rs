@@ -12,6 +12,9 @@
 //! PUT  /v1/credentials/{provider}        set {secret}
 //! POST /v1/credentials/rotate-master     re-seal everything under {master_key} (base64)
 //! GET  /v1/spend?by=team&since=&until=   spend report (by key|owner|team|model|day, UTC days)
+//! PATCH /v1/keys/{id}                    {limits: {rpm?, tpm?, max_streams?}} (0 clears a limit)
+//! GET  /v1/budgets                       budgets with spent and reserved in the current periods
+//! PUT  /v1/budgets/{scope}               {daily_micros?, monthly_micros?} for org, team:NAME, key:ID
 //! GET  /v1/prices                        the price table in force (shipped + overrides)
 //! POST /v1/prices/import                 {content} LiteLLM JSON or [[price]] TOML → overrides
 //! ```
@@ -82,6 +85,27 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>) -> Response<GatewayBod
                 }),
             Err(e) => Err(e),
         },
+        (&Method::PATCH, ["v1", "keys", id]) => {
+            let id = id.to_string();
+            match body::<KeyUpdate>(req).await {
+                Ok(u) => ops::update_key_limits(gw.store.as_ref(), &id, u.limits).map(|k| (StatusCode::OK, json!(k))),
+                Err(e) => Err(e),
+            }
+        }
+        (&Method::GET, ["v1", "budgets"]) => gw
+            .budgets
+            .status(crate::clock::now_unix())
+            .map(|b| (StatusCode::OK, json!({"budgets": b}))),
+        (&Method::PUT, ["v1", "budgets", scope]) => {
+            let scope = scope.to_string();
+            match body::<crate::admission::BudgetLimit>(req).await {
+                Ok(limit) => gw.budgets.set(&scope, limit).map(|()| {
+                    tracing::info!(scope = %scope, "budget set");
+                    (StatusCode::OK, json!({"scope": scope, "limit": limit}))
+                }),
+                Err(e) => Err(e),
+            }
+        }
         (&Method::GET, ["v1", "spend"]) => {
             let q = query_pairs(req.uri().query());
             let by = crate::ledger::By::parse(q.get("by").map(String::as_str).unwrap_or("team"));
@@ -126,6 +150,11 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>) -> Response<GatewayBod
 #[derive(Deserialize)]
 struct SetCredential {
     secret: Zeroizing<String>,
+}
+
+#[derive(Deserialize)]
+struct KeyUpdate {
+    limits: crate::admission::RateLimits,
 }
 
 #[derive(Deserialize)]

@@ -17,6 +17,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
+use crate::admission::StreamSlot;
 use crate::usage::{Observed, UsageTap};
 
 /// Error type of gateway bodies.
@@ -117,6 +118,8 @@ pin_project_lite::pin_project! {
         bytes: u64,
         tap: Option<UsageTap>,
         on_end: Option<OnEnd>,
+        // Freed with the body: when the client's response ends or the client goes away.
+        slot: Option<StreamSlot>,
     }
 
     impl PinnedDrop for UpstreamBody {
@@ -167,7 +170,13 @@ fn drain(mut inner: Incoming, mut tap: Option<UsageTap>, idle: Duration, sent: u
 
 impl UpstreamBody {
     /// Wraps `inner`; `tap` sees every data frame; `on_end` runs once when it ends or is dropped.
-    pub fn new(inner: Incoming, idle_timeout: Duration, tap: UsageTap, on_end: OnEnd) -> Self {
+    pub fn new(
+        inner: Incoming,
+        idle_timeout: Duration,
+        tap: UsageTap,
+        on_end: OnEnd,
+        slot: Option<StreamSlot>,
+    ) -> Self {
         UpstreamBody {
             inner: Some(inner),
             idle: tokio::time::sleep(idle_timeout),
@@ -175,6 +184,7 @@ impl UpstreamBody {
             bytes: 0,
             tap: Some(tap),
             on_end: Some(on_end),
+            slot,
         }
     }
 }

@@ -65,6 +65,9 @@ pub enum Command {
     /// The price table: list it, or import an organisation's prices.
     #[command(subcommand)]
     Prices(PricesCommand),
+    /// Hard budgets per key, team or the whole org (daily / monthly, UTC).
+    #[command(subcommand)]
+    Budgets(BudgetsCommand),
 }
 
 /// `conduit prices …`
@@ -100,6 +103,23 @@ pub enum KeysCommand {
         #[arg(long)]
         expires: Option<String>,
         #[command(flatten)]
+        limits: LimitArgs,
+        /// Daily budget for this key, USD.
+        #[arg(long)]
+        daily_budget: Option<String>,
+        /// Monthly budget for this key, USD.
+        #[arg(long)]
+        monthly_budget: Option<String>,
+        #[command(flatten)]
+        out: Output,
+    },
+    /// Change a key's rate limits (0 removes a limit).
+    Update {
+        /// Key id (key_…).
+        id: String,
+        #[command(flatten)]
+        limits: LimitArgs,
+        #[command(flatten)]
         out: Output,
     },
     /// List keys (never the secrets).
@@ -118,6 +138,56 @@ pub enum KeysCommand {
     Revoke {
         /// Key id (key_…).
         id: String,
+        #[command(flatten)]
+        out: Output,
+    },
+}
+
+/// Per-key rate-limit flags.
+#[derive(Debug, Args, Clone, Copy)]
+pub struct LimitArgs {
+    /// Requests per minute.
+    #[arg(long)]
+    pub rpm: Option<u32>,
+    /// Input + output tokens per minute.
+    #[arg(long)]
+    pub tpm: Option<u64>,
+    /// Concurrent streaming responses.
+    #[arg(long)]
+    pub max_streams: Option<u32>,
+}
+
+impl From<LimitArgs> for crate::admission::RateLimits {
+    fn from(a: LimitArgs) -> Self {
+        crate::admission::RateLimits {
+            rpm: a.rpm,
+            tpm: a.tpm,
+            max_streams: a.max_streams,
+        }
+    }
+}
+
+/// `conduit budgets …`
+#[derive(Debug, Subcommand)]
+pub enum BudgetsCommand {
+    /// Set a budget: SCOPE is org, team:NAME or key:KEY_ID; amounts in USD.
+    Set {
+        /// org, team:NAME or key:KEY_ID.
+        scope: String,
+        /// Per UTC day.
+        #[arg(long)]
+        daily: Option<String>,
+        /// Per UTC calendar month.
+        #[arg(long)]
+        monthly: Option<String>,
+    },
+    /// Remove a scope's budget.
+    Clear {
+        /// org, team:NAME or key:KEY_ID.
+        scope: String,
+    },
+    /// Show budgets with what is spent and reserved in the current periods.
+    List {
         #[command(flatten)]
         out: Output,
     },
@@ -198,6 +268,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             .await
         }
         Command::Prices(cmd) => prices(Control::connect(config).await?, cmd).await,
+        Command::Budgets(cmd) => budgets(Control::connect(config).await?, cmd).await,
         Command::Credentials(cmd) => credentials(Control::connect(config).await?, cmd).await,
     }
 }
@@ -232,7 +303,10 @@ async fn shutdown_signal() {
 #[allow(clippy::large_enum_variant)] // one value per CLI run; boxing buys nothing
 enum Control {
     Remote(AdminClient),
-    Local { store: SledStore, config: Config },
+    Local {
+        store: std::sync::Arc<dyn Store>,
+        config: Config,
+    },
 }
 
 impl Control {
@@ -247,10 +321,13 @@ impl Control {
                 config.admin_listen
             ))
         })?;
-        Ok(Control::Local { store, config })
+        Ok(Control::Local {
+            store: std::sync::Arc::new(store),
+            config,
+        })
     }
 
-    fn master_key(store: &SledStore, config: &Config) -> Result<MasterKey> {
+    fn master_key(store: &dyn Store, config: &Config) -> Result<MasterKey> {
         crate::gateway::resolve_master_key(&config.master_key, store, true)
     }
 }
@@ -262,6 +339,9 @@ async fn keys(control: Control, cmd: KeysCommand) -> Result<()> {
             team,
             name,
             expires,
+            limits,
+            daily_budget,
+            monthly_budget,
             out,
         } => {
             let expires_at = expires
@@ -278,11 +358,16 @@ async fn keys(control: Control, cmd: KeysCommand) -> Result<()> {
                 team,
                 name,
                 expires_at,
+                limits: limits.into(),
             };
             let created: CreatedKey = match &control {
                 Control::Remote(c) => c.call(Method::POST, "/v1/keys", Some(json!(req))).await?,
-                Control::Local { store, .. } => ops::create_key(store, req)?,
+                Control::Local { store, .. } => ops::create_key(store.as_ref(), req)?,
             };
+            if daily_budget.is_some() || monthly_budget.is_some() {
+                let scope = format!("key:{}", created.record.id);
+                set_budget(&control, &scope, daily_budget.as_deref(), monthly_budget.as_deref()).await?;
+            }
             if out.json {
                 println!("{}", json!(created));
             } else {
@@ -298,6 +383,25 @@ async fn keys(control: Control, cmd: KeysCommand) -> Result<()> {
                         .map(|t| format!(" (team {t})"))
                         .unwrap_or_default()
                 );
+            }
+        }
+        KeysCommand::Update { id, limits, out } => {
+            let update: crate::admission::RateLimits = limits.into();
+            let k: KeyRecord = match &control {
+                Control::Remote(c) => {
+                    c.call(
+                        Method::PATCH,
+                        &format!("/v1/keys/{}", path_segment(&id)?),
+                        Some(json!({"limits": update})),
+                    )
+                    .await?
+                }
+                Control::Local { store, .. } => ops::update_key_limits(store.as_ref(), &id, update)?,
+            };
+            if out.json {
+                println!("{}", json!(k))
+            } else {
+                print_keys(std::slice::from_ref(&k))
             }
         }
         KeysCommand::List { out } => {
@@ -320,7 +424,7 @@ async fn keys(control: Control, cmd: KeysCommand) -> Result<()> {
                     c.call(Method::GET, &format!("/v1/keys/{}", path_segment(&id)?), None)
                         .await?
                 }
-                Control::Local { store, .. } => ops::key(store, &id)?,
+                Control::Local { store, .. } => ops::key(store.as_ref(), &id)?,
             };
             if out.json {
                 println!("{}", json!(k))
@@ -334,7 +438,7 @@ async fn keys(control: Control, cmd: KeysCommand) -> Result<()> {
                     c.call(Method::POST, &format!("/v1/keys/{}/revoke", path_segment(&id)?), None)
                         .await?
                 }
-                Control::Local { store, .. } => ops::revoke_key(store, &id)?,
+                Control::Local { store, .. } => ops::revoke_key(store.as_ref(), &id)?,
             };
             if out.json {
                 println!("{}", json!(k));
@@ -379,8 +483,8 @@ async fn credentials(control: Control, cmd: CredentialsCommand) -> Result<()> {
                     .await?
                 }
                 Control::Local { store, config } => {
-                    let mk = Control::master_key(store, config)?;
-                    ops::set_credential(store, &mk, &provider, secret)?
+                    let mk = Control::master_key(store.as_ref(), config)?;
+                    ops::set_credential(store.as_ref(), &mk, &provider, secret)?
                 }
             };
             println!(
@@ -394,7 +498,7 @@ async fn credentials(control: Control, cmd: CredentialsCommand) -> Result<()> {
                     let v: serde_json::Value = c.call(Method::GET, "/v1/credentials", None).await?;
                     serde_json::from_value(v["credentials"].clone())?
                 }
-                Control::Local { store, .. } => ops::credentials(store)?,
+                Control::Local { store, .. } => ops::credentials(store.as_ref())?,
             };
             if out.json {
                 println!("{}", json!({"credentials": all}));
@@ -456,8 +560,8 @@ async fn credentials(control: Control, cmd: CredentialsCommand) -> Result<()> {
                     v["resealed"].as_u64().unwrap_or(0) as usize
                 }
                 Control::Local { store, config } => {
-                    let old = Control::master_key(store, config)?;
-                    let n = ops::rotate_master(store, &old, &new)?;
+                    let old = Control::master_key(store.as_ref(), config)?;
+                    let n = ops::rotate_master(store.as_ref(), &old, &new)?;
                     if let MasterKeySource::Generated(path) = &config.master_key {
                         crate::gateway::replace_secret_file(path, new.to_base64().as_bytes())?;
                     }
@@ -467,6 +571,84 @@ async fn credentials(control: Control, cmd: CredentialsCommand) -> Result<()> {
             println!(
                 "re-sealed {count} credential(s) under {new_id}; from now on start the gateway with the new key (CONDUIT_MASTER_KEY or --master-key-file)"
             );
+        }
+    }
+    Ok(())
+}
+
+async fn set_budget(control: &Control, scope: &str, daily: Option<&str>, monthly: Option<&str>) -> Result<()> {
+    let limit = crate::admission::BudgetLimit {
+        daily_micros: daily.map(|d| ops::parse_usd("--daily", d)).transpose()?,
+        monthly_micros: monthly.map(|m| ops::parse_usd("--monthly", m)).transpose()?,
+    };
+    crate::admission::validate_scope(scope)?;
+    match control {
+        Control::Remote(c) => {
+            let _: serde_json::Value = c
+                .call(Method::PUT, &format!("/v1/budgets/{scope}"), Some(json!(limit)))
+                .await?;
+        }
+        Control::Local { store, .. } => store.put_budget(scope, &limit)?,
+    }
+    Ok(())
+}
+
+async fn budgets(control: Control, cmd: BudgetsCommand) -> Result<()> {
+    match cmd {
+        BudgetsCommand::Set { scope, daily, monthly } => {
+            if daily.is_none() && monthly.is_none() {
+                return Err(Error::msg(
+                    "give --daily USD and/or --monthly USD (to remove a budget: conduit budgets clear SCOPE)",
+                ));
+            }
+            set_budget(&control, &scope, daily.as_deref(), monthly.as_deref()).await?;
+            println!("budget for {scope} set; it applies from the next request");
+        }
+        BudgetsCommand::Clear { scope } => {
+            crate::admission::validate_scope(&scope)?;
+            match &control {
+                Control::Remote(c) => {
+                    let _: serde_json::Value = c
+                        .call(Method::PUT, &format!("/v1/budgets/{scope}"), Some(json!({})))
+                        .await?;
+                }
+                Control::Local { store, .. } => store.put_budget(&scope, &Default::default())?,
+            }
+            println!("budget for {scope} removed");
+        }
+        BudgetsCommand::List { out } => {
+            let all: Vec<crate::admission::BudgetStatus> = match &control {
+                Control::Remote(c) => {
+                    let v: serde_json::Value = c.call(Method::GET, "/v1/budgets", None).await?;
+                    serde_json::from_value(v["budgets"].clone())?
+                }
+                Control::Local { store, .. } => {
+                    let book = crate::admission::BudgetBook::open(store.clone())?;
+                    book.status(crate::clock::now_unix())?
+                }
+            };
+            if out.json {
+                println!("{}", json!({"budgets": all}));
+            } else if all.is_empty() {
+                println!("no budgets; set one with `conduit budgets set team:payments --monthly 5000`");
+            } else {
+                let usd = crate::ledger::usd;
+                println!(
+                    "{:<28} {:<8} {:>16} {:>16} {:>14}  RESETS",
+                    "SCOPE", "PERIOD", "LIMIT USD", "SPENT USD", "RESERVED USD"
+                );
+                for b in all {
+                    println!(
+                        "{:<28} {:<8} {:>16} {:>16} {:>14}  {}",
+                        b.scope,
+                        b.period,
+                        usd(b.limit_micros),
+                        usd(b.spent_micros),
+                        usd(b.reserved_micros),
+                        b.resets_at
+                    );
+                }
+            }
         }
     }
     Ok(())
@@ -488,7 +670,7 @@ async fn spend(control: Control, by: &str, since: Option<&str>, until: Option<&s
             )
             .await?
         }
-        Control::Local { store, .. } => ops::spend(store, by, &since, &until)?,
+        Control::Local { store, .. } => ops::spend(store.as_ref(), by, &since, &until)?,
     };
     let usd = crate::ledger::usd;
     match format {

@@ -66,6 +66,9 @@ pub struct RawLimits {
     pub max_headers: Option<usize>,
     /// Seconds a client may take to send its body (default 60).
     pub body_read_timeout_secs: Option<u64>,
+    /// Output tokens assumed for a budget reservation when a request sets no `max_tokens`
+    /// (default 64000).
+    pub default_max_output_tokens: Option<u64>,
 }
 
 /// `[network]`
@@ -177,6 +180,8 @@ pub struct Limits {
     pub max_headers: usize,
     /// Time to receive the body.
     pub body_read_timeout: Duration,
+    /// Worst-case output tokens for budget reservations.
+    pub default_max_output_tokens: u64,
 }
 
 /// Outbound settings.
@@ -377,6 +382,7 @@ impl RawConfig {
             max_header_bytes: positive("limits.max_header_bytes", self.limits.max_header_bytes, 64 * 1024)?.max(8192),
             max_headers: positive("limits.max_headers", self.limits.max_headers, 100)?,
             body_read_timeout: secs("limits.body_read_timeout_secs", self.limits.body_read_timeout_secs, 60)?,
+            default_max_output_tokens: self.limits.default_max_output_tokens.unwrap_or(64_000).max(1),
         };
 
         let proxy = proxy_settings(&self.network, env)?;

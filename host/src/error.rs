@@ -24,6 +24,12 @@ pub enum ErrorKind {
     UpgradeUnsupported,
     /// The gateway lacks something an operator must set up (a provider credential).
     NotConfigured,
+    /// A budget would be exceeded (or cannot be checked: the model has no price).
+    BudgetExceeded,
+    /// A per-key rate limit.
+    RateLimited,
+    /// The store did not answer; the gateway refuses rather than forwarding unmetered.
+    StoreUnavailable,
     /// The upstream could not be reached or broke the connection before a response.
     UpstreamUnreachable,
     /// The upstream did not answer within the configured time.
@@ -41,6 +47,7 @@ impl ErrorKind {
                 | ErrorKind::UpstreamTimeout
                 | ErrorKind::Internal
                 | ErrorKind::RequestTimeout
+                | ErrorKind::StoreUnavailable
         )
     }
 
@@ -56,6 +63,9 @@ impl ErrorKind {
             ErrorKind::RequestTimeout => "request_timeout",
             ErrorKind::UpgradeUnsupported => "upgrade_unsupported",
             ErrorKind::NotConfigured => "not_configured",
+            ErrorKind::BudgetExceeded => "budget_exceeded",
+            ErrorKind::RateLimited => "rate_limited",
+            ErrorKind::StoreUnavailable => "store_unavailable",
             ErrorKind::UpstreamUnreachable => "upstream_unreachable",
             ErrorKind::UpstreamTimeout => "upstream_timeout",
             ErrorKind::Internal => "internal",
@@ -99,6 +109,8 @@ pub struct GatewayError {
     pub cause: Option<String>,
     /// Seconds for a `retry-after` header.
     pub retry_after: Option<u64>,
+    /// Overrides the kind's default for `x-should-retry` (rate limits: only when waiting helps).
+    pub should_retry: Option<bool>,
 }
 
 impl GatewayError {
@@ -110,6 +122,7 @@ impl GatewayError {
             message: message.into(),
             cause: None,
             retry_after: None,
+            should_retry: None,
         }
     }
 

@@ -7,6 +7,7 @@ use std::sync::{Arc, RwLock};
 
 use zeroize::Zeroizing;
 
+use crate::admission::{BudgetBook, RateLimiter};
 use crate::config::{Config, MasterKeySource};
 use crate::error::{Error, Result};
 use crate::ledger::Ledger;
@@ -31,6 +32,10 @@ pub struct Gateway {
     pub(crate) admin_token: Zeroizing<String>,
     /// The spend ledger writer.
     pub ledger: Ledger,
+    /// Budgets, and what is spent and reserved against them.
+    pub budgets: Arc<BudgetBook>,
+    /// Per-key rate-limit state.
+    pub rate_limiter: Arc<RateLimiter>,
     master_key: RwLock<Arc<MasterKey>>,
     prices: RwLock<Arc<PriceTable>>,
 }
@@ -40,11 +45,17 @@ impl Gateway {
     /// the upstream client. Any failure here stops start-up with a specific message.
     pub fn open(config: Config) -> Result<Gateway> {
         let store: Arc<dyn Store> = Arc::new(SledStore::open(&config.data_dir)?);
+        Self::open_with_store(config, store)
+    }
+
+    /// As [`Gateway::open`], over a store the caller opened (another engine, or a test double).
+    pub fn open_with_store(config: Config, store: Arc<dyn Store>) -> Result<Gateway> {
         let master_key = resolve_master_key(&config.master_key, store.as_ref(), true)?;
         let admin_token = resolve_admin_token(&config, true)?;
         let client = build_client(&config.network)?;
         let prices = PriceTable::shipped()?.with_overrides(store.price_overrides()?);
         let ledger = Ledger::start(store.clone())?;
+        let budgets = Arc::new(BudgetBook::open(store.clone())?);
         Ok(Gateway {
             config,
             store,
@@ -52,6 +63,8 @@ impl Gateway {
             request_ids: RequestIds::new(),
             admin_token,
             ledger,
+            budgets,
+            rate_limiter: Arc::default(),
             master_key: RwLock::new(Arc::new(master_key)),
             prices: RwLock::new(Arc::new(prices)),
         })

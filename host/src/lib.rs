@@ -20,6 +20,7 @@
 
 pub mod admin;
 pub mod admin_client;
+pub mod admission;
 pub mod body;
 pub mod cli;
 pub mod clock;

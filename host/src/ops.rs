@@ -24,6 +24,9 @@ pub struct NewKeyRequest {
     /// Unix seconds.
     #[serde(default)]
     pub expires_at: Option<i64>,
+    /// Rate limits.
+    #[serde(default)]
+    pub limits: crate::admission::RateLimits,
 }
 
 /// A created key: the only response that ever carries the secret.
@@ -93,6 +96,7 @@ pub fn create_key(store: &dyn Store, req: NewKeyRequest) -> Result<CreatedKey> {
         created_at: now,
         expires_at: req.expires_at,
         revoked_at: None,
+        limits: req.limits,
     };
     store.insert_key(&new.hash, &record)?;
     Ok(CreatedKey {
@@ -245,4 +249,47 @@ pub fn parse_price_file(content: &str) -> Result<crate::prices::Imported> {
             ..Default::default()
         })
     }
+}
+
+/// Replaces a key's rate limits; fields left `None` in `update` keep their value, `Some(0)` clears.
+pub fn update_key_limits(store: &dyn Store, id: &str, update: crate::admission::RateLimits) -> Result<KeyRecord> {
+    let mut record = key(store, id)?;
+    let merge = |old: Option<u64>, new: Option<u64>| match new {
+        Some(0) => None,
+        Some(n) => Some(n),
+        None => old,
+    };
+    let l = &mut record.limits;
+    l.rpm = merge(l.rpm.map(u64::from), update.rpm.map(u64::from)).map(|n| n as u32);
+    l.tpm = merge(l.tpm, update.tpm);
+    l.max_streams = merge(l.max_streams.map(u64::from), update.max_streams.map(u64::from)).map(|n| n as u32);
+    store.update_key(&record)?;
+    Ok(record)
+}
+
+/// Parses a dollar amount (`5000`, `0.001`) into micro-dollars exactly.
+pub fn parse_usd(what: &str, s: &str) -> Result<u64> {
+    let bad = || {
+        Error::msg(format!(
+            "{what} {s:?} is not a dollar amount; use e.g. 5000 or 0.25 (at most 6 decimals)"
+        ))
+    };
+    let t = s.trim().trim_start_matches('$');
+    let (whole, frac) = t.split_once('.').unwrap_or((t, ""));
+    if whole.is_empty() && frac.is_empty()
+        || frac.len() > 6
+        || !whole.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit())
+    {
+        return Err(bad());
+    }
+    let whole: u64 = if whole.is_empty() {
+        0
+    } else {
+        whole.parse().map_err(|_| bad())?
+    };
+    let frac: u64 = format!("{frac:0<6}").parse().map_err(|_| bad())?;
+    whole
+        .checked_mul(1_000_000)
+        .and_then(|w| w.checked_add(frac))
+        .ok_or_else(bad)
 }

@@ -7,6 +7,7 @@
 //!   (accept)    declared body size, protocol upgrades — checked here, so refusals take the family's shape
 //! authenticate  stand-in key → principal (key id, owner, team); 401     stages::authenticate
 //! inspect       bounded body read, original bytes kept; model, stream  stages::inspect
+//! admit         rate limits (429); worst-case budget reservation (402)  stages::admit
 //! credential    unseal the provider credential → upstream auth header  stages::credential
 //! forward       original bytes upstream; response streamed back        stages::forward
 //! meter         usage tap on the response body, never delaying a frame  usage::UsageTap (in forward)
@@ -14,9 +15,8 @@
 //! audit         always: one metadata-only record per request           stages::audit
 //! ```
 //!
-//! Stages that later work adds slot in between without reshaping this file: `police` (Wasm policy
-//! verdicts) after `inspect`, and `admit` (rate limits, budget reservation) before `credential`;
-//! `settle` will then reconcile the reservation too. See docs/architecture.md.
+//! The policy stage (`police`: Wasm policy verdicts) slots in between `inspect` and `admit` without
+//! reshaping this file. See docs/architecture.md.
 //!
 //! A stage ends a request by returning a [`GatewayError`]; [`handle`] is the one place that turns
 //! it into a provider-shaped response (via `rescue`) and makes sure `audit` still runs.
@@ -31,7 +31,7 @@ use crate::error::GatewayError;
 use crate::gateway::Gateway;
 use crate::rescue::{self, REQUEST_ID_HEADER};
 use crate::stages::route::Routed;
-use crate::stages::{accept, audit, authenticate, credential, forward, inspect, route, settle};
+use crate::stages::{accept, admit, audit, authenticate, credential, forward, inspect, route, settle};
 
 /// Handles one request on the gateway listener. Never fails: errors become responses.
 pub async fn handle(gw: &Gateway, req: Request<Incoming>, peer: SocketAddr) -> Response<GatewayBody> {
@@ -46,7 +46,7 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>, peer: SocketAddr) -> R
             log_failure(&exchange, &err);
             let response = rescue::render(&err, exchange.protocol, &exchange.id);
             let status = response.status().as_u16();
-            let settled = settle::settle(&gw.settlement(), &exchange, status, None, None);
+            let settled = settle::settle(&gw.settlement(), &exchange, status, None, None, None);
             audit::record(&exchange, status, Some(&err), settled);
             response
         }
@@ -72,19 +72,21 @@ async fn run(gw: &Gateway, req: Request<Incoming>, ex: &mut accept::Exchange) ->
     accept::refuse_upgrade(&req)?;
 
     let principal = authenticate::principal(gw.store.as_ref(), req.headers(), crate::clock::now_unix())?;
-    ex.key_id = Some(principal.key_id);
-    ex.owner = Some(principal.owner);
-    ex.team = principal.team;
+    ex.key_id = Some(principal.key_id.clone());
+    ex.owner = Some(principal.owner.clone());
+    ex.team = principal.team.clone();
 
     let (parts, body) = req.into_parts();
     let inspected = inspect::read(body, &parts.headers, route.endpoint, &gw.config.limits).await?;
     ex.bytes_in = inspected.body.len() as u64;
-    ex.model = inspected.facts.model;
+    ex.model = inspected.facts.model.clone();
     ex.stream = inspected.facts.stream;
+
+    let admitted = admit::admit(gw, ex, &principal, &inspected.facts)?;
 
     let auth = credential::for_upstream(gw, route.protocol, route.upstream.auth)?;
 
-    let response = forward::send(gw, &route, parts, inspected.body, auth, ex).await?;
+    let response = forward::send(gw, &route, parts, inspected.body, auth, ex, admitted).await?;
     Ok(Handled::Streaming(response))
 }
 

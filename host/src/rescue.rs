@@ -37,7 +37,7 @@ pub fn render(err: &GatewayError, protocol: Option<Protocol>, request_id: &str) 
         headers.insert(REQUEST_ID_HEADER, id);
     }
     // SDKs and Claude Code honour this: waiting cannot fix a bad key or a missing credential.
-    if !err.kind.retryable() {
+    if !err.should_retry.unwrap_or(err.kind.retryable()) {
         headers.insert("x-should-retry", HeaderValue::from_static("false"));
     }
     if let Some(secs) = err.retry_after {
@@ -97,6 +97,24 @@ fn shape(kind: ErrorKind) -> (StatusCode, &'static str, &'static str, Option<&'s
             "invalid_request_error",
             "invalid_request_error",
             None,
+        ),
+        BudgetExceeded => (
+            StatusCode::PAYMENT_REQUIRED,
+            "billing_error",
+            "insufficient_quota",
+            Some("budget_exceeded"),
+        ),
+        RateLimited => (
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_error",
+            "rate_limit_exceeded",
+            Some("rate_limit_exceeded"),
+        ),
+        StoreUnavailable => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "api_error",
+            "server_error",
+            Some("store_unavailable"),
         ),
         NotConfigured => (
             StatusCode::SERVICE_UNAVAILABLE,

@@ -10,6 +10,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::admission::{BudgetLimit, RateLimits};
 use crate::error::{Error, Result};
 use crate::keys::KeyHash;
 use crate::ledger::{SpendEntry, SpendRow};
@@ -42,6 +43,9 @@ pub struct KeyRecord {
     /// Unix seconds when revoked; refused from then on.
     #[serde(default)]
     pub revoked_at: Option<i64>,
+    /// Per-key rate limits.
+    #[serde(default)]
+    pub limits: RateLimits,
 }
 
 impl KeyRecord {
@@ -91,6 +95,10 @@ pub trait Store: Send + Sync + 'static {
     fn price_overrides(&self) -> Result<Vec<PriceRow>>;
     /// Adds or replaces price overrides (by provider and model pattern).
     fn put_price_overrides(&self, rows: &[PriceRow]) -> Result<()>;
+    /// Every budget: scope (`org`, `team:NAME`, `key:ID`) → limits.
+    fn budgets(&self) -> Result<Vec<(String, BudgetLimit)>>;
+    /// Sets a scope's budget; an empty limit removes it.
+    fn put_budget(&self, scope: &str, limit: &BudgetLimit) -> Result<()>;
 }
 
 /// Metadata name holding the id of the master key that sealed the credentials.
@@ -106,6 +114,7 @@ pub struct SledStore {
     credentials: sled::Tree,
     spend: sled::Tree,
     prices: sled::Tree,
+    budgets: sled::Tree,
 }
 
 impl SledStore {
@@ -129,6 +138,7 @@ impl SledStore {
             credentials: db.open_tree("credentials")?,
             spend: db.open_tree("spend")?,
             prices: db.open_tree("prices")?,
+            budgets: db.open_tree("budgets")?,
             db,
         };
         match store.meta(META_SCHEMA)? {
@@ -306,6 +316,26 @@ impl Store for SledStore {
             .collect()
     }
 
+    fn budgets(&self) -> Result<Vec<(String, BudgetLimit)>> {
+        self.budgets
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                Ok((String::from_utf8_lossy(&k).into_owned(), Self::decode("budget", &v)?))
+            })
+            .collect()
+    }
+
+    fn put_budget(&self, scope: &str, limit: &BudgetLimit) -> Result<()> {
+        if *limit == BudgetLimit::default() {
+            self.budgets.remove(scope)?;
+        } else {
+            self.budgets.insert(scope, serde_json::to_vec(limit)?)?;
+        }
+        self.db.flush()?;
+        Ok(())
+    }
+
     fn put_price_overrides(&self, rows: &[PriceRow]) -> Result<()> {
         let mut batch = sled::Batch::default();
         for r in rows {
@@ -334,6 +364,7 @@ mod tests {
             created_at: 1,
             expires_at: None,
             revoked_at: None,
+            limits: RateLimits::default(),
         }
     }
 

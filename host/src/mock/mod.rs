@@ -10,7 +10,8 @@
 //!   events), `stall` (the first events, then silence).
 //! - `x-mock-delay-ms`: pause between SSE events.
 //! - `x-mock-compress`: `gzip` to compress the response (SSE per event, flushed).
-//! - `x-mock-usage: max`: report `output_tokens = max_tokens`.
+//! - `x-mock-usage: max`: report the gateway's worst case exactly — `output_tokens = max_tokens`,
+//!   one input token per request body byte, no cache — so a budget test's real cost is its reservation.
 //!
 //! It records every request (method, path, query, headers, body length and SHA-256, and the SHA-256
 //! of the exact response bytes it sent) at `GET /__mock/requests`; `POST /__mock/reset` clears it.

@@ -126,8 +126,17 @@ pub fn reply(method: &Method, path: &str, headers: &HeaderMap, body: &[u8], mode
 
 /// Deterministic usage: ~4 bytes per token; cached input where the request asks for caching.
 fn usage_for(family: Family, body: &[u8], req: &Value, output_override: Option<u64>) -> Usage {
+    if let Some(max) = output_override {
+        // `x-mock-usage: max`: the gateway's worst case exactly (a token per body byte, no cache).
+        return Usage {
+            input: body.len() as u64,
+            output: max,
+            cache_read: 0,
+            cache_write: 0,
+        };
+    }
     let total_in = (body.len() as u64 / 4).max(1);
-    let output = output_override.unwrap_or(TEXT.len() as u64 + 1);
+    let output = TEXT.len() as u64 + 1;
     let cached = match family {
         Family::Anthropic if contains(body, b"\"cache_control\"") => true,
         Family::OpenAiResponses | Family::OpenAiChat if req["prompt_cache_key"].is_string() => true,

@@ -19,6 +19,8 @@ pub struct Principal {
     pub owner: String,
     /// Team, if set.
     pub team: Option<String>,
+    /// The key's rate limits.
+    pub limits: crate::admission::RateLimits,
 }
 
 const HOW: &str = "send the Conduit key you were issued as x-api-key or `Authorization: Bearer` (Claude Code: ANTHROPIC_API_KEY; OpenAI clients: OPENAI_API_KEY)";
@@ -48,7 +50,14 @@ pub fn principal(store: &dyn Store, headers: &HeaderMap, now: i64) -> Result<Pri
     }
     let record = store
         .key_by_hash(&KeyHash::of(token))
-        .map_err(|e| GatewayError::internal(format!("key lookup failed: {e}")))?
+        .map_err(|e| {
+            GatewayError::new(
+                ErrorKind::StoreUnavailable,
+                crate::error::Side::Internal,
+                "the gateway cannot check keys right now (its store is not answering); retry shortly",
+            )
+            .with_cause(e)
+        })?
         .ok_or_else(|| {
             unauthenticated(format!(
                 "the Conduit key ending in {:?} is not known to this gateway; ask your platform team for a key",
@@ -65,6 +74,7 @@ pub fn principal(store: &dyn Store, headers: &HeaderMap, now: i64) -> Result<Pri
         key_id: record.id,
         owner: record.owner,
         team: record.team,
+        limits: record.limits,
     })
 }
 

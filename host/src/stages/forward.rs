@@ -14,6 +14,7 @@ use crate::error::{ErrorKind, GatewayError};
 use crate::gateway::Gateway;
 use crate::rescue::REQUEST_ID_HEADER;
 use crate::stages::accept::Exchange;
+use crate::stages::admit::Admitted;
 use crate::stages::credential::UpstreamAuth;
 use crate::stages::route::Route;
 use crate::stages::{audit, settle};
@@ -27,6 +28,7 @@ pub async fn send(
     body: Bytes,
     auth: UpstreamAuth,
     exchange: &mut Exchange,
+    admitted: Admitted,
 ) -> Result<Response<GatewayBody>, GatewayError> {
     let mut upstream_req = Request::new(Full::new(body));
     *upstream_req.method_mut() = parts.method;
@@ -80,11 +82,13 @@ pub async fn send(
     );
     let finished = exchange.clone();
     let settlement = gw.settlement();
+    let mut admitted = admitted;
+    let slot = admitted.ticket.as_mut().and_then(|t| t.take_stream_slot());
     let on_end: OnEnd = Box::new(move |bytes_out, end, seen| {
-        let settled = settle::settle(&settlement, &finished, status, Some(&end), Some(&seen));
+        let settled = settle::settle(&settlement, &finished, status, Some(&end), Some(&seen), Some(admitted));
         audit::record_stream(&finished, status, bytes_out, &end, settled);
     });
-    let body = UpstreamBody::new(incoming, net.idle_timeout, tap, on_end);
+    let body = UpstreamBody::new(incoming, net.idle_timeout, tap, on_end, slot);
     Ok(Response::from_parts(parts, GatewayBody::Upstream { inner: body }))
 }
 

@@ -3,6 +3,7 @@
 //! [`GatewayError`](crate::error::GatewayError), which `rescue` renders in the provider's shape.
 
 pub mod accept;
+pub mod admit;
 pub mod audit;
 pub mod authenticate;
 pub mod credential;

@@ -14,6 +14,7 @@ use crate::body::StreamEnd;
 use crate::ledger::{Ledger, SpendEntry};
 use crate::prices::PriceTable;
 use crate::stages::accept::Exchange;
+use crate::stages::admit::Admitted;
 use crate::usage::{Observed, Usage};
 
 /// What settling needs, cloned into each streamed response (two reference counts).
@@ -48,6 +49,7 @@ pub fn settle(
     status: u16,
     end: Option<&StreamEnd>,
     seen: Option<&Observed>,
+    admitted: Option<Admitted>,
 ) -> Option<Settled> {
     let key_id = ex.key_id.as_ref()?;
     let ok_status = (200..300).contains(&status);
@@ -89,6 +91,18 @@ pub fn settle(
         cost_micros,
         estimated,
     };
+    if let Some(Admitted {
+        reservation,
+        mut ticket,
+    }) = admitted
+    {
+        if let Some(r) = reservation {
+            r.settle(cost_micros.unwrap_or(0));
+        }
+        if let Some(t) = ticket.as_mut() {
+            t.settle(usage.input + usage.cache_read + usage.cache_write + usage.output);
+        }
+    }
     s.ledger.record(SpendEntry {
         day: crate::clock::format_rfc3339(ex.started_unix)[..10].to_string(),
         key_id: key_id.clone(),

@@ -4,12 +4,14 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use conduit::config::RawConfig;
 use conduit::mock::{MockOptions, MockServer, Recorded};
 use conduit::server::Running;
+use conduit::store::Store;
 use conduit::{Gateway, ops};
 use http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -36,12 +38,16 @@ pub struct Harness {
     pub http: Client<HttpConnector, Full<Bytes>>,
 }
 
+/// Wraps the store a test gateway uses.
+type StoreWrapper = Box<dyn FnOnce(Arc<dyn Store>) -> Arc<dyn Store>>;
+
 pub struct Builder {
     env: HashMap<String, String>,
     toml: String,
     openai_credential: bool,
     anthropic_credential: String,
     mock: MockOptions,
+    wrap_store: Option<StoreWrapper>,
 }
 
 impl Harness {
@@ -52,6 +58,7 @@ impl Harness {
             openai_credential: true,
             anthropic_credential: REAL_ANTHROPIC.into(),
             mock: MockOptions::default(),
+            wrap_store: None,
         }
     }
 
@@ -143,6 +150,7 @@ impl Harness {
                 team: Some("payments".into()),
                 name: None,
                 expires_at: None,
+                limits: Default::default(),
             },
         )
         .unwrap()
@@ -172,6 +180,12 @@ impl Builder {
         self
     }
 
+    /// Wraps the sled store the gateway uses (e.g. in a store that can be made to fail).
+    pub fn wrap_store(mut self, f: impl FnOnce(Arc<dyn Store>) -> Arc<dyn Store> + 'static) -> Self {
+        self.wrap_store = Some(Box::new(f));
+        self
+    }
+
     pub fn mock(mut self, m: MockOptions) -> Self {
         self.mock = m;
         self
@@ -198,7 +212,11 @@ impl Builder {
         env.extend(self.env);
         let raw: RawConfig = toml::from_str(&self.toml).unwrap();
         let config = raw.validate(&|k| env.get(k).cloned()).unwrap();
-        let gateway = Gateway::open(config).unwrap();
+        let mut store: Arc<dyn Store> = Arc::new(conduit::store::SledStore::open(&config.data_dir).unwrap());
+        if let Some(wrap) = self.wrap_store {
+            store = wrap(store);
+        }
+        let gateway = Gateway::open_with_store(config, store).unwrap();
         let store = gateway.store.clone();
         let mk = gateway.master_key();
         ops::set_credential(
@@ -218,6 +236,7 @@ impl Builder {
                 team: Some("payments".into()),
                 name: Some("laptop".into()),
                 expires_at: None,
+                limits: Default::default(),
             },
         )
         .unwrap();

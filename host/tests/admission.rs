@@ -1,0 +1,388 @@
+//! Hard budgets and rate limits (issue 4): zero overshoot under concurrency, all-or-nothing across
+//! key, team and org scopes, provider-shaped refusals that say what to do, and fail-closed
+//! behaviour when the store stops answering.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{Harness, Reply};
+use conduit::admission::{BudgetLimit, RateLimits};
+use conduit::error::{Error, Result};
+use conduit::store::Store;
+use http::{Method, Request};
+use http_body_util::Full;
+
+/// An OpenAI chat body of exactly `len` bytes asking for `max_tokens`.
+fn body_of(len: usize, max_tokens: u64) -> String {
+    let head = format!(r#"{{"model":"gpt-5-mini","max_tokens":{max_tokens},"messages":[{{"role":"user","content":""#);
+    let tail = r#""}]}"#;
+    let pad = len - head.len() - tail.len();
+    let b = format!("{head}{}{tail}", "x".repeat(pad));
+    assert_eq!(b.len(), len);
+    b
+}
+
+// gpt-5-mini: $0.25 in (cache write defaults to the input rate), $2 out per MTok. A 400-byte body
+// with max_tokens 1000 has a worst case of 400 × 0.25 + 1000 × 2 = 2100 µ$, and with
+// `x-mock-usage: max` the mock reports exactly that usage: real cost = reservation.
+const WORST: u64 = 2100;
+
+async fn post(h: &Harness, key: &str, body: &str) -> Reply {
+    let bearer = format!("Bearer {key}");
+    h.send(
+        Method::POST,
+        "/v1/chat/completions",
+        &[
+            ("authorization", &bearer),
+            ("content-type", "application/json"),
+            ("x-mock-usage", "max"),
+        ],
+        body.to_string(),
+    )
+    .await
+}
+
+async fn race(h: &Arc<Harness>, keys: &[(String, usize)]) -> Vec<(String, u16)> {
+    let mut tasks = Vec::new();
+    for (key, n) in keys {
+        for _ in 0..*n {
+            let (h, key) = (h.clone(), key.clone());
+            tasks.push(tokio::spawn(async move {
+                let r = post(&h, &key, &body_of(400, 1000)).await;
+                (key, r.status.as_u16())
+            }));
+        }
+    }
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
+fn set(h: &Harness, scope: &str, monthly: u64) {
+    h.gateway()
+        .budgets
+        .set(
+            scope,
+            BudgetLimit {
+                daily_micros: None,
+                monthly_micros: Some(monthly),
+            },
+        )
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_concurrent_requests_race_a_budget_that_fits_exactly_seven() {
+    let h = Arc::new(Harness::start().await);
+    set(&h, "team:payments", 7 * WORST);
+    let results = race(&h, &[(h.key.clone(), 50)]).await;
+    let ok = results.iter().filter(|(_, s)| *s == 200).count();
+    let refused = results.iter().filter(|(_, s)| *s == 402).count();
+    assert_eq!((ok, refused), (7, 43), "{results:?}");
+    assert_eq!(
+        h.mock_log().await.len(),
+        7,
+        "exactly the admitted requests reached the provider"
+    );
+    h.gateway().ledger.flush();
+    let spent: u64 = h
+        .gateway()
+        .store
+        .spend("2000-01-01", "2999-12-31")
+        .unwrap()
+        .iter()
+        .map(|r| r.cost_micros)
+        .sum();
+    assert_eq!(spent, 7 * WORST, "recorded spend equals the budget, never more");
+    let status = h.gateway().budgets.status(conduit::clock::now_unix()).unwrap();
+    assert_eq!(
+        (status[0].spent_micros, status[0].reserved_micros),
+        (7 * WORST, 0),
+        "nothing left reserved"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_team_and_org_budgets_bind_at_once() {
+    let h = Arc::new(Harness::start().await);
+    let bob = h.new_key("bob@corp.example").key; // team payments
+    let carol = conduit::ops::create_key(
+        h.gateway().store.as_ref(),
+        conduit::ops::NewKeyRequest {
+            owner: "carol@corp.example".into(),
+            team: Some("risk".into()),
+            name: None,
+            expires_at: None,
+            limits: Default::default(),
+        },
+    )
+    .unwrap()
+    .key;
+    set(&h, &format!("key:{}", h.key_id), 4 * WORST);
+    set(&h, "team:payments", 6 * WORST);
+    set(&h, "org", 10 * WORST);
+    let results = race(&h, &[(h.key.clone(), 20), (bob.clone(), 20), (carol.clone(), 20)]).await;
+    let ok = |k: &str| results.iter().filter(|(key, s)| key == k && *s == 200).count();
+    let (a, b, c) = (ok(&h.key), ok(&bob), ok(&carol));
+    assert!(a <= 4, "alice's key budget: {a}");
+    assert!(a + b <= 6, "team payments: {a} + {b}");
+    assert_eq!(a + b + c, 10, "the org budget is filled exactly: {a} + {b} + {c}");
+    assert_eq!(results.iter().filter(|(_, s)| *s == 402).count(), 50);
+    assert_eq!(h.mock_log().await.len(), 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_names_the_budget_spent_reserved_limit_and_reset() {
+    let h = Harness::start().await;
+    set(&h, "team:payments", WORST + 100);
+    assert_eq!(post(&h, &h.key, &body_of(400, 1000)).await.status, 200);
+    let r = post(&h, &h.key, &body_of(400, 1000)).await;
+    r.assert_openai_error(402, "monthly budget of team payments is $0.002200 per month");
+    let msg = r.json()["error"]["message"].as_str().unwrap().to_string();
+    for needle in [
+        "$0.002100 spent",
+        "$0.000000 reserved",
+        "worst case of $0.002100",
+        "it resets at 20",
+        "lower max_tokens",
+    ] {
+        assert!(msg.contains(needle), "{needle:?} missing from {msg:?}");
+    }
+    assert_eq!(r.header("x-should-retry"), Some("false"));
+    assert_eq!(r.json()["error"]["code"], "budget_exceeded");
+    // Anthropic callers get Anthropic's shape (Claude Code prints a 402's message and stops).
+    let r = h
+        .messages(r#"{"model":"claude-haiku-4-5","max_tokens":64000,"messages":[]}"#)
+        .await;
+    r.assert_anthropic_error(402, "billing_error", "budget of team payments");
+    // A smaller request that fits still passes.
+    // 100 bytes × $0.25 + 1 × $2 per MTok = 27 µ$ ≤ the 100 µ$ left.
+    assert_eq!(post(&h, &h.key, &body_of(100, 1)).await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_budgeted_request_for_an_unpriced_model_is_refused() {
+    let h = Harness::start().await;
+    set(&h, "org", 1_000_000_000);
+    let bearer = format!("Bearer {}", h.key);
+    let r = h
+        .send(
+            Method::POST,
+            "/v1/responses",
+            &[("authorization", &bearer), ("content-type", "application/json")],
+            r#"{"model":"gpt-6.2-sol","input":"x"}"#,
+        )
+        .await;
+    r.assert_openai_error(402, "model \"gpt-6.2-sol\" has no price");
+    assert!(
+        r.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("conduit prices import")
+    );
+    assert!(h.mock_log().await.is_empty());
+    // Without a budget the same request passes, with its cost recorded as unknown.
+    h.gateway().budgets.set("org", BudgetLimit::default()).unwrap();
+    let r = h
+        .send(
+            Method::POST,
+            "/v1/responses",
+            &[("authorization", &bearer), ("content-type", "application/json")],
+            r#"{"model":"gpt-6.2-sol","input":"x"}"#,
+        )
+        .await;
+    assert_eq!(r.status, 200);
+}
+
+fn limit_key(h: &Harness, limits: RateLimits) {
+    conduit::ops::update_key_limits(h.gateway().store.as_ref(), &h.key_id, limits).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_per_key() {
+    let h = Harness::start().await;
+    // Requests per minute.
+    limit_key(
+        &h,
+        RateLimits {
+            rpm: Some(3),
+            ..Default::default()
+        },
+    );
+    for _ in 0..3 {
+        assert_eq!(post(&h, &h.key, &body_of(100, 8)).await.status, 200);
+    }
+    let r = post(&h, &h.key, &body_of(100, 8)).await;
+    r.assert_openai_error(429, "rate limit of 3 requests per minute");
+    let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!(
+        (1..=20).contains(&retry),
+        "one request refills in 20 s at 3/min: {retry}"
+    );
+    assert!(r.header("x-should-retry").is_none(), "waiting helps: retries allowed");
+    let other = h.new_key("bob@corp.example").key;
+    assert_eq!(
+        post(&h, &other, &body_of(100, 8)).await.status,
+        200,
+        "limits are per key"
+    );
+
+    // Tokens per minute: a request that can never fit says so.
+    limit_key(
+        &h,
+        RateLimits {
+            rpm: Some(0),
+            tpm: Some(100),
+            ..Default::default()
+        },
+    );
+    let r = post(&h, &h.key, &body_of(1000, 8)).await;
+    r.assert_openai_error(429, "this request can never fit");
+    assert_eq!(r.header("x-should-retry"), Some("false"));
+
+    // Concurrent streams.
+    limit_key(
+        &h,
+        RateLimits {
+            tpm: Some(0),
+            max_streams: Some(1),
+            ..Default::default()
+        },
+    );
+    let stalled = Request::post(h.url("/v1/messages"))
+        .header("x-api-key", &h.key)
+        .header("content-type", "application/json")
+        .header("x-mock-mode", "stall")
+        .body(Full::new(Bytes::from(
+            r#"{"model":"claude-haiku-4-5","max_tokens":8,"stream":true,"messages":[]}"#,
+        )))
+        .unwrap();
+    let first = h.http.request(stalled).await.unwrap();
+    let r = h
+        .messages(r#"{"model":"claude-haiku-4-5","max_tokens":8,"stream":true,"messages":[]}"#)
+        .await;
+    r.assert_anthropic_error(429, "rate_limit_error", "1 concurrent streams");
+    drop(first);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let r = h
+        .messages(r#"{"model":"claude-haiku-4-5","max_tokens":8,"stream":true,"messages":[]}"#)
+        .await;
+    assert_eq!(r.status, 200, "the slot is free once the first stream ended");
+}
+
+/// Delegates to sled until told to fail.
+struct Breakable {
+    inner: Arc<dyn Store>,
+    broken: Arc<AtomicBool>,
+}
+
+impl Breakable {
+    fn check(&self) -> Result<()> {
+        if self.broken.load(Ordering::SeqCst) {
+            Err(Error::msg("injected store failure"))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl Store for Breakable {
+    fn insert_key(&self, h: &conduit::keys::KeyHash, r: &conduit::store::KeyRecord) -> Result<()> {
+        self.check()?;
+        self.inner.insert_key(h, r)
+    }
+    fn key_by_hash(&self, h: &conduit::keys::KeyHash) -> Result<Option<conduit::store::KeyRecord>> {
+        self.check()?;
+        self.inner.key_by_hash(h)
+    }
+    fn key(&self, id: &str) -> Result<Option<conduit::store::KeyRecord>> {
+        self.inner.key(id)
+    }
+    fn update_key(&self, r: &conduit::store::KeyRecord) -> Result<()> {
+        self.inner.update_key(r)
+    }
+    fn keys(&self) -> Result<Vec<conduit::store::KeyRecord>> {
+        self.inner.keys()
+    }
+    fn put_credential(&self, c: &conduit::seal::SealedCredential) -> Result<()> {
+        self.inner.put_credential(c)
+    }
+    fn credential(&self, p: &str, id: &str) -> Result<Option<conduit::seal::SealedCredential>> {
+        self.inner.credential(p, id)
+    }
+    fn credentials(&self) -> Result<Vec<conduit::seal::SealedCredential>> {
+        self.inner.credentials()
+    }
+    fn reseal_all(&self, c: &[conduit::seal::SealedCredential], id: &str) -> Result<()> {
+        self.inner.reseal_all(c, id)
+    }
+    fn meta(&self, n: &str) -> Result<Option<String>> {
+        self.inner.meta(n)
+    }
+    fn set_meta(&self, n: &str, v: &str) -> Result<()> {
+        self.inner.set_meta(n, v)
+    }
+    fn ping(&self) -> Result<()> {
+        self.check()?;
+        self.inner.ping()
+    }
+    fn add_spend(&self, e: &conduit::ledger::SpendEntry) -> Result<()> {
+        self.inner.add_spend(e)
+    }
+    fn spend(&self, since: &str, until: &str) -> Result<Vec<conduit::ledger::SpendRow>> {
+        self.check()?;
+        self.inner.spend(since, until)
+    }
+    fn price_overrides(&self) -> Result<Vec<conduit::prices::PriceRow>> {
+        self.inner.price_overrides()
+    }
+    fn put_price_overrides(&self, rows: &[conduit::prices::PriceRow]) -> Result<()> {
+        self.inner.put_price_overrides(rows)
+    }
+    fn budgets(&self) -> Result<Vec<(String, BudgetLimit)>> {
+        self.inner.budgets()
+    }
+    fn put_budget(&self, scope: &str, l: &BudgetLimit) -> Result<()> {
+        self.inner.put_budget(scope, l)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_store_means_503_never_unmetered_forwarding() {
+    let broken = Arc::new(AtomicBool::new(false));
+    let flag = broken.clone();
+    let h = Harness::builder()
+        .wrap_store(move |inner| Arc::new(Breakable { inner, broken: flag }))
+        .start()
+        .await;
+    set(&h, "org", 1_000_000_000);
+    assert_eq!(post(&h, &h.key, &body_of(100, 8)).await.status, 200);
+    broken.store(true, Ordering::SeqCst);
+    let r = post(&h, &h.key, &body_of(100, 8)).await;
+    r.assert_openai_error(503, "cannot check keys right now");
+    assert!(r.header("x-should-retry").is_none(), "a store outage is worth retrying");
+    let readyz = h.http.request(
+        Request::get(format!("http://{}/readyz", h.running.admin_addr))
+            .body(Full::default())
+            .unwrap(),
+    );
+    assert_eq!(readyz.await.unwrap().status(), 503, "readiness reports the outage");
+    assert_eq!(
+        h.mock_log().await.len(),
+        1,
+        "nothing was forwarded while the store was down"
+    );
+    broken.store(false, Ordering::SeqCst);
+    assert_eq!(
+        post(&h, &h.key, &body_of(100, 8)).await.status,
+        200,
+        "recovers with the store"
+    );
+}
