@@ -135,6 +135,7 @@ struct BookState {
 /// The budgets in force and what is spent and reserved against them.
 pub struct BudgetBook {
     store: Arc<dyn Store>,
+    defaults: HashMap<String, BudgetLimit>,
     state: Mutex<BookState>,
 }
 
@@ -152,11 +153,15 @@ pub struct Reservation {
 }
 
 impl BudgetBook {
-    /// Loads the budget limits from the store.
-    pub fn open(store: Arc<dyn Store>) -> Result<BudgetBook> {
-        let limits = store.budgets()?.into_iter().collect();
+    /// Loads the budget limits: `defaults` (from the config file), overridden per scope by the
+    /// budgets set through the CLI or the admin API (in the store).
+    pub fn open(store: Arc<dyn Store>, defaults: &[(String, BudgetLimit)]) -> Result<BudgetBook> {
+        let defaults: HashMap<String, BudgetLimit> = defaults.iter().cloned().collect();
+        let mut limits = defaults.clone();
+        limits.extend(store.budgets()?);
         Ok(BudgetBook {
             store,
+            defaults,
             state: Mutex::new(BookState {
                 limits,
                 counters: HashMap::new(),
@@ -283,15 +288,22 @@ impl BudgetBook {
     }
 
     /// Sets (or clears, with an empty limit) the budget of a scope: `org`, `team:NAME`, `key:ID`.
+    /// Counters already loaded stay: what is spent does not change with the limit.
     pub fn set(&self, scope: &str, limit: BudgetLimit) -> Result<()> {
         validate_scope(scope)?;
         self.store.put_budget(scope, &limit)?;
         let mut state = self.lock();
-        if limit == BudgetLimit::default() {
-            state.limits.remove(scope);
-        } else {
-            state.limits.insert(scope.to_string(), limit);
-        }
+        // Clearing falls back to the config file's budget for the scope, as a restart would.
+        match self
+            .defaults
+            .get(scope)
+            .copied()
+            .filter(|_| limit == BudgetLimit::default())
+        {
+            Some(default) => state.limits.insert(scope.to_string(), default),
+            None if limit == BudgetLimit::default() => state.limits.remove(scope),
+            None => state.limits.insert(scope.to_string(), limit),
+        };
         Ok(())
     }
 

@@ -622,8 +622,8 @@ async fn budgets(control: Control, cmd: BudgetsCommand) -> Result<()> {
                     let v: serde_json::Value = c.call(Method::GET, "/v1/budgets", None).await?;
                     serde_json::from_value(v["budgets"].clone())?
                 }
-                Control::Local { store, .. } => {
-                    let book = crate::admission::BudgetBook::open(store.clone())?;
+                Control::Local { store, config } => {
+                    let book = crate::admission::BudgetBook::open(store.clone(), &config.budgets)?;
                     book.status(crate::clock::now_unix())?
                 }
             };

@@ -42,6 +42,20 @@ pub struct RawConfig {
     pub upstream: HashMap<String, RawUpstream>,
     /// TLS termination on the gateway listener.
     pub tls: Option<RawTls>,
+    /// Budgets by scope: `[budgets.org]`, `[budgets."team:payments"]`, `[budgets."key:key_…"]`.
+    /// Budgets set with the CLI or the admin API override these for the same scope.
+    #[serde(default)]
+    pub budgets: HashMap<String, RawBudget>,
+}
+
+/// `[budgets.<scope>]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBudget {
+    /// USD per UTC day, as a string for exactness (`"25.50"`).
+    pub daily_usd: Option<String>,
+    /// USD per UTC calendar month.
+    pub monthly_usd: Option<String>,
 }
 
 /// `[log]`
@@ -137,6 +151,8 @@ pub struct Config {
     pub upstreams: Upstreams,
     /// TLS termination files.
     pub tls: Option<TlsFiles>,
+    /// Budgets from the file, by scope.
+    pub budgets: Vec<(String, crate::admission::BudgetLimit)>,
 }
 
 /// Where the master key is read from.
@@ -445,6 +461,20 @@ impl RawConfig {
             }
         };
 
+        let mut budgets = Vec::new();
+        for (scope, b) in self.budgets {
+            crate::admission::validate_scope(&scope).map_err(|e| e.context(format!("[budgets.{scope:?}]")))?;
+            let usd = |what: &str, v: Option<String>| {
+                v.map(|v| crate::ops::parse_usd(&format!("[budgets.{scope:?}].{what}"), &v))
+                    .transpose()
+            };
+            let limit = crate::admission::BudgetLimit {
+                daily_micros: usd("daily_usd", b.daily_usd)?,
+                monthly_micros: usd("monthly_usd", b.monthly_usd)?,
+            };
+            budgets.push((scope, limit));
+        }
+
         Ok(Config {
             listen,
             admin_listen,
@@ -456,6 +486,7 @@ impl RawConfig {
             network,
             upstreams,
             tls,
+            budgets,
         })
     }
 }
@@ -647,6 +678,29 @@ mod tests {
             .validate(&env_of(&[("CONDUIT_MASTER_KEY", "dG9vIHNob3J0")]))
             .unwrap_err();
         assert!(!err.to_string().contains("dG9vIHNob3J0"));
+    }
+
+    #[test]
+    fn budgets_from_the_file() {
+        let raw: RawConfig = toml::from_str(
+            "[budgets.org]\nmonthly_usd = \"5000\"\n[budgets.\"team:payments\"]\ndaily_usd = \"25.5\"\n",
+        )
+        .unwrap();
+        let mut b = raw.validate(&env_of(&[])).unwrap().budgets;
+        b.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(b[0].0, "org");
+        assert_eq!(b[0].1.monthly_micros, Some(5_000_000_000));
+        assert_eq!(b[1].1.daily_micros, Some(25_500_000));
+        let raw: RawConfig = toml::from_str("[budgets.payments]\nmonthly_usd = \"1\"\n").unwrap();
+        let err = raw.validate(&env_of(&[])).unwrap_err().to_string();
+        assert!(err.contains("team:NAME"), "{err}");
+        let raw: RawConfig = toml::from_str("[budgets.org]\nmonthly_usd = \"lots\"\n").unwrap();
+        assert!(
+            raw.validate(&env_of(&[]))
+                .unwrap_err()
+                .to_string()
+                .contains("monthly_usd \"lots\"")
+        );
     }
 
     #[test]

@@ -55,7 +55,7 @@ impl Gateway {
         let client = build_client(&config.network)?;
         let prices = PriceTable::shipped()?.with_overrides(store.price_overrides()?);
         let ledger = Ledger::start(store.clone())?;
-        let budgets = Arc::new(BudgetBook::open(store.clone())?);
+        let budgets = Arc::new(BudgetBook::open(store.clone(), &config.budgets)?);
         Ok(Gateway {
             config,
             store,

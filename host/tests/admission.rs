@@ -386,3 +386,75 @@ async fn a_failing_store_means_503_never_unmetered_forwarding() {
         "recovers with the store"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_dies_releases_its_reservation() {
+    let h = Harness::start().await;
+    set(&h, "org", WORST);
+    // The upstream resets the connection before answering: 502, and the hold is released.
+    let bearer = format!("Bearer {}", h.key);
+    let r = h
+        .send(
+            Method::POST,
+            "/v1/chat/completions",
+            &[
+                ("authorization", &bearer),
+                ("content-type", "application/json"),
+                ("x-mock-mode", "reset"),
+            ],
+            body_of(400, 1000),
+        )
+        .await;
+    assert_eq!(r.status, 502);
+    let status = h.gateway().budgets.status(conduit::clock::now_unix()).unwrap();
+    assert_eq!(
+        (status[0].spent_micros, status[0].reserved_micros),
+        (0, 0),
+        "nothing held, nothing spent"
+    );
+    // So the whole budget is still there for the next request, which uses it up exactly.
+    assert_eq!(post(&h, &h.key, &body_of(400, 1000)).await.status, 200);
+    assert_eq!(post(&h, &h.key, &body_of(400, 1000)).await.status, 402);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn budgets_and_limits_through_the_cli() {
+    let h = Harness::start().await;
+    let env = [
+        ("CONDUIT_ADMIN_LISTEN", h.running.admin_addr.to_string()),
+        ("CONDUIT_ADMIN_TOKEN", common::ADMIN_TOKEN.to_string()),
+        ("CONDUIT_DATA_DIR", h.data.path().display().to_string()),
+    ];
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(common::process::BIN)
+            .args(args)
+            .envs(env.iter().cloned())
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (ok, out) = cli(&["budgets", "set", "team:payments", "--monthly", "0.0021"]);
+    assert!(ok, "{out}");
+    assert_eq!(post(&h, &h.key, &body_of(400, 1000)).await.status, 200);
+    assert_eq!(post(&h, &h.key, &body_of(400, 1000)).await.status, 402);
+    let (ok, out) = cli(&["budgets", "list"]);
+    assert!(ok && out.contains("team:payments") && out.contains("0.002100"), "{out}");
+    let (ok, out) = cli(&["budgets", "set", "team", "--monthly", "1"]);
+    assert!(!ok && out.contains("team:NAME"), "{out}");
+    let (ok, out) = cli(&["budgets", "set", "org", "--monthly", "1.2345678"]);
+    assert!(!ok && out.contains("at most 6 decimals"), "{out}");
+    let (ok, _) = cli(&["budgets", "clear", "team:payments"]);
+    assert!(ok);
+    assert_eq!(post(&h, &h.key, &body_of(400, 1000)).await.status, 200, "cleared");
+
+    let (ok, out) = cli(&["keys", "update", &h.key_id, "--rpm", "1", "--json"]);
+    assert!(ok && out.contains("\"rpm\":1"), "{out}");
+    assert_eq!(post(&h, &h.key, &body_of(100, 8)).await.status, 200);
+    assert_eq!(post(&h, &h.key, &body_of(100, 8)).await.status, 429);
+    let (ok, out) = cli(&["keys", "update", &h.key_id, "--rpm", "0", "--json"]);
+    assert!(ok && out.contains("\"rpm\":null"), "{out}");
+    assert_eq!(post(&h, &h.key, &body_of(100, 8)).await.status, 200, "limit removed");
+}
