@@ -15,6 +15,9 @@
 
 use std::io::Write;
 
+use std::sync::LazyLock;
+
+use memchr::memmem::Finder;
 use serde_json::Value;
 
 use crate::protocol::Protocol;
@@ -215,7 +218,7 @@ impl UsageTap {
         }
         // Hot path: most events are text deltas. Only events that carry a usage object or an error
         // are parsed as JSON; deltas are measured by a scan that allocates nothing.
-        if !(has_object(data, b"\"usage\"") || contains(data, b"\"error\"") || contains(data, b"response.failed")) {
+        if !needs_parse(data) {
             self.observed.text_bytes += scan_delta_text_len(data);
             return;
         }
@@ -287,55 +290,72 @@ fn write_and_take<D: Write>(d: &mut D, chunk: &[u8], out: impl FnOnce(&mut D) ->
     Some(std::mem::take(out(d)))
 }
 
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
+/// Substring finders, built once (SIMD search; the tap runs on every frame of every stream).
+struct Finders {
+    usage: Finder<'static>,
+    error: Finder<'static>,
+    failed: Finder<'static>,
+    delta_markers: [Finder<'static>; 3],
+    text_keys: [Finder<'static>; 7],
 }
 
-/// Whether `key` appears followed by `:` and an object (`"usage":{`, spaces allowed).
-fn has_object(hay: &[u8], key: &[u8]) -> bool {
-    let mut from = 0;
-    while let Some(i) = hay[from..].windows(key.len()).position(|w| w == key) {
-        let rest = &hay[from + i + key.len()..];
-        let mut it = rest.iter().skip_while(|b| b.is_ascii_whitespace());
-        if it.next() == Some(&b':') && it.find(|b| !b.is_ascii_whitespace()) == Some(&b'{') {
-            return true;
-        }
-        from += i + 1;
-    }
-    false
+static FINDERS: LazyLock<Finders> = LazyLock::new(|| Finders {
+    usage: Finder::new(b"\"usage\""),
+    error: Finder::new(b"\"error\""),
+    failed: Finder::new(b"response.failed"),
+    delta_markers: [
+        Finder::new(b"content_block_delta"),
+        Finder::new(b".delta\""),
+        Finder::new(b"chat.completion.chunk"),
+    ],
+    text_keys: [
+        Finder::new(b"\"text\":\""),
+        Finder::new(b"\"partial_json\":\""),
+        Finder::new(b"\"thinking\":\""),
+        Finder::new(b"\"delta\":\""),
+        Finder::new(b"\"content\":\""),
+        Finder::new(b"\"reasoning_content\":\""),
+        Finder::new(b"\"arguments\":\""),
+    ],
+});
+
+/// Whether the event carries something worth a full JSON parse: a usage object or an error.
+fn needs_parse(data: &[u8]) -> bool {
+    let f = &*FINDERS;
+    f.usage.find_iter(data).any(|i| {
+        let mut rest = data[i + 7..].iter().skip_while(|b| b.is_ascii_whitespace());
+        rest.next() == Some(&b':') && rest.find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
+    }) || f.error.find(data).is_some()
+        || f.failed.find(data).is_some()
 }
 
 /// Text bytes in a delta event, without parsing it: the raw (escaped) lengths of the string values
 /// of the keys that carry generated text. Only delta events count, so `*.done` events that repeat
 /// the whole text are not counted twice.
 fn scan_delta_text_len(data: &[u8]) -> u64 {
-    let is_delta = contains(data, b"content_block_delta")
-        || contains(data, b".delta\"")
-        || contains(data, b"chat.completion.chunk");
-    if !is_delta {
+    let f = &*FINDERS;
+    if !f.delta_markers.iter().any(|m| m.find(data).is_some()) {
         return 0;
     }
-    const KEYS: [&[u8]; 7] = [
-        b"\"text\":\"",
-        b"\"partial_json\":\"",
-        b"\"thinking\":\"",
-        b"\"delta\":\"",
-        b"\"content\":\"",
-        b"\"reasoning_content\":\"",
-        b"\"arguments\":\"",
-    ];
     let mut n = 0u64;
-    for key in KEYS {
+    for key in &f.text_keys {
         let mut from = 0;
-        while let Some(i) = data[from..].windows(key.len()).position(|w| w == key) {
-            let start = from + i + key.len();
+        while let Some(i) = key.find(&data[from..]) {
+            let start = from + i + key.needle().len();
             let mut j = start;
-            while j < data.len() && data[j] != b'"' {
-                j += if data[j] == b'\\' { 2 } else { 1 };
+            while let Some(k) = memchr::memchr2(b'"', b'\\', &data[j.min(data.len())..]) {
+                j += k;
+                if data[j] == b'"' {
+                    break;
+                }
+                j += 2; // an escape: skip the escaped character
             }
             let end = j.min(data.len());
-            n += (end - start) as u64;
-            from = end;
+            n += end.saturating_sub(start) as u64;
+            from = end.max(start);
+            if from >= data.len() {
+                break;
+            }
         }
     }
     n

@@ -16,7 +16,7 @@
 //! It records every request (method, path, query, headers, body length and SHA-256, and the SHA-256
 //! of the exact response bytes it sent) at `GET /__mock/requests`; `POST /__mock/reset` clears it.
 
-pub(crate) mod payload;
+pub mod payload;
 
 use std::net::SocketAddr;
 use std::pin::Pin;
