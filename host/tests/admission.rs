@@ -420,21 +420,9 @@ async fn a_request_that_dies_releases_its_reservation() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn budgets_and_limits_through_the_cli() {
     let h = Harness::start().await;
-    let env = [
-        ("CONDUIT_ADMIN_LISTEN", h.running.admin_addr.to_string()),
-        ("CONDUIT_ADMIN_TOKEN", common::ADMIN_TOKEN.to_string()),
-        ("CONDUIT_DATA_DIR", h.data.path().display().to_string()),
-    ];
     let cli = |args: &[&str]| {
-        let out = std::process::Command::new(common::process::BIN)
-            .args(args)
-            .envs(env.iter().cloned())
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
-        )
+        let (ok, stdout, stderr) = h.cli(args);
+        (ok, stdout + &stderr)
     };
     let (ok, out) = cli(&["budgets", "set", "team:payments", "--monthly", "0.0021"]);
     assert!(ok, "{out}");

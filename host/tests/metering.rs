@@ -105,19 +105,13 @@ async fn recorded_usage_equals_emitted_usage_and_cost_equals_tokens_times_price(
     let emitted = h.mock_log().await;
     let prices = h.gateway().prices();
     // The mock's emitted usage, by model (requests are one per model).
-    let by_model: std::collections::HashMap<String, conduit::mock::Usage> = cases
+    let by_model: std::collections::HashMap<String, Usage> = cases
         .iter()
         .map(|c| c.0)
         .chain(["claude-sonnet-4-5-client-gone"])
         .zip(emitted.iter())
         .filter_map(|(m, r)| r.usage.map(|u| (m.to_string(), u)))
         .collect();
-    let as_usage = |u: conduit::mock::Usage| Usage {
-        input: u.input,
-        output: u.output,
-        cache_read: u.cache_read,
-        cache_write: u.cache_write,
-    };
 
     for model in [
         "claude-sonnet-4-5-stream-cache",
@@ -128,7 +122,7 @@ async fn recorded_usage_equals_emitted_usage_and_cost_equals_tokens_times_price(
         "claude-sonnet-4-5-client-gone",
     ] {
         let r = row(&rows, model);
-        let expected = as_usage(by_model[model]);
+        let expected = by_model[model];
         assert_eq!(
             tokens(r),
             expected,
@@ -162,7 +156,7 @@ async fn recorded_usage_equals_emitted_usage_and_cost_equals_tokens_times_price(
     // Mid-stream error: input as reported at message_start, counted as an error.
     let r = row(&rows, "claude-opus-4-8-midstream");
     assert_eq!(r.errors, 1);
-    assert_eq!(r.input, as_usage(by_model["claude-opus-4-8-midstream"]).input);
+    assert_eq!(r.input, by_model["claude-opus-4-8-midstream"].input);
     // 529: an error, nothing billed.
     let r = row(&rows, "claude-opus-4-8-529");
     assert_eq!(
@@ -213,23 +207,10 @@ async fn spend_report_through_the_admin_api_and_the_cli() {
         .await;
     assert_eq!(r.status, 400);
 
-    let env = [
-        ("CONDUIT_ADMIN_LISTEN", h.running.admin_addr.to_string()),
-        ("CONDUIT_ADMIN_TOKEN", common::ADMIN_TOKEN.to_string()),
-        ("CONDUIT_DATA_DIR", h.data.path().display().to_string()),
-    ];
     let cli = |args: &[&str]| {
-        let out = std::process::Command::new(common::process::BIN)
-            .args(args)
-            .envs(env.iter().cloned())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        let (ok, stdout, stderr) = h.cli(args);
+        assert!(ok, "{args:?}: {stderr}");
+        stdout
     };
     let report: serde_json::Value =
         serde_json::from_str(&cli(&["spend", "--by", "owner", "--format", "json"])).unwrap();

@@ -17,18 +17,7 @@ pub enum Family {
     OpenAiOther,
 }
 
-/// Token counts the mock reports (input excludes cached tokens, on every family).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-pub struct Usage {
-    /// Uncached input tokens.
-    pub input: u64,
-    /// Output tokens.
-    pub output: u64,
-    /// Input tokens read from cache.
-    pub cache_read: u64,
-    /// Input tokens written to cache.
-    pub cache_write: u64,
-}
+pub use crate::usage::Usage;
 
 /// A reply: status, content type, and body chunks (one per SSE event when streaming).
 #[derive(Debug, Clone)]

@@ -141,6 +141,19 @@ impl Harness {
         self.http.request(req).await.unwrap();
     }
 
+    /// Runs the `conduit` CLI against this gateway's admin API: (success, stdout, stderr).
+    pub fn cli(&self, args: &[&str]) -> (bool, String, String) {
+        let out = std::process::Command::new(process::BIN)
+            .args(args)
+            .env("CONDUIT_ADMIN_LISTEN", self.running.admin_addr.to_string())
+            .env("CONDUIT_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("CONDUIT_DATA_DIR", self.data.path())
+            .output()
+            .unwrap();
+        let text = |b: Vec<u8>| String::from_utf8_lossy(&b).into_owned();
+        (out.status.success(), text(out.stdout), text(out.stderr))
+    }
+
     /// Issues another key.
     pub fn new_key(&self, owner: &str) -> ops::CreatedKey {
         ops::create_key(
