@@ -116,7 +116,10 @@ pin_project_lite::pin_project! {
         idle: Sleep,
         idle_timeout: Duration,
         bytes: u64,
-        tap: Option<UsageTap>,
+                tap: Option<UsageTap>,
+        // The last frame handed on, shown to the tap at the next poll — after hyper has written it,
+        // so metering never delays a frame (a `Bytes` clone is a reference count).
+        unmetered: Option<Bytes>,
         on_end: Option<OnEnd>,
         // Freed with the body: when the client's response ends or the client goes away.
         slot: Option<StreamSlot>,
@@ -125,7 +128,8 @@ pin_project_lite::pin_project! {
     impl PinnedDrop for UpstreamBody {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
-            let Some(on_end) = this.on_end.take() else { return };
+                        let Some(on_end) = this.on_end.take() else { return };
+            meter(this.tap, this.unmetered);
             let tap = this.tap.take();
             let bytes = *this.bytes;
             match this.inner.take() {
@@ -183,6 +187,7 @@ impl UpstreamBody {
             idle_timeout,
             bytes: 0,
             tap: Some(tap),
+            unmetered: None,
             on_end: Some(on_end),
             slot,
         }
@@ -195,6 +200,7 @@ impl Body for UpstreamBody {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let mut this = self.project();
+        meter(this.tap, this.unmetered);
         let Some(inner) = this.inner.as_mut() else {
             return Poll::Ready(None);
         };
@@ -202,12 +208,11 @@ impl Body for UpstreamBody {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     *this.bytes += data.len() as u64;
-                    if let Some(t) = this.tap.as_mut() {
-                        t.observe(data);
-                    }
+                    *this.unmetered = Some(data.clone());
                 }
                 this.idle.as_mut().reset(Instant::now() + *this.idle_timeout);
                 if inner.is_end_stream() {
+                    meter(this.tap, this.unmetered);
                     finish(this.on_end, this.tap, *this.bytes, StreamEnd::Complete);
                 }
                 Poll::Ready(Some(Ok(frame)))
@@ -246,6 +251,13 @@ impl Body for UpstreamBody {
             .as_ref()
             .map(|i| i.size_hint())
             .unwrap_or_else(|| SizeHint::with_exact(0))
+    }
+}
+
+/// Shows the tap the frame handed on last, if any.
+fn meter(tap: &mut Option<UsageTap>, unmetered: &mut Option<Bytes>) {
+    if let (Some(t), Some(data)) = (tap.as_mut(), unmetered.take()) {
+        t.observe(&data);
     }
 }
 

@@ -1,8 +1,8 @@
 //! Token usage from a provider's response, read by a tap on the response body as it streams past.
 //!
-//! [`UsageTap`] sees every frame the gateway forwards (after the frame is handed on, it never holds
-//! one back), decompresses a copy when the upstream compressed the body (gzip, br, zstd), and
-//! parses what it needs:
+//! [`UsageTap`] sees every frame the gateway forwards, on the poll after hyper took the frame (see
+//! `body::UpstreamBody`), so metering never delays one; it decompresses a copy when the upstream
+//! compressed the body (gzip, br, zstd), and parses what it needs:
 //! - Anthropic SSE: `message_start.message.usage` (input, cache write, cache read) and the
 //!   cumulative `message_delta.usage` (output; later API versions repeat input fields there too);
 //! - OpenAI chat SSE: the final chunk's `usage` (only when the client asked `include_usage`);
