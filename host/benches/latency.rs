@@ -25,6 +25,7 @@ struct Args {
     body_kb: usize,
     capture: Option<String>,
     stream: bool,
+    event_delay_ms: u64,
 }
 
 fn parse_args() -> Args {
@@ -33,6 +34,7 @@ fn parse_args() -> Args {
         body_kb: 4,
         capture: None,
         stream: false,
+        event_delay_ms: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -41,9 +43,12 @@ fn parse_args() -> Args {
             "--body-kb" => a.body_kb = it.next().and_then(|v| v.parse().ok()).expect("--body-kb K"),
             "--capture" => a.capture = it.next(),
             "--stream" => a.stream = true,
+            "--event-delay-ms" => {
+                a.event_delay_ms = it.next().and_then(|v| v.parse().ok()).expect("--event-delay-ms N")
+            }
             "--bench" => {}
             "--help" | "-h" => {
-                println!("latency [--requests N] [--body-kb K] [--capture FILE.json] [--stream]");
+                println!("latency [--requests N] [--body-kb K] [--capture FILE.json] [--stream [--event-delay-ms N]]");
                 std::process::exit(0);
             }
             other => panic!("unknown argument {other:?}; see --help"),
@@ -85,6 +90,13 @@ fn runtime_thread<F: std::future::Future<Output = ()> + Send + 'static>(name: &s
         .name(name.into())
         .spawn(move || rt.block_on(f))
         .expect("thread");
+}
+
+/// One request: total time, time to the first body frame, and the gaps between frames.
+struct Sample {
+    total: Duration,
+    first_byte: Duration,
+    gaps: Vec<Duration>,
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
@@ -159,11 +171,13 @@ fn main() {
     let (direct, through) = rt.block_on(async {
         let client: Client<HttpConnector, Full<Bytes>> =
             Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+        let delay = args.event_delay_ms.to_string();
         let send = |addr: std::net::SocketAddr| {
             let req = Request::post(format!("http://{addr}/v1/messages"))
                 .header("x-api-key", &key)
                 .header("anthropic-version", "2023-06-01")
                 .header("content-type", "application/json")
+                .header("x-mock-delay-ms", &delay)
                 .body(Full::new(body.clone()))
                 .expect("request");
             let client = client.clone();
@@ -171,8 +185,22 @@ fn main() {
                 let t = Instant::now();
                 let resp = client.request(req).await.expect("response");
                 assert!(resp.status().is_success(), "status {}", resp.status());
-                resp.into_body().collect().await.expect("body");
-                t.elapsed()
+                let mut body = resp.into_body();
+                let (mut first, mut last, mut gaps) = (None, None, Vec::new());
+                while let Some(frame) = body.frame().await {
+                    frame.expect("frame");
+                    let now = t.elapsed();
+                    first.get_or_insert(now);
+                    if let Some(prev) = last {
+                        gaps.push(now - prev);
+                    }
+                    last = Some(now);
+                }
+                Sample {
+                    total: t.elapsed(),
+                    first_byte: first.unwrap_or_default(),
+                    gaps,
+                }
             }
         };
         for _ in 0..(args.requests / 10).max(50) {
@@ -186,9 +214,48 @@ fn main() {
         }
         (d, g)
     });
-    let (mut direct, mut through) = (direct, through);
-    direct.sort();
-    through.sort();
+    let pick = |v: &[Sample], f: fn(&Sample) -> Vec<Duration>| {
+        let mut all: Vec<Duration> = v.iter().flat_map(f).collect();
+        all.sort();
+        all
+    };
+    let print_rows = |title: &str, direct: &[Duration], through: &[Duration]| {
+        println!("{title:<22} {:>10} {:>10} {:>10}", "p50", "p99", "p99.9");
+        for (name, v) in [("direct to mock", direct), ("through conduit", through)] {
+            println!(
+                "{name:<22} {:>10.1} {:>10.1} {:>10.1}",
+                percentile(v, 0.5),
+                percentile(v, 0.99),
+                percentile(v, 0.999)
+            );
+        }
+        println!(
+            "{:<22} {:>10.1} {:>10.1} {:>10.1}",
+            "added by conduit",
+            percentile(through, 0.5) - percentile(direct, 0.5),
+            percentile(through, 0.99) - percentile(direct, 0.99),
+            percentile(through, 0.999) - percentile(direct, 0.999)
+        );
+    };
+    if args.stream && args.event_delay_ms > 0 {
+        println!(
+            "streaming, c=1, {} requests per path, events {} ms apart",
+            args.requests, args.event_delay_ms
+        );
+        print_rows(
+            "first byte, µs",
+            &pick(&direct, |s| vec![s.first_byte]),
+            &pick(&through, |s| vec![s.first_byte]),
+        );
+        print_rows(
+            "gap between events, µs",
+            &pick(&direct, |s| s.gaps.clone()),
+            &pick(&through, |s| s.gaps.clone()),
+        );
+        return;
+    }
+    let direct = pick(&direct, |s| vec![s.total]);
+    let through = pick(&through, |s| vec![s.total]);
     let what = args
         .capture
         .as_deref()
@@ -201,20 +268,5 @@ fn main() {
         body.len(),
         if args.stream { "SSE response" } else { "JSON response" }
     );
-    println!("{:<22} {:>10} {:>10} {:>10}", "µs", "p50", "p99", "p99.9");
-    for (name, v) in [("direct to mock", &direct), ("through conduit", &through)] {
-        println!(
-            "{name:<22} {:>10.1} {:>10.1} {:>10.1}",
-            percentile(v, 0.5),
-            percentile(v, 0.99),
-            percentile(v, 0.999)
-        );
-    }
-    println!(
-        "{:<22} {:>10.1} {:>10.1} {:>10.1}",
-        "added by conduit",
-        percentile(&through, 0.5) - percentile(&direct, 0.5),
-        percentile(&through, 0.99) - percentile(&direct, 0.99),
-        percentile(&through, 0.999) - percentile(&direct, 0.999)
-    );
+    print_rows("µs", &direct, &through);
 }
