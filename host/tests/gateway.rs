@@ -445,8 +445,7 @@ async fn bad_input_gets_provider_shaped_errors_and_the_gateway_keeps_serving() {
         .header("content-type", "application/json")
         .body(streamed)
         .unwrap();
-    let resp = client.request(req).await.unwrap();
-    assert_eq!(resp.status(), 413);
+    early_refusal(client.request(req).await, 413);
 
     // Header abuse: hyper refuses heads over the limits before any stage runs.
     let mut many = Request::post(h.url("/v1/messages"));
@@ -457,7 +456,7 @@ async fn bad_input_gets_provider_shaped_errors_and_the_gateway_keeps_serving() {
         .http
         .request(many.body(Full::new(Bytes::from(STREAM_BODY))).unwrap())
         .await;
-    assert_eq!(resp.unwrap().status(), 431, "too many headers");
+    early_refusal(resp, 431);
     let huge = "a".repeat(200_000);
     let resp = h
         .http
@@ -468,11 +467,30 @@ async fn bad_input_gets_provider_shaped_errors_and_the_gateway_keeps_serving() {
                 .unwrap(),
         )
         .await;
-    assert_eq!(resp.unwrap().status(), 431, "oversized head");
+    early_refusal(resp, 431);
 
     assert!(h.mock_log().await.is_empty(), "no bad request reached the upstream");
     // Still serving.
     assert_eq!(h.messages(STREAM_BODY).await.status, 200);
+}
+
+/// A refusal sent before the request was fully read races the client's remaining writes: the
+/// server answers and closes, and the client sees either the status or the connection closing
+/// (reset / incomplete message). Either is correct; a hang or any other answer is not.
+fn early_refusal(resp: Result<http::Response<hyper::body::Incoming>, hyper_util::client::legacy::Error>, status: u16) {
+    match resp {
+        Ok(r) => assert_eq!(r.status().as_u16(), status),
+        Err(e) => {
+            let chain = format!("{e:?}");
+            assert!(
+                chain.contains("IncompleteMessage")
+                    || chain.contains("reset")
+                    || chain.contains("BrokenPipe")
+                    || chain.contains("closed"),
+                "expected {status} or a closed connection, got {chain}"
+            );
+        }
+    }
 }
 
 fn tokio_stream_from<T: Send + 'static>(
