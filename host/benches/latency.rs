@@ -26,6 +26,7 @@ struct Args {
     capture: Option<String>,
     stream: bool,
     event_delay_ms: u64,
+    nginx: bool,
 }
 
 fn parse_args() -> Args {
@@ -35,6 +36,7 @@ fn parse_args() -> Args {
         capture: None,
         stream: false,
         event_delay_ms: 0,
+        nginx: true,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -43,12 +45,15 @@ fn parse_args() -> Args {
             "--body-kb" => a.body_kb = it.next().and_then(|v| v.parse().ok()).expect("--body-kb K"),
             "--capture" => a.capture = it.next(),
             "--stream" => a.stream = true,
+            "--no-nginx" => a.nginx = false,
             "--event-delay-ms" => {
                 a.event_delay_ms = it.next().and_then(|v| v.parse().ok()).expect("--event-delay-ms N")
             }
             "--bench" => {}
             "--help" | "-h" => {
-                println!("latency [--requests N] [--body-kb K] [--capture FILE.json] [--stream [--event-delay-ms N]]");
+                println!(
+                    "latency [--requests N] [--body-kb K] [--capture FILE.json] [--stream [--event-delay-ms N]] [--no-nginx]"
+                );
                 std::process::exit(0);
             }
             other => panic!("unknown argument {other:?}; see --help"),
@@ -168,7 +173,13 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    let (direct, through) = rt.block_on(async {
+    let nginx = if args.nginx { Nginx::start(mock_addr) } else { None };
+    let mut paths = vec![("direct to mock", mock_addr)];
+    if let Some(n) = &nginx {
+        paths.push(("through nginx", n.addr));
+    }
+    paths.push(("through conduit", gateway_addr));
+    let results: Vec<Vec<Sample>> = rt.block_on(async {
         let client: Client<HttpConnector, Full<Bytes>> =
             Client::builder(TokioExecutor::new()).build(HttpConnector::new());
         let delay = args.event_delay_ms.to_string();
@@ -204,58 +215,66 @@ fn main() {
             }
         };
         for _ in 0..(args.requests / 10).max(50) {
-            send(mock_addr).await;
-            send(gateway_addr).await;
+            for (_, addr) in &paths {
+                send(*addr).await;
+            }
         }
-        let (mut d, mut g) = (Vec::with_capacity(args.requests), Vec::with_capacity(args.requests));
+        let mut results: Vec<Vec<Sample>> = paths.iter().map(|_| Vec::with_capacity(args.requests)).collect();
         for _ in 0..args.requests {
-            d.push(send(mock_addr).await);
-            g.push(send(gateway_addr).await);
+            for (i, (_, addr)) in paths.iter().enumerate() {
+                results[i].push(send(*addr).await);
+            }
         }
-        (d, g)
+        results
     });
+    drop(nginx);
     let pick = |v: &[Sample], f: fn(&Sample) -> Vec<Duration>| {
         let mut all: Vec<Duration> = v.iter().flat_map(f).collect();
         all.sort();
         all
     };
-    let print_rows = |title: &str, direct: &[Duration], through: &[Duration]| {
+    let print_rows = |title: &str, f: fn(&Sample) -> Vec<Duration>| {
+        let sorted: Vec<Vec<Duration>> = results.iter().map(|r| pick(r, f)).collect();
         println!("{title:<22} {:>10} {:>10} {:>10}", "p50", "p99", "p99.9");
-        for (name, v) in [("direct to mock", direct), ("through conduit", through)] {
+        let q = |v: &[Duration]| [0.5, 0.99, 0.999].map(|p| percentile(v, p));
+        for ((name, _), v) in paths.iter().zip(&sorted) {
+            let [a, b, c] = q(v);
+            println!("{name:<22} {a:>10.1} {b:>10.1} {c:>10.1}");
+        }
+        let direct = q(&sorted[0]);
+        let mut added = Vec::new();
+        for ((name, _), v) in paths.iter().zip(&sorted).skip(1) {
+            let [a, b, c] = q(v);
+            let d = [a - direct[0], b - direct[1], c - direct[2]];
             println!(
-                "{name:<22} {:>10.1} {:>10.1} {:>10.1}",
-                percentile(v, 0.5),
-                percentile(v, 0.99),
-                percentile(v, 0.999)
+                "{:<22} {:>10.1} {:>10.1} {:>10.1}",
+                format!("added {}", name.trim_start_matches("through ")),
+                d[0],
+                d[1],
+                d[2]
+            );
+            added.push(d);
+        }
+        if added.len() == 2 {
+            let r = |i: usize| added[1][i] / added[0][i];
+            println!(
+                "{:<22} {:>10.2} {:>10.2} {:>10.2}",
+                "conduit ÷ nginx added",
+                r(0),
+                r(1),
+                r(2)
             );
         }
-        println!(
-            "{:<22} {:>10.1} {:>10.1} {:>10.1}",
-            "added by conduit",
-            percentile(through, 0.5) - percentile(direct, 0.5),
-            percentile(through, 0.99) - percentile(direct, 0.99),
-            percentile(through, 0.999) - percentile(direct, 0.999)
-        );
     };
     if args.stream && args.event_delay_ms > 0 {
         println!(
             "streaming, c=1, {} requests per path, events {} ms apart",
             args.requests, args.event_delay_ms
         );
-        print_rows(
-            "first byte, µs",
-            &pick(&direct, |s| vec![s.first_byte]),
-            &pick(&through, |s| vec![s.first_byte]),
-        );
-        print_rows(
-            "gap between events, µs",
-            &pick(&direct, |s| s.gaps.clone()),
-            &pick(&through, |s| s.gaps.clone()),
-        );
+        print_rows("first byte, µs", |s| vec![s.first_byte]);
+        print_rows("gap between events, µs", |s| s.gaps.clone());
         return;
     }
-    let direct = pick(&direct, |s| vec![s.total]);
-    let through = pick(&through, |s| vec![s.total]);
     let what = args
         .capture
         .as_deref()
@@ -268,5 +287,67 @@ fn main() {
         body.len(),
         if args.stream { "SSE response" } else { "JSON response" }
     );
-    print_rows("µs", &direct, &through);
+    print_rows("µs", |s| vec![s.total]);
+}
+
+/// nginx as a bare reverse proxy to the same mock (the reference for what a proxy hop costs):
+/// `proxy_pass` over a keep-alive upstream pool, response buffering off, one process (no master, so
+/// stopping it stops everything), no access log.
+/// Used when `nginx` is installed (Debian package `nginx-light`); skipped otherwise.
+struct Nginx {
+    child: std::process::Child,
+    addr: std::net::SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Nginx {
+    fn start(upstream: std::net::SocketAddr) -> Option<Nginx> {
+        let bin = ["/usr/sbin/nginx", "/usr/bin/nginx", "/usr/local/sbin/nginx"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())?;
+        let dir = tempfile::tempdir().ok()?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .ok()?
+            .local_addr()
+            .ok()?
+            .port();
+        let conf = format!(
+            "worker_processes 1;\nmaster_process off;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
+             events {{ worker_connections 1024; }}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+               client_max_body_size 32m;\n  client_body_buffer_size 1m;\n\
+               upstream mock {{ server {upstream}; keepalive 32; }}\n\
+               server {{\n    listen 127.0.0.1:{port};\n    location / {{\n\
+                 proxy_pass http://mock;\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n\
+                 proxy_buffering off;\n    }}\n  }}\n}}\n",
+            d = dir.path().display()
+        );
+        std::fs::write(dir.path().join("nginx.conf"), conf).ok()?;
+        let child = std::process::Command::new(bin)
+            .args(["-p", &dir.path().display().to_string(), "-c", "nginx.conf"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .ok()?;
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().ok()?;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::net::TcpStream::connect(addr).is_err() {
+            if Instant::now() > deadline {
+                eprintln!(
+                    "nginx did not start; see {}/error.log — measuring without it",
+                    dir.path().display()
+                );
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(Nginx { child, addr, _dir: dir })
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
