@@ -176,6 +176,9 @@ impl BudgetBook {
     /// Whether any budget applies to `payer`.
     pub fn applies(&self, payer: &Payer<'_>) -> bool {
         let state = self.lock();
+        if state.limits.is_empty() {
+            return false; // the common case: no allocation, one uncontended lock
+        }
         payer.scopes().iter().any(|s| {
             state
                 .limits

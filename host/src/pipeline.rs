@@ -66,7 +66,6 @@ async fn run(gw: &Gateway, req: Request<Incoming>, ex: &mut accept::Exchange) ->
         Routed::Upstream(route) => route,
     };
     ex.protocol = Some(route.protocol);
-    ex.upstream = Some(route.upstream.base_url());
     // The head checks of `accept` run once the family is known, so refusals come in its shape.
     accept::check_declared_length(&req, &gw.config.limits)?;
     accept::refuse_upgrade(&req)?;

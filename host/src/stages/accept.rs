@@ -31,8 +31,6 @@ pub struct Exchange {
     pub path: String,
     /// Family, once routed.
     pub protocol: Option<Protocol>,
-    /// Upstream base URL, once routed.
-    pub upstream: Option<String>,
     /// Stand-in key id, once authenticated.
     pub key_id: Option<String>,
     /// Key owner.
@@ -92,7 +90,6 @@ pub fn begin<B>(ids: &RequestIds, req: &Request<B>, peer: SocketAddr) -> Exchang
         method: req.method().clone(),
         path: req.uri().path().to_string(),
         protocol: None,
-        upstream: None,
         key_id: None,
         owner: None,
         team: None,

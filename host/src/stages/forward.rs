@@ -23,7 +23,7 @@ use crate::usage::UsageTap;
 /// Sends the request upstream and streams the response back.
 pub async fn send(
     gw: &Gateway,
-    route: &Route,
+    route: &Route<'_>,
     parts: http::request::Parts,
     body: Bytes,
     auth: UpstreamAuth,

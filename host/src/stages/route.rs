@@ -43,30 +43,35 @@ impl Endpoint {
     }
 }
 
-/// Where a request goes.
+/// Where a request goes (borrowing the upstream from the gateway's config: no per-request copy).
 #[derive(Debug, Clone)]
-pub struct Route {
+pub struct Route<'a> {
     /// API family.
     pub protocol: Protocol,
     /// Endpoint kind.
     pub endpoint: Endpoint,
     /// The upstream it goes to.
-    pub upstream: Upstream,
+    pub upstream: &'a Upstream,
     /// Full upstream URI (prefix + path + query).
     pub uri: Uri,
 }
 
 /// Result of routing.
 #[derive(Debug)]
-pub enum Routed {
+pub enum Routed<'a> {
     /// Answer locally (base-URL probes).
     Local,
     /// Forward.
-    Upstream(Route),
+    Upstream(Route<'a>),
 }
 
 /// Routes a request.
-pub fn resolve(upstreams: &Upstreams, method: &Method, uri: &Uri, headers: &HeaderMap) -> Result<Routed, GatewayError> {
+pub fn resolve<'a>(
+    upstreams: &'a Upstreams,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Result<Routed<'a>, GatewayError> {
     let path = uri.path();
     if path == "/" && (method == Method::GET || method == Method::HEAD) {
         return Ok(Routed::Local);
@@ -80,7 +85,7 @@ pub fn resolve(upstreams: &Upstreams, method: &Method, uri: &Uri, headers: &Head
     };
     let (family, endpoint) = classify(path);
     let protocol = pinned.or(family).unwrap_or_else(|| by_headers(headers));
-    let upstream = upstreams.get(protocol).clone();
+    let upstream = upstreams.get(protocol);
 
     let mut target = String::with_capacity(upstream.path_prefix.len() + uri.path().len() + 32);
     target.push_str(&upstream.path_prefix);
@@ -161,19 +166,20 @@ mod tests {
     use crate::config::parse_upstream;
     use crate::protocol::AuthStyle;
 
-    fn upstreams() -> Upstreams {
-        Upstreams {
+    fn upstreams() -> &'static Upstreams {
+        static UPSTREAMS: std::sync::LazyLock<Upstreams> = std::sync::LazyLock::new(|| Upstreams {
             anthropic: parse_upstream(Protocol::Anthropic, "https://api.anthropic.com", AuthStyle::XApiKey).unwrap(),
             openai: parse_upstream(Protocol::OpenAi, "http://litellm:4000/openai-proxy", AuthStyle::Bearer).unwrap(),
-        }
+        });
+        &UPSTREAMS
     }
 
-    fn route(method: Method, uri: &str, headers: &[(&str, &str)]) -> Route {
+    fn route(method: Method, uri: &str, headers: &[(&str, &str)]) -> Route<'static> {
         let mut h = HeaderMap::new();
         for (k, v) in headers {
             h.insert(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
         }
-        match resolve(&upstreams(), &method, &uri.parse().unwrap(), &h).unwrap() {
+        match resolve(upstreams(), &method, &uri.parse().unwrap(), &h).unwrap() {
             Routed::Upstream(r) => r,
             Routed::Local => panic!("expected an upstream route for {uri}"),
         }
@@ -270,7 +276,7 @@ mod tests {
             }
             let Ok(uri) = p.parse::<Uri>() else { continue };
             for method in [Method::GET, Method::POST, Method::HEAD] {
-                if let Ok(Routed::Upstream(r)) = resolve(&upstreams(), &method, &uri, &HeaderMap::new()) {
+                if let Ok(Routed::Upstream(r)) = resolve(upstreams(), &method, &uri, &HeaderMap::new()) {
                     if r.protocol == Protocol::OpenAi {
                         assert!(r.uri.path().starts_with("/openai-proxy"), "{p} → {}", r.uri);
                     }
@@ -284,15 +290,15 @@ mod tests {
     fn probes_are_local() {
         let h = HeaderMap::new();
         assert!(matches!(
-            resolve(&upstreams(), &Method::HEAD, &"/".parse().unwrap(), &h).unwrap(),
+            resolve(upstreams(), &Method::HEAD, &"/".parse().unwrap(), &h).unwrap(),
             Routed::Local
         ));
         assert!(matches!(
-            resolve(&upstreams(), &Method::GET, &"/".parse().unwrap(), &h).unwrap(),
+            resolve(upstreams(), &Method::GET, &"/".parse().unwrap(), &h).unwrap(),
             Routed::Local
         ));
         assert!(matches!(
-            resolve(&upstreams(), &Method::POST, &"/".parse().unwrap(), &h).unwrap(),
+            resolve(upstreams(), &Method::POST, &"/".parse().unwrap(), &h).unwrap(),
             Routed::Upstream(_)
         ));
     }
