@@ -54,7 +54,7 @@ impl Period {
 
     /// First and last day (YYYY-MM-DD) and the instant the next period starts.
     pub fn bounds(&self) -> (String, String, i64) {
-        let day = |d: i64| crate::clock::format_rfc3339(d * 86_400)[..10].to_string();
+        let day = |d: i64| crate::clock::format_date(d * 86_400);
         match *self {
             Period::Day(d) => (day(d), day(d), (d + 1) * 86_400),
             Period::Month(m) => {

@@ -759,7 +759,7 @@ async fn prices(control: Control, cmd: PricesCommand) -> Result<()> {
                 println!("{}", json!({"prices": rows}));
                 return Ok(());
             }
-            let per_m = |micros: u64| format!("{}.{:06}", micros / 1_000_000, micros % 1_000_000);
+            let per_m = crate::ledger::usd;
             println!(
                 "{:<10} {:<28} {:>12} {:>12} {:>12} {:>12}  {:<10} {:<8} SOURCE",
                 "PROVIDER", "MODEL", "INPUT", "OUTPUT", "CACHE WRITE", "CACHE READ", "EFFECTIVE", "ORIGIN"
@@ -823,7 +823,7 @@ fn print_keys(keys: &[KeyRecord]) {
         "ID", "OWNER", "TEAM", "NAME", "CREATED", "EXPIRES", "STATUS"
     );
     for k in keys {
-        let day = |t: i64| crate::clock::format_rfc3339(t)[..10].to_string();
+        let day = |t: i64| crate::clock::format_date(t);
         let status = match k.unusable_reason(now) {
             None => "active",
             Some(_) if k.revoked_at.is_some() => "revoked",

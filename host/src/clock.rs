@@ -42,6 +42,12 @@ pub fn format_rfc3339(unix: i64) -> String {
     format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", s / 3600, s / 60 % 60, s % 60)
 }
 
+/// The UTC day of a Unix time, `YYYY-MM-DD` (ledger keys, budget periods, reports).
+pub fn format_date(unix: i64) -> String {
+    let (y, m, d) = civil_from_days(unix.div_euclid(86_400));
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
 /// Parses `YYYY-MM-DD` (start of that day, UTC) or `YYYY-MM-DDTHH:MM:SSZ`.
 pub fn parse_date_or_time(s: &str) -> Option<i64> {
     let s = s.trim();
@@ -103,6 +109,8 @@ mod tests {
             Some("2024-02-29T00:00:00Z")
         );
         assert_eq!(parse_date_or_time("tomorrow"), None);
+        assert_eq!(format_date(1_795_748_130), "2026-11-27");
+        assert_eq!(format_date(-1), "1969-12-31");
         assert_eq!(parse_date_or_time("2026-13-01"), None);
     }
 }

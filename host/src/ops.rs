@@ -83,7 +83,7 @@ pub fn create_key(store: &dyn Store, req: NewKeyRequest) -> Result<CreatedKey> {
         return Err(Error::msg(format!(
             "expiry {} is in the past; give a future date such as {}",
             crate::clock::format_rfc3339(t),
-            crate::clock::format_rfc3339(now + 90 * 86_400)[..10].to_owned()
+            crate::clock::format_date(now + 90 * 86_400)
         )));
     }
     let new = keys::generate().map_err(|e| Error::msg(format!("OS random source failed: {e}")))?;
@@ -215,9 +215,9 @@ pub fn spend_range(since: Option<&str>, until: Option<&str>) -> Result<(String, 
     let day = |what: &str, v: Option<&str>, default_days_ago: i64| -> Result<String> {
         match v {
             Some(d) => crate::clock::parse_date_or_time(d)
-                .map(|t| crate::clock::format_rfc3339(t)[..10].to_string())
+                .map(crate::clock::format_date)
                 .ok_or_else(|| Error::msg(format!("--{what} {d:?} is not a date; use YYYY-MM-DD (UTC)"))),
-            None => Ok(crate::clock::format_rfc3339((today - default_days_ago) * 86_400)[..10].to_string()),
+            None => Ok(crate::clock::format_date((today - default_days_ago) * 86_400)),
         }
     };
     let (since, until) = (day("since", since, 29)?, day("until", until, 0)?);
@@ -240,7 +240,7 @@ pub fn spend(store: &dyn Store, by: crate::ledger::By, since: &str, until: &str)
 
 /// Parses a price file: LiteLLM JSON (`model_prices_and_context_window.json`) or `[[price]]` TOML.
 pub fn parse_price_file(content: &str) -> Result<crate::prices::Imported> {
-    let today = crate::clock::format_rfc3339(crate::clock::now_unix())[..10].to_string();
+    let today = crate::clock::format_date(crate::clock::now_unix());
     if content.trim_start().starts_with('{') {
         crate::prices::import_litellm(content.as_bytes(), &today)
     } else {

@@ -15,7 +15,7 @@ use http::{Method, Request};
 use http_body_util::{BodyExt, Full};
 
 fn today() -> String {
-    conduit::clock::format_rfc3339(conduit::clock::now_unix())[..10].to_string()
+    conduit::clock::format_date(conduit::clock::now_unix())
 }
 
 /// Waits until the ledger holds `n` requests (settling after a drained stream is asynchronous).

@@ -104,7 +104,7 @@ pub fn settle(
         }
     }
     s.ledger.record(SpendEntry {
-        day: crate::clock::format_rfc3339(ex.started_unix)[..10].to_string(),
+        day: crate::clock::format_date(ex.started_unix),
         key_id: key_id.clone(),
         owner: ex.owner.clone().unwrap_or_default(),
         team: ex.team.clone().unwrap_or_else(|| "-".into()),
