@@ -27,7 +27,7 @@ pub struct RawConfig {
     /// File holding the base64 master key (env `CONDUIT_MASTER_KEY_FILE`). `CONDUIT_MASTER_KEY` wins.
     pub master_key_file: Option<PathBuf>,
     /// Admin bearer token (prefer env `CONDUIT_ADMIN_TOKEN`); generated into the data dir if unset.
-    pub admin_token: Option<String>,
+    pub admin_token: Option<Redacted>,
     /// Logging.
     #[serde(default)]
     pub log: RawLog,
@@ -140,7 +140,7 @@ pub struct Config {
     /// Where the master key comes from.
     pub master_key: MasterKeySource,
     /// Admin token from config/env; `None` → generated file in the data dir.
-    pub admin_token: Option<String>,
+    pub admin_token: Option<Redacted>,
     /// Log format and filter.
     pub log: LogConfig,
     /// Request limits.
@@ -153,6 +153,24 @@ pub struct Config {
     pub tls: Option<TlsFiles>,
     /// Budgets from the file, by scope.
     pub budgets: Vec<(String, crate::admission::BudgetLimit)>,
+}
+
+/// A configured secret: `Debug` never shows it, so a config printed while debugging leaks nothing.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct Redacted(String);
+
+impl Redacted {
+    /// The secret itself, for the one place that uses it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
 }
 
 /// Where the master key is read from.
@@ -355,7 +373,7 @@ impl RawConfig {
             MasterKeySource::Generated(data_dir.join("master.key"))
         };
 
-        let admin_token = env_or("CONDUIT_ADMIN_TOKEN", self.admin_token);
+        let admin_token = env_or("CONDUIT_ADMIN_TOKEN", self.admin_token.map(|t| t.0));
         if let Some(t) = &admin_token
             && t.len() < 16
         {
@@ -480,7 +498,7 @@ impl RawConfig {
             admin_listen,
             data_dir,
             master_key,
-            admin_token,
+            admin_token: admin_token.map(Redacted),
             log,
             limits,
             network,
@@ -678,6 +696,28 @@ mod tests {
             .validate(&env_of(&[("CONDUIT_MASTER_KEY", "dG9vIHNob3J0")]))
             .unwrap_err();
         assert!(!err.to_string().contains("dG9vIHNob3J0"));
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug_output() {
+        let raw: RawConfig = toml::from_str("admin_token = \"file-token-0123456789abcdef\"").unwrap();
+        assert!(!format!("{raw:?}").contains("file-token"));
+        let (_, key) = crate::seal::MasterKey::generate().unwrap();
+        let c = raw
+            .validate(&env_of(&[
+                ("CONDUIT_ADMIN_TOKEN", "env-token-0123456789abcdef"),
+                ("CONDUIT_MASTER_KEY", &key),
+            ]))
+            .unwrap();
+        let shown = format!("{c:?}");
+        assert!(
+            !shown.contains("token-0123") && !shown.contains(key.as_str()),
+            "{shown}"
+        );
+        assert_eq!(
+            c.admin_token.as_ref().map(Redacted::expose),
+            Some("env-token-0123456789abcdef")
+        );
     }
 
     #[test]
