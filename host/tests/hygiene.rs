@@ -97,6 +97,12 @@ async fn canaries_never_reach_logs_store_or_cli_output() {
             vec![("x-api-key", key.clone())],
             format!("{{\"model\":\"{CANARY_PROMPT}\""),
         ),
+        // Valid JSON with prompt text in the model field: forwarded, but never recorded as a model.
+        (
+            "/v1/messages".into(),
+            vec![("x-api-key", key.clone())],
+            format!("{{\"model\":\"{CANARY_PROMPT}\",\"max_tokens\":8,\"messages\":[]}}"),
+        ),
         (
             "/v1/messages".into(),
             vec![("x-api-key", wrong_key.clone())],
@@ -134,7 +140,7 @@ async fn canaries_never_reach_logs_store_or_cli_output() {
         answered.push(resp.status().as_u16());
         let _ = resp.into_body().collect().await;
     }
-    assert_eq!(answered, [200, 200, 400, 401, 401, 200, 500]);
+    assert_eq!(answered, [200, 200, 400, 200, 401, 401, 200, 500]);
     cli(&["keys", "list"]);
     cli(&["credentials", "list"]);
     cli(&["keys", "list", "--json"]);

@@ -117,6 +117,22 @@ struct Head<'a> {
     max_output_tokens: Option<serde_json::Value>,
 }
 
+/// What the gateway records (ledger, audit, messages) for a client-supplied model id. Anything not
+/// shaped like a model id is replaced, so a client cannot put arbitrary text — a prompt, a secret —
+/// into the store or the logs through this field. The forwarded bytes are untouched.
+pub fn recordable_model(m: &str) -> String {
+    let id_like =
+        !m.is_empty() && m.len() <= 128 && m.bytes().all(|b| b.is_ascii_alphanumeric() || b"._:/@[]-".contains(&b));
+    if id_like {
+        m.to_string()
+    } else {
+        INVALID_MODEL.to_string()
+    }
+}
+
+/// Recorded in place of a model field that is not a model id.
+pub const INVALID_MODEL: &str = "(invalid model id)";
+
 /// Parses the facts from a JSON body; refuses invalid JSON and non-objects.
 pub fn parse_facts(body: &[u8]) -> Result<RequestFacts, GatewayError> {
     let head: Head<'_> = serde_json::from_slice(body).map_err(|e| {
@@ -133,7 +149,7 @@ pub fn parse_facts(body: &[u8]) -> Result<RequestFacts, GatewayError> {
         .flatten()
         .find_map(|v| v.as_u64());
     Ok(RequestFacts {
-        model: head.model.map(Cow::into_owned),
+        model: head.model.map(|m| recordable_model(&m)),
         stream: head.stream.and_then(|v| v.as_bool()).unwrap_or(false),
         max_tokens,
     })
@@ -158,8 +174,8 @@ mod tests {
         let f = parse_facts(br#"{"model":"gpt-5","max_output_tokens":5,"input":"x"}"#).unwrap();
         assert_eq!(f.max_tokens, Some(5));
         assert!(!f.stream);
-        let f = parse_facts(br#"{"model":"m\u00e9","messages":[{"content":"\"quoted\""}]}"#).unwrap();
-        assert_eq!(f.model.as_deref(), Some("mé"));
+        let f = parse_facts(br#"{"model":"claude\u002dhaiku","messages":[{"content":"\"quoted\""}]}"#).unwrap();
+        assert_eq!(f.model.as_deref(), Some("claude-haiku"), "JSON escapes are decoded");
     }
 
     #[test]
@@ -177,6 +193,30 @@ mod tests {
         }
         let e = parse_facts(br#"{"model":"a","model":"b"}"#).unwrap_err();
         assert!(e.message.contains("duplicate field"), "{}", e.message);
+    }
+
+    #[test]
+    fn only_id_shaped_models_are_recorded() {
+        for ok in [
+            "claude-opus-4-8",
+            "gpt-5.2-codex",
+            "us.anthropic.claude-sonnet-4-5-20250929-v1:0",
+            "claude-opus-4-8[1m]",
+            "accounts/x/models/y@v2",
+        ] {
+            assert_eq!(recordable_model(ok), ok);
+        }
+        for bad in [
+            "",
+            "the merger code is BLUEHERON-7",
+            "sk-ant-api03-secret\nnext",
+            &"a".repeat(129),
+            "m\u{e9}",
+        ] {
+            assert_eq!(recordable_model(bad), INVALID_MODEL, "{bad:?}");
+        }
+        let f = parse_facts(br#"{"model":"please summarise: our Q3 numbers","messages":[]}"#).unwrap();
+        assert_eq!(f.model.as_deref(), Some(INVALID_MODEL));
     }
 
     /// Property: any byte string — random, or a valid body with bytes flipped, cut or duplicated —
