@@ -7,6 +7,7 @@
 //! tap, and calls a completion hook exactly once — on the end of the stream, an upstream error, or
 //! after the client went away and the rest of the upstream body was drained for metering.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
@@ -266,5 +267,3 @@ fn finish(on_end: &mut Option<OnEnd>, tap: &mut Option<UsageTap>, bytes: u64, en
         f(bytes, end, tap.take().map(UsageTap::finish).unwrap_or_default());
     }
 }
-
-use std::future::Future;
