@@ -118,6 +118,38 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>) -> Response<GatewayBod
                 (Err(e), _) | (_, Err(e)) => Err(e),
             }
         }
+        (&Method::GET, ["v1", "policies"]) => match &gw.policies {
+            Some(p) => Ok((StatusCode::OK, crate::policy::ops::listing(p))),
+            None => Err(Error::msg("the policy stage is disabled ([policies] enabled = false)")),
+        },
+        (&Method::PUT, ["v1", "policies", "modes", category]) => {
+            let category = category.to_string();
+            match (body::<SetMode>(req).await, &gw.policies) {
+                (Ok(m), Some(p)) => crate::policy::ops::set_mode(p, &category, &m.mode)
+                    .map(|()| (StatusCode::OK, json!({"category": category, "mode": m.mode}))),
+                (Err(e), _) => Err(e),
+                (_, None) => Err(Error::msg("the policy stage is disabled ([policies] enabled = false)")),
+            }
+        }
+        (&Method::GET, ["v1", "findings"]) => {
+            let q = query_pairs(req.uri().query());
+            let limit = q.get("limit").and_then(|l| l.parse().ok()).unwrap_or(100usize);
+            gw.store
+                .findings(limit)
+                .map(|f| (StatusCode::OK, json!({"findings": f})))
+        }
+        (&Method::GET, ["v1", "findings", "stats"]) => gw
+            .store
+            .findings(usize::MAX)
+            .map(|f| (StatusCode::OK, json!({"categories": crate::policy::ops::stats(&f)}))),
+        (&Method::POST, ["v1", "findings", id, "false-positive"]) => {
+            let id = id.to_string();
+            match body::<FalsePositive>(req).await {
+                Ok(fp) => crate::policy::ops::mark_false_positive(gw.store.as_ref(), &id, &fp.by)
+                    .map(|r| (StatusCode::OK, json!(r))),
+                Err(e) => Err(e),
+            }
+        }
         (&Method::GET, ["v1", "prices"]) => Ok((StatusCode::OK, json!({"prices": gw.prices().rows()}))),
         (&Method::POST, ["v1", "prices", "import"]) => match body::<ImportPrices>(req).await {
             Ok(r) => ops::parse_price_file(&r.content).and_then(|imported| {
@@ -145,6 +177,21 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>) -> Response<GatewayBod
         Ok((status, value)) => reply(status, value),
         Err(e) => problem(StatusCode::BAD_REQUEST, &e.to_string()),
     }
+}
+
+#[derive(Deserialize)]
+struct SetMode {
+    mode: String,
+}
+
+#[derive(Deserialize)]
+struct FalsePositive {
+    #[serde(default = "admin_marker")]
+    by: String,
+}
+
+fn admin_marker() -> String {
+    "admin".into()
 }
 
 #[derive(Deserialize)]

@@ -68,6 +68,12 @@ pub enum Command {
     /// Hard budgets per key, team or the whole org (daily / monthly, UTC).
     #[command(subcommand)]
     Budgets(BudgetsCommand),
+    /// Wasm policies: list, modes, test, signing keys.
+    #[command(subcommand)]
+    Policy(crate::cli_policy::PolicyCommand),
+    /// Policy findings: list, false-positive feedback, statistics.
+    #[command(subcommand)]
+    Findings(crate::cli_policy::FindingsCommand),
 }
 
 /// `conduit prices …`
@@ -270,6 +276,8 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Prices(cmd) => prices(Control::connect(config).await?, cmd).await,
         Command::Budgets(cmd) => budgets(Control::connect(config).await?, cmd).await,
         Command::Credentials(cmd) => credentials(Control::connect(config).await?, cmd).await,
+        Command::Policy(cmd) => crate::cli_policy::policy(config, cmd).await,
+        Command::Findings(cmd) => crate::cli_policy::findings(config, cmd).await,
     }
 }
 

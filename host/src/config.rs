@@ -46,6 +46,9 @@ pub struct RawConfig {
     /// Budgets set with the CLI or the admin API override these for the same scope.
     #[serde(default)]
     pub budgets: HashMap<String, RawBudget>,
+    /// The policy stage: `[policies]`, `[policies.modes]`, `[policies.builtin.<name>]`.
+    #[serde(default)]
+    pub policies: crate::policy::RawPolicies,
 }
 
 /// `[budgets.<scope>]`
@@ -153,6 +156,8 @@ pub struct Config {
     pub tls: Option<TlsFiles>,
     /// Budgets from the file, by scope.
     pub budgets: Vec<(String, crate::admission::BudgetLimit)>,
+    /// Policies.
+    pub policies: crate::policy::PolicyConfig,
 }
 
 /// A configured secret: `Debug` never shows it, so a config printed while debugging leaks nothing.
@@ -493,7 +498,9 @@ impl RawConfig {
             budgets.push((scope, limit));
         }
 
+        let policies = self.policies.validate(&data_dir, env)?;
         Ok(Config {
+            policies,
             listen,
             admin_listen,
             data_dir,

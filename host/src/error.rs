@@ -28,6 +28,10 @@ pub enum ErrorKind {
     BudgetExceeded,
     /// A per-key rate limit.
     RateLimited,
+    /// A policy found something its category's mode blocks (a secret, a sensitive term).
+    PolicyBlocked,
+    /// A `fail_closed` policy failed (trap, timeout, memory); nothing leaves unchecked.
+    PolicyUnavailable,
     /// The store did not answer; the gateway refuses rather than forwarding unmetered.
     StoreUnavailable,
     /// The upstream could not be reached or broke the connection before a response.
@@ -65,6 +69,8 @@ impl ErrorKind {
             ErrorKind::NotConfigured => "not_configured",
             ErrorKind::BudgetExceeded => "budget_exceeded",
             ErrorKind::RateLimited => "rate_limited",
+            ErrorKind::PolicyBlocked => "policy_blocked",
+            ErrorKind::PolicyUnavailable => "policy_unavailable",
             ErrorKind::StoreUnavailable => "store_unavailable",
             ErrorKind::UpstreamUnreachable => "upstream_unreachable",
             ErrorKind::UpstreamTimeout => "upstream_timeout",

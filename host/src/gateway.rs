@@ -36,6 +36,8 @@ pub struct Gateway {
     pub budgets: Arc<BudgetBook>,
     /// Per-key rate-limit state.
     pub rate_limiter: Arc<RateLimiter>,
+    /// The Wasm policy set (`None` when `[policies] enabled = false`).
+    pub policies: Option<Arc<crate::policy::Policies>>,
     master_key: RwLock<Arc<MasterKey>>,
     prices: RwLock<Arc<PriceTable>>,
 }
@@ -56,6 +58,13 @@ impl Gateway {
         let prices = PriceTable::shipped()?.with_overrides(store.price_overrides()?);
         let ledger = Ledger::start(store.clone())?;
         let budgets = Arc::new(BudgetBook::open(store.clone(), &config.budgets)?);
+        let policies = if config.policies.enabled {
+            let p = crate::policy::Policies::open(config.policies.clone(), Some(store.clone()))?;
+            p.watch();
+            Some(p)
+        } else {
+            None
+        };
         Ok(Gateway {
             config,
             store,
@@ -65,6 +74,7 @@ impl Gateway {
             ledger,
             budgets,
             rate_limiter: Arc::default(),
+            policies,
             master_key: RwLock::new(Arc::new(master_key)),
             prices: RwLock::new(Arc::new(prices)),
         })

@@ -7,6 +7,7 @@
 //!   (accept)    declared body size, protocol upgrades — checked here, so refusals take the family's shape
 //! authenticate  stand-in key → principal (key id, owner, team); 401     stages::authenticate
 //! inspect       bounded body read, original bytes kept; model, stream  stages::inspect
+//! police        Wasm policies on the decoded text → findings; block/403  stages::police
 //! admit         rate limits (429); worst-case budget reservation (402)  stages::admit
 //! credential    unseal the provider credential → upstream auth header  stages::credential
 //! forward       original bytes upstream; response streamed back        stages::forward
@@ -14,9 +15,6 @@
 //! settle        tokens (reported or flagged estimate) × price → ledger  stages::settle
 //! audit         always: one metadata-only record per request           stages::audit
 //! ```
-//!
-//! The policy stage (`police`: Wasm policy verdicts) slots in between `inspect` and `admit` without
-//! reshaping this file. See docs/architecture.md.
 //!
 //! A stage ends a request by returning a [`GatewayError`]; [`handle`] is the one place that turns
 //! it into a provider-shaped response (via `rescue`) and makes sure `audit` still runs.
@@ -31,7 +29,7 @@ use crate::error::GatewayError;
 use crate::gateway::Gateway;
 use crate::rescue::{self, REQUEST_ID_HEADER};
 use crate::stages::route::Routed;
-use crate::stages::{accept, admit, audit, authenticate, credential, forward, inspect, route, settle};
+use crate::stages::{accept, admit, audit, authenticate, credential, forward, inspect, police, route, settle};
 
 /// Handles one request on the gateway listener. Never fails: errors become responses.
 pub async fn handle(gw: &Gateway, req: Request<Incoming>, peer: SocketAddr) -> Response<GatewayBody> {
@@ -80,6 +78,8 @@ async fn run(gw: &Gateway, req: Request<Incoming>, ex: &mut accept::Exchange) ->
     ex.bytes_in = inspected.body.len() as u64;
     ex.model = inspected.facts.model.clone();
     ex.stream = inspected.facts.stream;
+
+    police::police(gw, ex, &principal, &route, &inspected)?;
 
     let admitted = admit::admit(gw, ex, &principal, &inspected.facts)?;
 

@@ -98,6 +98,18 @@ fn shape(kind: ErrorKind) -> (StatusCode, &'static str, &'static str, Option<&'s
             "invalid_request_error",
             None,
         ),
+        PolicyBlocked => (
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "invalid_request_error",
+            Some("policy_blocked"),
+        ),
+        PolicyUnavailable => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "api_error",
+            "server_error",
+            Some("policy_unavailable"),
+        ),
         BudgetExceeded => (
             StatusCode::PAYMENT_REQUIRED,
             "billing_error",

@@ -99,6 +99,49 @@ pub trait Store: Send + Sync + 'static {
     fn budgets(&self) -> Result<Vec<(String, BudgetLimit)>>;
     /// Sets a scope's budget; an empty limit removes it.
     fn put_budget(&self, scope: &str, limit: &BudgetLimit) -> Result<()>;
+    /// Appends policy findings (metadata only: never the matched text).
+    fn record_findings(&self, records: &[FindingRecord]) -> Result<()>;
+    /// Findings, newest first, at most `limit`.
+    fn findings(&self, limit: usize) -> Result<Vec<FindingRecord>>;
+    /// Marks a finding as a false positive; `None` if there is no such finding.
+    fn mark_false_positive(&self, id: &str, by: &str) -> Result<Option<FindingRecord>>;
+    /// Run-time policy mode overrides (category or prefix → mode).
+    fn policy_modes(&self) -> Result<Vec<(String, String)>>;
+    /// Sets (or with `None` clears) a run-time policy mode.
+    fn set_policy_mode(&self, key: &str, mode: Option<&str>) -> Result<()>;
+}
+
+/// One policy finding, as stored and exported: where and what kind, never the text.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FindingRecord {
+    /// `f_` + time-ordered hex.
+    pub id: String,
+    /// Unix seconds.
+    pub time: i64,
+    /// The request's `x-conduit-request-id`.
+    pub request_id: String,
+    /// Stand-in key id.
+    pub key_id: String,
+    /// Its team.
+    pub team: Option<String>,
+    /// The policy that reported it.
+    pub policy: String,
+    /// Dotted category.
+    pub category: String,
+    /// Rule or term id.
+    pub rule_id: String,
+    /// JSON path of the segment, or `request` for request-level findings.
+    pub location: String,
+    /// Byte span in the segment.
+    pub start: u32,
+    pub end: u32,
+    /// The category's mode when it was found: `alert` or `block`.
+    pub mode: String,
+    /// What happened to the request: `forwarded` or `blocked`.
+    pub action: String,
+    /// Marked as a false positive (by whom).
+    #[serde(default)]
+    pub false_positive: Option<String>,
 }
 
 /// Metadata name holding the id of the master key that sealed the credentials.
@@ -115,6 +158,8 @@ pub struct SledStore {
     spend: sled::Tree,
     prices: sled::Tree,
     budgets: sled::Tree,
+    findings: sled::Tree,
+    policy_modes: sled::Tree,
 }
 
 impl SledStore {
@@ -139,6 +184,8 @@ impl SledStore {
             spend: db.open_tree("spend")?,
             prices: db.open_tree("prices")?,
             budgets: db.open_tree("budgets")?,
+            findings: db.open_tree("findings")?,
+            policy_modes: db.open_tree("policy_modes")?,
             db,
         };
         match store.meta(META_SCHEMA)? {
@@ -333,6 +380,62 @@ impl Store for SledStore {
             self.budgets.insert(scope, serde_json::to_vec(limit)?)?;
         }
         self.db.flush()?;
+        Ok(())
+    }
+
+    fn record_findings(&self, records: &[FindingRecord]) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        for r in records {
+            let value = serde_json::to_vec(r).map_err(|e| Error::msg(format!("encoding a finding: {e}")))?;
+            batch.insert(r.id.as_bytes(), value);
+        }
+        self.findings.apply_batch(batch)?;
+        Ok(())
+    }
+
+    fn findings(&self, limit: usize) -> Result<Vec<FindingRecord>> {
+        self.findings
+            .iter()
+            .rev()
+            .take(limit)
+            .map(|kv| {
+                let (_, v) = kv?;
+                Self::decode("finding", &v)
+            })
+            .collect()
+    }
+
+    fn mark_false_positive(&self, id: &str, by: &str) -> Result<Option<FindingRecord>> {
+        let Some(v) = self.findings.get(id.as_bytes())? else {
+            return Ok(None);
+        };
+        let mut record: FindingRecord = Self::decode("finding", &v)?;
+        record.false_positive = Some(by.to_string());
+        let value = serde_json::to_vec(&record).map_err(|e| Error::msg(format!("encoding a finding: {e}")))?;
+        self.findings.insert(id.as_bytes(), value)?;
+        self.findings.flush()?;
+        Ok(Some(record))
+    }
+
+    fn policy_modes(&self) -> Result<Vec<(String, String)>> {
+        self.policy_modes
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                Ok((
+                    String::from_utf8_lossy(&k).into_owned(),
+                    String::from_utf8_lossy(&v).into_owned(),
+                ))
+            })
+            .collect()
+    }
+
+    fn set_policy_mode(&self, key: &str, mode: Option<&str>) -> Result<()> {
+        match mode {
+            Some(m) => self.policy_modes.insert(key.as_bytes(), m.as_bytes())?,
+            None => self.policy_modes.remove(key.as_bytes())?,
+        };
+        self.policy_modes.flush()?;
         Ok(())
     }
 

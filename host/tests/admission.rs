@@ -352,6 +352,21 @@ impl Store for Breakable {
     fn put_budget(&self, scope: &str, l: &BudgetLimit) -> Result<()> {
         self.inner.put_budget(scope, l)
     }
+    fn record_findings(&self, r: &[conduit::store::FindingRecord]) -> Result<()> {
+        self.inner.record_findings(r)
+    }
+    fn findings(&self, limit: usize) -> Result<Vec<conduit::store::FindingRecord>> {
+        self.inner.findings(limit)
+    }
+    fn mark_false_positive(&self, id: &str, by: &str) -> Result<Option<conduit::store::FindingRecord>> {
+        self.inner.mark_false_positive(id, by)
+    }
+    fn policy_modes(&self) -> Result<Vec<(String, String)>> {
+        self.inner.policy_modes()
+    }
+    fn set_policy_mode(&self, key: &str, mode: Option<&str>) -> Result<()> {
+        self.inner.set_policy_mode(key, mode)
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

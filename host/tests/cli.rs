@@ -38,6 +38,7 @@ impl Env {
 
     fn command(&self, args: &[&str]) -> Command {
         let mut c = Command::new(BIN);
+        c.env("CONDUIT_POLICY_CACHE_DIR", common::process::policy_cache_dir());
         c.args(args)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default());

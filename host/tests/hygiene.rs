@@ -34,6 +34,7 @@ async fn canaries_never_reach_logs_store_or_cli_output() {
     let admin = format!("127.0.0.1:{}", free_port());
     let cmd = |args: &[&str]| {
         let mut c = Command::new(BIN);
+        c.env("CONDUIT_POLICY_CACHE_DIR", common::process::policy_cache_dir());
         c.args(args)
             .env("CONDUIT_DATA_DIR", data.path())
             .env("CONDUIT_LISTEN", &listen)
@@ -141,6 +142,38 @@ async fn canaries_never_reach_logs_store_or_cli_output() {
         let _ = resp.into_body().collect().await;
     }
     assert_eq!(answered, [200, 200, 400, 200, 401, 401, 200, 500]);
+    // The secret in the prompt was found (alert); now block it and send it again.
+    cli(&["policy", "mode", "secret.*", "block"]);
+    let resp = client
+        .request(
+            http::Request::post(format!("http://{listen}/v1/messages"))
+                .header("content-type", "application/json")
+                .header("x-api-key", &key)
+                .body(Full::new(bytes::Bytes::from(prompt_body.clone())))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 400);
+    let refusal = resp.into_body().collect().await.unwrap().to_bytes();
+    assert!(
+        contains(&refusal, "secret.aws-access-key"),
+        "{}",
+        String::from_utf8_lossy(&refusal)
+    );
+    cli(&["findings", "list"]);
+    cli(&["findings", "list", "--json"]);
+    cli(&["findings", "stats"]);
+    cli(&["policy", "list"]);
+    let text = data.path().join("prompt.txt");
+    std::fs::write(&text, format!("{CANARY_PROMPT} {CANARY_SECRET_IN_PROMPT}")).unwrap();
+    let tested = cli(&["policy", "test", "--builtin", "--text", text.to_str().unwrap()]);
+    assert!(
+        contains(&tested, "secret.aws-access-key"),
+        "{}",
+        String::from_utf8_lossy(&tested)
+    );
+    std::fs::remove_file(&text).unwrap();
     cli(&["keys", "list"]);
     cli(&["credentials", "list"]);
     cli(&["keys", "list", "--json"]);
@@ -149,6 +182,7 @@ async fn canaries_never_reach_logs_store_or_cli_output() {
     let logs = terminate(gateway).stderr;
     assert!(contains(&logs, "conduit::audit"), "the audit events are in the log");
     assert!(contains(&logs, "\"status\":200"), "audit records carry statuses");
+    assert!(contains(&logs, "policy finding"), "findings are logged (as metadata)");
     assert!(
         contains(&logs, "request refused"),
         "debug-level lines were captured too"
@@ -172,6 +206,7 @@ async fn canaries_never_reach_logs_store_or_cli_output() {
     for canary in canaries {
         assert!(!contains(&logs, canary), "log contains {canary:?}");
         assert!(!contains(&cli_output, canary), "CLI output contains {canary:?}");
+        assert!(!contains(&refusal, canary), "the block message contains {canary:?}");
         for file in &stored {
             assert!(
                 !contains(&std::fs::read(file).unwrap(), canary),

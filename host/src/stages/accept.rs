@@ -45,6 +45,10 @@ pub struct Exchange {
     pub bytes_in: u64,
     /// Time until upstream response headers arrived.
     pub upstream_ttfb_ms: Option<f64>,
+    /// Policy findings as `category:mode` (metadata only), once policed.
+    pub findings: Vec<String>,
+    /// Digest of the policy set that judged the request.
+    pub policy_set: Option<String>,
 }
 
 /// Hands out request ids: a per-process random prefix and a counter — unique, cheap, sortable.
@@ -97,6 +101,8 @@ pub fn begin<B>(ids: &RequestIds, req: &Request<B>, peer: SocketAddr) -> Exchang
         stream: false,
         bytes_in: 0,
         upstream_ttfb_ms: None,
+        findings: Vec::new(),
+        policy_set: None,
     }
 }
 

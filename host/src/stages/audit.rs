@@ -63,6 +63,8 @@ fn emit(
         cost_usd = %cost,
         estimated = s.estimated,
         client_ip = %ex.peer.ip(),
+        findings = %ex.findings.join(","),
+        policy_set = ex.policy_set.as_deref().unwrap_or("-"),
         "request"
     );
 }

@@ -9,5 +9,6 @@ pub mod authenticate;
 pub mod credential;
 pub mod forward;
 pub mod inspect;
+pub mod police;
 pub mod route;
 pub mod settle;

@@ -6,6 +6,12 @@ use std::time::{Duration, Instant};
 /// The built `conduit` binary.
 pub const BIN: &str = env!("CARGO_BIN_EXE_conduit");
 
+/// A compiled-policy cache shared by the gateway processes tests start, so each does not
+/// recompile the built-in policies (seconds in a debug build).
+pub fn policy_cache_dir() -> String {
+    concat!(env!("CARGO_TARGET_TMPDIR"), "/policy-cache").to_string()
+}
+
 /// A port that was free a moment ago (for processes that must be told their address).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -17,9 +23,9 @@ pub fn free_port() -> u16 {
 
 /// Waits until something accepts connections on `addr`.
 pub fn wait_listening(addr: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(60);
     while std::net::TcpStream::connect(addr).is_err() {
-        assert!(Instant::now() < deadline, "nothing listens on {addr} after 20 s");
+        assert!(Instant::now() < deadline, "nothing listens on {addr} after 60 s");
         std::thread::sleep(Duration::from_millis(50));
     }
 }

@@ -1,0 +1,383 @@
+//! The Wasm side: one wasmtime [`Engine`] for the process, components compiled once (cached in
+//! memory and on disk by content hash), and per policy a pool of configured instances.
+//!
+//! Sandbox. A policy links against the `conduit:policy` world and nothing else it can use: the
+//! WASI imports a `wasm32-wasip2` Rust guest carries are defined as traps, except
+//! `wasi:random/insecure-seed` (hash-map seeding), answered with fresh randomness. No files, no
+//! network, no environment, no clock. Each call has an epoch deadline (base + per MiB of text;
+//! the epoch ticks every millisecond), each instance a memory cap; a trap or an overrun drops the
+//! instance, and the next call gets a fresh one.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder};
+
+use crate::policy::config::Sandbox;
+
+wasmtime::component::bindgen!({
+    world: "policy",
+    path: "../wit",
+});
+
+pub use self::conduit::policy::types::{Finding, Severity};
+
+/// The epoch tick: deadlines are counted in these.
+const TICK: Duration = Duration::from_millis(1);
+
+/// The process-wide engine, with its epoch ticker thread.
+pub fn engine() -> &'static Engine {
+    static ENGINE: OnceLock<Engine> = OnceLock::new();
+    ENGINE.get_or_init(|| {
+        let mut config = Config::new();
+        config.wasm_component_model(true);
+        config.epoch_interruption(true);
+        config.cranelift_opt_level(wasmtime::OptLevel::Speed);
+        let engine = match Engine::new(&config) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!(error = %e, "wasmtime engine with epoch interruption unavailable; using defaults");
+                Engine::default()
+            }
+        };
+        let ticker = engine.weak();
+        let spawned = std::thread::Builder::new().name("conduit-epoch".into()).spawn(move || {
+            while let Some(engine) = ticker.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(TICK);
+            }
+        });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the policy epoch ticker; policy deadlines will not fire");
+        }
+        engine
+    })
+}
+
+/// Compiles a component, or loads it from the in-memory or on-disk cache.
+pub fn compile(bytes: &[u8], cache_dir: Option<&Path>) -> Result<Component, String> {
+    static MEMORY: OnceLock<Mutex<HashMap<[u8; 32], Component>>> = OnceLock::new();
+    let digest: [u8; 32] = Sha256::digest(bytes).into();
+    let memory = MEMORY.get_or_init(Default::default);
+    if let Some(c) = memory.lock().unwrap_or_else(|p| p.into_inner()).get(&digest) {
+        return Ok(c.clone());
+    }
+    let engine = engine();
+    let cached = cache_dir.map(|dir| artifact_path(dir, &digest, engine));
+    let from_disk = cached.as_deref().and_then(|p| load_artifact(engine, p));
+    let component = match from_disk {
+        Some(c) => c,
+        None => {
+            let c = Component::new(engine, bytes).map_err(|e| format!("not a valid policy component: {e:#}"))?;
+            if let Some(path) = &cached {
+                store_artifact(&c, path);
+            }
+            c
+        }
+    };
+    memory
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(digest, component.clone());
+    Ok(component)
+}
+
+fn artifact_path(dir: &Path, digest: &[u8; 32], engine: &Engine) -> PathBuf {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    engine.precompile_compatibility_hash().hash(&mut h);
+    dir.join(format!("{}-{:016x}.cwasm", crate::hex::encode(digest), h.finish()))
+}
+
+/// Loads a precompiled artifact this build wrote. The file name binds it to the component's
+/// content hash and the engine's compatibility hash; the directory is the gateway's own (inside
+/// the data dir, as protected as the store). A file that does not load is ignored and rebuilt.
+#[allow(unsafe_code)]
+fn load_artifact(engine: &Engine, path: &Path) -> Option<Component> {
+    if !path.is_file() {
+        return None;
+    }
+    // SAFETY: wasmtime requires that the bytes were produced by `Component::serialize` of a
+    // compatible engine; only this process writes this directory, under a name derived from the
+    // engine's compatibility hash, and wasmtime checks the header before using the code.
+    match unsafe { Component::deserialize_file(engine, path) } {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "ignoring a compiled policy cache entry");
+            None
+        }
+    }
+}
+
+fn store_artifact(component: &Component, path: &Path) {
+    let Ok(bytes) = component.serialize() else { return };
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let tmp = path.with_extension("tmp");
+    if std::fs::write(&tmp, bytes)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .is_err()
+    {
+        let _ = std::fs::remove_file(&tmp);
+    }
+}
+
+/// Per-store state: the memory limiter and the policy's name for its log lines.
+pub struct HostState {
+    limits: StoreLimits,
+    name: Arc<str>,
+}
+
+impl self::conduit::policy::types::Host for HostState {}
+
+impl self::conduit::policy::host::Host for HostState {
+    fn log(&mut self, level: self::conduit::policy::host::Level, message: String) {
+        use self::conduit::policy::host::Level;
+        // Capped: a policy must not log request text, and cannot flood the log.
+        let message: String = message.chars().take(256).collect();
+        let policy = &*self.name;
+        match level {
+            Level::Error => tracing::error!(target: "conduit::policy", policy, "{message}"),
+            Level::Warn => tracing::warn!(target: "conduit::policy", policy, "{message}"),
+            Level::Info => tracing::info!(target: "conduit::policy", policy, "{message}"),
+            Level::Debug => tracing::debug!(target: "conduit::policy", policy, "{message}"),
+        }
+    }
+}
+
+/// A compiled, linked policy that can make configured instances.
+pub struct Prepared {
+    pre: PolicyPre<HostState>,
+    name: Arc<str>,
+    config_json: String,
+    sandbox: Sandbox,
+    pool: Mutex<Vec<Instance>>,
+    max_idle: usize,
+}
+
+struct Instance {
+    store: Store<HostState>,
+    bindings: Policy,
+}
+
+/// Why a call failed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Failure {
+    /// The deadline passed.
+    Timeout(Duration),
+    /// The instance hit its memory cap.
+    OutOfMemory(usize),
+    /// Any other trap or error.
+    Trap(String),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Timeout(d) => write!(f, "did not finish within its {} ms deadline", d.as_millis()),
+            Failure::OutOfMemory(cap) => write!(f, "exceeded its memory cap of {} MiB", cap >> 20),
+            Failure::Trap(t) => write!(f, "trapped: {t}"),
+        }
+    }
+}
+
+fn linker() -> Result<Linker<HostState>, String> {
+    let mut linker = Linker::new(engine());
+    Policy::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s).map_err(|e| e.to_string())?;
+    Ok(linker)
+}
+
+fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    let _ = getrandom::fill(&mut b);
+    u64::from_le_bytes(b)
+}
+
+fn random_bytes(len: u64) -> Vec<u8> {
+    let mut v = vec![0u8; len.min(1 << 20) as usize];
+    let _ = getrandom::fill(&mut v);
+    v
+}
+
+fn define_benign_wasi(linker: &mut Linker<HostState>, name: &str) -> wasmtime::Result<()> {
+    let interface = name.split('@').next().unwrap_or(name);
+    match interface {
+        "wasi:random/insecure-seed" => {
+            linker
+                .instance(name)?
+                .func_wrap("insecure-seed", |_s, (): ()| Ok(((random_u64(), random_u64()),)))?;
+        }
+        "wasi:random/random" => {
+            let mut i = linker.instance(name)?;
+            i.func_wrap("get-random-bytes", |_s, (len,): (u64,)| Ok((random_bytes(len),)))?;
+            i.func_wrap("get-random-u64", |_s, (): ()| Ok((random_u64(),)))?;
+        }
+        "wasi:random/insecure" => {
+            let mut i = linker.instance(name)?;
+            i.func_wrap("get-insecure-random-bytes", |_s, (len,): (u64,)| {
+                Ok((random_bytes(len),))
+            })?;
+            i.func_wrap("get-insecure-random-u64", |_s, (): ()| Ok((random_u64(),)))?;
+        }
+        "wasi:cli/environment" => {
+            let mut i = linker.instance(name)?;
+            i.func_wrap("get-environment", |_s, (): ()| Ok((Vec::<(String, String)>::new(),)))?;
+            i.func_wrap("get-arguments", |_s, (): ()| Ok((Vec::<String>::new(),)))?;
+            i.func_wrap("initial-cwd", |_s, (): ()| Ok((None::<String>,)))?;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+impl Prepared {
+    /// Links `component`, makes one instance, reads `describe` and runs `configure` — so a bad
+    /// configuration is refused at load, with the policy's own message.
+    pub fn new(component: &Component, config_json: &str, sandbox: Sandbox) -> Result<(Self, Description), String> {
+        let mut linker = linker()?;
+        // The WASI interfaces a std guest imports. Answered harmlessly: randomness (hash-map
+        // seeds), an empty environment and argument list (language runtimes read them at
+        // start). Everything else — files, sockets, clocks, stdio — traps.
+        let ty = component.component_type();
+        for (name, _) in ty.imports(engine()) {
+            define_benign_wasi(&mut linker, name).map_err(|e| format!("linking {name}: {e}"))?;
+        }
+        linker
+            .define_unknown_imports_as_traps(component)
+            .map_err(|e| format!("linking: {e}"))?;
+        let pre = linker
+            .instantiate_pre(component)
+            .map_err(|e| format!("does not implement the conduit:policy world: {e:#}"))?;
+        let pre = PolicyPre::new(pre).map_err(|e| format!("does not implement the conduit:policy world: {e:#}"))?;
+        let mut prepared = Prepared {
+            pre,
+            name: Arc::from("(loading)"),
+            config_json: config_json.to_string(),
+            sandbox,
+            pool: Mutex::new(Vec::new()),
+            max_idle: std::thread::available_parallelism().map(|n| n.get() * 2).unwrap_or(4),
+        };
+        let mut first = prepared.instantiate_bare()?;
+        first.store.set_epoch_deadline(ticks(sandbox.timeout * 100));
+        let description = first
+            .bindings
+            .call_describe(&mut first.store)
+            .map_err(|e| format!("describe failed: {e:#}"))?;
+        prepared.name = Arc::from(description.name.as_str());
+        first.store.data_mut().name = prepared.name.clone();
+        prepared.configure(&mut first)?;
+        prepared.release(first);
+        Ok((prepared, description))
+    }
+
+    fn instantiate_bare(&self) -> Result<Instance, String> {
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(self.sandbox.memory_bytes)
+            // Components built from other languages link several core instances (componentize-py:
+            // a dozen); these caps only stop runaway growth.
+            .instances(64)
+            .tables(256)
+            .memories(16)
+            .trap_on_grow_failure(true)
+            .build();
+        let mut store = Store::new(
+            engine(),
+            HostState {
+                limits,
+                name: self.name.clone(),
+            },
+        );
+        store.limiter(|s| &mut s.limits);
+        store.set_epoch_deadline(ticks(self.sandbox.timeout * 100));
+        let bindings = self
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| format!("instantiation failed: {}", describe_error(&e, self.sandbox)))?;
+        Ok(Instance { store, bindings })
+    }
+
+    fn configure(&self, inst: &mut Instance) -> Result<(), String> {
+        // Configuration may build large automata (100k terms): give it a generous deadline.
+        inst.store.set_epoch_deadline(ticks(Duration::from_secs(30)));
+        match inst.bindings.call_configure(&mut inst.store, &self.config_json) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(msg)) => Err(format!("refused its configuration: {msg}")),
+            Err(e) => Err(format!("configure {}", describe_error(&e, self.sandbox))),
+        }
+    }
+
+    fn acquire(&self) -> Result<Instance, String> {
+        if let Some(inst) = self.pool.lock().unwrap_or_else(|p| p.into_inner()).pop() {
+            return Ok(inst);
+        }
+        let mut inst = self.instantiate_bare()?;
+        self.configure(&mut inst)?;
+        Ok(inst)
+    }
+
+    fn release(&self, inst: Instance) {
+        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        if pool.len() < self.max_idle {
+            pool.push(inst);
+        }
+    }
+
+    /// Runs `evaluate`. A failed instance is dropped, never reused.
+    pub fn evaluate(&self, info: &RequestInfo, segments: &[Segment]) -> Result<Verdict, Failure> {
+        let mut inst = self.acquire().map_err(Failure::Trap)?;
+        let bytes: usize = segments.iter().map(|s| s.text.len()).sum();
+        let deadline = self.sandbox.timeout + self.sandbox.per_mib.mul_f64(bytes as f64 / (1 << 20) as f64);
+        inst.store.set_epoch_deadline(ticks(deadline));
+        match inst.bindings.call_evaluate(&mut inst.store, info, segments) {
+            Ok(v) => {
+                self.release(inst);
+                Ok(v)
+            }
+            Err(e) => Err(classify(&e, deadline, self.sandbox)),
+        }
+    }
+
+    /// Idle instances in the pool.
+    pub fn idle(&self) -> usize {
+        self.pool.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}
+
+fn ticks(d: Duration) -> u64 {
+    (d.as_micros() / TICK.as_micros()).max(1) as u64 + 1
+}
+
+fn classify(e: &wasmtime::Error, deadline: Duration, sandbox: Sandbox) -> Failure {
+    match e.downcast_ref::<wasmtime::Trap>() {
+        Some(wasmtime::Trap::Interrupt) => Failure::Timeout(deadline),
+        _ if is_oom(e) => Failure::OutOfMemory(sandbox.memory_bytes),
+        _ => Failure::Trap(first_line(e)),
+    }
+}
+
+fn is_oom(e: &wasmtime::Error) -> bool {
+    let text = format!("{e:#}");
+    text.contains("forcing trap when growing memory")
+        || text.contains("memory allocation")
+        || text.contains("out of memory")
+}
+
+fn describe_error(e: &wasmtime::Error, sandbox: Sandbox) -> String {
+    classify(e, sandbox.timeout, sandbox).to_string()
+}
+
+fn first_line(e: &wasmtime::Error) -> String {
+    let text = format!("{e:#}");
+    text.lines()
+        .next()
+        .unwrap_or("unknown error")
+        .chars()
+        .take(300)
+        .collect()
+}

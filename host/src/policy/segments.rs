@@ -1,0 +1,176 @@
+//! Segments: the decoded text of the JSON string values a request sends out, each with its JSON
+//! path (`messages[3].content[0].text`). JSON escapes are resolved, so a PEM key inside a JSON
+//! string reaches the policies as a PEM key.
+//!
+//! Known shapes keep to the text that carries user content: Anthropic `system` and
+//! `messages[].content` (text, tool_result, tool_use input, thinking), OpenAI chat `messages`,
+//! Responses `input` and `instructions`, legacy `prompt`. Structural strings (`type`, `role`,
+//! ids, `cache_control`, thinking `signature`s) and base64 payloads (images, documents, redacted
+//! thinking) are skipped. Tool definitions are not scanned: the client ships them, not the user.
+//! Unknown shapes fall back to every string value.
+
+use std::fmt::Write as _;
+
+use serde_json::Value;
+
+/// One piece of outgoing text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Segment {
+    /// JSON path.
+    pub path: String,
+    /// Decoded text.
+    pub text: String,
+}
+
+/// Top-level fields that carry content in the known request shapes.
+const CONTENT_FIELDS: &[&str] = &["system", "messages", "input", "instructions", "prompt"];
+
+/// Keys whose string values are structure, not content.
+const SKIP_KEYS: &[&str] = &[
+    "type",
+    "role",
+    "id",
+    "tool_use_id",
+    "call_id",
+    "cache_control",
+    "signature",
+    "media_type",
+    "status",
+    "encrypted_content",
+    "file_id",
+    "detail",
+    "format",
+];
+
+/// More segments than this in one body are not worth scanning one by one; the rest is joined.
+const MAX_SEGMENTS: usize = 100_000;
+
+/// Extracts the segments of a JSON request body. A body that is not JSON yields none.
+pub fn extract(body: &[u8]) -> Vec<Segment> {
+    let Ok(value) = serde_json::from_slice::<Value>(body) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    let mut path = String::new();
+    match &value {
+        Value::Object(map) if CONTENT_FIELDS.iter().any(|f| map.contains_key(*f)) => {
+            for field in CONTENT_FIELDS {
+                if let Some(v) = map.get(*field) {
+                    path.clear();
+                    path.push_str(field);
+                    walk(v, &mut path, &mut out);
+                }
+            }
+        }
+        other => walk(other, &mut path, &mut out),
+    }
+    out
+}
+
+fn walk(value: &Value, path: &mut String, out: &mut Vec<Segment>) {
+    if out.len() >= MAX_SEGMENTS {
+        return;
+    }
+    match value {
+        Value::String(s) if !s.is_empty() && !is_data_url(s) => {
+            out.push(Segment {
+                path: path.clone(),
+                text: s.clone(),
+            });
+        }
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                let len = path.len();
+                let _ = write!(path, "[{i}]");
+                walk(item, path, out);
+                path.truncate(len);
+            }
+        }
+        Value::Object(map) => {
+            let kind = map.get("type").and_then(Value::as_str).unwrap_or("");
+            let binary = matches!(
+                kind,
+                "base64" | "redacted_thinking" | "image" | "input_image" | "input_file"
+            );
+            for (key, v) in map {
+                if SKIP_KEYS.contains(&key.as_str())
+                    || (binary && matches!(key.as_str(), "data" | "image_url" | "file_data"))
+                {
+                    continue;
+                }
+                let len = path.len();
+                push_key(path, key);
+                walk(v, path, out);
+                path.truncate(len);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn push_key(path: &mut String, key: &str) {
+    let plain = !key.is_empty() && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if plain {
+        if !path.is_empty() {
+            path.push('.');
+        }
+        path.push_str(key);
+    } else {
+        let _ = write!(path, "[{}]", serde_json::Value::String(key.to_string()));
+    }
+}
+
+fn is_data_url(s: &str) -> bool {
+    s.len() > 64 && s.starts_with("data:") && s[..64].contains(";base64,")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn paths(body: &str) -> Vec<(String, String)> {
+        extract(body.as_bytes()).into_iter().map(|s| (s.path, s.text)).collect()
+    }
+
+    #[test]
+    fn anthropic_messages() {
+        let body = r#"{"model":"claude-sonnet-4-5","system":[{"type":"text","text":"sys","cache_control":{"type":"ephemeral"}}],
+            "tools":[{"name":"Bash","description":"runs commands","input_schema":{}}],
+            "messages":[{"role":"user","content":"hi \"there\"\n-----BEGIN PRIVATE KEY-----"},
+              {"role":"assistant","content":[{"type":"thinking","thinking":"hmm","signature":"EqQBCkYIB..."},{"type":"tool_use","id":"toolu_01","name":"Bash","input":{"command":"cat .env"}}]},
+              {"role":"user","content":[{"type":"tool_result","tool_use_id":"toolu_01","content":[{"type":"text","text":"KEY=v"}]},
+                {"type":"image","source":{"type":"base64","media_type":"image/png","data":"iVBORw0KGgo"}}]}],
+            "metadata":{"user_id":"u"}}"#;
+        assert_eq!(
+            paths(body),
+            [
+                ("system[0].text".into(), "sys".into()),
+                (
+                    "messages[0].content".into(),
+                    "hi \"there\"\n-----BEGIN PRIVATE KEY-----".into()
+                ),
+                ("messages[1].content[0].thinking".into(), "hmm".into()),
+                ("messages[1].content[1].name".into(), "Bash".into()),
+                ("messages[1].content[1].input.command".into(), "cat .env".into()),
+                ("messages[2].content[0].content[0].text".into(), "KEY=v".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn openai_shapes_and_fallback() {
+        let chat = r#"{"model":"gpt-5","messages":[{"role":"user","content":[{"type":"text","text":"a"},{"type":"image_url","image_url":{"url":"data:image/png;base64,AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"}}]}]}"#;
+        assert_eq!(paths(chat), [("messages[0].content[0].text".into(), "a".into())]);
+        let responses = r#"{"model":"gpt-5","instructions":"be brief","input":[{"type":"message","role":"user","content":[{"type":"input_text","text":"b"}]}]}"#;
+        assert_eq!(
+            paths(responses),
+            [
+                ("input[0].content[0].text".into(), "b".into()),
+                ("instructions".into(), "be brief".into())
+            ]
+        );
+        let other = r#"{"query":{"odd key":"c"},"n":1}"#;
+        assert_eq!(paths(other), [("query[\"odd key\"]".into(), "c".into())]);
+        assert!(extract(b"not json").is_empty());
+    }
+}

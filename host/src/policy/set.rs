@@ -1,0 +1,662 @@
+//! Loading policies into a set, running the set on a request, and hot reload.
+//!
+//! The set is the built-ins (embedded in the binary, signed at build time) plus every `.wasm` in
+//! the policy directory whose signature verifies against a trusted key. A directory change is
+//! picked up within `reload_interval`: a new or replaced file is verified, compiled and
+//! configured before it replaces anything, so a broken new version leaves the old one serving
+//! (the reason shows in `conduit policy list` and the log); a removed file leaves the set.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::SystemTime;
+
+use p256::ecdsa::VerifyingKey;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::policy::cache::{self, CachedFinding, VerdictCache};
+use crate::policy::config::{OnError, PolicyConfig};
+use crate::policy::modes::{Mode, Modes};
+use crate::policy::runtime::{self, Failure, Prepared, RequestInfo, Segment as WitSegment, Severity};
+use crate::policy::segments::Segment;
+use crate::policy::{builtin, signature};
+use crate::store::Store;
+
+/// One loaded policy.
+pub struct LoadedPolicy {
+    /// From `describe`.
+    pub name: String,
+    /// From `describe`.
+    pub version: String,
+    /// From `describe`.
+    pub categories: Vec<String>,
+    /// `builtin` or the file path.
+    pub source: String,
+    /// SHA-256 of the component and its configuration.
+    pub digest: [u8; 32],
+    /// Failure mode.
+    pub on_error: OnError,
+    /// Which trusted key signed it.
+    pub signed_by: String,
+    prepared: Prepared,
+}
+
+/// The policies in force.
+pub struct PolicySet {
+    policies: Vec<Arc<LoadedPolicy>>,
+    digest: [u8; 32],
+}
+
+impl PolicySet {
+    fn new(policies: Vec<Arc<LoadedPolicy>>) -> Self {
+        let mut h = Sha256::new();
+        for p in &policies {
+            h.update(p.digest);
+        }
+        Self {
+            digest: h.finalize().into(),
+            policies,
+        }
+    }
+
+    /// Hex digest of the set (recorded with findings; keys the verdict cache).
+    pub fn digest_hex(&self) -> String {
+        crate::hex::encode(&self.digest[..8])
+    }
+}
+
+/// What `conduit policy list` shows for one policy.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct PolicyStatus {
+    /// Policy name (file stem until loaded).
+    pub name: String,
+    /// `builtin` or the file.
+    pub source: String,
+    /// `loaded`, `refused`, or `loaded (new version refused)`.
+    pub state: String,
+    /// Version from `describe`.
+    pub version: Option<String>,
+    /// Categories it emits.
+    pub categories: Vec<String>,
+    /// Key that signed it (file name), `build` for built-ins, `unsigned (allow_unsigned)`.
+    pub signed_by: Option<String>,
+    /// `fail_closed` / `fail_open`.
+    pub on_error: String,
+    /// Why it was refused, if it was.
+    pub error: Option<String>,
+}
+
+/// A finding after modes were applied.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ReportedFinding {
+    /// Policy name.
+    pub policy: String,
+    /// Category.
+    pub category: String,
+    /// Rule id.
+    pub rule_id: String,
+    /// Index of the segment in the request, if the finding is about one.
+    pub segment: Option<usize>,
+    /// JSON path of the segment, or `request`.
+    pub location: String,
+    /// Byte span.
+    pub start: u32,
+    pub end: u32,
+    /// Severity.
+    pub severity: &'static str,
+    /// The category's mode.
+    pub mode: Mode,
+}
+
+/// The request's fate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Decision {
+    /// Nothing to report.
+    Allow,
+    /// Findings recorded, request forwarded.
+    Alert,
+    /// Request refused.
+    Block,
+}
+
+/// The result of running the set on one request.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// Findings whose mode is not `off`.
+    pub findings: Vec<ReportedFinding>,
+    /// Overall decision.
+    pub decision: Decision,
+    /// A policy's own refusal (status, message, policy) that is in force.
+    pub deny: Option<(u16, String, String)>,
+    /// A fail-closed policy that failed (policy, reason).
+    pub failure: Option<(String, String)>,
+    /// Set digest (hex).
+    pub set_digest: String,
+    /// Segments answered from the cache / scanned.
+    pub cached: usize,
+    pub scanned: usize,
+}
+
+/// The policy runtime of one gateway.
+pub struct Policies {
+    config: PolicyConfig,
+    set: RwLock<Arc<PolicySet>>,
+    statuses: RwLock<Vec<PolicyStatus>>,
+    modes: RwLock<Modes>,
+    cache: VerdictCache,
+    trusted: Vec<(String, VerifyingKey)>,
+    /// Directory state: file → (fingerprint, loaded version).
+    files: Mutex<BTreeMap<PathBuf, FileState>>,
+    builtins: Vec<Arc<LoadedPolicy>>,
+    /// Where run-time mode changes persist; `None` for `conduit policy test`.
+    store: Option<Arc<dyn Store>>,
+}
+
+/// What identifies a version of a policy file on disk.
+type Fingerprint = Vec<(PathBuf, u64, Option<SystemTime>)>;
+
+/// A directory file's fingerprint and the version of it that serves (if any).
+type FileState = (Fingerprint, Option<Arc<LoadedPolicy>>);
+
+impl Policies {
+    /// Loads the built-ins and the directory. A built-in that fails to load stops start-up; a
+    /// directory policy that fails is refused and reported.
+    pub fn open(config: PolicyConfig, store: Option<Arc<dyn Store>>) -> crate::error::Result<Arc<Policies>> {
+        let mut trusted = Vec::new();
+        for (path, pem) in &config.trusted_keys {
+            let key = signature::parse_public_key(pem).map_err(crate::Error::msg)?;
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            trusted.push((name, key));
+        }
+        if config.allow_unsigned {
+            tracing::warn!(
+                "policies.allow_unsigned = true: UNSIGNED policies from the policy directory will run. Development only — never in production."
+            );
+        }
+        let overrides = match &store {
+            Some(s) => stored_modes(s.as_ref())?,
+            None => BTreeMap::new(),
+        };
+        let policies = Policies {
+            modes: RwLock::new(Modes::layered(&config.modes, &overrides)),
+            cache: VerdictCache::new(config.cache_entries),
+            set: RwLock::new(Arc::new(PolicySet::new(Vec::new()))),
+            statuses: RwLock::new(Vec::new()),
+            files: Mutex::new(BTreeMap::new()),
+            builtins: Vec::new(),
+            trusted,
+            store,
+            config,
+        };
+        let builtins = policies.load_builtins()?;
+        let policies = Arc::new(Policies { builtins, ..policies });
+        policies.reload();
+        Ok(policies)
+    }
+
+    fn load_builtins(&self) -> crate::error::Result<Vec<Arc<LoadedPolicy>>> {
+        let build_key = signature::parse_public_key(builtin::BUILTIN_PUBLIC_KEY).map_err(crate::Error::msg)?;
+        let mut out = Vec::new();
+        for b in &self.config.builtins {
+            let Some((_, wasm, sig)) = builtin::BUILTIN.iter().find(|(n, _, _)| *n == b.name) else {
+                return Err(crate::Error::msg(format!(
+                    "built-in policy {} is missing from this build",
+                    b.name
+                )));
+            };
+            let sig = signature::decode_signature(sig.as_bytes()).map_err(crate::Error::msg)?;
+            if signature::verify(wasm, &sig, &[build_key]).is_none() {
+                return Err(crate::Error::msg(format!(
+                    "built-in policy {}: its build signature does not verify; the binary is damaged",
+                    b.name
+                )));
+            }
+            let loaded = self
+                .prepare(wasm, &b.config_json, b.on_error, "builtin".into(), "build".into())
+                .map_err(|e| {
+                    crate::Error::msg(format!(
+                        "built-in policy {}: {e}; fix [policies.builtin.{}] in the configuration",
+                        b.name, b.name
+                    ))
+                })?;
+            out.push(Arc::new(loaded));
+        }
+        Ok(out)
+    }
+
+    fn prepare(
+        &self,
+        wasm: &[u8],
+        config_json: &str,
+        on_error: OnError,
+        source: String,
+        signed_by: String,
+    ) -> Result<LoadedPolicy, String> {
+        let component = runtime::compile(wasm, self.config.cache_dir.as_deref())?;
+        let (prepared, description) = Prepared::new(&component, config_json, self.config.sandbox)?;
+        let mut h = Sha256::new();
+        h.update(wasm);
+        h.update(config_json.as_bytes());
+        Ok(LoadedPolicy {
+            name: description.name,
+            version: description.version,
+            categories: description.categories,
+            source,
+            digest: h.finalize().into(),
+            on_error,
+            signed_by,
+            prepared,
+        })
+    }
+
+    /// Starts the directory watcher (a thread polling every `reload_interval`).
+    pub fn watch(self: &Arc<Self>) {
+        if self.config.dir.is_none() {
+            return;
+        }
+        let weak: Weak<Policies> = Arc::downgrade(self);
+        let interval = self.config.reload_interval;
+        let spawned = std::thread::Builder::new()
+            .name("conduit-policy-watch".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(interval);
+                    let Some(p) = weak.upgrade() else { return };
+                    p.reload();
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the policy directory watcher; changes need a restart");
+        }
+    }
+
+    /// Re-reads the policy directory and swaps in a new set if anything changed.
+    pub fn reload(&self) {
+        let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
+        let mut statuses: Vec<PolicyStatus> = self.builtins.iter().map(|p| status_of(p, None)).collect();
+        let found = self.config.dir.as_deref().map(scan_dir).unwrap_or_default();
+        let mut changed = files.keys().any(|k| !found.contains_key(k));
+        files.retain(|k, _| found.contains_key(k));
+        for (wasm_path, fingerprint) in found {
+            let previous = files.get(&wasm_path).cloned();
+            let (status, loaded) = match previous {
+                Some((fp, loaded)) if fp == fingerprint => {
+                    // Unchanged: keep what we had (loaded or refused) and its status.
+                    let prior = self.statuses.read().unwrap_or_else(|p| p.into_inner());
+                    let status = prior
+                        .iter()
+                        .find(|s| s.source == wasm_path.display().to_string())
+                        .cloned()
+                        .unwrap_or_else(|| refused(&wasm_path, "unknown".into(), self.config.on_error));
+                    (status, loaded)
+                }
+                previous => {
+                    changed = true;
+                    let old = previous.and_then(|(_, l)| l);
+                    match self.load_file(&wasm_path) {
+                        Ok(p) => {
+                            tracing::info!(policy = %p.name, version = %p.version, file = %wasm_path.display(), signed_by = %p.signed_by, "policy loaded");
+                            let p = Arc::new(p);
+                            (status_of(&p, None), Some(p))
+                        }
+                        Err(reason) => {
+                            tracing::error!(file = %wasm_path.display(), reason = %reason, kept_previous = old.is_some(), "policy refused");
+                            match old {
+                                Some(old) => (status_of(&old, Some(reason)), Some(old)),
+                                None => (refused(&wasm_path, reason, self.config.on_error), None),
+                            }
+                        }
+                    }
+                }
+            };
+            statuses.push(status);
+            files.insert(wasm_path, (fingerprint, loaded));
+        }
+        let first_load = self.set.read().unwrap_or_else(|p| p.into_inner()).policies.is_empty();
+        if changed || first_load {
+            let mut all: Vec<Arc<LoadedPolicy>> = self.builtins.clone();
+            all.extend(files.values().filter_map(|(_, l)| l.clone()));
+            let set = Arc::new(PolicySet::new(all));
+            tracing::info!(policies = set.policies.len(), digest = %set.digest_hex(), "policy set in force");
+            *self.set.write().unwrap_or_else(|p| p.into_inner()) = set;
+        }
+        *self.statuses.write().unwrap_or_else(|p| p.into_inner()) = statuses;
+    }
+
+    fn load_file(&self, wasm_path: &Path) -> Result<LoadedPolicy, String> {
+        let wasm = std::fs::read(wasm_path).map_err(|e| format!("cannot read: {e}"))?;
+        let signed_by = self.check_signature(wasm_path, &wasm)?;
+        let settings_path = wasm_path.with_extension("toml");
+        let (on_error, config_json) = if settings_path.is_file() {
+            read_settings(&settings_path, self.config.on_error)?
+        } else {
+            (self.config.on_error, "{}".to_string())
+        };
+        self.prepare(
+            &wasm,
+            &config_json,
+            on_error,
+            wasm_path.display().to_string(),
+            signed_by,
+        )
+    }
+
+    fn check_signature(&self, wasm_path: &Path, wasm: &[u8]) -> Result<String, String> {
+        let sig_path = sig_path(wasm_path);
+        let sig = match std::fs::read(&sig_path) {
+            Ok(s) => s,
+            Err(_) if self.config.allow_unsigned => {
+                tracing::warn!(file = %wasm_path.display(), "running an UNSIGNED policy (policies.allow_unsigned = true)");
+                return Ok("unsigned (allow_unsigned)".into());
+            }
+            Err(_) => {
+                return Err(format!(
+                    "no signature: expected {} (sign with `conduit policy sign` or `cosign sign-blob`)",
+                    sig_path.display()
+                ));
+            }
+        };
+        let sig = signature::decode_signature(&sig)?;
+        let keys: Vec<VerifyingKey> = self.trusted.iter().map(|(_, k)| *k).collect();
+        match signature::verify(wasm, &sig, &keys) {
+            Some(i) => Ok(self.trusted[i].0.clone()),
+            None if self.config.allow_unsigned => {
+                tracing::warn!(file = %wasm_path.display(), "running a policy whose signature does not verify (policies.allow_unsigned = true)");
+                Ok("unverified (allow_unsigned)".into())
+            }
+            None if self.trusted.is_empty() => Err(
+                "signed, but no trusted key is configured: add the signer's public key to policies.trusted_keys".into(),
+            ),
+            None => Err(format!(
+                "the signature does not verify against any trusted key ({}): the file was changed after signing or signed by another key",
+                self.trusted
+                    .iter()
+                    .map(|(n, _)| n.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        }
+    }
+
+    /// Status of every policy, built-ins first.
+    pub fn statuses(&self) -> Vec<PolicyStatus> {
+        self.statuses.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The mode table in force.
+    pub fn modes(&self) -> Modes {
+        self.modes.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Changes a mode at run time and persists it.
+    pub fn set_mode(&self, key: &str, mode: Mode) -> crate::error::Result<()> {
+        crate::policy::config::modes_key_ok(key)?;
+        if let Some(store) = &self.store {
+            store.set_policy_mode(key, Some(mode.as_str()))?;
+        }
+        self.modes.write().unwrap_or_else(|p| p.into_inner()).set(key, mode);
+        tracing::info!(category = key, mode = mode.as_str(), "policy mode changed");
+        Ok(())
+    }
+
+    /// Digest of the set in force.
+    pub fn set_digest(&self) -> String {
+        self.set.read().unwrap_or_else(|p| p.into_inner()).digest_hex()
+    }
+
+    /// Runs every policy on a request's segments.
+    pub fn police(&self, info: &RequestInfo, segments: &[Segment]) -> Outcome {
+        let set = self.set.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let keys: Vec<cache::Key> = segments.iter().map(|s| cache::key(&set.digest, &s.text)).collect();
+        let mut per_segment: Vec<Option<Vec<CachedFinding>>> = keys.iter().map(|k| self.cache.get(k)).collect();
+        let fresh_idx: Vec<usize> = (0..segments.len()).filter(|&i| per_segment[i].is_none()).collect();
+        let fresh: Vec<WitSegment> = fresh_idx
+            .iter()
+            .map(|&i| WitSegment {
+                path: segments[i].path.clone(),
+                text: segments[i].text.clone(),
+            })
+            .collect();
+        let mut new_findings: Vec<Vec<CachedFinding>> = vec![Vec::new(); fresh.len()];
+        let mut request_level: Vec<(usize, runtime::Finding)> = Vec::new();
+        let mut denies: Vec<(usize, u16, String)> = Vec::new();
+        let mut failure = None;
+        let mut any_failed = false;
+        for (pi, policy) in set.policies.iter().enumerate() {
+            match policy.prepared.evaluate(info, &fresh) {
+                Ok(verdict) => {
+                    for f in verdict.findings {
+                        match f.segment.map(|s| s as usize) {
+                            Some(s) if s < fresh.len() && f.start <= f.end => new_findings[s].push(CachedFinding {
+                                policy: pi,
+                                severity: severity_name(f.severity),
+                                category: f.category,
+                                rule_id: f.rule_id,
+                                start: f.start,
+                                end: f.end,
+                            }),
+                            Some(s) => {
+                                tracing::warn!(policy = %policy.name, segment = s, "policy reported a finding outside the segments it was given; ignored")
+                            }
+                            None => request_level.push((pi, f)),
+                        }
+                    }
+                    if let Some(deny) = verdict.deny {
+                        denies.push((pi, deny.status, deny.message));
+                    }
+                }
+                Err(fail) => {
+                    any_failed = true;
+                    self.log_failure(policy, &fail);
+                    if policy.on_error == OnError::FailClosed && failure.is_none() {
+                        failure = Some((policy.name.clone(), fail.to_string()));
+                    }
+                }
+            }
+        }
+        if !any_failed {
+            for (slot, &i) in fresh_idx.iter().enumerate() {
+                self.cache.put(keys[i], new_findings[slot].clone());
+            }
+        }
+        for (slot, &i) in fresh_idx.iter().enumerate() {
+            per_segment[i] = Some(std::mem::take(&mut new_findings[slot]));
+        }
+        let modes = self.modes.read().unwrap_or_else(|p| p.into_inner());
+        let mut findings = Vec::new();
+        for (i, cached) in per_segment.into_iter().enumerate() {
+            for f in cached.unwrap_or_default() {
+                let mode = modes.mode_for(&f.category);
+                if mode == Mode::Off || !valid_category(&f.category) {
+                    continue;
+                }
+                findings.push(ReportedFinding {
+                    policy: set.policies.get(f.policy).map(|p| p.name.clone()).unwrap_or_default(),
+                    category: f.category,
+                    rule_id: f.rule_id,
+                    segment: Some(i),
+                    location: segments[i].path.clone(),
+                    start: f.start,
+                    end: f.end,
+                    severity: f.severity,
+                    mode,
+                });
+            }
+        }
+        let mut deny_modes: HashMap<usize, Vec<Mode>> = HashMap::new();
+        for (pi, f) in request_level {
+            let mode = modes.mode_for(&f.category);
+            deny_modes.entry(pi).or_default().push(mode);
+            if mode == Mode::Off || !valid_category(&f.category) {
+                continue;
+            }
+            findings.push(ReportedFinding {
+                policy: set.policies[pi].name.clone(),
+                category: f.category,
+                rule_id: f.rule_id,
+                segment: None,
+                location: "request".into(),
+                start: 0,
+                end: 0,
+                severity: severity_name(f.severity),
+                mode,
+            });
+        }
+        // A policy's own refusal holds unless every finding it gave has been set to alert/off.
+        let deny = denies.into_iter().find_map(|(pi, status, message)| {
+            let modes = deny_modes.get(&pi);
+            let in_force = modes.is_none_or(|m| m.contains(&Mode::Block));
+            in_force.then(|| (status.clamp(400, 499), message, set.policies[pi].name.clone()))
+        });
+        let decision = if deny.is_some() || findings.iter().any(|f| f.mode == Mode::Block) {
+            Decision::Block
+        } else if findings.is_empty() {
+            Decision::Allow
+        } else {
+            Decision::Alert
+        };
+        Outcome {
+            findings,
+            decision,
+            deny,
+            failure,
+            set_digest: set.digest_hex(),
+            cached: segments.len() - fresh.len(),
+            scanned: fresh.len(),
+        }
+    }
+
+    fn log_failure(&self, policy: &LoadedPolicy, fail: &Failure) {
+        tracing::error!(
+            policy = %policy.name,
+            on_error = policy.on_error.as_str(),
+            reason = %fail,
+            "policy failed; its instance was dropped"
+        );
+    }
+
+    /// Verdict-cache entries (for tests and metrics).
+    pub fn cache_len(&self) -> usize {
+        self.cache.len()
+    }
+}
+
+fn valid_category(c: &str) -> bool {
+    c.contains('.') && c.len() <= 128 && c.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+fn severity_name(s: Severity) -> &'static str {
+    match s {
+        Severity::Low => "low",
+        Severity::Medium => "medium",
+        Severity::High => "high",
+        Severity::Critical => "critical",
+    }
+}
+
+fn stored_modes(store: &dyn Store) -> crate::error::Result<BTreeMap<String, Mode>> {
+    let mut out = BTreeMap::new();
+    for (k, v) in store.policy_modes()? {
+        match Mode::parse(&v) {
+            Some(m) => {
+                out.insert(k, m);
+            }
+            None => tracing::warn!(category = %k, mode = %v, "ignoring an unknown stored policy mode"),
+        }
+    }
+    Ok(out)
+}
+
+fn status_of(p: &LoadedPolicy, new_version_error: Option<String>) -> PolicyStatus {
+    PolicyStatus {
+        name: p.name.clone(),
+        source: p.source.clone(),
+        state: if new_version_error.is_some() {
+            "loaded (new version refused)".into()
+        } else {
+            "loaded".into()
+        },
+        version: Some(p.version.clone()),
+        categories: p.categories.clone(),
+        signed_by: Some(p.signed_by.clone()),
+        on_error: p.on_error.as_str().into(),
+        error: new_version_error,
+    }
+}
+
+fn refused(path: &Path, reason: String, on_error: OnError) -> PolicyStatus {
+    PolicyStatus {
+        name: path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        source: path.display().to_string(),
+        state: "refused".into(),
+        version: None,
+        categories: Vec::new(),
+        signed_by: None,
+        on_error: on_error.as_str().into(),
+        error: Some(reason),
+    }
+}
+
+/// `<file>.wasm.sig`, else `<file>.sig`.
+fn sig_path(wasm: &Path) -> PathBuf {
+    let mut long = wasm.as_os_str().to_owned();
+    long.push(".sig");
+    let long = PathBuf::from(long);
+    if long.exists() {
+        long
+    } else {
+        wasm.with_extension("sig")
+    }
+}
+
+fn scan_dir(dir: &Path) -> BTreeMap<PathBuf, Fingerprint> {
+    let mut out = BTreeMap::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "wasm") && path.is_file() {
+            let mut fp = Vec::new();
+            for p in [path.clone(), sig_path(&path), path.with_extension("toml")] {
+                if let Ok(meta) = std::fs::metadata(&p) {
+                    fp.push((p, meta.len(), meta.modified().ok()));
+                }
+            }
+            out.insert(path, fp);
+        }
+    }
+    out
+}
+
+/// `<name>.toml` next to a policy: `[policy] on_error = …` and `[config]` (passed as JSON).
+fn read_settings(path: &Path, default: OnError) -> Result<(OnError, String), String> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Settings {
+        #[serde(default)]
+        policy: Option<PolicySection>,
+        #[serde(default)]
+        config: Option<toml::Table>,
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct PolicySection {
+        on_error: Option<OnError>,
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let s: Settings = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let config = match s.config {
+        Some(t) => crate::policy::config::config_to_json(&path.display().to_string(), t).map_err(|e| e.to_string())?,
+        None => "{}".into(),
+    };
+    Ok((s.policy.and_then(|p| p.on_error).unwrap_or(default), config))
+}

@@ -1,0 +1,195 @@
+//! **police** — reads: the inspected body, the principal and the route. Runs the Wasm policy set
+//! (`crate::policy`) on the decoded text segments and applies each finding's category mode.
+//! Decides: forward (nothing found, or only `alert` findings — recorded), refuse with 400 naming
+//! category, rule and location (a `block` finding), refuse with the policy's own status (a model
+//! outside the allow-list: 403), or refuse with 503 when a `fail_closed` policy failed. Returns
+//! nothing; it records findings (metadata only) in the store and on the exchange.
+//!
+//! Never the matched text: not in the message, the store, the log or the exchange.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::error::{ErrorKind, GatewayError, Side};
+use crate::gateway::Gateway;
+use crate::policy::runtime::RequestInfo;
+use crate::policy::{Decision, Mode, Outcome, Policies, ReportedFinding, segments};
+use crate::stages::accept::Exchange;
+use crate::stages::authenticate::Principal;
+use crate::stages::inspect::Inspected;
+use crate::stages::route::Route;
+use crate::store::FindingRecord;
+
+/// Above this much new text, the scan runs with the worker thread handed off (`block_in_place`),
+/// so other requests on this worker are not delayed.
+const INLINE_LIMIT: usize = 32 * 1024;
+
+/// Runs the policies on a request.
+pub fn police(
+    gw: &Gateway,
+    ex: &mut Exchange,
+    principal: &Principal,
+    route: &Route<'_>,
+    inspected: &Inspected,
+) -> Result<(), GatewayError> {
+    let Some(policies) = gw.policies.as_deref() else {
+        return Ok(());
+    };
+    if !route.endpoint.takes_json() || inspected.body.is_empty() {
+        return Ok(());
+    }
+    let segments = segments::extract(&inspected.body);
+    let info = RequestInfo {
+        provider: route.protocol.as_str().to_string(),
+        model: inspected.facts.model.clone(),
+        key_id: principal.key_id.clone(),
+        owner: principal.owner.clone(),
+        team: principal.team.clone(),
+        path: ex.path.clone(),
+        stream: inspected.facts.stream,
+        estimated_input_tokens: inspected.body.len() as u64 / 4,
+    };
+    let text_bytes: usize = segments.iter().map(|s| s.text.len()).sum();
+    let outcome = run(policies, &info, &segments, text_bytes);
+    ex.policy_set = Some(outcome.set_digest.clone());
+    ex.findings = outcome
+        .findings
+        .iter()
+        .map(|f| format!("{}:{}", f.category, f.mode.as_str()))
+        .collect();
+    let ids = record(gw, ex, principal, &outcome);
+    if let Some((policy, reason)) = &outcome.failure {
+        return Err(GatewayError::new(
+            ErrorKind::PolicyUnavailable,
+            Side::Internal,
+            format!(
+                "Conduit could not check this request: policy `{policy}` {reason}, and it is set to fail closed, so nothing was sent. Try again; if it persists, tell your Conduit admin (request id in x-conduit-request-id)."
+            ),
+        ));
+    }
+    if outcome.decision != Decision::Block {
+        return Ok(());
+    }
+    if let Some((status, message, policy)) = outcome.deny.clone() {
+        let kind = if status == 403 {
+            ErrorKind::Forbidden
+        } else {
+            ErrorKind::PolicyBlocked
+        };
+        tracing::info!(request_id = %ex.id, policy = %policy, status, "request refused by policy decision");
+        return Err(GatewayError::downstream(
+            kind,
+            format!("Conduit refused this request: {message}"),
+        ));
+    }
+    Err(GatewayError::downstream(
+        ErrorKind::PolicyBlocked,
+        block_message(&outcome.findings, &ids),
+    ))
+}
+
+fn run(policies: &Policies, info: &RequestInfo, segments: &[segments::Segment], text_bytes: usize) -> Outcome {
+    let multi_thread = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if multi_thread && text_bytes > INLINE_LIMIT {
+        tokio::task::block_in_place(|| policies.police(info, segments))
+    } else {
+        policies.police(info, segments)
+    }
+}
+
+/// Stores the findings; returns their ids in the order of `outcome.findings`.
+fn record(gw: &Gateway, ex: &Exchange, principal: &Principal, outcome: &Outcome) -> Vec<String> {
+    if outcome.findings.is_empty() {
+        return Vec::new();
+    }
+    let action = if outcome.decision == Decision::Block {
+        "blocked"
+    } else {
+        "forwarded"
+    };
+    let records: Vec<FindingRecord> = outcome
+        .findings
+        .iter()
+        .map(|f| FindingRecord {
+            id: finding_id(),
+            time: ex.started_unix,
+            request_id: ex.id.clone(),
+            key_id: principal.key_id.clone(),
+            team: principal.team.clone(),
+            policy: f.policy.clone(),
+            category: f.category.clone(),
+            rule_id: f.rule_id.clone(),
+            location: f.location.clone(),
+            start: f.start,
+            end: f.end,
+            mode: f.mode.as_str().to_string(),
+            action: action.to_string(),
+            false_positive: None,
+        })
+        .collect();
+    for r in &records {
+        tracing::info!(
+            target: "conduit::findings",
+            request_id = %r.request_id,
+            finding = %r.id,
+            key_id = %r.key_id,
+            policy = %r.policy,
+            category = %r.category,
+            rule = %r.rule_id,
+            location = %r.location,
+            start = r.start,
+            end = r.end,
+            mode = %r.mode,
+            action,
+            "policy finding"
+        );
+    }
+    if let Err(e) = gw.store.record_findings(&records) {
+        tracing::error!(request_id = %ex.id, error = %e, "could not store policy findings");
+    }
+    records.into_iter().map(|r| r.id).collect()
+}
+
+/// `f_` + 16 hex of Unix nanoseconds + 4 hex of a counter: unique and sorted by time.
+fn finding_id() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or_default();
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed) & 0xffff;
+    format!("f_{nanos:016x}{n:04x}")
+}
+
+/// What the engineer reads: what kind of thing, where, and what to do. Never the value.
+pub fn block_message(findings: &[ReportedFinding], ids: &[String]) -> String {
+    let Some((at, first)) = findings.iter().enumerate().find(|(_, f)| f.mode == Mode::Block) else {
+        return "Conduit blocked this request by policy.".to_string();
+    };
+    let what = match first.category.split('.').next().unwrap_or("") {
+        "secret" => "a secret",
+        "entity" => "a term your organisation marks as sensitive",
+        "model" => "a model that is not allowed",
+        _ => "content a policy does not allow",
+    };
+    let location = match first.segment {
+        Some(_) => format!("in {} (bytes {}–{})", first.location, first.start, first.end),
+        None => "in the request".to_string(),
+    };
+    let id = ids.get(at).map(String::as_str).unwrap_or("-");
+    let others: Vec<&str> = findings
+        .iter()
+        .enumerate()
+        .filter(|(i, f)| *i != at && f.mode == Mode::Block)
+        .map(|(_, f)| f.category.as_str())
+        .collect();
+    let more = if others.is_empty() {
+        String::new()
+    } else {
+        format!(" ({} more blocked: {})", others.len(), others.join(", "))
+    };
+    format!(
+        "Conduit blocked this request: it contains {what} ({}, rule {}) {location}{more}. Nothing was sent to the provider. Remove it and send again — in Claude Code the whole conversation is resent each turn, so rewind past it (Esc Esc) or /clear. If this is a false positive, ask your Conduit admin to mark finding {id} as one.",
+        first.category, first.rule_id
+    )
+}
