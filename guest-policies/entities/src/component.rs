@@ -30,7 +30,13 @@ impl Policy for Entities {
         for (i, segment) in segments.iter().enumerate() {
             for m in matcher.find(&segment.text) {
                 let term = &matcher.terms()[m.term];
-                verdict.push(Finding::at(&term.category, &term.id, i, m.start..m.end, Severity::High));
+                verdict.push(Finding::at(
+                    matcher.category(term),
+                    &term.id,
+                    i,
+                    m.start..m.end,
+                    Severity::High,
+                ));
             }
         }
         verdict

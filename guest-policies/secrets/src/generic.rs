@@ -5,12 +5,10 @@
 //! A hand-written reader rather than one large regex: it is faster on prompt-sized text and each
 //! refusal below is a plain, testable rule.
 
-use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
-
 use crate::{entropy, is_placeholder};
 
 /// Words that make a name secret-ish.
-const NAME_WORDS: &[&str] = &[
+pub(crate) const NAME_WORDS: &[&str] = &[
     "token",
     "secret",
     "passw",
@@ -114,7 +112,7 @@ const NOT_SECRET_COMPOUNDS: &[&str] = &[
     "passport",
     "bypass",
     "compass",
-    "password_hint",
+    "passwordhint",
     "passwordpolicy",
     "sessionid",
     "sessionname",
@@ -200,9 +198,7 @@ const NOT_SECRET_SUFFIXES: &[&str] = &[
     "class",
 ];
 
-pub(crate) struct Generic {
-    words: AhoCorasick,
-}
+pub(crate) struct Generic;
 
 fn is_name_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-')
@@ -210,41 +206,38 @@ fn is_name_byte(b: u8) -> bool {
 
 impl Generic {
     pub(crate) fn new() -> Result<Self, String> {
-        let words = AhoCorasickBuilder::new()
-            .ascii_case_insensitive(true)
-            .match_kind(MatchKind::LeftmostFirst)
-            .build(NAME_WORDS)
-            .map_err(|e| format!("secrets policy: generic detector: {e}"))?;
-        Ok(Self { words })
+        Ok(Self)
     }
 
-    /// Spans of values assigned to secret-ish names.
-    pub(crate) fn scan(&self, hay: &[u8]) -> Vec<(usize, usize)> {
+    /// Spans of values assigned to secret-ish names; `hits` are the name-word matches
+    /// (start, end), sorted, found by the scanner's keyword pass.
+    pub(crate) fn scan(&self, hay: &[u8], hits: &[(usize, usize)]) -> Vec<(usize, usize)> {
         let mut out: Vec<(usize, usize)> = Vec::new();
         let mut next_from = 0;
-        for hit in self.words.find_iter(hay) {
-            if hit.start() < next_from {
+        for &(hit_start, hit_end) in hits {
+            if hit_start < next_from {
                 continue;
             }
             // The whole name around the word.
-            let mut ns = hit.start();
+            let mut ns = hit_start;
             while ns > 0 && is_name_byte(hay[ns - 1]) {
                 ns -= 1;
             }
-            let mut ne = hit.end();
+            let mut ne = hit_end;
             while ne < hay.len() && is_name_byte(hay[ne]) {
                 ne += 1;
             }
             next_from = ne;
-            if ne - ns > 80 || !secret_name(&hay[ns..ne]) {
+            if ne - ns > 80 {
                 continue;
             }
+            // Cheapest test first: most mentions of "token" in prose are not followed by a value.
             let quoted_name = ns > 0 && matches!(hay[ns - 1], b'"' | b'\'');
             let xml_name = ns > 0 && hay[ns - 1] == b'<';
             let Some((vs, ve)) = value_after(hay, ne, quoted_name, xml_name) else {
                 continue;
             };
-            if plausible_secret(&hay[vs..ve]) && out.last().is_none_or(|&(_, e)| vs >= e) {
+            if plausible_secret(&hay[vs..ve]) && secret_name(&hay[ns..ne]) && out.last().is_none_or(|&(_, e)| vs >= e) {
                 out.push((vs, ve));
                 next_from = ve;
             }
@@ -280,9 +273,9 @@ pub(crate) fn secret_name(name: &[u8]) -> bool {
         }
     }
     for compound in NOT_SECRET_COMPOUNDS {
-        let c: Vec<u8> = compound.bytes().filter(|b| b.is_ascii_alphanumeric()).collect();
-        while let Some(at) = flat.windows(c.len()).position(|w| w == c.as_slice()) {
-            flat.splice(at..at + c.len(), std::iter::repeat_n(b' ', c.len()));
+        let c = compound.as_bytes();
+        while let Some(at) = flat.windows(c.len()).position(|w| w == c) {
+            flat[at..at + c.len()].fill(b' ');
         }
     }
     NAME_WORDS

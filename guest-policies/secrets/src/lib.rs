@@ -20,7 +20,7 @@ mod generic;
 mod gitleaks;
 pub mod rules;
 
-use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, AhoCorasickKind, MatchKind};
 use regex::bytes::{Regex, RegexBuilder};
 use serde::Deserialize;
 
@@ -89,6 +89,8 @@ pub struct Scanner {
 }
 
 const WINDOW_BEFORE: usize = 96;
+/// Marks a keyword as one of the generic detector's name words.
+const GENERIC: usize = usize::MAX;
 const WINDOW_AFTER: usize = 512;
 
 impl Scanner {
@@ -167,11 +169,22 @@ impl Scanner {
                 }
             }
         }
-        // Rules without keywords (possible in gitleaks files) run everywhere: hang them on an
-        // empty-text trigger handled in `scan`.
+        // The generic detector's name words ride in the same automaton: one pass over the text.
+        for word in generic::NAME_WORDS {
+            match patterns.iter().position(|p| p == word) {
+                Some(at) => keyword_rules[at].push(GENERIC),
+                None => {
+                    patterns.push(word.to_string());
+                    keyword_rules.push(vec![GENERIC]);
+                }
+            }
+        }
+        // Rules without keywords (possible in gitleaks files) run everywhere (see `scan`).
+        // A DFA: the overlapping keyword pass is the scan's inner loop.
         let keywords = AhoCorasickBuilder::new()
             .ascii_case_insensitive(true)
             .match_kind(MatchKind::Standard)
+            .kind(Some(AhoCorasickKind::DFA))
             .build(&patterns)
             .map_err(|e| format!("secrets policy keywords: {e}"))?;
         let mut rules: Vec<Rule> = specs.into_iter().map(|(r, _)| r).collect();
@@ -201,8 +214,13 @@ impl Scanner {
         let hay = text.as_bytes();
         // Windows per rule, in hit order.
         let mut windows: Vec<Vec<(usize, usize)>> = vec![Vec::new(); self.rules.len()];
+        let mut name_hits: Vec<(usize, usize)> = Vec::new();
         for hit in self.keywords.find_overlapping_iter(hay) {
             for &r in &self.keyword_rules[hit.pattern().as_usize()] {
+                if r == GENERIC {
+                    name_hits.push((hit.start(), hit.end()));
+                    continue;
+                }
                 let rule = &self.rules[r];
                 let start = hit.start().saturating_sub(rule.before);
                 let end = hit.end().saturating_add(rule.after).min(hay.len());
@@ -242,7 +260,8 @@ impl Scanner {
             }
         }
         if let Some(generic) = &self.generic {
-            for (start, end) in generic.scan(hay) {
+            name_hits.sort_unstable();
+            for (start, end) in generic.scan(hay, &name_hits) {
                 let overlaps = found.iter().any(|f| f.start < end && start < f.end);
                 if !overlaps && !self.is_allowed_value(&hay[start..end]) {
                     found.push(Finding {

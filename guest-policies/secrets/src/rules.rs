@@ -547,7 +547,7 @@ pub static RULES: &[RuleSpec] = &[
     r(
         "hashicorp-vault-service-token",
         "vault-token",
-        &["hvs.", "s."],
+        &["hvs.", "vault"],
         r"(?:^|[^0-9A-Za-z.])(hvs\.[A-Za-z0-9_\-]{90,120}|s\.[A-Za-z0-9]{24})(?:[^0-9A-Za-z.]|$)",
         4.0,
     ),
@@ -1202,7 +1202,7 @@ pub static RULES: &[RuleSpec] = &[
     r(
         "facebook-token",
         "facebook-token",
-        &["eaa", "facebook", "|"],
+        &["eaa", "facebook", "access_token", "|ay"],
         r"(?:^|[^0-9A-Za-z])(EAA[MC][a-zA-Z0-9]{100,}|\d{15,16}(?:\||%)[0-9a-zA-Z\-_]{27,40})",
         3.0,
     ),

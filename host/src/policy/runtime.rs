@@ -128,10 +128,38 @@ fn store_artifact(component: &Component, path: &Path) {
     }
 }
 
-/// Per-store state: the memory limiter and the policy's name for its log lines.
+/// Per-store state: the memory limiter, the linear memory in use, and the policy's name for its
+/// log lines.
 pub struct HostState {
     limits: StoreLimits,
+    memory_bytes: usize,
     name: Arc<str>,
+}
+
+impl wasmtime::ResourceLimiter for HostState {
+    fn memory_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let ok = self.limits.memory_growing(current, desired, maximum)?;
+        if ok {
+            self.memory_bytes += desired.saturating_sub(current);
+        }
+        Ok(ok)
+    }
+
+    fn table_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        self.limits.table_growing(current, desired, maximum)
+    }
+
+    fn instances(&self) -> usize {
+        self.limits.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.limits.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.limits.memories()
+    }
 }
 
 impl self::conduit::policy::types::Host for HostState {}
@@ -290,10 +318,11 @@ impl Prepared {
             engine(),
             HostState {
                 limits,
+                memory_bytes: 0,
                 name: self.name.clone(),
             },
         );
-        store.limiter(|s| &mut s.limits);
+        store.limiter(|s| s as &mut dyn wasmtime::ResourceLimiter);
         store.set_epoch_deadline(ticks(self.sandbox.timeout * 100));
         let bindings = self
             .pre
@@ -346,6 +375,12 @@ impl Prepared {
     /// Idle instances in the pool.
     pub fn idle(&self) -> usize {
         self.pool.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Linear memory of the largest idle instance, in bytes.
+    pub fn memory_bytes(&self) -> usize {
+        let pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        pool.iter().map(|i| i.store.data().memory_bytes).max().unwrap_or(0)
     }
 }
 

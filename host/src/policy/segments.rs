@@ -22,9 +22,6 @@ pub struct Segment {
     pub text: String,
 }
 
-/// Top-level fields that carry content in the known request shapes.
-const CONTENT_FIELDS: &[&str] = &["system", "messages", "input", "instructions", "prompt"];
-
 /// Keys whose string values are structure, not content.
 const SKIP_KEYS: &[&str] = &[
     "type",
@@ -45,25 +42,46 @@ const SKIP_KEYS: &[&str] = &[
 /// More segments than this in one body are not worth scanning one by one; the rest is joined.
 const MAX_SEGMENTS: usize = 100_000;
 
+/// The content fields of the known shapes; everything else (tools: ~70 KB of a Claude Code
+/// request) is skipped by the parser without being built into values.
+#[derive(serde::Deserialize)]
+struct Content {
+    system: Option<Value>,
+    messages: Option<Value>,
+    input: Option<Value>,
+    instructions: Option<Value>,
+    prompt: Option<Value>,
+}
+
 /// Extracts the segments of a JSON request body. A body that is not JSON yields none.
+/// (`inspect` has already refused duplicate top-level content fields.)
 pub fn extract(body: &[u8]) -> Vec<Segment> {
-    let Ok(value) = serde_json::from_slice::<Value>(body) else {
-        return Vec::new();
-    };
     let mut out = Vec::new();
     let mut path = String::new();
-    match &value {
-        Value::Object(map) if CONTENT_FIELDS.iter().any(|f| map.contains_key(*f)) => {
-            for field in CONTENT_FIELDS {
-                if let Some(v) = map.get(*field) {
+    if let Ok(c) = serde_json::from_slice::<Content>(body) {
+        let fields = [
+            ("system", &c.system),
+            ("messages", &c.messages),
+            ("input", &c.input),
+            ("instructions", &c.instructions),
+            ("prompt", &c.prompt),
+        ];
+        if fields.iter().any(|(_, v)| v.is_some()) {
+            for (name, v) in fields {
+                if let Some(v) = v {
                     path.clear();
-                    path.push_str(field);
+                    path.push_str(name);
                     walk(v, &mut path, &mut out);
                 }
             }
+            return out;
         }
-        other => walk(other, &mut path, &mut out),
     }
+    // Unknown shape: every string value.
+    let Ok(value) = serde_json::from_slice::<Value>(body) else {
+        return Vec::new();
+    };
+    walk(&value, &mut path, &mut out);
     out
 }
 

@@ -544,6 +544,20 @@ impl Policies {
     pub fn cache_len(&self) -> usize {
         self.cache.len()
     }
+
+    /// Linear memory per policy (largest pooled instance), bytes: what a policy costs to hold.
+    pub fn memory_by_policy(&self) -> Vec<(String, usize)> {
+        let set = self.set.read().unwrap_or_else(|p| p.into_inner()).clone();
+        set.policies
+            .iter()
+            .map(|p| (p.name.clone(), p.prepared.memory_bytes()))
+            .collect()
+    }
+
+    /// Forgets every cached verdict (benchmarks measure first turns with it).
+    pub fn clear_cache(&self) {
+        self.cache.clear();
+    }
 }
 
 fn valid_category(c: &str) -> bool {

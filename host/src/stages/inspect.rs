@@ -115,6 +115,23 @@ struct Head<'a> {
     max_completion_tokens: Option<serde_json::Value>,
     #[serde(default)]
     max_output_tokens: Option<serde_json::Value>,
+    // Content fields are not read here, but a duplicate is refused: the policies must scan what
+    // the provider reads, and parsers disagree on which duplicate wins.
+    #[serde(default)]
+    #[allow(dead_code)]
+    system: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    messages: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    input: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    instructions: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    prompt: Option<serde::de::IgnoredAny>,
 }
 
 /// What the gateway records (ledger, audit, messages) for a client-supplied model id. Anything not
@@ -193,6 +210,8 @@ mod tests {
         }
         let e = parse_facts(br#"{"model":"a","model":"b"}"#).unwrap_err();
         assert!(e.message.contains("duplicate field"), "{}", e.message);
+        let e = parse_facts(br#"{"model":"a","messages":[],"messages":[{"role":"user","content":"x"}]}"#).unwrap_err();
+        assert!(e.message.contains("duplicate field `messages`"), "{}", e.message);
     }
 
     #[test]
