@@ -134,6 +134,42 @@ impl Verdict {
     }
 }
 
+/// A policy's configured state: set once by `configure`, read by every `evaluate` of that
+/// instance. Use it as a `static`.
+///
+/// ```ignore
+/// static RULES: Configured<Rules> = Configured::new();
+/// fn configure(config: String) -> Result<(), String> { RULES.set("my-policy", Rules::parse(&config)?) }
+/// fn evaluate(..) -> Verdict { let Some(rules) = RULES.get() else { return Verdict::allow() }; .. }
+/// ```
+#[derive(Debug)]
+pub struct Configured<T>(std::sync::OnceLock<T>);
+
+impl<T> Configured<T> {
+    /// Empty until `set`.
+    pub const fn new() -> Self {
+        Self(std::sync::OnceLock::new())
+    }
+
+    /// Stores the state; a second call (never made by the host) is an error naming `policy`.
+    pub fn set(&self, policy: &str, value: T) -> Result<(), String> {
+        self.0
+            .set(value)
+            .map_err(|_| format!("{policy} policy: already configured"))
+    }
+
+    /// The state, once configured.
+    pub fn get(&self) -> Option<&T> {
+        self.0.get()
+    }
+}
+
+impl<T> Default for Configured<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// Shannon entropy of `bytes` in bits per byte: ~4.5+ for random base62 tokens, below ~3.5 for
 /// words and placeholders.
 pub fn entropy(bytes: &[u8]) -> f32 {
@@ -165,6 +201,15 @@ mod tests {
         assert_eq!(entropy(b"aaaa"), 0.0);
         assert!(entropy(b"xK9fQ2mZ7pL4wR8tV1bN6cH3") > 4.0);
         assert!(entropy(b"password") < 3.0);
+    }
+
+    #[test]
+    fn configured_once() {
+        static STATE: Configured<u32> = Configured::new();
+        assert_eq!(STATE.get(), None);
+        STATE.set("t", 7).unwrap();
+        assert_eq!(STATE.get(), Some(&7));
+        assert_eq!(STATE.set("t", 8).unwrap_err(), "t policy: already configured");
     }
 
     #[test]

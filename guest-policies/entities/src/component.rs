@@ -1,12 +1,10 @@
 //! The wasm binding: the [`Matcher`] behind the `conduit:policy` world.
 
-use std::sync::OnceLock;
-
-use conduit_policy_sdk::{Description, Finding, Policy, RequestInfo, Segment, Severity, Verdict};
+use conduit_policy_sdk::{Configured, Description, Finding, Policy, RequestInfo, Segment, Severity, Verdict};
 
 use crate::Matcher;
 
-static MATCHER: OnceLock<Matcher> = OnceLock::new();
+static MATCHER: Configured<Matcher> = Configured::new();
 
 struct Entities;
 
@@ -16,10 +14,7 @@ impl Policy for Entities {
     }
 
     fn configure(config: String) -> Result<(), String> {
-        let matcher = Matcher::from_json(&config)?;
-        MATCHER
-            .set(matcher)
-            .map_err(|_| "entities policy: already configured".to_string())
+        MATCHER.set("entities", Matcher::from_json(&config)?)
     }
 
     fn evaluate(_info: RequestInfo, segments: Vec<Segment>) -> Verdict {

@@ -1,12 +1,10 @@
 //! The wasm binding: the [`AllowLists`] behind the `conduit:policy` world.
 
-use std::sync::OnceLock;
-
-use conduit_policy_sdk::{Description, Finding, Policy, RequestInfo, Segment, Severity, Verdict};
+use conduit_policy_sdk::{Configured, Description, Finding, Policy, RequestInfo, Segment, Severity, Verdict};
 
 use crate::{AllowLists, CATEGORY};
 
-static LISTS: OnceLock<AllowLists> = OnceLock::new();
+static LISTS: Configured<AllowLists> = Configured::new();
 
 struct Models;
 
@@ -16,10 +14,7 @@ impl Policy for Models {
     }
 
     fn configure(config: String) -> Result<(), String> {
-        let lists = AllowLists::from_json(&config)?;
-        LISTS
-            .set(lists)
-            .map_err(|_| "models policy: already configured".to_string())
+        LISTS.set("models", AllowLists::from_json(&config)?)
     }
 
     fn evaluate(info: RequestInfo, _segments: Vec<Segment>) -> Verdict {

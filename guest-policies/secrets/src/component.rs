@@ -1,12 +1,10 @@
 //! The wasm binding: the [`Scanner`] behind the `conduit:policy` world.
 
-use std::sync::OnceLock;
-
-use conduit_policy_sdk::{Description, Finding, Policy, RequestInfo, Segment, Severity, Verdict};
+use conduit_policy_sdk::{Configured, Description, Finding, Policy, RequestInfo, Segment, Severity, Verdict};
 
 use crate::Scanner;
 
-static SCANNER: OnceLock<Scanner> = OnceLock::new();
+static SCANNER: Configured<Scanner> = Configured::new();
 
 struct Secrets;
 
@@ -24,10 +22,7 @@ impl Policy for Secrets {
     }
 
     fn configure(config: String) -> Result<(), String> {
-        let scanner = Scanner::from_json(&config)?;
-        SCANNER
-            .set(scanner)
-            .map_err(|_| "secrets policy: already configured".to_string())
+        SCANNER.set("secrets", Scanner::from_json(&config)?)
     }
 
     fn evaluate(_info: RequestInfo, segments: Vec<Segment>) -> Verdict {
