@@ -53,6 +53,19 @@ struct Run {
 }
 
 async fn run(program: &PathBuf, args: &[&str], env: &[(&str, String)], cwd: &std::path::Path) -> Run {
+    let (ok, run) = run_any(program, args, env, cwd).await;
+    assert!(
+        ok,
+        "{} failed:\nstdout: {}\nstderr: {}",
+        program.display(),
+        run.stdout,
+        run.stderr
+    );
+    run
+}
+
+/// Runs a client whatever its exit status; returns whether it succeeded.
+async fn run_any(program: &PathBuf, args: &[&str], env: &[(&str, String)], cwd: &std::path::Path) -> (bool, Run) {
     let mut cmd = tokio::process::Command::new(program);
     cmd.args(args)
         .current_dir(cwd)
@@ -69,15 +82,7 @@ async fn run(program: &PathBuf, args: &[&str], env: &[(&str, String)], cwd: &std
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     };
-    assert!(
-        out.status.success(),
-        "{} failed ({}):\nstdout: {}\nstderr: {}",
-        program.display(),
-        out.status,
-        run.stdout,
-        run.stderr
-    );
-    run
+    (out.status.success(), run)
 }
 
 /// Every POST the client sent reached the mock byte-identical, with the real credential only.
@@ -154,6 +159,66 @@ async fn claude_code_print_mode() {
         "Claude Code's first turn carries its tools: {} bytes",
         msg.body_len
     );
+}
+
+/// A blocked secret, as Claude Code shows it: the error names the category, rule and location
+/// (never the value), Claude Code does not retry it, and nothing reaches the provider.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claude_code_shows_a_policy_block() {
+    let Some(claude) = require("Claude Code (claude)", node_bin("claude")) else {
+        return;
+    };
+    let h = Harness::builder()
+        .toml("[policies.modes]\n\"secret.*\" = \"block\"\n")
+        .start()
+        .await;
+    let home = tempfile::tempdir().unwrap();
+    let secret = "ghp_R8xk2LmQ9vTz4WcY7nB3pJ6hF1sD5gA0eK2u";
+    let prompt = format!("use GITHUB_TOKEN={secret} to open the PR");
+    let (ok, out) = run_any(
+        &claude,
+        &["-p", &prompt, "--output-format", "json"],
+        &[
+            ("ANTHROPIC_BASE_URL", format!("http://{}", h.running.addr)),
+            ("ANTHROPIC_API_KEY", h.key.clone()),
+            ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1".into()),
+            ("HOME", home.path().display().to_string()),
+        ],
+        home.path(),
+    )
+    .await;
+    assert!(!ok, "a blocked request is an error for Claude Code");
+    let shown = format!("{}{}", out.stdout, out.stderr);
+    assert!(
+        shown.contains("400")
+            && shown.contains("secret.github-token")
+            && shown.contains("conduit: blocked this request"),
+        "{shown}"
+    );
+    assert!(!shown.contains(&secret[4..]), "the secret is not echoed back: {shown}");
+    let posts = h.mock_log().await.into_iter().filter(|r| r.method == "POST").count();
+    assert_eq!(posts, 0, "nothing reached the provider");
+    let findings = h.gateway().store.findings(10).unwrap();
+    assert!(
+        findings
+            .iter()
+            .all(|f| f.category == "secret.github-token" && f.action == "blocked")
+    );
+    assert_eq!(
+        findings.len(),
+        findings
+            .iter()
+            .map(|f| &f.request_id)
+            .collect::<std::collections::HashSet<_>>()
+            .len(),
+        "one finding per request"
+    );
+    assert!(
+        findings.len() <= 2,
+        "Claude Code does not retry a 400 ({} attempts)",
+        findings.len()
+    );
+    eprintln!("Claude Code showed: {shown}");
 }
 
 async fn codex(h: &Harness, provider_args: &[String]) -> Run {

@@ -62,7 +62,7 @@ pub fn police(
             ErrorKind::PolicyUnavailable,
             Side::Internal,
             format!(
-                "Conduit could not check this request: policy `{policy}` {reason}, and it is set to fail closed, so nothing was sent. Try again; if it persists, tell your Conduit admin (request id in x-conduit-request-id)."
+                "could not check this request: policy `{policy}` {reason}, and it is set to fail closed, so nothing was sent. Try again; if it persists, tell your Conduit admin (request id in x-conduit-request-id)."
             ),
         ));
     }
@@ -78,7 +78,7 @@ pub fn police(
         tracing::info!(request_id = %ex.id, policy = %policy, status, "request refused by policy decision");
         return Err(GatewayError::downstream(
             kind,
-            format!("Conduit refused this request: {message}"),
+            format!("refused this request: {message}"),
         ));
     }
     Err(GatewayError::downstream(
@@ -164,7 +164,7 @@ fn finding_id() -> String {
 /// What the engineer reads: what kind of thing, where, and what to do. Never the value.
 pub fn block_message(findings: &[ReportedFinding], ids: &[String]) -> String {
     let Some((at, first)) = findings.iter().enumerate().find(|(_, f)| f.mode == Mode::Block) else {
-        return "Conduit blocked this request by policy.".to_string();
+        return "blocked this request by policy.".to_string();
     };
     let what = match first.category.split('.').next().unwrap_or("") {
         "secret" => "a secret",
@@ -189,7 +189,7 @@ pub fn block_message(findings: &[ReportedFinding], ids: &[String]) -> String {
         format!(" ({} more blocked: {})", others.len(), others.join(", "))
     };
     format!(
-        "Conduit blocked this request: it contains {what} ({}, rule {}) {location}{more}. Nothing was sent to the provider. Remove it and send again — in Claude Code the whole conversation is resent each turn, so rewind past it (Esc Esc) or /clear. If this is a false positive, ask your Conduit admin to mark finding {id} as one.",
+        "blocked this request: it contains {what} ({}, rule {}) {location}{more}. Nothing was sent to the provider. Remove it and send again — in Claude Code the whole conversation is resent each turn, so rewind past it (Esc Esc) or /clear. If this is a false positive, ask your Conduit admin to mark finding {id} as one.",
         first.category, first.rule_id
     )
 }
