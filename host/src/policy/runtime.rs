@@ -372,11 +372,6 @@ impl Prepared {
         }
     }
 
-    /// Idle instances in the pool.
-    pub fn idle(&self) -> usize {
-        self.pool.lock().unwrap_or_else(|p| p.into_inner()).len()
-    }
-
     /// Linear memory of the largest idle instance, in bytes.
     pub fn memory_bytes(&self) -> usize {
         let pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());

@@ -540,11 +540,6 @@ impl Policies {
         );
     }
 
-    /// Verdict-cache entries (for tests and metrics).
-    pub fn cache_len(&self) -> usize {
-        self.cache.len()
-    }
-
     /// Linear memory per policy (largest pooled instance), bytes: what a policy costs to hold.
     pub fn memory_by_policy(&self) -> Vec<(String, usize)> {
         let set = self.set.read().unwrap_or_else(|p| p.into_inner()).clone();
