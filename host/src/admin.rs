@@ -17,6 +17,12 @@
 //! PUT  /v1/budgets/{scope}               {daily_micros?, monthly_micros?} for org, team:NAME, key:ID
 //! GET  /v1/prices                        the price table in force (shipped + overrides)
 //! POST /v1/prices/import                 {content} LiteLLM JSON or [[price]] TOML → overrides
+//! GET  /v1/audit/export?format=csv|json|jsonl&since=&until=&team=&key=   streamed
+//! GET  /v1/audit/verify                  re-walk the hash chain; names the first broken record
+//! GET  /v1/rot?by=model|team|key|all&since=&until=   context rot by input-token bucket
+//! GET  /v1/sessions?since=&until=&limit= sessions by hashed id; context growth and cost
+//! GET  /metrics                          Prometheus text format
+//! GET  /dashboard                        the dashboard page (its data calls carry the token)
 //! ```
 
 use bytes::Bytes;
@@ -52,6 +58,10 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>) -> Response<GatewayBod
         }
         _ => {}
     }
+    if let Some(page) = crate::dashboard::asset(&method, &path) {
+        // The page holds no data; every call it makes carries the admin token.
+        return page;
+    }
     if !authorized(gw, &req) {
         return problem(
             StatusCode::UNAUTHORIZED,
@@ -59,7 +69,60 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>) -> Response<GatewayBod
         );
     }
     let segments: Vec<&str> = path.split('/').skip(1).collect();
+    match (&method, segments.as_slice()) {
+        (&Method::GET, ["metrics"]) => {
+            let mut r = Response::new(GatewayBody::full(gw.metrics.render()));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            return r;
+        }
+        (&Method::GET, ["v1", "audit", "export"]) => return audit_export(gw, req.uri().query()).await,
+        _ => {}
+    }
     let result = match (&method, segments.as_slice()) {
+        (&Method::GET, ["v1", "audit", "verify"]) => {
+            let (log, dir) = (gw.audit.clone(), gw.audit.dir().to_path_buf());
+            blocking(move || {
+                log.sync();
+                crate::audit::chain::verify(&dir).map(|v| json!(v))
+            })
+            .await
+            .map(|v| (StatusCode::OK, v))
+        }
+        (&Method::GET, ["v1", "rot"]) => {
+            let q = query_pairs(req.uri().query());
+            let (log, dir) = (gw.audit.clone(), gw.audit.dir().to_path_buf());
+            blocking(move || {
+                let by = crate::audit::rot::By::parse(q.get("by").map(String::as_str).unwrap_or("model"))?;
+                let filter = crate::audit::time_filter(
+                    q.get("since").map(String::as_str),
+                    q.get("until").map(String::as_str),
+                    Some(30),
+                )?;
+                log.sync();
+                crate::audit::rot_report(&dir, &filter, by)
+            })
+            .await
+            .map(|v| (StatusCode::OK, v))
+        }
+        (&Method::GET, ["v1", "sessions"]) => {
+            let q = query_pairs(req.uri().query());
+            let (log, dir) = (gw.audit.clone(), gw.audit.dir().to_path_buf());
+            blocking(move || {
+                let filter = crate::audit::time_filter(
+                    q.get("since").map(String::as_str),
+                    q.get("until").map(String::as_str),
+                    Some(30),
+                )?;
+                let limit = q.get("limit").and_then(|l| l.parse().ok()).unwrap_or(50usize);
+                log.sync();
+                crate::audit::sessions_report(&dir, &filter, limit).map(|s| json!(s))
+            })
+            .await
+            .map(|v| (StatusCode::OK, v))
+        }
         (&Method::GET, ["v1", "keys"]) => gw.store.keys().map(|k| (StatusCode::OK, json!({"keys": k}))),
         (&Method::POST, ["v1", "keys"]) => match body::<ops::NewKeyRequest>(req).await {
             Ok(r) => ops::create_key(gw.store.as_ref(), r).map(|c| (StatusCode::CREATED, json!(c))),
@@ -138,10 +201,21 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>) -> Response<GatewayBod
                 .findings(limit)
                 .map(|f| (StatusCode::OK, json!({"findings": f})))
         }
-        (&Method::GET, ["v1", "findings", "stats"]) => gw
-            .store
-            .findings(usize::MAX)
-            .map(|f| (StatusCode::OK, json!({"categories": crate::policy::ops::stats(&f)}))),
+        (&Method::GET, ["v1", "findings", "stats"]) => gw.store.findings(usize::MAX).map(|f| {
+            let stats = crate::policy::ops::stats(&f);
+            // The mode each category runs in now, so a reader can promote alert → block.
+            let modes: serde_json::Map<String, serde_json::Value> = match &gw.policies {
+                Some(p) => {
+                    let m = p.modes();
+                    stats
+                        .keys()
+                        .map(|c| (c.clone(), json!(m.mode_for(c).as_str())))
+                        .collect()
+                }
+                None => serde_json::Map::new(),
+            };
+            (StatusCode::OK, json!({"categories": stats, "modes": modes}))
+        }),
         (&Method::POST, ["v1", "findings", id, "false-positive"]) => {
             let id = id.to_string();
             match body::<FalsePositive>(req).await {
@@ -179,6 +253,50 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>) -> Response<GatewayBod
     }
 }
 
+/// Runs store or file work off the async workers.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, Error> + Send + 'static) -> Result<T, Error> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::msg(format!("admin task failed: {e}")))?
+}
+
+/// Streams an audit export: written on a blocking thread into the response body, a chunk at a time.
+async fn audit_export(gw: &Gateway, query: Option<&str>) -> Response<GatewayBody> {
+    let q = query_pairs(query);
+    let format = match crate::audit::export::Format::parse(q.get("format").map(String::as_str).unwrap_or("jsonl")) {
+        Ok(f) => f,
+        Err(e) => return problem(StatusCode::BAD_REQUEST, &e.to_string()),
+    };
+    let mut filter = match crate::audit::time_filter(
+        q.get("since").map(String::as_str),
+        q.get("until").map(String::as_str),
+        None,
+    ) {
+        Ok(f) => f,
+        Err(e) => return problem(StatusCode::BAD_REQUEST, &e.to_string()),
+    };
+    filter.team = q.get("team").cloned();
+    filter.key = q.get("key").cloned();
+    let (log, dir) = (gw.audit.clone(), gw.audit.dir().to_path_buf());
+    let (mut writer, body) = crate::body::ChannelWriter::new();
+    tokio::task::spawn_blocking(move || {
+        log.sync();
+        match crate::audit::export::export(&dir, &filter, format, &mut writer) {
+            Ok(n) => tracing::info!(records = n, "audit exported"),
+            Err(e) => {
+                tracing::warn!(error = %e, "audit export stopped");
+                writer.fail(e.to_string());
+            }
+        }
+    });
+    let mut r = Response::new(body);
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(format.content_type()));
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
 #[derive(Deserialize)]
 struct SetMode {
     mode: String,
@@ -214,8 +332,37 @@ fn query_pairs(q: Option<&str>) -> std::collections::HashMap<String, String> {
     q.unwrap_or("")
         .split('&')
         .filter_map(|p| p.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .map(|(k, v)| (percent_decode(k), percent_decode(v)))
         .collect()
+}
+
+/// `%3A` → `:`, `+` → space; invalid escapes are kept as written.
+fn percent_decode(s: &str) -> String {
+    let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match (
+            b[i],
+            b.get(i + 1).copied().and_then(hex),
+            b.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(hi), Some(lo)) => {
+                out.push(hi << 4 | lo);
+                i += 3;
+            }
+            (b'+', _, _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[derive(Deserialize)]

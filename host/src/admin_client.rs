@@ -41,6 +41,42 @@ impl AdminClient {
         )
     }
 
+    /// GETs `path` and copies the answer's body to `out` as it arrives (exports).
+    pub async fn stream_to(&self, path: &str, out: &mut dyn std::io::Write) -> Result<()> {
+        let req = Request::builder()
+            .uri(format!("http://{}{path}", self.addr))
+            .header(header::AUTHORIZATION, format!("Bearer {}", self.token.as_str()))
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| Error::msg(format!("building admin request: {e}")))?;
+        let resp = self
+            .client
+            .request(req)
+            .await
+            .map_err(|e| Error::msg(format!("calling the admin API at {}: {e}", self.addr)))?;
+        let status = resp.status();
+        let mut body = resp.into_body();
+        if !status.is_success() {
+            let bytes = body
+                .collect()
+                .await
+                .map_err(|e| Error::msg(format!("reading the admin API answer: {e}")))?
+                .to_bytes();
+            let message = serde_json::from_slice::<serde_json::Value>(&bytes)
+                .ok()
+                .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
+                .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
+            return Err(Error::msg(format!("{message} (admin API GET {path}: {status})")));
+        }
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| Error::msg(format!("the admin API stream broke off: {e}")))?;
+            if let Some(data) = frame.data_ref() {
+                out.write_all(data)
+                    .map_err(|e| Error::msg(format!("writing the output: {e}")))?;
+            }
+        }
+        out.flush().map_err(|e| Error::msg(format!("writing the output: {e}")))
+    }
+
     /// Calls `method path` with an optional JSON body and decodes the JSON answer.
     pub async fn call<T: DeserializeOwned>(
         &self,

@@ -19,6 +19,7 @@ use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
 use crate::admission::StreamSlot;
+use crate::audit::Pending;
 use crate::usage::{Observed, UsageTap};
 
 /// Error type of gateway bodies.
@@ -32,6 +33,8 @@ pin_project_lite::pin_project! {
         Full { #[pin] inner: Full<Bytes> },
         /// The upstream's body, streamed.
         Upstream { #[pin] inner: UpstreamBody },
+        /// Chunks produced elsewhere (an audit export written on a blocking thread).
+        Channel { rx: tokio::sync::mpsc::Receiver<Result<Bytes, BoxError>> },
     }
 }
 
@@ -57,6 +60,7 @@ impl Body for GatewayBody {
         match self.project() {
             GatewayBodyProj::Full { inner } => inner.poll_frame(cx).map_err(|never| match never {}),
             GatewayBodyProj::Upstream { inner } => inner.poll_frame(cx),
+            GatewayBodyProj::Channel { rx } => rx.poll_recv(cx).map(|c| c.map(|r| r.map(Frame::data))),
         }
     }
 
@@ -64,6 +68,7 @@ impl Body for GatewayBody {
         match self {
             GatewayBody::Full { inner } => inner.is_end_stream(),
             GatewayBody::Upstream { inner } => inner.is_end_stream(),
+            GatewayBody::Channel { .. } => false,
         }
     }
 
@@ -71,7 +76,56 @@ impl Body for GatewayBody {
         match self {
             GatewayBody::Full { inner } => inner.size_hint(),
             GatewayBody::Upstream { inner } => inner.size_hint(),
+            GatewayBody::Channel { .. } => SizeHint::default(),
         }
+    }
+}
+
+/// A [`std::io::Write`] that feeds a [`GatewayBody::Channel`] in 64 KiB chunks from a blocking
+/// thread; writing fails once the client is gone, which stops the producer.
+pub struct ChannelWriter {
+    tx: tokio::sync::mpsc::Sender<Result<Bytes, BoxError>>,
+    buf: Vec<u8>,
+}
+
+impl ChannelWriter {
+    /// A writer and the body it feeds (at most four chunks in flight: constant memory).
+    pub fn new() -> (ChannelWriter, GatewayBody) {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        (
+            ChannelWriter {
+                tx,
+                buf: Vec::with_capacity(CHUNK),
+            },
+            GatewayBody::Channel { rx },
+        )
+    }
+
+    /// Ends the body with an error the client sees as a broken transfer.
+    pub fn fail(self, message: String) {
+        let _ = self.tx.blocking_send(Err(message.into()));
+    }
+}
+
+const CHUNK: usize = 64 * 1024;
+
+impl std::io::Write for ChannelWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= CHUNK {
+            self.flush()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK)));
+        self.tx
+            .blocking_send(Ok(chunk))
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client went away"))
     }
 }
 
@@ -100,9 +154,20 @@ impl StreamEnd {
     }
 }
 
-/// Called once when a streamed body ends: bytes sent to the client, how it ended, and what the
-/// usage tap saw (all bytes the upstream sent, including any drained after the client left).
-pub type OnEnd = Box<dyn FnOnce(u64, StreamEnd, Observed) + Send>;
+/// What reached the client of a streamed body.
+#[derive(Debug, Clone, Copy)]
+pub struct Sent {
+    /// Body bytes handed to the client.
+    pub bytes: u64,
+    /// When the first body byte was handed over.
+    pub first_byte: Option<std::time::Instant>,
+}
+
+/// Called once when a streamed body ends: what was sent, how it ended, and what the usage tap saw
+/// (all bytes the upstream sent, including any drained after the client left). It may return an
+/// acknowledgement (strict audit durability): the end of the body — its last frame, or the end of
+/// a chunked stream — is held back until it arrives.
+pub type OnEnd = Box<dyn FnOnce(Sent, StreamEnd, Observed) -> Option<Pending> + Send>;
 
 /// After the client leaves mid-stream, keep reading the upstream for at most this long and this
 /// many bytes, so the usage the provider bills is the usage recorded.
@@ -117,11 +182,18 @@ pin_project_lite::pin_project! {
         idle: Sleep,
         idle_timeout: Duration,
         bytes: u64,
-                tap: Option<UsageTap>,
+        // The upstream's declared length: the frame that completes it is the last one, even
+        // before the upstream body says it has ended.
+        expected: Option<u64>,
+        first_byte: Option<std::time::Instant>,
+        tap: Option<UsageTap>,
         // The last frame handed on, shown to the tap at the next poll — after hyper has written it,
         // so metering never delays a frame (a `Bytes` clone is a reference count).
         unmetered: Option<Bytes>,
         on_end: Option<OnEnd>,
+        // Strict audit: the record's acknowledgement, and what to hand on once it arrives.
+        ack: Option<Pending>,
+        held: Option<Option<Result<Frame<Bytes>, BoxError>>>,
         // Freed with the body: when the client's response ends or the client goes away.
         slot: Option<StreamSlot>,
     }
@@ -129,27 +201,30 @@ pin_project_lite::pin_project! {
     impl PinnedDrop for UpstreamBody {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
-                        let Some(on_end) = this.on_end.take() else { return };
+            let Some(on_end) = this.on_end.take() else { return };
             meter(this.tap, this.unmetered);
             let tap = this.tap.take();
-            let bytes = *this.bytes;
+            let sent = Sent { bytes: *this.bytes, first_byte: *this.first_byte };
             match this.inner.take() {
                 // An empty body (HEAD, 204) may be dropped without ever being polled.
-                Some(inner) if !inner.is_end_stream() => drain(inner, tap, *this.idle_timeout, bytes, on_end),
-                _ => on_end(bytes, StreamEnd::Complete, tap.map(UsageTap::finish).unwrap_or_default()),
+                Some(inner) if !inner.is_end_stream() => drain(inner, tap, *this.idle_timeout, sent, on_end),
+                _ => {
+                    let _ = on_end(sent, StreamEnd::Complete, tap.map(UsageTap::finish).unwrap_or_default());
+                }
             }
         }
     }
 }
 
 /// The client is gone: read the rest of the upstream body on a task of its own, then report.
-fn drain(mut inner: Incoming, mut tap: Option<UsageTap>, idle: Duration, sent: u64, on_end: OnEnd) {
+fn drain(mut inner: Incoming, mut tap: Option<UsageTap>, idle: Duration, sent: Sent, on_end: OnEnd) {
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-        return on_end(
+        let _ = on_end(
             sent,
             StreamEnd::ClientGone,
             tap.map(UsageTap::finish).unwrap_or_default(),
         );
+        return;
     };
     runtime.spawn(async move {
         use http_body_util::BodyExt;
@@ -165,7 +240,7 @@ fn drain(mut inner: Incoming, mut tap: Option<UsageTap>, idle: Duration, sent: u
                 }
             }
         }
-        on_end(
+        let _ = on_end(
             sent,
             StreamEnd::ClientGone,
             tap.map(UsageTap::finish).unwrap_or_default(),
@@ -183,13 +258,17 @@ impl UpstreamBody {
         slot: Option<StreamSlot>,
     ) -> Self {
         UpstreamBody {
+            expected: inner.size_hint().exact(),
             inner: Some(inner),
             idle: tokio::time::sleep(idle_timeout),
             idle_timeout,
             bytes: 0,
+            first_byte: None,
             tap: Some(tap),
             unmetered: None,
             on_end: Some(on_end),
+            ack: None,
+            held: None,
             slot,
         }
     }
@@ -201,50 +280,69 @@ impl Body for UpstreamBody {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let mut this = self.project();
+        if let Some(ack) = this.ack.as_mut() {
+            // Strict audit: the end goes out once the record is durable (or the writer is gone).
+            let _ = ready!(Pin::new(ack).poll(cx));
+            *this.ack = None;
+            return Poll::Ready(this.held.take().flatten());
+        }
         meter(this.tap, this.unmetered);
         let Some(inner) = this.inner.as_mut() else {
             return Poll::Ready(None);
         };
-        match Pin::new(&mut *inner).poll_frame(cx) {
+        let (result, end) = match Pin::new(&mut *inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     *this.bytes += data.len() as u64;
                     *this.unmetered = Some(data.clone());
+                    this.first_byte.get_or_insert_with(std::time::Instant::now);
                 }
                 this.idle.as_mut().reset(Instant::now() + *this.idle_timeout);
-                if inner.is_end_stream() {
+                let last = inner.is_end_stream() || this.expected.is_some_and(|n| *this.bytes >= n);
+                if last {
                     meter(this.tap, this.unmetered);
-                    finish(this.on_end, this.tap, *this.bytes, StreamEnd::Complete);
                 }
-                Poll::Ready(Some(Ok(frame)))
+                (Some(Ok(frame)), last.then_some(StreamEnd::Complete))
             }
             Poll::Ready(Some(Err(e))) => {
-                finish(
-                    this.on_end,
-                    this.tap,
-                    *this.bytes,
-                    StreamEnd::UpstreamError(e.to_string()),
-                );
-                Poll::Ready(Some(Err(e.into())))
+                let end = StreamEnd::UpstreamError(e.to_string());
+                (Some(Err(e.into())), Some(end))
             }
-            Poll::Ready(None) => {
-                finish(this.on_end, this.tap, *this.bytes, StreamEnd::Complete);
-                Poll::Ready(None)
-            }
+            Poll::Ready(None) => (None, Some(StreamEnd::Complete)),
             Poll::Pending => {
                 ready!(this.idle.as_mut().poll(cx));
                 let secs = this.idle_timeout.as_secs();
-                finish(this.on_end, this.tap, *this.bytes, StreamEnd::IdleTimeout);
-                Poll::Ready(Some(Err(format!(
-                    "upstream sent nothing for {secs} s (network.idle_timeout_secs)"
-                )
-                .into())))
+                let err: BoxError = format!("upstream sent nothing for {secs} s (network.idle_timeout_secs)").into();
+                (Some(Err(err)), Some(StreamEnd::IdleTimeout))
+            }
+        };
+        let Some(end) = end else {
+            return Poll::Ready(result);
+        };
+        let sent = Sent {
+            bytes: *this.bytes,
+            first_byte: *this.first_byte,
+        };
+        let Some(mut ack) = finish(this.on_end, this.tap, sent, end) else {
+            return Poll::Ready(result);
+        };
+        match Pin::new(&mut ack).poll(cx) {
+            Poll::Ready(_) => Poll::Ready(result),
+            Poll::Pending => {
+                *this.ack = Some(ack);
+                *this.held = Some(result);
+                Poll::Pending
             }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.as_ref().is_none_or(|i| i.is_end_stream())
+        // Not ended until the completion hook ran and any acknowledgement arrived, so hyper polls
+        // once more and the end of the response can wait for a durable audit record.
+        self.on_end.is_none()
+            && self.ack.is_none()
+            && self.held.is_none()
+            && self.inner.as_ref().is_none_or(|i| i.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -262,8 +360,8 @@ fn meter(tap: &mut Option<UsageTap>, unmetered: &mut Option<Bytes>) {
     }
 }
 
-fn finish(on_end: &mut Option<OnEnd>, tap: &mut Option<UsageTap>, bytes: u64, end: StreamEnd) {
-    if let Some(f) = on_end.take() {
-        f(bytes, end, tap.take().map(UsageTap::finish).unwrap_or_default());
-    }
+fn finish(on_end: &mut Option<OnEnd>, tap: &mut Option<UsageTap>, sent: Sent, end: StreamEnd) -> Option<Pending> {
+    on_end
+        .take()
+        .and_then(|f| f(sent, end, tap.take().map(UsageTap::finish).unwrap_or_default()))
 }

@@ -74,6 +74,42 @@ pub enum Command {
     /// Policy findings: list, false-positive feedback, statistics.
     #[command(subcommand)]
     Findings(crate::cli_policy::FindingsCommand),
+    /// The audit log: verify its hash chain, export records (CSV / JSON / JSON lines).
+    #[command(subcommand)]
+    Audit(crate::cli_audit::AuditCommand),
+    /// Context rot: error rate, latency and cost by input-token bucket.
+    Rot {
+        /// Group by: model, team, key or all.
+        #[arg(long, default_value = "model")]
+        by: String,
+        /// From this UTC date or time (default: 29 days ago).
+        #[arg(long)]
+        since: Option<String>,
+        /// Until this UTC date (inclusive) or time.
+        #[arg(long)]
+        until: Option<String>,
+        /// table or json.
+        #[arg(long, default_value = "table")]
+        format: String,
+    },
+    /// Sessions (by hashed client session id): turns, context growth, cost past 32K / 100K.
+    Sessions {
+        /// From this UTC date or time (default: 29 days ago).
+        #[arg(long)]
+        since: Option<String>,
+        /// Until this UTC date (inclusive) or time.
+        #[arg(long)]
+        until: Option<String>,
+        /// Sessions to list.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// table or json.
+        #[arg(long, default_value = "table")]
+        format: String,
+    },
+    /// A seeded demo: a gateway over a mock provider, filled with synthetic traffic, to explore the
+    /// dashboard. Uses a fresh data directory; never contacts a real provider.
+    Demo(crate::demo::DemoArgs),
 }
 
 /// `conduit prices …`
@@ -278,6 +314,20 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Credentials(cmd) => credentials(Control::connect(config).await?, cmd).await,
         Command::Policy(cmd) => crate::cli_policy::policy(config, cmd).await,
         Command::Findings(cmd) => crate::cli_policy::findings(config, cmd).await,
+        Command::Audit(cmd) => crate::cli_audit::audit(config, cmd).await,
+        Command::Rot {
+            by,
+            since,
+            until,
+            format,
+        } => crate::cli_audit::rot(config, &by, since.as_deref(), until.as_deref(), &format).await,
+        Command::Sessions {
+            since,
+            until,
+            limit,
+            format,
+        } => crate::cli_audit::sessions(config, since.as_deref(), until.as_deref(), limit, &format).await,
+        Command::Demo(args) => crate::demo::run(args).await,
     }
 }
 

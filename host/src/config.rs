@@ -49,6 +49,9 @@ pub struct RawConfig {
     /// The policy stage: `[policies]`, `[policies.modes]`, `[policies.builtin.<name>]`.
     #[serde(default)]
     pub policies: crate::policy::RawPolicies,
+    /// The audit log: `[audit]` durability, retention, directory.
+    #[serde(default)]
+    pub audit: crate::audit::RawAudit,
 }
 
 /// `[budgets.<scope>]`
@@ -158,6 +161,8 @@ pub struct Config {
     pub budgets: Vec<(String, crate::admission::BudgetLimit)>,
     /// Policies.
     pub policies: crate::policy::PolicyConfig,
+    /// The audit log.
+    pub audit: crate::audit::AuditConfig,
 }
 
 /// A configured secret: `Debug` never shows it, so a config printed while debugging leaks nothing.
@@ -499,8 +504,10 @@ impl RawConfig {
         }
 
         let policies = self.policies.validate(&data_dir, env)?;
+        let audit = self.audit.validate(&data_dir, env)?;
         Ok(Config {
             policies,
+            audit,
             listen,
             admin_listen,
             data_dir,

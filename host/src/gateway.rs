@@ -38,6 +38,10 @@ pub struct Gateway {
     pub rate_limiter: Arc<RateLimiter>,
     /// The Wasm policy set (`None` when `[policies] enabled = false`).
     pub policies: Option<Arc<crate::policy::Policies>>,
+    /// The hash-chained audit log writer.
+    pub audit: crate::audit::AuditLog,
+    /// Prometheus metrics, folded from the audit records.
+    pub metrics: Arc<crate::metrics::Metrics>,
     master_key: RwLock<Arc<MasterKey>>,
     prices: RwLock<Arc<PriceTable>>,
 }
@@ -57,6 +61,8 @@ impl Gateway {
         let client = build_client(&config.network)?;
         let prices = PriceTable::shipped()?.with_overrides(store.price_overrides()?);
         let ledger = Ledger::start(store.clone())?;
+        let metrics = Arc::new(crate::metrics::Metrics::default());
+        let audit = crate::audit::AuditLog::start(&config.audit, metrics.clone(), Some(store.clone()))?;
         let budgets = Arc::new(BudgetBook::open(store.clone(), &config.budgets)?);
         let policies = if config.policies.enabled {
             let p = crate::policy::Policies::open(config.policies.clone(), Some(store.clone()))?;
@@ -75,6 +81,8 @@ impl Gateway {
             budgets,
             rate_limiter: Arc::default(),
             policies,
+            audit,
+            metrics,
             master_key: RwLock::new(Arc::new(master_key)),
             prices: RwLock::new(Arc::new(prices)),
         })

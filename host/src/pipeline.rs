@@ -37,7 +37,14 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>, peer: SocketAddr) -> R
     match run(gw, req, &mut exchange).await {
         Ok(Handled::Streaming(response)) => response, // audit runs when the body ends
         Ok(Handled::Local(response)) => {
-            audit::record(&exchange, response.status().as_u16(), None, None);
+            durable(audit::record(
+                &gw.audit,
+                &exchange,
+                response.status().as_u16(),
+                None,
+                None,
+            ))
+            .await;
             response
         }
         Err(err) => {
@@ -45,9 +52,16 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>, peer: SocketAddr) -> R
             let response = rescue::render(&err, exchange.protocol, &exchange.id);
             let status = response.status().as_u16();
             let settled = settle::settle(&gw.settlement(), &exchange, status, None, None, None);
-            audit::record(&exchange, status, Some(&err), settled);
+            durable(audit::record(&gw.audit, &exchange, status, Some(&err), settled)).await;
             response
         }
+    }
+}
+
+/// Strict audit durability: the response goes out once its record is synced.
+async fn durable(pending: Option<crate::audit::Pending>) {
+    if let Some(p) = pending {
+        let _ = p.await;
     }
 }
 
@@ -64,6 +78,7 @@ async fn run(gw: &Gateway, req: Request<Incoming>, ex: &mut accept::Exchange) ->
         Routed::Upstream(route) => route,
     };
     ex.protocol = Some(route.protocol);
+    ex.upstream = Some(upstream_host(&route.upstream.authority));
     // The head checks of `accept` run once the family is known, so refusals come in its shape.
     accept::check_declared_length(&req, &gw.config.limits)?;
     accept::refuse_upgrade(&req)?;
@@ -105,6 +120,14 @@ fn probe_response(method: &Method, request_id: &str) -> Response<GatewayBody> {
         response.headers_mut().insert(REQUEST_ID_HEADER, id);
     }
     response
+}
+
+/// `host:port` of an upstream, never userinfo.
+fn upstream_host(authority: &http::uri::Authority) -> String {
+    match authority.port_u16() {
+        Some(p) => format!("{}:{p}", authority.host()),
+        None => authority.host().to_string(),
+    }
 }
 
 fn log_failure(ex: &accept::Exchange, err: &GatewayError) {

@@ -105,6 +105,8 @@ pub trait Store: Send + Sync + 'static {
     fn findings(&self, limit: usize) -> Result<Vec<FindingRecord>>;
     /// Marks a finding as a false positive; `None` if there is no such finding.
     fn mark_false_positive(&self, id: &str, by: &str) -> Result<Option<FindingRecord>>;
+    /// Removes findings recorded before `before` (Unix seconds); returns how many (retention).
+    fn prune_findings(&self, before: i64) -> Result<usize>;
     /// Run-time policy mode overrides (category or prefix → mode).
     fn policy_modes(&self) -> Result<Vec<(String, String)>>;
     /// Sets (or with `None` clears) a run-time policy mode.
@@ -415,6 +417,21 @@ impl Store for SledStore {
         self.findings.insert(id.as_bytes(), value)?;
         self.findings.flush()?;
         Ok(Some(record))
+    }
+
+    fn prune_findings(&self, before: i64) -> Result<usize> {
+        // Ids are `f_` + hex Unix nanoseconds: the tree is in time order.
+        let bound = format!("f_{:016x}", (before.max(0) as u64).saturating_mul(1_000_000_000));
+        let mut batch = sled::Batch::default();
+        let mut n = 0;
+        for k in self.findings.range(..bound.as_bytes()).keys() {
+            batch.remove(k?);
+            n += 1;
+        }
+        if n > 0 {
+            self.findings.apply_batch(batch)?;
+        }
+        Ok(n)
     }
 
     fn policy_modes(&self) -> Result<Vec<(String, String)>> {

@@ -361,6 +361,9 @@ impl Store for Breakable {
     fn mark_false_positive(&self, id: &str, by: &str) -> Result<Option<conduit::store::FindingRecord>> {
         self.inner.mark_false_positive(id, by)
     }
+    fn prune_findings(&self, before: i64) -> Result<usize> {
+        self.inner.prune_findings(before)
+    }
     fn policy_modes(&self) -> Result<Vec<(String, String)>> {
         self.inner.policy_modes()
     }

@@ -56,7 +56,7 @@ async fn canaries_never_reach_logs_store_or_cli_output() {
         );
         cli_output.extend_from_slice(&out.stderr);
         // `keys create` prints the new key by design; everything else is searched.
-        if args[..2] != ["keys", "create"] {
+        if !args.starts_with(&["keys", "create"]) {
             cli_output.extend_from_slice(&out.stdout);
         }
         out.stdout
@@ -174,6 +174,44 @@ async fn canaries_never_reach_logs_store_or_cli_output() {
         String::from_utf8_lossy(&tested)
     );
     std::fs::remove_file(&text).unwrap();
+    // The audit log, its exports and reports, and the metrics.
+    let verified = cli(&["audit", "verify"]);
+    assert!(
+        contains(&verified, "audit chain intact"),
+        "{}",
+        String::from_utf8_lossy(&verified)
+    );
+    for format in ["csv", "json", "jsonl"] {
+        let exported = cli(&["audit", "export", "--format", format]);
+        assert!(contains(&exported, "/v1/messages") && contains(&exported, "policy_blocked"));
+    }
+    cli(&["rot", "--format", "json"]);
+    cli(&["rot", "--by", "key"]);
+    cli(&["sessions", "--limit", "5"]);
+    let token = std::fs::read_to_string(data.path().join("admin.token")).unwrap();
+    let metrics = client
+        .request(
+            http::Request::get(format!("http://{admin}/metrics"))
+                .header("authorization", format!("Bearer {}", token.trim()))
+                .body(Full::new(bytes::Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap()
+        .into_body()
+        .collect()
+        .await
+        .unwrap()
+        .to_bytes();
+    assert!(
+        contains(&metrics, "conduit_requests_total"),
+        "{}",
+        String::from_utf8_lossy(&metrics)
+    );
+    assert!(contains(
+        &metrics,
+        "conduit_findings_total{category=\"secret.aws-access-key\",mode=\"block\"} 1"
+    ));
     cli(&["keys", "list"]);
     cli(&["credentials", "list"]);
     cli(&["keys", "list", "--json"]);
@@ -206,6 +244,7 @@ async fn canaries_never_reach_logs_store_or_cli_output() {
     for canary in canaries {
         assert!(!contains(&logs, canary), "log contains {canary:?}");
         assert!(!contains(&cli_output, canary), "CLI output contains {canary:?}");
+        assert!(!contains(&metrics, canary), "/metrics contains {canary:?}");
         assert!(!contains(&refusal, canary), "the block message contains {canary:?}");
         for file in &stored {
             assert!(

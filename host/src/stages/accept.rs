@@ -23,6 +23,12 @@ pub struct Exchange {
     pub started: Instant,
     /// Wall-clock start, Unix seconds.
     pub started_unix: i64,
+    /// Wall-clock start, Unix milliseconds.
+    pub started_ms: i64,
+    /// Client family from the user-agent (`claude-code`, `codex`, …).
+    pub client: &'static str,
+    /// Hashed client session id (`X-Claude-Code-Session-Id`, Codex `session_id`).
+    pub session: Option<String>,
     /// Client address.
     pub peer: SocketAddr,
     /// HTTP method.
@@ -31,6 +37,8 @@ pub struct Exchange {
     pub path: String,
     /// Family, once routed.
     pub protocol: Option<Protocol>,
+    /// Upstream `host:port`, once routed.
+    pub upstream: Option<String>,
     /// Stand-in key id, once authenticated.
     pub key_id: Option<String>,
     /// Key owner.
@@ -45,8 +53,12 @@ pub struct Exchange {
     pub bytes_in: u64,
     /// Time until upstream response headers arrived.
     pub upstream_ttfb_ms: Option<f64>,
-    /// Policy findings as `category:mode` (metadata only), once policed.
-    pub findings: Vec<String>,
+    /// Start → the request left for the upstream (the gateway's own time), ms.
+    pub overhead_ms: Option<f64>,
+    /// Time in the policy stage, ms.
+    pub policy_ms: Option<f64>,
+    /// Policy findings (metadata only), once policed.
+    pub findings: Vec<crate::audit::AuditFinding>,
     /// Digest of the policy set that judged the request.
     pub policy_set: Option<String>,
 }
@@ -86,14 +98,27 @@ impl Default for RequestIds {
 
 /// Starts the exchange for `req`.
 pub fn begin<B>(ids: &RequestIds, req: &Request<B>, peer: SocketAddr) -> Exchange {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+    let session = header("x-claude-code-session-id")
+        .or_else(|| header("session_id"))
+        .filter(|s| !s.is_empty())
+        .map(crate::audit::session_hash);
     Exchange {
         id: ids.next(),
         started: Instant::now(),
-        started_unix: crate::clock::now_unix(),
+        started_unix: now_ms.div_euclid(1000),
+        started_ms: now_ms,
+        client: crate::audit::client_family(header("user-agent")),
+        session,
         peer,
         method: req.method().clone(),
         path: req.uri().path().to_string(),
         protocol: None,
+        upstream: None,
         key_id: None,
         owner: None,
         team: None,
@@ -101,6 +126,8 @@ pub fn begin<B>(ids: &RequestIds, req: &Request<B>, peer: SocketAddr) -> Exchang
         stream: false,
         bytes_in: 0,
         upstream_ttfb_ms: None,
+        overhead_ms: None,
+        policy_ms: None,
         findings: Vec::new(),
         policy_set: None,
     }

@@ -38,6 +38,7 @@ pub async fn send(
     headers.insert(auth.name, auth.value);
 
     let sent = std::time::Instant::now();
+    exchange.overhead_ms = Some(sent.duration_since(exchange.started).as_secs_f64() * 1e3);
     let net = &gw.config.network;
     let response = tokio::time::timeout(net.response_timeout, gw.client.request(upstream_req))
         .await
@@ -82,11 +83,19 @@ pub async fn send(
     );
     let finished = exchange.clone();
     let settlement = gw.settlement();
+    let log = gw.audit.clone();
     let mut admitted = admitted;
     let slot = admitted.ticket.as_mut().and_then(|t| t.take_stream_slot());
-    let on_end: OnEnd = Box::new(move |bytes_out, end, seen| {
+    let on_end: OnEnd = Box::new(move |sent, end, seen| {
         let settled = settle::settle(&settlement, &finished, status, Some(&end), Some(&seen), Some(admitted));
-        audit::record_stream(&finished, status, bytes_out, &end, settled);
+        let delivery = audit::Delivery {
+            bytes_out: sent.bytes,
+            ttfb_ms: sent
+                .first_byte
+                .map(|t| t.saturating_duration_since(finished.started).as_secs_f64() * 1e3),
+            stream_error: seen.stream_error,
+        };
+        audit::record_stream(&log, &finished, status, delivery, &end, settled)
     });
     let body = UpstreamBody::new(incoming, net.idle_timeout, tap, on_end, slot);
     Ok(Response::from_parts(parts, GatewayBody::Upstream { inner: body }))

@@ -37,6 +37,7 @@ pub fn police(
     if !route.endpoint.takes_json() || inspected.body.is_empty() {
         return Ok(());
     }
+    let began = std::time::Instant::now();
     let segments = segments::extract(&inspected.body);
     let info = RequestInfo {
         provider: route.protocol.as_str().to_string(),
@@ -50,11 +51,20 @@ pub fn police(
     };
     let text_bytes: usize = segments.iter().map(|s| s.text.len()).sum();
     let outcome = run(policies, &info, &segments, text_bytes);
+    ex.policy_ms = Some(began.elapsed().as_secs_f64() * 1e3);
     ex.policy_set = Some(outcome.set_digest.clone());
     ex.findings = outcome
         .findings
         .iter()
-        .map(|f| format!("{}:{}", f.category, f.mode.as_str()))
+        .map(|f| crate::audit::AuditFinding {
+            category: f.category.clone(),
+            rule: f.rule_id.clone(),
+            mode: f.mode.as_str().to_string(),
+            location: match f.segment {
+                Some(_) => format!("{}:{}-{}", f.location, f.start, f.end),
+                None => "request".to_string(),
+            },
+        })
         .collect();
     let ids = record(gw, ex, principal, &outcome);
     if let Some((policy, reason)) = &outcome.failure {

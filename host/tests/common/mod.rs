@@ -96,6 +96,29 @@ impl Harness {
         Reply { status, headers, body }
     }
 
+    /// GETs an admin API path with the admin token.
+    pub async fn admin_get(&self, path: &str) -> Reply {
+        self.admin_get_with_token(path, ADMIN_TOKEN).await
+    }
+
+    /// GETs an admin API path with the given bearer token.
+    pub async fn admin_get_with_token(&self, path: &str, token: &str) -> Reply {
+        let req = Request::get(format!("http://{}{path}", self.running.admin_addr))
+            .header("authorization", format!("Bearer {token}"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let resp = self.http.request(req).await.expect("admin answers");
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map(|c| c.to_bytes())
+            .unwrap_or_default();
+        Reply { status, headers, body }
+    }
+
     /// An Anthropic Messages request with the stand-in key as x-api-key and extra headers.
     pub async fn messages_with(&self, body: &str, extra: &[(&str, &str)]) -> Reply {
         let key = self.key.clone();

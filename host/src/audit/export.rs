@@ -1,0 +1,256 @@
+//! Audit export for security reviews: CSV, a JSON array, or JSON lines, written record by record
+//! (constant memory for any number of rows). Columns: docs/audit.md.
+//!
+//! `jsonl` is the stored lines byte for byte (with `seq` and `prev`), so an unfiltered export can be
+//! re-verified outside Conduit; `json` is the same objects in one array; `csv` flattens them with
+//! RFC 3339 times and dollar amounts.
+
+use std::io::Write;
+use std::path::Path;
+
+use super::AuditRecord;
+use super::chain::{self, Filter};
+use crate::error::{Error, Result};
+
+/// An export format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// Comma-separated, one header row.
+    Csv,
+    /// One JSON array.
+    Json,
+    /// One JSON object per line (the stored lines).
+    Jsonl,
+}
+
+impl Format {
+    /// Parses `csv|json|jsonl`.
+    pub fn parse(s: &str) -> Result<Format> {
+        match s {
+            "csv" => Ok(Format::Csv),
+            "json" => Ok(Format::Json),
+            "jsonl" | "ndjson" => Ok(Format::Jsonl),
+            other => Err(Error::msg(format!("--format {other:?}: expected csv, json or jsonl"))),
+        }
+    }
+
+    /// The HTTP content type.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Csv => "text/csv; charset=utf-8",
+            Format::Json => "application/json",
+            Format::Jsonl => "application/x-ndjson",
+        }
+    }
+}
+
+/// The CSV header, in column order (documented in docs/audit.md).
+pub const CSV_COLUMNS: &[&str] = &[
+    "seq",
+    "request_id",
+    "start",
+    "end",
+    "key_id",
+    "owner",
+    "team",
+    "client",
+    "client_ip",
+    "provider",
+    "upstream",
+    "method",
+    "path",
+    "model",
+    "status",
+    "outcome",
+    "error_class",
+    "stream",
+    "ttfb_ms",
+    "duration_ms",
+    "overhead_ms",
+    "policy_ms",
+    "bytes_in",
+    "bytes_out",
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "cost_usd",
+    "estimated",
+    "findings",
+    "policy_set",
+    "session",
+    "prev",
+];
+
+/// Writes the records matching `filter` to `out`; returns how many.
+pub fn export(dir: &Path, filter: &Filter, format: Format, out: &mut dyn Write) -> Result<u64> {
+    let mut failed: Option<std::io::Error> = None;
+    let mut first = true;
+    let io = |e: std::io::Error| Error::msg(format!("writing the export: {e}"));
+    match format {
+        Format::Csv => {
+            out.write_all(CSV_COLUMNS.join(",").as_bytes()).map_err(io)?;
+            out.write_all(b"\n").map_err(io)?;
+        }
+        Format::Json => out.write_all(b"[").map_err(io)?,
+        Format::Jsonl => {}
+    }
+    let mut row = String::with_capacity(1024);
+    let n = chain::scan(dir, filter, |record, line| {
+        let written = match format {
+            Format::Jsonl => out.write_all(line).and_then(|()| out.write_all(b"\n")),
+            Format::Json => {
+                let sep: &[u8] = if first { b"\n" } else { b",\n" };
+                out.write_all(sep).and_then(|()| out.write_all(line))
+            }
+            Format::Csv => {
+                row.clear();
+                csv_row(&record, &mut row);
+                out.write_all(row.as_bytes())
+            }
+        };
+        first = false;
+        match written {
+            Ok(()) => true,
+            Err(e) => {
+                failed = Some(e);
+                false
+            }
+        }
+    })?;
+    if let Some(e) = failed {
+        return Err(io(e));
+    }
+    if format == Format::Json {
+        out.write_all(if n == 0 { b"]\n" } else { b"\n]\n" }).map_err(io)?;
+    }
+    out.flush().map_err(io)?;
+    Ok(n)
+}
+
+/// RFC 3339 with milliseconds.
+pub fn rfc3339_ms(ms: i64) -> String {
+    let base = crate::clock::format_rfc3339(ms.div_euclid(1000));
+    format!("{}.{:03}Z", &base[..base.len() - 1], ms.rem_euclid(1000))
+}
+
+fn csv_row(r: &AuditRecord, s: &mut String) {
+    use std::fmt::Write as _;
+    let opt = |v: &Option<String>| v.clone().unwrap_or_default();
+    let num = |v: Option<f64>| v.map(|x| format!("{x:.3}")).unwrap_or_default();
+    let findings = r
+        .findings
+        .iter()
+        .map(|f| format!("{}|{}|{}|{}", f.category, f.rule, f.mode, f.location))
+        .collect::<Vec<_>>()
+        .join(";");
+    let fields: [String; 34] = [
+        r.seq.to_string(),
+        r.request_id.clone(),
+        rfc3339_ms(r.start_ms),
+        rfc3339_ms(r.end_ms),
+        opt(&r.key_id),
+        opt(&r.owner),
+        opt(&r.team),
+        r.client.clone(),
+        r.client_ip.clone(),
+        opt(&r.provider),
+        opt(&r.upstream),
+        r.method.clone(),
+        r.path.clone(),
+        opt(&r.model),
+        r.status.to_string(),
+        r.outcome.clone(),
+        opt(&r.error_class),
+        r.stream.to_string(),
+        num(r.ttfb_ms),
+        num(Some(r.duration_ms)),
+        num(r.overhead_ms),
+        num(r.policy_ms),
+        r.bytes_in.to_string(),
+        r.bytes_out.to_string(),
+        r.input_tokens.to_string(),
+        r.output_tokens.to_string(),
+        r.cache_read_tokens.to_string(),
+        r.cache_write_tokens.to_string(),
+        r.cost_micros.map(crate::ledger::usd).unwrap_or_default(),
+        r.estimated.to_string(),
+        findings,
+        opt(&r.policy_set),
+        opt(&r.session),
+        r.prev.clone(),
+    ];
+    for (i, f) in fields.iter().enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        push_csv_field(s, f);
+    }
+    let _ = writeln!(s);
+}
+
+/// RFC 4180 quoting; a leading `=`, `+`, `-`, `@` is prefixed with `'` so a spreadsheet never
+/// evaluates a client-supplied value (a model name, a path) as a formula.
+fn push_csv_field(s: &mut String, f: &str) {
+    let formula = f.starts_with(['=', '+', '@', '\t', '\r']) || (f.starts_with('-') && f.parse::<f64>().is_err());
+    let needs_quotes = formula || f.contains([',', '"', '\n', '\r']);
+    if !needs_quotes {
+        s.push_str(f);
+        return;
+    }
+    s.push('"');
+    if formula {
+        s.push('\'');
+    }
+    for c in f.chars() {
+        if c == '"' {
+            s.push('"');
+        }
+        s.push(c);
+    }
+    s.push('"');
+}
+
+/// Parses one CSV line written by this module back into fields (tests and round-trip checks).
+pub fn parse_csv_line(line: &str) -> Vec<String> {
+    let mut fields = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (quoted, c) {
+            (true, '"') if chars.peek() == Some(&'"') => {
+                chars.next();
+                cur.push('"');
+            }
+            (true, '"') => quoted = false,
+            (false, '"') if cur.is_empty() => quoted = true,
+            (false, ',') => fields.push(std::mem::take(&mut cur)),
+            (_, c) => cur.push(c),
+        }
+    }
+    fields.push(cur);
+    fields
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_quoting_round_trips_and_defuses_formulas() {
+        let mut s = String::new();
+        for (i, f) in ["plain", "a,b", "say \"hi\"", "=HYPERLINK(1)", "-3", "-rf", ""]
+            .iter()
+            .enumerate()
+        {
+            if i > 0 {
+                s.push(',');
+            }
+            push_csv_field(&mut s, f);
+        }
+        let back = parse_csv_line(&s);
+        assert_eq!(back, ["plain", "a,b", "say \"hi\"", "'=HYPERLINK(1)", "-3", "'-rf", ""]);
+        assert_eq!(rfc3339_ms(1_764_201_600_123), "2025-11-27T00:00:00.123Z");
+    }
+}

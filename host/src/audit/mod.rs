@@ -1,0 +1,582 @@
+//! The audit log: one metadata-only record per request, whatever happened, in append-only,
+//! hash-chained JSON-lines files under `<data_dir>/audit/` (one file per UTC day).
+//!
+//! - **What a record holds** ([`AuditRecord`]): ids, principal, client family, provider, path,
+//!   model, status, error class, timings, sizes, tokens, cost, findings (category, rule, mode,
+//!   location), the policy-set digest, a hashed session id. Never a body, a prompt, a completion, a
+//!   query string or a key: the type has no field that could carry one.
+//! - **Chain**: each line carries `seq` and `prev`, the SHA-256 of the previous line's bytes;
+//!   `HEAD` holds the last `seq` and hash, `ANCHOR` where the chain starts after retention removed
+//!   older days. [`chain::verify`] re-walks it and names the first record altered or removed.
+//! - **Writer**: the request path only sends the record into a channel; one thread assigns `seq`,
+//!   chains, appends and syncs. `durability = "group"` (default) syncs at most every 100 ms — a
+//!   process crash loses nothing written, a power loss at most the last 100 ms. `"strict"` syncs
+//!   before acknowledging, and the response's last byte waits for that acknowledgement
+//!   ([`Pending`]).
+//! - **Retention**: whole day files older than `retention_days` are deleted (hourly), with the
+//!   policy findings of those days.
+//!
+//! Metrics (`crate::metrics`) are folded from the same records on the writer thread, so the
+//! request path pays one channel send for both.
+
+pub mod chain;
+pub mod export;
+pub mod rot;
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use crate::store::Store;
+
+/// How long a written record may wait for `fsync` in group mode.
+pub const GROUP_COMMIT_WINDOW: Duration = Duration::from_millis(100);
+
+/// `[audit]` in the config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAudit {
+    /// `group` (default: fsync at most every 100 ms) or `strict` (fsync before the response's last
+    /// byte). Env `CONDUIT_AUDIT_DURABILITY`.
+    pub durability: Option<String>,
+    /// Days of audit records (and policy findings) to keep; 0 keeps everything. Default 400.
+    pub retention_days: Option<u32>,
+    /// Directory of the day files; default `<data_dir>/audit`.
+    pub dir: Option<PathBuf>,
+}
+
+/// When a record counts as written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Synced within [`GROUP_COMMIT_WINDOW`]; never waited for.
+    Group,
+    /// Synced before the client receives the response's last byte.
+    Strict,
+}
+
+/// Validated `[audit]`.
+#[derive(Debug, Clone)]
+pub struct AuditConfig {
+    /// Durability mode.
+    pub durability: Durability,
+    /// Days to keep; `None` keeps everything.
+    pub retention_days: Option<u32>,
+    /// Directory of the day files.
+    pub dir: PathBuf,
+}
+
+impl RawAudit {
+    /// Validates against the data directory and the environment.
+    pub fn validate(self, data_dir: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<AuditConfig> {
+        let durability = match env("CONDUIT_AUDIT_DURABILITY").or(self.durability).as_deref() {
+            None | Some("group") => Durability::Group,
+            Some("strict") => Durability::Strict,
+            Some(other) => {
+                return Err(Error::msg(format!(
+                    "audit.durability = {other:?}: expected \"group\" (fsync every 100 ms) or \"strict\" (fsync before each response ends)"
+                )));
+            }
+        };
+        Ok(AuditConfig {
+            durability,
+            retention_days: match self.retention_days.unwrap_or(400) {
+                0 => None,
+                d => Some(d),
+            },
+            dir: self.dir.unwrap_or_else(|| data_dir.join("audit")),
+        })
+    }
+}
+
+/// One finding as the audit record shows it: what kind and where, never the value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditFinding {
+    /// Dotted category (`secret.aws-access-key`).
+    pub category: String,
+    /// Rule or term id.
+    pub rule: String,
+    /// `alert` or `block`.
+    pub mode: String,
+    /// JSON path of the segment and byte span (`messages[0].content[1].text:17-57`), or `request`.
+    pub location: String,
+}
+
+/// One request, as recorded. Field order is the line's field order (and the CSV's columns).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    /// Position in the chain (1-based, no gaps).
+    #[serde(default)]
+    pub seq: u64,
+    /// SHA-256 (hex) of the previous line; 64 zeros for the first.
+    #[serde(default)]
+    pub prev: String,
+    /// `x-conduit-request-id`.
+    pub request_id: String,
+    /// Start, Unix milliseconds.
+    pub start_ms: i64,
+    /// End (response finished, refused, or abandoned), Unix milliseconds.
+    pub end_ms: i64,
+    /// Stand-in key id (absent before authentication).
+    pub key_id: Option<String>,
+    /// Key owner.
+    pub owner: Option<String>,
+    /// Key team.
+    pub team: Option<String>,
+    /// Client family from the user-agent (`claude-code`, `codex`, `anthropic-python`, …).
+    pub client: String,
+    /// Client address.
+    pub client_ip: String,
+    /// API family (`anthropic`, `openai`), once routed.
+    pub provider: Option<String>,
+    /// Upstream `host:port`.
+    pub upstream: Option<String>,
+    /// HTTP method.
+    pub method: String,
+    /// Path without the query string.
+    pub path: String,
+    /// Requested model.
+    pub model: Option<String>,
+    /// Status the client received.
+    pub status: u16,
+    /// How it ended: `complete`, `client_gone`, `upstream_error`, `idle_timeout`, or the gateway's
+    /// refusal kind (`unauthenticated`, `budget_exceeded`, `policy_blocked`, …).
+    pub outcome: String,
+    /// Coarse failure class (see docs/audit.md); absent on success.
+    pub error_class: Option<String>,
+    /// Client asked for a stream.
+    pub stream: bool,
+    /// Start → first response byte to the client, ms.
+    pub ttfb_ms: Option<f64>,
+    /// Start → end, ms.
+    pub duration_ms: f64,
+    /// Time the gateway spent before the request left for the upstream, ms.
+    pub overhead_ms: Option<f64>,
+    /// Time in the policy stage, ms.
+    pub policy_ms: Option<f64>,
+    /// Request body bytes.
+    pub bytes_in: u64,
+    /// Response body bytes sent to the client.
+    pub bytes_out: u64,
+    /// Uncached input tokens.
+    pub input_tokens: u64,
+    /// Output tokens.
+    pub output_tokens: u64,
+    /// Cache-read input tokens.
+    pub cache_read_tokens: u64,
+    /// Cache-write input tokens.
+    pub cache_write_tokens: u64,
+    /// Cost in micro-dollars; absent when the model has no price.
+    pub cost_micros: Option<u64>,
+    /// Tokens are an estimate (the response carried no usage).
+    pub estimated: bool,
+    /// Policy findings.
+    pub findings: Vec<AuditFinding>,
+    /// Digest of the policy set that judged the request.
+    pub policy_set: Option<String>,
+    /// Hashed client session id (`X-Claude-Code-Session-Id`, Codex `session_id`).
+    pub session: Option<String>,
+}
+
+impl AuditRecord {
+    /// All input tokens (uncached + cache read + cache write): the context size.
+    pub fn context_tokens(&self) -> u64 {
+        self.input_tokens + self.cache_read_tokens + self.cache_write_tokens
+    }
+}
+
+/// The genesis `prev`.
+pub const ZERO_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// SHA-256 of a line (without its newline), hex.
+pub fn line_hash(line: &[u8]) -> String {
+    crate::hex::encode(&Sha256::digest(line))
+}
+
+/// Hashes a client session id: records can be grouped by session without holding the id itself.
+pub fn session_hash(id: &str) -> String {
+    let digest = Sha256::digest([b"conduit-session\0".as_slice(), id.as_bytes()].concat());
+    crate::hex::encode(&digest[..8])
+}
+
+/// Client family from a user-agent (and Claude Code's `x-app`).
+pub fn client_family(user_agent: Option<&str>) -> &'static str {
+    let Some(ua) = user_agent else { return "unknown" };
+    let ua = ua.trim();
+    let starts = |p: &str| ua.len() >= p.len() && ua[..p.len()].eq_ignore_ascii_case(p);
+    if starts("claude-cli/") || starts("claude-code/") {
+        "claude-code"
+    } else if starts("codex") {
+        "codex"
+    } else if starts("cursor") {
+        "cursor"
+    } else if starts("Anthropic/Python") {
+        "anthropic-python"
+    } else if starts("Anthropic/JS") {
+        "anthropic-js"
+    } else if starts("OpenAI/Python") {
+        "openai-python"
+    } else if starts("OpenAI/JS") {
+        "openai-js"
+    } else if starts("aws-sdk-") {
+        "aws-sdk"
+    } else if starts("curl/") {
+        "curl"
+    } else if starts("python-httpx") || starts("python-requests") {
+        "python"
+    } else {
+        "other"
+    }
+}
+
+/// Acknowledgement that a record is durable (strict mode).
+pub type Pending = tokio::sync::oneshot::Receiver<()>;
+
+enum Msg {
+    Record(Box<AuditRecord>, Option<tokio::sync::oneshot::Sender<()>>),
+    /// Everything before it written and synced.
+    Sync(mpsc::Sender<()>),
+}
+
+/// Handle to the audit writer. Cheap to clone.
+#[derive(Clone)]
+pub struct AuditLog {
+    tx: mpsc::Sender<Msg>,
+    durability: Durability,
+    dir: Arc<PathBuf>,
+}
+
+impl std::fmt::Debug for AuditLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditLog").field("dir", &self.dir).finish()
+    }
+}
+
+impl AuditLog {
+    /// Recovers the chain head from `config.dir` (cutting a torn last line a crash left) and starts
+    /// the writer thread. `store` is pruned of old findings with the same retention.
+    pub fn start(config: &AuditConfig, metrics: Arc<Metrics>, store: Option<Arc<dyn Store>>) -> Result<AuditLog> {
+        std::fs::create_dir_all(&config.dir)
+            .map_err(|e| Error::msg(format!("creating the audit directory {}: {e}", config.dir.display())))?;
+        let head = chain::recover(&config.dir)?;
+        let (tx, rx) = mpsc::channel::<Msg>();
+        let mut writer = Writer {
+            dir: config.dir.clone(),
+            retention_days: config.retention_days,
+            head,
+            file: None,
+            dirty: false,
+            last_sync: Instant::now(),
+            last_prune: None,
+            metrics,
+            store,
+            buf: Vec::with_capacity(64 * 1024),
+        };
+        std::thread::Builder::new()
+            .name("conduit-audit".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| Error::msg(format!("starting the audit writer: {e}")))?;
+        Ok(AuditLog {
+            tx,
+            durability: config.durability,
+            dir: Arc::new(config.dir.clone()),
+        })
+    }
+
+    /// The durability mode.
+    pub fn durability(&self) -> Durability {
+        self.durability
+    }
+
+    /// The directory of the day files.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Queues a record. In strict mode returns the acknowledgement to wait for before the client
+    /// may see the end of the response.
+    pub fn record(&self, record: AuditRecord) -> Option<Pending> {
+        let (ack, pending) = match self.durability {
+            Durability::Strict => {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                (Some(tx), Some(rx))
+            }
+            Durability::Group => (None, None),
+        };
+        if self.tx.send(Msg::Record(Box::new(record), ack)).is_err() {
+            tracing::error!("audit writer is gone; record dropped");
+        }
+        pending
+    }
+
+    /// Returns once every record queued before this call is written and synced.
+    pub fn sync(&self) {
+        let (done, wait) = mpsc::channel();
+        if self.tx.send(Msg::Sync(done)).is_ok() {
+            let _ = wait.recv();
+        }
+    }
+}
+
+struct Writer {
+    dir: PathBuf,
+    retention_days: Option<u32>,
+    head: chain::Head,
+    /// Open day file and its UTC day number.
+    file: Option<(i64, File)>,
+    dirty: bool,
+    last_sync: Instant,
+    last_prune: Option<Instant>,
+    metrics: Arc<Metrics>,
+    store: Option<Arc<dyn Store>>,
+    buf: Vec<u8>,
+}
+
+const MAX_BATCH: usize = 4096;
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+impl Writer {
+    fn run(&mut self, rx: mpsc::Receiver<Msg>) {
+        self.prune();
+        loop {
+            let first = if self.dirty {
+                let wait = GROUP_COMMIT_WINDOW.saturating_sub(self.last_sync.elapsed());
+                match rx.recv_timeout(wait) {
+                    Ok(m) => Some(m),
+                    Err(mpsc::RecvTimeoutError::Timeout) => None,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                }
+            } else {
+                match rx.recv_timeout(PRUNE_EVERY) {
+                    Ok(m) => Some(m),
+                    Err(mpsc::RecvTimeoutError::Timeout) => None,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                }
+            };
+            let mut acks = Vec::new();
+            let mut syncs = Vec::new();
+            let mut next = first;
+            let mut taken = 0;
+            while let Some(msg) = next {
+                match msg {
+                    Msg::Record(record, ack) => {
+                        self.append(*record);
+                        acks.extend(ack);
+                    }
+                    Msg::Sync(done) => syncs.push(done),
+                }
+                taken += 1;
+                next = if taken < MAX_BATCH { rx.try_recv().ok() } else { None };
+            }
+            self.write_out();
+            let due = self.dirty && self.last_sync.elapsed() >= GROUP_COMMIT_WINDOW;
+            if !acks.is_empty() || !syncs.is_empty() || due {
+                self.sync();
+            }
+            for ack in acks {
+                let _ = ack.send(());
+            }
+            for done in syncs {
+                let _ = done.send(());
+            }
+            if self.last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
+                self.prune();
+            }
+        }
+        self.write_out();
+        self.sync();
+    }
+
+    /// Chains and serialises one record into the batch buffer.
+    fn append(&mut self, mut record: AuditRecord) {
+        self.metrics.observe(&record);
+        let day = record.end_ms.div_euclid(86_400_000);
+        if self.file.as_ref().is_some_and(|(d, _)| *d != day) {
+            // The day changed: what is buffered belongs to the old file.
+            self.write_out();
+            self.sync();
+            self.file = None;
+        }
+        if self.file.is_none() {
+            match open_day(&self.dir, day) {
+                Ok(f) => self.file = Some((day, f)),
+                Err(e) => tracing::error!(error = %e, "cannot open the audit file; records are being lost"),
+            }
+        }
+        record.seq = self.head.seq + 1;
+        record.prev = std::mem::take(&mut self.head.hash);
+        let start = self.buf.len();
+        if serde_json::to_writer(&mut self.buf, &record).is_err() {
+            self.buf.truncate(start);
+            self.head.hash = record.prev;
+            tracing::error!(request_id = %record.request_id, "could not encode an audit record");
+            return;
+        }
+        self.head.hash = line_hash(&self.buf[start..]);
+        self.head.seq = record.seq;
+        self.buf.push(b'\n');
+    }
+
+    fn write_out(&mut self) {
+        if self.buf.is_empty() {
+            return;
+        }
+        if let Some((_, f)) = self.file.as_mut() {
+            if let Err(e) = f.write_all(&self.buf) {
+                tracing::error!(error = %e, bytes = self.buf.len(), "audit write failed");
+            }
+            self.dirty = true;
+        }
+        self.buf.clear();
+    }
+
+    fn sync(&mut self) {
+        if !self.dirty {
+            return;
+        }
+        if let Some((_, f)) = self.file.as_ref()
+            && let Err(e) = f.sync_data()
+        {
+            tracing::error!(error = %e, "audit fsync failed");
+        }
+        if let Err(e) = chain::write_head(&self.dir, &self.head) {
+            tracing::error!(error = %e, "writing the audit head failed");
+        }
+        self.dirty = false;
+        self.last_sync = Instant::now();
+    }
+
+    fn prune(&mut self) {
+        self.last_prune = Some(Instant::now());
+        let Some(days) = self.retention_days else { return };
+        let cutoff_day = crate::clock::now_unix().div_euclid(86_400) - i64::from(days);
+        match chain::prune(&self.dir, cutoff_day) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                files = n,
+                retention_days = days,
+                "audit retention removed old day files"
+            ),
+            Err(e) => tracing::error!(error = %e, "audit retention failed"),
+        }
+        if let Some(store) = &self.store {
+            match store.prune_findings(cutoff_day * 86_400) {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(findings = n, retention_days = days, "old policy findings removed"),
+                Err(e) => tracing::error!(error = %e, "pruning policy findings failed"),
+            }
+        }
+    }
+}
+
+fn open_day(dir: &Path, day: i64) -> Result<File> {
+    let path = chain::day_path(dir, day);
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(|e| Error::msg(format!("opening {}: {e}", path.display())))
+}
+
+/// Parses `--since` / `--until` (a UTC date `YYYY-MM-DD` or `YYYY-MM-DDTHH:MM:SSZ`) into a
+/// millisecond filter; a date-only `until` includes that whole day.
+pub fn time_filter(since: Option<&str>, until: Option<&str>, default_days: Option<i64>) -> Result<chain::Filter> {
+    let parse = |what: &str, v: &str| {
+        crate::clock::parse_date_or_time(v).ok_or_else(|| {
+            Error::msg(format!(
+                "--{what} {v:?} is not a time; use YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ (UTC)"
+            ))
+        })
+    };
+    let since_ms = match since {
+        Some(v) => Some(parse("since", v)? * 1000),
+        None => default_days.map(|d| (crate::clock::now_unix().div_euclid(86_400) - d + 1) * 86_400_000),
+    };
+    let until_ms = match until {
+        Some(v) if v.trim().len() == 10 => Some((parse("until", v)? + 86_400) * 1000),
+        Some(v) => Some(parse("until", v)? * 1000),
+        None => None,
+    };
+    if let (Some(a), Some(b)) = (since_ms, until_ms)
+        && a >= b
+    {
+        return Err(Error::msg(format!(
+            "--since {} is not before --until {}",
+            since.unwrap_or("(default)"),
+            until.unwrap_or("")
+        )));
+    }
+    Ok(chain::Filter {
+        since_ms,
+        until_ms,
+        team: None,
+        key: None,
+    })
+}
+
+/// The context-rot report over the records matching `filter`.
+pub fn rot_report(dir: &Path, filter: &chain::Filter, by: rot::By) -> Result<serde_json::Value> {
+    let mut b = rot::RotBuilder::new(by);
+    let scanned = chain::scan(dir, filter, |r, _| {
+        b.add(&r);
+        true
+    })?;
+    Ok(serde_json::json!({
+        "by": by,
+        "since": filter.since_ms.map(export::rfc3339_ms),
+        "until": filter.until_ms.map(export::rfc3339_ms),
+        "records": scanned,
+        "buckets": rot::BUCKETS.iter().map(|b| b.2).collect::<Vec<_>>(),
+        "groups": b.finish(),
+    }))
+}
+
+/// The sessions report over the records matching `filter`.
+pub fn sessions_report(dir: &Path, filter: &chain::Filter, limit: usize) -> Result<rot::Sessions> {
+    let mut b = rot::SessionsBuilder::default();
+    chain::scan(dir, filter, |r, _| {
+        b.add(&r);
+        true
+    })?;
+    Ok(b.finish(limit))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_families() {
+        assert_eq!(
+            client_family(Some("claude-cli/2.1.197 (external, sdk-cli)")),
+            "claude-code"
+        );
+        assert_eq!(
+            client_family(Some("codex_exec/0.171.0 (Debian 12.0.0; x86_64) xterm")),
+            "codex"
+        );
+        assert_eq!(client_family(Some("Anthropic/Python 2.14.0")), "anthropic-python");
+        assert_eq!(client_family(Some("OpenAI/Python 3.57.0")), "openai-python");
+        assert_eq!(client_family(Some("aws-sdk-js/3.936.0 ua/2.1")), "aws-sdk");
+        assert_eq!(client_family(Some("Bun/1.4.0")), "other");
+        assert_eq!(client_family(None), "unknown");
+        assert_eq!(client_family(Some("é")), "other");
+    }
+
+    #[test]
+    fn session_hash_is_stable_and_hides_the_id() {
+        let id = "6f6d783b-9cf8-4d07-834b-7bc0d1cae803";
+        let h = session_hash(id);
+        assert_eq!(h, session_hash(id));
+        assert_eq!(h.len(), 16);
+        assert!(!h.contains("6f6d783b"));
+        assert_ne!(h, session_hash("other"));
+    }
+}

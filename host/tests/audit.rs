@@ -1,0 +1,576 @@
+//! The audit log end to end: a record for every outcome class, tamper detection, export round
+//! trips against the ledger, context rot and sessions from real traffic, `/metrics`, and the
+//! strict-durability crash test (kill -9 under load).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::Harness;
+use common::process::{BIN, free_port, policy_cache_dir, wait_listening};
+use conduit::audit::AuditRecord;
+use conduit::audit::chain::{self, Filter};
+use conduit::audit::export::{self, Format};
+use http::Method;
+
+const GITHUB_TOKEN: &str = "ghp_R8xk2LmQ9vTz4WcY7nB3pJ6hF1sD5gA0eK2u";
+
+fn records(h: &Harness) -> Vec<AuditRecord> {
+    h.gateway().audit.sync();
+    let mut all = Vec::new();
+    chain::scan(h.gateway().audit.dir(), &Filter::default(), |r, _| {
+        all.push(r);
+        true
+    })
+    .unwrap();
+    all
+}
+
+fn body(model: &str, text: &str, stream: bool) -> String {
+    serde_json::json!({"model": model, "max_tokens": 64, "stream": stream,
+        "messages": [{"role": "user", "content": text}]})
+    .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_outcome_class_is_recorded_and_the_chain_verifies() {
+    let h = Harness::builder()
+        .toml("[network]\nidle_timeout_secs = 1\n[policies.modes]\n\"secret.*\" = \"block\"\n[policies.builtin.models.config]\nallow = [\"claude-sonnet-*\"]\n")
+        .start()
+        .await;
+    let ok = "claude-sonnet-4-5";
+    let mut expect: Vec<(String, u16, Option<&str>)> = Vec::new();
+    let id = |r: &common::Reply| r.header("x-conduit-request-id").unwrap().to_string();
+
+    let session = [
+        ("x-claude-code-session-id", "6f6d783b-9cf8-4d07-834b-7bc0d1cae803"),
+        ("user-agent", "claude-cli/2.1.197 (external, sdk-cli)"),
+    ];
+    let r = h.messages_with(&body(ok, "hello", true), &session).await;
+    expect.push((id(&r), 200, None));
+    let r = h.messages_with(&body(ok, "hello", false), &[]).await;
+    expect.push((id(&r), 200, None));
+    let r = h
+        .send(
+            Method::POST,
+            "/v1/messages",
+            &[("x-api-key", "ck_not_a_key"), ("content-type", "application/json")],
+            body(ok, "x", false),
+        )
+        .await;
+    expect.push((id(&r), 401, Some("unauthenticated")));
+    let r = h.messages_with(&body("claude-opus-4-8", "x", false), &[]).await;
+    expect.push((id(&r), 403, Some("forbidden")));
+    let r = h
+        .messages_with(&body(ok, &format!("token {GITHUB_TOKEN}"), false), &[])
+        .await;
+    expect.push((id(&r), 400, Some("policy_blocked")));
+    for (mode, status, class) in [
+        ("status-500", 500, "upstream_5xx"),
+        ("status-529", 529, "overloaded"),
+        ("status-429", 429, "upstream_429"),
+        ("midstream-error", 200, "stream_error"),
+        ("reset", 502, "upstream_unreachable"),
+    ] {
+        let r = h.messages_with(&body(ok, "x", true), &[("x-mock-mode", mode)]).await;
+        assert_eq!(r.status.as_u16(), status, "{mode}");
+        expect.push((id(&r), status, Some(class)));
+    }
+    // Budget: a one-micro-dollar daily budget refuses the next request (402).
+    let scope = format!("key:{}", h.key_id);
+    h.gateway()
+        .budgets
+        .set(
+            &scope,
+            conduit::admission::BudgetLimit {
+                daily_micros: Some(1),
+                monthly_micros: None,
+            },
+        )
+        .unwrap();
+    let r = h.messages_with(&body(ok, "x", false), &[]).await;
+    expect.push((id(&r), 402, Some("budget_exceeded")));
+    h.gateway().budgets.set(&scope, Default::default()).unwrap();
+    // Rate limit: one request per minute on a second key.
+    let limited = h.new_key("rl@corp.example");
+    conduit::ops::update_key_limits(
+        h.gateway().store.as_ref(),
+        &limited.record.id,
+        conduit::admission::RateLimits {
+            rpm: Some(1),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let limited_headers = [
+        ("x-api-key", limited.key.as_str()),
+        ("content-type", "application/json"),
+    ];
+    let send_limited = || h.send(Method::POST, "/v1/messages", &limited_headers, body(ok, "x", false));
+    let r = send_limited().await;
+    expect.push((id(&r), 200, None));
+    let r = send_limited().await;
+    expect.push((id(&r), 429, Some("rate_limited")));
+
+    // A client that leaves mid-stream: the record says so once the drain ends.
+    let stalled = tokio::time::timeout(
+        Duration::from_millis(400),
+        h.messages_with(&body(ok, "x", true), &[("x-mock-mode", "stall")]),
+    )
+    .await;
+    assert!(stalled.is_err(), "the stalled stream should not complete");
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let all = loop {
+        let all = records(&h);
+        if all.iter().any(|r| r.error_class.as_deref() == Some("client_abort")) || Instant::now() > deadline {
+            break all;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let by_id: HashMap<&str, &AuditRecord> = all.iter().map(|r| (r.request_id.as_str(), r)).collect();
+    for (rid, status, class) in &expect {
+        let r = by_id
+            .get(rid.as_str())
+            .unwrap_or_else(|| panic!("no audit record for {rid} ({status})"));
+        assert_eq!((r.status, r.error_class.as_deref()), (*status, *class), "{rid}");
+        assert!(r.end_ms >= r.start_ms && r.duration_ms >= 0.0);
+    }
+    let abort = all.iter().find(|r| r.error_class.as_deref() == Some("client_abort"));
+    assert!(
+        abort.is_some_and(|r| r.outcome == "client_gone"),
+        "client abort recorded: {all:#?}"
+    );
+
+    let first = by_id[expect[0].0.as_str()];
+    assert_eq!(first.client, "claude-code");
+    assert!(
+        first
+            .session
+            .as_deref()
+            .is_some_and(|s| s.len() == 16 && !s.contains("6f6d783b"))
+    );
+    assert!(first.stream && first.output_tokens > 0 && first.cost_micros.is_some_and(|c| c > 0));
+    assert!(first.ttfb_ms.is_some() && first.overhead_ms.is_some() && first.policy_ms.is_some());
+    assert_eq!(
+        first.upstream.as_deref(),
+        Some(h.mock.url().trim_start_matches("http://"))
+    );
+    let blocked = by_id[expect[4].0.as_str()];
+    assert_eq!(blocked.findings.len(), 1);
+    assert_eq!(
+        (blocked.findings[0].category.as_str(), blocked.findings[0].mode.as_str()),
+        ("secret.github-token", "block")
+    );
+    assert!(
+        blocked.findings[0].location.starts_with("messages[0].content:"),
+        "{:?}",
+        blocked.findings[0]
+    );
+    assert!(
+        blocked.policy_set.is_some() && blocked.overhead_ms.is_none(),
+        "a blocked request never left"
+    );
+    // Seqs run without gaps and the chain verifies, through the library and the CLI.
+    for (i, r) in all.iter().enumerate() {
+        assert_eq!(r.seq, i as u64 + 1);
+    }
+    let v = chain::verify(h.gateway().audit.dir()).unwrap();
+    assert!(v.ok && v.records == all.len() as u64, "{v:?}");
+    let (ok_cli, out, err) = h.cli(&["audit", "verify"]);
+    assert!(ok_cli && out.contains("audit chain intact"), "{out}{err}");
+    // Never the token, the prompt text or the key in the files.
+    let text = std::fs::read_dir(h.gateway().audit.dir())
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap_or_default())
+        .collect::<String>();
+    assert!(!text.contains(GITHUB_TOKEN) && !text.contains("hello") && !text.contains(&h.key[3..]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tampering_is_detected_and_named() {
+    let h = Harness::start().await;
+    for i in 0..6 {
+        let r = h
+            .messages(&body("claude-sonnet-4-5", &format!("turn {i}"), false))
+            .await;
+        assert_eq!(r.status.as_u16(), 200);
+    }
+    let all = records(&h);
+    assert_eq!(all.len(), 6);
+    let dir = h.gateway().audit.dir().to_path_buf();
+    let (_, file) = chain::day_files(&dir).unwrap().pop().unwrap();
+    let original = std::fs::read_to_string(&file).unwrap();
+    let lines: Vec<&str> = original.lines().collect();
+
+    // Altered: record 3's status changes.
+    let altered = lines[2].replace("\"status\":200", "\"status\":201");
+    assert_ne!(altered, lines[2]);
+    let mut edited = lines.clone();
+    edited[2] = &altered;
+    std::fs::write(&file, edited.join("\n") + "\n").unwrap();
+    let v = chain::verify(&dir).unwrap();
+    assert!(!v.ok);
+    let problem = v.problem.unwrap();
+    assert!(
+        problem.contains("record 3") && problem.contains(&all[2].request_id) && problem.contains("altered"),
+        "{problem}"
+    );
+    let (ok_cli, _, err) = h.cli(&["audit", "verify"]);
+    assert!(!ok_cli && err.contains("tampered") && err.contains("record 3"), "{err}");
+
+    // Removed: record 4 is gone.
+    let mut removed = lines.clone();
+    removed.remove(3);
+    std::fs::write(&file, removed.join("\n") + "\n").unwrap();
+    let problem = chain::verify(&dir).unwrap().problem.unwrap();
+    assert!(problem.contains("record 4 was removed"), "{problem}");
+
+    // Cut tail: the last record is gone, HEAD still names it.
+    std::fs::write(&file, lines[..5].join("\n") + "\n").unwrap();
+    let problem = chain::verify(&dir).unwrap().problem.unwrap();
+    assert!(problem.contains("records after 5 were removed"), "{problem}");
+
+    // Last record altered: only HEAD can tell.
+    let mut last = lines.clone();
+    let tweaked = lines[5].replace("\"status\":200", "\"status\":299");
+    last[5] = &tweaked;
+    std::fs::write(&file, last.join("\n") + "\n").unwrap();
+    let problem = chain::verify(&dir).unwrap().problem.unwrap();
+    assert!(problem.contains("record 6") && problem.contains("HEAD"), "{problem}");
+
+    // Restored: intact again.
+    std::fs::write(&file, &original).unwrap();
+    assert!(chain::verify(&dir).unwrap().ok);
+
+    // Retention: an old day file goes, the anchor keeps the rest verifiable; tampering with the
+    // anchor is caught.
+    let old = dir.join("2020-01-01.jsonl");
+    std::fs::rename(&file, &old).unwrap();
+    let newer = chain::day_path(&dir, 20_000);
+    assert!(newer.to_string_lossy().contains("2024-10-04"));
+    std::fs::write(&newer, lines[3..].join("\n") + "\n").unwrap();
+    std::fs::write(&old, lines[..3].join("\n") + "\n").unwrap();
+    assert_eq!(chain::prune(&dir, 19_000).unwrap(), 1);
+    assert!(!old.exists());
+    let v = chain::verify(&dir).unwrap();
+    assert!(v.ok && v.first_seq == Some(4) && v.records == 3, "{v:?}");
+    std::fs::write(dir.join("ANCHOR"), "{\"seq\":3,\"prev\":\"00\"}").unwrap();
+    assert!(!chain::verify(&dir).unwrap().ok);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_round_trips_and_matches_the_ledger() {
+    let h = Harness::start().await;
+    let other = h.new_key("bob@corp.example");
+    for i in 0..12 {
+        let r = h
+            .messages(&body("claude-sonnet-4-5", &"context ".repeat(i * 300), i % 2 == 0))
+            .await;
+        assert_eq!(r.status.as_u16(), 200);
+    }
+    for _ in 0..3 {
+        let r = h
+            .send(
+                Method::POST,
+                "/v1/messages",
+                &[
+                    ("x-api-key", other.key.as_str()),
+                    ("content-type", "application/json"),
+                    ("x-mock-mode", "status-500"),
+                ],
+                body("claude-sonnet-4-5", "x", false),
+            )
+            .await;
+        assert_eq!(r.status.as_u16(), 500);
+    }
+    h.send(Method::POST, "/v1/messages", &[("x-api-key", "nope")], "{}")
+        .await;
+    h.gateway().ledger.flush();
+    let dir = h.gateway().audit.dir().to_path_buf();
+    h.gateway().audit.sync();
+
+    let run = |format: Format, filter: &Filter| {
+        let mut out = Vec::new();
+        let n = export::export(&dir, filter, format, &mut out).unwrap();
+        (n, String::from_utf8(out).unwrap())
+    };
+    let all = Filter::default();
+    let (n_csv, csv) = run(Format::Csv, &all);
+    let (n_json, json) = run(Format::Json, &all);
+    let (n_jsonl, jsonl) = run(Format::Jsonl, &all);
+    assert_eq!((n_csv, n_json, n_jsonl), (16, 16, 16));
+    let objects: Vec<serde_json::Value> = serde_json::from_str(&json).unwrap();
+    let mut rows = csv.lines();
+    let header = export::parse_csv_line(rows.next().unwrap());
+    assert_eq!(header, export::CSV_COLUMNS);
+    let rows: Vec<Vec<String>> = rows.map(export::parse_csv_line).collect();
+    assert_eq!(rows.len(), objects.len());
+    let col = |name: &str| header.iter().position(|c| c == name).unwrap();
+    for (row, obj) in rows.iter().zip(&objects) {
+        assert_eq!(row.len(), header.len());
+        assert_eq!(row[col("request_id")], obj["request_id"].as_str().unwrap());
+        assert_eq!(row[col("status")], obj["status"].to_string());
+        assert_eq!(row[col("output_tokens")], obj["output_tokens"].to_string());
+        assert_eq!(row[col("seq")], obj["seq"].to_string());
+        let cost = obj["cost_micros"]
+            .as_u64()
+            .map(conduit::ledger::usd)
+            .unwrap_or_default();
+        assert_eq!(row[col("cost_usd")], cost);
+    }
+    // JSON lines are the stored lines: they hash into a chain on their own.
+    let mut prev = conduit::audit::ZERO_HASH.to_string();
+    for line in jsonl.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(v["prev"].as_str().unwrap(), prev);
+        prev = conduit::audit::line_hash(line.as_bytes());
+    }
+
+    // Counts and cost match the ledger (the 401 has no key: never in the ledger).
+    let spend = conduit::ops::spend(
+        h.gateway().store.as_ref(),
+        conduit::ledger::By::Key,
+        "2000-01-01",
+        "2999-12-31",
+    )
+    .unwrap();
+    let ledger_requests: u64 = spend.lines.iter().map(|l| l.totals.requests).sum();
+    let ledger_cost: u64 = spend.lines.iter().map(|l| l.totals.cost_micros).sum();
+    let attributed: Vec<&serde_json::Value> = objects.iter().filter(|o| o["key_id"].is_string()).collect();
+    assert_eq!(attributed.len() as u64, ledger_requests);
+    assert_eq!(
+        attributed
+            .iter()
+            .map(|o| o["cost_micros"].as_u64().unwrap_or(0))
+            .sum::<u64>(),
+        ledger_cost
+    );
+
+    // Filters, through the admin API (streamed) and the CLI.
+    let by_key = Filter {
+        key: Some(other.record.id.clone()),
+        ..Filter::default()
+    };
+    assert_eq!(run(Format::Jsonl, &by_key).0, 3);
+    let (ok, out, err) = h.cli(&["audit", "export", "--format", "csv", "--key", &other.record.id]);
+    assert!(ok, "{err}");
+    assert_eq!(out.lines().count(), 4, "{out}");
+    let (ok, out, _) = h.cli(&["audit", "export", "--format", "json", "--team", "nobody"]);
+    assert!(ok && serde_json::from_str::<Vec<serde_json::Value>>(&out).unwrap().is_empty());
+    let (ok, _, err) = h.cli(&["audit", "export", "--format", "xml"]);
+    assert!(!ok && err.contains("expected csv, json or jsonl"), "{err}");
+    let today = conduit::clock::format_date(conduit::clock::now_unix());
+    let r = h
+        .admin_get(&format!("/v1/audit/export?format=jsonl&since={today}&until={today}"))
+        .await;
+    assert_eq!(r.status.as_u16(), 200);
+    assert_eq!(r.header("content-type"), Some("application/x-ndjson"));
+    assert_eq!(r.body.as_ref(), jsonl.as_bytes());
+    let r = h.admin_get("/v1/audit/export?format=jsonl&since=2999-01-01").await;
+    assert!(r.body.is_empty());
+    let r = h.admin_get("/v1/audit/export?since=yesterday").await;
+    assert_eq!(r.status.as_u16(), 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn context_rot_sessions_and_metrics_from_real_traffic() {
+    let h = Harness::start().await;
+    // One Claude Code session growing from ~2K to ~150K tokens (the mock counts ~4 bytes a token),
+    // the big turns failing more often.
+    let session = [
+        ("x-claude-code-session-id", "sess-1"),
+        ("user-agent", "claude-cli/2.1.197 (external, sdk-cli)"),
+    ];
+    let sizes = [8_000usize, 40_000, 100_000, 200_000, 600_000];
+    for (turn, size) in sizes.iter().enumerate() {
+        let r = h
+            .messages_with(&body("claude-sonnet-4-5", &"y".repeat(*size), true), &session)
+            .await;
+        assert_eq!(r.status.as_u16(), 200, "turn {turn}");
+    }
+    for _ in 0..2 {
+        let big = body("claude-sonnet-4-5", &"y".repeat(600_000), true);
+        let r = h.messages_with(&big, &[("x-mock-mode", "status-529")]).await;
+        assert_eq!(r.status.as_u16(), 529);
+    }
+    let report = h.admin_get("/v1/rot?by=all").await.json();
+    let group = &report["groups"][0];
+    let buckets = group["buckets"].as_array().unwrap();
+    let names: Vec<&str> = buckets.iter().map(|b| b["bucket"].as_str().unwrap()).collect();
+    assert_eq!(names, ["0-4K", "8-16K", "16-32K", "32-64K", "128-200K"], "{report:#}");
+    let big = buckets.last().unwrap();
+    assert_eq!((big["requests"].as_u64(), big["errors"].as_u64()), (Some(3), Some(2)));
+    assert!(big["cost_growth"].as_f64().unwrap() > 10.0, "{big}");
+    assert!(big["error_gap"].as_f64().is_some() && buckets[0]["error_gap"].as_f64() == Some(1.0));
+
+    let (ok, out, err) = h.cli(&["rot", "--by", "model"]);
+    assert!(
+        ok && out.contains("claude-sonnet-4-5") && out.contains("128-200K"),
+        "{out}{err}"
+    );
+    let (ok, out, _) = h.cli(&["rot", "--format", "json", "--by", "team"]);
+    assert!(ok && serde_json::from_str::<serde_json::Value>(&out).unwrap()["groups"][0]["group"] == "payments");
+
+    let sessions = h.admin_get("/v1/sessions").await.json();
+    assert_eq!(sessions["sessions"], 1);
+    assert_eq!(
+        (sessions["crossed_32k"].as_u64(), sessions["crossed_100k"].as_u64()),
+        (Some(1), Some(1))
+    );
+    let s = &sessions["list"][0];
+    assert_eq!(s["turns"], 5);
+    assert_eq!(
+        (s["crossed_32k_at"].as_u64(), s["crossed_100k_at"].as_u64()),
+        (Some(4), Some(5))
+    );
+    let per_turn: Vec<u64> = s["context_per_turn"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    assert!(per_turn.windows(2).all(|w| w[0] < w[1]), "context grows: {per_turn:?}");
+    let (ok, out, _) = h.cli(&["sessions"]);
+    assert!(ok && out.contains("1 crossed 100K"), "{out}");
+
+    let metrics = String::from_utf8(h.admin_get("/metrics").await.body.to_vec()).unwrap();
+    assert!(
+        metrics.contains("conduit_requests_total{provider=\"anthropic\",model=\"claude-sonnet-4-5\",status=\"200\"} 5"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("conduit_upstream_errors_total{provider=\"anthropic\",class=\"overloaded\"} 2"));
+    assert!(metrics.contains("conduit_overhead_seconds_count{provider=\"anthropic\"} 7"));
+    assert!(metrics.contains("# TYPE conduit_policy_evaluation_seconds histogram"));
+    let r = h.admin_get_with_token("/metrics", "wrong").await;
+    assert_eq!(r.status.as_u16(), 401);
+}
+
+/// kill -9 under load in strict mode: every response that completed at the client has its record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_durability_survives_kill_9() {
+    let mock = conduit::mock::start("127.0.0.1:0".parse().unwrap(), Default::default())
+        .await
+        .unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let admin = format!("127.0.0.1:{}", free_port());
+    let cmd = |args: &[&str]| {
+        let mut c = Command::new(BIN);
+        c.args(args)
+            .env("CONDUIT_POLICY_CACHE_DIR", policy_cache_dir())
+            .env("CONDUIT_DATA_DIR", data.path())
+            .env("CONDUIT_LISTEN", &listen)
+            .env("CONDUIT_ADMIN_LISTEN", &admin)
+            .env("CONDUIT_AUDIT_DURABILITY", "strict")
+            .env("UPSTREAM_ANTHROPIC_URL", mock.url())
+            .env("UPSTREAM_OPENAI_URL", mock.url());
+        c
+    };
+    let out = cmd(&["keys", "create", "--owner", "k9@corp.example", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let key = serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let out = cmd(&["credentials", "set", "anthropic", "--from-env", "CRED"])
+        .env("CRED", "sk-ant-kill9")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let mut gateway = cmd(&["serve"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_listening(&listen);
+
+    let completed = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let mut workers = Vec::new();
+    for w in 0..6 {
+        let (listen, key, completed) = (listen.clone(), key.clone(), completed.clone());
+        workers.push(tokio::spawn(async move {
+            let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build(hyper_util::client::legacy::connect::HttpConnector::new());
+            for i in 0.. {
+                let req = http::Request::post(format!("http://{listen}/v1/messages"))
+                    .header("x-api-key", &key)
+                    .header("content-type", "application/json")
+                    .body(http_body_util::Full::new(bytes::Bytes::from(body(
+                        "claude-sonnet-4-5",
+                        &format!("w{w} i{i}"),
+                        i % 2 == 0,
+                    ))))
+                    .unwrap();
+                let Ok(resp) = client.request(req).await else { break };
+                let id = resp
+                    .headers()
+                    .get("x-conduit-request-id")
+                    .map(|v| v.to_str().unwrap().to_string());
+                use http_body_util::BodyExt;
+                match resp.into_body().collect().await {
+                    // The whole response arrived: this request must be on record.
+                    Ok(_) => completed.lock().unwrap().push(id.unwrap()),
+                    Err(_) => break,
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let done_before_kill = completed.lock().unwrap().len();
+    assert!(done_before_kill > 20, "load was running: {done_before_kill}");
+    Command::new("kill")
+        .args(["-9", &gateway.id().to_string()])
+        .status()
+        .unwrap();
+    let _ = gateway.wait();
+    for w in workers {
+        let _ = w.await;
+    }
+    let completed = completed.lock().unwrap().clone();
+
+    // Restart: recovery cuts any torn line; the chain verifies; every completed response is there.
+    let mut gateway = cmd(&["serve"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_listening(&admin);
+    let out = cmd(&["audit", "verify", "--json"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        out.status.success() && v["ok"] == true,
+        "{v} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = cmd(&["audit", "export", "--format", "jsonl"]).output().unwrap();
+    let recorded: std::collections::HashSet<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["request_id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let missing: Vec<&String> = completed.iter().filter(|id| !recorded.contains(*id)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} completed responses have no record: {missing:?}",
+        missing.len(),
+        completed.len()
+    );
+    eprintln!(
+        "kill -9 under load: {} completed responses, {} records, none missing",
+        completed.len(),
+        recorded.len()
+    );
+    let _ = gateway.kill();
+    let _ = gateway.wait();
+}
