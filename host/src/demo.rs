@@ -145,7 +145,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     gateway.budgets.set(
         &format!("key:{}", keys[4].2),
         crate::admission::BudgetLimit {
-            daily_micros: Some(40_000),
+            daily_micros: Some(20_000),
             monthly_micros: None,
         },
     )?;
@@ -207,7 +207,7 @@ async fn traffic(base: &str, keys: &[(String, Style, String)], total: usize) -> 
                     _ => {
                         let k = rng.below(keys.len() as u64) as usize;
                         let turns = match keys[k].1 {
-                            Style::PythonSdk => 1,
+                            Style::PythonSdk => 3 + rng.below(5) as u32,
                             _ => 4 + rng.below(36) as u32,
                         };
                         (k, format!("{:016x}-{w}", rng.next()), 1_500 + rng.below(3_000), turns)

@@ -33,9 +33,19 @@ fn csp() -> &'static HeaderValue {
     })
 }
 
-/// Serves the dashboard for `GET /` and `GET /dashboard`; `None` for every other path.
+/// Serves the dashboard for `GET /` and `GET /dashboard` (and an empty favicon); `None` for every
+/// other path.
 pub fn asset(method: &Method, path: &str) -> Option<Response<GatewayBody>> {
-    if method != Method::GET || !(path.is_empty() || path == "/dashboard") {
+    if method != Method::GET {
+        return None;
+    }
+    if path == "/favicon.ico" {
+        // Browsers ask for it; answering keeps a 401 out of their console.
+        let mut r = Response::new(GatewayBody::empty());
+        *r.status_mut() = StatusCode::NO_CONTENT;
+        return Some(r);
+    }
+    if !(path.is_empty() || path == "/dashboard") {
         return None;
     }
     let mut r = Response::new(GatewayBody::full(PAGE));
