@@ -52,6 +52,9 @@ pub struct RawConfig {
     /// The audit log: `[audit]` durability, retention, directory.
     #[serde(default)]
     pub audit: crate::audit::RawAudit,
+    /// Optional OTLP trace export: `[otlp] endpoint`, off unless set.
+    #[serde(default)]
+    pub otlp: crate::audit::otlp::RawOtlp,
 }
 
 /// `[budgets.<scope>]`
@@ -163,6 +166,8 @@ pub struct Config {
     pub policies: crate::policy::PolicyConfig,
     /// The audit log.
     pub audit: crate::audit::AuditConfig,
+    /// OTLP trace export, when configured.
+    pub otlp: Option<crate::audit::otlp::OtlpConfig>,
 }
 
 /// A configured secret: `Debug` never shows it, so a config printed while debugging leaks nothing.
@@ -505,9 +510,11 @@ impl RawConfig {
 
         let policies = self.policies.validate(&data_dir, env)?;
         let audit = self.audit.validate(&data_dir, env)?;
+        let otlp = self.otlp.validate(env)?;
         Ok(Config {
             policies,
             audit,
+            otlp,
             listen,
             admin_listen,
             data_dir,

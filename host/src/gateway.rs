@@ -62,7 +62,11 @@ impl Gateway {
         let prices = PriceTable::shipped()?.with_overrides(store.price_overrides()?);
         let ledger = Ledger::start(store.clone())?;
         let metrics = Arc::new(crate::metrics::Metrics::default());
-        let audit = crate::audit::AuditLog::start(&config.audit, metrics.clone(), Some(store.clone()))?;
+        let otlp = match &config.otlp {
+            Some(c) => Some(crate::audit::otlp::Exporter::start(c.clone(), &config.network)?),
+            None => None,
+        };
+        let audit = crate::audit::AuditLog::start(&config.audit, metrics.clone(), Some(store.clone()), otlp)?;
         let budgets = Arc::new(BudgetBook::open(store.clone(), &config.budgets)?);
         let policies = if config.policies.enabled {
             let p = crate::policy::Policies::open(config.policies.clone(), Some(store.clone()))?;

@@ -574,3 +574,92 @@ async fn strict_durability_survives_kill_9() {
     let _ = gateway.kill();
     let _ = gateway.wait();
 }
+
+/// OTLP export, when configured: one span per request reaches the collector, metadata only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otlp_spans_reach_a_collector() {
+    use http_body_util::BodyExt;
+    let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::<serde_json::Value>::new()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let collector = listener.local_addr().unwrap();
+    let sink = received.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let sink = sink.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let sink = sink.clone();
+                    async move {
+                        assert_eq!(req.uri().path(), "/v1/traces");
+                        assert_eq!(req.headers()["content-type"], "application/json");
+                        let body = req.into_body().collect().await.unwrap().to_bytes();
+                        sink.lock().unwrap().push(serde_json::from_slice(&body).unwrap());
+                        Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(
+                            bytes::Bytes::from_static(b"{}"),
+                        )))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    let h = Harness::builder()
+        .env("CONDUIT_OTLP_ENDPOINT", &format!("http://{collector}"))
+        .start()
+        .await;
+    let mut ids = Vec::new();
+    for mode in ["ok", "ok", "status-500"] {
+        let r = h
+            .messages_with(
+                &body("claude-sonnet-4-5", "OTLPCANARY prompt", true),
+                &[("x-mock-mode", mode)],
+            )
+            .await;
+        ids.push(r.header("x-conduit-request-id").unwrap().to_string());
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let spans: Vec<serde_json::Value> = loop {
+        let spans: Vec<serde_json::Value> = received
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|b| {
+                b["resourceSpans"][0]["scopeSpans"][0]["spans"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .collect();
+        if spans.len() >= 3 || Instant::now() > deadline {
+            break spans;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(spans.len(), 3, "{spans:#?}");
+    let attr = |s: &serde_json::Value, key: &str| {
+        s["attributes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["key"] == key)
+            .map(|a| a["value"].clone())
+    };
+    for (span, id) in spans.iter().zip(&ids) {
+        assert_eq!(attr(span, "conduit.request_id").unwrap()["stringValue"], id.as_str());
+        assert_eq!(span["name"], "POST /v1/messages");
+    }
+    assert_eq!(attr(&spans[2], "http.response.status_code").unwrap()["intValue"], "500");
+    assert_eq!(spans[2]["status"]["code"], 2);
+    assert!(attr(&spans[0], "gen_ai.usage.output_tokens").is_some());
+    let all = serde_json::to_string(&*received.lock().unwrap()).unwrap();
+    assert!(all.contains("\"service.name\""));
+    assert!(
+        !all.contains("OTLPCANARY") && !all.contains(&h.key[3..]),
+        "no prompt, no key"
+    );
+}

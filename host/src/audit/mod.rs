@@ -21,6 +21,7 @@
 
 pub mod chain;
 pub mod export;
+pub mod otlp;
 pub mod rot;
 
 use std::fs::{File, OpenOptions};
@@ -262,7 +263,12 @@ impl std::fmt::Debug for AuditLog {
 impl AuditLog {
     /// Recovers the chain head from `config.dir` (cutting a torn last line a crash left) and starts
     /// the writer thread. `store` is pruned of old findings with the same retention.
-    pub fn start(config: &AuditConfig, metrics: Arc<Metrics>, store: Option<Arc<dyn Store>>) -> Result<AuditLog> {
+    pub fn start(
+        config: &AuditConfig,
+        metrics: Arc<Metrics>,
+        store: Option<Arc<dyn Store>>,
+        otlp: Option<otlp::Exporter>,
+    ) -> Result<AuditLog> {
         std::fs::create_dir_all(&config.dir)
             .map_err(|e| Error::msg(format!("creating the audit directory {}: {e}", config.dir.display())))?;
         let head = chain::recover(&config.dir)?;
@@ -277,6 +283,7 @@ impl AuditLog {
             last_prune: None,
             metrics,
             store,
+            otlp,
             buf: Vec::with_capacity(64 * 1024),
         };
         std::thread::Builder::new()
@@ -336,6 +343,7 @@ struct Writer {
     last_prune: Option<Instant>,
     metrics: Arc<Metrics>,
     store: Option<Arc<dyn Store>>,
+    otlp: Option<otlp::Exporter>,
     buf: Vec<u8>,
 }
 
@@ -397,6 +405,9 @@ impl Writer {
     /// Chains and serialises one record into the batch buffer.
     fn append(&mut self, mut record: AuditRecord) {
         self.metrics.observe(&record);
+        if let Some(exporter) = &self.otlp {
+            exporter.export(&record);
+        }
         let day = record.end_ms.div_euclid(86_400_000);
         if self.file.as_ref().is_some_and(|(d, _)| *d != day) {
             // The day changed: what is buffered belongs to the old file.
