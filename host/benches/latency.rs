@@ -290,64 +290,6 @@ fn main() {
     print_rows("µs", |s| vec![s.total]);
 }
 
-/// nginx as a bare reverse proxy to the same mock (the reference for what a proxy hop costs):
-/// `proxy_pass` over a keep-alive upstream pool, response buffering off, one process (no master, so
-/// stopping it stops everything), no access log.
-/// Used when `nginx` is installed (Debian package `nginx-light`); skipped otherwise.
-struct Nginx {
-    child: std::process::Child,
-    addr: std::net::SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-impl Nginx {
-    fn start(upstream: std::net::SocketAddr) -> Option<Nginx> {
-        let bin = ["/usr/sbin/nginx", "/usr/bin/nginx", "/usr/local/sbin/nginx"]
-            .into_iter()
-            .find(|p| std::path::Path::new(p).exists())?;
-        let dir = tempfile::tempdir().ok()?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .ok()?
-            .local_addr()
-            .ok()?
-            .port();
-        let conf = format!(
-            "worker_processes 1;\nmaster_process off;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
-             events {{ worker_connections 1024; }}\n\
-             http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
-               client_max_body_size 32m;\n  client_body_buffer_size 1m;\n\
-               upstream mock {{ server {upstream}; keepalive 32; }}\n\
-               server {{\n    listen 127.0.0.1:{port};\n    location / {{\n\
-                 proxy_pass http://mock;\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n\
-                 proxy_buffering off;\n    }}\n  }}\n}}\n",
-            d = dir.path().display()
-        );
-        std::fs::write(dir.path().join("nginx.conf"), conf).ok()?;
-        let child = std::process::Command::new(bin)
-            .args(["-p", &dir.path().display().to_string(), "-c", "nginx.conf"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .ok()?;
-        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().ok()?;
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while std::net::TcpStream::connect(addr).is_err() {
-            if Instant::now() > deadline {
-                eprintln!(
-                    "nginx did not start; see {}/error.log — measuring without it",
-                    dir.path().display()
-                );
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Some(Nginx { child, addr, _dir: dir })
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+#[path = "support/nginx.rs"]
+mod nginx;
+use nginx::Nginx;

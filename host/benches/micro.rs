@@ -1,0 +1,201 @@
+//! Micro-benchmarks (divan) of the hot pieces of a request, so a regression shows where it happens:
+//! segment extraction, the policy stage per size (first sight and cached), the usage tap, admission,
+//! and the audit record's encoding and chaining.
+//!
+//! Run with: `cargo bench -p conduit --bench micro` (divan's options after `--`, e.g.
+//! `-- policy` to filter, `--sample-count 1000`). Figures are read, never asserted.
+#![allow(clippy::expect_used, clippy::unwrap_used)] // a measuring tool: stopping loudly on any failure is right
+
+use std::sync::{Arc, OnceLock};
+
+use bytes::Bytes;
+use conduit::admission::{BudgetBook, BudgetLimit, Payer, RateLimiter, RateLimits};
+use conduit::audit::AuditRecord;
+use conduit::policy::runtime::RequestInfo;
+use conduit::policy::segments::{self, Segment};
+use conduit::policy::{Policies, RawPolicies};
+use conduit::protocol::Protocol;
+use conduit::store::{SledStore, Store};
+use conduit::usage::UsageTap;
+
+fn main() {
+    divan::main();
+}
+
+const CAPTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/captures");
+
+/// The body of a capture, as its client sent it.
+fn capture(name: &str) -> Bytes {
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(format!("{CAPTURES}/{name}")).unwrap()).unwrap();
+    Bytes::from(serde_json::to_vec(&v["body"]).unwrap())
+}
+
+fn body_kib(kib: usize) -> Bytes {
+    let text = "The parser keeps a cursor into the buffer and retries on a split token. ".repeat(kib * 1024 / 72);
+    Bytes::from(
+        serde_json::json!({"model": "claude-sonnet-4-5", "max_tokens": 512, "messages": [{"role": "user", "content": text}]})
+            .to_string(),
+    )
+}
+
+// --- segment extraction -----------------------------------------------------------------------
+
+#[divan::bench(args = ["4 KiB", "Claude Code 76 KB"])]
+fn segments_extract(bencher: divan::Bencher, which: &str) {
+    let body = match which {
+        "4 KiB" => body_kib(4),
+        _ => capture("claudecode_basic_002.json"),
+    };
+    bencher.counter(divan::counter::BytesCount::new(body.len())).bench(|| segments::extract(divan::black_box(&body)));
+}
+
+// --- the policy stage -------------------------------------------------------------------------
+
+fn policies() -> &'static Arc<Policies> {
+    static P: OnceLock<(Arc<Policies>, tempfile::TempDir)> = OnceLock::new();
+    &P.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let raw: RawPolicies = toml::from_str("").unwrap();
+        let config = raw.validate(dir.path(), &|_| None).unwrap();
+        (Policies::open(config, None).unwrap(), dir)
+    })
+    .0
+}
+
+fn info() -> RequestInfo {
+    RequestInfo {
+        provider: "anthropic".into(),
+        model: Some("claude-sonnet-4-5".into()),
+        key_id: "key_bench".into(),
+        owner: "bench@corp.example".into(),
+        team: Some("payments".into()),
+        path: "/v1/messages".into(),
+        stream: true,
+        estimated_input_tokens: 0,
+    }
+}
+
+fn text_segments(bytes: usize) -> Vec<Segment> {
+    let line = "fn main() { let token = read_config(\"db.url\"); println!(\"{}\", token.len()); } // retry on split\n";
+    vec![Segment {
+        path: "messages[0].content".into(),
+        text: line.repeat(bytes / line.len() + 1)[..bytes].to_string(),
+    }]
+}
+
+/// All built-in policies on text they have not seen (the verdict cache cleared each time).
+#[divan::bench(args = [1024, 16 * 1024, 76 * 1024])]
+fn policy_stage_first_sight(bencher: divan::Bencher, bytes: usize) {
+    let (p, segs, info) = (policies(), text_segments(bytes), info());
+    bencher.counter(divan::counter::BytesCount::new(bytes)).bench(|| {
+        p.clear_cache();
+        p.police(&info, &segs)
+    });
+}
+
+/// The same text again: the incremental cache answers (an agent's resent conversation).
+#[divan::bench(args = [1024, 76 * 1024])]
+fn policy_stage_cached(bencher: divan::Bencher, bytes: usize) {
+    let (p, segs, info) = (policies(), text_segments(bytes), info());
+    p.police(&info, &segs);
+    bencher.bench(|| p.police(&info, &segs));
+}
+
+// --- the usage tap ----------------------------------------------------------------------------
+
+fn mock_reply(stream: bool) -> Vec<Bytes> {
+    let mut h = http::HeaderMap::new();
+    h.insert("anthropic-version", "2023-06-01".parse().unwrap());
+    let body = format!(r#"{{"model":"claude-sonnet-4-5","max_tokens":512,"stream":{stream},"messages":[]}}"#);
+    conduit::mock::payload::reply(&http::Method::POST, "/v1/messages", &h, body.as_bytes(), "ok", false).chunks
+}
+
+#[divan::bench]
+fn usage_tap_anthropic_sse(bencher: divan::Bencher) {
+    let chunks = mock_reply(true);
+    bencher.bench(|| {
+        let mut tap = UsageTap::new(Protocol::Anthropic, Some("text/event-stream"), None);
+        for c in &chunks {
+            tap.observe(c);
+        }
+        tap.finish()
+    });
+}
+
+#[divan::bench]
+fn usage_tap_anthropic_json(bencher: divan::Bencher) {
+    let body = mock_reply(false).concat();
+    bencher.bench(|| {
+        let mut tap = UsageTap::new(Protocol::Anthropic, Some("application/json"), None);
+        tap.observe(&body);
+        tap.finish()
+    });
+}
+
+// --- admission --------------------------------------------------------------------------------
+
+#[divan::bench]
+fn budget_reserve_and_settle(bencher: divan::Bencher) {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
+    let limit = BudgetLimit {
+        daily_micros: Some(u64::MAX / 4),
+        monthly_micros: Some(u64::MAX / 4),
+    };
+    let scopes = [
+        ("key:key_bench".to_string(), limit),
+        ("team:payments".to_string(), limit),
+        ("org".to_string(), limit),
+    ];
+    let book = Arc::new(BudgetBook::open(store, &scopes).unwrap());
+    let payer = Payer {
+        key_id: "key_bench",
+        team: Some("payments"),
+    };
+    let now = conduit::clock::now_unix();
+    bencher.bench(|| book.reserve(&payer, now, 2100).unwrap().unwrap().settle(2100));
+}
+
+#[divan::bench]
+fn rate_limit_admit_and_settle(bencher: divan::Bencher) {
+    let limiter = Arc::new(RateLimiter::default());
+    let limits = RateLimits {
+        rpm: Some(u32::MAX),
+        tpm: Some(u64::MAX / 4),
+        max_streams: Some(u32::MAX),
+    };
+    bencher.bench(|| {
+        let mut t = limiter.admit("key_bench", limits, true, 250).unwrap().unwrap();
+        let slot = t.take_stream_slot();
+        t.settle(300);
+        drop(slot);
+    });
+}
+
+// --- audit ------------------------------------------------------------------------------------
+
+/// What the writer thread does per record: encode the line and hash it into the chain.
+#[divan::bench]
+fn audit_record_encode_and_chain(bencher: divan::Bencher) {
+    let record = AuditRecord {
+        request_id: "req_3bbda0ec00000009c9".into(),
+        key_id: Some("key_31c4dcc80fbf".into()),
+        team: Some("payments".into()),
+        client: "claude-code".into(),
+        provider: Some("anthropic".into()),
+        model: Some("claude-sonnet-4-5-20250929".into()),
+        path: "/v1/messages".into(),
+        status: 200,
+        input_tokens: 1200,
+        output_tokens: 400,
+        cache_read_tokens: 70_000,
+        cost_micros: Some(31_337),
+        ..AuditRecord::default()
+    };
+    let mut buf = Vec::with_capacity(2048);
+    bencher.bench_local(|| {
+        buf.clear();
+        serde_json::to_writer(&mut buf, &record).unwrap();
+        conduit::audit::line_hash(&buf)
+    });
+}

@@ -1,0 +1,859 @@
+//! The benchmark suite: Conduit against the direct path, nginx and (when installed) LiteLLM and
+//! Portkey, all in front of the same mock provider, measured side by side in one run.
+//!
+//! Run with: `cargo bench -p conduit --bench suite -- [all|latency|throughput|rate|stream|memory]
+//! [--smoke] [--soak-minutes N] [--out FILE.json]` (see docs/performance.md).
+//!
+//! Every system runs as its own process pinned with `taskset` to CPU 1; the mock (the `conduit-mock`
+//! binary) and this load generator share CPU 0. Conduit is the release `conduit serve` with its
+//! default policy set. The load generator opens one HTTP/1.1 keep-alive connection per concurrent
+//! client. Measurements:
+//! - latency at c=1 (4 KiB body; Claude Code's 76 KB first turn; its repeat turn): systems alternate
+//!   request by request, so machine noise hits all alike;
+//! - throughput, closed loop at c=16 and c=64;
+//! - the highest fixed rate each system sustains with p99 under 1 ms and under 10 ms — open loop,
+//!   latency measured from each request's scheduled start (no coordinated omission);
+//! - streaming: added time to first byte and added gap between SSE events, and a SHA-256 check that
+//!   the client received exactly the bytes the mock sent;
+//! - memory: the gateway's RSS idle and with 1,000 open streams, and the slope over a soak.
+//! Prints one table with ratios to direct, to nginx and to each peer, and writes JSON. Figures are
+//! read, never asserted.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)] // a measuring tool: stopping loudly on any failure is right
+
+#[path = "support/nginx.rs"]
+mod nginx;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::{BodyExt, Full};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use tokio::net::TcpStream;
+
+const GATEWAY_CPU: &str = "1";
+const LOAD_CPU: &str = "0";
+
+struct Args {
+    what: String,
+    smoke: bool,
+    soak_minutes: u64,
+    out: String,
+}
+
+fn parse_args() -> Args {
+    let mut a = Args {
+        what: "all".into(),
+        smoke: false,
+        soak_minutes: 0,
+        out: concat!(env!("CARGO_MANIFEST_DIR"), "/../target/bench-suite.json").into(),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--smoke" => a.smoke = true,
+            "--soak-minutes" => a.soak_minutes = it.next().and_then(|v| v.parse().ok()).expect("--soak-minutes N"),
+            "--out" => a.out = it.next().expect("--out FILE"),
+            "--bench" => {}
+            "all" | "latency" | "throughput" | "rate" | "stream" | "memory" => a.what = arg,
+            "--help" | "-h" => {
+                println!("suite [all|latency|throughput|rate|stream|memory] [--smoke] [--soak-minutes N] [--out FILE.json]");
+                std::process::exit(0);
+            }
+            other => panic!("unknown argument {other:?}; see --help"),
+        }
+    }
+    a
+}
+
+/// How big each measurement is.
+struct Sizes {
+    latency_requests: usize,
+    throughput_secs: f64,
+    rate_secs: f64,
+    rate_steps: usize,
+    stream_requests: usize,
+    streams: usize,
+}
+
+impl Sizes {
+    fn of(smoke: bool) -> Sizes {
+        if smoke {
+            Sizes {
+                latency_requests: 30,
+                throughput_secs: 0.3,
+                rate_secs: 0.3,
+                rate_steps: 2,
+                stream_requests: 3,
+                streams: 50,
+            }
+        } else {
+            Sizes {
+                latency_requests: 2000,
+                throughput_secs: 5.0,
+                rate_secs: 3.0,
+                rate_steps: 5,
+                stream_requests: 100,
+                streams: 1000,
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The systems under test
+
+/// Where and how to send a request to one system.
+#[derive(Clone)]
+struct Target {
+    name: String,
+    addr: SocketAddr,
+    /// Headers it needs (the stand-in key, a peer's routing headers).
+    headers: Vec<(String, String)>,
+}
+
+struct System {
+    target: Target,
+    pid: Option<u32>,
+    _process: Option<Child>,
+    _keep: Vec<Box<dyn std::any::Any>>,
+}
+
+impl std::ops::Deref for System {
+    type Target = Target;
+    fn deref(&self) -> &Target {
+        &self.target
+    }
+}
+
+fn system(name: &str, addr: SocketAddr, headers: Vec<(String, String)>, process: Option<Child>, pid: Option<u32>) -> System {
+    System {
+        target: Target { name: name.into(), addr, headers },
+        pid: pid.or(process.as_ref().map(Child::id)),
+        _process: process,
+        _keep: Vec::new(),
+    }
+}
+
+impl Drop for System {
+    fn drop(&mut self) {
+        if let Some(c) = self._process.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn wait_listening(addr: SocketAddr, what: &str, secs: u64) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while std::net::TcpStream::connect(addr).is_err() {
+        if Instant::now() > deadline {
+            eprintln!("{what} did not start listening on {addr} within {secs} s");
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    true
+}
+
+fn pinned(cpus: &str, program: &str) -> Command {
+    let mut c = Command::new("taskset");
+    c.args(["-c", cpus, program]);
+    c
+}
+
+fn start_mock() -> (Child, SocketAddr) {
+    let port = free_port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let child = pinned(LOAD_CPU, env!("CARGO_BIN_EXE_conduit-mock"))
+        .args(["--listen", &addr.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("conduit-mock");
+    assert!(wait_listening(addr, "conduit-mock", 10));
+    (child, addr)
+}
+
+fn start_conduit(mock: SocketAddr) -> System {
+    let data = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let admin = free_port();
+    let cache = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/bench-policy-cache");
+    let env = |c: &mut Command| {
+        c.env("CONDUIT_DATA_DIR", data.path())
+            .env("CONDUIT_LISTEN", format!("127.0.0.1:{port}"))
+            .env("CONDUIT_ADMIN_LISTEN", format!("127.0.0.1:{admin}"))
+            .env("CONDUIT_ADMIN_TOKEN", "bench-admin-token-0123456789")
+            .env("CONDUIT_POLICY_CACHE_DIR", cache)
+            .env("UPSTREAM_ANTHROPIC_URL", format!("http://{mock}"))
+            .env("UPSTREAM_OPENAI_URL", format!("http://{mock}"))
+            .env("CONDUIT_LOG", "warn");
+    };
+    let bin = env!("CARGO_BIN_EXE_conduit");
+    let mut create = Command::new(bin);
+    env(&mut create);
+    let out = create.args(["keys", "create", "--owner", "bench@corp.example", "--json"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let key = serde_json::from_slice::<Value>(&out.stdout).unwrap()["key"].as_str().unwrap().to_string();
+    let mut cred = Command::new(bin);
+    env(&mut cred);
+    let out = cred
+        .args(["credentials", "set", "anthropic", "--from-env", "BENCH_CRED"])
+        .env("BENCH_CRED", "sk-ant-bench")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut serve = pinned(GATEWAY_CPU, bin);
+    env(&mut serve);
+    let child = serve.arg("serve").stdout(Stdio::null()).stderr(Stdio::inherit()).spawn().unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    assert!(wait_listening(addr, "conduit", 120));
+    let mut sys = system("conduit", addr, vec![("x-api-key".into(), key)], Some(child), None);
+    sys._keep.push(Box::new(data));
+    sys
+}
+
+fn start_nginx(mock: SocketAddr) -> Option<System> {
+    let n = nginx::Nginx::start_pinned(mock, Some(GATEWAY_CPU))?;
+    let mut sys = system("nginx", n.addr, vec![("x-api-key".into(), "sk-ant-bench".into())], None, Some(n.child.id()));
+    sys._keep.push(Box::new(n));
+    Some(sys)
+}
+
+/// LiteLLM's proxy, when `litellm` is on the PATH: its Anthropic `/v1/messages` route to a model
+/// whose `api_base` is the mock. Offline switches on; loopback only.
+fn start_litellm(mock: SocketAddr) -> Option<System> {
+    let bin = which("litellm")?;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = format!(
+        "model_list:\n  - model_name: claude-sonnet-4-5\n    litellm_params:\n      model: anthropic/claude-sonnet-4-5\n      api_base: http://{mock}\n      api_key: sk-ant-bench\nlitellm_settings:\n  telemetry: false\n  drop_params: true\ngeneral_settings:\n  master_key: sk-litellm-bench\n"
+    );
+    std::fs::write(dir.path().join("config.yaml"), config).unwrap();
+    let child = pinned(GATEWAY_CPU, &bin)
+        .args(["--config", &dir.path().join("config.yaml").display().to_string(), "--host", "127.0.0.1", "--port", &port.to_string(), "--num_workers", "1"])
+        .env("LITELLM_TELEMETRY_DISABLED", "true")
+        .env("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+        .env("LITELLM_LOG", "ERROR")
+        .env("DISABLE_SCHEMA_UPDATE", "true")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut sys = system("litellm", addr, vec![("x-api-key".into(), "sk-litellm-bench".into())], Some(child), None);
+    sys._keep.push(Box::new(dir));
+    if !wait_listening(addr, "litellm", 120) {
+        sys._process.as_mut().map(|c| c.kill());
+        return None;
+    }
+    Some(sys)
+}
+
+/// Portkey's gateway, when installed under `$PORTKEY_DIR` (node_modules/@portkey-ai/gateway):
+/// forwarded to the mock with `x-portkey-provider: anthropic` and `x-portkey-custom-host`.
+fn start_portkey(mock: SocketAddr) -> Option<System> {
+    let dir = std::env::var("PORTKEY_DIR").ok()?;
+    let entry = std::path::Path::new(&dir).join("node_modules/@portkey-ai/gateway/build/start-server.js");
+    if !entry.exists() {
+        eprintln!("PORTKEY_DIR is set but {} is missing", entry.display());
+        return None;
+    }
+    let port = free_port();
+    // Portkey binds every interface and has no option against it: a preload pins its listener to
+    // loopback.
+    let dir_keep = tempfile::tempdir().unwrap();
+    let preload = dir_keep.path().join("loopback.cjs");
+    std::fs::write(
+        &preload,
+        "const net = require('net');\nconst listen = net.Server.prototype.listen;\n\
+         net.Server.prototype.listen = function (...a) {\n\
+           if (typeof a[0] === 'object' && a[0] !== null) { a[0] = { ...a[0], host: '127.0.0.1' }; }\n\
+           else if (typeof a[0] === 'number') { a.splice(1, typeof a[1] === 'string' ? 1 : 0, '127.0.0.1'); }\n\
+           return listen.apply(this, a);\n};\n",
+    )
+    .unwrap();
+    let child = pinned(GATEWAY_CPU, "node")
+        .arg("--require")
+        .arg(&preload)
+        .arg(&entry)
+        .args([format!("--port={port}"), "--headless".into()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let headers = vec![
+        ("x-api-key".into(), "sk-ant-bench".into()),
+        ("x-portkey-provider".into(), "anthropic".into()),
+        ("x-portkey-custom-host".into(), format!("http://{mock}/v1")),
+    ];
+    let mut sys = system("portkey", addr, headers, Some(child), None);
+    sys._keep.push(Box::new(dir_keep));
+    if !wait_listening(addr, "portkey", 60) {
+        sys._process.as_mut().map(|c| c.kill());
+        return None;
+    }
+    Some(sys)
+}
+
+fn which(name: &str) -> Option<String> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| format!("{d}/{name}"))
+        .find(|p| std::path::Path::new(p).exists())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Requests
+
+#[derive(Clone)]
+struct Workload {
+    body: Bytes,
+    delay_ms: u64,
+}
+
+fn request(sys: &Target, w: &Workload, tag: Option<&str>) -> Request<Full<Bytes>> {
+    let mut r = Request::post("/v1/messages")
+        .header("host", sys.addr.to_string())
+        .header("content-type", "application/json")
+        .header("anthropic-version", "2023-06-01")
+        .header("x-mock-delay-ms", w.delay_ms.to_string());
+    for (k, v) in &sys.headers {
+        r = r.header(k.as_str(), v.as_str());
+    }
+    if let Some(t) = tag {
+        r = r.header("x-bench-tag", t);
+    }
+    r.body(Full::new(w.body.clone())).unwrap()
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+async fn connect(addr: SocketAddr) -> Sender {
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    stream.set_nodelay(true).unwrap();
+    let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    sender
+}
+
+/// One exchange: total time, first body frame, gaps between frames, SHA-256 of the body.
+struct Exchange {
+    total: Duration,
+    first: Duration,
+    gaps: Vec<Duration>,
+    sha256: String,
+    ok: bool,
+}
+
+async fn exchange(sender: &mut Sender, req: Request<Full<Bytes>>, hash: bool) -> Exchange {
+    let t = Instant::now();
+    sender.ready().await.expect("connection ready");
+    let resp = sender.send_request(req).await.expect("response");
+    let ok = resp.status().is_success();
+    let mut body = resp.into_body();
+    let (mut first, mut last, mut gaps) = (None, None, Vec::new());
+    let mut h = Sha256::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.expect("frame");
+        let now = t.elapsed();
+        if let Some(d) = frame.data_ref() {
+            if hash {
+                h.update(d);
+            }
+            first.get_or_insert(now);
+            if let Some(p) = last {
+                gaps.push(now - p);
+            }
+            last = Some(now);
+        }
+    }
+    Exchange {
+        total: t.elapsed(),
+        first: first.unwrap_or_default(),
+        gaps,
+        sha256: if hash { hex(&h.finalize()) } else { String::new() },
+        ok,
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+fn quantiles(mut v: Vec<f64>) -> Value {
+    v.sort_by(f64::total_cmp);
+    json!({"p50": pct(&v, 0.5), "p99": pct(&v, 0.99), "p999": pct(&v, 0.999), "n": v.len()})
+}
+
+// ---------------------------------------------------------------------------------------------
+// Measurements
+
+/// c=1, systems alternating request by request; µs request start → last byte.
+async fn latency(systems: &[System], w: &Workload, n: usize) -> BTreeMap<String, Value> {
+    let mut senders = Vec::new();
+    for s in systems {
+        senders.push(connect(s.addr).await);
+    }
+    let mut samples: Vec<Vec<f64>> = vec![Vec::with_capacity(n); systems.len()];
+    let warm = (n / 10).max(20);
+    for i in 0..(warm + n) {
+        for (k, s) in systems.iter().enumerate() {
+            let e = exchange(&mut senders[k], request(s, w, None), false).await;
+            assert!(e.ok, "{} answered an error", s.name);
+            if i >= warm {
+                samples[k].push(us(e.total));
+            }
+        }
+    }
+    systems.iter().zip(samples).map(|(s, v)| (s.name.clone(), quantiles(v))).collect()
+}
+
+/// Closed loop at concurrency `c` for `secs`: requests per second and latency quantiles.
+async fn throughput(sys: &System, w: &Workload, c: usize, secs: f64) -> Value {
+    let deadline = Instant::now() + Duration::from_secs_f64(secs);
+    let mut tasks = Vec::new();
+    for _ in 0..c {
+        let (target, w) = (sys.target.clone(), w.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut sender = connect(target.addr).await;
+            let mut lat = Vec::new();
+            let mut errors = 0u64;
+            while Instant::now() < deadline {
+                let e = exchange(&mut sender, request(&target, &w, None), false).await;
+                errors += (!e.ok) as u64;
+                lat.push(us(e.total));
+            }
+            (lat, errors)
+        }));
+    }
+    let started = Instant::now();
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        let (l, e) = t.await.unwrap();
+        all.extend(l);
+        errors += e;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let n = all.len();
+    let mut q = quantiles(all);
+    q["rps"] = json!(n as f64 / elapsed);
+    q["errors"] = json!(errors);
+    q
+}
+
+/// Open loop at `rate` requests per second for `secs`: latency from each request's scheduled start.
+async fn fixed_rate(sys: &System, w: &Workload, rate: f64, secs: f64) -> (f64, u64, usize) {
+    let n = (rate * secs).max(1.0) as usize;
+    let start = tokio::time::Instant::now() + Duration::from_millis(20);
+    // Idle keep-alive connections; a request that finds none opens one (its connect time counts).
+    let idle: Arc<std::sync::Mutex<Vec<Sender>>> = Arc::default();
+    for _ in 0..8 {
+        let s = connect(sys.addr).await;
+        idle.lock().unwrap().push(s);
+    }
+    let mut tasks = Vec::with_capacity(n);
+    let shared = Arc::new((sys.target.clone(), w.clone()));
+    for i in 0..n {
+        let at = start + Duration::from_secs_f64(i as f64 / rate);
+        tokio::time::sleep_until(at).await;
+        let (idle, shared) = (idle.clone(), shared.clone());
+        tasks.push(tokio::spawn(async move {
+            let (target, w) = &*shared;
+            let reused = idle.lock().unwrap().pop();
+            let mut sender = match reused {
+                Some(s) => s,
+                None => connect(target.addr).await,
+            };
+            let e = exchange(&mut sender, request(target, w, None), false).await;
+            idle.lock().unwrap().push(sender);
+            (at.elapsed(), e.ok)
+        }));
+    }
+    let mut lat = Vec::with_capacity(n);
+    let mut errors = 0;
+    for t in tasks {
+        let (d, ok) = t.await.unwrap();
+        lat.push(us(d));
+        errors += (!ok) as u64;
+    }
+    lat.sort_by(f64::total_cmp);
+    (pct(&lat, 0.99), errors, n)
+}
+
+/// The highest rate (req/s) whose p99 stays under `limit_us`: doubling, then bisecting.
+async fn max_rate(sys: &System, w: &Workload, limit_us: f64, secs: f64, steps: usize) -> Value {
+    let mut good = 0.0f64;
+    let mut bad: Option<f64> = None;
+    let mut rate = 250.0f64;
+    let mut tried = Vec::new();
+    for _ in 0..(steps + 12) {
+        let (p99, errors, _) = fixed_rate(sys, w, rate, secs).await;
+        let ok = p99 <= limit_us && errors == 0;
+        tried.push(json!({"rate": rate, "p99_us": p99, "ok": ok}));
+        if ok {
+            good = good.max(rate);
+        } else {
+            bad = Some(bad.map_or(rate, |b: f64| b.min(rate)));
+        }
+        rate = match bad {
+            None => rate * 2.0,
+            Some(b) => (good + b) / 2.0,
+        };
+        if let Some(b) = bad {
+            if tried.len() >= steps && (b - good) / b.max(1.0) < 0.1 {
+                break;
+            }
+        }
+        if tried.len() >= steps + 6 || rate > 200_000.0 {
+            break;
+        }
+    }
+    json!({"max_rps": good, "tried": tried})
+}
+
+/// Streaming at c=1: added TTFB and inter-event gaps, and whether the client got the mock's bytes.
+async fn stream(systems: &[System], mock: SocketAddr, n: usize) -> BTreeMap<String, Value> {
+    let w = Workload {
+        body: body_kib(4, true),
+        delay_ms: 10,
+    };
+    let http = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build::<_, Full<Bytes>>(hyper_util::client::legacy::connect::HttpConnector::new());
+    let mut out = BTreeMap::new();
+    for s in systems {
+        let mut sender = connect(s.addr).await;
+        let (mut first, mut gaps, mut identical) = (Vec::new(), Vec::new(), 0);
+        for i in 0..n {
+            let tag = format!("{}-{i}", s.name);
+            let e = exchange(&mut sender, request(s, &w, Some(&tag)), true).await;
+            assert!(e.ok, "{} stream failed", s.name);
+            first.push(us(e.first));
+            gaps.extend(e.gaps.iter().map(|g| us(*g)));
+            let log = http.get(format!("http://{mock}/__mock/requests").parse().unwrap()).await.unwrap();
+            let log: Value = serde_json::from_slice(&log.into_body().collect().await.unwrap().to_bytes()).unwrap();
+            let sent = log.as_array().and_then(|a| {
+                a.iter().rev().find(|r| {
+                    r["headers"].as_array().is_some_and(|h| h.iter().any(|kv| kv[0] == "x-bench-tag" && kv[1] == tag.as_str()))
+                })
+            });
+            let mock_sha = sent.and_then(|r| r["response_sha256"].as_str()).unwrap_or("");
+            identical += (mock_sha == e.sha256) as usize;
+            // The mock keeps every request; clear it so the lookup stays small.
+            let _ = http
+                .request(Request::post(format!("http://{mock}/__mock/reset")).body(Full::new(Bytes::new())).unwrap())
+                .await;
+        }
+        out.insert(
+            s.name.clone(),
+            json!({"ttfb_us": quantiles(first), "gap_us": quantiles(gaps), "byte_identical": format!("{identical}/{n}")}),
+        );
+    }
+    out
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+}
+
+/// RSS idle and with `n` streams open (the mock stalls after the first events).
+async fn memory(sys: &System, n: usize) -> Value {
+    let pid = sys.pid.expect("a process");
+    let idle = rss_kib(pid);
+    let w = Workload {
+        body: body_kib(4, true),
+        delay_ms: 0,
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(n);
+    let mut held = Vec::new();
+    for _ in 0..n {
+        let tx = tx.clone();
+        let mut req = request(sys, &w, None);
+        req.headers_mut().insert("x-mock-mode", http::HeaderValue::from_static("stall"));
+        let addr = sys.addr;
+        held.push(tokio::spawn(async move {
+            let mut sender = connect(addr).await;
+            sender.ready().await.unwrap();
+            let resp = sender.send_request(req).await.unwrap();
+            let mut body = resp.into_body();
+            let _ = body.frame().await; // the first events arrived: the stream is open
+            let _ = tx.send(()).await;
+            std::future::pending::<()>().await;
+            drop(body);
+        }));
+    }
+    for _ in 0..n {
+        rx.recv().await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let open = rss_kib(pid);
+    for h in held {
+        h.abort();
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    json!({"idle_mib": idle.map(|k| k as f64 / 1024.0), "open_streams": n, "with_streams_mib": open.map(|k| k as f64 / 1024.0),
+           "per_stream_kib": match (idle, open) { (Some(a), Some(b)) => json!((b as f64 - a as f64) / n as f64), _ => Value::Null }})
+}
+
+/// Closed loop c=16 for `minutes`, sampling RSS every 10 s; the slope in MiB per hour.
+async fn soak(sys: &System, minutes: u64) -> Value {
+    let pid = sys.pid.expect("a process");
+    let w = Workload {
+        body: body_kib(4, false),
+        delay_ms: 0,
+    };
+    let mut samples = Vec::new();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(minutes * 60) {
+        throughput(sys, &w, 16, 10.0).await;
+        if let Some(r) = rss_kib(pid) {
+            samples.push((start.elapsed().as_secs_f64(), r as f64 / 1024.0));
+        }
+    }
+    let n = samples.len() as f64;
+    let (mx, my) = (samples.iter().map(|s| s.0).sum::<f64>() / n, samples.iter().map(|s| s.1).sum::<f64>() / n);
+    let slope = samples.iter().map(|s| (s.0 - mx) * (s.1 - my)).sum::<f64>() / samples.iter().map(|s| (s.0 - mx).powi(2)).sum::<f64>().max(1e-9);
+    json!({"minutes": minutes, "rss_mib": samples.iter().map(|s| s.1).collect::<Vec<_>>(), "slope_mib_per_hour": slope * 3600.0})
+}
+
+// ---------------------------------------------------------------------------------------------
+
+fn body_kib(kib: usize, stream: bool) -> Bytes {
+    let text = "x".repeat(kib * 1024);
+    Bytes::from(
+        json!({"model": "claude-sonnet-4-5", "max_tokens": 256, "stream": stream,
+               "messages": [{"role": "user", "content": text}]})
+        .to_string(),
+    )
+}
+
+fn capture(name: &str, stream: bool) -> Bytes {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/captures").join(name);
+    let v: Value = serde_json::from_slice(&std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap();
+    let mut b = v["body"].clone();
+    b["stream"] = Value::Bool(stream);
+    Bytes::from(serde_json::to_vec(&b).unwrap())
+}
+
+fn main() {
+    let args = parse_args();
+    let sizes = Sizes::of(args.smoke);
+    // This process (load generator) on CPU 0; the systems under test on CPU 1.
+    let _ = Command::new("taskset").args(["-a", "-p", "-c", LOAD_CPU, &std::process::id().to_string()]).stdout(Stdio::null()).status();
+    let (mut mock, mock_addr) = start_mock();
+    let mut systems = vec![system("direct", mock_addr, vec![("x-api-key".into(), "sk-ant-bench".into())], None, None)];
+    systems.extend(start_nginx(mock_addr));
+    systems.push(start_conduit(mock_addr));
+    systems.extend(start_litellm(mock_addr));
+    systems.extend(start_portkey(mock_addr));
+    let names: Vec<String> = systems.iter().map(|s| s.name.clone()).collect();
+    eprintln!("systems: {}{}", names.join(", "), if args.smoke { " (smoke: tiny counts, figures meaningless)" } else { "" });
+
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let mut report = json!({
+        "date": conduit::clock::format_rfc3339(conduit::clock::now_unix()),
+        "smoke": args.smoke,
+        "systems": names,
+        "machine": machine(),
+    });
+    let run = |what: &str| args.what == "all" || args.what == what;
+    rt.block_on(async {
+        if run("latency") {
+            let cc = capture("claudecode_basic_002.json", true);
+            let cc_repeat = capture("claudecode_twoturn_003.json", true);
+            let mut lat = serde_json::Map::new();
+            for (label, w) in [
+                ("4k_json", Workload { body: body_kib(4, false), delay_ms: 0 }),
+                ("cc_76k_sse", Workload { body: cc, delay_ms: 0 }),
+                ("cc_repeat_sse", Workload { body: cc_repeat, delay_ms: 0 }),
+            ] {
+                eprintln!("latency: {label}");
+                let r = latency(&systems, &w, sizes.latency_requests).await;
+                lat.insert(label.into(), json!(r));
+            }
+            report["latency_us"] = Value::Object(lat);
+        }
+        if run("throughput") {
+            let w = Workload { body: body_kib(4, false), delay_ms: 0 };
+            let mut t = serde_json::Map::new();
+            for c in [16usize, 64] {
+                let mut row = serde_json::Map::new();
+                for s in &systems {
+                    eprintln!("throughput: c={c} {}", s.name);
+                    row.insert(s.name.clone(), throughput(s, &w, c, sizes.throughput_secs).await);
+                }
+                t.insert(format!("c{c}"), Value::Object(row));
+            }
+            report["throughput"] = Value::Object(t);
+        }
+        if run("rate") {
+            let w = Workload { body: body_kib(4, false), delay_ms: 0 };
+            let mut r = serde_json::Map::new();
+            for (label, limit) in [("p99_under_1ms", 1_000.0), ("p99_under_10ms", 10_000.0)] {
+                let mut row = serde_json::Map::new();
+                for s in &systems {
+                    eprintln!("fixed rate: {label} {}", s.name);
+                    row.insert(s.name.clone(), max_rate(s, &w, limit, sizes.rate_secs, sizes.rate_steps).await);
+                }
+                r.insert(label.into(), Value::Object(row));
+            }
+            report["max_rate"] = Value::Object(r);
+        }
+        if run("stream") {
+            eprintln!("streaming");
+            report["stream"] = json!(stream(&systems, mock_addr, sizes.stream_requests).await);
+        }
+        if run("memory") {
+            let mut m = serde_json::Map::new();
+            for s in systems.iter().filter(|s| s.pid.is_some()) {
+                eprintln!("memory: {} streams through {}", sizes.streams, s.name);
+                m.insert(s.name.clone(), memory(s, sizes.streams).await);
+            }
+            if args.soak_minutes > 0 {
+                if let Some(c) = systems.iter().find(|s| s.name == "conduit") {
+                    eprintln!("soak: {} minutes", args.soak_minutes);
+                    m.insert("conduit_soak".into(), soak(c, args.soak_minutes).await);
+                }
+            }
+            report["memory"] = Value::Object(m);
+        }
+    });
+    drop(systems);
+    let _ = mock.kill();
+    let _ = mock.wait();
+    print_table(&report);
+    if let Some(dir) = std::path::Path::new(&args.out).parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    std::fs::write(&args.out, serde_json::to_string_pretty(&report).unwrap()).unwrap();
+    println!("\nJSON: {}", args.out);
+}
+
+fn machine() -> Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()));
+    let nginx = Command::new("nginx").arg("-v").output().ok().map(|o| String::from_utf8_lossy(&o.stderr).trim().to_string());
+    json!({"cpu": cpu, "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), "nginx": nginx,
+           "conduit": env!("CARGO_PKG_VERSION")})
+}
+
+fn f(v: &Value) -> String {
+    match v.as_f64() {
+        Some(x) if x.is_finite() && x >= 100.0 => format!("{x:.0}"),
+        Some(x) if x.is_finite() => format!("{x:.1}"),
+        _ => "-".into(),
+    }
+}
+
+fn ratio(a: Option<f64>, b: Option<f64>) -> String {
+    match (a, b) {
+        (Some(a), Some(b)) if b.abs() > 1e-9 && a.is_finite() && b.is_finite() => format!("{:.2}×", a / b),
+        _ => "-".into(),
+    }
+}
+
+/// One table: absolute figures, added-over-direct, and Conduit's ratio to nginx and each peer.
+fn print_table(r: &Value) {
+    let systems: Vec<String> = serde_json::from_value(r["systems"].clone()).unwrap_or_default();
+    let peers: Vec<&String> = systems.iter().filter(|s| !["direct", "conduit"].contains(&s.as_str())).collect();
+    println!("\nConduit benchmark suite — {}{}", r["date"].as_str().unwrap_or(""), if r["smoke"] == true { " (SMOKE: figures meaningless)" } else { "" });
+    if let Some(lat) = r["latency_us"].as_object() {
+        println!("\nAdded latency at c=1 (µs over direct; request start → last byte)");
+        println!("{:<16} {:<10} {:>9} {:>9} {:>9} {:>10} {:>10} {:>10}", "body", "system", "p50", "p99", "p99.9", "added p50", "added p99", "added 99.9");
+        for (label, row) in lat {
+            let d = &row["direct"];
+            for s in &systems {
+                let x = &row[s];
+                let added = |k: &str| x[k].as_f64().zip(d[k].as_f64()).map(|(a, b)| a - b);
+                println!(
+                    "{:<16} {:<10} {:>9} {:>9} {:>9} {:>10} {:>10} {:>10}",
+                    label, s, f(&x["p50"]), f(&x["p99"]), f(&x["p999"]),
+                    added("p50").map(|v| format!("{v:.1}")).unwrap_or("-".into()),
+                    added("p99").map(|v| format!("{v:.1}")).unwrap_or("-".into()),
+                    added("p999").map(|v| format!("{v:.1}")).unwrap_or("-".into()),
+                );
+            }
+            let added = |s: &str, k: &str| row[s][k].as_f64().zip(d[k].as_f64()).map(|(a, b)| a - b);
+            for p in &peers {
+                println!("{:<16} conduit added ÷ {p} added: p50 {}  p99 {}", label, ratio(added("conduit", "p50"), added(p, "p50")), ratio(added("conduit", "p99"), added(p, "p99")));
+            }
+        }
+    }
+    if let Some(t) = r["throughput"].as_object() {
+        println!("\nThroughput, closed loop, 4 KiB body (requests/s; p99 µs)");
+        for (c, row) in t {
+            let line: Vec<String> = systems.iter().map(|s| format!("{s} {} ({})", f(&row[s]["rps"]), f(&row[s]["p99"]))).collect();
+            println!("{c:<4} {}", line.join("   "));
+            for p in peers.iter().chain(std::iter::once(&&"direct".to_string())) {
+                println!("     conduit ÷ {p}: {}", ratio(row["conduit"]["rps"].as_f64(), row[p.as_str()]["rps"].as_f64()));
+            }
+        }
+    }
+    if let Some(m) = r["max_rate"].as_object() {
+        println!("\nHighest fixed rate with p99 under the limit (requests/s, open loop)");
+        for (label, row) in m {
+            let line: Vec<String> = systems.iter().map(|s| format!("{s} {}", f(&row[s]["max_rps"]))).collect();
+            println!("{label:<16} {}", line.join("   "));
+            for p in &peers {
+                println!("                 conduit ÷ {p}: {}", ratio(row["conduit"]["max_rps"].as_f64(), row[p.as_str()]["max_rps"].as_f64()));
+            }
+        }
+    }
+    if let Some(s) = r["stream"].as_object() {
+        println!("\nStreaming, c=1, events 10 ms apart (µs; byte-identical = SHA-256 of what the client got == what the mock sent)");
+        let d = &s["direct"];
+        for name in &systems {
+            let x = &s[name];
+            let added = |k: &str, q: &str| x[k][q].as_f64().zip(d[k][q].as_f64()).map(|(a, b)| format!("{:.1}", a - b)).unwrap_or("-".into());
+            println!(
+                "{:<10} TTFB p50 {:>8} (added {:>7})   gap p50 {:>8} (added {:>6}, p99 {:>6})   byte-identical {}",
+                name, f(&x["ttfb_us"]["p50"]), added("ttfb_us", "p50"), f(&x["gap_us"]["p50"]), added("gap_us", "p50"), added("gap_us", "p99"),
+                x["byte_identical"].as_str().unwrap_or("-")
+            );
+        }
+    }
+    if let Some(m) = r["memory"].as_object() {
+        println!("\nMemory (RSS)");
+        for (name, x) in m {
+            if name.ends_with("_soak") {
+                println!("{name:<14} slope {} MiB/hour over {} min", f(&x["slope_mib_per_hour"]), x["minutes"]);
+            } else {
+                println!("{name:<14} idle {} MiB, with {} open streams {} MiB ({} KiB per stream)", f(&x["idle_mib"]), x["open_streams"], f(&x["with_streams_mib"]), f(&x["per_stream_kib"]));
+            }
+        }
+    }
+}
