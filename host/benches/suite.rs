@@ -43,6 +43,7 @@ const LOAD_CPU: &str = "0";
 struct Args {
     what: String,
     smoke: bool,
+    no_peers: bool,
     soak_minutes: u64,
     out: String,
 }
@@ -51,6 +52,7 @@ fn parse_args() -> Args {
     let mut a = Args {
         what: "all".into(),
         smoke: false,
+        no_peers: false,
         soak_minutes: 0,
         out: concat!(env!("CARGO_MANIFEST_DIR"), "/../target/bench-suite.json").into(),
     };
@@ -58,12 +60,13 @@ fn parse_args() -> Args {
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--smoke" => a.smoke = true,
+            "--no-peers" => a.no_peers = true,
             "--soak-minutes" => a.soak_minutes = it.next().and_then(|v| v.parse().ok()).expect("--soak-minutes N"),
             "--out" => a.out = it.next().expect("--out FILE"),
             "--bench" => {}
             "all" | "latency" | "throughput" | "rate" | "stream" | "memory" => a.what = arg,
             "--help" | "-h" => {
-                println!("suite [all|latency|throughput|rate|stream|memory] [--smoke] [--soak-minutes N] [--out FILE.json]");
+                println!("suite [all|latency|throughput|rate|stream|memory] [--smoke] [--no-peers] [--soak-minutes N] [--out FILE.json]\n(SUITE_NO_PIN=1: no taskset pinning; PORTKEY_DIR: where @portkey-ai/gateway is installed)");
                 std::process::exit(0);
             }
             other => panic!("unknown argument {other:?}; see --help"),
@@ -166,7 +169,11 @@ fn wait_listening(addr: SocketAddr, what: &str, secs: u64) -> bool {
     true
 }
 
+/// `program` under `taskset -c cpus`, unless `SUITE_NO_PIN` is set.
 fn pinned(cpus: &str, program: &str) -> Command {
+    if std::env::var_os("SUITE_NO_PIN").is_some() {
+        return Command::new(program);
+    }
     let mut c = Command::new("taskset");
     c.args(["-c", cpus, program]);
     c
@@ -354,6 +361,7 @@ async fn connect(addr: SocketAddr) -> Sender {
 
 /// One exchange: total time, first body frame, gaps between frames, SHA-256 of the body.
 struct Exchange {
+    status: u16,
     total: Duration,
     first: Duration,
     gaps: Vec<Duration>,
@@ -363,9 +371,15 @@ struct Exchange {
 
 async fn exchange(sender: &mut Sender, req: Request<Full<Bytes>>, hash: bool) -> Exchange {
     let t = Instant::now();
-    sender.ready().await.expect("connection ready");
+    if sender.ready().await.is_err() {
+        // The server closed the keep-alive connection (some peers do after a while): reconnect.
+        let addr: SocketAddr = req.headers()["host"].to_str().unwrap().parse().unwrap();
+        *sender = connect(addr).await;
+        sender.ready().await.expect("connection ready");
+    }
     let resp = sender.send_request(req).await.expect("response");
     let ok = resp.status().is_success();
+    let status = resp.status().as_u16();
     let mut body = resp.into_body();
     let (mut first, mut last, mut gaps) = (None, None, Vec::new());
     let mut h = Sha256::new();
@@ -384,6 +398,7 @@ async fn exchange(sender: &mut Sender, req: Request<Full<Bytes>>, hash: bool) ->
         }
     }
     Exchange {
+        status,
         total: t.elapsed(),
         first: first.unwrap_or_default(),
         gaps,
@@ -416,24 +431,71 @@ fn quantiles(mut v: Vec<f64>) -> Value {
 // ---------------------------------------------------------------------------------------------
 // Measurements
 
+/// One JSON and one streamed request must succeed (peers get a few seconds to finish starting).
+async fn probe(sys: &System) -> Result<(), String> {
+    let mut last = String::new();
+    for _ in 0..10 {
+        match probe_once(sys).await {
+            Ok(()) => return Ok(()),
+            Err(e) => last = e,
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    Err(last)
+}
+
+async fn probe_once(sys: &System) -> Result<(), String> {
+    for stream in [false, true] {
+        let w = Workload { body: body_kib(4, stream), delay_ms: 0 };
+        let mut sender = connect(sys.addr).await;
+        sender.ready().await.map_err(|e| e.to_string())?;
+        let resp = tokio::time::timeout(Duration::from_secs(30), sender.send_request(request(sys, &w, None)))
+            .await
+            .map_err(|_| "no answer in 30 s".to_string())?
+            .map_err(|e| e.to_string())?;
+        let status = resp.status();
+        let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+        if !status.is_success() {
+            return Err(format!("{status} {}", String::from_utf8_lossy(&body[..body.len().min(300)])));
+        }
+    }
+    Ok(())
+}
+
 /// c=1, systems alternating request by request; µs request start → last byte.
-async fn latency(systems: &[System], w: &Workload, n: usize) -> BTreeMap<String, Value> {
+async fn latency(systems: &[&System], w: &Workload, n: usize) -> BTreeMap<String, Value> {
     let mut senders = Vec::new();
     for s in systems {
         senders.push(connect(s.addr).await);
     }
     let mut samples: Vec<Vec<f64>> = vec![Vec::with_capacity(n); systems.len()];
+    let mut failed: Vec<Option<String>> = vec![None; systems.len()];
     let warm = (n / 10).max(20);
     for i in 0..(warm + n) {
         for (k, s) in systems.iter().enumerate() {
+            if failed[k].is_some() {
+                continue;
+            }
             let e = exchange(&mut senders[k], request(s, w, None), false).await;
-            assert!(e.ok, "{} answered an error", s.name);
+            if !e.ok {
+                // A peer that cannot take this workload is reported as such, not measured.
+                failed[k] = Some(format!("answered {} to this workload", e.status));
+                continue;
+            }
             if i >= warm {
                 samples[k].push(us(e.total));
             }
         }
     }
-    systems.iter().zip(samples).map(|(s, v)| (s.name.clone(), quantiles(v))).collect()
+    systems
+        .iter()
+        .zip(samples)
+        .zip(failed)
+        .map(|((s, v), f)| (s.name.clone(), match f {
+            Some(why) => json!({"error": why}),
+            None => quantiles(v),
+        }))
+        .collect()
 }
 
 /// Closed loop at concurrency `c` for `secs`: requests per second and latency quantiles.
@@ -541,7 +603,7 @@ async fn max_rate(sys: &System, w: &Workload, limit_us: f64, secs: f64, steps: u
 }
 
 /// Streaming at c=1: added TTFB and inter-event gaps, and whether the client got the mock's bytes.
-async fn stream(systems: &[System], mock: SocketAddr, n: usize) -> BTreeMap<String, Value> {
+async fn stream(systems: &[&System], mock: SocketAddr, n: usize) -> BTreeMap<String, Value> {
     let w = Workload {
         body: body_kib(4, true),
         delay_ms: 10,
@@ -555,7 +617,10 @@ async fn stream(systems: &[System], mock: SocketAddr, n: usize) -> BTreeMap<Stri
         for i in 0..n {
             let tag = format!("{}-{i}", s.name);
             let e = exchange(&mut sender, request(s, &w, Some(&tag)), true).await;
-            assert!(e.ok, "{} stream failed", s.name);
+            if !e.ok {
+                eprintln!("{} answered {} to a stream", s.name, e.status);
+                continue;
+            }
             first.push(us(e.first));
             gaps.extend(e.gaps.iter().map(|g| us(*g)));
             let log = http.get(format!("http://{mock}/__mock/requests").parse().unwrap()).await.unwrap();
@@ -672,86 +737,53 @@ fn main() {
     let args = parse_args();
     let sizes = Sizes::of(args.smoke);
     // This process (load generator) on CPU 0; the systems under test on CPU 1.
-    let _ = Command::new("taskset").args(["-a", "-p", "-c", LOAD_CPU, &std::process::id().to_string()]).stdout(Stdio::null()).status();
+    if std::env::var_os("SUITE_NO_PIN").is_none() {
+        let _ = Command::new("taskset").args(["-a", "-p", "-c", LOAD_CPU, &std::process::id().to_string()]).stdout(Stdio::null()).status();
+    }
     let (mut mock, mock_addr) = start_mock();
-    let mut systems = vec![system("direct", mock_addr, vec![("x-api-key".into(), "sk-ant-bench".into())], None, None)];
-    systems.extend(start_nginx(mock_addr));
-    systems.push(start_conduit(mock_addr));
-    systems.extend(start_litellm(mock_addr));
-    systems.extend(start_portkey(mock_addr));
-    let names: Vec<String> = systems.iter().map(|s| s.name.clone()).collect();
-    eprintln!("systems: {}{}", names.join(", "), if args.smoke { " (smoke: tiny counts, figures meaningless)" } else { "" });
-
+    let direct = system("direct", mock_addr, vec![("x-api-key".into(), "sk-ant-bench".into())], None, None);
+    let conduit = start_conduit(mock_addr);
+    let mut main_group = vec![direct, conduit];
+    if let Some(n) = start_nginx(mock_addr) {
+        main_group.insert(1, n);
+    }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let names: Vec<String> = main_group.iter().map(|s| s.name.clone()).collect();
+    eprintln!("systems: {}{}", names.join(", "), if args.smoke { " (smoke: tiny counts, figures meaningless)" } else { "" });
     let mut report = json!({
         "date": conduit::clock::format_rfc3339(conduit::clock::now_unix()),
         "smoke": args.smoke,
         "systems": names,
         "machine": machine(),
     });
-    let run = |what: &str| args.what == "all" || args.what == what;
-    rt.block_on(async {
-        if run("latency") {
-            let cc = capture("claudecode_basic_002.json", true);
-            let cc_repeat = capture("claudecode_twoturn_003.json", true);
-            let mut lat = serde_json::Map::new();
-            for (label, w) in [
-                ("4k_json", Workload { body: body_kib(4, false), delay_ms: 0 }),
-                ("cc_76k_sse", Workload { body: cc, delay_ms: 0 }),
-                ("cc_repeat_sse", Workload { body: cc_repeat, delay_ms: 0 }),
-            ] {
-                eprintln!("latency: {label}");
-                let r = latency(&systems, &w, sizes.latency_requests).await;
-                lat.insert(label.into(), json!(r));
+    let results = rt.block_on(measure(&args, &sizes, &main_group, mock_addr));
+    merge(&mut report, results);
+
+    // Each peer in a pass of its own, beside direct and Conduit, and alive only during it: an idle
+    // Python or Node gateway still takes CPU, which would tax everyone else's figures.
+    if !args.no_peers {
+        let starters: [(&str, fn(SocketAddr) -> Option<System>); 2] = [("litellm", start_litellm), ("portkey", start_portkey)];
+        let mut peers = serde_json::Map::new();
+        for (name, start) in starters {
+            let Some(peer) = start(mock_addr) else {
+                eprintln!("{name}: not installed (see docs/performance.md), skipped");
+                continue;
+            };
+            if let Err(why) = rt.block_on(probe(&peer)) {
+                eprintln!("leaving {name} out: {why}");
+                peers.insert(name.into(), json!({"error": why}));
+                continue;
             }
-            report["latency_us"] = Value::Object(lat);
+            let group = [&main_group[0], main_group.last().unwrap(), &peer];
+            let refs: Vec<&System> = group.to_vec();
+            eprintln!("peer pass: {name}");
+            let pass = rt.block_on(measure_refs(&args, &sizes, &refs, mock_addr));
+            peers.insert(name.into(), pass);
+            drop(peer);
         }
-        if run("throughput") {
-            let w = Workload { body: body_kib(4, false), delay_ms: 0 };
-            let mut t = serde_json::Map::new();
-            for c in [16usize, 64] {
-                let mut row = serde_json::Map::new();
-                for s in &systems {
-                    eprintln!("throughput: c={c} {}", s.name);
-                    row.insert(s.name.clone(), throughput(s, &w, c, sizes.throughput_secs).await);
-                }
-                t.insert(format!("c{c}"), Value::Object(row));
-            }
-            report["throughput"] = Value::Object(t);
-        }
-        if run("rate") {
-            let w = Workload { body: body_kib(4, false), delay_ms: 0 };
-            let mut r = serde_json::Map::new();
-            for (label, limit) in [("p99_under_1ms", 1_000.0), ("p99_under_10ms", 10_000.0)] {
-                let mut row = serde_json::Map::new();
-                for s in &systems {
-                    eprintln!("fixed rate: {label} {}", s.name);
-                    row.insert(s.name.clone(), max_rate(s, &w, limit, sizes.rate_secs, sizes.rate_steps).await);
-                }
-                r.insert(label.into(), Value::Object(row));
-            }
-            report["max_rate"] = Value::Object(r);
-        }
-        if run("stream") {
-            eprintln!("streaming");
-            report["stream"] = json!(stream(&systems, mock_addr, sizes.stream_requests).await);
-        }
-        if run("memory") {
-            let mut m = serde_json::Map::new();
-            for s in systems.iter().filter(|s| s.pid.is_some()) {
-                eprintln!("memory: {} streams through {}", sizes.streams, s.name);
-                m.insert(s.name.clone(), memory(s, sizes.streams).await);
-            }
-            if args.soak_minutes > 0 {
-                if let Some(c) = systems.iter().find(|s| s.name == "conduit") {
-                    eprintln!("soak: {} minutes", args.soak_minutes);
-                    m.insert("conduit_soak".into(), soak(c, args.soak_minutes).await);
-                }
-            }
-            report["memory"] = Value::Object(m);
-        }
-    });
-    drop(systems);
+        report["peers"] = Value::Object(peers);
+    }
+    drop(main_group);
     let _ = mock.kill();
     let _ = mock.wait();
     print_table(&report);
@@ -760,6 +792,83 @@ fn main() {
     }
     std::fs::write(&args.out, serde_json::to_string_pretty(&report).unwrap()).unwrap();
     println!("\nJSON: {}", args.out);
+}
+
+fn merge(report: &mut Value, results: Value) {
+    if let (Some(r), Value::Object(m)) = (report.as_object_mut(), results) {
+        r.extend(m);
+    }
+}
+
+async fn measure(args: &Args, sizes: &Sizes, systems: &[System], mock: SocketAddr) -> Value {
+    let refs: Vec<&System> = systems.iter().collect();
+    measure_refs(args, sizes, &refs, mock).await
+}
+
+/// Every selected measurement over `systems`; the first is the direct path.
+async fn measure_refs(args: &Args, sizes: &Sizes, systems: &[&System], mock: SocketAddr) -> Value {
+    let run = |what: &str| args.what == "all" || args.what == what;
+    let mut report = json!({"systems": systems.iter().map(|s| s.name.clone()).collect::<Vec<_>>()});
+    if run("latency") {
+        let cc = capture("claudecode_basic_002.json", true);
+        let cc_repeat = capture("claudecode_twoturn_003.json", true);
+        let mut lat = serde_json::Map::new();
+        for (label, w) in [
+            ("4k_json", Workload { body: body_kib(4, false), delay_ms: 0 }),
+            ("cc_76k_sse", Workload { body: cc, delay_ms: 0 }),
+            ("cc_repeat_sse", Workload { body: cc_repeat, delay_ms: 0 }),
+        ] {
+            eprintln!("latency: {label}");
+            let r = latency(systems, &w, sizes.latency_requests).await;
+            lat.insert(label.into(), json!(r));
+        }
+        report["latency_us"] = Value::Object(lat);
+    }
+    if run("throughput") {
+        let w = Workload { body: body_kib(4, false), delay_ms: 0 };
+        let mut t = serde_json::Map::new();
+        for c in [16usize, 64] {
+            let mut row = serde_json::Map::new();
+            for s in systems {
+                eprintln!("throughput: c={c} {}", s.name);
+                row.insert(s.name.clone(), throughput(s, &w, c, sizes.throughput_secs).await);
+            }
+            t.insert(format!("c{c}"), Value::Object(row));
+        }
+        report["throughput"] = Value::Object(t);
+    }
+    if run("rate") {
+        let w = Workload { body: body_kib(4, false), delay_ms: 0 };
+        let mut r = serde_json::Map::new();
+        for (label, limit) in [("p99_under_1ms", 1_000.0), ("p99_under_10ms", 10_000.0)] {
+            let mut row = serde_json::Map::new();
+            for s in systems {
+                eprintln!("fixed rate: {label} {}", s.name);
+                row.insert(s.name.clone(), max_rate(s, &w, limit, sizes.rate_secs, sizes.rate_steps).await);
+            }
+            r.insert(label.into(), Value::Object(row));
+        }
+        report["max_rate"] = Value::Object(r);
+    }
+    if run("stream") {
+        eprintln!("streaming");
+        report["stream"] = json!(stream(systems, mock, sizes.stream_requests).await);
+    }
+    if run("memory") {
+        let mut m = serde_json::Map::new();
+        for s in systems.iter().filter(|s| s.pid.is_some()) {
+            eprintln!("memory: {} streams through {}", sizes.streams, s.name);
+            m.insert(s.name.clone(), memory(s, sizes.streams).await);
+        }
+        if args.soak_minutes > 0 {
+            if let Some(c) = systems.iter().find(|s| s.name == "conduit") {
+                eprintln!("soak: {} minutes", args.soak_minutes);
+                m.insert("conduit_soak".into(), soak(c, args.soak_minutes).await);
+            }
+        }
+        report["memory"] = Value::Object(m);
+    }
+    report
 }
 
 fn machine() -> Value {
@@ -786,11 +895,25 @@ fn ratio(a: Option<f64>, b: Option<f64>) -> String {
     }
 }
 
-/// One table: absolute figures, added-over-direct, and Conduit's ratio to nginx and each peer.
+/// The tables: the main pass (direct, nginx, Conduit), then each peer's own pass.
 fn print_table(r: &Value) {
+    println!("\nConduit benchmark suite — {}{}", r["date"].as_str().unwrap_or(""), if r["smoke"] == true { " (SMOKE: figures meaningless)" } else { "" });
+    print_group(r);
+    if let Some(peers) = r["peers"].as_object() {
+        for (name, pass) in peers {
+            println!("\n==== {name}, in a pass of its own beside direct and Conduit ====");
+            match pass["error"].as_str() {
+                Some(e) => println!("not measured: {e}"),
+                None => print_group(pass),
+            }
+        }
+    }
+}
+
+/// Absolute figures, added-over-direct, and Conduit's ratio to the others in the pass.
+fn print_group(r: &Value) {
     let systems: Vec<String> = serde_json::from_value(r["systems"].clone()).unwrap_or_default();
     let peers: Vec<&String> = systems.iter().filter(|s| !["direct", "conduit"].contains(&s.as_str())).collect();
-    println!("\nConduit benchmark suite — {}{}", r["date"].as_str().unwrap_or(""), if r["smoke"] == true { " (SMOKE: figures meaningless)" } else { "" });
     if let Some(lat) = r["latency_us"].as_object() {
         println!("\nAdded latency at c=1 (µs over direct; request start → last byte)");
         println!("{:<16} {:<10} {:>9} {:>9} {:>9} {:>10} {:>10} {:>10}", "body", "system", "p50", "p99", "p99.9", "added p50", "added p99", "added 99.9");
@@ -798,6 +921,10 @@ fn print_table(r: &Value) {
             let d = &row["direct"];
             for s in &systems {
                 let x = &row[s];
+                if let Some(e) = x["error"].as_str() {
+                    println!("{label:<16} {s:<10} not measured: {e}");
+                    continue;
+                }
                 let added = |k: &str| x[k].as_f64().zip(d[k].as_f64()).map(|(a, b)| a - b);
                 println!(
                     "{:<16} {:<10} {:>9} {:>9} {:>9} {:>10} {:>10} {:>10}",
