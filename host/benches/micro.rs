@@ -46,7 +46,9 @@ fn segments_extract(bencher: divan::Bencher, which: &str) {
         "4 KiB" => body_kib(4),
         _ => capture("claudecode_basic_002.json"),
     };
-    bencher.counter(divan::counter::BytesCount::new(body.len())).bench(|| segments::extract(divan::black_box(&body)));
+    bencher
+        .counter(divan::counter::BytesCount::new(body.len()))
+        .bench(|| segments::extract(divan::black_box(&body)));
 }
 
 // --- the policy stage -------------------------------------------------------------------------

@@ -66,7 +66,9 @@ fn parse_args() -> Args {
             "--bench" => {}
             "all" | "latency" | "throughput" | "rate" | "stream" | "memory" => a.what = arg,
             "--help" | "-h" => {
-                println!("suite [all|latency|throughput|rate|stream|memory] [--smoke] [--no-peers] [--soak-minutes N] [--out FILE.json]\n(SUITE_NO_PIN=1: no taskset pinning; PORTKEY_DIR: where @portkey-ai/gateway is installed)");
+                println!(
+                    "suite [all|latency|throughput|rate|stream|memory] [--smoke] [--no-peers] [--soak-minutes N] [--out FILE.json]\n(SUITE_NO_PIN=1: no taskset pinning; PORTKEY_DIR: where @portkey-ai/gateway is installed)"
+                );
                 std::process::exit(0);
             }
             other => panic!("unknown argument {other:?}; see --help"),
@@ -135,9 +137,19 @@ impl std::ops::Deref for System {
     }
 }
 
-fn system(name: &str, addr: SocketAddr, headers: Vec<(String, String)>, process: Option<Child>, pid: Option<u32>) -> System {
+fn system(
+    name: &str,
+    addr: SocketAddr,
+    headers: Vec<(String, String)>,
+    process: Option<Child>,
+    pid: Option<u32>,
+) -> System {
     System {
-        target: Target { name: name.into(), addr, headers },
+        target: Target {
+            name: name.into(),
+            addr,
+            headers,
+        },
         pid: pid.or(process.as_ref().map(Child::id)),
         _process: process,
         _keep: Vec::new(),
@@ -154,7 +166,11 @@ impl Drop for System {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn wait_listening(addr: SocketAddr, what: &str, secs: u64) -> bool {
@@ -210,9 +226,15 @@ fn start_conduit(mock: SocketAddr) -> System {
     let bin = env!("CARGO_BIN_EXE_conduit");
     let mut create = Command::new(bin);
     env(&mut create);
-    let out = create.args(["keys", "create", "--owner", "bench@corp.example", "--json"]).output().unwrap();
+    let out = create
+        .args(["keys", "create", "--owner", "bench@corp.example", "--json"])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let key = serde_json::from_slice::<Value>(&out.stdout).unwrap()["key"].as_str().unwrap().to_string();
+    let key = serde_json::from_slice::<Value>(&out.stdout).unwrap()["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let mut cred = Command::new(bin);
     env(&mut cred);
     let out = cred
@@ -223,7 +245,12 @@ fn start_conduit(mock: SocketAddr) -> System {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let mut serve = pinned(GATEWAY_CPU, bin);
     env(&mut serve);
-    let child = serve.arg("serve").stdout(Stdio::null()).stderr(Stdio::inherit()).spawn().unwrap();
+    let child = serve
+        .arg("serve")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     assert!(wait_listening(addr, "conduit", 120));
     let mut sys = system("conduit", addr, vec![("x-api-key".into(), key)], Some(child), None);
@@ -233,7 +260,13 @@ fn start_conduit(mock: SocketAddr) -> System {
 
 fn start_nginx(mock: SocketAddr) -> Option<System> {
     let n = nginx::Nginx::start_pinned(mock, Some(GATEWAY_CPU))?;
-    let mut sys = system("nginx", n.addr, vec![("x-api-key".into(), "sk-ant-bench".into())], None, Some(n.child.id()));
+    let mut sys = system(
+        "nginx",
+        n.addr,
+        vec![("x-api-key".into(), "sk-ant-bench".into())],
+        None,
+        Some(n.child.id()),
+    );
     sys._keep.push(Box::new(n));
     Some(sys)
 }
@@ -249,7 +282,16 @@ fn start_litellm(mock: SocketAddr) -> Option<System> {
     );
     std::fs::write(dir.path().join("config.yaml"), config).unwrap();
     let child = pinned(GATEWAY_CPU, &bin)
-        .args(["--config", &dir.path().join("config.yaml").display().to_string(), "--host", "127.0.0.1", "--port", &port.to_string(), "--num_workers", "1"])
+        .args([
+            "--config",
+            &dir.path().join("config.yaml").display().to_string(),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--num_workers",
+            "1",
+        ])
         .env("LITELLM_TELEMETRY_DISABLED", "true")
         .env("LITELLM_LOCAL_MODEL_COST_MAP", "True")
         .env("LITELLM_LOG", "ERROR")
@@ -259,7 +301,13 @@ fn start_litellm(mock: SocketAddr) -> Option<System> {
         .spawn()
         .ok()?;
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let mut sys = system("litellm", addr, vec![("x-api-key".into(), "sk-litellm-bench".into())], Some(child), None);
+    let mut sys = system(
+        "litellm",
+        addr,
+        vec![("x-api-key".into(), "sk-litellm-bench".into())],
+        Some(child),
+        None,
+    );
     sys._keep.push(Box::new(dir));
     if !wait_listening(addr, "litellm", 120) {
         sys._process.as_mut().map(|c| c.kill());
@@ -350,13 +398,17 @@ fn request(sys: &Target, w: &Workload, tag: Option<&str>) -> Request<Full<Bytes>
 type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
 
 async fn connect(addr: SocketAddr) -> Sender {
-    let stream = TcpStream::connect(addr).await.expect("connect");
-    stream.set_nodelay(true).unwrap();
+    try_connect(addr).await.expect("connect")
+}
+
+async fn try_connect(addr: SocketAddr) -> Option<Sender> {
+    let stream = TcpStream::connect(addr).await.ok()?;
+    stream.set_nodelay(true).ok()?;
     let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
         .await
-        .expect("handshake");
+        .ok()?;
     tokio::spawn(conn);
-    sender
+    Some(sender)
 }
 
 /// One exchange: total time, first body frame, gaps between frames, SHA-256 of the body.
@@ -371,20 +423,38 @@ struct Exchange {
 
 async fn exchange(sender: &mut Sender, req: Request<Full<Bytes>>, hash: bool) -> Exchange {
     let t = Instant::now();
+    let failed = |t: Instant| Exchange {
+        status: 0,
+        total: t.elapsed(),
+        first: Duration::ZERO,
+        gaps: Vec::new(),
+        sha256: String::new(),
+        ok: false,
+    };
     if sender.ready().await.is_err() {
         // The server closed the keep-alive connection (some peers do after a while): reconnect.
         let addr: SocketAddr = req.headers()["host"].to_str().unwrap().parse().unwrap();
-        *sender = connect(addr).await;
-        sender.ready().await.expect("connection ready");
+        match try_connect(addr).await {
+            Some(s) => *sender = s,
+            None => return failed(t),
+        }
+        if sender.ready().await.is_err() {
+            return failed(t);
+        }
     }
-    let resp = sender.send_request(req).await.expect("response");
+    // A reset or refused request counts as an error of the system under test, not a crash.
+    let Ok(resp) = sender.send_request(req).await else {
+        return failed(t);
+    };
     let ok = resp.status().is_success();
     let status = resp.status().as_u16();
     let mut body = resp.into_body();
     let (mut first, mut last, mut gaps) = (None, None, Vec::new());
     let mut h = Sha256::new();
     while let Some(frame) = body.frame().await {
-        let frame = frame.expect("frame");
+        let Ok(frame) = frame else {
+            return Exchange { status, ..failed(t) };
+        };
         let now = t.elapsed();
         if let Some(d) = frame.data_ref() {
             if hash {
@@ -446,7 +516,10 @@ async fn probe(sys: &System) -> Result<(), String> {
 
 async fn probe_once(sys: &System) -> Result<(), String> {
     for stream in [false, true] {
-        let w = Workload { body: body_kib(4, stream), delay_ms: 0 };
+        let w = Workload {
+            body: body_kib(4, stream),
+            delay_ms: 0,
+        };
         let mut sender = connect(sys.addr).await;
         sender.ready().await.map_err(|e| e.to_string())?;
         let resp = tokio::time::timeout(Duration::from_secs(30), sender.send_request(request(sys, &w, None)))
@@ -456,7 +529,10 @@ async fn probe_once(sys: &System) -> Result<(), String> {
         let status = resp.status();
         let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
         if !status.is_success() {
-            return Err(format!("{status} {}", String::from_utf8_lossy(&body[..body.len().min(300)])));
+            return Err(format!(
+                "{status} {}",
+                String::from_utf8_lossy(&body[..body.len().min(300)])
+            ));
         }
     }
     Ok(())
@@ -491,10 +567,15 @@ async fn latency(systems: &[&System], w: &Workload, n: usize) -> BTreeMap<String
         .iter()
         .zip(samples)
         .zip(failed)
-        .map(|((s, v), f)| (s.name.clone(), match f {
-            Some(why) => json!({"error": why}),
-            None => quantiles(v),
-        }))
+        .map(|((s, v), f)| {
+            (
+                s.name.clone(),
+                match f {
+                    Some(why) => json!({"error": why}),
+                    None => quantiles(v),
+                },
+            )
+        })
         .collect()
 }
 
@@ -533,40 +614,69 @@ async fn throughput(sys: &System, w: &Workload, c: usize, secs: f64) -> Value {
 }
 
 /// Open loop at `rate` requests per second for `secs`: latency from each request's scheduled start.
+/// A thread of its own keeps the schedule (sleep, then spin the last stretch: tokio's timer has
+/// 1 ms granularity, which would otherwise add up to a millisecond to every latency).
 async fn fixed_rate(sys: &System, w: &Workload, rate: f64, secs: f64) -> (f64, u64, usize) {
     let n = (rate * secs).max(1.0) as usize;
-    let start = tokio::time::Instant::now() + Duration::from_millis(20);
     // Idle keep-alive connections; a request that finds none opens one (its connect time counts).
     let idle: Arc<std::sync::Mutex<Vec<Sender>>> = Arc::default();
     for _ in 0..8 {
         let s = connect(sys.addr).await;
         idle.lock().unwrap().push(s);
     }
-    let mut tasks = Vec::with_capacity(n);
     let shared = Arc::new((sys.target.clone(), w.clone()));
-    for i in 0..n {
-        let at = start + Duration::from_secs_f64(i as f64 / rate);
-        tokio::time::sleep_until(at).await;
-        let (idle, shared) = (idle.clone(), shared.clone());
-        tasks.push(tokio::spawn(async move {
-            let (target, w) = &*shared;
-            let reused = idle.lock().unwrap().pop();
-            let mut sender = match reused {
-                Some(s) => s,
-                None => connect(target.addr).await,
-            };
-            let e = exchange(&mut sender, request(target, w, None), false).await;
-            idle.lock().unwrap().push(sender);
-            (at.elapsed(), e.ok)
-        }));
-    }
+    // At most this many requests in flight (and connections open); a request waiting for a slot
+    // is late, and its latency, counted from its scheduled start, says so.
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(256));
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<(Duration, bool)>();
+    let handle = tokio::runtime::Handle::current();
+    let start = Instant::now() + Duration::from_millis(20);
+    let dispatcher = std::thread::spawn(move || {
+        for i in 0..n {
+            let at = start + Duration::from_secs_f64(i as f64 / rate);
+            loop {
+                let now = Instant::now();
+                if now >= at {
+                    break;
+                }
+                let left = at - now;
+                if left > Duration::from_micros(300) {
+                    std::thread::sleep(left - Duration::from_micros(200));
+                } else {
+                    std::hint::spin_loop();
+                }
+            }
+            let (idle, shared, in_flight, done_tx) = (idle.clone(), shared.clone(), in_flight.clone(), done_tx.clone());
+            handle.spawn(async move {
+                let _slot = in_flight.acquire_owned().await.unwrap();
+                let (target, w) = &*shared;
+                let reused = idle.lock().unwrap().pop();
+                let sender = match reused {
+                    Some(s) => Some(s),
+                    None => try_connect(target.addr).await,
+                };
+                let ok = match sender {
+                    Some(mut sender) => {
+                        let e = exchange(&mut sender, request(target, w, None), false).await;
+                        if e.ok {
+                            idle.lock().unwrap().push(sender);
+                        }
+                        e.ok
+                    }
+                    None => false,
+                };
+                let _ = done_tx.send((at.elapsed(), ok));
+            });
+        }
+    });
     let mut lat = Vec::with_capacity(n);
     let mut errors = 0;
-    for t in tasks {
-        let (d, ok) = t.await.unwrap();
+    for _ in 0..n {
+        let (d, ok) = done_rx.recv().await.unwrap();
         lat.push(us(d));
         errors += (!ok) as u64;
     }
+    let _ = dispatcher.join();
     lat.sort_by(f64::total_cmp);
     (pct(&lat, 0.99), errors, n)
 }
@@ -603,15 +713,14 @@ async fn max_rate(sys: &System, w: &Workload, limit_us: f64, secs: f64, steps: u
 }
 
 /// Streaming at c=1: added TTFB and inter-event gaps, and whether the client got the mock's bytes.
-async fn stream(systems: &[&System], mock: SocketAddr, n: usize) -> BTreeMap<String, Value> {
+async fn stream(s: &System, mock: SocketAddr, n: usize) -> Value {
     let w = Workload {
         body: body_kib(4, true),
         delay_ms: 10,
     };
     let http = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build::<_, Full<Bytes>>(hyper_util::client::legacy::connect::HttpConnector::new());
-    let mut out = BTreeMap::new();
-    for s in systems {
+    {
         let mut sender = connect(s.addr).await;
         let (mut first, mut gaps, mut identical) = (Vec::new(), Vec::new(), 0);
         for i in 0..n {
@@ -623,26 +732,59 @@ async fn stream(systems: &[&System], mock: SocketAddr, n: usize) -> BTreeMap<Str
             }
             first.push(us(e.first));
             gaps.extend(e.gaps.iter().map(|g| us(*g)));
-            let log = http.get(format!("http://{mock}/__mock/requests").parse().unwrap()).await.unwrap();
+            let log = http
+                .get(format!("http://{mock}/__mock/requests").parse().unwrap())
+                .await
+                .unwrap();
             let log: Value = serde_json::from_slice(&log.into_body().collect().await.unwrap().to_bytes()).unwrap();
             let sent = log.as_array().and_then(|a| {
                 a.iter().rev().find(|r| {
-                    r["headers"].as_array().is_some_and(|h| h.iter().any(|kv| kv[0] == "x-bench-tag" && kv[1] == tag.as_str()))
+                    r["headers"]
+                        .as_array()
+                        .is_some_and(|h| h.iter().any(|kv| kv[0] == "x-bench-tag" && kv[1] == tag.as_str()))
                 })
             });
             let mock_sha = sent.and_then(|r| r["response_sha256"].as_str()).unwrap_or("");
             identical += (mock_sha == e.sha256) as usize;
             // The mock keeps every request; clear it so the lookup stays small.
             let _ = http
-                .request(Request::post(format!("http://{mock}/__mock/reset")).body(Full::new(Bytes::new())).unwrap())
+                .request(
+                    Request::post(format!("http://{mock}/__mock/reset"))
+                        .body(Full::new(Bytes::new()))
+                        .unwrap(),
+                )
                 .await;
         }
-        out.insert(
-            s.name.clone(),
-            json!({"ttfb_us": quantiles(first), "gap_us": quantiles(gaps), "byte_identical": format!("{identical}/{n}")}),
-        );
+        json!({"ttfb_us": quantiles(first), "gap_us": quantiles(gaps), "byte_identical": format!("{identical}/{n}")})
     }
-    out
+}
+
+fn is_peer(s: &System) -> bool {
+    !["direct", "nginx", "conduit"].contains(&s.name.as_str())
+}
+
+/// Peers stopped (SIGSTOP) while another system is measured: an idle Python or Node gateway still
+/// takes CPU on the core the measured system runs on. Resumed on drop.
+struct Paused(Vec<u32>);
+
+fn pause_peers(systems: &[&System], except: Option<&str>) -> Paused {
+    let pids: Vec<u32> = systems
+        .iter()
+        .filter(|s| is_peer(s) && Some(s.name.as_str()) != except)
+        .filter_map(|s| s.pid)
+        .collect();
+    for pid in &pids {
+        let _ = Command::new("kill").args(["-STOP", &pid.to_string()]).status();
+    }
+    Paused(pids)
+}
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        for pid in &self.0 {
+            let _ = Command::new("kill").args(["-CONT", &pid.to_string()]).status();
+        }
+    }
 }
 
 fn rss_kib(pid: u32) -> Option<u64> {
@@ -667,7 +809,8 @@ async fn memory(sys: &System, n: usize) -> Value {
     for _ in 0..n {
         let tx = tx.clone();
         let mut req = request(sys, &w, None);
-        req.headers_mut().insert("x-mock-mode", http::HeaderValue::from_static("stall"));
+        req.headers_mut()
+            .insert("x-mock-mode", http::HeaderValue::from_static("stall"));
         let addr = sys.addr;
         held.push(tokio::spawn(async move {
             let mut sender = connect(addr).await;
@@ -709,8 +852,12 @@ async fn soak(sys: &System, minutes: u64) -> Value {
         }
     }
     let n = samples.len() as f64;
-    let (mx, my) = (samples.iter().map(|s| s.0).sum::<f64>() / n, samples.iter().map(|s| s.1).sum::<f64>() / n);
-    let slope = samples.iter().map(|s| (s.0 - mx) * (s.1 - my)).sum::<f64>() / samples.iter().map(|s| (s.0 - mx).powi(2)).sum::<f64>().max(1e-9);
+    let (mx, my) = (
+        samples.iter().map(|s| s.0).sum::<f64>() / n,
+        samples.iter().map(|s| s.1).sum::<f64>() / n,
+    );
+    let slope = samples.iter().map(|s| (s.0 - mx) * (s.1 - my)).sum::<f64>()
+        / samples.iter().map(|s| (s.0 - mx).powi(2)).sum::<f64>().max(1e-9);
     json!({"minutes": minutes, "rss_mib": samples.iter().map(|s| s.1).collect::<Vec<_>>(), "slope_mib_per_hour": slope * 3600.0})
 }
 
@@ -726,8 +873,11 @@ fn body_kib(kib: usize, stream: bool) -> Bytes {
 }
 
 fn capture(name: &str, stream: bool) -> Bytes {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/captures").join(name);
-    let v: Value = serde_json::from_slice(&std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap();
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/captures")
+        .join(name);
+    let v: Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap();
     let mut b = v["body"].clone();
     b["stream"] = Value::Bool(stream);
     Bytes::from(serde_json::to_vec(&b).unwrap())
@@ -738,18 +888,39 @@ fn main() {
     let sizes = Sizes::of(args.smoke);
     // This process (load generator) on CPU 0; the systems under test on CPU 1.
     if std::env::var_os("SUITE_NO_PIN").is_none() {
-        let _ = Command::new("taskset").args(["-a", "-p", "-c", LOAD_CPU, &std::process::id().to_string()]).stdout(Stdio::null()).status();
+        let _ = Command::new("taskset")
+            .args(["-a", "-p", "-c", LOAD_CPU, &std::process::id().to_string()])
+            .stdout(Stdio::null())
+            .status();
     }
     let (mut mock, mock_addr) = start_mock();
-    let direct = system("direct", mock_addr, vec![("x-api-key".into(), "sk-ant-bench".into())], None, None);
+    let direct = system(
+        "direct",
+        mock_addr,
+        vec![("x-api-key".into(), "sk-ant-bench".into())],
+        None,
+        None,
+    );
     let conduit = start_conduit(mock_addr);
     let mut main_group = vec![direct, conduit];
     if let Some(n) = start_nginx(mock_addr) {
         main_group.insert(1, n);
     }
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
     let names: Vec<String> = main_group.iter().map(|s| s.name.clone()).collect();
-    eprintln!("systems: {}{}", names.join(", "), if args.smoke { " (smoke: tiny counts, figures meaningless)" } else { "" });
+    eprintln!(
+        "systems: {}{}",
+        names.join(", "),
+        if args.smoke {
+            " (smoke: tiny counts, figures meaningless)"
+        } else {
+            ""
+        }
+    );
     let mut report = json!({
         "date": conduit::clock::format_rfc3339(conduit::clock::now_unix()),
         "smoke": args.smoke,
@@ -762,7 +933,8 @@ fn main() {
     // Each peer in a pass of its own, beside direct and Conduit, and alive only during it: an idle
     // Python or Node gateway still takes CPU, which would tax everyone else's figures.
     if !args.no_peers {
-        let starters: [(&str, fn(SocketAddr) -> Option<System>); 2] = [("litellm", start_litellm), ("portkey", start_portkey)];
+        let starters: [(&str, fn(SocketAddr) -> Option<System>); 2] =
+            [("litellm", start_litellm), ("portkey", start_portkey)];
         let mut peers = serde_json::Map::new();
         for (name, start) in starters {
             let Some(peer) = start(mock_addr) else {
@@ -814,22 +986,51 @@ async fn measure_refs(args: &Args, sizes: &Sizes, systems: &[&System], mock: Soc
         let cc_repeat = capture("claudecode_twoturn_003.json", true);
         let mut lat = serde_json::Map::new();
         for (label, w) in [
-            ("4k_json", Workload { body: body_kib(4, false), delay_ms: 0 }),
+            (
+                "4k_json",
+                Workload {
+                    body: body_kib(4, false),
+                    delay_ms: 0,
+                },
+            ),
             ("cc_76k_sse", Workload { body: cc, delay_ms: 0 }),
-            ("cc_repeat_sse", Workload { body: cc_repeat, delay_ms: 0 }),
+            (
+                "cc_repeat_sse",
+                Workload {
+                    body: cc_repeat,
+                    delay_ms: 0,
+                },
+            ),
         ] {
             eprintln!("latency: {label}");
-            let r = latency(systems, &w, sizes.latency_requests).await;
+            // Request by request alternation among the quiet systems (peers stopped), then each
+            // peer alternating with the direct path.
+            let quiet: Vec<&System> = systems.iter().copied().filter(|s| !is_peer(s)).collect();
+            let mut r = {
+                let _p = pause_peers(systems, None);
+                latency(&quiet, &w, sizes.latency_requests).await
+            };
+            for peer in systems.iter().filter(|s| is_peer(s)) {
+                let _p = pause_peers(systems, Some(&peer.name));
+                let mut pr = latency(&[systems[0], *peer], &w, sizes.latency_requests).await;
+                if let Some(v) = pr.remove(&peer.name) {
+                    r.insert(peer.name.clone(), v);
+                }
+            }
             lat.insert(label.into(), json!(r));
         }
         report["latency_us"] = Value::Object(lat);
     }
     if run("throughput") {
-        let w = Workload { body: body_kib(4, false), delay_ms: 0 };
+        let w = Workload {
+            body: body_kib(4, false),
+            delay_ms: 0,
+        };
         let mut t = serde_json::Map::new();
         for c in [16usize, 64] {
             let mut row = serde_json::Map::new();
             for s in systems {
+                let _p = pause_peers(systems, Some(&s.name));
                 eprintln!("throughput: c={c} {}", s.name);
                 row.insert(s.name.clone(), throughput(s, &w, c, sizes.throughput_secs).await);
             }
@@ -838,30 +1039,44 @@ async fn measure_refs(args: &Args, sizes: &Sizes, systems: &[&System], mock: Soc
         report["throughput"] = Value::Object(t);
     }
     if run("rate") {
-        let w = Workload { body: body_kib(4, false), delay_ms: 0 };
+        let w = Workload {
+            body: body_kib(4, false),
+            delay_ms: 0,
+        };
         let mut r = serde_json::Map::new();
         for (label, limit) in [("p99_under_1ms", 1_000.0), ("p99_under_10ms", 10_000.0)] {
             let mut row = serde_json::Map::new();
             for s in systems {
+                let _p = pause_peers(systems, Some(&s.name));
                 eprintln!("fixed rate: {label} {}", s.name);
-                row.insert(s.name.clone(), max_rate(s, &w, limit, sizes.rate_secs, sizes.rate_steps).await);
+                row.insert(
+                    s.name.clone(),
+                    max_rate(s, &w, limit, sizes.rate_secs, sizes.rate_steps).await,
+                );
             }
             r.insert(label.into(), Value::Object(row));
         }
         report["max_rate"] = Value::Object(r);
     }
     if run("stream") {
-        eprintln!("streaming");
-        report["stream"] = json!(stream(systems, mock, sizes.stream_requests).await);
+        let mut st = serde_json::Map::new();
+        for s in systems {
+            let _p = pause_peers(systems, Some(&s.name));
+            eprintln!("streaming: {}", s.name);
+            st.insert(s.name.clone(), stream(s, mock, sizes.stream_requests).await);
+        }
+        report["stream"] = Value::Object(st);
     }
     if run("memory") {
         let mut m = serde_json::Map::new();
         for s in systems.iter().filter(|s| s.pid.is_some()) {
+            let _p = pause_peers(systems, Some(&s.name));
             eprintln!("memory: {} streams through {}", sizes.streams, s.name);
             m.insert(s.name.clone(), memory(s, sizes.streams).await);
         }
         if args.soak_minutes > 0 {
             if let Some(c) = systems.iter().find(|s| s.name == "conduit") {
+                let _p = pause_peers(systems, None);
                 eprintln!("soak: {} minutes", args.soak_minutes);
                 m.insert("conduit_soak".into(), soak(c, args.soak_minutes).await);
             }
@@ -872,10 +1087,16 @@ async fn measure_refs(args: &Args, sizes: &Sizes, systems: &[&System], mock: Soc
 }
 
 fn machine() -> Value {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+    let cpu = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|c| {
+        c.lines()
+            .find(|l| l.starts_with("model name"))
+            .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+    });
+    let nginx = Command::new("nginx")
+        .arg("-v")
+        .output()
         .ok()
-        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()));
-    let nginx = Command::new("nginx").arg("-v").output().ok().map(|o| String::from_utf8_lossy(&o.stderr).trim().to_string());
+        .map(|o| String::from_utf8_lossy(&o.stderr).trim().to_string());
     json!({"cpu": cpu, "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), "nginx": nginx,
            "conduit": env!("CARGO_PKG_VERSION")})
 }
@@ -897,7 +1118,15 @@ fn ratio(a: Option<f64>, b: Option<f64>) -> String {
 
 /// The tables: the main pass (direct, nginx, Conduit), then each peer's own pass.
 fn print_table(r: &Value) {
-    println!("\nConduit benchmark suite — {}{}", r["date"].as_str().unwrap_or(""), if r["smoke"] == true { " (SMOKE: figures meaningless)" } else { "" });
+    println!(
+        "\nConduit benchmark suite — {}{}",
+        r["date"].as_str().unwrap_or(""),
+        if r["smoke"] == true {
+            " (SMOKE: figures meaningless)"
+        } else {
+            ""
+        }
+    );
     print_group(r);
     if let Some(peers) = r["peers"].as_object() {
         for (name, pass) in peers {
@@ -913,10 +1142,16 @@ fn print_table(r: &Value) {
 /// Absolute figures, added-over-direct, and Conduit's ratio to the others in the pass.
 fn print_group(r: &Value) {
     let systems: Vec<String> = serde_json::from_value(r["systems"].clone()).unwrap_or_default();
-    let peers: Vec<&String> = systems.iter().filter(|s| !["direct", "conduit"].contains(&s.as_str())).collect();
+    let peers: Vec<&String> = systems
+        .iter()
+        .filter(|s| !["direct", "conduit"].contains(&s.as_str()))
+        .collect();
     if let Some(lat) = r["latency_us"].as_object() {
         println!("\nAdded latency at c=1 (µs over direct; request start → last byte)");
-        println!("{:<16} {:<10} {:>9} {:>9} {:>9} {:>10} {:>10} {:>10}", "body", "system", "p50", "p99", "p99.9", "added p50", "added p99", "added 99.9");
+        println!(
+            "{:<16} {:<10} {:>9} {:>9} {:>9} {:>10} {:>10} {:>10}",
+            "body", "system", "p50", "p99", "p99.9", "added p50", "added p99", "added 99.9"
+        );
         for (label, row) in lat {
             let d = &row["direct"];
             for s in &systems {
@@ -928,7 +1163,11 @@ fn print_group(r: &Value) {
                 let added = |k: &str| x[k].as_f64().zip(d[k].as_f64()).map(|(a, b)| a - b);
                 println!(
                     "{:<16} {:<10} {:>9} {:>9} {:>9} {:>10} {:>10} {:>10}",
-                    label, s, f(&x["p50"]), f(&x["p99"]), f(&x["p999"]),
+                    label,
+                    s,
+                    f(&x["p50"]),
+                    f(&x["p99"]),
+                    f(&x["p999"]),
                     added("p50").map(|v| format!("{v:.1}")).unwrap_or("-".into()),
                     added("p99").map(|v| format!("{v:.1}")).unwrap_or("-".into()),
                     added("p999").map(|v| format!("{v:.1}")).unwrap_or("-".into()),
@@ -936,39 +1175,69 @@ fn print_group(r: &Value) {
             }
             let added = |s: &str, k: &str| row[s][k].as_f64().zip(d[k].as_f64()).map(|(a, b)| a - b);
             for p in &peers {
-                println!("{:<16} conduit added ÷ {p} added: p50 {}  p99 {}", label, ratio(added("conduit", "p50"), added(p, "p50")), ratio(added("conduit", "p99"), added(p, "p99")));
+                println!(
+                    "{:<16} conduit added ÷ {p} added: p50 {}  p99 {}",
+                    label,
+                    ratio(added("conduit", "p50"), added(p, "p50")),
+                    ratio(added("conduit", "p99"), added(p, "p99"))
+                );
             }
         }
     }
     if let Some(t) = r["throughput"].as_object() {
         println!("\nThroughput, closed loop, 4 KiB body (requests/s; p99 µs)");
         for (c, row) in t {
-            let line: Vec<String> = systems.iter().map(|s| format!("{s} {} ({})", f(&row[s]["rps"]), f(&row[s]["p99"]))).collect();
+            let line: Vec<String> = systems
+                .iter()
+                .map(|s| format!("{s} {} ({})", f(&row[s]["rps"]), f(&row[s]["p99"])))
+                .collect();
             println!("{c:<4} {}", line.join("   "));
             for p in peers.iter().chain(std::iter::once(&&"direct".to_string())) {
-                println!("     conduit ÷ {p}: {}", ratio(row["conduit"]["rps"].as_f64(), row[p.as_str()]["rps"].as_f64()));
+                println!(
+                    "     conduit ÷ {p}: {}",
+                    ratio(row["conduit"]["rps"].as_f64(), row[p.as_str()]["rps"].as_f64())
+                );
             }
         }
     }
     if let Some(m) = r["max_rate"].as_object() {
         println!("\nHighest fixed rate with p99 under the limit (requests/s, open loop)");
         for (label, row) in m {
-            let line: Vec<String> = systems.iter().map(|s| format!("{s} {}", f(&row[s]["max_rps"]))).collect();
+            let line: Vec<String> = systems
+                .iter()
+                .map(|s| format!("{s} {}", f(&row[s]["max_rps"])))
+                .collect();
             println!("{label:<16} {}", line.join("   "));
             for p in &peers {
-                println!("                 conduit ÷ {p}: {}", ratio(row["conduit"]["max_rps"].as_f64(), row[p.as_str()]["max_rps"].as_f64()));
+                println!(
+                    "                 conduit ÷ {p}: {}",
+                    ratio(row["conduit"]["max_rps"].as_f64(), row[p.as_str()]["max_rps"].as_f64())
+                );
             }
         }
     }
     if let Some(s) = r["stream"].as_object() {
-        println!("\nStreaming, c=1, events 10 ms apart (µs; byte-identical = SHA-256 of what the client got == what the mock sent)");
+        println!(
+            "\nStreaming, c=1, events 10 ms apart (µs; byte-identical = SHA-256 of what the client got == what the mock sent)"
+        );
         let d = &s["direct"];
         for name in &systems {
             let x = &s[name];
-            let added = |k: &str, q: &str| x[k][q].as_f64().zip(d[k][q].as_f64()).map(|(a, b)| format!("{:.1}", a - b)).unwrap_or("-".into());
+            let added = |k: &str, q: &str| {
+                x[k][q]
+                    .as_f64()
+                    .zip(d[k][q].as_f64())
+                    .map(|(a, b)| format!("{:.1}", a - b))
+                    .unwrap_or("-".into())
+            };
             println!(
                 "{:<10} TTFB p50 {:>8} (added {:>7})   gap p50 {:>8} (added {:>6}, p99 {:>6})   byte-identical {}",
-                name, f(&x["ttfb_us"]["p50"]), added("ttfb_us", "p50"), f(&x["gap_us"]["p50"]), added("gap_us", "p50"), added("gap_us", "p99"),
+                name,
+                f(&x["ttfb_us"]["p50"]),
+                added("ttfb_us", "p50"),
+                f(&x["gap_us"]["p50"]),
+                added("gap_us", "p50"),
+                added("gap_us", "p99"),
                 x["byte_identical"].as_str().unwrap_or("-")
             );
         }
@@ -977,9 +1246,19 @@ fn print_group(r: &Value) {
         println!("\nMemory (RSS)");
         for (name, x) in m {
             if name.ends_with("_soak") {
-                println!("{name:<14} slope {} MiB/hour over {} min", f(&x["slope_mib_per_hour"]), x["minutes"]);
+                println!(
+                    "{name:<14} slope {} MiB/hour over {} min",
+                    f(&x["slope_mib_per_hour"]),
+                    x["minutes"]
+                );
             } else {
-                println!("{name:<14} idle {} MiB, with {} open streams {} MiB ({} KiB per stream)", f(&x["idle_mib"]), x["open_streams"], f(&x["with_streams_mib"]), f(&x["per_stream_kib"]));
+                println!(
+                    "{name:<14} idle {} MiB, with {} open streams {} MiB ({} KiB per stream)",
+                    f(&x["idle_mib"]),
+                    x["open_streams"],
+                    f(&x["with_streams_mib"]),
+                    f(&x["per_stream_kib"])
+                );
             }
         }
     }

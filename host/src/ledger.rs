@@ -2,9 +2,13 @@
 //! requests, errors, estimated and unpriced requests, the four token classes, and cost in
 //! micro-dollars.
 //!
-//! The request path only sends a [`SpendEntry`] into a channel; a dedicated writer thread folds it
-//! into the store (sled work never runs on a request's task). [`Ledger::flush`] waits until everything
-//! sent before it is durable in the tree (tests, shutdown, reports from a running gateway).
+//! The request path only sends a [`SpendEntry`] into a channel; a dedicated writer thread folds
+//! entries in memory by day × key × model and writes each changed row once per
+//! [`FOLD_WINDOW`] (one sled update per row, not per request; sled work never runs on a request's
+//! task). The thread polls rather than blocking on the channel, so sending never wakes it.
+//! [`Ledger::flush`] waits until everything sent before it is in the tree (tests, shutdown, reports
+//! from a running gateway). Budgets are enforced from memory (`admission`), not from these rows, and
+//! every request is also in the audit log, so the fold window costs no enforcement.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -98,6 +102,19 @@ impl SpendRow {
         self.cost_micros += e.cost_micros.unwrap_or(0);
     }
 
+    /// Adds another row's counters; takes its identity fields if this row is empty.
+    pub fn merge_row(&mut self, o: &SpendRow) {
+        if self.requests == 0 {
+            self.day.clone_from(&o.day);
+            self.key_id.clone_from(&o.key_id);
+            self.owner.clone_from(&o.owner);
+            self.team.clone_from(&o.team);
+            self.provider.clone_from(&o.provider);
+            self.model.clone_from(&o.model);
+        }
+        self.merge(o);
+    }
+
     fn merge(&mut self, o: &SpendRow) {
         self.requests += o.requests;
         self.errors += o.errors;
@@ -110,6 +127,9 @@ impl SpendRow {
         self.cost_micros += o.cost_micros;
     }
 }
+
+/// How long entries are folded in memory before their rows are written.
+pub const FOLD_WINDOW: std::time::Duration = std::time::Duration::from_millis(100);
 
 enum Msg {
     Entry(Box<SpendEntry>),
@@ -135,16 +155,56 @@ impl Ledger {
         std::thread::Builder::new()
             .name("conduit-ledger".into())
             .spawn(move || {
-                for msg in rx {
-                    match msg {
-                        Msg::Entry(e) => {
-                            if let Err(err) = store.add_spend(&e) {
-                                // Loud: a lost ledger write is lost money attribution.
-                                tracing::error!(key_id = %e.key_id, model = %e.model, error = %err, "spend ledger write failed");
+                let mut pending: std::collections::HashMap<(String, String, String), SpendRow> = Default::default();
+                let write = |pending: &mut std::collections::HashMap<(String, String, String), SpendRow>| {
+                    for (_, row) in pending.drain() {
+                        if let Err(err) = store.add_spend(&row) {
+                            // Loud: a lost ledger write is lost money attribution.
+                            tracing::error!(key_id = %row.key_id, model = %row.model, requests = row.requests, error = %err, "spend ledger write failed");
+                        }
+                    }
+                };
+                loop {
+                    let mut flushes = Vec::new();
+                    let mut closed = false;
+                    loop {
+                        match rx.try_recv() {
+                            Ok(Msg::Entry(e)) => pending
+                                .entry((e.day.clone(), e.key_id.clone(), e.model.clone()))
+                                .or_default()
+                                .add(&e),
+                            Ok(Msg::Flush(done)) => flushes.push(done),
+                            Err(mpsc::TryRecvError::Empty) => break,
+                            Err(mpsc::TryRecvError::Disconnected) => {
+                                closed = true;
+                                break;
                             }
                         }
-                        Msg::Flush(done) => {
+                    }
+                    write(&mut pending);
+                    for done in flushes {
+                        let _ = done.send(());
+                    }
+                    if closed {
+                        return;
+                    }
+                    // Sleeping (not blocking on the channel) keeps senders from waking this thread.
+                    match rx.recv_timeout(FOLD_WINDOW) {
+                        Ok(Msg::Flush(done)) => {
+                            write(&mut pending);
                             let _ = done.send(());
+                        }
+                        Ok(Msg::Entry(e)) => {
+                            pending
+                                .entry((e.day.clone(), e.key_id.clone(), e.model.clone()))
+                                .or_default()
+                                .add(&e);
+                            std::thread::sleep(FOLD_WINDOW);
+                        }
+                        Err(mpsc::RecvTimeoutError::Timeout) => {}
+                        Err(mpsc::RecvTimeoutError::Disconnected) => {
+                            write(&mut pending);
+                            return;
                         }
                     }
                 }

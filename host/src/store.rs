@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::admission::{BudgetLimit, RateLimits};
 use crate::error::{Error, Result};
 use crate::keys::KeyHash;
-use crate::ledger::{SpendEntry, SpendRow};
+use crate::ledger::SpendRow;
 use crate::prices::PriceRow;
 use crate::seal::SealedCredential;
 
@@ -87,8 +87,8 @@ pub trait Store: Send + Sync + 'static {
     fn set_meta(&self, name: &str, value: &str) -> Result<()>;
     /// A cheap round trip proving the store answers (`/readyz`).
     fn ping(&self) -> Result<()>;
-    /// Folds a finished request into its day × key × model counters (atomically).
-    fn add_spend(&self, entry: &SpendEntry) -> Result<()>;
+    /// Adds a day × key × model delta (one or more requests, folded) to its counters (atomically).
+    fn add_spend(&self, delta: &SpendRow) -> Result<()>;
     /// Counter rows for UTC days `since..=until` (YYYY-MM-DD).
     fn spend(&self, since: &str, until: &str) -> Result<Vec<SpendRow>>;
     /// The organisation's price overrides.
@@ -324,7 +324,7 @@ impl Store for SledStore {
         Ok(())
     }
 
-    fn add_spend(&self, e: &SpendEntry) -> Result<()> {
+    fn add_spend(&self, e: &SpendRow) -> Result<()> {
         let key = format!("{}\0{}\0{}", e.day, e.key_id, e.model);
         let mut corrupt = None;
         self.spend.update_and_fetch(key.as_bytes(), |old| {
@@ -336,7 +336,7 @@ impl Store for SledStore {
                 }
                 None => SpendRow::default(),
             };
-            row.add(e);
+            row.merge_row(e);
             serde_json::to_vec(&row).ok()
         })?;
         match corrupt {

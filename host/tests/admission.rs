@@ -333,7 +333,7 @@ impl Store for Breakable {
         self.check()?;
         self.inner.ping()
     }
-    fn add_spend(&self, e: &conduit::ledger::SpendEntry) -> Result<()> {
+    fn add_spend(&self, e: &conduit::ledger::SpendRow) -> Result<()> {
         self.inner.add_spend(e)
     }
     fn spend(&self, since: &str, until: &str) -> Result<Vec<conduit::ledger::SpendRow>> {
