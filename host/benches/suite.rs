@@ -16,6 +16,9 @@
 //! - streaming: added time to first byte and added gap between SSE events, and a SHA-256 check that
 //!   the client received exactly the bytes the mock sent;
 //! - memory: the gateway's RSS idle and with 1,000 open streams, and the slope over a soak.
+//!
+//! Peers (LiteLLM, Portkey) are measured in passes of their own and are stopped (SIGSTOP) while any
+//! other system is measured: an idle Python or Node gateway still takes CPU on the shared core.
 //! Prints one table with ratios to direct, to nginx and to each peer, and writes JSON. Figures are
 //! read, never asserted.
 
@@ -501,6 +504,9 @@ fn quantiles(mut v: Vec<f64>) -> Value {
 // ---------------------------------------------------------------------------------------------
 // Measurements
 
+/// Starts a peer in front of the mock, if it is installed.
+type Starter = fn(SocketAddr) -> Option<System>;
+
 /// One JSON and one streamed request must succeed (peers get a few seconds to finish starting).
 async fn probe(sys: &System) -> Result<(), String> {
     let mut last = String::new();
@@ -700,10 +706,8 @@ async fn max_rate(sys: &System, w: &Workload, limit_us: f64, secs: f64, steps: u
             None => rate * 2.0,
             Some(b) => (good + b) / 2.0,
         };
-        if let Some(b) = bad {
-            if tried.len() >= steps && (b - good) / b.max(1.0) < 0.1 {
-                break;
-            }
+        if bad.is_some_and(|b| tried.len() >= steps && (b - good) / b.max(1.0) < 0.1) {
+            break;
         }
         if tried.len() >= steps + 6 || rate > 200_000.0 {
             break;
@@ -933,8 +937,7 @@ fn main() {
     // Each peer in a pass of its own, beside direct and Conduit, and alive only during it: an idle
     // Python or Node gateway still takes CPU, which would tax everyone else's figures.
     if !args.no_peers {
-        let starters: [(&str, fn(SocketAddr) -> Option<System>); 2] =
-            [("litellm", start_litellm), ("portkey", start_portkey)];
+        let starters: [(&str, Starter); 2] = [("litellm", start_litellm), ("portkey", start_portkey)];
         let mut peers = serde_json::Map::new();
         for (name, start) in starters {
             let Some(peer) = start(mock_addr) else {
@@ -1074,12 +1077,14 @@ async fn measure_refs(args: &Args, sizes: &Sizes, systems: &[&System], mock: Soc
             eprintln!("memory: {} streams through {}", sizes.streams, s.name);
             m.insert(s.name.clone(), memory(s, sizes.streams).await);
         }
-        if args.soak_minutes > 0 {
-            if let Some(c) = systems.iter().find(|s| s.name == "conduit") {
-                let _p = pause_peers(systems, None);
-                eprintln!("soak: {} minutes", args.soak_minutes);
-                m.insert("conduit_soak".into(), soak(c, args.soak_minutes).await);
-            }
+        if let Some(c) = systems
+            .iter()
+            .find(|s| s.name == "conduit")
+            .filter(|_| args.soak_minutes > 0)
+        {
+            let _p = pause_peers(systems, None);
+            eprintln!("soak: {} minutes", args.soak_minutes);
+            m.insert("conduit_soak".into(), soak(c, args.soak_minutes).await);
         }
         report["memory"] = Value::Object(m);
     }
