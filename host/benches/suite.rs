@@ -1102,7 +1102,7 @@ fn machine() -> Value {
         .output()
         .ok()
         .map(|o| String::from_utf8_lossy(&o.stderr).trim().to_string());
-    json!({"cpu": cpu, "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), "nginx": nginx,
+    json!({"cpu": cpu, "cpus": std::fs::read_to_string("/proc/cpuinfo").map(|c| c.lines().filter(|l| l.starts_with("processor")).count()).unwrap_or(0), "nginx": nginx,
            "conduit": env!("CARGO_PKG_VERSION")})
 }
 
@@ -1180,11 +1180,17 @@ fn print_group(r: &Value) {
             }
             let added = |s: &str, k: &str| row[s][k].as_f64().zip(d[k].as_f64()).map(|(a, b)| a - b);
             for p in &peers {
+                // Against nginx: how much more Conduit adds; against a peer: how many times less.
+                let (x, y) = if p.as_str() == "nginx" {
+                    ("conduit", p.as_str())
+                } else {
+                    (p.as_str(), "conduit")
+                };
                 println!(
-                    "{:<16} conduit added ÷ {p} added: p50 {}  p99 {}",
+                    "{:<16} {x} added ÷ {y} added: p50 {}  p99 {}",
                     label,
-                    ratio(added("conduit", "p50"), added(p, "p50")),
-                    ratio(added("conduit", "p99"), added(p, "p99"))
+                    ratio(added(x, "p50"), added(y, "p50")),
+                    ratio(added(x, "p99"), added(y, "p99"))
                 );
             }
         }
