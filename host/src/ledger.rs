@@ -157,11 +157,18 @@ impl Ledger {
             .spawn(move || {
                 let mut pending: std::collections::HashMap<(String, String, String), SpendRow> = Default::default();
                 let write = |pending: &mut std::collections::HashMap<(String, String, String), SpendRow>| {
+                    if pending.is_empty() {
+                        return;
+                    }
                     for (_, row) in pending.drain() {
                         if let Err(err) = store.add_spend(&row) {
                             // Loud: a lost ledger write is lost money attribution.
                             tracing::error!(key_id = %row.key_id, model = %row.model, requests = row.requests, error = %err, "spend ledger write failed");
                         }
+                    }
+                    // One fsync per batch: what a flush returned for survives a crash or an exit.
+                    if let Err(err) = store.sync_spend() {
+                        tracing::error!(error = %err, "spend ledger sync failed");
                     }
                 };
                 loop {

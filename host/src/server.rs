@@ -42,6 +42,14 @@ impl Running {
         for t in self.tasks {
             let _ = tokio::time::timeout(grace + Duration::from_secs(1), t).await;
         }
+        // What the writer threads still hold (folded spend, queued audit records) reaches disk
+        // before the process exits.
+        let gw = self.gateway.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            gw.ledger.flush();
+            gw.audit.sync();
+        })
+        .await;
     }
 }
 

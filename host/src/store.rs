@@ -89,6 +89,10 @@ pub trait Store: Send + Sync + 'static {
     fn ping(&self) -> Result<()>;
     /// Adds a day × key × model delta (one or more requests, folded) to its counters (atomically).
     fn add_spend(&self, delta: &SpendRow) -> Result<()>;
+    /// Makes the spend rows written so far durable (the ledger calls it after each batch).
+    fn sync_spend(&self) -> Result<()> {
+        Ok(())
+    }
     /// Counter rows for UTC days `since..=until` (YYYY-MM-DD).
     fn spend(&self, since: &str, until: &str) -> Result<Vec<SpendRow>>;
     /// The organisation's price overrides.
@@ -343,6 +347,11 @@ impl Store for SledStore {
             Some(err) => Err(Error::msg(format!("corrupt spend row {key:?} was reset: {err}"))),
             None => Ok(()),
         }
+    }
+
+    fn sync_spend(&self) -> Result<()> {
+        self.spend.flush()?;
+        Ok(())
     }
 
     fn spend(&self, since: &str, until: &str) -> Result<Vec<SpendRow>> {

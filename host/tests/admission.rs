@@ -333,6 +333,9 @@ impl Store for Breakable {
         self.check()?;
         self.inner.ping()
     }
+    fn sync_spend(&self) -> Result<()> {
+        self.inner.sync_spend()
+    }
     fn add_spend(&self, e: &conduit::ledger::SpendRow) -> Result<()> {
         self.inner.add_spend(e)
     }

@@ -218,6 +218,24 @@ async fn operator_workflow_offline_and_through_the_admin_api() {
     let gw = env.serve();
     assert_eq!(post_messages(&gateway, &alice_key).await, 200);
     terminate(gw);
+    // Everything the stopped gateways saw is on disk: the folded spend rows and the queued audit
+    // records were written at shutdown, and they agree.
+    let spend: serde_json::Value =
+        serde_json::from_str(&env.ok(&["spend", "--by", "key", "--format", "json"])).unwrap();
+    let spent: u64 = spend["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["requests"].as_u64().unwrap())
+        .sum();
+    let audit = env.ok(&["audit", "export", "--format", "jsonl"]);
+    let attributed = audit.lines().filter(|l| l.contains("\"key_id\":\"key_")).count() as u64;
+    assert!(
+        spent > 3 && spent == attributed,
+        "ledger {spent} requests, audit {attributed}: {audit}"
+    );
+    assert!(env.ok(&["audit", "verify"]).contains("audit chain intact"));
+
     // … and a wrong master key is refused at start-up, by id, not with garbage.
     let (_, wrong) = conduit::seal::MasterKey::generate().unwrap();
     let mut start = env.command(&["serve"]);
