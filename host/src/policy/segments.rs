@@ -126,15 +126,21 @@ fn walk(value: &Value, path: &mut String, out: &mut Vec<Segment>) {
     }
 }
 
+/// Appends an object key to a JSON path. Paths are recorded (findings, audit, block messages),
+/// and keys are client data — a tool's input may have any key — so only keys that look like field
+/// names are written; anything else (long, odd characters, digit-rich like a token) becomes `[*]`.
 fn push_key(path: &mut String, key: &str) {
-    let plain = !key.is_empty() && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-    if plain {
+    let field_like = !key.is_empty()
+        && key.len() <= 32
+        && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        && key.bytes().filter(u8::is_ascii_digit).count() <= 2;
+    if field_like {
         if !path.is_empty() {
             path.push('.');
         }
         path.push_str(key);
     } else {
-        let _ = write!(path, "[{}]", serde_json::Value::String(key.to_string()));
+        path.push_str("[*]");
     }
 }
 
@@ -188,7 +194,12 @@ mod tests {
             ]
         );
         let other = r#"{"query":{"odd key":"c"},"n":1}"#;
-        assert_eq!(paths(other), [("query[\"odd key\"]".into(), "c".into())]);
+        assert_eq!(paths(other), [("query[*]".into(), "c".into())]);
+        // A key that could be a token never reaches a recorded path.
+        let keyed = r#"{"messages":[{"role":"user","content":[{"type":"tool_use","id":"t","name":"n","input":{"ghp_R8xk2LmQ9vTz4WcY7nB3pJ6hF1sD5gA0eK2u":"v","file_path":"w"}}]}]}"#;
+        let p: Vec<String> = paths(keyed).into_iter().map(|(p, _)| p).collect();
+        assert!(p.iter().all(|p| !p.contains("ghp_")), "{p:?}");
+        assert!(p.iter().any(|p| p.ends_with("input.file_path")), "{p:?}");
         assert!(extract(b"not json").is_empty());
     }
 }

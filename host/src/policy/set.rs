@@ -436,7 +436,7 @@ impl Policies {
                                 policy: pi,
                                 severity: severity_name(f.severity),
                                 category: f.category,
-                                rule_id: f.rule_id,
+                                rule_id: recordable_rule(f.rule_id),
                                 start: f.start,
                                 end: f.end,
                             }),
@@ -498,7 +498,7 @@ impl Policies {
             findings.push(ReportedFinding {
                 policy: set.policies[pi].name.clone(),
                 category: f.category,
-                rule_id: f.rule_id,
+                rule_id: recordable_rule(f.rule_id),
                 segment: None,
                 location: "request".into(),
                 start: 0,
@@ -553,6 +553,14 @@ impl Policies {
     pub fn clear_cache(&self) {
         self.cache.clear();
     }
+}
+
+/// A policy's rule id as the host records it (store, audit, logs, block message): anything not
+/// shaped like an id is replaced, so a policy cannot put the text it matched into a record.
+fn recordable_rule(id: String) -> String {
+    let id_like =
+        !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b));
+    if id_like { id } else { "(invalid rule id)".into() }
 }
 
 fn valid_category(c: &str) -> bool {
