@@ -7,7 +7,6 @@ use std::io::Write;
 use clap::Subcommand;
 use http::Method;
 
-use crate::admin_client::AdminClient;
 use crate::audit::{self, chain, export, rot};
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -44,23 +43,10 @@ pub enum AuditCommand {
     },
 }
 
-/// Query-string value encoding.
-fn enc(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
-}
-
 fn query(pairs: &[(&str, Option<&str>)]) -> String {
     let q: Vec<String> = pairs
         .iter()
-        .filter_map(|(k, v)| v.map(|v| format!("{k}={}", enc(v))))
+        .filter_map(|(k, v)| v.map(|v| format!("{k}={}", crate::cli_policy::url_segment(v))))
         .collect();
     if q.is_empty() {
         String::new()
@@ -69,17 +55,9 @@ fn query(pairs: &[(&str, Option<&str>)]) -> String {
     }
 }
 
-async fn remote(config: &Config) -> Result<Option<AdminClient>> {
-    if AdminClient::is_listening(config.admin_listen).await {
-        let token = crate::gateway::resolve_admin_token(config, false)?;
-        return Ok(Some(AdminClient::new(config.admin_listen, token)));
-    }
-    Ok(None)
-}
-
 /// Runs `conduit audit …`.
 pub async fn audit(config: Config, cmd: AuditCommand) -> Result<()> {
-    let client = remote(&config).await?;
+    let client = crate::cli_policy::remote(&config).await?;
     let dir = config.audit.dir.clone();
     match cmd {
         AuditCommand::Verify { json } => {
@@ -160,7 +138,7 @@ pub async fn audit(config: Config, cmd: AuditCommand) -> Result<()> {
 /// Runs `conduit rot`.
 pub async fn rot(config: Config, by: &str, since: Option<&str>, until: Option<&str>, format: &str) -> Result<()> {
     let by = rot::By::parse(by)?;
-    let report: serde_json::Value = match remote(&config).await? {
+    let report: serde_json::Value = match crate::cli_policy::remote(&config).await? {
         Some(c) => {
             let by_s = serde_json::to_value(by)?.as_str().unwrap_or("model").to_string();
             let path = format!(
@@ -246,7 +224,7 @@ pub async fn sessions(
     limit: usize,
     format: &str,
 ) -> Result<()> {
-    let report: serde_json::Value = match remote(&config).await? {
+    let report: serde_json::Value = match crate::cli_policy::remote(&config).await? {
         Some(c) => {
             let l = limit.to_string();
             let path = format!(

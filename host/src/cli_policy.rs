@@ -411,7 +411,8 @@ fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(s)
 }
 
-async fn remote(config: &Config) -> Result<Option<AdminClient>> {
+/// The running gateway's admin API, if one answers on the configured address.
+pub(crate) async fn remote(config: &Config) -> Result<Option<AdminClient>> {
     if AdminClient::is_listening(config.admin_listen).await {
         let token = crate::gateway::resolve_admin_token(config, false)?;
         return Ok(Some(AdminClient::new(config.admin_listen, token)));
@@ -430,7 +431,7 @@ fn open_store(config: &Config) -> Result<std::sync::Arc<dyn Store>> {
 }
 
 /// Percent-encodes a path segment; `*` (in `secret.*`) is a valid path character and stays.
-fn url_segment(s: &str) -> String {
+pub(crate) fn url_segment(s: &str) -> String {
     s.bytes()
         .map(|b| {
             if b.is_ascii_alphanumeric() || b"-._~*".contains(&b) {

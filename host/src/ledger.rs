@@ -128,6 +128,16 @@ impl SpendRow {
     }
 }
 
+/// Rows being folded, by day × key × model.
+type Pending = std::collections::HashMap<(String, String, String), SpendRow>;
+
+fn fold(pending: &mut Pending, e: &SpendEntry) {
+    pending
+        .entry((e.day.clone(), e.key_id.clone(), e.model.clone()))
+        .or_default()
+        .add(e);
+}
+
 /// How long entries are folded in memory before their rows are written.
 pub const FOLD_WINDOW: std::time::Duration = std::time::Duration::from_millis(100);
 
@@ -155,8 +165,8 @@ impl Ledger {
         std::thread::Builder::new()
             .name("conduit-ledger".into())
             .spawn(move || {
-                let mut pending: std::collections::HashMap<(String, String, String), SpendRow> = Default::default();
-                let write = |pending: &mut std::collections::HashMap<(String, String, String), SpendRow>| {
+                let mut pending: Pending = Default::default();
+                let write = |pending: &mut Pending| {
                     if pending.is_empty() {
                         return;
                     }
@@ -176,10 +186,7 @@ impl Ledger {
                     let mut closed = false;
                     loop {
                         match rx.try_recv() {
-                            Ok(Msg::Entry(e)) => pending
-                                .entry((e.day.clone(), e.key_id.clone(), e.model.clone()))
-                                .or_default()
-                                .add(&e),
+                            Ok(Msg::Entry(e)) => fold(&mut pending, &e),
                             Ok(Msg::Flush(done)) => flushes.push(done),
                             Err(mpsc::TryRecvError::Empty) => break,
                             Err(mpsc::TryRecvError::Disconnected) => {
@@ -202,10 +209,7 @@ impl Ledger {
                             let _ = done.send(());
                         }
                         Ok(Msg::Entry(e)) => {
-                            pending
-                                .entry((e.day.clone(), e.key_id.clone(), e.model.clone()))
-                                .or_default()
-                                .add(&e);
+                            fold(&mut pending, &e);
                             std::thread::sleep(FOLD_WINDOW);
                         }
                         Err(mpsc::RecvTimeoutError::Timeout) => {}

@@ -37,14 +37,8 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>, peer: SocketAddr) -> R
     match run(gw, req, &mut exchange).await {
         Ok(Handled::Streaming(response)) => response, // audit runs when the body ends
         Ok(Handled::Local(response)) => {
-            durable(audit::record(
-                &gw.audit,
-                &exchange,
-                response.status().as_u16(),
-                None,
-                None,
-            ))
-            .await;
+            let status = response.status().as_u16();
+            durable(audit::record(&gw.audit, exchange, status, None, None)).await;
             response
         }
         Err(err) => {
@@ -52,7 +46,7 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>, peer: SocketAddr) -> R
             let response = rescue::render(&err, exchange.protocol, &exchange.id);
             let status = response.status().as_u16();
             let settled = settle::settle(&gw.settlement(), &exchange, status, None, None, None);
-            durable(audit::record(&gw.audit, &exchange, status, Some(&err), settled)).await;
+            durable(audit::record(&gw.audit, exchange, status, Some(&err), settled)).await;
             response
         }
     }

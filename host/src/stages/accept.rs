@@ -51,8 +51,6 @@ pub struct Exchange {
     pub stream: bool,
     /// Request body bytes.
     pub bytes_in: u64,
-    /// Time until upstream response headers arrived.
-    pub upstream_ttfb_ms: Option<f64>,
     /// Start → the request left for the upstream (the gateway's own time), ms.
     pub overhead_ms: Option<f64>,
     /// Time in the policy stage, ms.
@@ -125,7 +123,6 @@ pub fn begin<B>(ids: &RequestIds, req: &Request<B>, peer: SocketAddr) -> Exchang
         model: None,
         stream: false,
         bytes_in: 0,
-        upstream_ttfb_ms: None,
         overhead_ms: None,
         policy_ms: None,
         findings: Vec::new(),

@@ -1,7 +1,9 @@
 //! **audit** — always runs, whatever happened: success, refusal, upstream failure, client abort.
 //! Reads: the [`Exchange`], the outcome and the settled figures. Records: one metadata-only
-//! [`AuditRecord`] into the hash-chained audit log (`crate::audit`, off the request path), and the
-//! same facts on the `conduit::audit` log target. Never a body, a prompt, a query string or a key.
+//! [`AuditRecord`] into the hash-chained audit log (`crate::audit`, off the request path); a short
+//! `debug` line on `conduit::audit` (the durable record is the log, so the request path does not
+//! format and write a line per request at the default level). Never a body, a prompt, a query
+//! string or a key.
 //! Returns: in strict durability, the acknowledgement the response's end must wait for.
 
 use crate::audit::{AuditLog, AuditRecord, Pending};
@@ -24,7 +26,7 @@ pub struct Delivery {
 /// Records a request that ended before or without a streamed upstream body.
 pub fn record(
     log: &AuditLog,
-    ex: &Exchange,
+    ex: Exchange,
     status: u16,
     error: Option<&GatewayError>,
     settled: Option<Settled>,
@@ -52,7 +54,7 @@ pub fn record(
 /// Records a request whose upstream body finished, failed or was abandoned.
 pub fn record_stream(
     log: &AuditLog,
-    ex: &Exchange,
+    ex: Exchange,
     status: u16,
     delivery: Delivery,
     end: &StreamEnd,
@@ -84,7 +86,7 @@ fn status_class(status: u16) -> Option<String> {
 
 fn emit(
     log: &AuditLog,
-    ex: &Exchange,
+    ex: Exchange,
     status: u16,
     outcome: &str,
     error_class: Option<String>,
@@ -94,7 +96,7 @@ fn emit(
     let duration_ms = ex.started.elapsed().as_secs_f64() * 1e3;
     let s = settled.unwrap_or_default();
     let cost_micros = settled.and_then(|s| s.cost_micros);
-    tracing::info!(
+    tracing::debug!(
         target: "conduit::audit",
         request_id = %ex.id,
         key_id = ex.key_id.as_deref().unwrap_or("-"),
@@ -118,19 +120,19 @@ fn emit(
     log.record(AuditRecord {
         seq: 0,
         prev: String::new(),
-        request_id: ex.id.clone(),
+        request_id: ex.id,
         start_ms: ex.started_ms,
         end_ms: ex.started_ms + duration_ms as i64,
-        key_id: ex.key_id.clone(),
-        owner: ex.owner.clone(),
-        team: ex.team.clone(),
+        key_id: ex.key_id,
+        owner: ex.owner,
+        team: ex.team,
         client: ex.client.to_string(),
         client_ip: ex.peer.ip().to_string(),
         provider: ex.protocol.map(|p| p.as_str().to_string()),
-        upstream: ex.upstream.clone(),
+        upstream: ex.upstream,
         method: ex.method.to_string(),
-        path: ex.path.clone(),
-        model: ex.model.clone(),
+        path: ex.path,
+        model: ex.model,
         status,
         outcome: outcome.to_string(),
         error_class,
@@ -147,9 +149,9 @@ fn emit(
         cache_write_tokens: s.usage.cache_write,
         cost_micros,
         estimated: s.estimated,
-        findings: ex.findings.clone(),
-        policy_set: ex.policy_set.clone(),
-        session: ex.session.clone(),
+        findings: ex.findings,
+        policy_set: ex.policy_set,
+        session: ex.session,
     })
 }
 

@@ -64,7 +64,6 @@ pub async fn send(
             )
             .with_cause(format!("{}: {}", route.upstream.base_url(), error_chain(&e)))
         })?;
-    exchange.upstream_ttfb_ms = Some(sent.elapsed().as_secs_f64() * 1e3);
 
     let (mut parts, incoming) = response.into_parts();
     let mut headers = HeaderMap::with_capacity(parts.headers.len() + 1);
@@ -95,7 +94,7 @@ pub async fn send(
                 .map(|t| t.saturating_duration_since(finished.started).as_secs_f64() * 1e3),
             stream_error: seen.stream_error,
         };
-        audit::record_stream(&log, &finished, status, delivery, &end, settled)
+        audit::record_stream(&log, finished, status, delivery, &end, settled)
     });
     let body = UpstreamBody::new(incoming, net.idle_timeout, tap, on_end, slot);
     Ok(Response::from_parts(parts, GatewayBody::Upstream { inner: body }))
