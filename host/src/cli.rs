@@ -240,14 +240,18 @@ pub enum BudgetsCommand {
 pub enum CredentialsCommand {
     /// Seal and store a provider credential (from an environment variable or stdin).
     Set {
-        /// anthropic or openai.
+        /// anthropic, openai, azure or bedrock.
         provider: String,
         /// Read the credential from this environment variable.
-        #[arg(long, conflicts_with = "stdin", required_unless_present = "stdin")]
+        #[arg(long, conflicts_with_all = ["stdin", "from_aws_env"], required_unless_present_any = ["stdin", "from_aws_env"])]
         from_env: Option<String>,
         /// Read the credential from standard input.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "from_aws_env")]
         stdin: bool,
+        /// bedrock: read the access key pair from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and
+        /// (optional) AWS_SESSION_TOKEN.
+        #[arg(long)]
+        from_aws_env: bool,
     },
     /// Show which credentials are set (metadata only).
     List {
@@ -511,14 +515,34 @@ async fn keys(control: Control, cmd: KeysCommand) -> Result<()> {
     Ok(())
 }
 
+/// `AKID:SECRET[:SESSION_TOKEN]` from the standard AWS variables (the bedrock credential format).
+fn aws_key_pair_from_env() -> Result<Zeroizing<String>> {
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+    let (Some(id), Some(secret)) = (var("AWS_ACCESS_KEY_ID"), var("AWS_SECRET_ACCESS_KEY")) else {
+        return Err(Error::msg(
+            "--from-aws-env needs AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY set (AWS_SESSION_TOKEN is optional)",
+        ));
+    };
+    let secret = Zeroizing::new(secret);
+    let mut pair = Zeroizing::new(format!("{}:{}", id.trim(), secret.trim()));
+    if let Some(token) = var("AWS_SESSION_TOKEN").map(Zeroizing::new) {
+        pair.push(':');
+        pair.push_str(token.trim());
+    }
+    Ok(pair)
+}
+
 async fn credentials(control: Control, cmd: CredentialsCommand) -> Result<()> {
     match cmd {
         CredentialsCommand::Set {
             provider,
             from_env,
             stdin,
+            from_aws_env,
         } => {
-            let secret = if stdin {
+            let secret = if from_aws_env {
+                aws_key_pair_from_env()?
+            } else if stdin {
                 let mut s = Zeroizing::new(String::new());
                 std::io::stdin().read_to_string(&mut s)?;
                 s

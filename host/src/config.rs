@@ -121,10 +121,27 @@ pub struct RawNetwork {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawUpstream {
-    /// Base URL; a path prefix is kept (env `UPSTREAM_ANTHROPIC_URL` / `UPSTREAM_OPENAI_URL`).
+    /// Base URL; a path prefix is kept (env `UPSTREAM_ANTHROPIC_URL` / `UPSTREAM_OPENAI_URL` /
+    /// `UPSTREAM_BEDROCK_URL`).
     pub url: Option<String>,
-    /// Header for the real credential: `x-api-key`, `bearer` or `api-key`.
+    /// Header for the real credential: `x-api-key`, `bearer`, `api-key` or `sigv4`.
     pub auth: Option<AuthStyle>,
+    /// `[upstream.openai]` only: `azure` for Azure OpenAI (also inferred from an
+    /// `*.openai.azure.com` / `*.cognitiveservices.azure.com` URL; env `CONDUIT_OPENAI_PROVIDER`).
+    pub provider: Option<String>,
+    /// Azure: `api-version` query parameter for the deployments form (env
+    /// `CONDUIT_AZURE_API_VERSION`; default `2024-10-21`).
+    pub api_version: Option<String>,
+    /// Azure: model name → deployment name, for clients that send OpenAI model names. A model
+    /// not listed is used as the deployment name.
+    #[serde(default)]
+    pub deployments: HashMap<String, String>,
+    /// Bedrock: AWS region (env `CONDUIT_BEDROCK_REGION`, else `AWS_REGION`; default `us-east-1`).
+    pub region: Option<String>,
+    /// Bedrock: control-plane base URL for `/inference-profiles` and `/foundation-models` (env
+    /// `UPSTREAM_BEDROCK_CONTROL_URL`; default `https://bedrock.<region>.amazonaws.com`, or the
+    /// runtime URL when that was set to a non-AWS host such as a proxy or a mock).
+    pub control_url: Option<String>,
 }
 
 /// `[tls]`
@@ -278,8 +295,15 @@ impl std::fmt::Debug for ProxySettings {
 /// A configured upstream.
 #[derive(Debug, Clone)]
 pub struct Upstream {
-    /// Family.
+    /// Family (what clients speak to it).
     pub protocol: Protocol,
+    /// Who answers: `anthropic`, `openai`, `azure` or `bedrock` — the provider prices, the ledger
+    /// and the sealed credential are keyed by.
+    pub provider: &'static str,
+    /// Azure OpenAI settings, when `provider` is `azure`.
+    pub azure: Option<Azure>,
+    /// Bedrock settings, when `protocol` is Bedrock.
+    pub bedrock: Option<Bedrock>,
     /// `https` or `http`.
     pub scheme: http::uri::Scheme,
     /// `host[:port]`.
@@ -297,13 +321,40 @@ impl Upstream {
     }
 }
 
+/// Azure OpenAI settings of the OpenAI upstream.
+#[derive(Debug, Clone)]
+pub struct Azure {
+    /// `api-version` for the deployments form.
+    pub api_version: String,
+    /// Model name → deployment name.
+    pub deployments: HashMap<String, String>,
+}
+
+impl Azure {
+    /// The deployment a model is served by.
+    pub fn deployment<'a>(&'a self, model: &'a str) -> &'a str {
+        self.deployments.get(model).map(String::as_str).unwrap_or(model)
+    }
+}
+
+/// Bedrock settings.
+#[derive(Debug, Clone)]
+pub struct Bedrock {
+    /// AWS region signed for.
+    pub region: String,
+    /// Control plane (`/inference-profiles`, `/foundation-models`): scheme, authority, prefix.
+    pub control: Box<Upstream>,
+}
+
 /// One upstream per family.
 #[derive(Debug, Clone)]
 pub struct Upstreams {
     /// Anthropic upstream.
     pub anthropic: Upstream,
-    /// OpenAI upstream.
+    /// OpenAI upstream (OpenAI, Azure OpenAI, or a proxy speaking OpenAI).
     pub openai: Upstream,
+    /// Bedrock runtime upstream.
+    pub bedrock: Upstream,
 }
 
 impl Upstreams {
@@ -312,6 +363,7 @@ impl Upstreams {
         match p {
             Protocol::Anthropic => &self.anthropic,
             Protocol::OpenAi => &self.openai,
+            Protocol::Bedrock => &self.bedrock,
         }
     }
 }
@@ -454,24 +506,7 @@ impl RawConfig {
             )));
         }
 
-        let mut upstream = self.upstream;
-        if let Some(name) = upstream.keys().find(|k| Protocol::parse(k).is_none()) {
-            return Err(Error::msg(format!(
-                "[upstream.{name}] is not a known provider; expected one of: anthropic, openai"
-            )));
-        }
-        let mut build = |p: Protocol| -> Result<Upstream> {
-            let raw = upstream.remove(p.as_str()).unwrap_or_default();
-            let url = env(p.upstream_env())
-                .filter(|v| !v.is_empty())
-                .or(raw.url)
-                .unwrap_or_else(|| p.default_upstream().into());
-            parse_upstream(p, &url, raw.auth.unwrap_or(p.default_auth_style()))
-        };
-        let upstreams = Upstreams {
-            anthropic: build(Protocol::Anthropic)?,
-            openai: build(Protocol::OpenAi)?,
-        };
+        let upstreams = build_upstreams(self.upstream, env)?;
 
         let tls = match (
             env("CONDUIT_TLS_CERT_FILE").filter(|v| !v.is_empty()),
@@ -596,6 +631,120 @@ fn secs(key: &str, v: Option<u64>, default: u64) -> Result<Duration> {
     }
 }
 
+/// The three upstreams from `[upstream.*]` and the environment.
+fn build_upstreams(mut raw: HashMap<String, RawUpstream>, env: &dyn Fn(&str) -> Option<String>) -> Result<Upstreams> {
+    let var = |name: &str| env(name).filter(|v| !v.trim().is_empty());
+    if let Some(name) = raw.keys().find(|k| Protocol::parse(k).is_none()) {
+        return Err(Error::msg(format!(
+            "[upstream.{name}] is not a known provider; expected one of: anthropic, openai, bedrock (Azure OpenAI is [upstream.openai] with an Azure URL)"
+        )));
+    }
+    let mut take = |p: Protocol| raw.remove(p.as_str()).unwrap_or_default();
+
+    let a = take(Protocol::Anthropic);
+    let url = var("UPSTREAM_ANTHROPIC_URL")
+        .or(a.url)
+        .unwrap_or_else(|| Protocol::Anthropic.default_upstream().into());
+    let anthropic = parse_upstream(Protocol::Anthropic, &url, a.auth.unwrap_or(AuthStyle::XApiKey))?;
+
+    let o = take(Protocol::OpenAi);
+    let url = var("UPSTREAM_OPENAI_URL")
+        .or(o.url)
+        .unwrap_or_else(|| Protocol::OpenAi.default_upstream().into());
+    let mut openai = parse_upstream(Protocol::OpenAi, &url, AuthStyle::Bearer)?;
+    let host = openai.authority.host().to_ascii_lowercase();
+    let provider = var("CONDUIT_OPENAI_PROVIDER")
+        .or(o.provider)
+        .map(|p| p.trim().to_ascii_lowercase());
+    let is_azure = match provider.as_deref() {
+        Some("azure") => true,
+        Some("openai") => false,
+        Some(other) => {
+            return Err(Error::msg(format!(
+                "[upstream.openai].provider (CONDUIT_OPENAI_PROVIDER) is {other:?}; expected \"openai\" or \"azure\""
+            )));
+        }
+        None => host.ends_with(".openai.azure.com") || host.ends_with(".cognitiveservices.azure.com"),
+    };
+    if is_azure {
+        let api_version = var("CONDUIT_AZURE_API_VERSION")
+            .or(o.api_version)
+            .unwrap_or_else(|| "2024-10-21".into());
+        if api_version.is_empty() || !api_version.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            return Err(Error::msg(format!(
+                "[upstream.openai].api_version (CONDUIT_AZURE_API_VERSION) is {api_version:?}; expected an Azure api-version such as \"2024-10-21\""
+            )));
+        }
+        for (model, deployment) in &o.deployments {
+            if deployment.is_empty()
+                || deployment.contains(['/', '?', '#', '%'])
+                || deployment.contains(char::is_whitespace)
+            {
+                return Err(Error::msg(format!(
+                    "[upstream.openai.deployments] {model:?} = {deployment:?} is not a deployment name; expected letters, digits, '-', '_' or '.'"
+                )));
+            }
+        }
+        openai.provider = "azure";
+        openai.auth = o.auth.unwrap_or(AuthStyle::ApiKey);
+        openai.azure = Some(Azure {
+            api_version,
+            deployments: o.deployments,
+        });
+    } else {
+        if !o.deployments.is_empty() || o.api_version.is_some() {
+            return Err(Error::msg(
+                "[upstream.openai] sets deployments or api_version, which only apply to Azure OpenAI; set provider = \"azure\" (or use the resource's *.openai.azure.com URL)",
+            ));
+        }
+        openai.auth = o.auth.unwrap_or(AuthStyle::Bearer);
+    }
+
+    let b = take(Protocol::Bedrock);
+    let region = var("CONDUIT_BEDROCK_REGION")
+        .or(b.region)
+        .or_else(|| var("AWS_REGION"))
+        .unwrap_or_else(|| "us-east-1".into());
+    if region.is_empty()
+        || !region
+            .bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+    {
+        return Err(Error::msg(format!(
+            "[upstream.bedrock].region (CONDUIT_BEDROCK_REGION / AWS_REGION) is {region:?}; expected an AWS region such as \"us-east-1\""
+        )));
+    }
+    let runtime_url = var("UPSTREAM_BEDROCK_URL").or(b.url);
+    let control_url = var("UPSTREAM_BEDROCK_CONTROL_URL")
+        .or(b.control_url)
+        .unwrap_or_else(|| match &runtime_url {
+            // A private endpoint, proxy or mock stands in for both planes unless told otherwise.
+            Some(u) if !u.contains(".amazonaws.com") => u.clone(),
+            _ => format!("https://bedrock.{region}.amazonaws.com"),
+        });
+    let runtime_url = runtime_url.unwrap_or_else(|| format!("https://bedrock-runtime.{region}.amazonaws.com"));
+    let auth = b.auth.unwrap_or(AuthStyle::Sigv4);
+    if auth != AuthStyle::Sigv4 && auth != AuthStyle::Bearer {
+        return Err(Error::msg(
+            "[upstream.bedrock].auth must be \"sigv4\" (the sealed credential decides: an access key pair signs, a Bedrock API key is sent as a bearer token)",
+        ));
+    }
+    let mut control = parse_upstream(Protocol::Bedrock, &control_url, auth)
+        .map_err(|e| e.context("UPSTREAM_BEDROCK_CONTROL_URL / [upstream.bedrock].control_url"))?;
+    control.provider = "bedrock";
+    let mut bedrock = parse_upstream(Protocol::Bedrock, &runtime_url, auth)?;
+    bedrock.provider = "bedrock";
+    bedrock.bedrock = Some(Bedrock {
+        region,
+        control: Box::new(control),
+    });
+    Ok(Upstreams {
+        anthropic,
+        openai,
+        bedrock,
+    })
+}
+
 /// Parses an upstream base URL: `http(s)://host[:port][/prefix]`, no query or fragment.
 pub fn parse_upstream(p: Protocol, url: &str, auth: AuthStyle) -> Result<Upstream> {
     let bad = |why: &str| {
@@ -626,6 +775,9 @@ pub fn parse_upstream(p: Protocol, url: &str, auth: AuthStyle) -> Result<Upstrea
     let path_prefix = uri.path().trim_end_matches('/').to_string();
     Ok(Upstream {
         protocol: p,
+        provider: p.as_str(),
+        azure: None,
+        bedrock: None,
         scheme,
         authority,
         path_prefix,

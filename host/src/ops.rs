@@ -6,7 +6,6 @@ use zeroize::Zeroizing;
 
 use crate::error::{Error, Result};
 use crate::keys;
-use crate::protocol::Protocol;
 use crate::seal::{MasterKey, SealedCredential};
 use crate::store::{KeyRecord, Store};
 
@@ -138,34 +137,33 @@ pub fn set_credential(
     provider: &str,
     secret: Zeroizing<String>,
 ) -> Result<CredentialInfo> {
-    let protocol = Protocol::parse(provider).ok_or_else(|| {
-        Error::msg(format!(
-            "unknown provider {provider:?}; expected one of: anthropic, openai"
-        ))
-    })?;
+    let provider = crate::protocol::CREDENTIAL_PROVIDERS
+        .iter()
+        .copied()
+        .find(|p| p.eq_ignore_ascii_case(provider))
+        .ok_or_else(|| {
+            Error::msg(format!(
+                "unknown provider {provider:?}; expected one of: {}",
+                crate::protocol::CREDENTIAL_PROVIDERS.join(", ")
+            ))
+        })?;
     let secret = Zeroizing::new(secret.trim().to_string());
     if secret.is_empty() {
         return Err(Error::msg(format!(
-            "the {protocol} credential is empty; nothing was stored"
+            "the {provider} credential is empty; nothing was stored"
         )));
     }
     if secret.bytes().any(|b| b.is_ascii_control()) {
         return Err(Error::msg(format!(
-            "the {protocol} credential contains control characters and could not be sent in a header; nothing was stored"
+            "the {provider} credential contains control characters and could not be sent in a header; nothing was stored"
         )));
     }
+    if provider == "bedrock" {
+        crate::sigv4::AwsCredential::parse(&secret).map_err(Error::msg)?;
+    }
     let id = "default";
-    let version = store
-        .credential(protocol.as_str(), id)?
-        .map(|c| c.version + 1)
-        .unwrap_or(1);
-    let sealed = master.seal(
-        protocol.as_str(),
-        id,
-        version,
-        secret.as_bytes(),
-        crate::clock::now_unix(),
-    )?;
+    let version = store.credential(provider, id)?.map(|c| c.version + 1).unwrap_or(1);
+    let sealed = master.seal(provider, id, version, secret.as_bytes(), crate::clock::now_unix())?;
     store.put_credential(&sealed)?;
     Ok(CredentialInfo::from(&sealed))
 }

@@ -67,11 +67,12 @@ enum Handled {
 }
 
 async fn run(gw: &Gateway, req: Request<Incoming>, ex: &mut accept::Exchange) -> Result<Handled, GatewayError> {
-    let route = match route::resolve(&gw.config.upstreams, req.method(), req.uri(), req.headers())? {
+    let mut route = match route::resolve(&gw.config.upstreams, req.method(), req.uri(), req.headers())? {
         Routed::Local => return Ok(Handled::Local(probe_response(req.method(), &ex.id))),
         Routed::Upstream(route) => route,
     };
     ex.protocol = Some(route.protocol);
+    ex.provider = Some(route.upstream.provider);
     ex.upstream = Some(upstream_host(&route.upstream.authority));
     // The head checks of `accept` run once the family is known, so refusals come in its shape.
     accept::check_declared_length(&req, &gw.config.limits)?;
@@ -83,7 +84,13 @@ async fn run(gw: &Gateway, req: Request<Incoming>, ex: &mut accept::Exchange) ->
     ex.team = principal.team.clone();
 
     let (parts, body) = req.into_parts();
-    let inspected = inspect::read(body, &parts.headers, route.endpoint, &gw.config.limits).await?;
+    let mut inspected = inspect::read(body, &parts.headers, route.endpoint, &gw.config.limits).await?;
+    route::finalize(&mut route, &inspected.facts)?;
+    if inspected.facts.model.is_none() {
+        // Bedrock and Azure-native clients name the model (deployment) in the path.
+        inspected.facts.model = route.path_model.take();
+    }
+    inspected.facts.stream |= route.endpoint.streams();
     ex.bytes_in = inspected.body.len() as u64;
     ex.model = inspected.facts.model.clone();
     ex.stream = inspected.facts.stream;
@@ -92,7 +99,7 @@ async fn run(gw: &Gateway, req: Request<Incoming>, ex: &mut accept::Exchange) ->
 
     let admitted = admit::admit(gw, ex, &principal, &inspected.facts)?;
 
-    let auth = credential::for_upstream(gw, route.protocol, route.upstream.auth)?;
+    let auth = credential::for_upstream(gw, route.upstream)?;
 
     let response = forward::send(gw, &route, parts, inspected.body, auth, ex, admitted).await?;
     Ok(Handled::Streaming(response))

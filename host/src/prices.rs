@@ -51,18 +51,23 @@ fn shipped() -> String {
 }
 
 impl PriceRow {
+    /// `model` patterns: an exact id, `prefix*`, or `*infix*` (Bedrock ids carry a region prefix:
+    /// `*anthropic.claude-sonnet-4-5*` matches `us.anthropic.claude-sonnet-4-5-…` and `eu.…`).
     fn matches(&self, provider: &str, model: &str) -> bool {
         self.provider == provider
             && match self.model.strip_suffix('*') {
-                Some(prefix) => model.starts_with(prefix),
+                Some(p) => match p.strip_prefix('*') {
+                    Some(infix) => model.contains(infix),
+                    None => model.starts_with(p),
+                },
                 None => model == self.model,
             }
     }
 
-    /// Exact ids beat globs; longer globs beat shorter ones.
+    /// Exact ids beat globs; longer literal parts beat shorter ones.
     fn specificity(&self) -> usize {
         match self.model.strip_suffix('*') {
-            Some(prefix) => prefix.len(),
+            Some(p) => p.trim_start_matches('*').len(),
             None => usize::MAX,
         }
     }
@@ -104,12 +109,23 @@ impl PriceTable {
         self
     }
 
-    /// The most specific row for `model` of `provider`.
+    /// The most specific row for `model` of `provider`. A provider reselling another's models
+    /// falls back to the original's list price when it has no row of its own: Azure OpenAI to
+    /// OpenAI's (Global deployments bill at list price), Bedrock to Anthropic's for the model its
+    /// id names (`us.anthropic.claude-sonnet-4-20250514-v1:0` → `claude-sonnet-4-20250514`).
     pub fn lookup(&self, provider: &str, model: &str) -> Option<&PriceRow> {
         let model = model.trim().to_ascii_lowercase();
+        self.best(provider, &model).or_else(|| match provider {
+            "azure" => self.best("openai", &model),
+            "bedrock" => self.best("anthropic", &bedrock_to_anthropic(&model)),
+            _ => None,
+        })
+    }
+
+    fn best(&self, provider: &str, model: &str) -> Option<&PriceRow> {
         self.rows
             .iter()
-            .filter(|r| r.matches(provider, &model))
+            .filter(|r| r.matches(provider, model))
             .max_by_key(|r| r.specificity())
     }
 
@@ -119,6 +135,21 @@ impl PriceTable {
         all.sort_by(|a, b| (&a.provider, &a.model).cmp(&(&b.provider, &b.model)));
         all
     }
+}
+
+/// The Anthropic model a Bedrock model id or inference-profile ARN names: the last ARN segment,
+/// without the region prefix (`us.`, `global.`), `anthropic.` and the version suffix (`-v1:0`).
+pub fn bedrock_to_anthropic(id: &str) -> String {
+    let id = id.rsplit('/').next().unwrap_or(id);
+    let id = id
+        .find("anthropic.")
+        .map(|i| &id[i + "anthropic.".len()..])
+        .unwrap_or(id);
+    let id = match id.rfind("-v") {
+        Some(i) if id[i + 2..].bytes().all(|b| b.is_ascii_digit() || b == b':') && id.len() > i + 2 => &id[..i],
+        _ => id,
+    };
+    id.to_string()
 }
 
 /// USD per million tokens (as written in files) → micro-dollars per million tokens.
@@ -181,10 +212,11 @@ pub fn parse_toml(text: &str, origin: &str) -> Result<Vec<PriceRow>> {
                     )));
                 }
             };
-            if crate::protocol::Protocol::parse(&r.provider).is_none() {
+            if !crate::protocol::CREDENTIAL_PROVIDERS.contains(&r.provider.to_ascii_lowercase().as_str()) {
                 return Err(Error::msg(format!(
-                    "{name}: unknown provider {:?}; expected anthropic or openai",
-                    r.provider
+                    "{name}: unknown provider {:?}; expected one of: {}",
+                    r.provider,
+                    crate::protocol::CREDENTIAL_PROVIDERS.join(", ")
                 )));
             }
             Ok(PriceRow {
@@ -306,6 +338,44 @@ mod tests {
         );
         assert!(t.lookup("anthropic", "gpt-5").is_none(), "prices are per provider");
         assert!(t.lookup("openai", "gpt-6.2-sol").is_none());
+    }
+
+    #[test]
+    fn resellers_fall_back_to_the_list_price_and_bedrock_regions_differ() {
+        let t = PriceTable::shipped().unwrap();
+        assert_eq!(
+            bedrock_to_anthropic("us.anthropic.claude-sonnet-4-20250514-v1:0"),
+            "claude-sonnet-4-20250514"
+        );
+        assert_eq!(
+            bedrock_to_anthropic(
+                "arn:aws:bedrock:us-east-1:1:inference-profile/global.anthropic.claude-haiku-4-5-20251001-v1:0"
+            ),
+            "claude-haiku-4-5-20251001"
+        );
+        assert_eq!(bedrock_to_anthropic("anthropic.claude-opus-4-6-v1"), "claude-opus-4-6");
+        let u = u(1_000_000, 1_000_000, 0, 0);
+        // Same list price as Anthropic for a model without a Bedrock row.
+        let sonnet4 = t
+            .lookup("bedrock", "us.anthropic.claude-sonnet-4-20250514-v1:0")
+            .unwrap();
+        assert_eq!(
+            sonnet4.cost_micros(&u),
+            t.lookup("anthropic", "claude-sonnet-4-20250514")
+                .unwrap()
+                .cost_micros(&u)
+        );
+        // Sonnet 4.5: the global profile at list price, geographic and in-region ones 10 % above.
+        let global = t
+            .lookup("bedrock", "global.anthropic.claude-sonnet-4-5-20250929-v1:0")
+            .unwrap();
+        let us = t
+            .lookup("bedrock", "us.anthropic.claude-sonnet-4-5-20250929-v1:0")
+            .unwrap();
+        assert_eq!(global.cost_micros(&u), 18_000_000);
+        assert_eq!(us.cost_micros(&u), 19_800_000);
+        assert_eq!(t.lookup("azure", "gpt-4o").unwrap().provider, "openai");
+        assert!(t.lookup("bedrock", "amazon.nova-pro-v1:0").is_none());
     }
 
     #[test]

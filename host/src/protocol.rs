@@ -2,7 +2,9 @@
 //! how a client authenticates, how the real credential is attached, and the error shape.
 //!
 //! Everything protocol-specific that the request stages need goes through [`Protocol`], so that a
-//! new family (Bedrock, Azure) is one more variant here rather than `if` chains across stages.
+//! new family is one more variant here rather than `if` chains across stages. A family is what the
+//! *client* speaks; the provider behind it can differ (an OpenAI client reaching Azure OpenAI, an
+//! Anthropic client reaching Bedrock): see [`crate::config::Upstream::provider`].
 
 use std::fmt;
 
@@ -11,19 +13,24 @@ use std::fmt;
 pub enum Protocol {
     /// Anthropic Messages API (`/v1/messages`, `x-api-key`, `anthropic-version`).
     Anthropic,
-    /// OpenAI API (`/v1/chat/completions`, `/v1/responses`, `Authorization: Bearer`).
+    /// OpenAI API (`/v1/chat/completions`, `/v1/responses`, `Authorization: Bearer`), and Azure
+    /// OpenAI's (`/openai/deployments/…`, `api-key`).
     OpenAi,
+    /// AWS Bedrock runtime (`/model/{id}/invoke…`, `/converse…`) and its control-plane listings
+    /// (`/inference-profiles`, `/foundation-models`), as Bedrock-native clients send them.
+    Bedrock,
 }
 
 impl Protocol {
     /// All families, in a stable order (config keys, listings).
-    pub const ALL: [Protocol; 2] = [Protocol::Anthropic, Protocol::OpenAi];
+    pub const ALL: [Protocol; 3] = [Protocol::Anthropic, Protocol::OpenAi, Protocol::Bedrock];
 
     /// The lowercase name used in config, CLI arguments, logs and the store.
     pub fn as_str(self) -> &'static str {
         match self {
             Protocol::Anthropic => "anthropic",
             Protocol::OpenAi => "openai",
+            Protocol::Bedrock => "bedrock",
         }
     }
 
@@ -32,6 +39,7 @@ impl Protocol {
         match name.to_ascii_lowercase().as_str() {
             "anthropic" => Some(Protocol::Anthropic),
             "openai" => Some(Protocol::OpenAi),
+            "bedrock" => Some(Protocol::Bedrock),
             _ => None,
         }
     }
@@ -41,6 +49,8 @@ impl Protocol {
         match self {
             Protocol::Anthropic => "https://api.anthropic.com",
             Protocol::OpenAi => "https://api.openai.com",
+            // The region is filled in by the config (`[upstream.bedrock] region`).
+            Protocol::Bedrock => "https://bedrock-runtime.{region}.amazonaws.com",
         }
     }
 
@@ -49,6 +59,7 @@ impl Protocol {
         match self {
             Protocol::Anthropic => "UPSTREAM_ANTHROPIC_URL",
             Protocol::OpenAi => "UPSTREAM_OPENAI_URL",
+            Protocol::Bedrock => "UPSTREAM_BEDROCK_URL",
         }
     }
 
@@ -57,6 +68,7 @@ impl Protocol {
         match self {
             Protocol::Anthropic => AuthStyle::XApiKey,
             Protocol::OpenAi => AuthStyle::Bearer,
+            Protocol::Bedrock => AuthStyle::Sigv4,
         }
     }
 }
@@ -77,4 +89,11 @@ pub enum AuthStyle {
     Bearer,
     /// `api-key: <secret>` (Azure OpenAI).
     ApiKey,
+    /// AWS Signature Version 4 over the whole request, with a sealed access key pair (Bedrock).
+    /// A Bedrock API key as the credential is sent as `Authorization: Bearer` instead.
+    Sigv4,
 }
+
+/// The providers a credential can be set for: the families plus the providers reached through
+/// them. `conduit credentials set <provider>` takes one of these names.
+pub const CREDENTIAL_PROVIDERS: [&str; 4] = ["anthropic", "openai", "bedrock", "azure"];

@@ -28,6 +28,8 @@ pub fn render(err: &GatewayError, protocol: Option<Protocol>, request_id: &str) 
         Protocol::OpenAi => json!({
             "error": {"message": message, "type": openai_type, "param": null, "code": openai_code},
         }),
+        // AWS JSON protocol errors: the type travels in `x-amzn-ErrorType` (set below) and `__type`.
+        Protocol::Bedrock => json!({"message": message, "__type": aws_error_type(status)}),
     };
     let mut response = Response::new(GatewayBody::full(Bytes::from(body.to_string())));
     *response.status_mut() = status;
@@ -35,6 +37,9 @@ pub fn render(err: &GatewayError, protocol: Option<Protocol>, request_id: &str) 
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     if let Ok(id) = HeaderValue::from_str(request_id) {
         headers.insert(REQUEST_ID_HEADER, id);
+    }
+    if protocol == Some(Protocol::Bedrock) {
+        headers.insert("x-amzn-errortype", HeaderValue::from_static(aws_error_type(status)));
     }
     // SDKs and Claude Code honour this: waiting cannot fix a bad key or a missing credential.
     if !err.should_retry.unwrap_or(err.kind.retryable()) {
@@ -44,6 +49,20 @@ pub fn render(err: &GatewayError, protocol: Option<Protocol>, request_id: &str) 
         headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
     }
     response
+}
+
+/// The AWS exception name Bedrock uses for a status.
+fn aws_error_type(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        401 | 403 => "AccessDeniedException",
+        404 => "ResourceNotFoundException",
+        408 => "ModelTimeoutException",
+        429 => "ThrottlingException",
+        402 => "ServiceQuotaExceededException",
+        400..=499 => "ValidationException",
+        503 => "ServiceUnavailableException",
+        _ => "InternalServerException",
+    }
 }
 
 /// Status, Anthropic `error.type`, OpenAI `error.type` and OpenAI `error.code` for each kind.

@@ -7,7 +7,11 @@
 //!   cumulative `message_delta.usage` (output; later API versions repeat input fields there too);
 //! - OpenAI chat SSE: the final chunk's `usage` (only when the client asked `include_usage`);
 //! - OpenAI Responses SSE: `response.completed.response.usage`;
-//! - JSON bodies of all three: the top-level `usage`.
+//! - JSON bodies of all three: the top-level `usage`;
+//! - Bedrock: AWS event-stream frames (CRC-checked) whose `chunk` events carry the Anthropic events
+//!   base64-encoded (their usage as above, and `amazon-bedrock-invocationMetrics` on the last),
+//!   Converse's `metadata.usage` (`inputTokens`, `cacheReadInputTokens`, …), and the JSON bodies
+//!   of `invoke` (Anthropic's shape) and `converse`.
 //!
 //! It also counts the bytes of generated text (and tool-call arguments), so that a response without
 //! usage can still be estimated. The tap's memory is bounded: a partial SSE line up to 1 MiB, a JSON
@@ -63,6 +67,8 @@ pub struct UsageTap {
     protocol: Protocol,
     decoder: Decoder,
     sse: bool,
+    /// Bedrock's binary event stream, when the response is one.
+    frames: Option<crate::eventstream::Decoder>,
     buf: Vec<u8>,
     observed: Observed,
     usage: Usage,
@@ -89,7 +95,13 @@ enum Decoder {
 impl UsageTap {
     /// A tap for a response of `protocol` with the given `content-type` and `content-encoding`.
     pub fn new(protocol: Protocol, content_type: Option<&str>, content_encoding: Option<&str>) -> UsageTap {
-        let sse = content_type.is_some_and(|t| t.trim_start().to_ascii_lowercase().starts_with("text/event-stream"));
+        let media = content_type
+            .map(|t| t.trim_start().to_ascii_lowercase())
+            .unwrap_or_default();
+        let sse = media.starts_with("text/event-stream");
+        let frames = media
+            .starts_with("application/vnd.amazon.eventstream")
+            .then(crate::eventstream::Decoder::default);
         let decoder = match content_encoding.map(|e| e.trim().to_ascii_lowercase()) {
             None => Decoder::Identity,
             Some(e) if e.is_empty() || e == "identity" => Decoder::Identity,
@@ -107,6 +119,7 @@ impl UsageTap {
             protocol,
             decoder,
             sse,
+            frames,
             buf: Vec::new(),
             observed: Observed::default(),
             usage: Usage::default(),
@@ -175,6 +188,20 @@ impl UsageTap {
         if bytes.is_empty() || self.observed.gave_up {
             return;
         }
+        if let Some(frames) = self.frames.as_mut() {
+            match frames.push(bytes) {
+                Ok(messages) => {
+                    for m in messages {
+                        self.frame(&m);
+                    }
+                }
+                Err(_) => {
+                    self.observed.gave_up = true;
+                    self.observed.stream_error = true;
+                }
+            }
+            return;
+        }
         if !self.sse {
             if self.buf.len() + bytes.len() > MAX_JSON {
                 self.observed.gave_up = true;
@@ -212,7 +239,49 @@ impl UsageTap {
         let Some(data) = line.strip_prefix(b"data:") else {
             return;
         };
-        let data = data.strip_prefix(b" ").unwrap_or(data);
+        self.data(data.strip_prefix(b" ").unwrap_or(data));
+    }
+
+    /// One Bedrock event-stream message: an exception, an invoke `chunk` (an Anthropic event,
+    /// base64 in `bytes`), or a Converse event (its JSON directly).
+    fn frame(&mut self, m: &crate::eventstream::Message) {
+        use base64::Engine;
+        if m.header(":message-type").is_some_and(|t| t != "event") {
+            self.observed.stream_error = true;
+            return;
+        }
+        match m.header(":event-type") {
+            Some("chunk") => {
+                #[derive(serde::Deserialize)]
+                struct Chunk<'a> {
+                    #[serde(borrow)]
+                    bytes: std::borrow::Cow<'a, str>,
+                }
+                let Ok(chunk) = serde_json::from_slice::<Chunk<'_>>(&m.payload) else {
+                    return;
+                };
+                if let Ok(event) = base64::engine::general_purpose::STANDARD.decode(chunk.bytes.as_bytes()) {
+                    self.data(&event);
+                }
+            }
+            Some("contentBlockDelta") => {
+                if let Ok(v) = serde_json::from_slice::<Value>(&m.payload) {
+                    self.observed.text_bytes += str_len(&v["delta"]["text"]) + str_len(&v["delta"]["toolUse"]["input"]);
+                }
+            }
+            Some("metadata") => {
+                if let Ok(v) = serde_json::from_slice::<Value>(&m.payload)
+                    && v["usage"].is_object()
+                {
+                    self.merge(&v["usage"]);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// One event's JSON (an SSE `data:` payload, or a decoded Bedrock chunk).
+    fn data(&mut self, data: &[u8]) {
         if data.is_empty() || data == b"[DONE]" {
             return;
         }
@@ -230,7 +299,12 @@ impl UsageTap {
         }
         // Generated text, for estimates.
         self.observed.text_bytes += delta_text_len(&v);
-        for usage in [&v["usage"], &v["message"]["usage"], &v["response"]["usage"]] {
+        for usage in [
+            &v["usage"],
+            &v["message"]["usage"],
+            &v["response"]["usage"],
+            &v["amazon-bedrock-invocationMetrics"],
+        ] {
             if usage.is_object() {
                 self.merge(usage);
             }
@@ -250,7 +324,23 @@ impl UsageTap {
         let get = |v: &Value| v.as_u64();
         let u_ref = &mut self.usage;
         match self.protocol {
-            Protocol::Anthropic => {
+            Protocol::Bedrock if u.get("input_tokens").is_none() && u.get("output_tokens").is_none() => {
+                // Converse usage, or Bedrock's invocation metrics (both exclude cached input).
+                let field = |a: &str, b: &str| get(&u[a]).or_else(|| get(&u[b]));
+                if let Some(n) = field("inputTokens", "inputTokenCount") {
+                    u_ref.input = n;
+                }
+                if let Some(n) = field("outputTokens", "outputTokenCount") {
+                    u_ref.output = n;
+                }
+                if let Some(n) = field("cacheReadInputTokens", "cacheReadInputTokenCount") {
+                    u_ref.cache_read = n;
+                }
+                if let Some(n) = field("cacheWriteInputTokens", "cacheWriteInputTokenCount") {
+                    u_ref.cache_write = n;
+                }
+            }
+            Protocol::Anthropic | Protocol::Bedrock => {
                 if let Some(n) = get(&u["input_tokens"]) {
                     u_ref.input = n;
                 }
@@ -295,6 +385,7 @@ struct Finders {
     usage: Finder<'static>,
     error: Finder<'static>,
     failed: Finder<'static>,
+    metrics: Finder<'static>,
     delta_markers: [Finder<'static>; 3],
     text_keys: [Finder<'static>; 7],
 }
@@ -303,6 +394,7 @@ static FINDERS: LazyLock<Finders> = LazyLock::new(|| Finders {
     usage: Finder::new(b"\"usage\""),
     error: Finder::new(b"\"error\""),
     failed: Finder::new(b"response.failed"),
+    metrics: Finder::new(b"invocationMetrics"),
     delta_markers: [
         Finder::new(b"content_block_delta"),
         Finder::new(b".delta\""),
@@ -327,6 +419,7 @@ fn needs_parse(data: &[u8]) -> bool {
         rest.next() == Some(&b':') && rest.find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
     }) || f.error.find(data).is_some()
         || f.failed.find(data).is_some()
+        || f.metrics.find(data).is_some()
 }
 
 /// Text bytes in a delta event, without parsing it: the raw (escaped) lengths of the string values

@@ -20,6 +20,13 @@ struct Args {
     /// Compress responses (gzip) for clients that accept it.
     #[arg(long)]
     compress: Option<String>,
+    /// Bedrock: verify SigV4 signatures against this `AKID:SECRET` (or a Bedrock API key), read
+    /// from the named environment variable.
+    #[arg(long)]
+    aws_credentials_env: Option<String>,
+    /// Bedrock: the region signatures must be scoped to.
+    #[arg(long)]
+    aws_region: Option<String>,
 }
 
 #[tokio::main]
@@ -29,6 +36,8 @@ async fn main() -> std::process::ExitCode {
         mode: a.mode,
         event_delay_ms: a.event_delay_ms,
         compress: a.compress,
+        aws_credentials: a.aws_credentials_env.and_then(|v| std::env::var(v).ok()),
+        aws_region: a.aws_region,
     };
     match conduit::mock::run_forever(a.listen, options).await {
         Ok(()) => std::process::ExitCode::SUCCESS,

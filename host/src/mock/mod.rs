@@ -13,9 +13,14 @@
 //! - `x-mock-usage: max`: report the gateway's worst case exactly — `output_tokens = max_tokens`,
 //!   one input token per request body byte, no cache — so a budget test's real cost is its reservation.
 //!
+//! It also answers as **AWS Bedrock** (`/model/{id}/invoke…`, `/converse…`, listings; see
+//! [`bedrock`]), verifying each request's SigV4 signature when [`MockOptions::aws_credentials`] is
+//! set, and as **Azure OpenAI** (`/openai/deployments/{d}/…?api-version=…`, `/openai/v1/…`).
+//!
 //! It records every request (method, path, query, headers, body length and SHA-256, and the SHA-256
 //! of the exact response bytes it sent) at `GET /__mock/requests`; `POST /__mock/reset` clears it.
 
+pub mod bedrock;
 pub mod payload;
 
 use std::net::SocketAddr;
@@ -25,7 +30,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body::{Body, Frame};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -51,6 +56,13 @@ pub struct MockOptions {
     /// `gzip` to compress responses.
     #[serde(default)]
     pub compress: Option<String>,
+    /// Bedrock: the credential requests must be signed with — `AKID:SECRET` (SigV4, verified) or a
+    /// Bedrock API key (bearer). `None`: Bedrock requests are not authenticated.
+    #[serde(default)]
+    pub aws_credentials: Option<String>,
+    /// Bedrock: the region signatures must be scoped to (default `us-east-1`).
+    #[serde(default)]
+    pub aws_region: Option<String>,
 }
 
 /// What the mock saw and sent, per request.
@@ -213,14 +225,44 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<MockRespons
         return Err("mock: connection reset as requested".into());
     }
 
-    let reply = payload::reply(
-        &parts.method,
-        &path,
-        &parts.headers,
-        &body,
-        &mode,
-        header("x-mock-usage").as_deref() == Some("max"),
-    );
+    let usage_max = header("x-mock-usage").as_deref() == Some("max");
+    let reply = if let Some(op) = bedrock::classify(&path) {
+        let verdict = match &defaults.aws_credentials {
+            Some(c) => bedrock::verify(
+                &parts.method,
+                &path,
+                parts.uri.query(),
+                &parts.headers,
+                &body,
+                c,
+                defaults.aws_region.as_deref().unwrap_or("us-east-1"),
+            ),
+            None => Ok(()),
+        };
+        match verdict {
+            Ok(()) => bedrock::reply(&op, &body, &mode, usage_max),
+            Err(why) => bedrock::error(StatusCode::FORBIDDEN, &why),
+        }
+    } else if let Some(rest) = path.strip_prefix("/openai/") {
+        // Azure OpenAI: the deployments form needs an api-version; both forms answer as OpenAI.
+        let (openai_path, ok) = match rest.strip_prefix("deployments/").and_then(|r| r.split_once('/')) {
+            Some((_, op)) => (
+                format!("/v1/{op}"),
+                parts
+                    .uri
+                    .query()
+                    .is_some_and(|q| q.split('&').any(|kv| kv.starts_with("api-version="))),
+            ),
+            None => (format!("/{rest}"), rest.starts_with("v1/")),
+        };
+        if ok {
+            payload::reply(&parts.method, &openai_path, &parts.headers, &body, &mode, usage_max)
+        } else {
+            payload::reply(&parts.method, "/unknown", &HeaderMap::new(), b"", "status-404", false)
+        }
+    } else {
+        payload::reply(&parts.method, &path, &parts.headers, &body, &mode, usage_max)
+    };
     let chunks: Vec<Bytes> = if gzip {
         gzip_chunks(&reply.chunks)
     } else {
@@ -261,6 +303,14 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<MockRespons
     *resp.status_mut() = reply.status;
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(reply.content_type));
+    if reply.family == Family::Bedrock && !reply.status.is_success() {
+        let kind = serde_json::from_slice::<serde_json::Value>(&reply.chunks.concat())
+            .ok()
+            .and_then(|v| v["__type"].as_str().and_then(|t| HeaderValue::from_str(t).ok()));
+        if let Some(kind) = kind {
+            h.insert("x-amzn-errortype", kind);
+        }
+    }
     h.insert("request-id", HeaderValue::from_static("req_mock_0001"));
     if gzip {
         h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));

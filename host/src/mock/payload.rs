@@ -15,6 +15,8 @@ pub enum Family {
     OpenAiResponses,
     /// Anything else OpenAI-shaped (embeddings, models).
     OpenAiOther,
+    /// AWS Bedrock (event-stream or JSON).
+    Bedrock,
 }
 
 pub use crate::usage::Usage;
@@ -338,6 +340,7 @@ fn responses_sse(model: &str, u: Usage) -> Reply {
 /// The error event a provider sends when a stream fails after it started.
 pub fn midstream_error(family: Family) -> Bytes {
     match family {
+        Family::Bedrock => super::bedrock::midstream_exception(),
         Family::Anthropic => Bytes::from_static(
             b"event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n",
         ),
@@ -357,6 +360,7 @@ fn error_reply(family: Family, status: StatusCode) -> Reply {
     };
     let message = format!("mock upstream answered {status}");
     let body = match family {
+        Family::Bedrock => return super::bedrock::error(status, &message),
         Family::Anthropic => {
             json!({"type": "error", "error": {"type": a_type, "message": message}})
         }

@@ -37,6 +37,8 @@ pub struct Exchange {
     pub path: String,
     /// Family, once routed.
     pub protocol: Option<Protocol>,
+    /// Provider answering (`anthropic`, `openai`, `azure`, `bedrock`), once routed.
+    pub provider: Option<&'static str>,
     /// Upstream `host:port`, once routed.
     pub upstream: Option<String>,
     /// Stand-in key id, once authenticated.
@@ -116,6 +118,7 @@ pub fn begin<B>(ids: &RequestIds, req: &Request<B>, peer: SocketAddr) -> Exchang
         method: req.method().clone(),
         path: req.uri().path().to_string(),
         protocol: None,
+        provider: None,
         upstream: None,
         key_id: None,
         owner: None,

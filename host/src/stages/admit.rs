@@ -68,7 +68,7 @@ pub fn admit(
             ticket,
         });
     }
-    let provider = ex.protocol.map(|p| p.as_str()).unwrap_or("-");
+    let provider = ex.provider.unwrap_or("-");
     let model = facts.model.as_deref().unwrap_or("");
     let prices = gw.prices();
     let row = prices.lookup(provider, model).ok_or_else(|| {

@@ -85,14 +85,23 @@ fn presented_key(headers: &HeaderMap) -> Result<&str, GatewayError> {
             format!("the {name} header is not valid text; {HOW}"),
         )
     };
-    if let Some(v) = headers.get("x-api-key") {
-        let v = v.to_str().map_err(|_| bad_header("x-api-key"))?.trim();
-        if !v.is_empty() {
-            return Ok(v);
+    // `x-api-key` (Anthropic), `api-key` (Azure OpenAI clients).
+    for name in ["x-api-key", "api-key"] {
+        if let Some(v) = headers.get(name) {
+            let v = v.to_str().map_err(|_| bad_header(name))?.trim();
+            if !v.is_empty() {
+                return Ok(v);
+            }
         }
     }
     if let Some(v) = headers.get(http::header::AUTHORIZATION) {
         let v = v.to_str().map_err(|_| bad_header("authorization"))?.trim();
+        if v.starts_with("AWS4-HMAC-SHA256") {
+            return Err(GatewayError::downstream(
+                ErrorKind::Unauthenticated,
+                "this request is signed with AWS credentials, which Conduit does not take from engineers: use your Conduit key as a Bedrock API key instead — set AWS_BEARER_TOKEN_BEDROCK=ck_… (and unset AWS_ACCESS_KEY_ID / AWS_PROFILE for this tool); Conduit signs for AWS itself",
+            ));
+        }
         let token = v
             .split_once(' ')
             .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))

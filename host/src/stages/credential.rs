@@ -1,54 +1,77 @@
-//! **credential** — reads: the sealed credential of the route's family. Decides: nothing but
-//! whether one is set (fail closed: without it the request is refused, never sent unauthenticated).
-//! Returns: the header that carries the real credential upstream, marked sensitive so hyper never
-//! logs or indexes it. The unsealed plaintext is zeroized as soon as the header is built.
+//! **credential** — reads: the sealed credential of the route's provider (`anthropic`, `openai`,
+//! `azure`, `bedrock`). Decides: nothing but whether one is set (fail closed: without it the
+//! request is refused, never sent unauthenticated). Returns: how the real credential goes upstream
+//! — a header, marked sensitive so hyper never logs or indexes it, or an AWS credential that
+//! `forward` signs the outgoing request with. The unsealed plaintext is zeroized as soon as it has
+//! been turned into either.
 
 use http::{HeaderName, HeaderValue};
 use zeroize::Zeroizing;
 
+use crate::config::Upstream;
 use crate::error::{ErrorKind, GatewayError};
 use crate::gateway::Gateway;
-use crate::protocol::{AuthStyle, Protocol};
+use crate::protocol::AuthStyle;
+use crate::sigv4::AwsCredential;
 
-/// The real credential, as a header.
-pub struct UpstreamAuth {
-    /// Header name.
-    pub name: HeaderName,
-    /// Header value (sensitive).
-    pub value: HeaderValue,
+/// The real credential, as the upstream takes it.
+pub enum UpstreamAuth {
+    /// One header (value sensitive).
+    Header(HeaderName, HeaderValue),
+    /// AWS: SigV4 over the final request, or a Bedrock API key as a bearer token.
+    Aws {
+        /// The unsealed credential (secret parts zeroized on drop).
+        credential: AwsCredential,
+        /// Region signed for.
+        region: String,
+    },
 }
 
-/// Unseals the credential for `protocol` and renders it in the upstream's auth style.
-pub fn for_upstream(gw: &Gateway, protocol: Protocol, style: AuthStyle) -> Result<UpstreamAuth, GatewayError> {
+/// Unseals the credential for `upstream`'s provider and renders it in its auth style.
+pub fn for_upstream(gw: &Gateway, upstream: &Upstream) -> Result<UpstreamAuth, GatewayError> {
+    let provider = upstream.provider;
     let sealed = gw
         .store
-        .credential(protocol.as_str(), "default")
+        .credential(provider, "default")
         .map_err(|e| GatewayError::internal(format!("credential lookup failed: {e}")))?
         .ok_or_else(|| {
+            let how = if provider == "bedrock" {
+                "`conduit credentials set bedrock --from-aws-env` (an access key pair) or `--from-env VAR` (a Bedrock API key)"
+                    .to_string()
+            } else {
+                format!("`conduit credentials set {provider} --from-env VAR`")
+            };
             GatewayError::new(
                 ErrorKind::NotConfigured,
                 crate::error::Side::Internal,
-                format!(
-                    "no {protocol} credential is set in this gateway; an operator must run `conduit credentials set {protocol} --from-env VAR`"
-                ),
+                format!("no {provider} credential is set in this gateway; an operator must run {how}"),
             )
         })?;
     let plaintext = gw
         .master_key()
         .unseal(&sealed)
-        .map_err(|e| GatewayError::internal(format!("unsealing the {protocol} credential failed: {e}")))?;
+        .map_err(|e| GatewayError::internal(format!("unsealing the {provider} credential failed: {e}")))?;
     let secret = std::str::from_utf8(&plaintext)
-        .map_err(|_| GatewayError::internal(format!("the {protocol} credential is not valid text")))?;
-    let (name, text) = match style {
+        .map_err(|_| GatewayError::internal(format!("the {provider} credential is not valid text")))?;
+    let (name, text) = match upstream.auth {
+        AuthStyle::Sigv4 => {
+            let credential = AwsCredential::parse(secret).map_err(GatewayError::internal)?;
+            let region = upstream
+                .bedrock
+                .as_ref()
+                .map(|b| b.region.clone())
+                .unwrap_or_else(|| "us-east-1".into());
+            return Ok(UpstreamAuth::Aws { credential, region });
+        }
         AuthStyle::XApiKey => (HeaderName::from_static("x-api-key"), Zeroizing::new(secret.to_string())),
         AuthStyle::Bearer => (http::header::AUTHORIZATION, Zeroizing::new(format!("Bearer {secret}"))),
         AuthStyle::ApiKey => (HeaderName::from_static("api-key"), Zeroizing::new(secret.to_string())),
     };
     let mut value = HeaderValue::from_str(&text).map_err(|_| {
         GatewayError::internal(format!(
-            "the {protocol} credential contains characters not allowed in a header"
+            "the {provider} credential contains characters not allowed in a header"
         ))
     })?;
     value.set_sensitive(true);
-    Ok(UpstreamAuth { name, value })
+    Ok(UpstreamAuth::Header(name, value))
 }

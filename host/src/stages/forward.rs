@@ -30,12 +30,42 @@ pub async fn send(
     exchange: &mut Exchange,
     admitted: Admitted,
 ) -> Result<Response<GatewayBody>, GatewayError> {
-    let mut upstream_req = Request::new(Full::new(body));
+    let mut upstream_req = Request::new(Full::new(body.clone()));
     *upstream_req.method_mut() = parts.method;
     *upstream_req.uri_mut() = route.uri.clone();
     let headers = upstream_req.headers_mut();
     copy_end_to_end(&parts.headers, headers, true);
-    headers.insert(auth.name, auth.value);
+    match auth {
+        UpstreamAuth::Header(name, value) => {
+            headers.insert(name, value);
+        }
+        UpstreamAuth::Aws { credential, region } => {
+            // The client signed for the gateway with its stand-in; the upstream gets a fresh
+            // signature over exactly what is sent.
+            let stale: Vec<HeaderName> = headers
+                .keys()
+                .filter(|n| crate::sigv4::is_client_signing_header(n))
+                .cloned()
+                .collect();
+            for name in stale {
+                headers.remove(name);
+            }
+            let signed = crate::sigv4::sign_request(
+                &credential,
+                &region,
+                upstream_req.method(),
+                upstream_req.uri(),
+                &crate::sigv4::signed_headers(upstream_req.headers()),
+                &body,
+                std::time::SystemTime::now(),
+            )
+            .map_err(GatewayError::internal)?;
+            let headers = upstream_req.headers_mut();
+            for (name, value) in signed {
+                headers.insert(name, value);
+            }
+        }
+    }
 
     let sent = std::time::Instant::now();
     exchange.overhead_ms = Some(sent.duration_since(exchange.started).as_secs_f64() * 1e3);
@@ -117,6 +147,7 @@ fn copy_end_to_end(from: &HeaderMap, to: &mut HeaderMap, is_request: bool) {
                 && (name == header::HOST
                     || name == header::AUTHORIZATION
                     || name == "x-api-key"
+                    || name == "api-key"
                     || name == header::CONTENT_LENGTH));
         if !drop {
             to.append(name.clone(), value.clone());

@@ -40,7 +40,7 @@ pub fn police(
     let began = std::time::Instant::now();
     let segments = segments::extract(&inspected.body);
     let info = RequestInfo {
-        provider: route.protocol.as_str().to_string(),
+        provider: route.upstream.provider.to_string(),
         model: inspected.facts.model.clone(),
         key_id: principal.key_id.clone(),
         owner: principal.owner.clone(),

@@ -2,18 +2,30 @@
 //! request speaks, and the upstream URL it goes to. Returns: a [`Route`], or a local answer for the
 //! probes clients send to the base URL (`HEAD /`, `GET /`).
 //!
-//! One base URL serves both families. Paths unique to a family decide it; shared paths
-//! (`/v1/models`, `/v1/files`, `/v1/batches`, anything unknown) are decided by headers: an
-//! `anthropic-version` or `x-api-key` header means Anthropic, otherwise an `Authorization` header
-//! means OpenAI. A client can also pin a family with a `/anthropic` or `/openai` path prefix,
-//! which is removed. Unknown paths pass through to the chosen family's upstream. The upstream's
-//! own path prefix is kept and the query string is forwarded as sent.
+//! One base URL serves every family. Paths unique to a family decide it — Bedrock's
+//! `/model/{id}/invoke…`, `/converse…`, `/inference-profiles`, `/foundation-models` included;
+//! shared paths (`/v1/models`, `/v1/files`, `/v1/batches`, anything unknown) are decided by
+//! headers: an `anthropic-version` or `x-api-key` header means Anthropic, otherwise an
+//! `Authorization` header means OpenAI. A client can also pin a family with a `/anthropic`,
+//! `/openai` or `/bedrock` path prefix, which is removed. Unknown paths pass through to the chosen
+//! family's upstream. The upstream's own path prefix is kept and the query string is forwarded as
+//! sent.
+//!
+//! Two upstreams take a different URL form than the client sent, and only the path changes:
+//! - **Azure OpenAI**: `/v1/chat/completions`, `/v1/completions`, `/v1/embeddings` go to
+//!   `/openai/deployments/{deployment}/…?api-version=…`, the deployment found from the body's
+//!   model by [`finalize`] (after `inspect`); Azure-native paths (`/openai/deployments/…`) pass as
+//!   sent; other `/v1/…` paths go to Azure's `/openai/v1/…`.
+//! - **Bedrock**: the model id in `/model/{id}/…` is re-encoded the way AWS SDKs send it (`:` as
+//!   `%3A`), since the signature covers the path; `/inference-profiles` and `/foundation-models`
+//!   go to the control-plane URL.
 
 use http::{HeaderMap, Method, Uri};
 
 use crate::config::{Upstream, Upstreams};
 use crate::error::{ErrorKind, GatewayError};
 use crate::protocol::Protocol;
+use crate::stages::inspect;
 
 /// What a request asks for, as far as later stages care.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +44,14 @@ pub enum Endpoint {
     Completions,
     /// `GET /v1/models[/...]`.
     Models,
+    /// Bedrock `POST /model/{id}/invoke` (an Anthropic body without `model`).
+    Invoke,
+    /// Bedrock `POST /model/{id}/invoke-with-response-stream`.
+    InvokeStream,
+    /// Bedrock `POST /model/{id}/converse`.
+    Converse,
+    /// Bedrock `POST /model/{id}/converse-stream`.
+    ConverseStream,
     /// Anything else: passed through.
     Other,
 }
@@ -40,6 +60,11 @@ impl Endpoint {
     /// Whether a body sent here must be JSON (and is parsed by `inspect`).
     pub fn takes_json(self) -> bool {
         !matches!(self, Endpoint::Models | Endpoint::Other)
+    }
+
+    /// Whether the response streams because of the endpoint itself (Bedrock's streaming paths).
+    pub fn streams(self) -> bool {
+        matches!(self, Endpoint::InvokeStream | Endpoint::ConverseStream)
     }
 }
 
@@ -54,6 +79,11 @@ pub struct Route<'a> {
     pub upstream: &'a Upstream,
     /// Full upstream URI (prefix + path + query).
     pub uri: Uri,
+    /// The model named by the path (Bedrock `/model/{id}/…`, Azure `/deployments/{name}/…`).
+    pub path_model: Option<String>,
+    /// Azure: the operation after the deployment (`chat/completions`), until [`finalize`] knows
+    /// the deployment from the body.
+    azure_operation: Option<&'static str>,
 }
 
 /// Result of routing.
@@ -80,32 +110,220 @@ pub fn resolve<'a>(
         (Some(Protocol::Anthropic), rest)
     } else if let Some(rest) = strip_segment(path, "/openai") {
         (Some(Protocol::OpenAi), rest)
+    } else if let Some(rest) = strip_segment(path, "/bedrock") {
+        (Some(Protocol::Bedrock), rest)
     } else {
         (None, path)
     };
+    if let Some(bedrock) = bedrock_path(path)
+        && pinned.is_none_or(|p| p == Protocol::Bedrock)
+    {
+        return bedrock_route(upstreams, bedrock, uri.query());
+    }
     let (family, endpoint) = classify(path);
     let protocol = pinned.or(family).unwrap_or_else(|| by_headers(headers));
     let upstream = upstreams.get(protocol);
 
-    let mut target = String::with_capacity(upstream.path_prefix.len() + uri.path().len() + 32);
+    let mut path_model = None;
+    let mut azure_operation = None;
+    let mut target = String::with_capacity(upstream.path_prefix.len() + uri.path().len() + 48);
     target.push_str(&upstream.path_prefix);
-    target.push_str(path);
-    if let Some(q) = uri.query() {
-        target.push('?');
-        target.push_str(q);
+    let mut query = uri.query().map(str::to_owned);
+    match &upstream.azure {
+        Some(azure) if protocol == Protocol::OpenAi => {
+            if let Some(rest) = path.strip_prefix("/deployments/") {
+                // Azure-native client: its deployment, its api-version.
+                path_model = rest
+                    .split('/')
+                    .next()
+                    .map(|d| inspect::recordable_model(&percent_decode(d)));
+                target.push_str("/openai");
+                target.push_str(path);
+                if query
+                    .as_deref()
+                    .is_none_or(|q| !q.split('&').any(|kv| kv.starts_with("api-version=")))
+                {
+                    push_param(&mut query, "api-version", &azure.api_version);
+                }
+            } else if let Some(op) = deployment_operation(endpoint) {
+                azure_operation = Some(op); // completed by `finalize`
+            } else {
+                target.push_str("/openai");
+                target.push_str(path);
+            }
+        }
+        _ => target.push_str(path),
     }
-    let uri = Uri::builder()
-        .scheme(upstream.scheme.clone())
-        .authority(upstream.authority.clone())
-        .path_and_query(target)
-        .build()
-        .map_err(|_| GatewayError::downstream(ErrorKind::BadRequest, "the request path is not a valid URL path"))?;
+    let uri = build_uri(upstream, target, query.as_deref())?;
     Ok(Routed::Upstream(Route {
         protocol,
         endpoint,
         upstream,
         uri,
+        path_model,
+        azure_operation,
     }))
+}
+
+/// Completes the upstream URL once the body is known: Azure's deployments form needs the model.
+pub fn finalize(route: &mut Route<'_>, facts: &inspect::RequestFacts) -> Result<(), GatewayError> {
+    let (Some(op), Some(azure)) = (route.azure_operation, &route.upstream.azure) else {
+        return Ok(());
+    };
+    let model = facts.model.as_deref().filter(|m| *m != inspect::INVALID_MODEL).ok_or_else(|| {
+        GatewayError::downstream(
+            ErrorKind::BadRequest,
+            "this gateway reaches Azure OpenAI, which needs the request's `model` to choose a deployment; the body names none",
+        )
+    })?;
+    let deployment = azure.deployment(model);
+    let mut target = String::with_capacity(route.upstream.path_prefix.len() + deployment.len() + 96);
+    target.push_str(&route.upstream.path_prefix);
+    target.push_str("/openai/deployments/");
+    target.push_str(&percent_encode_segment(deployment));
+    target.push('/');
+    target.push_str(op);
+    let mut query = route.uri.query().map(str::to_owned);
+    push_param(&mut query, "api-version", &azure.api_version);
+    route.uri = build_uri(route.upstream, target, query.as_deref())?;
+    route.path_model = Some(inspect::recordable_model(deployment));
+    route.azure_operation = None;
+    Ok(())
+}
+
+/// The operations Azure serves under `/openai/deployments/{deployment}/`.
+fn deployment_operation(endpoint: Endpoint) -> Option<&'static str> {
+    match endpoint {
+        Endpoint::ChatCompletions => Some("chat/completions"),
+        Endpoint::Completions => Some("completions"),
+        Endpoint::Embeddings => Some("embeddings"),
+        _ => None,
+    }
+}
+
+fn push_param(query: &mut Option<String>, name: &str, value: &str) {
+    let q = query.get_or_insert_with(String::new);
+    if !q.is_empty() {
+        q.push('&');
+    }
+    q.push_str(name);
+    q.push('=');
+    q.push_str(value);
+}
+
+fn build_uri(upstream: &Upstream, mut target: String, query: Option<&str>) -> Result<Uri, GatewayError> {
+    if let Some(q) = query {
+        target.push('?');
+        target.push_str(q);
+    }
+    Uri::builder()
+        .scheme(upstream.scheme.clone())
+        .authority(upstream.authority.clone())
+        .path_and_query(target)
+        .build()
+        .map_err(|_| GatewayError::downstream(ErrorKind::BadRequest, "the request path is not a valid URL path"))
+}
+
+/// A Bedrock path: runtime `/model/{id}/{operation}` or a control-plane listing.
+enum BedrockPath<'p> {
+    Runtime { model: &'p str, operation: &'p str },
+    Control(&'p str),
+}
+
+fn bedrock_path(path: &str) -> Option<BedrockPath<'_>> {
+    if let Some(rest) = path.strip_prefix("/model/") {
+        let (model, operation) = rest.split_once('/')?;
+        let known = [
+            "invoke",
+            "invoke-with-response-stream",
+            "converse",
+            "converse-stream",
+            "count-tokens",
+        ];
+        return (!model.is_empty() && known.contains(&operation)).then_some(BedrockPath::Runtime { model, operation });
+    }
+    [
+        "/inference-profiles",
+        "/foundation-models",
+        "/custom-models",
+        "/imported-models",
+    ]
+    .iter()
+    .any(|p| strip_segment(path, p).is_some() || path == *p)
+    .then_some(BedrockPath::Control(path))
+}
+
+fn bedrock_route<'a>(
+    upstreams: &'a Upstreams,
+    path: BedrockPath<'_>,
+    query: Option<&str>,
+) -> Result<Routed<'a>, GatewayError> {
+    let runtime = &upstreams.bedrock;
+    let (upstream, endpoint, target, path_model) = match path {
+        BedrockPath::Runtime { model, operation } => {
+            let model = percent_decode(model);
+            let endpoint = match operation {
+                "invoke" => Endpoint::Invoke,
+                "invoke-with-response-stream" => Endpoint::InvokeStream,
+                "converse" => Endpoint::Converse,
+                "converse-stream" => Endpoint::ConverseStream,
+                _ => Endpoint::Other,
+            };
+            let target = format!(
+                "{}/model/{}/{operation}",
+                runtime.path_prefix,
+                percent_encode_segment(&model)
+            );
+            (runtime, endpoint, target, Some(inspect::recordable_model(&model)))
+        }
+        BedrockPath::Control(p) => {
+            let control = runtime.bedrock.as_ref().map(|b| b.control.as_ref()).unwrap_or(runtime);
+            (control, Endpoint::Other, format!("{}{p}", control.path_prefix), None)
+        }
+    };
+    let uri = build_uri(upstream, target, query)?;
+    Ok(Routed::Upstream(Route {
+        protocol: Protocol::Bedrock,
+        endpoint,
+        upstream,
+        uri,
+        path_model,
+        azure_operation: None,
+    }))
+}
+
+/// Decodes `%XX` escapes (invalid escapes are kept as written).
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2]))
+        {
+            out.push((h * 16 + l) as u8);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Encodes everything but RFC 3986 unreserved characters, as AWS SDKs encode a path label.
+fn percent_encode_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 8);
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// `"/anthropic/v1/x"` → `Some("/v1/x")`; requires a segment boundary.
@@ -170,6 +388,12 @@ mod tests {
         static UPSTREAMS: std::sync::LazyLock<Upstreams> = std::sync::LazyLock::new(|| Upstreams {
             anthropic: parse_upstream(Protocol::Anthropic, "https://api.anthropic.com", AuthStyle::XApiKey).unwrap(),
             openai: parse_upstream(Protocol::OpenAi, "http://litellm:4000/openai-proxy", AuthStyle::Bearer).unwrap(),
+            bedrock: parse_upstream(
+                Protocol::Bedrock,
+                "https://bedrock-runtime.us-east-1.amazonaws.com",
+                AuthStyle::Sigv4,
+            )
+            .unwrap(),
         });
         &UPSTREAMS
     }
@@ -284,6 +508,111 @@ mod tests {
                 }
             }
         }
+    }
+
+    fn config_upstreams(env: &[(&str, &str)]) -> Upstreams {
+        let env: std::collections::HashMap<String, String> =
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        crate::config::RawConfig::default()
+            .validate(&|k| env.get(k).cloned())
+            .unwrap()
+            .upstreams
+    }
+
+    #[test]
+    fn bedrock_paths_re_encode_the_model_and_split_planes() {
+        let ups = config_upstreams(&[("CONDUIT_BEDROCK_REGION", "eu-west-1")]);
+        let h = HeaderMap::new();
+        let get = |m: Method, p: &str| match resolve(&ups, &m, &p.parse().unwrap(), &h).unwrap() {
+            Routed::Upstream(r) => (r.protocol, r.endpoint, r.uri.to_string(), r.path_model),
+            Routed::Local => panic!(),
+        };
+        let (p, e, uri, model) = get(
+            Method::POST,
+            "/model/us.anthropic.claude-sonnet-4-5-20250929-v1:0/invoke-with-response-stream",
+        );
+        assert_eq!((p, e), (Protocol::Bedrock, Endpoint::InvokeStream));
+        assert_eq!(
+            uri,
+            "https://bedrock-runtime.eu-west-1.amazonaws.com/model/us.anthropic.claude-sonnet-4-5-20250929-v1%3A0/invoke-with-response-stream"
+        );
+        assert_eq!(model.as_deref(), Some("us.anthropic.claude-sonnet-4-5-20250929-v1:0"));
+        // Already encoded by the client: same upstream path.
+        let (_, _, encoded, _) = get(
+            Method::POST,
+            "/bedrock/model/us.anthropic.claude-sonnet-4-5-20250929-v1%3A0/invoke",
+        );
+        assert!(
+            encoded.ends_with("/model/us.anthropic.claude-sonnet-4-5-20250929-v1%3A0/invoke"),
+            "{encoded}"
+        );
+        let (p, _, uri, _) = get(Method::GET, "/inference-profiles?type=SYSTEM_DEFINED");
+        assert_eq!(p, Protocol::Bedrock);
+        assert_eq!(
+            uri,
+            "https://bedrock.eu-west-1.amazonaws.com/inference-profiles?type=SYSTEM_DEFINED"
+        );
+        // A proxy URL stands in for both planes.
+        let ups = config_upstreams(&[("UPSTREAM_BEDROCK_URL", "http://vpce.internal:8443/br")]);
+        match resolve(&ups, &Method::GET, &"/foundation-models".parse().unwrap(), &h).unwrap() {
+            Routed::Upstream(r) => assert_eq!(r.uri.to_string(), "http://vpce.internal:8443/br/foundation-models"),
+            Routed::Local => panic!(),
+        }
+    }
+
+    #[test]
+    fn azure_forms() {
+        let ups = config_upstreams(&[
+            ("UPSTREAM_OPENAI_URL", "https://acme.openai.azure.com"),
+            ("CONDUIT_AZURE_API_VERSION", "2024-10-21"),
+        ]);
+        let h = HeaderMap::new();
+        let mut r = match resolve(&ups, &Method::POST, &"/v1/chat/completions".parse().unwrap(), &h).unwrap() {
+            Routed::Upstream(r) => r,
+            Routed::Local => panic!(),
+        };
+        assert_eq!(r.upstream.provider, "azure");
+        let facts = inspect::RequestFacts {
+            model: Some("gpt-4o".into()),
+            ..Default::default()
+        };
+        finalize(&mut r, &facts).unwrap();
+        assert_eq!(
+            r.uri.to_string(),
+            "https://acme.openai.azure.com/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21"
+        );
+        // Azure-native: deployment and api-version as the client sent them.
+        let r = match resolve(
+            &ups,
+            &Method::POST,
+            &"/openai/deployments/prod-4o/chat/completions?api-version=2025-01-01-preview"
+                .parse()
+                .unwrap(),
+            &h,
+        )
+        .unwrap()
+        {
+            Routed::Upstream(r) => r,
+            Routed::Local => panic!(),
+        };
+        assert_eq!(
+            r.uri.to_string(),
+            "https://acme.openai.azure.com/openai/deployments/prod-4o/chat/completions?api-version=2025-01-01-preview"
+        );
+        assert_eq!(r.path_model.as_deref(), Some("prod-4o"));
+        // The v1 form for everything else.
+        let r = match resolve(&ups, &Method::POST, &"/openai/v1/responses".parse().unwrap(), &h).unwrap() {
+            Routed::Upstream(r) => r,
+            Routed::Local => panic!(),
+        };
+        assert_eq!(r.uri.to_string(), "https://acme.openai.azure.com/openai/v1/responses");
+        // No model: a clear refusal.
+        let mut r = match resolve(&ups, &Method::POST, &"/v1/embeddings".parse().unwrap(), &h).unwrap() {
+            Routed::Upstream(r) => r,
+            Routed::Local => panic!(),
+        };
+        let err = finalize(&mut r, &inspect::RequestFacts::default()).unwrap_err();
+        assert!(err.message.contains("deployment"), "{}", err.message);
     }
 
     #[test]

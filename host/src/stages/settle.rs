@@ -80,7 +80,7 @@ pub fn settle(
         None => (Usage::default(), false),
     };
     let model = ex.model.clone().unwrap_or_else(|| "-".into());
-    let provider = ex.protocol.map(|p| p.as_str()).unwrap_or("-");
+    let provider = ex.provider.unwrap_or("-");
     let cost_micros = if usage == Usage::default() {
         Some(0)
     } else {

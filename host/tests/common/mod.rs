@@ -26,6 +26,10 @@ pub mod wiretap;
 /// The "real" provider credentials the gateway holds; tests check the mock sees exactly these.
 pub const REAL_ANTHROPIC: &str = "sk-ant-api03-REALCANARY7f3c9a1e5b2d4f6a8c0e2b4d6f8a0c2e4-AAAA";
 pub const REAL_OPENAI: &str = "sk-proj-REALCANARY0a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d6e7f8";
+/// The org's "real" Azure OpenAI key.
+pub const REAL_AZURE: &str = "azREALCANARY5d1e3b7a9c2f4e6d8b0a1c3e5f7a9b2d";
+/// The org's "real" AWS key pair for Bedrock; the mock verifies every Bedrock signature against it.
+pub const REAL_AWS: &str = "AKIAREALCANARY7F3C9A1E:rEaLcAnArY/7f3c9a1e5b2d4f6a8c0e2b4d6f8a0c2e4+Q";
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef";
 
 pub struct Harness {
@@ -45,6 +49,7 @@ pub struct Builder {
     env: HashMap<String, String>,
     toml: String,
     openai_credential: bool,
+    bedrock_credential: bool,
     anthropic_credential: String,
     mock: MockOptions,
     wrap_store: Option<StoreWrapper>,
@@ -56,6 +61,7 @@ impl Harness {
             env: HashMap::new(),
             toml: String::new(),
             openai_credential: true,
+            bedrock_credential: true,
             anthropic_credential: REAL_ANTHROPIC.into(),
             mock: MockOptions::default(),
             wrap_store: None,
@@ -211,6 +217,11 @@ impl Builder {
     }
 
     /// The Anthropic credential this gateway injects (e.g. another gateway's stand-in key).
+    pub fn without_bedrock_credential(mut self) -> Self {
+        self.bedrock_credential = false;
+        self
+    }
+
     pub fn anthropic_credential(mut self, c: &str) -> Self {
         self.anthropic_credential = c.into();
         self
@@ -227,7 +238,8 @@ impl Builder {
         self
     }
 
-    pub async fn start(self) -> Harness {
+    pub async fn start(mut self) -> Harness {
+        self.mock.aws_credentials.get_or_insert_with(|| REAL_AWS.to_string());
         let mock = conduit::mock::start("127.0.0.1:0".parse().unwrap(), self.mock)
             .await
             .unwrap();
@@ -241,6 +253,7 @@ impl Builder {
             ("CONDUIT_ADMIN_TOKEN", ADMIN_TOKEN.to_string()),
             ("UPSTREAM_ANTHROPIC_URL", mock.url()),
             ("UPSTREAM_OPENAI_URL", mock.url()),
+            ("UPSTREAM_BEDROCK_URL", mock.url()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
@@ -262,6 +275,10 @@ impl Builder {
             Zeroizing::new(self.anthropic_credential),
         )
         .unwrap();
+        if self.bedrock_credential {
+            ops::set_credential(store.as_ref(), &mk, "bedrock", Zeroizing::new(REAL_AWS.into())).unwrap();
+        }
+        ops::set_credential(store.as_ref(), &mk, "azure", Zeroizing::new(REAL_AZURE.into())).unwrap();
         if self.openai_credential {
             ops::set_credential(store.as_ref(), &mk, "openai", Zeroizing::new(REAL_OPENAI.into())).unwrap();
         }

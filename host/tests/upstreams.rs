@@ -1,0 +1,307 @@
+//! Upstreams other than the two public APIs (issue 6): AWS Bedrock — Bedrock-native clients whose
+//! requests Conduit re-signs with the org's sealed AWS key pair (the mock verifies every SigV4
+//! signature with its own implementation of the specification) and whose event-stream responses
+//! are metered — and Azure OpenAI, reached by OpenAI-shaped and Azure-native requests alike.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Harness, REAL_AWS, sha256_hex};
+use conduit::ledger::SpendRow;
+use conduit::usage::Usage;
+use http::Method;
+use serde_json::Value;
+
+fn today() -> String {
+    conduit::clock::format_date(conduit::clock::now_unix())
+}
+
+async fn ledger(h: &Harness, n: u64) -> Vec<SpendRow> {
+    for _ in 0..200 {
+        h.gateway().ledger.flush();
+        let rows = h.gateway().store.spend(&today(), &today()).unwrap();
+        if rows.iter().map(|r| r.requests).sum::<u64>() >= n {
+            return rows;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("the ledger did not reach {n} requests");
+}
+
+fn sum(rows: &[SpendRow], provider: &str) -> Usage {
+    rows.iter()
+        .filter(|r| r.provider == provider)
+        .fold(Usage::default(), |a, r| Usage {
+            input: a.input + r.input,
+            output: a.output + r.output,
+            cache_read: a.cache_read + r.cache_read,
+            cache_write: a.cache_write + r.cache_write,
+        })
+}
+
+fn add(a: Usage, b: Usage) -> Usage {
+    Usage {
+        input: a.input + b.input,
+        output: a.output + b.output,
+        cache_read: a.cache_read + b.cache_read,
+        cache_write: a.cache_write + b.cache_write,
+    }
+}
+
+/// Claude Code's own Bedrock requests (../shared/captures/claudecode_bedrock_*), sent with the
+/// stand-in key as a Bedrock API key: each reaches the mock with the body unchanged, the model id
+/// encoded as AWS SDKs encode it, a valid SigV4 signature by the org's key (else the mock answers
+/// 403), and no trace of the stand-in; the client gets the mock's bytes exactly — event-stream
+/// included — and the ledger holds the usage the mock reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bedrock_native_requests_are_re_signed_forwarded_unchanged_and_metered() {
+    let h = Harness::start().await;
+    let dir = common::shared_dir().join("captures");
+    let mut names: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("claudecode_bedrock_")
+        })
+        .collect();
+    names.sort();
+    assert!(names.len() >= 6, "{names:?}");
+    let bearer = format!("Bearer {}", h.key);
+    let mut expected = Usage::default();
+    let mut posts = 0;
+    for path in &names {
+        let v: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+        h.mock_reset().await;
+        let mut target = v["path"].as_str().unwrap().to_string();
+        if let Some(q) = v["query"].as_object().filter(|q| !q.is_empty()) {
+            let pairs: Vec<String> = q
+                .iter()
+                .map(|(k, vs)| format!("{k}={}", vs[0].as_str().unwrap()))
+                .collect();
+            target = format!("{target}?{}", pairs.join("&"));
+        }
+        let body = if v["body"].is_null() {
+            Vec::new()
+        } else {
+            serde_json::to_vec(&v["body"]).unwrap()
+        };
+        let mut headers: Vec<(String, String)> = Vec::new();
+        for h2 in v["headers"].as_array().unwrap() {
+            let (k, val) = (h2[0].as_str().unwrap(), h2[1].as_str().unwrap());
+            match k.to_ascii_lowercase().as_str() {
+                "host" | "content-length" | "connection" => {}
+                "authorization" => headers.push((k.into(), bearer.clone())),
+                _ => headers.push((k.into(), val.into())),
+            }
+        }
+        let hdrs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let method: Method = v["method"].as_str().unwrap().parse().unwrap();
+        let r = h.send(method.clone(), &target, &hdrs, body.clone()).await;
+        let name = path.file_name().unwrap().to_string_lossy();
+        assert_eq!(r.status, 200, "{name}: {}", String::from_utf8_lossy(&r.body));
+        let log = h.mock_log().await;
+        assert_eq!(log.len(), 1, "{name}");
+        let seen = &log[0];
+        assert_eq!(seen.body_sha256, sha256_hex(&body), "{name}: body changed");
+        assert_eq!(
+            seen.response_sha256.as_deref(),
+            Some(sha256_hex(&r.body).as_str()),
+            "{name}: response changed"
+        );
+        let auth = seen.header("authorization").unwrap();
+        let akid = REAL_AWS.split(':').next().unwrap();
+        assert!(
+            auth.starts_with(&format!("AWS4-HMAC-SHA256 Credential={akid}/")),
+            "{name}: {auth}"
+        );
+        assert!(auth.contains("/us-east-1/bedrock/aws4_request"), "{auth}");
+        assert!(
+            seen.headers.iter().all(|(_, v)| !v.contains(&h.key)),
+            "{name}: stand-in leaked"
+        );
+        if let Some(model) = v["path"].as_str().unwrap().strip_prefix("/model/") {
+            let id = model.split('/').next().unwrap();
+            assert_eq!(
+                seen.path,
+                v["path"].as_str().unwrap().replace(id, &id.replace(':', "%3A")),
+                "{name}"
+            );
+            expected = add(expected, seen.usage.unwrap());
+            posts += 1;
+        }
+        if seen.path.ends_with("invoke-with-response-stream") {
+            assert_eq!(r.header("content-type"), Some("application/vnd.amazon.eventstream"));
+            let frames = conduit::eventstream::Decoder::default().push(&r.body).unwrap();
+            assert!(frames.len() > 10, "{name}: {} frames", frames.len());
+        }
+    }
+    let rows = ledger(&h, posts).await;
+    assert_eq!(sum(&rows, "bedrock"), expected, "{rows:?}");
+    // Every model call is metered from reported usage (the listing has none to report).
+    assert!(
+        rows.iter().filter(|r| r.model != "-").all(|r| r.estimated == 0),
+        "{rows:?}"
+    );
+    let sonnet = rows
+        .iter()
+        .find(|r| r.model == "us.anthropic.claude-sonnet-4-5-20250929-v1:0")
+        .expect("the Sonnet 4.5 profile is recorded by its Bedrock id");
+    let price = h.gateway().prices().lookup("bedrock", &sonnet.model).cloned().unwrap();
+    assert!(price.source.contains("geographic"), "{price:?}");
+    assert_eq!(
+        sonnet.cost_micros,
+        price.cost_micros(&Usage {
+            input: sonnet.input,
+            output: sonnet.output,
+            cache_read: sonnet.cache_read,
+            cache_write: sonnet.cache_write,
+        })
+    );
+}
+
+/// Converse and ConverseStream: usage from the JSON body and from the `metadata` frame.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn converse_usage_is_metered_from_json_and_event_stream() {
+    let h = Harness::start().await;
+    let bearer = format!("Bearer {}", h.key);
+    let body =
+        r#"{"messages":[{"role":"user","content":[{"text":"hello there"}]}],"inferenceConfig":{"maxTokens":64}}"#;
+    let mut expected = Usage::default();
+    for op in ["converse", "converse-stream"] {
+        let r = h
+            .send(
+                Method::POST,
+                &format!("/model/anthropic.claude-3-5-haiku-20241022-v1:0/{op}"),
+                &[("authorization", &bearer), ("content-type", "application/json")],
+                body,
+            )
+            .await;
+        assert_eq!(r.status, 200, "{op}: {}", String::from_utf8_lossy(&r.body));
+        let seen = h.mock_log().await.pop().unwrap();
+        expected = add(expected, seen.usage.unwrap());
+    }
+    let rows = ledger(&h, 2).await;
+    assert_eq!(sum(&rows, "bedrock"), expected);
+    assert!(rows.iter().all(|r| r.estimated == 0 && r.unpriced == 0), "{rows:?}");
+}
+
+/// Wrong credentials are AWS's 403 passed through; a client signing with its own AWS keys gets a
+/// specific 401 that says what to set; a missing credential is a clear 503 — all in AWS's shape.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bedrock_failures_are_specific_and_in_aws_shape() {
+    let h = Harness::builder()
+        .mock(conduit::mock::MockOptions {
+            aws_credentials: Some("AKIADIFFERENTKEY0000:another-secret".into()),
+            ..Default::default()
+        })
+        .start()
+        .await;
+    let bearer = format!("Bearer {}", h.key);
+    let body =
+        r#"{"anthropic_version":"bedrock-2023-05-31","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}"#;
+    let path = "/model/us.anthropic.claude-haiku-4-5-20251001-v1:0/invoke";
+    let r = h
+        .send(
+            Method::POST,
+            path,
+            &[("authorization", &bearer), ("content-type", "application/json")],
+            body,
+        )
+        .await;
+    assert_eq!(r.status, 403, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.header("x-amzn-errortype"), Some("AccessDeniedException"));
+
+    let sigv4 = "AWS4-HMAC-SHA256 Credential=AKIAENGINEERKEY00000/20261127/us-east-1/bedrock/aws4_request, SignedHeaders=host;x-amz-date, Signature=00";
+    let r = h
+        .send(
+            Method::POST,
+            path,
+            &[("authorization", sigv4), ("content-type", "application/json")],
+            body,
+        )
+        .await;
+    assert_eq!(r.status, 401);
+    assert_eq!(r.header("x-amzn-errortype"), Some("AccessDeniedException"));
+    let msg = r.json()["message"].as_str().unwrap().to_string();
+    assert!(msg.contains("AWS_BEARER_TOKEN_BEDROCK"), "{msg}");
+
+    let h = Harness::builder().without_bedrock_credential().start().await;
+    let bearer = format!("Bearer {}", h.key);
+    let r = h
+        .send(
+            Method::POST,
+            path,
+            &[("authorization", &bearer), ("content-type", "application/json")],
+            body,
+        )
+        .await;
+    assert_eq!(r.status, 503);
+    assert!(
+        r.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("credentials set bedrock"),
+        "{}",
+        r.json()
+    );
+}
+
+/// An OpenAI client pointed at Conduit reaches Azure OpenAI unchanged: the model maps to its
+/// deployment in the path, `api-version` is added, the real key goes as `api-key`; an Azure-native
+/// client's path and api-version pass as sent; usage is metered under `azure`, at OpenAI's list
+/// price when no Azure row exists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn azure_openai_from_openai_and_azure_clients() {
+    let h = Harness::builder()
+        .env("CONDUIT_OPENAI_PROVIDER", "azure")
+        .env("CONDUIT_AZURE_API_VERSION", "2024-10-21")
+        .toml("[upstream.openai.deployments]\n\"gpt-4o\" = \"prod-gpt4o\"\n")
+        .start()
+        .await;
+    let body = r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}],"stream":true,"stream_options":{"include_usage":true}}"#;
+    let bearer = format!("Bearer {}", h.key);
+    let r = h
+        .send(
+            Method::POST,
+            "/v1/chat/completions",
+            &[("authorization", &bearer), ("content-type", "application/json")],
+            body,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let seen = h.mock_log().await.pop().unwrap();
+    assert_eq!(seen.path, "/openai/deployments/prod-gpt4o/chat/completions");
+    assert_eq!(seen.query.as_deref(), Some("api-version=2024-10-21"));
+    assert_eq!(seen.header("api-key"), Some(common::REAL_AZURE));
+    assert!(seen.header("authorization").is_none());
+    assert_eq!(seen.body_sha256, sha256_hex(body.as_bytes()));
+    let mut expected = seen.usage.unwrap();
+
+    // Azure-native (AzureOpenAI SDK): `api-key` carries the stand-in.
+    let native = r#"{"messages":[{"role":"user","content":"hi"}]}"#;
+    let r = h
+        .send(
+            Method::POST,
+            "/openai/deployments/prod-gpt4o/chat/completions?api-version=2025-01-01-preview",
+            &[("api-key", &h.key), ("content-type", "application/json")],
+            native,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let seen = h.mock_log().await.pop().unwrap();
+    assert_eq!(seen.path, "/openai/deployments/prod-gpt4o/chat/completions");
+    assert_eq!(seen.query.as_deref(), Some("api-version=2025-01-01-preview"));
+    assert_eq!(seen.header("api-key"), Some(common::REAL_AZURE));
+    assert!(seen.headers.iter().all(|(_, v)| !v.contains(&h.key)));
+    expected = add(expected, seen.usage.unwrap());
+
+    let rows = ledger(&h, 2).await;
+    assert_eq!(sum(&rows, "azure"), expected, "{rows:?}");
+    let row = rows.iter().find(|r| r.model == "gpt-4o").unwrap();
+    assert_eq!(row.unpriced, 0, "{row:?}");
+}
