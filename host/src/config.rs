@@ -124,7 +124,7 @@ pub struct RawUpstream {
     /// Base URL; a path prefix is kept (env `UPSTREAM_ANTHROPIC_URL` / `UPSTREAM_OPENAI_URL` /
     /// `UPSTREAM_BEDROCK_URL`).
     pub url: Option<String>,
-    /// Header for the real credential: `x-api-key`, `bearer`, `api-key` or `sigv4`.
+    /// Header for the real credential: `x-api-key`, `bearer`, `api-key`, `portkey-config` or `sigv4`.
     pub auth: Option<AuthStyle>,
     /// `[upstream.openai]` only: `azure` for Azure OpenAI (also inferred from an
     /// `*.openai.azure.com` / `*.cognitiveservices.azure.com` URL; env `CONDUIT_OPENAI_PROVIDER`).

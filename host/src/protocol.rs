@@ -89,6 +89,9 @@ pub enum AuthStyle {
     Bearer,
     /// `api-key: <secret>` (Azure OpenAI).
     ApiKey,
+    /// `x-portkey-config: <sealed JSON config>` (a Portkey gateway in front of the provider: the
+    /// config names the provider, its key and optionally `custom_host`).
+    PortkeyConfig,
     /// AWS Signature Version 4 over the whole request, with a sealed access key pair (Bedrock).
     /// A Bedrock API key as the credential is sent as `Authorization: Bearer` instead.
     Sigv4,

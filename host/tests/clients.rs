@@ -161,6 +161,103 @@ async fn claude_code_print_mode() {
     );
 }
 
+/// Claude Code in Bedrock mode (`CLAUDE_CODE_USE_BEDROCK=1`, `ANTHROPIC_BEDROCK_BASE_URL` at
+/// Conduit, the stand-in key as `AWS_BEARER_TOKEN_BEDROCK`): its requests reach the mock Bedrock
+/// byte-identical, re-signed with the org's AWS key pair (the mock verifies the SigV4 signature,
+/// else it answers 403 and Claude Code fails), the streamed event-stream answer comes back to it,
+/// and the ledger holds the usage the mock reported, under `bedrock`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claude_code_in_bedrock_mode() {
+    let Some(claude) = require("Claude Code (claude)", node_bin("claude")) else {
+        return;
+    };
+    let h = Harness::start().await;
+    let tap = Wiretap::start(h.running.addr).await;
+    let home = tempfile::tempdir().unwrap();
+    let out = run(
+        &claude,
+        &["-p", "say hello", "--output-format", "json"],
+        &[
+            ("CLAUDE_CODE_USE_BEDROCK", "1".into()),
+            ("ANTHROPIC_BEDROCK_BASE_URL", format!("http://{}", tap.addr)),
+            ("AWS_BEARER_TOKEN_BEDROCK", h.key.clone()),
+            ("AWS_REGION", "us-east-1".into()),
+            ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1".into()),
+            ("HOME", home.path().display().to_string()),
+        ],
+        home.path(),
+    )
+    .await;
+    let result: serde_json::Value =
+        serde_json::from_str(out.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {}", out.stdout));
+    assert_eq!(result["is_error"], false, "{result}");
+    assert!(
+        result["result"].as_str().unwrap().contains("Conduit mock upstream"),
+        "{result}"
+    );
+    let sent: Vec<_> = tap.requests().into_iter().filter(|r| r.method == "POST").collect();
+    let received: Vec<_> = h.mock_log().await.into_iter().filter(|r| r.method == "POST").collect();
+    let mut a: Vec<String> = sent.iter().map(|r| sha256_hex(&r.body)).collect();
+    let mut b: Vec<String> = received.iter().map(|r| r.body_sha256.clone()).collect();
+    a.sort();
+    b.sort();
+    assert_eq!(a, b, "bodies changed between Claude Code and Bedrock");
+    let akid = common::REAL_AWS.split(':').next().unwrap();
+    let streamed = received
+        .iter()
+        .find(|r| r.path.ends_with("/invoke-with-response-stream"))
+        .expect("Claude Code streams its turn");
+    assert!(streamed.body_len > 20_000, "the first turn carries the tools");
+    for r in &received {
+        assert!(
+            r.path.starts_with("/model/") && r.path.contains("%3A") || !r.path.contains(':'),
+            "{}",
+            r.path
+        );
+        let auth = r.header("authorization").unwrap_or_default();
+        assert!(
+            auth.starts_with(&format!("AWS4-HMAC-SHA256 Credential={akid}/")),
+            "{}: {auth}",
+            r.path
+        );
+        assert!(
+            r.headers.iter().all(|(_, v)| !v.contains(&h.key)),
+            "stand-in key reached Bedrock"
+        );
+    }
+    h.gateway().ledger.flush();
+    let day = conduit::clock::format_date(conduit::clock::now_unix());
+    let mut metered = conduit::usage::Usage::default();
+    for _ in 0..100 {
+        h.gateway().ledger.flush();
+        let rows = h.gateway().store.spend(&day, &day).unwrap();
+        let bedrock: Vec<_> = rows
+            .iter()
+            .filter(|r| r.provider == "bedrock" && r.model != "-")
+            .collect();
+        if bedrock.iter().map(|r| r.requests).sum::<u64>() >= received.len() as u64 {
+            metered = bedrock.iter().fold(Default::default(), |a, r| conduit::usage::Usage {
+                input: a.input + r.input,
+                output: a.output + r.output,
+                cache_read: a.cache_read + r.cache_read,
+                cache_write: a.cache_write + r.cache_write,
+            });
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let reported = received
+        .iter()
+        .filter_map(|r| r.usage)
+        .fold(conduit::usage::Usage::default(), |a, u| conduit::usage::Usage {
+            input: a.input + u.input,
+            output: a.output + u.output,
+            cache_read: a.cache_read + u.cache_read,
+            cache_write: a.cache_write + u.cache_write,
+        });
+    assert_eq!(metered, reported, "ledger vs the usage Bedrock reported");
+}
+
 /// A blocked secret, as Claude Code shows it: the error names the category, rule and location
 /// (never the value), Claude Code does not retry it, and nothing reaches the provider.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

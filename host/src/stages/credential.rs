@@ -66,6 +66,10 @@ pub fn for_upstream(gw: &Gateway, upstream: &Upstream) -> Result<UpstreamAuth, G
         AuthStyle::XApiKey => (HeaderName::from_static("x-api-key"), Zeroizing::new(secret.to_string())),
         AuthStyle::Bearer => (http::header::AUTHORIZATION, Zeroizing::new(format!("Bearer {secret}"))),
         AuthStyle::ApiKey => (HeaderName::from_static("api-key"), Zeroizing::new(secret.to_string())),
+        AuthStyle::PortkeyConfig => (
+            HeaderName::from_static("x-portkey-config"),
+            Zeroizing::new(secret.to_string()),
+        ),
     };
     let mut value = HeaderValue::from_str(&text).map_err(|_| {
         GatewayError::internal(format!(

@@ -37,6 +37,18 @@ pub async fn send(
     copy_end_to_end(&parts.headers, headers, true);
     match auth {
         UpstreamAuth::Header(name, value) => {
+            if name == "x-portkey-config" {
+                // Only the sealed config may steer Portkey: a client's own `x-portkey-*` headers
+                // (custom host, provider, keys) could send the org's credential elsewhere.
+                let client_set: Vec<HeaderName> = headers
+                    .keys()
+                    .filter(|n| n.as_str().starts_with("x-portkey-"))
+                    .cloned()
+                    .collect();
+                for n in client_set {
+                    headers.remove(n);
+                }
+            }
             headers.insert(name, value);
         }
         UpstreamAuth::Aws { credential, region } => {
