@@ -277,11 +277,16 @@ fn start_nginx(mock: SocketAddr) -> Option<System> {
 /// LiteLLM's proxy, when `litellm` is on the PATH: its Anthropic `/v1/messages` route to a model
 /// whose `api_base` is the mock. Offline switches on; loopback only.
 fn start_litellm(mock: SocketAddr) -> Option<System> {
-    let bin = which("litellm")?;
+    // `.ci/run` installs LiteLLM in its own venv under $CONDUIT_PEERS_DIR.
+    let venv = std::env::var("CONDUIT_PEERS_DIR")
+        .ok()
+        .map(|d| format!("{d}/litellm/bin/litellm"))
+        .filter(|p| std::path::Path::new(p).exists());
+    let bin = venv.or_else(|| which("litellm"))?;
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let config = format!(
-        "model_list:\n  - model_name: claude-sonnet-4-5\n    litellm_params:\n      model: anthropic/claude-sonnet-4-5\n      api_base: http://{mock}\n      api_key: sk-ant-bench\nlitellm_settings:\n  telemetry: false\n  drop_params: true\ngeneral_settings:\n  master_key: sk-litellm-bench\n"
+        "model_list:\n  - model_name: \"*\"\n    litellm_params:\n      model: \"anthropic/*\"\n      api_base: http://{mock}\n      api_key: sk-ant-bench\nlitellm_settings:\n  telemetry: false\n  drop_params: true\ngeneral_settings:\n  master_key: sk-litellm-bench\n"
     );
     std::fs::write(dir.path().join("config.yaml"), config).unwrap();
     let child = pinned(GATEWAY_CPU, &bin)
@@ -322,7 +327,9 @@ fn start_litellm(mock: SocketAddr) -> Option<System> {
 /// Portkey's gateway, when installed under `$PORTKEY_DIR` (node_modules/@portkey-ai/gateway):
 /// forwarded to the mock with `x-portkey-provider: anthropic` and `x-portkey-custom-host`.
 fn start_portkey(mock: SocketAddr) -> Option<System> {
-    let dir = std::env::var("PORTKEY_DIR").ok()?;
+    let dir = std::env::var("PORTKEY_DIR")
+        .ok()
+        .or_else(|| std::env::var("CONDUIT_PEERS_DIR").ok().map(|d| format!("{d}/portkey")))?;
     let entry = std::path::Path::new(&dir).join("node_modules/@portkey-ai/gateway/build/start-server.js");
     if !entry.exists() {
         eprintln!("PORTKEY_DIR is set but {} is missing", entry.display());

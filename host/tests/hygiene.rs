@@ -16,6 +16,7 @@ const CANARY_CREDENTIAL: &str = "sk-ant-api03-HYGIENECANARYCREDENTIAL-9d8c7b";
 const CANARY_PROMPT: &str = "HYGIENE-CANARY-PROMPT the merger code is BLUEHERON-7";
 const CANARY_SECRET_IN_PROMPT: &str = "AKIAHYGIENECANARY777";
 const CANARY_QUERY: &str = "hygienecanaryquery";
+const CANARY_AWS_SECRET: &str = "HygieneAwsSecretCanary/7f3c9a1e5b2d4f6a8c0e+Z";
 
 fn files_under(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
     for e in std::fs::read_dir(dir).unwrap() {
@@ -41,6 +42,9 @@ async fn canaries_never_reach_logs_store_or_cli_output() {
             .env("CONDUIT_ADMIN_LISTEN", &admin)
             .env("UPSTREAM_ANTHROPIC_URL", mock.url())
             .env("UPSTREAM_OPENAI_URL", mock.url())
+            .env("UPSTREAM_BEDROCK_URL", mock.url())
+            .env("AWS_ACCESS_KEY_ID", "AKIAHYGIENECANARY0001")
+            .env("AWS_SECRET_ACCESS_KEY", CANARY_AWS_SECRET)
             .env("CONDUIT_LOG", "debug")
             .env("CONDUIT_LOG_FORMAT", "json")
             .env("CANARY", CANARY_CREDENTIAL);
@@ -66,6 +70,7 @@ async fn canaries_never_reach_logs_store_or_cli_output() {
     let key = created["key"].as_str().unwrap().to_string();
     cli(&["credentials", "set", "anthropic", "--from-env", "CANARY"]);
     cli(&["credentials", "set", "openai", "--from-env", "CANARY"]);
+    cli(&["credentials", "set", "bedrock", "--from-aws-env"]);
 
     let gateway = cmd(&["serve"])
         .stdout(Stdio::null())
@@ -91,6 +96,13 @@ async fn canaries_never_reach_logs_store_or_cli_output() {
             "/v1/chat/completions".into(),
             vec![("authorization", format!("Bearer {key}"))],
             prompt_body.clone(),
+        ),
+        (
+            "/model/us.anthropic.claude-sonnet-4-5-20250929-v1:0/invoke-with-response-stream".into(),
+            vec![("authorization", format!("Bearer {key}"))],
+            format!(
+                r#"{{"anthropic_version":"bedrock-2023-05-31","max_tokens":32,"messages":[{{"role":"user","content":"{CANARY_PROMPT} key {CANARY_SECRET_IN_PROMPT}"}}]}}"#
+            ),
         ),
         // Refusals that carry the canaries: bad JSON, unknown key, a provider key, wrong type.
         (
@@ -141,7 +153,7 @@ async fn canaries_never_reach_logs_store_or_cli_output() {
         answered.push(resp.status().as_u16());
         let _ = resp.into_body().collect().await;
     }
-    assert_eq!(answered, [200, 200, 400, 200, 401, 401, 200, 500]);
+    assert_eq!(answered, [200, 200, 200, 400, 200, 401, 401, 200, 500]);
     // The secret in the prompt was found (alert); now block it and send it again.
     cli(&["policy", "mode", "secret.*", "block"]);
     let resp = client
@@ -231,6 +243,7 @@ async fn canaries_never_reach_logs_store_or_cli_output() {
     assert!(stored.len() > 3, "the store wrote files: {stored:?}");
     let canaries = [
         CANARY_CREDENTIAL,
+        CANARY_AWS_SECRET,
         "HYGIENECANARYCREDENTIAL",
         "HYGIENE-CANARY-PROMPT",
         "BLUEHERON",
