@@ -174,10 +174,52 @@ pub type OnEnd = Box<dyn FnOnce(Sent, StreamEnd, Observed) -> Option<Pending> + 
 const DRAIN_TIME: Duration = Duration::from_secs(600);
 const DRAIN_BYTES: u64 = 64 * 1024 * 1024;
 
+/// Where an upstream body's frames come from: the upstream's own body, or — for an Anthropic
+/// client served by Bedrock, the one translated case (`crate::bedrock`) — its event-stream turned
+/// into SSE, or an error body rewritten into the client's shape.
+#[derive(Debug)]
+pub enum Source {
+    /// The upstream's body, unchanged.
+    Plain(Incoming),
+    /// Bedrock event-stream → Anthropic SSE.
+    Sse(crate::bedrock::SseFromEventStream),
+    /// A body already read and rewritten.
+    Ready(Option<Bytes>),
+}
+
+impl Body for Source {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            Source::Plain(b) => Pin::new(b).poll_frame(cx).map_err(BoxError::from),
+            Source::Sse(b) => Pin::new(b).poll_frame(cx),
+            Source::Ready(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Source::Plain(b) => b.is_end_stream(),
+            Source::Sse(b) => b.is_end_stream(),
+            Source::Ready(b) => b.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Source::Plain(b) => b.size_hint(),
+            Source::Sse(b) => b.size_hint(),
+            Source::Ready(b) => SizeHint::with_exact(b.as_ref().map_or(0, |d| d.len() as u64)),
+        }
+    }
+}
+
 pin_project_lite::pin_project! {
     /// The upstream response body, passed through unchanged.
     pub struct UpstreamBody {
-        inner: Option<Incoming>,
+        inner: Option<Source>,
         #[pin]
         idle: Sleep,
         idle_timeout: Duration,
@@ -217,7 +259,7 @@ pin_project_lite::pin_project! {
 }
 
 /// The client is gone: read the rest of the upstream body on a task of its own, then report.
-fn drain(mut inner: Incoming, mut tap: Option<UsageTap>, idle: Duration, sent: Sent, on_end: OnEnd) {
+fn drain(mut inner: Source, mut tap: Option<UsageTap>, idle: Duration, sent: Sent, on_end: OnEnd) {
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         let _ = on_end(
             sent,
@@ -250,13 +292,7 @@ fn drain(mut inner: Incoming, mut tap: Option<UsageTap>, idle: Duration, sent: S
 
 impl UpstreamBody {
     /// Wraps `inner`; `tap` sees every data frame; `on_end` runs once when it ends or is dropped.
-    pub fn new(
-        inner: Incoming,
-        idle_timeout: Duration,
-        tap: UsageTap,
-        on_end: OnEnd,
-        slot: Option<StreamSlot>,
-    ) -> Self {
+    pub fn new(inner: Source, idle_timeout: Duration, tap: UsageTap, on_end: OnEnd, slot: Option<StreamSlot>) -> Self {
         UpstreamBody {
             expected: inner.size_hint().exact(),
             inner: Some(inner),
@@ -306,7 +342,7 @@ impl Body for UpstreamBody {
             }
             Poll::Ready(Some(Err(e))) => {
                 let end = StreamEnd::UpstreamError(e.to_string());
-                (Some(Err(e.into())), Some(end))
+                (Some(Err(e)), Some(end))
             }
             Poll::Ready(None) => (None, Some(StreamEnd::Complete)),
             Poll::Pending => {

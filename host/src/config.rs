@@ -126,8 +126,10 @@ pub struct RawUpstream {
     pub url: Option<String>,
     /// Header for the real credential: `x-api-key`, `bearer`, `api-key`, `portkey-config` or `sigv4`.
     pub auth: Option<AuthStyle>,
-    /// `[upstream.openai]` only: `azure` for Azure OpenAI (also inferred from an
-    /// `*.openai.azure.com` / `*.cognitiveservices.azure.com` URL; env `CONDUIT_OPENAI_PROVIDER`).
+    /// `[upstream.openai]`: `azure` for Azure OpenAI (also inferred from an `*.openai.azure.com` /
+    /// `*.cognitiveservices.azure.com` URL; env `CONDUIT_OPENAI_PROVIDER`).
+    /// `[upstream.anthropic]`: `bedrock` sends Anthropic-API clients to Bedrock (env
+    /// `CONDUIT_ANTHROPIC_PROVIDER`; see `crate::bedrock`).
     pub provider: Option<String>,
     /// Azure: `api-version` query parameter for the deployments form (env
     /// `CONDUIT_AZURE_API_VERSION`; default `2024-10-21`).
@@ -142,6 +144,15 @@ pub struct RawUpstream {
     /// `UPSTREAM_BEDROCK_CONTROL_URL`; default `https://bedrock.<region>.amazonaws.com`, or the
     /// runtime URL when that was set to a non-AWS host such as a proxy or a mock).
     pub control_url: Option<String>,
+    /// Bedrock, for Anthropic-API clients: model name → Bedrock model id or inference profile.
+    #[serde(default)]
+    pub models: HashMap<String, String>,
+    /// Bedrock, for Anthropic-API clients: profile prefix for the built-in model table (`us`,
+    /// `eu`, `apac`, `jp`, `au`, `global`, or `none` for base model ids; default from the region).
+    pub inference_profile: Option<String>,
+    /// Bedrock, for Anthropic-API clients: `anthropic-beta` values passed on as `anthropic_beta`
+    /// (default: the betas Bedrock documents; others are dropped).
+    pub betas: Option<Vec<String>>,
 }
 
 /// `[tls]`
@@ -344,6 +355,8 @@ pub struct Bedrock {
     pub region: String,
     /// Control plane (`/inference-profiles`, `/foundation-models`): scheme, authority, prefix.
     pub control: Box<Upstream>,
+    /// How Anthropic-API requests are translated when the Anthropic upstream is Bedrock.
+    pub translation: crate::bedrock::Translation,
 }
 
 /// One upstream per family.
@@ -642,10 +655,23 @@ fn build_upstreams(mut raw: HashMap<String, RawUpstream>, env: &dyn Fn(&str) -> 
     let mut take = |p: Protocol| raw.remove(p.as_str()).unwrap_or_default();
 
     let a = take(Protocol::Anthropic);
+    let anthropic_via_bedrock = match var("CONDUIT_ANTHROPIC_PROVIDER")
+        .or(a.provider.clone())
+        .map(|p| p.trim().to_ascii_lowercase())
+        .as_deref()
+    {
+        None | Some("anthropic") => false,
+        Some("bedrock") => true,
+        Some(other) => {
+            return Err(Error::msg(format!(
+                "[upstream.anthropic].provider (CONDUIT_ANTHROPIC_PROVIDER) is {other:?}; expected \"anthropic\" or \"bedrock\""
+            )));
+        }
+    };
     let url = var("UPSTREAM_ANTHROPIC_URL")
         .or(a.url)
         .unwrap_or_else(|| Protocol::Anthropic.default_upstream().into());
-    let anthropic = parse_upstream(Protocol::Anthropic, &url, a.auth.unwrap_or(AuthStyle::XApiKey))?;
+    let mut anthropic = parse_upstream(Protocol::Anthropic, &url, a.auth.unwrap_or(AuthStyle::XApiKey))?;
 
     let o = take(Protocol::OpenAi);
     let url = var("UPSTREAM_OPENAI_URL")
@@ -732,12 +758,38 @@ fn build_upstreams(mut raw: HashMap<String, RawUpstream>, env: &dyn Fn(&str) -> 
     let mut control = parse_upstream(Protocol::Bedrock, &control_url, auth)
         .map_err(|e| e.context("UPSTREAM_BEDROCK_CONTROL_URL / [upstream.bedrock].control_url"))?;
     control.provider = "bedrock";
+    let profile = match b.inference_profile.map(|p| p.trim().to_ascii_lowercase()) {
+        Some(p) if p == "none" => None,
+        Some(p) if !p.is_empty() && p.bytes().all(|c| c.is_ascii_lowercase() || c == b'-') => Some(p),
+        Some(p) => {
+            return Err(Error::msg(format!(
+                "[upstream.bedrock].inference_profile is {p:?}; expected a profile prefix such as \"us\", \"eu\", \"apac\", \"global\", or \"none\""
+            )));
+        }
+        None => crate::bedrock::Translation::profile_for_region(&region),
+    };
+    let translation = crate::bedrock::Translation {
+        models: b.models,
+        profile,
+        betas: b
+            .betas
+            .unwrap_or_else(|| crate::bedrock::DEFAULT_BETAS.iter().map(|s| s.to_string()).collect()),
+    };
     let mut bedrock = parse_upstream(Protocol::Bedrock, &runtime_url, auth)?;
     bedrock.provider = "bedrock";
     bedrock.bedrock = Some(Bedrock {
         region,
         control: Box::new(control),
+        translation,
     });
+    if anthropic_via_bedrock {
+        // Anthropic-API clients, answered by Bedrock: the runtime URL and its signing, the
+        // Anthropic family's shapes towards the client.
+        anthropic = Upstream {
+            protocol: Protocol::Anthropic,
+            ..bedrock.clone()
+        };
+    }
     Ok(Upstreams {
         anthropic,
         openai,

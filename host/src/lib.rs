@@ -22,6 +22,7 @@ pub mod admin;
 pub mod admin_client;
 pub mod admission;
 pub mod audit;
+pub mod bedrock;
 pub mod body;
 pub mod cli;
 pub mod cli_audit;

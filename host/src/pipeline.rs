@@ -86,13 +86,26 @@ async fn run(gw: &Gateway, req: Request<Incoming>, ex: &mut accept::Exchange) ->
     let (parts, body) = req.into_parts();
     let mut inspected = inspect::read(body, &parts.headers, route.endpoint, &gw.config.limits).await?;
     route::finalize(&mut route, &inspected.facts)?;
+    let upstream_model = route.path_model.take();
+    // Recorded (ledger, audit, prices): the model as the upstream bills it — the Bedrock id when an
+    // Anthropic request is translated; otherwise the client's, or the path's for Bedrock-native and
+    // Azure-native clients. Policies judge the name the client asked for.
+    ex.model = if route.translate_to_bedrock {
+        upstream_model.clone()
+    } else {
+        inspected.facts.model.clone().or_else(|| upstream_model.clone())
+    };
     if inspected.facts.model.is_none() {
-        // Bedrock and Azure-native clients name the model (deployment) in the path.
-        inspected.facts.model = route.path_model.take();
+        // Bedrock-native: policies (model allow-lists) judge the Anthropic model the id names.
+        inspected.facts.model = match upstream_model {
+            Some(id) if route.protocol == crate::protocol::Protocol::Bedrock && id.contains("anthropic.") => {
+                Some(crate::prices::bedrock_to_anthropic(&id))
+            }
+            other => other,
+        };
     }
     inspected.facts.stream |= route.endpoint.streams();
     ex.bytes_in = inspected.body.len() as u64;
-    ex.model = inspected.facts.model.clone();
     ex.stream = inspected.facts.stream;
 
     police::police(gw, ex, &principal, &route, &inspected)?;

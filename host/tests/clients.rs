@@ -258,6 +258,82 @@ async fn claude_code_in_bedrock_mode() {
     assert_eq!(metered, reported, "ledger vs the usage Bedrock reported");
 }
 
+/// Claude Code unchanged (`ANTHROPIC_BASE_URL`), the org's Anthropic upstream set to Bedrock:
+/// Conduit translates each turn for Bedrock (the mock refuses a body with `model` or `stream` and
+/// verifies the signature), turns the event-stream back into SSE that Claude Code renders, and
+/// meters what Bedrock reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claude_code_with_the_anthropic_upstream_on_bedrock() {
+    let Some(claude) = require("Claude Code (claude)", node_bin("claude")) else {
+        return;
+    };
+    let h = Harness::builder()
+        .env("CONDUIT_ANTHROPIC_PROVIDER", "bedrock")
+        .start()
+        .await;
+    let home = tempfile::tempdir().unwrap();
+    let out = run(
+        &claude,
+        &[
+            "-p",
+            "say hello",
+            "--output-format",
+            "json",
+            "--model",
+            "claude-sonnet-4-5",
+        ],
+        &[
+            ("ANTHROPIC_BASE_URL", format!("http://{}", h.running.addr)),
+            ("ANTHROPIC_API_KEY", h.key.clone()),
+            ("ANTHROPIC_DEFAULT_HAIKU_MODEL", "claude-haiku-4-5".into()),
+            ("ANTHROPIC_SMALL_FAST_MODEL", "claude-haiku-4-5".into()),
+            ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1".into()),
+            ("HOME", home.path().display().to_string()),
+        ],
+        home.path(),
+    )
+    .await;
+    let result: serde_json::Value =
+        serde_json::from_str(out.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {}", out.stdout));
+    assert_eq!(result["is_error"], false, "{result}");
+    assert!(
+        result["result"].as_str().unwrap().contains("Conduit mock upstream"),
+        "{result}"
+    );
+    let received: Vec<_> = h.mock_log().await.into_iter().filter(|r| r.method == "POST").collect();
+    assert!(
+        received.iter().any(|r| r.path
+            == "/model/us.anthropic.claude-sonnet-4-5-20250929-v1%3A0/invoke-with-response-stream"
+            && r.body_len > 20_000),
+        "{:?}",
+        received.iter().map(|r| (&r.path, r.status)).collect::<Vec<_>>()
+    );
+    assert!(
+        received.iter().all(|r| r.status == 200),
+        "Bedrock refused a translated request"
+    );
+    let day = conduit::clock::format_date(conduit::clock::now_unix());
+    let reported = received
+        .iter()
+        .filter_map(|r| r.usage)
+        .fold(0, |a, u| a + u.input + u.output + u.cache_read + u.cache_write);
+    let mut metered = 0;
+    for _ in 0..100 {
+        h.gateway().ledger.flush();
+        let rows = h.gateway().store.spend(&day, &day).unwrap();
+        metered = rows
+            .iter()
+            .filter(|r| r.provider == "bedrock")
+            .map(|r| r.input + r.output + r.cache_read + r.cache_write)
+            .sum::<u64>();
+        if metered == reported {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(metered, reported, "ledger tokens vs Bedrock's usage");
+}
+
 /// A blocked secret, as Claude Code shows it: the error names the category, rule and location
 /// (never the value), Claude Code does not retry it, and nothing reaches the provider.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

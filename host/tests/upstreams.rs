@@ -305,3 +305,97 @@ async fn azure_openai_from_openai_and_azure_clients() {
     let row = rows.iter().find(|r| r.model == "gpt-4o").unwrap();
     assert_eq!(row.unpriced, 0, "{row:?}");
 }
+
+/// Anthropic-API clients with the Anthropic upstream set to Bedrock: `/v1/messages` reaches
+/// `/model/{profile id}/invoke[-with-response-stream]` with the body Bedrock requires (no `model`,
+/// no `stream`, `anthropic_version`, the accepted betas as `anthropic_beta`, every other member
+/// byte for byte), signed (the mock verifies); the event-stream comes back as Anthropic SSE and
+/// errors in Anthropic's shape; the ledger records the Bedrock id with the usage Bedrock reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anthropic_clients_reach_bedrock_through_the_one_translation() {
+    let h = Harness::builder()
+        .env("CONDUIT_ANTHROPIC_PROVIDER", "bedrock")
+        .toml("[upstream.bedrock.models]\n\"claude-house\" = \"global.anthropic.claude-haiku-4-5-20251001-v1:0\"\n")
+        .start()
+        .await;
+    let headers = [
+        ("x-api-key", h.key.as_str()),
+        ("anthropic-version", "2023-06-01"),
+        ("anthropic-beta", "claude-code-20250219,interleaved-thinking-2025-05-14"),
+        ("content-type", "application/json"),
+    ];
+    let body = r#"{"model":"claude-sonnet-4-5","max_tokens":64,"messages":[{"role":"user","content":"hi"}],"system":"be brief"}"#;
+    let r = h.send(Method::POST, "/v1/messages", &headers, body).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let v = r.json();
+    assert_eq!(v["type"], "message");
+    assert!(
+        v["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("Conduit mock upstream")
+    );
+    let seen = h.mock_log().await.pop().unwrap();
+    assert_eq!(
+        seen.path,
+        "/model/us.anthropic.claude-sonnet-4-5-20250929-v1%3A0/invoke"
+    );
+    let expected_body = r#"{"max_tokens":64,"messages":[{"role":"user","content":"hi"}],"system":"be brief","anthropic_version":"bedrock-2023-05-31","anthropic_beta":["interleaved-thinking-2025-05-14"]}"#;
+    assert_eq!(
+        seen.body_sha256,
+        sha256_hex(expected_body.as_bytes()),
+        "the translated body"
+    );
+    assert!(seen.header("authorization").unwrap().starts_with("AWS4-HMAC-SHA256"));
+    assert!(seen.header("anthropic-version").is_none() && seen.header("x-api-key").is_none());
+    let mut expected = seen.usage.unwrap();
+
+    // Streamed: Anthropic SSE, event by event, text intact.
+    let stream_body =
+        r#"{"model":"claude-house","max_tokens":64,"stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    let r = h.send(Method::POST, "/v1/messages", &headers, stream_body).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert!(r.header("content-type").unwrap().starts_with("text/event-stream"));
+    let text = String::from_utf8(r.body.to_vec()).unwrap();
+    let events: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("event: ")).collect();
+    assert_eq!(events.first(), Some(&"message_start"));
+    assert_eq!(events.last(), Some(&"message_stop"));
+    let said: String = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .filter_map(|e| e["delta"]["text"].as_str().map(str::to_owned))
+        .collect();
+    assert!(said.contains("Conduit mock upstream"), "{said}");
+    let seen = h.mock_log().await.pop().unwrap();
+    assert_eq!(
+        seen.path,
+        "/model/global.anthropic.claude-haiku-4-5-20251001-v1%3A0/invoke-with-response-stream"
+    );
+    expected = add(expected, seen.usage.unwrap());
+
+    // Errors in Anthropic's shape; refusals before Bedrock are clear.
+    let mut throttled = headers.to_vec();
+    throttled.push(("x-mock-mode", "status-429"));
+    let r = h.send(Method::POST, "/v1/messages", &throttled, body).await;
+    assert_eq!(r.status, 429);
+    assert_eq!(r.json()["error"]["type"], "rate_limit_error", "{}", r.json());
+    let r = h
+        .send(
+            Method::POST,
+            "/v1/messages",
+            &headers,
+            r#"{"model":"gpt-5","max_tokens":5,"messages":[]}"#,
+        )
+        .await;
+    r.assert_anthropic_error(400, "invalid_request_error", "[upstream.bedrock.models]");
+    let r = h.send(Method::POST, "/v1/messages/count_tokens", &headers, body).await;
+    r.assert_anthropic_error(404, "not_found_error", "Bedrock");
+
+    let rows = ledger(&h, 3).await;
+    assert_eq!(sum(&rows, "bedrock"), expected, "{rows:?}");
+    assert!(
+        rows.iter()
+            .any(|r| r.model == "us.anthropic.claude-sonnet-4-5-20250929-v1:0" && r.cost_micros > 0)
+    );
+}

@@ -69,7 +69,8 @@ pub fn admit(
         });
     }
     let provider = ex.provider.unwrap_or("-");
-    let model = facts.model.as_deref().unwrap_or("");
+    // The model as recorded (a translated request's Bedrock id), which is what is billed.
+    let model = ex.model.as_deref().or(facts.model.as_deref()).unwrap_or("");
     let prices = gw.prices();
     let row = prices.lookup(provider, model).ok_or_else(|| {
         GatewayError::downstream(

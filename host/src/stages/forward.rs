@@ -9,7 +9,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response};
 use http_body_util::Full;
 
-use crate::body::{GatewayBody, OnEnd, UpstreamBody};
+use crate::body::{GatewayBody, OnEnd, Source, UpstreamBody};
 use crate::error::{ErrorKind, GatewayError};
 use crate::gateway::Gateway;
 use crate::rescue::REQUEST_ID_HEADER;
@@ -30,11 +30,29 @@ pub async fn send(
     exchange: &mut Exchange,
     admitted: Admitted,
 ) -> Result<Response<GatewayBody>, GatewayError> {
+    let translation = route
+        .translate_to_bedrock
+        .then(|| route.upstream.bedrock.as_ref().map(|b| &b.translation))
+        .flatten();
+    let body = match translation {
+        // The one body Conduit changes: an Anthropic request for Bedrock (crate::bedrock).
+        Some(t) => {
+            let beta = parts.headers.get("anthropic-beta").and_then(|v| v.to_str().ok());
+            crate::bedrock::request_body(&body, beta, &t.betas)
+                .map_err(|why| GatewayError::downstream(ErrorKind::BadRequest, why))?
+        }
+        None => body,
+    };
     let mut upstream_req = Request::new(Full::new(body.clone()));
     *upstream_req.method_mut() = parts.method;
     *upstream_req.uri_mut() = route.uri.clone();
     let headers = upstream_req.headers_mut();
     copy_end_to_end(&parts.headers, headers, true);
+    if translation.is_some() {
+        // Carried in the body for Bedrock (anthropic_version, anthropic_beta).
+        headers.remove("anthropic-version");
+        headers.remove("anthropic-beta");
+    }
     match auth {
         UpstreamAuth::Header(name, value) => {
             if name == "x-portkey-config" {
@@ -114,6 +132,11 @@ pub async fn send(
         headers.insert(REQUEST_ID_HEADER, id);
     }
     parts.headers = headers;
+    let source = if translation.is_some() {
+        translate_response(&mut parts, incoming, exchange.stream).await
+    } else {
+        Source::Plain(incoming)
+    };
 
     let status = parts.status.as_u16();
     let header = |name: header::HeaderName| parts.headers.get(name).and_then(|v| v.to_str().ok());
@@ -138,8 +161,48 @@ pub async fn send(
         };
         audit::record_stream(&log, finished, status, delivery, &end, settled)
     });
-    let body = UpstreamBody::new(incoming, net.idle_timeout, tap, on_end, slot);
+    let body = UpstreamBody::new(source, net.idle_timeout, tap, on_end, slot);
     Ok(Response::from_parts(parts, GatewayBody::Upstream { inner: body }))
+}
+
+/// Bedrock's answer to a translated Anthropic request, in Anthropic's shapes: the event-stream as
+/// SSE, an AWS JSON error as an Anthropic error. A successful JSON message is already Anthropic's.
+async fn translate_response(
+    parts: &mut http::response::Parts,
+    incoming: hyper::body::Incoming,
+    stream: bool,
+) -> Source {
+    use http_body_util::BodyExt;
+    let headers = &mut parts.headers;
+    if parts.status.is_success() {
+        let event_stream = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|t| t.starts_with("application/vnd.amazon.eventstream"));
+        if !(stream && event_stream) {
+            return Source::Plain(incoming);
+        }
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream; charset=utf-8"),
+        );
+        headers.remove(header::CONTENT_LENGTH);
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        return Source::Sse(crate::bedrock::SseFromEventStream::new(incoming));
+    }
+    // Errors are small: read (bounded) and rewrite.
+    let limited = http_body_util::Limited::new(incoming, 1024 * 1024);
+    let read = tokio::time::timeout(std::time::Duration::from_secs(30), limited.collect()).await;
+    let original = match read {
+        Ok(Ok(c)) => c.to_bytes(),
+        _ => Bytes::new(),
+    };
+    let aws_type = headers.get("x-amzn-errortype").and_then(|v| v.to_str().ok());
+    let converted = crate::bedrock::anthropic_error(parts.status.as_u16(), aws_type, &original);
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(converted.len()));
+    headers.remove(header::CONTENT_ENCODING);
+    Source::Ready(Some(converted))
 }
 
 /// Copies end-to-end headers: drops hop-by-hop ones (RFC 9110 §7.6.1, including any named in

@@ -84,6 +84,9 @@ pub struct Route<'a> {
     /// Azure: the operation after the deployment (`chat/completions`), until [`finalize`] knows
     /// the deployment from the body.
     azure_operation: Option<&'static str>,
+    /// An Anthropic request answered by Bedrock (`crate::bedrock`): [`finalize`] sets the
+    /// `/model/{id}/invoke…` path and `path_model` to the Bedrock id; `forward` translates.
+    pub translate_to_bedrock: bool,
 }
 
 /// Result of routing.
@@ -124,6 +127,15 @@ pub fn resolve<'a>(
     let protocol = pinned.or(family).unwrap_or_else(|| by_headers(headers));
     let upstream = upstreams.get(protocol);
 
+    let translate_to_bedrock = protocol == Protocol::Anthropic && upstream.bedrock.is_some();
+    if translate_to_bedrock && endpoint != Endpoint::Messages {
+        return Err(GatewayError::downstream(
+            ErrorKind::NotFound,
+            format!(
+                "{path} is not available here: this gateway sends Anthropic API requests to AWS Bedrock, which serves only /v1/messages"
+            ),
+        ));
+    }
     let mut path_model = None;
     let mut azure_operation = None;
     let mut target = String::with_capacity(upstream.path_prefix.len() + uri.path().len() + 48);
@@ -162,11 +174,39 @@ pub fn resolve<'a>(
         uri,
         path_model,
         azure_operation,
+        translate_to_bedrock,
     }))
 }
 
-/// Completes the upstream URL once the body is known: Azure's deployments form needs the model.
+/// Completes the upstream URL once the body is known: Azure's deployments form and Bedrock's
+/// `/model/{id}/…` need the model.
 pub fn finalize(route: &mut Route<'_>, facts: &inspect::RequestFacts) -> Result<(), GatewayError> {
+    if route.translate_to_bedrock
+        && let Some(bedrock) = &route.upstream.bedrock
+    {
+        let model = facts
+            .model
+            .as_deref()
+            .filter(|m| *m != inspect::INVALID_MODEL)
+            .ok_or_else(|| GatewayError::downstream(ErrorKind::BadRequest, "the request body names no `model`"))?;
+        let id = bedrock
+            .translation
+            .bedrock_id(model)
+            .map_err(|why| GatewayError::downstream(ErrorKind::BadRequest, why))?;
+        let op = if facts.stream {
+            "invoke-with-response-stream"
+        } else {
+            "invoke"
+        };
+        let target = format!(
+            "{}/model/{}/{op}",
+            route.upstream.path_prefix,
+            percent_encode_segment(&id)
+        );
+        route.uri = build_uri(route.upstream, target, None)?;
+        route.path_model = Some(inspect::recordable_model(&id));
+        return Ok(());
+    }
     let (Some(op), Some(azure)) = (route.azure_operation, &route.upstream.azure) else {
         return Ok(());
     };
@@ -289,6 +329,7 @@ fn bedrock_route<'a>(
         uri,
         path_model,
         azure_operation: None,
+        translate_to_bedrock: false,
     }))
 }
 
