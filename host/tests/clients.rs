@@ -334,6 +334,92 @@ async fn claude_code_with_the_anthropic_upstream_on_bedrock() {
     assert_eq!(metered, reported, "ledger tokens vs Bedrock's usage");
 }
 
+/// openai-py against Azure OpenAI through Conduit: the plain `OpenAI` client (base URL at
+/// Conduit, model names) and the `AzureOpenAI` client (deployments, `api-key`), streamed and not.
+/// The mock Azure checks the URL form and records the key; the ledger (provider `azure`) equals the
+/// usage it reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_sdk_clients_reach_azure_openai() {
+    let Some(python) = require("the anthropic and openai Python SDKs", python_with_sdks()) else {
+        return;
+    };
+    let h = Harness::builder()
+        .env("CONDUIT_OPENAI_PROVIDER", "azure")
+        .toml("[upstream.openai.deployments]\n\"gpt-4o\" = \"prod-gpt4o\"\n")
+        .start()
+        .await;
+    let script = r#"
+import json, os, openai
+base = os.environ["BASE"]
+plain = openai.OpenAI(base_url=base + "/v1", api_key=os.environ["KEY"], max_retries=0)
+azure = openai.AzureOpenAI(azure_endpoint=base, api_key=os.environ["KEY"], api_version="2024-10-21", max_retries=0)
+out = {}
+out["plain"] = plain.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}]).choices[0].message.content
+s = plain.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}], stream=True, stream_options={"include_usage": True})
+out["plain_stream"] = "".join(c.choices[0].delta.content or "" for c in s if c.choices)
+out["azure"] = azure.chat.completions.create(model="prod-gpt4o", messages=[{"role": "user", "content": "hi"}]).choices[0].message.content
+out["embedding"] = len(azure.embeddings.create(model="prod-embed", input="hello").data[0].embedding)
+print(json.dumps(out))
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(
+        &python,
+        &["-c", script],
+        &[("BASE", format!("http://{}", h.running.addr)), ("KEY", h.key.clone())],
+        dir.path(),
+    )
+    .await;
+    let v: serde_json::Value =
+        serde_json::from_str(out.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {}", out.stdout));
+    let hello = "Hello! This is the Conduit mock upstream: your request arrived intact.";
+    for k in ["plain", "plain_stream", "azure"] {
+        assert_eq!(v[k], hello, "{k}: {v}");
+    }
+    assert_eq!(v["embedding"], 4);
+    let log = h.mock_log().await;
+    assert_eq!(log.len(), 4, "{:?}", log.iter().map(|r| &r.path).collect::<Vec<_>>());
+    for r in &log {
+        assert!(r.path.starts_with("/openai/deployments/"), "{}", r.path);
+        assert!(
+            r.query.as_deref().is_some_and(|q| q.contains("api-version=")),
+            "{:?}",
+            r.query
+        );
+        assert_eq!(r.header("api-key"), Some(common::REAL_AZURE));
+        assert!(
+            r.headers.iter().all(|(_, v)| !v.contains(&h.key)),
+            "stand-in reached Azure"
+        );
+    }
+    assert_eq!(log[0].path, "/openai/deployments/prod-gpt4o/chat/completions");
+    // An embeddings response reports input tokens only.
+    let reported = log
+        .iter()
+        .filter_map(|r| r.usage.map(|u| (r.path.ends_with("/embeddings"), u)))
+        .fold(0, |a, (embedding, u)| {
+            a + u.input + u.cache_read + if embedding { 0 } else { u.output }
+        });
+    let day = conduit::clock::format_date(conduit::clock::now_unix());
+    let mut metered = 0;
+    for _ in 0..100 {
+        h.gateway().ledger.flush();
+        metered = h
+            .gateway()
+            .store
+            .spend(&day, &day)
+            .unwrap()
+            .iter()
+            .filter(|r| r.provider == "azure")
+            .map(|r| r.input + r.output + r.cache_read)
+            .sum::<u64>();
+        if metered == reported {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(metered, reported);
+}
+
 /// A blocked secret, as Claude Code shows it: the error names the category, rule and location
 /// (never the value), Claude Code does not retry it, and nothing reaches the provider.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
