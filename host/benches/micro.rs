@@ -1,6 +1,7 @@
 //! Micro-benchmarks (divan) of the hot pieces of a request, so a regression shows where it happens:
 //! segment extraction, the policy stage per size (first sight and cached), the usage tap, admission,
-//! and the audit record's encoding and chaining.
+//! the audit record's encoding and chaining, and the Bedrock path (SigV4 signing, the event-stream
+//! tap, the Anthropic → Bedrock body translation and event-stream → SSE re-framing).
 //!
 //! Run with: `cargo bench -p conduit --bench micro` (divan's options after `--`, e.g.
 //! `-- policy` to filter, `--sample-count 1000`). Figures are read, never asserted.
@@ -131,6 +132,82 @@ fn usage_tap_anthropic_json(bencher: divan::Bencher) {
         let mut tap = UsageTap::new(Protocol::Anthropic, Some("application/json"), None);
         tap.observe(&body);
         tap.finish()
+    });
+}
+
+// --- the Bedrock path -------------------------------------------------------------------------
+
+/// Claude Code's Bedrock turn (85 KB) and the mock Bedrock's streamed answer to it.
+fn bedrock_turn() -> (Bytes, Vec<Bytes>) {
+    let body = capture("claudecode_bedrock_013.json");
+    let op = conduit::mock::bedrock::Op::Runtime {
+        model: "us.anthropic.claude-sonnet-4-5-20250929-v1:0".into(),
+        operation: "invoke-with-response-stream".into(),
+    };
+    let frames = conduit::mock::bedrock::reply(&op, &body, "ok", false).chunks;
+    (body, frames)
+}
+
+#[divan::bench]
+fn sigv4_sign_claude_code_turn(bencher: divan::Bencher) {
+    let (body, _) = bedrock_turn();
+    let cred =
+        conduit::sigv4::AwsCredential::parse("AKIAIOSFODNN7EXAMPLE:wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY").unwrap();
+    let uri: http::Uri = "https://bedrock-runtime.us-east-1.amazonaws.com/model/us.anthropic.claude-sonnet-4-5-20250929-v1%3A0/invoke-with-response-stream"
+        .parse()
+        .unwrap();
+    bencher.counter(divan::counter::BytesCount::new(body.len())).bench(|| {
+        conduit::sigv4::sign_request(
+            &cred,
+            "us-east-1",
+            &http::Method::POST,
+            &uri,
+            &[("content-type", "application/json"), ("accept", "application/json")],
+            divan::black_box(&body),
+            std::time::SystemTime::now(),
+        )
+        .unwrap()
+    });
+}
+
+#[divan::bench]
+fn usage_tap_bedrock_event_stream(bencher: divan::Bencher) {
+    let (_, frames) = bedrock_turn();
+    bencher.bench(|| {
+        let mut tap = UsageTap::new(Protocol::Bedrock, Some("application/vnd.amazon.eventstream"), None);
+        for f in &frames {
+            tap.observe(f);
+        }
+        tap.finish()
+    });
+}
+
+#[divan::bench]
+fn bedrock_translate_claude_code_body(bencher: divan::Bencher) {
+    let body = capture("claudecode_basic_002.json");
+    let betas: Vec<String> = conduit::bedrock::DEFAULT_BETAS.iter().map(|s| s.to_string()).collect();
+    bencher.counter(divan::counter::BytesCount::new(body.len())).bench(|| {
+        conduit::bedrock::request_body(
+            divan::black_box(&body),
+            Some("claude-code-20250219,interleaved-thinking-2025-05-14,context-management-2025-06-27"),
+            &betas,
+        )
+        .unwrap()
+    });
+}
+
+#[divan::bench]
+fn bedrock_event_stream_to_sse(bencher: divan::Bencher) {
+    let (_, frames) = bedrock_turn();
+    bencher.bench(|| {
+        let mut decoder = conduit::eventstream::Decoder::default();
+        let mut out = bytes::BytesMut::new();
+        for f in &frames {
+            for m in decoder.push(f).unwrap() {
+                conduit::bedrock::sse_event(&m, &mut out);
+            }
+        }
+        out
     });
 }
 
