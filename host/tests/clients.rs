@@ -208,7 +208,13 @@ async fn claude_code_in_bedrock_mode() {
         .find(|r| r.path.ends_with("/invoke-with-response-stream"))
         .expect("Claude Code streams its turn");
     assert!(streamed.body_len > 20_000, "the first turn carries the tools");
-    for r in &received {
+    // Every request that reached Bedrock — control-plane listings included — was signed by the org.
+    let all = h.mock_log().await;
+    eprintln!(
+        "Claude Code in Bedrock mode sent: {:?}",
+        all.iter().map(|r| (&r.method, &r.path)).collect::<Vec<_>>()
+    );
+    for r in &all {
         assert!(
             r.path.starts_with("/model/") && r.path.contains("%3A") || !r.path.contains(':'),
             "{}",
