@@ -224,6 +224,7 @@ fn start_conduit(mock: SocketAddr) -> System {
             .env("CONDUIT_POLICY_CACHE_DIR", cache)
             .env("UPSTREAM_ANTHROPIC_URL", format!("http://{mock}"))
             .env("UPSTREAM_OPENAI_URL", format!("http://{mock}"))
+            .env("UPSTREAM_BEDROCK_URL", format!("http://{mock}"))
             .env("CONDUIT_LOG", "warn");
     };
     let bin = env!("CARGO_BIN_EXE_conduit");
@@ -243,6 +244,16 @@ fn start_conduit(mock: SocketAddr) -> System {
     let out = cred
         .args(["credentials", "set", "anthropic", "--from-env", "BENCH_CRED"])
         .env("BENCH_CRED", "sk-ant-bench")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // A key pair, so the Bedrock row includes SigV4 signing of every request.
+    let mut cred = Command::new(bin);
+    env(&mut cred);
+    let out = cred
+        .args(["credentials", "set", "bedrock", "--from-aws-env"])
+        .env("AWS_ACCESS_KEY_ID", "AKIABENCHKEY00000000")
+        .env("AWS_SECRET_ACCESS_KEY", "bench/secret+access/key0123456789abcdef")
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -388,10 +399,15 @@ fn which(name: &str) -> Option<String> {
 struct Workload {
     body: Bytes,
     delay_ms: u64,
+    /// `None`: `/v1/messages`.
+    path: Option<&'static str>,
 }
 
+/// Claude Code's Bedrock-mode turn goes here (Conduit re-signs it with SigV4).
+const BEDROCK_PATH: &str = "/model/us.anthropic.claude-sonnet-4-5-20250929-v1:0/invoke-with-response-stream";
+
 fn request(sys: &Target, w: &Workload, tag: Option<&str>) -> Request<Full<Bytes>> {
-    let mut r = Request::post("/v1/messages")
+    let mut r = Request::post(w.path.unwrap_or("/v1/messages"))
         .header("host", sys.addr.to_string())
         .header("content-type", "application/json")
         .header("anthropic-version", "2023-06-01")
@@ -532,6 +548,7 @@ async fn probe_once(sys: &System) -> Result<(), String> {
         let w = Workload {
             body: body_kib(4, stream),
             delay_ms: 0,
+            path: None,
         };
         let mut sender = connect(sys.addr).await;
         sender.ready().await.map_err(|e| e.to_string())?;
@@ -728,6 +745,7 @@ async fn stream(s: &System, mock: SocketAddr, n: usize) -> Value {
     let w = Workload {
         body: body_kib(4, true),
         delay_ms: 10,
+        path: None,
     };
     let http = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build::<_, Full<Bytes>>(hyper_util::client::legacy::connect::HttpConnector::new());
@@ -814,6 +832,7 @@ async fn memory(sys: &System, n: usize) -> Value {
     let w = Workload {
         body: body_kib(4, true),
         delay_ms: 0,
+        path: None,
     };
     let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(n);
     let mut held = Vec::new();
@@ -853,6 +872,7 @@ async fn soak(sys: &System, minutes: u64) -> Value {
     let w = Workload {
         body: body_kib(4, false),
         delay_ms: 0,
+        path: None,
     };
     let mut samples = Vec::new();
     let start = Instant::now();
@@ -892,6 +912,16 @@ fn capture(name: &str, stream: bool) -> Bytes {
     let mut b = v["body"].clone();
     b["stream"] = Value::Bool(stream);
     Bytes::from(serde_json::to_vec(&b).unwrap())
+}
+
+/// A capture's body exactly as its client sent it.
+fn capture_raw(name: &str) -> Bytes {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/captures")
+        .join(name);
+    let v: Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap();
+    Bytes::from(serde_json::to_vec(&v["body"]).unwrap())
 }
 
 fn main() {
@@ -1001,14 +1031,31 @@ async fn measure_refs(args: &Args, sizes: &Sizes, systems: &[&System], mock: Soc
                 Workload {
                     body: body_kib(4, false),
                     delay_ms: 0,
+                    path: None,
                 },
             ),
-            ("cc_76k_sse", Workload { body: cc, delay_ms: 0 }),
+            (
+                "cc_76k_sse",
+                Workload {
+                    body: cc,
+                    delay_ms: 0,
+                    path: None,
+                },
+            ),
+            (
+                "bedrock_cc_85k",
+                Workload {
+                    body: capture_raw("claudecode_bedrock_013.json"),
+                    delay_ms: 0,
+                    path: Some(BEDROCK_PATH),
+                },
+            ),
             (
                 "cc_repeat_sse",
                 Workload {
                     body: cc_repeat,
                     delay_ms: 0,
+                    path: None,
                 },
             ),
         ] {
@@ -1021,6 +1068,10 @@ async fn measure_refs(args: &Args, sizes: &Sizes, systems: &[&System], mock: Soc
                 latency(&quiet, &w, sizes.latency_requests).await
             };
             for peer in systems.iter().filter(|s| is_peer(s)) {
+                if w.path.is_some() {
+                    r.insert(peer.name.clone(), json!({"error": "speaks no Bedrock-native API"}));
+                    continue;
+                }
                 let _p = pause_peers(systems, Some(&peer.name));
                 let mut pr = latency(&[systems[0], *peer], &w, sizes.latency_requests).await;
                 if let Some(v) = pr.remove(&peer.name) {
@@ -1035,6 +1086,7 @@ async fn measure_refs(args: &Args, sizes: &Sizes, systems: &[&System], mock: Soc
         let w = Workload {
             body: body_kib(4, false),
             delay_ms: 0,
+            path: None,
         };
         let mut t = serde_json::Map::new();
         for c in [16usize, 64] {
@@ -1052,6 +1104,7 @@ async fn measure_refs(args: &Args, sizes: &Sizes, systems: &[&System], mock: Soc
         let w = Workload {
             body: body_kib(4, false),
             delay_ms: 0,
+            path: None,
         };
         let mut r = serde_json::Map::new();
         for (label, limit) in [("p99_under_1ms", 1_000.0), ("p99_under_10ms", 10_000.0)] {
