@@ -119,6 +119,43 @@ impl Translation {
     }
 }
 
+/// The foundation model an id or profile names (`us.anthropic.x-v1:0` → `anthropic.x-v1:0`);
+/// `None` for an ARN (an application inference profile hides its model).
+pub fn foundation_model(id: &str) -> Option<&str> {
+    if id.starts_with("arn:") {
+        return None;
+    }
+    let at = id.find("anthropic.")?;
+    (at == 0 || id.as_bytes()[at - 1] == b'.').then(|| &id[at..])
+}
+
+/// The Bedrock CountTokens body for an Anthropic `count_tokens` body: the InvokeModel body it
+/// would be (as [`request_body`], with `max_tokens: 1` when absent, which InvokeModel requires),
+/// base64 in `input.invokeModel.body`.
+pub fn count_tokens_body(original: &[u8], beta_header: Option<&str>, betas: &[String]) -> Result<Bytes, String> {
+    let mut invoke = request_body(original, beta_header, betas)?.to_vec();
+    let members: Members<'_> = serde_json::from_slice(original).map_err(|e| e.to_string())?;
+    if !members.0.iter().any(|(k, _)| k == "max_tokens") {
+        invoke.pop(); // the closing brace
+        invoke.extend_from_slice(b",\"max_tokens\":1}");
+    }
+    let body = base64::engine::general_purpose::STANDARD.encode(&invoke);
+    Ok(Bytes::from(format!(
+        "{{\"input\":{{\"invokeModel\":{{\"body\":\"{body}\"}}}}}}"
+    )))
+}
+
+/// Bedrock's CountTokens answer (`{"inputTokens": n}`) as Anthropic's (`{"input_tokens": n}`).
+pub fn count_tokens_answer(body: &[u8]) -> Option<Bytes> {
+    #[derive(Deserialize)]
+    struct Counted {
+        #[serde(rename = "inputTokens")]
+        input_tokens: u64,
+    }
+    let c: Counted = serde_json::from_slice(body).ok()?;
+    Some(Bytes::from(format!("{{\"input_tokens\":{}}}", c.input_tokens)))
+}
+
 /// The Bedrock body for an Anthropic Messages body: `model` and `stream` removed,
 /// `anthropic_version` set, `anthropic_beta` from the header (filtered by `betas`) unless the body
 /// has one. Every other member's bytes are kept as sent.
@@ -408,6 +445,41 @@ mod tests {
             &request_body(b"{}", None, &[]).unwrap()[..],
             br#"{"anthropic_version":"bedrock-2023-05-31"}"#
         );
+    }
+
+    #[test]
+    fn token_counting_forms() {
+        assert_eq!(
+            foundation_model("us.anthropic.claude-haiku-4-5-20251001-v1:0"),
+            Some("anthropic.claude-haiku-4-5-20251001-v1:0")
+        );
+        assert_eq!(
+            foundation_model("anthropic.claude-opus-4-6-v1"),
+            Some("anthropic.claude-opus-4-6-v1")
+        );
+        assert_eq!(
+            foundation_model("arn:aws:bedrock:us-east-1:1:application-inference-profile/x"),
+            None
+        );
+        let body = count_tokens_body(
+            br#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#,
+            None,
+            &[],
+        )
+        .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let inner = base64::engine::general_purpose::STANDARD
+            .decode(v["input"]["invokeModel"]["body"].as_str().unwrap())
+            .unwrap();
+        assert_eq!(
+            std::str::from_utf8(&inner).unwrap(),
+            r#"{"messages":[{"role":"user","content":"hi"}],"anthropic_version":"bedrock-2023-05-31","max_tokens":1}"#
+        );
+        assert_eq!(
+            &count_tokens_answer(br#"{"inputTokens":42}"#).unwrap()[..],
+            br#"{"input_tokens":42}"#
+        );
+        assert!(count_tokens_answer(b"{}").is_none());
     }
 
     #[test]

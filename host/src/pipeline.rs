@@ -73,6 +73,7 @@ async fn run(gw: &Gateway, req: Request<Incoming>, ex: &mut accept::Exchange) ->
     };
     ex.protocol = Some(route.protocol);
     ex.provider = Some(route.upstream.provider);
+    ex.billable = route.endpoint.billable();
     ex.upstream = Some(upstream_host(&route.upstream.authority));
     // The head checks of `accept` run once the family is known, so refusals come in its shape.
     accept::check_declared_length(&req, &gw.config.limits)?;

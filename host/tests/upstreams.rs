@@ -389,7 +389,16 @@ async fn anthropic_clients_reach_bedrock_through_the_one_translation() {
         )
         .await;
     r.assert_anthropic_error(400, "invalid_request_error", "[upstream.bedrock.models]");
+    // Token counting: Bedrock's CountTokens on the foundation model, answered in Anthropic's shape.
     let r = h.send(Method::POST, "/v1/messages/count_tokens", &headers, body).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert!(r.json()["input_tokens"].as_u64().unwrap() > 0, "{}", r.json());
+    let seen = h.mock_log().await.pop().unwrap();
+    assert_eq!(
+        seen.path,
+        "/model/anthropic.claude-sonnet-4-5-20250929-v1%3A0/count-tokens"
+    );
+    let r = h.send(Method::GET, "/v1/models", &headers, "").await;
     r.assert_anthropic_error(404, "not_found_error", "Bedrock");
 
     let rows = ledger(&h, 3).await;

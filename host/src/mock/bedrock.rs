@@ -163,6 +163,30 @@ pub fn reply(op: &Op, body: &[u8], mode: &str, usage_max: bool) -> Reply {
         Op::Runtime { model, operation } => (model.as_str(), operation.as_str()),
     };
     let req: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    if operation == "count-tokens" {
+        // Foundation model ids only; the InvokeModel body base64 in input.invokeModel.body.
+        if !model.starts_with("anthropic.") {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "The provided model doesn't support counting tokens.",
+            );
+        }
+        let inner = req["input"]["invokeModel"]["body"]
+            .as_str()
+            .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok().map(|v| (b.len(), v)));
+        return match inner {
+            Some((len, v))
+                if v.get("model").is_none() && v["anthropic_version"].is_string() && v["max_tokens"].is_u64() =>
+            {
+                json_reply(json!({"inputTokens": (len / 4).max(1)}), Usage::default())
+            }
+            _ => error(
+                StatusCode::BAD_REQUEST,
+                "Malformed input request: input.invokeModel.body is not a valid InvokeModel body",
+            ),
+        };
+    }
     let invoke = operation.starts_with("invoke");
     if invoke {
         if req.get("model").is_some() {

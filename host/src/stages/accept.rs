@@ -51,6 +51,9 @@ pub struct Exchange {
     pub model: Option<String>,
     /// Whether the client asked for a stream.
     pub stream: bool,
+    /// Whether the endpoint generates billed tokens (a response without usage is then estimated);
+    /// token counting, model listings and unknown paths are not.
+    pub billable: bool,
     /// Request body bytes.
     pub bytes_in: u64,
     /// Start → the request left for the upstream (the gateway's own time), ms.
@@ -125,6 +128,7 @@ pub fn begin<B>(ids: &RequestIds, req: &Request<B>, peer: SocketAddr) -> Exchang
         team: None,
         model: None,
         stream: false,
+        billable: false,
         bytes_in: 0,
         overhead_ms: None,
         policy_ms: None,

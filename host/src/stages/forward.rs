@@ -38,8 +38,12 @@ pub async fn send(
         // The one body Conduit changes: an Anthropic request for Bedrock (crate::bedrock).
         Some(t) => {
             let beta = parts.headers.get("anthropic-beta").and_then(|v| v.to_str().ok());
-            crate::bedrock::request_body(&body, beta, &t.betas)
-                .map_err(|why| GatewayError::downstream(ErrorKind::BadRequest, why))?
+            if route.endpoint == crate::stages::route::Endpoint::CountTokens {
+                crate::bedrock::count_tokens_body(&body, beta, &t.betas)
+            } else {
+                crate::bedrock::request_body(&body, beta, &t.betas)
+            }
+            .map_err(|why| GatewayError::downstream(ErrorKind::BadRequest, why))?
         }
         None => body,
     };
@@ -133,7 +137,8 @@ pub async fn send(
     }
     parts.headers = headers;
     let source = if translation.is_some() {
-        translate_response(&mut parts, incoming, exchange.stream).await
+        let counting = route.endpoint == crate::stages::route::Endpoint::CountTokens;
+        translate_response(&mut parts, incoming, exchange.stream, counting).await
     } else {
         Source::Plain(incoming)
     };
@@ -171,10 +176,11 @@ async fn translate_response(
     parts: &mut http::response::Parts,
     incoming: hyper::body::Incoming,
     stream: bool,
+    counting: bool,
 ) -> Source {
     use http_body_util::BodyExt;
     let headers = &mut parts.headers;
-    if parts.status.is_success() {
+    if parts.status.is_success() && !counting {
         let event_stream = headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
@@ -190,15 +196,28 @@ async fn translate_response(
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
         return Source::Sse(crate::bedrock::SseFromEventStream::new(incoming));
     }
-    // Errors are small: read (bounded) and rewrite.
+    // Errors and token counts are small: read (bounded) and rewrite.
     let limited = http_body_util::Limited::new(incoming, 1024 * 1024);
     let read = tokio::time::timeout(std::time::Duration::from_secs(30), limited.collect()).await;
     let original = match read {
         Ok(Ok(c)) => c.to_bytes(),
         _ => Bytes::new(),
     };
-    let aws_type = headers.get("x-amzn-errortype").and_then(|v| v.to_str().ok());
-    let converted = crate::bedrock::anthropic_error(parts.status.as_u16(), aws_type, &original);
+    let counted = parts
+        .status
+        .is_success()
+        .then(|| crate::bedrock::count_tokens_answer(&original))
+        .flatten();
+    let converted = match counted {
+        Some(answer) => answer,
+        None => {
+            if parts.status.is_success() {
+                parts.status = http::StatusCode::BAD_GATEWAY; // a 2xx that is not a token count
+            }
+            let aws_type = headers.get("x-amzn-errortype").and_then(|v| v.to_str().ok());
+            crate::bedrock::anthropic_error(parts.status.as_u16(), aws_type, &original)
+        }
+    };
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(converted.len()));
     headers.remove(header::CONTENT_ENCODING);

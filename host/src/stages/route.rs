@@ -62,6 +62,11 @@ impl Endpoint {
         !matches!(self, Endpoint::Models | Endpoint::Other)
     }
 
+    /// Whether the endpoint generates tokens the provider bills (token counting and listings do not).
+    pub fn billable(self) -> bool {
+        !matches!(self, Endpoint::CountTokens | Endpoint::Models | Endpoint::Other)
+    }
+
     /// Whether the response streams because of the endpoint itself (Bedrock's streaming paths).
     pub fn streams(self) -> bool {
         matches!(self, Endpoint::InvokeStream | Endpoint::ConverseStream)
@@ -128,11 +133,11 @@ pub fn resolve<'a>(
     let upstream = upstreams.get(protocol);
 
     let translate_to_bedrock = protocol == Protocol::Anthropic && upstream.bedrock.is_some();
-    if translate_to_bedrock && endpoint != Endpoint::Messages {
+    if translate_to_bedrock && !matches!(endpoint, Endpoint::Messages | Endpoint::CountTokens) {
         return Err(GatewayError::downstream(
             ErrorKind::NotFound,
             format!(
-                "{path} is not available here: this gateway sends Anthropic API requests to AWS Bedrock, which serves only /v1/messages"
+                "{path} is not available here: this gateway sends Anthropic API requests to AWS Bedrock, which serves only /v1/messages and /v1/messages/count_tokens"
             ),
         ));
     }
@@ -189,11 +194,22 @@ pub fn finalize(route: &mut Route<'_>, facts: &inspect::RequestFacts) -> Result<
             .as_deref()
             .filter(|m| *m != inspect::INVALID_MODEL)
             .ok_or_else(|| GatewayError::downstream(ErrorKind::BadRequest, "the request body names no `model`"))?;
-        let id = bedrock
+        let mut id = bedrock
             .translation
             .bedrock_id(model)
             .map_err(|why| GatewayError::downstream(ErrorKind::BadRequest, why))?;
-        let op = if facts.stream {
+        let op = if route.endpoint == Endpoint::CountTokens {
+            // Token counting takes the foundation model id, not an inference profile.
+            id = crate::bedrock::foundation_model(&id)
+                .ok_or_else(|| {
+                    GatewayError::downstream(
+                        ErrorKind::BadRequest,
+                        format!("model {model:?} maps to {id:?}, for which Bedrock cannot count tokens (it needs a foundation model id such as anthropic.claude-…-v1:0)"),
+                    )
+                })?
+                .to_string();
+            "count-tokens"
+        } else if facts.stream {
             "invoke-with-response-stream"
         } else {
             "invoke"

@@ -65,7 +65,7 @@ pub fn settle(
                 (u, estimated)
             }
             Some(u) => (u, false),
-            None if ok_status => (
+            None if ok_status && ex.billable => (
                 Usage {
                     input: estimate_tokens(ex.bytes_in),
                     output: estimate_tokens(o.text_bytes),
@@ -73,7 +73,8 @@ pub fn settle(
                 },
                 true,
             ),
-            // Provider errors without usage are not billed.
+            // Provider errors without usage, and endpoints that generate nothing billed (token
+            // counting, listings, unknown paths), are recorded at zero.
             None => (Usage::default(), false),
         },
         // Refused by the gateway: nothing reached a provider.
