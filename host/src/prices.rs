@@ -252,8 +252,24 @@ pub fn import_litellm(json: &[u8], today: &str) -> Result<Imported> {
         if name == "sample_spec" {
             continue;
         }
-        let provider = e["litellm_provider"].as_str().unwrap_or("");
-        if !matches!(provider, "anthropic" | "openai") {
+        // LiteLLM's Bedrock and Azure rows price those providers; region-scoped Bedrock keys
+        // (`bedrock/us-east-1/…`) and Azure's region/deployment-type keys are left out.
+        let provider = match e["litellm_provider"].as_str().unwrap_or("") {
+            "bedrock" | "bedrock_converse" => "bedrock",
+            other => other,
+        };
+        let scoped = match provider {
+            "bedrock" => name.trim_start_matches("bedrock/").contains('/'),
+            "azure" => name.trim_start_matches("azure/").contains('/'),
+            _ => false,
+        };
+        if scoped {
+            *out.skipped
+                .entry(format!("{provider} (region or deployment-type scoped)"))
+                .or_default() += 1;
+            continue;
+        }
+        if !matches!(provider, "anthropic" | "openai" | "bedrock" | "azure") {
             *out.skipped
                 .entry(if provider.is_empty() {
                     "(none)".into()
@@ -444,10 +460,13 @@ mod tests {
                 "input_cost_per_token_above_200k_tokens": 6e-06, "output_cost_per_token_above_200k_tokens": 2.25e-05},
             "openai/gpt-5": {"litellm_provider": "openai", "input_cost_per_token": 1.25e-06, "output_cost_per_token": 1e-05, "cache_read_input_token_cost": 1.25e-07},
             "bedrock/anthropic.claude-3": {"litellm_provider": "bedrock", "input_cost_per_token": 1e-06, "output_cost_per_token": 1e-06},
+            "bedrock/us-east-1/anthropic.claude-3": {"litellm_provider": "bedrock", "input_cost_per_token": 2e-06, "output_cost_per_token": 2e-06},
+            "azure/gpt-4o": {"litellm_provider": "azure", "input_cost_per_token": 2.5e-06, "output_cost_per_token": 1e-05},
+            "vertex_ai/gemini": {"litellm_provider": "vertex_ai", "input_cost_per_token": 1e-06, "output_cost_per_token": 1e-06},
             "dall-e-3": {"litellm_provider": "openai", "output_cost_per_image": 0.04}
         }"#;
         let imported = import_litellm(json, "2026-11-27").unwrap();
-        assert_eq!(imported.rows.len(), 2);
+        assert_eq!(imported.rows.len(), 4);
         let t = PriceTable::default().with_overrides(imported.rows);
         let s = t.lookup("anthropic", "claude-sonnet-4-5-20250929").unwrap();
         assert_eq!(
@@ -461,7 +480,16 @@ mod tests {
         );
         assert_eq!(s.long_context.unwrap().1.input, 6_000_000);
         assert_eq!(t.lookup("openai", "gpt-5").unwrap().rates.cache_read, 125_000);
-        assert_eq!(imported.skipped.get("bedrock"), Some(&1));
+        assert_eq!(
+            t.lookup("bedrock", "anthropic.claude-3").unwrap().rates.input,
+            1_000_000
+        );
+        assert_eq!(t.lookup("azure", "gpt-4o").unwrap().provider, "azure");
+        assert_eq!(
+            imported.skipped.get("bedrock (region or deployment-type scoped)"),
+            Some(&1)
+        );
+        assert_eq!(imported.skipped.get("vertex_ai"), Some(&1));
         assert!(import_litellm(b"[]", "x").is_err());
     }
 }

@@ -1,8 +1,8 @@
 //! Replays every request recorded from real clients (../shared/captures: Claude Code, anthropic-py,
 //! openai-py, Codex) through the gateway: the upstream must receive byte-identical bodies, query
 //! strings and headers (auth aside), and the client must receive the upstream's response bytes
-//! unchanged — plain and gzip-compressed. Bedrock-mode captures are SigV4-signed for the gateway
-//! and belong to the Bedrock upstream work (issue 6); they are skipped here by name.
+//! unchanged — plain and gzip-compressed. Bedrock-mode captures are replayed by `upstreams.rs`,
+//! which checks their re-signing too; they are skipped here by name.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
