@@ -30,76 +30,23 @@ pub async fn send(
     exchange: &mut Exchange,
     admitted: Admitted,
 ) -> Result<Response<GatewayBody>, GatewayError> {
-    let translation = route
-        .translate_to_bedrock
-        .then(|| route.upstream.bedrock.as_ref().map(|b| &b.translation))
-        .flatten();
-    let body = match translation {
-        // The one body Conduit changes: an Anthropic request for Bedrock (crate::bedrock).
-        Some(t) => {
-            let beta = parts.headers.get("anthropic-beta").and_then(|v| v.to_str().ok());
-            if route.endpoint == crate::stages::route::Endpoint::CountTokens {
-                crate::bedrock::count_tokens_body(&body, beta, &t.betas)
-            } else {
-                crate::bedrock::request_body(&body, beta, &t.betas)
-            }
-            .map_err(|why| GatewayError::downstream(ErrorKind::BadRequest, why))?
-        }
-        None => body,
+    let translating = route.translate_to_bedrock;
+    let body = if translating {
+        for_bedrock(route, &parts.headers, &body)?
+    } else {
+        body
     };
     let mut upstream_req = Request::new(Full::new(body.clone()));
     *upstream_req.method_mut() = parts.method;
     *upstream_req.uri_mut() = route.uri.clone();
     let headers = upstream_req.headers_mut();
     copy_end_to_end(&parts.headers, headers, true);
-    if translation.is_some() {
+    if translating {
         // Carried in the body for Bedrock (anthropic_version, anthropic_beta).
         headers.remove("anthropic-version");
         headers.remove("anthropic-beta");
     }
-    match auth {
-        UpstreamAuth::Header(name, value) => {
-            if name == "x-portkey-config" {
-                // Only the sealed config may steer Portkey: a client's own `x-portkey-*` headers
-                // (custom host, provider, keys) could send the org's credential elsewhere.
-                let client_set: Vec<HeaderName> = headers
-                    .keys()
-                    .filter(|n| n.as_str().starts_with("x-portkey-"))
-                    .cloned()
-                    .collect();
-                for n in client_set {
-                    headers.remove(n);
-                }
-            }
-            headers.insert(name, value);
-        }
-        UpstreamAuth::Aws { credential, region } => {
-            // The client signed for the gateway with its stand-in; the upstream gets a fresh
-            // signature over exactly what is sent.
-            let stale: Vec<HeaderName> = headers
-                .keys()
-                .filter(|n| crate::sigv4::is_client_signing_header(n))
-                .cloned()
-                .collect();
-            for name in stale {
-                headers.remove(name);
-            }
-            let signed = crate::sigv4::sign_request(
-                &credential,
-                &region,
-                upstream_req.method(),
-                upstream_req.uri(),
-                &crate::sigv4::signed_headers(upstream_req.headers()),
-                &body,
-                std::time::SystemTime::now(),
-            )
-            .map_err(GatewayError::internal)?;
-            let headers = upstream_req.headers_mut();
-            for (name, value) in signed {
-                headers.insert(name, value);
-            }
-        }
-    }
+    attach_credential(&mut upstream_req, auth, &body)?;
 
     let sent = std::time::Instant::now();
     exchange.overhead_ms = Some(sent.duration_since(exchange.started).as_secs_f64() * 1e3);
@@ -136,7 +83,7 @@ pub async fn send(
         headers.insert(REQUEST_ID_HEADER, id);
     }
     parts.headers = headers;
-    let source = if translation.is_some() {
+    let source = if translating {
         let counting = route.endpoint == crate::stages::route::Endpoint::CountTokens;
         translate_response(&mut parts, incoming, exchange.stream, counting).await
     } else {
@@ -168,6 +115,56 @@ pub async fn send(
     });
     let body = UpstreamBody::new(source, net.idle_timeout, tap, on_end, slot);
     Ok(Response::from_parts(parts, GatewayBody::Upstream { inner: body }))
+}
+
+/// The one body Conduit changes: an Anthropic request for Bedrock (`crate::bedrock`).
+fn for_bedrock(route: &Route<'_>, headers: &HeaderMap, body: &Bytes) -> Result<Bytes, GatewayError> {
+    let Some(t) = route.upstream.bedrock.as_ref().map(|b| &b.translation) else {
+        return Ok(body.clone());
+    };
+    let beta = headers.get("anthropic-beta").and_then(|v| v.to_str().ok());
+    if route.endpoint == crate::stages::route::Endpoint::CountTokens {
+        crate::bedrock::count_tokens_body(body, beta, &t.betas)
+    } else {
+        crate::bedrock::request_body(body, beta, &t.betas)
+    }
+    .map_err(|why| GatewayError::downstream(ErrorKind::BadRequest, why))
+}
+
+/// Puts the real credential on the outgoing request: its header, or a SigV4 signature over
+/// exactly what is sent (the client's own signing headers, made for the gateway, are dropped).
+fn attach_credential(req: &mut Request<Full<Bytes>>, auth: UpstreamAuth, body: &[u8]) -> Result<(), GatewayError> {
+    let drop_where = |headers: &mut HeaderMap, pred: &dyn Fn(&HeaderName) -> bool| {
+        let names: Vec<HeaderName> = headers.keys().filter(|n| pred(n)).cloned().collect();
+        for n in names {
+            headers.remove(n);
+        }
+    };
+    match auth {
+        UpstreamAuth::Header(name, value) => {
+            if name == "x-portkey-config" {
+                // Only the sealed config may steer Portkey: a client's own `x-portkey-*` headers
+                // (custom host, provider, keys) could send the org's credential elsewhere.
+                drop_where(req.headers_mut(), &|n| n.as_str().starts_with("x-portkey-"));
+            }
+            req.headers_mut().insert(name, value);
+        }
+        UpstreamAuth::Aws { credential, region } => {
+            drop_where(req.headers_mut(), &crate::sigv4::is_client_signing_header);
+            let signed = crate::sigv4::sign_request(
+                &credential,
+                &region,
+                req.method(),
+                req.uri(),
+                &crate::sigv4::signed_headers(req.headers()),
+                body,
+                std::time::SystemTime::now(),
+            )
+            .map_err(GatewayError::internal)?;
+            req.headers_mut().extend(signed);
+        }
+    }
+    Ok(())
 }
 
 /// Bedrock's answer to a translated Anthropic request, in Anthropic's shapes: the event-stream as
