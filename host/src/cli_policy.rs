@@ -432,15 +432,8 @@ fn open_store(config: &Config) -> Result<std::sync::Arc<dyn Store>> {
 
 /// Percent-encodes a path segment; `*` (in `secret.*`) is a valid path character and stays.
 pub(crate) fn url_segment(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._~*".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
+    // The admin API matches path segments literally, so a mode pattern's `*` stays as written.
+    crate::percent::encode_keeping(s, b"*")
 }
 
 fn print_listing(v: &serde_json::Value) {

@@ -40,6 +40,7 @@ pub mod ledger;
 pub mod metrics;
 pub mod mock;
 pub mod ops;
+pub mod percent;
 pub mod pipeline;
 pub mod policy;
 pub mod prices;

@@ -32,7 +32,7 @@ pub fn classify(path: &str) -> Option<Op> {
     if let Some(rest) = path.strip_prefix("/model/") {
         let (model, operation) = rest.split_once('/')?;
         return Some(Op::Runtime {
-            model: decode(model),
+            model: crate::percent::decode(model),
             operation: operation.to_string(),
         });
     }
@@ -385,30 +385,15 @@ pub fn error(status: StatusCode, message: &str) -> Reply {
     }
 }
 
+/// AWS: each path byte but unreserved ones and `/` encoded — so an already-encoded segment is
+/// encoded again (`%3A` → `%253A`), the "double encoding" non-S3 services use.
 fn canonical_path(raw: &str) -> String {
-    let mut out = String::new();
-    for b in raw.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    crate::percent::encode_keeping(raw, b"/")
 }
 
+/// AWS: parameters sorted by name, names and values decoded then encoded once.
 fn canonical_query(query: Option<&str>) -> String {
-    let enc = |s: &str| {
-        let mut out = String::new();
-        for b in decode(s).bytes() {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                out.push(b as char);
-            } else {
-                out.push_str(&format!("%{b:02X}"));
-            }
-        }
-        out
-    };
+    let enc = |s: &str| crate::percent::encode(&crate::percent::decode(s));
     let mut pairs: Vec<(String, String)> = query
         .unwrap_or("")
         .split('&')
@@ -424,25 +409,6 @@ fn canonical_query(query: Option<&str>) -> String {
         .map(|(k, v)| format!("{k}={v}"))
         .collect::<Vec<_>>()
         .join("&")
-}
-
-fn decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%'
-            && i + 2 < b.len()
-            && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16)
-        {
-            out.push(v);
-            i += 3;
-            continue;
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn hmac(key: &[u8], msg: &[u8]) -> [u8; 32] {

@@ -153,7 +153,7 @@ pub fn resolve<'a>(
                 path_model = rest
                     .split('/')
                     .next()
-                    .map(|d| inspect::recordable_model(&percent_decode(d)));
+                    .map(|d| inspect::recordable_model(&crate::percent::decode(d)));
                 target.push_str("/openai");
                 target.push_str(path);
                 if query
@@ -217,7 +217,7 @@ pub fn finalize(route: &mut Route<'_>, facts: &inspect::RequestFacts) -> Result<
         let target = format!(
             "{}/model/{}/{op}",
             route.upstream.path_prefix,
-            percent_encode_segment(&id)
+            crate::percent::encode(&id)
         );
         route.uri = build_uri(route.upstream, target, None)?;
         route.path_model = Some(inspect::recordable_model(&id));
@@ -236,7 +236,7 @@ pub fn finalize(route: &mut Route<'_>, facts: &inspect::RequestFacts) -> Result<
     let mut target = String::with_capacity(route.upstream.path_prefix.len() + deployment.len() + 96);
     target.push_str(&route.upstream.path_prefix);
     target.push_str("/openai/deployments/");
-    target.push_str(&percent_encode_segment(deployment));
+    target.push_str(&crate::percent::encode(deployment));
     target.push('/');
     target.push_str(op);
     let mut query = route.uri.query().map(str::to_owned);
@@ -317,7 +317,7 @@ fn bedrock_route<'a>(
     let runtime = &upstreams.bedrock;
     let (upstream, endpoint, target, path_model) = match path {
         BedrockPath::Runtime { model, operation } => {
-            let model = percent_decode(model);
+            let model = crate::percent::decode(model);
             let endpoint = match operation {
                 "invoke" => Endpoint::Invoke,
                 "invoke-with-response-stream" => Endpoint::InvokeStream,
@@ -328,7 +328,7 @@ fn bedrock_route<'a>(
             let target = format!(
                 "{}/model/{}/{operation}",
                 runtime.path_prefix,
-                percent_encode_segment(&model)
+                crate::percent::encode(&model)
             );
             (runtime, endpoint, target, Some(inspect::recordable_model(&model)))
         }
@@ -347,40 +347,6 @@ fn bedrock_route<'a>(
         azure_operation: None,
         translate_to_bedrock: false,
     }))
-}
-
-/// Decodes `%XX` escapes (invalid escapes are kept as written).
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = |c: u8| (c as char).to_digit(16);
-        if b[i] == b'%'
-            && i + 2 < b.len()
-            && let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2]))
-        {
-            out.push((h * 16 + l) as u8);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// Encodes everything but RFC 3986 unreserved characters, as AWS SDKs encode a path label.
-fn percent_encode_segment(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 8);
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 /// `"/anthropic/v1/x"` → `Some("/v1/x")`; requires a segment boundary.
