@@ -161,7 +161,7 @@ pub fn count_tokens_answer(body: &[u8]) -> Option<Bytes> {
 /// has one. Every other member's bytes are kept as sent.
 pub fn request_body(original: &[u8], beta_header: Option<&str>, betas: &[String]) -> Result<Bytes, String> {
     let members: Members<'_> =
-        serde_json::from_slice(original).map_err(|e| format!("the request body is not a JSON object: {e}"))?;
+        serde_json::from_slice(original).map_err(|e| crate::stages::inspect::json_problem(&e))?;
     let mut out = Vec::with_capacity(original.len() + 96);
     out.push(b'{');
     let mut first = true;

@@ -110,6 +110,13 @@ async fn canaries_never_reach_logs_store_or_cli_output() {
             vec![("x-api-key", key.clone())],
             format!("{{\"model\":\"{CANARY_PROMPT}\""),
         ),
+        // Valid JSON of the wrong shape: serde's own message quotes the value (`invalid type:
+        // string "…"`), and refusals are logged.
+        (
+            "/v1/messages".into(),
+            vec![("x-api-key", key.clone())],
+            format!("\"{CANARY_PROMPT}\""),
+        ),
         // Valid JSON with prompt text in the model field: forwarded, but never recorded as a model.
         (
             "/v1/messages".into(),
@@ -153,7 +160,7 @@ async fn canaries_never_reach_logs_store_or_cli_output() {
         answered.push(resp.status().as_u16());
         let _ = resp.into_body().collect().await;
     }
-    assert_eq!(answered, [200, 200, 200, 400, 200, 401, 401, 200, 500]);
+    assert_eq!(answered, [200, 200, 200, 400, 400, 200, 401, 401, 200, 500]);
     // The secret in the prompt was found (alert); now block it and send it again.
     cli(&["policy", "mode", "secret.*", "block"]);
     let resp = client

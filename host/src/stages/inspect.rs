@@ -150,17 +150,37 @@ pub fn recordable_model(m: &str) -> String {
 /// Recorded in place of a model field that is not a model id.
 pub const INVALID_MODEL: &str = "(invalid model id)";
 
+/// Why a request body is not the JSON expected, without any of its text: serde_json's data
+/// errors quote the offending value (`invalid type: string "…"`), and refusals reach the log. Only
+/// messages that name our own fields (`duplicate field`, `missing field`) are kept as they are.
+pub fn json_problem(e: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    let text = e.to_string();
+    match e.classify() {
+        Category::Data if text.starts_with("duplicate field") || text.starts_with("missing field") => {
+            format!("the request body is not a JSON object of the expected shape: {text}")
+        }
+        Category::Data => format!(
+            "the request body is not a JSON object of the expected shape: a value of the wrong type at line {} column {}",
+            e.line(),
+            e.column()
+        ),
+        // Syntax and EOF messages name a position and what was expected, never the input.
+        Category::Syntax | Category::Eof | Category::Io => format!("the request body is not valid JSON: {text}"),
+    }
+}
+
 /// Parses the facts from a JSON body; refuses invalid JSON and non-objects.
 pub fn parse_facts(body: &[u8]) -> Result<RequestFacts, GatewayError> {
-    let head: Head<'_> = serde_json::from_slice(body).map_err(|e| {
-        // serde_json's messages give a position and a category, never the input text.
-        let what = if e.is_data() {
-            "is not a JSON object of the expected shape"
-        } else {
-            "is not valid JSON"
-        };
-        GatewayError::downstream(ErrorKind::BadRequest, format!("the request body {what}: {e}"))
-    })?;
+    // serde fills a struct from a JSON array too (`["model-id", true]`): only an object is a request.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(GatewayError::downstream(
+            ErrorKind::BadRequest,
+            "the request body is not a JSON object; send `{\"model\": …, \"messages\": …}`",
+        ));
+    }
+    let head: Head<'_> =
+        serde_json::from_slice(body).map_err(|e| GatewayError::downstream(ErrorKind::BadRequest, json_problem(&e)))?;
     let max_tokens = [head.max_tokens, head.max_completion_tokens, head.max_output_tokens]
         .into_iter()
         .flatten()
@@ -199,9 +219,10 @@ mod tests {
     fn refuses_bad_json_without_echoing_it() {
         for bad in [
             &b"{\"model\": \"secret-sauce\""[..],
-            b"[1,2]",
-            b"\"str\"",
+            b"[\"secret-sauce\",2]",
+            b"\"secret-sauce\"",
             b"{\"model\":1}",
+            b"{\"stream\":true,\"secret-sauce\"}",
             b"\xff\xfe",
         ] {
             let e = parse_facts(bad).unwrap_err();
