@@ -133,12 +133,7 @@ pub fn foundation_model(id: &str) -> Option<&str> {
 /// would be (as [`request_body`], with `max_tokens: 1` when absent, which InvokeModel requires),
 /// base64 in `input.invokeModel.body`.
 pub fn count_tokens_body(original: &[u8], beta_header: Option<&str>, betas: &[String]) -> Result<Bytes, String> {
-    let mut invoke = request_body(original, beta_header, betas)?.to_vec();
-    let members: Members<'_> = serde_json::from_slice(original).map_err(|e| e.to_string())?;
-    if !members.0.iter().any(|(k, _)| k == "max_tokens") {
-        invoke.pop(); // the closing brace
-        invoke.extend_from_slice(b",\"max_tokens\":1}");
-    }
+    let invoke = translate(original, beta_header, betas, true)?;
     let body = base64::engine::general_purpose::STANDARD.encode(&invoke);
     Ok(Bytes::from(format!(
         "{{\"input\":{{\"invokeModel\":{{\"body\":\"{body}\"}}}}}}"
@@ -160,17 +155,28 @@ pub fn count_tokens_answer(body: &[u8]) -> Option<Bytes> {
 /// `anthropic_version` set, `anthropic_beta` from the header (filtered by `betas`) unless the body
 /// has one. Every other member's bytes are kept as sent.
 pub fn request_body(original: &[u8], beta_header: Option<&str>, betas: &[String]) -> Result<Bytes, String> {
+    translate(original, beta_header, betas, false).map(Bytes::from)
+}
+
+/// [`request_body`], with `max_tokens: 1` added when absent if `need_max_tokens`.
+fn translate(
+    original: &[u8],
+    beta_header: Option<&str>,
+    betas: &[String],
+    need_max_tokens: bool,
+) -> Result<Vec<u8>, String> {
     let members: Members<'_> =
         serde_json::from_slice(original).map_err(|e| crate::stages::inspect::json_problem(&e))?;
     let mut out = Vec::with_capacity(original.len() + 96);
     out.push(b'{');
     let mut first = true;
-    let mut has_beta = false;
+    let (mut has_beta, mut has_max_tokens) = (false, false);
     for (key, value) in &members.0 {
         if matches!(key.as_ref(), "model" | "stream" | "anthropic_version") {
             continue;
         }
         has_beta |= key == "anthropic_beta";
+        has_max_tokens |= key == "max_tokens";
         if !first {
             out.push(b',');
         }
@@ -183,6 +189,9 @@ pub fn request_body(original: &[u8], beta_header: Option<&str>, betas: &[String]
         out.push(b',');
     }
     out.extend_from_slice(format!("\"anthropic_version\":\"{BEDROCK_ANTHROPIC_VERSION}\"").as_bytes());
+    if need_max_tokens && !has_max_tokens {
+        out.extend_from_slice(b",\"max_tokens\":1");
+    }
     if !has_beta && let Some(header) = beta_header {
         let wanted: Vec<&str> = header
             .split(',')
@@ -195,7 +204,7 @@ pub fn request_body(original: &[u8], beta_header: Option<&str>, betas: &[String]
         }
     }
     out.push(b'}');
-    Ok(Bytes::from(out))
+    Ok(out)
 }
 
 /// A JSON object's members in order, values as raw text.
@@ -284,46 +293,64 @@ impl SseFromEventStream {
 
 /// SSE for one event-stream message (empty for messages that carry nothing for the client).
 pub fn sse_event(m: &Message, out: &mut BytesMut) {
-    if m.header(":message-type").is_some_and(|t| t != "event") {
+    if is_exception(m) {
         let aws_type = m.header(":exception-type").or(m.header(":error-code"));
         let error = anthropic_error(500, aws_type, &m.payload);
         sse_error(&error, out);
         return;
     }
-    if m.header(":event-type") != Some("chunk") {
+    let Some(mut event) = chunk_event(m) else {
         return;
+    };
+    #[derive(Deserialize)]
+    struct Typed<'a> {
+        #[serde(borrow, rename = "type")]
+        kind: Cow<'a, str>,
+    }
+    let kind = match serde_json::from_slice::<Typed<'_>>(&event) {
+        Ok(t)
+            if t.kind
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.') =>
+        {
+            t.kind.into_owned()
+        }
+        Ok(_) => return,
+        Err(_) => "message".into(),
+    };
+    if event.contains(&b'\n') || event.contains(&b'\r') {
+        // JSON may hold line breaks between tokens; an SSE data line may not. Rare: compact it.
+        match serde_json::from_slice::<serde_json::Value>(&event) {
+            Ok(v) => event = v.to_string().into_bytes(),
+            Err(_) => return,
+        }
+    }
+    out.extend_from_slice(b"event: ");
+    out.extend_from_slice(kind.as_bytes());
+    out.extend_from_slice(b"\ndata: ");
+    out.extend_from_slice(&event);
+    out.extend_from_slice(b"\n\n");
+}
+
+/// An exception or error message (`:message-type` other than `event`).
+pub fn is_exception(m: &Message) -> bool {
+    m.header(":message-type").is_some_and(|t| t != "event")
+}
+
+/// The Anthropic event a Bedrock `chunk` message carries (base64 in its payload's `bytes`).
+pub fn chunk_event(m: &Message) -> Option<Vec<u8>> {
+    if m.header(":event-type") != Some("chunk") {
+        return None;
     }
     #[derive(Deserialize)]
     struct Chunk<'a> {
         #[serde(borrow)]
         bytes: Cow<'a, str>,
     }
-    #[derive(Deserialize)]
-    struct Typed<'a> {
-        #[serde(borrow, rename = "type")]
-        kind: Cow<'a, str>,
-    }
-    let Ok(chunk) = serde_json::from_slice::<Chunk<'_>>(&m.payload) else {
-        return;
-    };
-    let Ok(event) = base64::engine::general_purpose::STANDARD.decode(chunk.bytes.as_bytes()) else {
-        return;
-    };
-    let kind = serde_json::from_slice::<Typed<'_>>(&event)
-        .map(|t| t.kind.into_owned())
-        .unwrap_or_else(|_| "message".into());
-    if !kind
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
-    {
-        return;
-    }
-    out.extend_from_slice(b"event: ");
-    out.extend_from_slice(kind.as_bytes());
-    out.extend_from_slice(b"\ndata: ");
-    // A JSON text has no raw newlines outside strings, and JSON strings escape them: one data line.
-    out.extend_from_slice(&event);
-    out.extend_from_slice(b"\n\n");
+    let chunk = serde_json::from_slice::<Chunk<'_>>(&m.payload).ok()?;
+    base64::engine::general_purpose::STANDARD
+        .decode(chunk.bytes.as_bytes())
+        .ok()
 }
 
 fn sse_error(error_json: &[u8], out: &mut BytesMut) {
@@ -497,6 +524,16 @@ mod tests {
             &out[..],
             [b"event: content_block_delta\ndata: ".as_slice(), event, b"\n\n"].concat()
         );
+        // A pretty-printed event still makes one data line.
+        let pretty = base64::engine::general_purpose::STANDARD.encode(b"{\n  \"type\": \"ping\"\n}");
+        let frame = crate::eventstream::encode(
+            &[(":event-type", "chunk"), (":message-type", "event")],
+            format!("{{\"bytes\":\"{pretty}\"}}").as_bytes(),
+        );
+        let m = Decoder::default().push(&frame).unwrap().remove(0);
+        let mut out = BytesMut::new();
+        sse_event(&m, &mut out);
+        assert_eq!(&out[..], b"event: ping\ndata: {\"type\":\"ping\"}\n\n");
         let exc = crate::eventstream::encode(
             &[
                 (":message-type", "exception"),

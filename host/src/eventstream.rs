@@ -85,11 +85,18 @@ impl Decoder {
         if let Some(e) = &self.failed {
             return Err(e.clone());
         }
-        self.buf.extend_from_slice(bytes);
+        // Usually a network frame holds whole messages: parse it in place and keep only a cut-off
+        // tail, instead of copying every byte through the buffer.
+        let mut pending = std::mem::take(&mut self.buf);
+        let buffered = !pending.is_empty();
+        if buffered {
+            pending.extend_from_slice(bytes); // amortised: a large message arriving in pieces
+        }
+        let input = if buffered { &pending[..] } else { bytes };
         let mut out = Vec::new();
         let mut at = 0;
         loop {
-            match parse_one(&self.buf[at..]) {
+            match parse_one(&input[at..]) {
                 Ok(Some((msg, used))) => {
                     out.push(msg);
                     at += used;
@@ -97,12 +104,16 @@ impl Decoder {
                 Ok(None) => break,
                 Err(e) => {
                     self.failed = Some(e.clone());
-                    self.buf = Vec::new();
                     return Err(e);
                 }
             }
         }
-        self.buf.drain(..at);
+        self.buf = if buffered {
+            pending.drain(..at);
+            pending
+        } else {
+            bytes[at..].to_vec()
+        };
         Ok(out)
     }
 

@@ -3,14 +3,16 @@
 //!
 //! ```text
 //! accept        request id, start time                                 stages::accept
-//! route         path + headers → API family, upstream URL; local probes stages::route
+//! route         path + headers → API family, provider, upstream URL; probes stages::route
 //!   (accept)    declared body size, protocol upgrades — checked here, so refusals take the family's shape
 //! authenticate  stand-in key → principal (key id, owner, team); 401     stages::authenticate
 //! inspect       bounded body read, original bytes kept; model, stream  stages::inspect
+//!   (route)     finalize: URLs that need the model; recorded vs judged model  route::finalize
 //! police        Wasm policies on the decoded text → findings; block/403  stages::police
 //! admit         rate limits (429); worst-case budget reservation (402)  stages::admit
-//! credential    unseal the provider credential → upstream auth header  stages::credential
-//! forward       original bytes upstream; response streamed back        stages::forward
+//! credential    unseal the provider credential → header or AWS signer  stages::credential
+//! forward       original bytes upstream (SigV4-signed for Bedrock);     stages::forward
+//!               response streamed back (Anthropic → Bedrock: the one body translation, crate::bedrock)
 //! meter         usage tap on the response body, never delaying a frame  usage::UsageTap (in forward)
 //! settle        tokens (reported or flagged estimate) × price → ledger  stages::settle
 //! audit         always: one metadata-only record per request           stages::audit
@@ -86,26 +88,7 @@ async fn run(gw: &Gateway, req: Request<Incoming>, ex: &mut accept::Exchange) ->
 
     let (parts, body) = req.into_parts();
     let mut inspected = inspect::read(body, &parts.headers, route.endpoint, &gw.config.limits).await?;
-    route::finalize(&mut route, &inspected.facts)?;
-    let upstream_model = route.path_model.take();
-    // Recorded (ledger, audit, prices): the model as the upstream bills it — the Bedrock id when an
-    // Anthropic request is translated; otherwise the client's, or the path's for Bedrock-native and
-    // Azure-native clients. Policies judge the name the client asked for.
-    ex.model = if route.translate_to_bedrock {
-        upstream_model.clone()
-    } else {
-        inspected.facts.model.clone().or_else(|| upstream_model.clone())
-    };
-    if inspected.facts.model.is_none() {
-        // Bedrock-native: policies (model allow-lists) judge the Anthropic model the id names.
-        inspected.facts.model = match upstream_model {
-            Some(id) if route.protocol == crate::protocol::Protocol::Bedrock && id.contains("anthropic.") => {
-                Some(crate::prices::bedrock_to_anthropic(&id))
-            }
-            other => other,
-        };
-    }
-    inspected.facts.stream |= route.endpoint.streams();
+    ex.model = route::finalize(&mut route, &mut inspected.facts)?;
     ex.bytes_in = inspected.body.len() as u64;
     ex.stream = inspected.facts.stream;
 

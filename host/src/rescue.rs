@@ -52,7 +52,7 @@ pub fn render(err: &GatewayError, protocol: Option<Protocol>, request_id: &str) 
 }
 
 /// The AWS exception name Bedrock uses for a status.
-fn aws_error_type(status: StatusCode) -> &'static str {
+pub fn aws_error_type(status: StatusCode) -> &'static str {
     match status.as_u16() {
         401 | 403 => "AccessDeniedException",
         404 => "ResourceNotFoundException",

@@ -87,19 +87,19 @@ pub fn sign_request(
     body: &[u8],
     now: SystemTime,
 ) -> Result<Vec<(HeaderName, HeaderValue)>, String> {
-    let AwsCredential::KeyPair {
-        access_key_id,
-        secret,
-        session_token,
-    } = credential
-    else {
-        let mut value = HeaderValue::from_str(&match credential {
-            AwsCredential::ApiKey(k) => format!("Bearer {}", k.as_str()),
-            AwsCredential::KeyPair { .. } => unreachable!(),
-        })
-        .map_err(|_| "the Bedrock API key contains characters not allowed in a header".to_string())?;
-        value.set_sensitive(true);
-        return Ok(vec![(http::header::AUTHORIZATION, value)]);
+    let (access_key_id, secret, session_token) = match credential {
+        AwsCredential::KeyPair {
+            access_key_id,
+            secret,
+            session_token,
+        } => (access_key_id, secret, session_token),
+        AwsCredential::ApiKey(key) => {
+            let text = Zeroizing::new(format!("Bearer {}", key.as_str()));
+            let mut value = HeaderValue::from_str(&text)
+                .map_err(|_| "the Bedrock API key contains characters not allowed in a header".to_string())?;
+            value.set_sensitive(true);
+            return Ok(vec![(http::header::AUTHORIZATION, value)]);
+        }
     };
     let identity = Credentials::new(
         access_key_id.as_str(),

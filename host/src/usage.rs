@@ -245,25 +245,14 @@ impl UsageTap {
     /// One Bedrock event-stream message: an exception, an invoke `chunk` (an Anthropic event,
     /// base64 in `bytes`), or a Converse event (its JSON directly).
     fn frame(&mut self, m: &crate::eventstream::Message) {
-        use base64::Engine;
-        if m.header(":message-type").is_some_and(|t| t != "event") {
+        if crate::bedrock::is_exception(m) {
             self.observed.stream_error = true;
             return;
         }
+        if let Some(event) = crate::bedrock::chunk_event(m) {
+            return self.data(&event);
+        }
         match m.header(":event-type") {
-            Some("chunk") => {
-                #[derive(serde::Deserialize)]
-                struct Chunk<'a> {
-                    #[serde(borrow)]
-                    bytes: std::borrow::Cow<'a, str>,
-                }
-                let Ok(chunk) = serde_json::from_slice::<Chunk<'_>>(&m.payload) else {
-                    return;
-                };
-                if let Ok(event) = base64::engine::general_purpose::STANDARD.decode(chunk.bytes.as_bytes()) {
-                    self.data(&event);
-                }
-            }
             Some("contentBlockDelta") => {
                 if let Ok(v) = serde_json::from_slice::<Value>(&m.payload) {
                     self.observed.text_bytes += str_len(&v["delta"]["text"]) + str_len(&v["delta"]["toolUse"]["input"]);

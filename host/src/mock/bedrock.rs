@@ -98,7 +98,7 @@ pub fn verify(
             return Err(format!("'{required}' must be a signed header"));
         }
     }
-    let body_hash = hex(&Sha256::digest(body));
+    let body_hash = crate::hex::encode(&Sha256::digest(body));
     if let Some(claimed) = header("x-amz-content-sha256")
         && claimed != body_hash
     {
@@ -127,13 +127,13 @@ pub fn verify(
     let scope_text = scope[1..4].join("/") + "/aws4_request";
     let to_sign = format!(
         "AWS4-HMAC-SHA256\n{amz_date}\n{scope_text}\n{}",
-        hex(&Sha256::digest(canonical.as_bytes()))
+        crate::hex::encode(&Sha256::digest(canonical.as_bytes()))
     );
     let mut key = hmac(format!("AWS4{secret}").as_bytes(), scope[1].as_bytes());
     for part in [scope[2], scope[3], "aws4_request"] {
         key = hmac(&key, part.as_bytes());
     }
-    let expected = hex(&hmac(&key, to_sign.as_bytes()));
+    let expected = crate::hex::encode(&hmac(&key, to_sign.as_bytes()));
     if expected == signature {
         Ok(())
     } else {
@@ -367,14 +367,7 @@ fn stream_reply(chunks: Vec<Bytes>, usage: Usage) -> Reply {
 
 /// An AWS JSON error (`x-amzn-errortype` is added by the server from the body's `__type`).
 pub fn error(status: StatusCode, message: &str) -> Reply {
-    let kind = match status.as_u16() {
-        400 => "ValidationException",
-        403 => "AccessDeniedException",
-        404 => "ResourceNotFoundException",
-        429 => "ThrottlingException",
-        503 => "ServiceUnavailableException",
-        _ => "InternalServerException",
-    };
+    let kind = crate::rescue::aws_error_type(status);
     Reply {
         family: Family::Bedrock,
         status,
@@ -425,10 +418,6 @@ fn hmac(key: &[u8], msg: &[u8]) -> [u8; 32] {
     outer.update(k.map(|b| b ^ 0x5c));
     outer.update(inner.finalize());
     outer.finalize().into()
-}
-
-fn hex(b: &[u8]) -> String {
-    crate::hex::encode(b)
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ use crate::protocol::AuthStyle;
 use crate::sigv4::AwsCredential;
 
 /// The real credential, as the upstream takes it.
-pub enum UpstreamAuth {
+pub enum UpstreamAuth<'a> {
     /// One header (value sensitive).
     Header(HeaderName, HeaderValue),
     /// AWS: SigV4 over the final request, or a Bedrock API key as a bearer token.
@@ -23,12 +23,12 @@ pub enum UpstreamAuth {
         /// The unsealed credential (secret parts zeroized on drop).
         credential: AwsCredential,
         /// Region signed for.
-        region: String,
+        region: &'a str,
     },
 }
 
 /// Unseals the credential for `upstream`'s provider and renders it in its auth style.
-pub fn for_upstream(gw: &Gateway, upstream: &Upstream) -> Result<UpstreamAuth, GatewayError> {
+pub fn for_upstream<'a>(gw: &Gateway, upstream: &'a Upstream) -> Result<UpstreamAuth<'a>, GatewayError> {
     let provider = upstream.provider;
     let sealed = gw
         .store
@@ -56,11 +56,7 @@ pub fn for_upstream(gw: &Gateway, upstream: &Upstream) -> Result<UpstreamAuth, G
     let (name, text) = match upstream.auth {
         AuthStyle::Sigv4 => {
             let credential = AwsCredential::parse(secret).map_err(GatewayError::internal)?;
-            let region = upstream
-                .bedrock
-                .as_ref()
-                .map(|b| b.region.clone())
-                .unwrap_or_else(|| "us-east-1".into());
+            let region = upstream.bedrock.as_ref().map_or("us-east-1", |b| b.region.as_str());
             return Ok(UpstreamAuth::Aws { credential, region });
         }
         AuthStyle::XApiKey => (HeaderName::from_static("x-api-key"), Zeroizing::new(secret.to_string())),

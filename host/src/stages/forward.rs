@@ -26,7 +26,7 @@ pub async fn send(
     route: &Route<'_>,
     parts: http::request::Parts,
     body: Bytes,
-    auth: UpstreamAuth,
+    auth: UpstreamAuth<'_>,
     exchange: &mut Exchange,
     admitted: Admitted,
 ) -> Result<Response<GatewayBody>, GatewayError> {
@@ -133,7 +133,7 @@ fn for_bedrock(route: &Route<'_>, headers: &HeaderMap, body: &Bytes) -> Result<B
 
 /// Puts the real credential on the outgoing request: its header, or a SigV4 signature over
 /// exactly what is sent (the client's own signing headers, made for the gateway, are dropped).
-fn attach_credential(req: &mut Request<Full<Bytes>>, auth: UpstreamAuth, body: &[u8]) -> Result<(), GatewayError> {
+fn attach_credential(req: &mut Request<Full<Bytes>>, auth: UpstreamAuth<'_>, body: &[u8]) -> Result<(), GatewayError> {
     let drop_where = |headers: &mut HeaderMap, pred: &dyn Fn(&HeaderName) -> bool| {
         let names: Vec<HeaderName> = headers.keys().filter(|n| pred(n)).cloned().collect();
         for n in names {
@@ -153,7 +153,7 @@ fn attach_credential(req: &mut Request<Full<Bytes>>, auth: UpstreamAuth, body: &
             drop_where(req.headers_mut(), &crate::sigv4::is_client_signing_header);
             let signed = crate::sigv4::sign_request(
                 &credential,
-                &region,
+                region,
                 req.method(),
                 req.uri(),
                 &crate::sigv4::signed_headers(req.headers()),

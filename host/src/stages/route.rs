@@ -183,9 +183,33 @@ pub fn resolve<'a>(
     }))
 }
 
-/// Completes the upstream URL once the body is known: Azure's deployments form and Bedrock's
-/// `/model/{id}/…` need the model.
-pub fn finalize(route: &mut Route<'_>, facts: &inspect::RequestFacts) -> Result<(), GatewayError> {
+/// Completes the route once the body is known (`inspect`): the upstream URL where it needs the
+/// model (Azure's deployments form, Anthropic → Bedrock `/model/{id}/…`), whether the response
+/// streams, and the two names the model goes by. Returns the model to **record** (ledger, audit,
+/// prices): the upstream's name for it when a request is translated (the Bedrock id), otherwise the
+/// body's, or the path's for Bedrock- and Azure-native clients. Leaves in `facts.model` the name
+/// **policies** judge: what the client asked for, and for a Bedrock id the Anthropic model it names.
+pub fn finalize(route: &mut Route<'_>, facts: &mut inspect::RequestFacts) -> Result<Option<String>, GatewayError> {
+    facts.stream |= route.endpoint.streams();
+    complete_uri(route, facts)?;
+    let path_model = route.path_model.take();
+    let recorded = if route.translate_to_bedrock {
+        path_model.clone()
+    } else {
+        facts.model.clone().or_else(|| path_model.clone())
+    };
+    if facts.model.is_none() {
+        facts.model = match path_model {
+            Some(id) if route.protocol == Protocol::Bedrock && id.contains("anthropic.") => {
+                Some(crate::prices::bedrock_to_anthropic(&id))
+            }
+            other => other,
+        };
+    }
+    Ok(recorded)
+}
+
+fn complete_uri(route: &mut Route<'_>, facts: &inspect::RequestFacts) -> Result<(), GatewayError> {
     if route.translate_to_bedrock
         && let Some(bedrock) = &route.upstream.bedrock
     {
@@ -595,11 +619,15 @@ mod tests {
             Routed::Local => panic!(),
         };
         assert_eq!(r.upstream.provider, "azure");
-        let facts = inspect::RequestFacts {
+        let mut facts = inspect::RequestFacts {
             model: Some("gpt-4o".into()),
             ..Default::default()
         };
-        finalize(&mut r, &facts).unwrap();
+        assert_eq!(
+            finalize(&mut r, &mut facts).unwrap().as_deref(),
+            Some("gpt-4o"),
+            "the body's model is recorded"
+        );
         assert_eq!(
             r.uri.to_string(),
             "https://acme.openai.azure.com/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21"
@@ -634,7 +662,7 @@ mod tests {
             Routed::Upstream(r) => r,
             Routed::Local => panic!(),
         };
-        let err = finalize(&mut r, &inspect::RequestFacts::default()).unwrap_err();
+        let err = finalize(&mut r, &mut inspect::RequestFacts::default()).unwrap_err();
         assert!(err.message.contains("deployment"), "{}", err.message);
     }
 
