@@ -351,15 +351,7 @@ fn start_portkey(mock: SocketAddr) -> Option<System> {
     // loopback.
     let dir_keep = tempfile::tempdir().unwrap();
     let preload = dir_keep.path().join("loopback.cjs");
-    std::fs::write(
-        &preload,
-        "const net = require('net');\nconst listen = net.Server.prototype.listen;\n\
-         net.Server.prototype.listen = function (...a) {\n\
-           if (typeof a[0] === 'object' && a[0] !== null) { a[0] = { ...a[0], host: '127.0.0.1' }; }\n\
-           else if (typeof a[0] === 'number') { a.splice(1, typeof a[1] === 'string' ? 1 : 0, '127.0.0.1'); }\n\
-           return listen.apply(this, a);\n};\n",
-    )
-    .unwrap();
+    std::fs::write(&preload, include_str!("../tests/common/loopback.cjs")).unwrap();
     let child = pinned(GATEWAY_CPU, "node")
         .arg("--require")
         .arg(&preload)

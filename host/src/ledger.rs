@@ -81,6 +81,16 @@ pub struct SpendRow {
 }
 
 impl SpendRow {
+    /// The row's tokens.
+    pub fn usage(&self) -> Usage {
+        Usage {
+            input: self.input,
+            output: self.output,
+            cache_read: self.cache_read,
+            cache_write: self.cache_write,
+        }
+    }
+
     /// Folds one entry in.
     pub fn add(&mut self, e: &SpendEntry) {
         if self.requests == 0 {

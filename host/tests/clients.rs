@@ -13,31 +13,11 @@ mod common;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use common::installed::{node_bin, require};
 use common::wiretap::Wiretap;
 use common::{Harness, REAL_ANTHROPIC, REAL_OPENAI, sha256_hex};
-
-fn require(what: &str, found: Option<PathBuf>) -> Option<PathBuf> {
-    if found.is_none() {
-        let msg = format!(
-            "{what} is not installed (run .ci/run, or see README: npm i @anthropic-ai/claude-code @openai/codex; pip install anthropic openai)"
-        );
-        if std::env::var("CONDUIT_REQUIRE_PEERS").as_deref() == Ok("1") {
-            panic!("{msg}");
-        }
-        eprintln!("SKIPPED: {msg}");
-    }
-    found
-}
-
-/// `node_modules/.bin/<name>` under CONDUIT_PEERS_DIR, else on PATH.
-fn node_bin(name: &str) -> Option<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::env::var_os("CONDUIT_PEERS_DIR")
-        .map(|d| PathBuf::from(d).join("node_modules/.bin"))
-        .into_iter()
-        .collect();
-    dirs.extend(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()));
-    dirs.into_iter().map(|d| d.join(name)).find(|p| p.is_file())
-}
+use conduit::ledger::SpendRow;
+use conduit::usage::Usage;
 
 fn python_with_sdks() -> Option<PathBuf> {
     let ok = std::process::Command::new("python3")
@@ -231,36 +211,14 @@ async fn claude_code_in_bedrock_mode() {
             "stand-in key reached Bedrock"
         );
     }
-    h.gateway().ledger.flush();
-    let day = conduit::clock::format_date(conduit::clock::now_unix());
-    let mut metered = conduit::usage::Usage::default();
-    for _ in 0..100 {
-        h.gateway().ledger.flush();
-        let rows = h.gateway().store.spend(&day, &day).unwrap();
-        let bedrock: Vec<_> = rows
-            .iter()
-            .filter(|r| r.provider == "bedrock" && r.model != "-")
-            .collect();
-        if bedrock.iter().map(|r| r.requests).sum::<u64>() >= received.len() as u64 {
-            metered = bedrock.iter().fold(Default::default(), |a, r| conduit::usage::Usage {
-                input: a.input + r.input,
-                output: a.output + r.output,
-                cache_read: a.cache_read + r.cache_read,
-                cache_write: a.cache_write + r.cache_write,
-            });
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    let reported = received
+    // Every request is in the ledger (the listing too, at zero); the model calls carry the usage.
+    let rows = h.spend(all.len() as u64).await;
+    let metered: Usage = rows
         .iter()
-        .filter_map(|r| r.usage)
-        .fold(conduit::usage::Usage::default(), |a, u| conduit::usage::Usage {
-            input: a.input + u.input,
-            output: a.output + u.output,
-            cache_read: a.cache_read + u.cache_read,
-            cache_write: a.cache_write + u.cache_write,
-        });
+        .filter(|r| r.provider == "bedrock")
+        .map(SpendRow::usage)
+        .sum();
+    let reported: Usage = received.iter().filter_map(|r| r.usage).sum();
     assert_eq!(metered, reported, "ledger vs the usage Bedrock reported");
 }
 
@@ -318,25 +276,13 @@ async fn claude_code_with_the_anthropic_upstream_on_bedrock() {
         received.iter().all(|r| r.status == 200),
         "Bedrock refused a translated request"
     );
-    let day = conduit::clock::format_date(conduit::clock::now_unix());
-    let reported = received
+    let rows = h.spend(received.len() as u64).await;
+    let metered: Usage = rows
         .iter()
-        .filter_map(|r| r.usage)
-        .fold(0, |a, u| a + u.input + u.output + u.cache_read + u.cache_write);
-    let mut metered = 0;
-    for _ in 0..100 {
-        h.gateway().ledger.flush();
-        let rows = h.gateway().store.spend(&day, &day).unwrap();
-        metered = rows
-            .iter()
-            .filter(|r| r.provider == "bedrock")
-            .map(|r| r.input + r.output + r.cache_read + r.cache_write)
-            .sum::<u64>();
-        if metered == reported {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+        .filter(|r| r.provider == "bedrock")
+        .map(SpendRow::usage)
+        .sum();
+    let reported: Usage = received.iter().filter_map(|r| r.usage).sum();
     assert_eq!(metered, reported, "ledger tokens vs Bedrock's usage");
 }
 
@@ -399,30 +345,19 @@ print(json.dumps(out))
     }
     assert_eq!(log[0].path, "/openai/deployments/prod-gpt4o/chat/completions");
     // An embeddings response reports input tokens only.
-    let reported = log
+    let reported: Usage = log
         .iter()
-        .filter_map(|r| r.usage.map(|u| (r.path.ends_with("/embeddings"), u)))
-        .fold(0, |a, (embedding, u)| {
-            a + u.input + u.cache_read + if embedding { 0 } else { u.output }
-        });
-    let day = conduit::clock::format_date(conduit::clock::now_unix());
-    let mut metered = 0;
-    for _ in 0..100 {
-        h.gateway().ledger.flush();
-        metered = h
-            .gateway()
-            .store
-            .spend(&day, &day)
-            .unwrap()
-            .iter()
-            .filter(|r| r.provider == "azure")
-            .map(|r| r.input + r.output + r.cache_read)
-            .sum::<u64>();
-        if metered == reported {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+        .filter_map(|r| {
+            let u = r.usage?;
+            Some(if r.path.ends_with("/embeddings") {
+                Usage { output: 0, ..u }
+            } else {
+                u
+            })
+        })
+        .sum();
+    let rows = h.spend(log.len() as u64).await;
+    let metered: Usage = rows.iter().filter(|r| r.provider == "azure").map(SpendRow::usage).sum();
     assert_eq!(metered, reported);
 }
 

@@ -5,8 +5,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use bytes::Bytes;
 use common::Harness;
 use conduit::ledger::SpendRow;
@@ -14,36 +12,10 @@ use conduit::usage::Usage;
 use http::{Method, Request};
 use http_body_util::{BodyExt, Full};
 
-fn today() -> String {
-    conduit::clock::format_date(conduit::clock::now_unix())
-}
-
-/// Waits until the ledger holds `n` requests (settling after a drained stream is asynchronous).
-async fn rows(h: &Harness, n: u64) -> Vec<SpendRow> {
-    for _ in 0..200 {
-        h.gateway().ledger.flush();
-        let rows = h.gateway().store.spend(&today(), &today()).unwrap();
-        if rows.iter().map(|r| r.requests).sum::<u64>() >= n {
-            return rows;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("the ledger did not reach {n} requests");
-}
-
 fn row<'a>(rows: &'a [SpendRow], model: &str) -> &'a SpendRow {
     rows.iter()
         .find(|r| r.model == model)
         .unwrap_or_else(|| panic!("no ledger row for {model}: {rows:?}"))
-}
-
-fn tokens(r: &SpendRow) -> Usage {
-    Usage {
-        input: r.input,
-        output: r.output,
-        cache_read: r.cache_read,
-        cache_write: r.cache_write,
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -101,7 +73,7 @@ async fn recorded_usage_equals_emitted_usage_and_cost_equals_tokens_times_price(
     body.frame().await.unwrap().unwrap();
     drop(body);
 
-    let rows = rows(&h, cases.len() as u64 + 1).await;
+    let rows = h.spend(cases.len() as u64 + 1).await;
     let emitted = h.mock_log().await;
     let prices = h.gateway().prices();
     // The mock's emitted usage, by model (requests are one per model).
@@ -124,7 +96,7 @@ async fn recorded_usage_equals_emitted_usage_and_cost_equals_tokens_times_price(
         let r = row(&rows, model);
         let expected = by_model[model];
         assert_eq!(
-            tokens(r),
+            r.usage(),
             expected,
             "{model}: recorded tokens differ from what the provider reported"
         );

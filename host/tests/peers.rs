@@ -16,30 +16,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::Harness;
+use common::installed::{node_bin, on_path, peers_dir, require};
 use common::process::free_port;
 use conduit::mock::Recorded;
 use conduit::usage::Usage;
-
-fn require<T>(what: &str, found: Option<T>) -> Option<T> {
-    if found.is_none() {
-        let msg = format!("{what} is not installed (run .ci/run)");
-        if std::env::var("CONDUIT_REQUIRE_PEERS").as_deref() == Ok("1") {
-            panic!("{msg}");
-        }
-        eprintln!("SKIPPED: {msg}");
-    }
-    found
-}
-
-fn peers_dir() -> Option<PathBuf> {
-    std::env::var_os("CONDUIT_PEERS_DIR").map(PathBuf::from)
-}
-
-fn on_path(name: &str) -> Option<PathBuf> {
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-}
 
 /// A peer process, killed on drop.
 struct Peer {
@@ -123,15 +103,7 @@ async fn start_portkey() -> Option<Peer> {
     let tmp = tempfile::tempdir().unwrap();
     // Portkey listens on every interface and has no option against it: pin it to loopback.
     let preload = tmp.path().join("loopback.cjs");
-    std::fs::write(
-        &preload,
-        "const net = require('net');\nconst listen = net.Server.prototype.listen;\n\
-         net.Server.prototype.listen = function (...a) {\n\
-           if (typeof a[0] === 'object' && a[0] !== null) { a[0] = { ...a[0], host: '127.0.0.1' }; }\n\
-           else if (typeof a[0] === 'number') { a.splice(1, typeof a[1] === 'string' ? 1 : 0, '127.0.0.1'); }\n\
-           return listen.apply(this, a);\n};\n",
-    )
-    .unwrap();
+    std::fs::write(&preload, include_str!("common/loopback.cjs")).unwrap();
     let port = free_port();
     let mut child = Command::new("node")
         .arg("--require")
@@ -176,44 +148,19 @@ async fn mock_log(mock: &str) -> Vec<Recorded> {
     serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap()
 }
 
-fn total(u: impl Iterator<Item = Usage>) -> Usage {
-    u.fold(Usage::default(), |a, u| Usage {
-        input: a.input + u.input,
-        output: a.output + u.output,
-        cache_read: a.cache_read + u.cache_read,
-        cache_write: a.cache_write + u.cache_write,
-    })
-}
-
-/// Waits for `n` requests in the ledger; returns the anthropic usage.
+/// The anthropic usage in the ledger once it holds `n` requests — read, never estimated.
 async fn metered(h: &Harness, n: usize) -> Usage {
-    let day = conduit::clock::format_date(conduit::clock::now_unix());
-    for _ in 0..200 {
-        h.gateway().ledger.flush();
-        let rows = h.gateway().store.spend(&day, &day).unwrap();
-        let rows: Vec<_> = rows.into_iter().filter(|r| r.provider == "anthropic").collect();
-        if rows.iter().map(|r| r.requests).sum::<u64>() >= n as u64 {
-            assert!(
-                rows.iter().all(|r| r.estimated == 0),
-                "usage was estimated, not read: {rows:?}"
-            );
-            return total(rows.iter().map(|r| Usage {
-                input: r.input,
-                output: r.output,
-                cache_read: r.cache_read,
-                cache_write: r.cache_write,
-            }));
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("the ledger did not reach {n} requests");
-}
-
-fn node_bin(name: &str) -> Option<PathBuf> {
-    peers_dir()
-        .map(|d| d.join("node_modules/.bin").join(name))
-        .filter(|p| p.is_file())
-        .or_else(|| on_path(name))
+    let rows: Vec<_> = h
+        .spend(n as u64)
+        .await
+        .into_iter()
+        .filter(|r| r.provider == "anthropic")
+        .collect();
+    assert!(
+        rows.iter().all(|r| r.estimated == 0),
+        "usage was estimated, not read: {rows:?}"
+    );
+    rows.iter().map(conduit::ledger::SpendRow::usage).sum()
 }
 
 /// Claude Code → Conduit → LiteLLM → provider: Claude Code's real requests (its whole tool set,
@@ -278,7 +225,7 @@ async fn claude_code_through_conduit_and_litellm() {
                 .all(|(_, v)| !v.contains(&h.key) && !v.contains(LITELLM_KEY))
         );
     }
-    let reported = total(seen.iter().filter_map(|r| r.usage));
+    let reported: Usage = seen.iter().filter_map(|r| r.usage).sum();
     assert_eq!(
         metered(&h, seen.len()).await,
         reported,
@@ -357,7 +304,7 @@ print(m.usage.input_tokens, m.usage.output_tokens, final.usage.input_tokens, fin
         assert_eq!(r.header("x-api-key"), Some(PROVIDER_KEY_BEHIND_PEER));
         assert!(r.headers.iter().all(|(_, v)| !v.contains(&h.key)));
     }
-    let reported = total(seen.iter().filter_map(|r| r.usage));
+    let reported: Usage = seen.iter().filter_map(|r| r.usage).sum();
     assert_eq!(
         metered(&h, 2).await,
         reported,

@@ -6,48 +6,18 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::{Harness, REAL_AWS, sha256_hex};
 use conduit::ledger::SpendRow;
 use conduit::usage::Usage;
 use http::Method;
 use serde_json::Value;
 
-fn today() -> String {
-    conduit::clock::format_date(conduit::clock::now_unix())
-}
-
-async fn ledger(h: &Harness, n: u64) -> Vec<SpendRow> {
-    for _ in 0..200 {
-        h.gateway().ledger.flush();
-        let rows = h.gateway().store.spend(&today(), &today()).unwrap();
-        if rows.iter().map(|r| r.requests).sum::<u64>() >= n {
-            return rows;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("the ledger did not reach {n} requests");
-}
-
+/// Tokens in today's rows of `provider`.
 fn sum(rows: &[SpendRow], provider: &str) -> Usage {
     rows.iter()
         .filter(|r| r.provider == provider)
-        .fold(Usage::default(), |a, r| Usage {
-            input: a.input + r.input,
-            output: a.output + r.output,
-            cache_read: a.cache_read + r.cache_read,
-            cache_write: a.cache_write + r.cache_write,
-        })
-}
-
-fn add(a: Usage, b: Usage) -> Usage {
-    Usage {
-        input: a.input + b.input,
-        output: a.output + b.output,
-        cache_read: a.cache_read + b.cache_read,
-        cache_write: a.cache_write + b.cache_write,
-    }
+        .map(SpendRow::usage)
+        .sum()
 }
 
 /// Claude Code's own Bedrock requests (../shared/captures/claudecode_bedrock_*), sent with the
@@ -131,7 +101,7 @@ async fn bedrock_native_requests_are_re_signed_forwarded_unchanged_and_metered()
                 v["path"].as_str().unwrap().replace(id, &id.replace(':', "%3A")),
                 "{name}"
             );
-            expected = add(expected, seen.usage.unwrap());
+            expected = expected + seen.usage.unwrap();
             posts += 1;
         }
         if seen.path.ends_with("invoke-with-response-stream") {
@@ -140,7 +110,7 @@ async fn bedrock_native_requests_are_re_signed_forwarded_unchanged_and_metered()
             assert!(frames.len() > 10, "{name}: {} frames", frames.len());
         }
     }
-    let rows = ledger(&h, posts).await;
+    let rows = h.spend(posts).await;
     assert_eq!(sum(&rows, "bedrock"), expected, "{rows:?}");
     // Every model call is metered from reported usage (the listing has none to report).
     assert!(
@@ -153,15 +123,7 @@ async fn bedrock_native_requests_are_re_signed_forwarded_unchanged_and_metered()
         .expect("the Sonnet 4.5 profile is recorded by its Bedrock id");
     let price = h.gateway().prices().lookup("bedrock", &sonnet.model).cloned().unwrap();
     assert!(price.source.contains("geographic"), "{price:?}");
-    assert_eq!(
-        sonnet.cost_micros,
-        price.cost_micros(&Usage {
-            input: sonnet.input,
-            output: sonnet.output,
-            cache_read: sonnet.cache_read,
-            cache_write: sonnet.cache_write,
-        })
-    );
+    assert_eq!(sonnet.cost_micros, price.cost_micros(&sonnet.usage()));
 }
 
 /// Converse and ConverseStream: usage from the JSON body and from the `metadata` frame.
@@ -183,9 +145,9 @@ async fn converse_usage_is_metered_from_json_and_event_stream() {
             .await;
         assert_eq!(r.status, 200, "{op}: {}", String::from_utf8_lossy(&r.body));
         let seen = h.mock_log().await.pop().unwrap();
-        expected = add(expected, seen.usage.unwrap());
+        expected = expected + seen.usage.unwrap();
     }
-    let rows = ledger(&h, 2).await;
+    let rows = h.spend(2).await;
     assert_eq!(sum(&rows, "bedrock"), expected);
     assert!(rows.iter().all(|r| r.estimated == 0 && r.unpriced == 0), "{rows:?}");
 }
@@ -298,9 +260,9 @@ async fn azure_openai_from_openai_and_azure_clients() {
     assert_eq!(seen.query.as_deref(), Some("api-version=2025-01-01-preview"));
     assert_eq!(seen.header("api-key"), Some(common::REAL_AZURE));
     assert!(seen.headers.iter().all(|(_, v)| !v.contains(&h.key)));
-    expected = add(expected, seen.usage.unwrap());
+    expected = expected + seen.usage.unwrap();
 
-    let rows = ledger(&h, 2).await;
+    let rows = h.spend(2).await;
     assert_eq!(sum(&rows, "azure"), expected, "{rows:?}");
     let row = rows.iter().find(|r| r.model == "gpt-4o").unwrap();
     assert_eq!(row.unpriced, 0, "{row:?}");
@@ -372,7 +334,7 @@ async fn anthropic_clients_reach_bedrock_through_the_one_translation() {
         seen.path,
         "/model/global.anthropic.claude-haiku-4-5-20251001-v1%3A0/invoke-with-response-stream"
     );
-    expected = add(expected, seen.usage.unwrap());
+    expected = expected + seen.usage.unwrap();
 
     // Errors in Anthropic's shape; refusals before Bedrock are clear.
     let mut throttled = headers.to_vec();
@@ -401,7 +363,7 @@ async fn anthropic_clients_reach_bedrock_through_the_one_translation() {
     let r = h.send(Method::GET, "/v1/models", &headers, "").await;
     r.assert_anthropic_error(404, "not_found_error", "Bedrock");
 
-    let rows = ledger(&h, 3).await;
+    let rows = h.spend(3).await;
     assert_eq!(sum(&rows, "bedrock"), expected, "{rows:?}");
     assert!(
         rows.iter()

@@ -20,6 +20,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use zeroize::Zeroizing;
 
+pub mod installed;
 pub mod process;
 pub mod wiretap;
 
@@ -184,6 +185,21 @@ impl Harness {
     }
 
     /// Issues another key.
+    /// Today's spend rows, once the ledger holds at least `requests` requests (settling after a
+    /// drained stream is asynchronous).
+    pub async fn spend(&self, requests: u64) -> Vec<conduit::ledger::SpendRow> {
+        let day = conduit::clock::format_date(conduit::clock::now_unix());
+        for _ in 0..200 {
+            self.gateway().ledger.flush();
+            let rows = self.gateway().store.spend(&day, &day).unwrap();
+            if rows.iter().map(|r| r.requests).sum::<u64>() >= requests {
+                return rows;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("the ledger did not reach {requests} requests");
+    }
+
     pub fn new_key(&self, owner: &str) -> ops::CreatedKey {
         ops::create_key(
             self.gateway().store.as_ref(),
