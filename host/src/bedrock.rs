@@ -32,7 +32,19 @@ use crate::eventstream::{Decoder, Message};
 pub const BEDROCK_ANTHROPIC_VERSION: &str = "bedrock-2023-05-31";
 
 /// Anthropic model names → Bedrock base model ids (without a profile prefix). Aliases and dated ids.
+/// Current models first; keep in step with the Bedrock rows of the price table (a test checks that
+/// every id here, with each profile prefix, has a price).
 const MODELS: &[(&str, &str)] = &[
+    ("claude-opus-5-5", "anthropic.claude-opus-5-5"),
+    ("claude-opus-5", "anthropic.claude-opus-5"),
+    ("claude-sonnet-5-5", "anthropic.claude-sonnet-5-5"),
+    ("claude-sonnet-5", "anthropic.claude-sonnet-5"),
+    ("claude-haiku-5-5", "anthropic.claude-haiku-5-5"),
+    ("claude-fable-5-1", "anthropic.claude-fable-5-1"),
+    ("claude-fable-5", "anthropic.claude-fable-5"),
+    ("claude-opus-4-8", "anthropic.claude-opus-4-8"),
+    ("claude-opus-4-7", "anthropic.claude-opus-4-7"),
+    ("claude-sonnet-4-6", "anthropic.claude-sonnet-4-6"),
     ("claude-opus-4-6", "anthropic.claude-opus-4-6-v1"),
     ("claude-opus-4-5", "anthropic.claude-opus-4-5-20251101-v1:0"),
     ("claude-opus-4-5-20251101", "anthropic.claude-opus-4-5-20251101-v1:0"),
@@ -73,6 +85,11 @@ pub const DEFAULT_BETAS: &[&str] = &[
     "tool-search-tool-2025-10-19",
     "tool-examples-2025-10-29",
 ];
+
+/// The built-in table's Bedrock base ids (for checks against the price table).
+pub fn builtin_model_ids() -> impl Iterator<Item = (&'static str, &'static str)> {
+    MODELS.iter().copied()
+}
 
 /// How Anthropic requests are translated for Bedrock (part of the Anthropic upstream's settings).
 #[derive(Debug, Clone)]

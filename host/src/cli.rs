@@ -125,6 +125,26 @@ pub enum PricesCommand {
         /// The file.
         file: PathBuf,
     },
+    /// For maintainers: write the shipped table (host/prices.toml) from LiteLLM's price map and our
+    /// own rows. `host/prices-refresh.sh` runs it on the pinned LiteLLM release.
+    #[command(hide = true)]
+    Generate {
+        /// LiteLLM's model_prices_and_context_window.json (inside the `litellm` package).
+        #[arg(long)]
+        litellm: PathBuf,
+        /// The LiteLLM release it comes from, e.g. 1.108.7.
+        #[arg(long)]
+        litellm_version: String,
+        /// Our own rows (`[[price]]` TOML), replacing or adding to the source's.
+        #[arg(long)]
+        overrides: PathBuf,
+        /// The table's date (YYYY-MM-DD): every generated row's effective date.
+        #[arg(long)]
+        date: String,
+        /// Where to write the table.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 /// `conduit keys …`
@@ -313,6 +333,13 @@ pub async fn run(cli: Cli) -> Result<()> {
             )
             .await
         }
+        Command::Prices(PricesCommand::Generate {
+            litellm,
+            litellm_version,
+            overrides,
+            date,
+            out,
+        }) => generate_prices(&litellm, &litellm_version, &overrides, &date, &out),
         Command::Prices(cmd) => prices(Control::connect(config).await?, cmd).await,
         Command::Budgets(cmd) => budgets(Control::connect(config).await?, cmd).await,
         Command::Credentials(cmd) => credentials(Control::connect(config).await?, cmd).await,
@@ -788,10 +815,7 @@ async fn spend(control: Control, by: &str, since: Option<&str>, until: Option<&s
                 let t = &l.totals;
                 let mut notes = Vec::new();
                 if t.unpriced > 0 {
-                    notes.push(format!(
-                        "{} unpriced (cost unknown; add a price with `conduit prices import`)",
-                        t.unpriced
-                    ));
+                    notes.push(format!("{} at the ceiling price", t.unpriced));
                 }
                 if t.estimated > 0 {
                     notes.push(format!("{} estimated", t.estimated));
@@ -807,6 +831,24 @@ async fn spend(control: Control, by: &str, since: Option<&str>, until: Option<&s
                     t.cache_write,
                     usd(t.cost_micros),
                     notes.join("; ")
+                );
+            }
+            if !report.unpriced_models.is_empty() {
+                eprintln!(
+                    "\nwarning: {} model(s) have no price; their requests were reserved and billed at the provider's ceiling (its dearest current model), so the costs above are upper bounds:",
+                    report.unpriced_models.len()
+                );
+                for m in &report.unpriced_models {
+                    eprintln!(
+                        "  {}/{}: {} request(s), ${} at the ceiling",
+                        m.provider,
+                        m.model,
+                        m.requests,
+                        usd(m.cost_micros)
+                    );
+                }
+                eprintln!(
+                    "fix: add each model's real price with `conduit prices import FILE` (a [[price]] row per model, see docs/metering.md)"
                 );
             }
         }
@@ -843,26 +885,40 @@ async fn prices(control: Control, cmd: PricesCommand) -> Result<()> {
             }
             let per_m = crate::ledger::usd;
             println!(
-                "{:<10} {:<28} {:>12} {:>12} {:>12} {:>12}  {:<10} {:<8} SOURCE",
-                "PROVIDER", "MODEL", "INPUT", "OUTPUT", "CACHE WRITE", "CACHE READ", "EFFECTIVE", "ORIGIN"
+                "{:<10} {:<44} {:>11} {:>11} {:>11} {:>11} {:>9}  {:<10} {:<8} SOURCE",
+                "PROVIDER", "MODEL", "INPUT", "OUTPUT", "CACHE WRITE", "CACHE READ", "CONTEXT", "EFFECTIVE", "ORIGIN"
             );
-            for r in rows {
+            let overrides = rows.iter().filter(|r| r.origin == "override").count();
+            for r in &rows {
                 println!(
-                    "{:<10} {:<28} {:>12} {:>12} {:>12} {:>12}  {:<10} {:<8} {}{}",
+                    "{:<10} {:<44} {:>11} {:>11} {:>11} {:>11} {:>9}  {:<10} {:<8} {} ({}){}",
                     r.provider,
                     r.model,
                     per_m(r.rates.input),
                     per_m(r.rates.output),
                     per_m(r.rates.cache_write),
                     per_m(r.rates.cache_read),
+                    r.context_window.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
                     r.effective,
                     r.origin,
                     r.source,
+                    r.source_version,
                     r.long_context
                         .map(|(t, l)| format!(" (above {t} input tokens: {} / {})", per_m(l.input), per_m(l.output)))
                         .unwrap_or_default()
                 );
             }
+            if overrides > 0 {
+                println!(
+                    "{overrides} row(s) are your organisation's own prices (origin override): they replace the shipped rows for those models"
+                );
+            }
+            println!(
+                "a model with no row is billed at its provider's ceiling (its dearest current model) and marked price=ceiling; see docs/metering.md"
+            );
+        }
+        PricesCommand::Generate { .. } => {
+            return Err(Error::msg("`prices generate` runs without a gateway; this is a bug"));
         }
         PricesCommand::Import { file } => {
             let content = std::fs::read_to_string(&file)
@@ -883,6 +939,39 @@ async fn prices(control: Control, cmd: PricesCommand) -> Result<()> {
             println!("imported {n} price(s) as overrides; skipped (providers not routed yet): {skipped}");
         }
     }
+    Ok(())
+}
+
+fn generate_prices(
+    litellm: &std::path::Path,
+    version: &str,
+    overrides: &std::path::Path,
+    date: &str,
+    out: &std::path::Path,
+) -> Result<()> {
+    let read = |p: &std::path::Path| {
+        std::fs::read(p).map_err(|e| Error::msg(format!("reading {:?}: {e}", p.display().to_string())))
+    };
+    let overrides = String::from_utf8(read(overrides)?).map_err(|_| Error::msg("the overrides file is not UTF-8"))?;
+    let g = crate::prices::generate(&read(litellm)?, &overrides, &format!("litellm {version}"), date)?;
+    std::fs::write(out, &g.text).map_err(|e| Error::msg(format!("writing {:?}: {e}", out.display().to_string())))?;
+    println!("wrote {}: {} rows", out.display(), g.counts.values().sum::<usize>());
+    for (provider, n) in &g.counts {
+        println!("  {provider:<10} {n}");
+    }
+    println!("left out of the source:");
+    let mut other = (0, 0);
+    for (why, n) in &g.skipped {
+        if crate::protocol::CREDENTIAL_PROVIDERS.iter().any(|p| why.starts_with(p)) {
+            println!("  {n:>5}  {why}");
+        } else {
+            other = (other.0 + 1, other.1 + n);
+        }
+    }
+    println!(
+        "  {:>5}  entries of {} providers Conduit does not route",
+        other.1, other.0
+    );
     Ok(())
 }
 

@@ -55,6 +55,9 @@ pub struct RawConfig {
     /// Optional OTLP trace export: `[otlp] endpoint`, off unless set.
     #[serde(default)]
     pub otlp: crate::audit::otlp::RawOtlp,
+    /// Prices: `[prices] unpriced`, `[prices.ceiling]`.
+    #[serde(default)]
+    pub prices: crate::prices::RawPrices,
 }
 
 /// `[budgets.<scope>]`
@@ -196,6 +199,8 @@ pub struct Config {
     pub audit: crate::audit::AuditConfig,
     /// OTLP trace export, when configured.
     pub otlp: Option<crate::audit::otlp::OtlpConfig>,
+    /// What unknown models are billed at.
+    pub prices: crate::prices::PriceConfig,
 }
 
 /// A configured secret: `Debug` never shows it, so a config printed while debugging leaks nothing.
@@ -559,7 +564,9 @@ impl RawConfig {
         let policies = self.policies.validate(&data_dir, env)?;
         let audit = self.audit.validate(&data_dir, env)?;
         let otlp = self.otlp.validate(env)?;
+        let prices = self.prices.validate()?;
         Ok(Config {
+            prices,
             policies,
             audit,
             otlp,

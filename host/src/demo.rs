@@ -266,7 +266,8 @@ async fn send_one(
         Style::Codex => (
             "/v1/responses",
             serde_json::json!({
-                "model": "gpt-5-codex",
+                // Codex 0.171's default model has no price yet: the dashboard flags it.
+                "model": if rng.chance(0.3) { "gpt-6.2-sol" } else { "gpt-5-codex" },
                 "stream": true,
                 "prompt_cache_key": session,
                 "input": [{"role": "user", "content": [{"type": "input_text", "text": text}]}],

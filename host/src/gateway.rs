@@ -59,7 +59,9 @@ impl Gateway {
         let master_key = resolve_master_key(&config.master_key, store.as_ref(), true)?;
         let admin_token = resolve_admin_token(&config, true)?;
         let client = build_client(&config.network)?;
-        let prices = PriceTable::shipped()?.with_overrides(store.price_overrides()?);
+        let prices = PriceTable::shipped()?
+            .with_overrides(store.price_overrides()?)
+            .with_config(config.prices.clone());
         let ledger = Ledger::start(store.clone())?;
         let metrics = Arc::new(crate::metrics::Metrics::default());
         let otlp = match &config.otlp {
@@ -100,7 +102,9 @@ impl Gateway {
     /// Stores price overrides and puts them in force for the next request.
     pub fn add_price_overrides(&self, rows: Vec<PriceRow>) -> Result<usize> {
         self.store.put_price_overrides(&rows)?;
-        let table = PriceTable::shipped()?.with_overrides(self.store.price_overrides()?);
+        let table = PriceTable::shipped()?
+            .with_overrides(self.store.price_overrides()?)
+            .with_config(self.config.prices.clone());
         *self.prices.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(table);
         Ok(rows.len())
     }

@@ -37,8 +37,11 @@ pub struct SpendEntry {
     pub model: String,
     /// Tokens billed (reported, or estimated).
     pub usage: Usage,
-    /// Cost in micro-dollars; `None` when the model has no price.
+    /// Cost in micro-dollars; `None` only when the provider has no price at all (no ceiling).
     pub cost_micros: Option<u64>,
+    /// The model has no price: the cost is its provider's ceiling (`crate::prices::Basis::Ceiling`).
+    #[serde(default)]
+    pub ceiling: bool,
     /// Tokens are an estimate (the response carried no usage).
     pub estimated: bool,
     /// The request failed (gateway refusal after authentication, or upstream error).
@@ -66,7 +69,8 @@ pub struct SpendRow {
     pub errors: u64,
     /// Requests whose tokens were estimated.
     pub estimated: u64,
-    /// Requests whose model had no price (their cost is not in `cost_micros`).
+    /// Requests whose model had no price: billed at the provider's ceiling (included in
+    /// `cost_micros`), or, without any ceiling, not priced at all.
     pub unpriced: u64,
     /// Uncached input tokens.
     pub input: u64,
@@ -76,6 +80,12 @@ pub struct SpendRow {
     pub cache_read: u64,
     /// Cache-write tokens.
     pub cache_write: u64,
+    /// Of the cache-write tokens, those with the 1-hour TTL.
+    #[serde(default)]
+    pub cache_write_1h: u64,
+    /// Server-side web searches.
+    #[serde(default)]
+    pub web_searches: u64,
     /// Cost of the priced requests, micro-dollars.
     pub cost_micros: u64,
 }
@@ -88,6 +98,8 @@ impl SpendRow {
             output: self.output,
             cache_read: self.cache_read,
             cache_write: self.cache_write,
+            cache_write_1h: self.cache_write_1h,
+            web_searches: self.web_searches,
         }
     }
 
@@ -104,11 +116,13 @@ impl SpendRow {
         self.requests += 1;
         self.errors += e.error as u64;
         self.estimated += e.estimated as u64;
-        self.unpriced += e.cost_micros.is_none() as u64;
+        self.unpriced += (e.ceiling || e.cost_micros.is_none()) as u64;
         self.input += e.usage.input;
         self.output += e.usage.output;
         self.cache_read += e.usage.cache_read;
         self.cache_write += e.usage.cache_write;
+        self.cache_write_1h += e.usage.cache_write_1h;
+        self.web_searches += e.usage.web_searches;
         self.cost_micros += e.cost_micros.unwrap_or(0);
     }
 
@@ -134,6 +148,8 @@ impl SpendRow {
         self.output += o.output;
         self.cache_read += o.cache_read;
         self.cache_write += o.cache_write;
+        self.cache_write_1h += o.cache_write_1h;
+        self.web_searches += o.web_searches;
         self.cost_micros += o.cost_micros;
     }
 }
@@ -351,8 +367,10 @@ mod tests {
                 output: 5,
                 cache_read: 100,
                 cache_write: 1,
+                ..Usage::default()
             },
             cost_micros: cost,
+            ceiling: false,
             estimated: cost.is_none(),
             error: false,
         }

@@ -63,6 +63,7 @@ struct Inner {
     requests: Family<u64>,
     tokens: Family<u64>,
     cost_micros: Family<u64>,
+    unpriced: Family<u64>,
     findings: Family<u64>,
     refusals: Family<u64>,
     upstream_errors: Family<u64>,
@@ -128,6 +129,10 @@ impl Metrics {
                 ("team", r.team.clone().unwrap_or_else(|| "-".into())),
             ]) += c;
         }
+        if r.price.as_deref() == Some("ceiling") {
+            *m.unpriced
+                .get(vec![("provider", provider.clone()), ("model", model.clone())]) += 1;
+        }
         for f in &r.findings {
             *m.findings
                 .get(vec![("category", f.category.clone()), ("mode", f.mode.clone())]) += 1;
@@ -178,6 +183,13 @@ impl Metrics {
             "Cost of priced requests, USD.",
             &m.cost_micros,
             1e-6,
+        );
+        counter(
+            &mut out,
+            "conduit_unpriced_requests_total",
+            "Requests for models with no price, billed at their provider's ceiling; add a price with `conduit prices import FILE`.",
+            &m.unpriced,
+            1.0,
         );
         counter(
             &mut out,

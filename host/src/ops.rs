@@ -205,6 +205,39 @@ pub struct SpendReport {
     pub until: String,
     /// One line per group, most expensive first.
     pub lines: Vec<crate::ledger::ReportLine>,
+    /// Models with no price in the range, billed at their provider's ceiling: each needs a price
+    /// (`conduit prices import`).
+    #[serde(default)]
+    pub unpriced_models: Vec<UnpricedModel>,
+}
+
+/// A model the price table does not know, and how often it was used.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnpricedModel {
+    /// Provider.
+    pub provider: String,
+    /// Model id as recorded.
+    pub model: String,
+    /// Requests billed at the ceiling.
+    pub requests: u64,
+    /// What they were billed, micro-dollars.
+    pub cost_micros: u64,
+}
+
+fn unpriced_models(rows: &[crate::ledger::SpendRow]) -> Vec<UnpricedModel> {
+    let mut by: std::collections::BTreeMap<(&str, &str), UnpricedModel> = Default::default();
+    for r in rows.iter().filter(|r| r.unpriced > 0) {
+        let m = by.entry((&r.provider, &r.model)).or_insert_with(|| UnpricedModel {
+            provider: r.provider.clone(),
+            model: r.model.clone(),
+            requests: 0,
+            cost_micros: 0,
+        });
+        m.requests += r.unpriced;
+        // A row mixes priced and unpriced requests only if the price table changed mid-day.
+        m.cost_micros += r.cost_micros * r.unpriced / r.requests.max(1);
+    }
+    by.into_values().collect()
 }
 
 /// Validates a report range; defaults: the last 30 days up to today (UTC).
@@ -233,6 +266,7 @@ pub fn spend(store: &dyn Store, by: crate::ledger::By, since: &str, until: &str)
         since: since.into(),
         until: until.into(),
         lines: crate::ledger::report(&rows, by),
+        unpriced_models: unpriced_models(&rows),
     })
 }
 

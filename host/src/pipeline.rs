@@ -91,6 +91,7 @@ async fn run(gw: &Gateway, req: Request<Incoming>, ex: &mut accept::Exchange) ->
     ex.model = route::finalize(&mut route, &mut inspected.facts)?;
     ex.bytes_in = inspected.body.len() as u64;
     ex.stream = inspected.facts.stream;
+    ex.billing = inspected.facts.billing;
 
     police::police(gw, ex, &principal, &route, &inspected)?;
 

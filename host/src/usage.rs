@@ -37,6 +37,12 @@ pub struct Usage {
     pub cache_read: u64,
     /// Input tokens written to the prompt cache.
     pub cache_write: u64,
+    /// Of `cache_write`, the tokens written with the 1-hour TTL (a dearer rate).
+    #[serde(default)]
+    pub cache_write_1h: u64,
+    /// Server-side web searches the provider ran (billed per search).
+    #[serde(default)]
+    pub web_searches: u64,
 }
 
 impl Usage {
@@ -54,6 +60,8 @@ impl std::ops::Add for Usage {
             output: self.output + o.output,
             cache_read: self.cache_read + o.cache_read,
             cache_write: self.cache_write + o.cache_write,
+            cache_write_1h: self.cache_write_1h + o.cache_write_1h,
+            web_searches: self.web_searches + o.web_searches,
         }
     }
 }
@@ -75,6 +83,9 @@ pub struct Observed {
     pub stream_error: bool,
     /// Parsing stopped (oversized line or body, undecodable compression).
     pub gave_up: bool,
+    /// How the provider says it billed the request (service tier, fast mode, US-only), when it
+    /// says so.
+    pub billing: Option<crate::prices::Billing>,
 }
 
 const MAX_LINE: usize = 1024 * 1024;
@@ -306,6 +317,8 @@ impl UsageTap {
         }
         // Generated text, for estimates.
         self.observed.text_bytes += delta_text_len(&v);
+        self.service_tier(&v["service_tier"]);
+        self.service_tier(&v["response"]["service_tier"]);
         for usage in [
             &v["usage"],
             &v["message"]["usage"],
@@ -318,8 +331,23 @@ impl UsageTap {
         }
     }
 
+    /// OpenAI's `service_tier` on a response (chat chunk, Responses object): what it billed at.
+    fn service_tier(&mut self, tier: &Value) {
+        if self.protocol != Protocol::OpenAi {
+            return;
+        }
+        let tier = match tier.as_str() {
+            Some("priority") => crate::prices::Tier::Priority,
+            Some("flex") => crate::prices::Tier::Flex,
+            Some(_) => crate::prices::Tier::Standard,
+            None => return,
+        };
+        self.observed.billing.get_or_insert_default().tier = tier;
+    }
+
     fn json_body(&mut self, v: &Value) {
         self.observed.text_bytes += body_text_len(v);
+        self.service_tier(&v["service_tier"]);
         if v["usage"].is_object() {
             self.merge(&v["usage"]);
         }
@@ -359,6 +387,21 @@ impl UsageTap {
                 }
                 if let Some(n) = get(&u["cache_creation_input_tokens"]) {
                     u_ref.cache_write = n;
+                }
+                if let Some(n) = get(&u["cache_creation"]["ephemeral_1h_input_tokens"]) {
+                    u_ref.cache_write_1h = n;
+                }
+                if let Some(n) = get(&u["server_tool_use"]["web_search_requests"]) {
+                    u_ref.web_searches = n;
+                }
+                let text = |k: &str| u[k].as_str();
+                if text("speed").is_some() || text("inference_geo").is_some() || text("service_tier").is_some() {
+                    let b = self.observed.billing.get_or_insert_default();
+                    b.fast |= text("speed") == Some("fast");
+                    b.us_only |= text("inference_geo") == Some("us");
+                    if text("service_tier") == Some("batch") {
+                        b.tier = crate::prices::Tier::Batch;
+                    }
                 }
             }
             Protocol::OpenAi => {
@@ -561,6 +604,7 @@ mod tests {
             output: r.usage.output,
             cache_read: r.usage.cache_read,
             cache_write: r.usage.cache_write,
+            ..Usage::default()
         };
         (r.chunks.concat(), r.streaming, u)
     }

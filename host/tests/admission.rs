@@ -167,20 +167,117 @@ async fn a_refusal_names_the_budget_spent_reserved_limit_and_reset() {
     assert_eq!(post(&h, &h.key, &body_of(100, 1)).await.status, 200);
 }
 
+async fn responses(h: &Harness, body: &str) -> Reply {
+    let bearer = format!("Bearer {}", h.key);
+    h.send(
+        Method::POST,
+        "/v1/responses",
+        &[
+            ("authorization", &bearer),
+            ("content-type", "application/json"),
+            ("x-mock-usage", "max"),
+        ],
+        body.to_string(),
+    )
+    .await
+}
+
+/// Issue 21: a model with no price (Codex 0.171's default `gpt-6.2-sol`) neither breaks a
+/// budgeted engineer nor costs $0: it is reserved and billed at OpenAI's ceiling, marked so in the
+/// ledger, the audit log and /metrics.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_budgeted_request_for_an_unpriced_model_is_refused() {
+async fn an_unpriced_model_is_reserved_and_billed_at_the_ceiling() {
     let h = Harness::start().await;
-    set(&h, "org", 1_000_000_000);
+    let prices = h.gateway().prices();
+    let ceiling = prices.ceiling_row("openai").unwrap().clone();
+    let body = r#"{"model":"gpt-6.2-sol","max_output_tokens":1000,"input":"x"}"#;
+    let worst = ceiling.worst_case(body.len() as u64, 1000, 0, Default::default());
+    // A budget one micro-dollar short of the ceiling's worst case refuses it: the reservation is
+    // the ceiling's, not $0.
+    set(&h, "team:payments", worst - 1);
+    let r = responses(&h, body).await;
+    r.assert_openai_error(402, "budget of team payments");
+    assert!(h.mock_log().await.is_empty());
+    // With room for it: forwarded, and billed at the ceiling for the usage the provider reported.
+    set(&h, "team:payments", worst);
+    let r = responses(&h, body).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let rows = h.spend(1).await;
+    let row = rows.iter().find(|r| r.model == "gpt-6.2-sol").unwrap();
+    let reported = h.mock_log().await[0].usage.unwrap();
+    let usage = conduit::usage::Usage {
+        input: reported.input,
+        output: reported.output,
+        cache_read: reported.cache_read,
+        cache_write: reported.cache_write,
+        ..Default::default()
+    };
+    assert_eq!(
+        (row.unpriced, row.cost_micros),
+        (1, ceiling.cost_micros(&usage)),
+        "{row:?}"
+    );
+    assert_eq!(
+        row.cost_micros, worst,
+        "x-mock-usage: max reports the worst case exactly"
+    );
+    // Marked in the audit record, counted in /metrics, named by `conduit spend`.
+    h.gateway().audit.sync();
+    let audit = std::fs::read_to_string(
+        std::fs::read_dir(h.data.path().join("audit"))
+            .unwrap()
+            .flatten()
+            .find(|e| e.file_name().to_string_lossy().ends_with(".jsonl"))
+            .unwrap()
+            .path(),
+    )
+    .unwrap();
+    let last: serde_json::Value = serde_json::from_str(audit.lines().last().unwrap()).unwrap();
+    assert_eq!(
+        (last["model"].as_str(), last["price"].as_str()),
+        (Some("gpt-6.2-sol"), Some("ceiling"))
+    );
+    let metrics = h.admin_get("/metrics").await;
+    let text = String::from_utf8_lossy(&metrics.body);
+    assert!(
+        text.contains(r#"conduit_unpriced_requests_total{provider="openai",model="gpt-6.2-sol"} 1"#),
+        "{text}"
+    );
+    let (ok, _out, err) = h.cli(&["spend", "--by", "model"]);
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("openai/gpt-6.2-sol") && err.contains("conduit prices import"),
+        "{err}"
+    );
+}
+
+/// Model listings and other endpoints that bill nothing are never refused for having no price.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listings_pass_under_a_budget() {
+    let h = Harness::start().await;
+    set(&h, "org", 1);
     let bearer = format!("Bearer {}", h.key);
     let r = h
+        .send(Method::GET, "/v1/models", &[("authorization", &bearer)], "")
+        .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let r = h
         .send(
-            Method::POST,
-            "/v1/responses",
-            &[("authorization", &bearer), ("content-type", "application/json")],
-            r#"{"model":"gpt-6.2-sol","input":"x"}"#,
+            Method::GET,
+            "/v1/models",
+            &[("x-api-key", &h.key), ("anthropic-version", "2023-06-01")],
+            "",
         )
         .await;
-    r.assert_openai_error(402, "model \"gpt-6.2-sol\" has no price");
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+}
+
+/// `[prices] unpriced = "refuse"`: a request for a model with no price is refused, budget or not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unpriced_refuse_refuses_with_the_fix() {
+    let h = Harness::builder().toml("[prices]\nunpriced = \"refuse\"").start().await;
+    let r = responses(&h, r#"{"model":"gpt-9-foo","input":"x"}"#).await;
+    r.assert_openai_error(402, "model \"gpt-9-foo\" (openai) has no price");
     assert!(
         r.json()["error"]["message"]
             .as_str()
@@ -188,17 +285,55 @@ async fn a_budgeted_request_for_an_unpriced_model_is_refused() {
             .contains("conduit prices import")
     );
     assert!(h.mock_log().await.is_empty());
-    // Without a budget the same request passes, with its cost recorded as unknown.
-    h.gateway().budgets.set("org", BudgetLimit::default()).unwrap();
-    let r = h
-        .send(
-            Method::POST,
-            "/v1/responses",
-            &[("authorization", &bearer), ("content-type", "application/json")],
-            r#"{"model":"gpt-6.2-sol","input":"x"}"#,
+    let r = responses(&h, r#"{"model":"gpt-5.5","input":"x"}"#).await;
+    assert_eq!(r.status, 200);
+}
+
+/// `gpt-5.5` and `gpt-5` are billed by their own rows; invented ids hit the ceiling.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_model_is_billed_by_its_own_row() {
+    let h = Harness::start().await;
+    let prices = h.gateway().prices();
+    for model in ["gpt-5.5", "gpt-5", "gpt-9-foo"] {
+        let r = responses(
+            &h,
+            &format!(r#"{{"model":"{model}","max_output_tokens":10,"input":"x"}}"#),
         )
         .await;
+        assert_eq!(r.status, 200);
+    }
+    let r = h
+        .messages(r#"{"model":"claude-opus-9","max_tokens":10,"messages":[{"role":"user","content":"x"}]}"#)
+        .await;
     assert_eq!(r.status, 200);
+    let rows = h.spend(4).await;
+    for (provider, model, expect_row) in [
+        ("openai", "gpt-5.5", "gpt-5.5"),
+        ("openai", "gpt-5", "gpt-5"),
+        (
+            "openai",
+            "gpt-9-foo",
+            prices.ceiling_row("openai").unwrap().model.as_str(),
+        ),
+        (
+            "anthropic",
+            "claude-opus-9",
+            prices.ceiling_row("anthropic").unwrap().model.as_str(),
+        ),
+    ] {
+        let row = rows.iter().find(|r| r.model == model).unwrap();
+        let priced = prices.lookup(provider, expect_row).unwrap();
+        assert_eq!(
+            row.cost_micros,
+            priced.cost_micros(&row.usage()),
+            "{model} billed by {expect_row}"
+        );
+        assert_eq!(row.unpriced, u64::from(model.contains('9')), "{model}");
+    }
+    assert_ne!(
+        prices.lookup("openai", "gpt-5").unwrap().rates,
+        prices.lookup("openai", "gpt-5.5").unwrap().rates
+    );
 }
 
 fn limit_key(h: &Harness, limits: RateLimits) {

@@ -99,16 +99,11 @@ async fn assert_transparent(h: &Harness, tap: &Wiretap) -> usize {
     received.len()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn claude_code_print_mode() {
-    let Some(claude) = require("Claude Code (claude)", node_bin("claude")) else {
-        return;
-    };
-    let h = Harness::start().await;
-    let tap = Wiretap::start(h.running.addr).await;
+/// `claude -p "say hello" --output-format json` through `tap` with the harness key: its result.
+async fn claude_print(claude: &PathBuf, h: &Harness, tap: &Wiretap) -> serde_json::Value {
     let home = tempfile::tempdir().unwrap();
     let out = run(
-        &claude,
+        claude,
         &["-p", "say hello", "--output-format", "json"],
         &[
             ("ANTHROPIC_BASE_URL", format!("http://{}", tap.addr)),
@@ -120,8 +115,19 @@ async fn claude_code_print_mode() {
     )
     .await;
     let result: serde_json::Value =
-        serde_json::from_str(out.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {}", out.stdout));
+        serde_json::from_str(out.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {}\n{}", out.stdout, out.stderr));
     assert_eq!(result["is_error"], false, "{result}");
+    result
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claude_code_print_mode() {
+    let Some(claude) = require("Claude Code (claude)", node_bin("claude")) else {
+        return;
+    };
+    let h = Harness::start().await;
+    let tap = Wiretap::start(h.running.addr).await;
+    let result = claude_print(&claude, &h, &tap).await;
     assert!(
         result["result"].as_str().unwrap().contains("Conduit mock upstream"),
         "{result}"
@@ -421,6 +427,103 @@ async fn claude_code_shows_a_policy_block() {
     eprintln!("Claude Code showed: {shown}");
 }
 
+/// Issue 21: the current Claude Code (2.1.332, default model `claude-opus-5-5`) works for an
+/// engineer under a team budget, and the ledger's cost is the `total_cost_usd` Claude Code itself
+/// reports for the same usage, to the micro-dollar.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn current_claude_code_under_a_team_budget_costs_what_it_says() {
+    let Some(claude) = require(
+        "the current Claude Code (claude-current)",
+        common::installed::claude_current(),
+    ) else {
+        return;
+    };
+    let h = Harness::start().await;
+    h.set_budget("team:payments", None, Some(50_000_000));
+    let tap = Wiretap::start(h.running.addr).await;
+    let result = claude_print(&claude, &h, &tap).await;
+    assert!(
+        result["result"].as_str().unwrap().contains("Conduit mock upstream"),
+        "{result}"
+    );
+    let n = assert_transparent(&h, &tap).await;
+    let rows = h.spend(n as u64).await;
+    let models: Vec<&str> = rows.iter().map(|r| r.model.as_str()).collect();
+    assert!(models.contains(&"claude-opus-5-5"), "{models:?}");
+    assert!(rows.iter().all(|r| r.unpriced == 0 && r.estimated == 0), "{rows:?}");
+    let ledger: u64 = rows.iter().map(|r| r.cost_micros).sum();
+    let reported = (result["total_cost_usd"].as_f64().unwrap() * 1e6).round() as u64;
+    // Conduit rounds once per request, Claude Code sums unrounded: equal for one request, and
+    // within half a micro-dollar per request otherwise.
+    assert!(
+        ledger.abs_diff(reported) <= (n as u64).saturating_sub(1),
+        "ledger ${} vs Claude Code's ${} over {n} request(s)",
+        conduit::ledger::usd(ledger),
+        result["total_cost_usd"]
+    );
+    eprintln!(
+        "Claude Code {} : total_cost_usd {} = ledger ${} ({n} request(s))",
+        result["modelUsage"]
+            .as_object()
+            .map(|m| m.keys().cloned().collect::<Vec<_>>().join(","))
+            .unwrap_or_default(),
+        result["total_cost_usd"],
+        conduit::ledger::usd(ledger)
+    );
+}
+
+/// Issue 21: Codex 0.171's default model (`gpt-6.2-sol`) has no price; under a budget it still
+/// works, billed at OpenAI's ceiling and flagged as such.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn codex_under_a_budget_is_billed_at_the_ceiling_for_its_unpriced_model() {
+    if require("Codex (codex)", node_bin("codex")).is_none() {
+        return;
+    }
+    let h = Harness::start().await;
+    h.set_budget("org", Some(1_000_000_000), None);
+    codex_via_provider(&h, h.running.addr).await;
+    let rows = h.spend(1).await;
+    let row = rows
+        .iter()
+        .find(|r| r.model == "gpt-6.2-sol")
+        .unwrap_or_else(|| panic!("{rows:?}"));
+    let prices = h.gateway().prices();
+    let ceiling = prices.ceiling_row("openai").unwrap();
+    assert_eq!(row.unpriced, row.requests, "{row:?}");
+    assert_eq!(
+        row.cost_micros,
+        ceiling.cost_micros(&row.usage()),
+        "billed at {}",
+        ceiling.model
+    );
+    assert!(row.cost_micros > 0);
+    let (ok, _, err) = h.cli(&["spend", "--by", "model"]);
+    assert!(ok && err.contains("openai/gpt-6.2-sol"), "{err}");
+}
+
+/// Codex with a `[model_providers.conduit]` entry at `addr` (no WebSocket attempt); it must have
+/// printed the mock's answer.
+async fn codex_via_provider(h: &Harness, addr: std::net::SocketAddr) -> Run {
+    let args: Vec<String> = [
+        "model_provider=\"conduit\"".to_string(),
+        "model_providers.conduit.name=\"Conduit\"".into(),
+        format!("model_providers.conduit.base_url=\"http://{addr}/v1\""),
+        "model_providers.conduit.env_key=\"CONDUIT_KEY\"".into(),
+        "model_providers.conduit.wire_api=\"responses\"".into(),
+    ]
+    .into_iter()
+    .flat_map(|a| ["-c".to_string(), a])
+    .collect();
+    let out = codex(h, &args).await;
+    assert!(
+        out.stdout.contains("Conduit mock upstream"),
+        "{}\n{}",
+        out.stdout,
+        out.stderr
+    );
+    out
+}
+
 async fn codex(h: &Harness, provider_args: &[String]) -> Run {
     let codex = node_bin("codex").unwrap();
     let home = tempfile::tempdir().unwrap();
@@ -476,23 +579,7 @@ async fn codex_exec_with_a_custom_provider() {
     }
     let h = Harness::start().await;
     let tap = Wiretap::start(h.running.addr).await;
-    let args: Vec<String> = [
-        "model_provider=\"conduit\"".to_string(),
-        "model_providers.conduit.name=\"Conduit\"".into(),
-        format!("model_providers.conduit.base_url=\"http://{}/v1\"", tap.addr),
-        "model_providers.conduit.env_key=\"CONDUIT_KEY\"".into(),
-        "model_providers.conduit.wire_api=\"responses\"".into(),
-    ]
-    .into_iter()
-    .flat_map(|a| ["-c".to_string(), a])
-    .collect();
-    let out = codex(&h, &args).await;
-    assert!(
-        out.stdout.contains("Conduit mock upstream"),
-        "{}\n{}",
-        out.stdout,
-        out.stderr
-    );
+    let out = codex_via_provider(&h, tap.addr).await;
     assert!(
         !out.stderr.contains("WebSocket"),
         "a custom provider makes no WebSocket attempt: {}",

@@ -122,7 +122,15 @@ async fn bedrock_native_requests_are_re_signed_forwarded_unchanged_and_metered()
         .find(|r| r.model == "us.anthropic.claude-sonnet-4-5-20250929-v1:0")
         .expect("the Sonnet 4.5 profile is recorded by its Bedrock id");
     let price = h.gateway().prices().lookup("bedrock", &sonnet.model).cloned().unwrap();
-    assert!(price.source.contains("geographic"), "{price:?}");
+    // Its own row: the geographic profile, 10 % above the global profile's list price.
+    let global = h
+        .gateway()
+        .prices()
+        .lookup("bedrock", "global.anthropic.claude-sonnet-4-5-20250929-v1:0")
+        .cloned()
+        .unwrap();
+    assert_eq!(price.model, sonnet.model);
+    assert_eq!(price.rates.input * 10, global.rates.input * 11, "{price:?}");
     assert_eq!(sonnet.cost_micros, price.cost_micros(&sonnet.usage()));
 }
 

@@ -75,6 +75,7 @@ pub const CSV_COLUMNS: &[&str] = &[
     "cache_read_tokens",
     "cache_write_tokens",
     "cost_usd",
+    "price",
     "estimated",
     "findings",
     "policy_set",
@@ -144,7 +145,7 @@ fn csv_row(r: &AuditRecord, s: &mut String) {
         .map(|f| format!("{}|{}|{}|{}", f.category, f.rule, f.mode, f.location))
         .collect::<Vec<_>>()
         .join(";");
-    let fields: [String; 34] = [
+    let fields: [String; 35] = [
         r.seq.to_string(),
         r.request_id.clone(),
         rfc3339_ms(r.start_ms),
@@ -174,6 +175,7 @@ fn csv_row(r: &AuditRecord, s: &mut String) {
         r.cache_read_tokens.to_string(),
         r.cache_write_tokens.to_string(),
         r.cost_micros.map(crate::ledger::usd).unwrap_or_default(),
+        opt(&r.price),
         r.estimated.to_string(),
         findings,
         opt(&r.policy_set),

@@ -175,8 +175,13 @@ pub struct AuditRecord {
     pub cache_read_tokens: u64,
     /// Cache-write input tokens.
     pub cache_write_tokens: u64,
-    /// Cost in micro-dollars; absent when the model has no price.
+    /// Cost in micro-dollars; absent when nothing could price it.
     pub cost_micros: Option<u64>,
+    /// How the cost was priced: `listed` (the shipped table), `override` (the organisation's own
+    /// price) or `ceiling` (the model has no price: its provider's dearest rates); absent when
+    /// nothing was billed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price: Option<String>,
     /// Tokens are an estimate (the response carried no usage).
     pub estimated: bool,
     /// Policy findings.

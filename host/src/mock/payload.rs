@@ -124,6 +124,7 @@ fn usage_for(family: Family, body: &[u8], req: &Value, output_override: Option<u
             output: max,
             cache_read: 0,
             cache_write: 0,
+            ..Usage::default()
         };
     }
     let total_in = (body.len() as u64 / 4).max(1);
@@ -139,6 +140,7 @@ fn usage_for(family: Family, body: &[u8], req: &Value, output_override: Option<u
             output,
             cache_read: 0,
             cache_write: 0,
+            ..Usage::default()
         };
     }
     let cache_read = total_in * 6 / 10;
@@ -148,6 +150,7 @@ fn usage_for(family: Family, body: &[u8], req: &Value, output_override: Option<u
         output,
         cache_read,
         cache_write,
+        ..Usage::default()
     }
 }
 

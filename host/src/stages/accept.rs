@@ -56,6 +56,9 @@ pub struct Exchange {
     pub billable: bool,
     /// Request body bytes.
     pub bytes_in: u64,
+    /// The service tier and multipliers the request asked for (settle bills at them unless the
+    /// provider reports otherwise).
+    pub billing: crate::prices::Billing,
     /// Start → the request left for the upstream (the gateway's own time), ms.
     pub overhead_ms: Option<f64>,
     /// Time in the policy stage, ms.
@@ -130,6 +133,7 @@ pub fn begin<B>(ids: &RequestIds, req: &Request<B>, peer: SocketAddr) -> Exchang
         stream: false,
         billable: false,
         bytes_in: 0,
+        billing: crate::prices::Billing::default(),
         overhead_ms: None,
         policy_ms: None,
         findings: Vec::new(),

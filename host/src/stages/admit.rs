@@ -3,21 +3,27 @@
 //! limits allow the request now (429 with `retry-after`; `x-should-retry: false` when waiting
 //! cannot help), and whether the request's worst-case cost fits every budget that applies — key,
 //! team, org; daily and monthly — reserving it in all of them at once or in none (402 naming the
-//! budget, what is spent and reserved, the limit and when it resets). A budgeted request for a model
-//! with no price is refused: its cost could not be bounded. Returns: the [`Admitted`] holds that
-//! `settle` reconciles with the real cost (or that release themselves if the request dies).
+//! budget, what is spent and reserved, the limit and when it resets). A request for a model with no
+//! price is reserved (and later billed) at its provider's ceiling (`crate::prices`), or refused
+//! under `[prices] unpriced = "refuse"`; endpoints that generate nothing billed (listings, token
+//! counts) are never refused for want of a price. Returns: the [`Admitted`] holds that `settle`
+//! reconciles with the real cost (or that release themselves if the request dies).
 //!
-//! Worst case: input = one token per body byte (an upper bound for byte-level BPE tokenizers),
-//! priced at the higher of the input and cache-write rates; output = `max_tokens`, or
-//! `limits.default_max_output_tokens` when the request sets none.
+//! Worst case ([`worst_case`]): input = one token per body byte (an upper bound for byte-level BPE
+//! tokenizers), or the model's context window when the body references input it does not carry
+//! (file ids, URLs, MCP servers), priced at the dearest input class; output = the largest
+//! max-output field (`max_tokens`, `max_completion_tokens`, `max_output_tokens`, Bedrock
+//! `inferenceConfig.maxTokens`, …) capped at the model's maximum, else the model's maximum, else
+//! `limits.default_max_output_tokens`, times OpenAI's `n`; plus the fee of every server-side search
+//! allowed; at the requested service tier and Anthropic's fast / US-only multipliers.
 
 use crate::admission::{OverBudget, Payer, RateTicket, Reservation};
 use crate::error::{ErrorKind, GatewayError};
 use crate::gateway::Gateway;
+use crate::prices::{Basis, Priced, Unpriced};
 use crate::stages::accept::Exchange;
 use crate::stages::authenticate::Principal;
 use crate::stages::inspect::RequestFacts;
-use crate::usage::Usage;
 
 /// What admission holds for a request until it settles.
 #[derive(Debug, Default)]
@@ -62,37 +68,45 @@ pub fn admit(
         key_id: &principal.key_id,
         team: principal.team.as_deref(),
     };
+    let prices = gw.prices();
+    let provider = ex.provider.unwrap_or("-");
+    // The model as recorded (a translated request's Bedrock id), which is what is billed.
+    let model = ex.model.as_deref().or(facts.model.as_deref()).unwrap_or("");
+    // Listings, token counting and other endpoints that generate nothing billed cost nothing:
+    // they are never refused for a missing price, and reserve nothing.
+    if !ex.billable {
+        return Ok(Admitted {
+            reservation: None,
+            ticket,
+        });
+    }
+    let priced = prices.price(provider, model);
+    if let Some(p) = &priced
+        && p.basis == Basis::Ceiling
+    {
+        crate::prices::note_unpriced(provider, model, p.row);
+        if prices.unpriced() == Unpriced::Refuse {
+            return Err(unpriced_refusal(
+                provider,
+                model,
+                "this gateway refuses models without a price ([prices] unpriced = \"refuse\")",
+            ));
+        }
+    }
     if !gw.budgets.applies(&payer) {
         return Ok(Admitted {
             reservation: None,
             ticket,
         });
     }
-    let provider = ex.provider.unwrap_or("-");
-    // The model as recorded (a translated request's Bedrock id), which is what is billed.
-    let model = ex.model.as_deref().or(facts.model.as_deref()).unwrap_or("");
-    let prices = gw.prices();
-    let row = prices.lookup(provider, model).ok_or_else(|| {
-        GatewayError::downstream(
-            ErrorKind::BudgetExceeded,
-            format!(
-                "model {model:?} has no price in this gateway, so its cost cannot be checked against your budget; an operator can add one with `conduit prices import FILE`"
-            ),
-        )
-    })?;
-    let output = facts.max_tokens.unwrap_or(gw.config.limits.default_max_output_tokens);
-    let bytes = ex.bytes_in;
-    let worst = row
-        .cost_micros(&Usage {
-            input: bytes,
-            output,
-            ..Usage::default()
-        })
-        .max(row.cost_micros(&Usage {
-            cache_write: bytes,
-            output,
-            ..Usage::default()
-        }));
+    let Some(priced) = priced else {
+        return Err(unpriced_refusal(
+            provider,
+            model,
+            "no price and no ceiling exist for this provider, so its cost cannot be checked against your budget",
+        ));
+    };
+    let worst = worst_case(priced, facts, ex.bytes_in, gw.config.limits.default_max_output_tokens);
     let reservation =
         gw.budgets.reserve(&payer, ex.started_unix, worst).map_err(|e| {
             match e {
@@ -106,6 +120,41 @@ pub fn admit(
     }
         })?;
     Ok(Admitted { reservation, ticket })
+}
+
+/// The most the request can cost (module docs): every input token at the dearest input class —
+/// one per body byte, or the model's whole context window when the body references input it does
+/// not carry; output at the largest max-output field (capped at the model's maximum when the model
+/// is known), times the choices asked for; the fee of every server-side search it allows; at the
+/// tier and multipliers it asks for.
+pub fn worst_case(priced: Priced<'_>, facts: &RequestFacts, bytes_in: u64, default_output: u64) -> u64 {
+    let row = priced.row;
+    let known = priced.basis != Basis::Ceiling;
+    let mut input = bytes_in;
+    if facts.unbounded_input {
+        input = input.max(row.context_window.unwrap_or(DEFAULT_CONTEXT_WINDOW));
+    }
+    let model_max = row.max_output.filter(|_| known);
+    let output = match facts.max_tokens {
+        Some(m) => model_max.map_or(m, |cap| m.min(cap)),
+        None => model_max.unwrap_or(default_output),
+    };
+    let output = output.saturating_mul(facts.choices.max(1));
+    row.worst_case(input, output, facts.web_searches, facts.billing)
+}
+
+/// Context window assumed for a model whose row does not say.
+const DEFAULT_CONTEXT_WINDOW: u64 = 1_000_000;
+
+fn unpriced_refusal(provider: &str, model: &str, why: &str) -> GatewayError {
+    let mut e = GatewayError::downstream(
+        ErrorKind::BudgetExceeded,
+        format!(
+            "model {model:?} ({provider}) has no price in this gateway: {why}; an operator can add one with `conduit prices import FILE`"
+        ),
+    );
+    e.should_retry = Some(false);
+    e
 }
 
 fn over_budget(o: &OverBudget) -> GatewayError {

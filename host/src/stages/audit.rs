@@ -148,6 +148,7 @@ fn emit(
         cache_read_tokens: s.usage.cache_read,
         cache_write_tokens: s.usage.cache_write,
         cost_micros,
+        price: s.basis.map(|b| b.as_str().to_string()),
         estimated: s.estimated,
         findings: ex.findings,
         policy_set: ex.policy_set,

@@ -27,8 +27,17 @@ pub struct RequestFacts {
     pub model: Option<String>,
     /// `stream: true`.
     pub stream: bool,
-    /// `max_tokens` / `max_completion_tokens` / `max_output_tokens`.
+    /// The largest max-output field (`max_tokens` / `max_completion_tokens` / `max_output_tokens`).
     pub max_tokens: Option<u64>,
+    /// Completions asked for (OpenAI `n`, `best_of`); 0 or 1: one.
+    pub choices: u64,
+    /// The body references input it does not carry (file ids, URLs, MCP servers): the model's
+    /// whole context window may be billed.
+    pub unbounded_input: bool,
+    /// Fee-bearing server-side searches the request allows at most.
+    pub web_searches: u64,
+    /// The service tier and multipliers the request asks for.
+    pub billing: crate::prices::Billing,
 }
 
 /// The request body and what it says.
@@ -115,6 +124,16 @@ struct Head<'a> {
     max_completion_tokens: Option<serde_json::Value>,
     #[serde(default)]
     max_output_tokens: Option<serde_json::Value>,
+    #[serde(default)]
+    n: Option<serde_json::Value>,
+    #[serde(default)]
+    best_of: Option<serde_json::Value>,
+    #[serde(borrow, default)]
+    service_tier: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    speed: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    inference_geo: Option<Cow<'a, str>>,
     // Content fields are not read here, but a duplicate is refused: the policies must scan what
     // the provider reads, and parsers disagree on which duplicate wins.
     #[serde(default)]
@@ -184,11 +203,31 @@ pub fn parse_facts(body: &[u8]) -> Result<RequestFacts, GatewayError> {
     let max_tokens = [head.max_tokens, head.max_completion_tokens, head.max_output_tokens]
         .into_iter()
         .flatten()
-        .find_map(|v| v.as_u64());
+        .filter_map(|v| v.as_u64())
+        .max();
+    let choices = [head.n, head.best_of]
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_u64())
+        .max()
+        .unwrap_or(1);
+    let tier = match head.service_tier.as_deref() {
+        Some("priority") => crate::prices::Tier::Priority,
+        Some("flex") => crate::prices::Tier::Flex,
+        _ => crate::prices::Tier::Standard,
+    };
     Ok(RequestFacts {
         model: head.model.map(|m| recordable_model(&m)),
         stream: head.stream.and_then(|v| v.as_bool()).unwrap_or(false),
         max_tokens,
+        choices,
+        unbounded_input: false,
+        web_searches: 0,
+        billing: crate::prices::Billing {
+            tier,
+            fast: head.speed.as_deref() == Some("fast"),
+            us_only: head.inference_geo.as_deref() == Some("us"),
+        },
     })
 }
 
@@ -205,7 +244,9 @@ mod tests {
             RequestFacts {
                 model: Some("claude-sonnet-4-5".into()),
                 stream: true,
-                max_tokens: Some(64000)
+                max_tokens: Some(64000),
+                choices: 1,
+                ..RequestFacts::default()
             }
         );
         let f = parse_facts(br#"{"model":"gpt-5","max_output_tokens":5,"input":"x"}"#).unwrap();

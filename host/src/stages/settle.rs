@@ -2,7 +2,8 @@
 //! authentication). Reads: the exchange, the status, how the body ended and what the usage tap saw.
 //! Decides: the tokens billed — as the provider reported them, or, when it reported none for a
 //! successful response, an estimate flagged as such (never a silent zero) — and their cost under the
-//! price table (`None` when the model has no price). Records: one ledger entry, sent off the
+//! price table, at the tier the provider reports (else the one requested); a model with no price is
+//! billed at its provider's ceiling and marked so (`crate::prices`). Records: one ledger entry, sent off the
 //! request path. Returns the figures for `audit`.
 //!
 //! Estimates are a documented heuristic, not a tokenizer: input = ⌈request body bytes / 4⌉,
@@ -12,7 +13,7 @@ use std::sync::Arc;
 
 use crate::body::StreamEnd;
 use crate::ledger::{Ledger, SpendEntry};
-use crate::prices::PriceTable;
+use crate::prices::{Basis, PriceTable};
 use crate::stages::accept::Exchange;
 use crate::stages::admit::Admitted;
 use crate::usage::{Observed, Usage};
@@ -31,10 +32,12 @@ pub struct Settlement {
 pub struct Settled {
     /// Tokens billed.
     pub usage: Usage,
-    /// Cost in micro-dollars; `None` when the model has no price.
+    /// Cost in micro-dollars; `None` when the provider has no price at all.
     pub cost_micros: Option<u64>,
     /// Tokens are an estimate.
     pub estimated: bool,
+    /// How the price was found (`None` when nothing was billed).
+    pub basis: Option<Basis>,
 }
 
 /// Bytes → tokens heuristic used when a response carries no usage.
@@ -82,15 +85,21 @@ pub fn settle(
     };
     let model = ex.model.clone().unwrap_or_else(|| "-".into());
     let provider = ex.provider.unwrap_or("-");
-    let cost_micros = if usage == Usage::default() {
-        Some(0)
+    // The provider's word on the tier and multipliers wins; else what the request asked for.
+    let billing = seen.and_then(|o| o.billing).unwrap_or(ex.billing);
+    let (cost_micros, basis) = if usage == Usage::default() {
+        (Some(0), None)
     } else {
-        s.prices.lookup(provider, &model).map(|row| row.cost_micros(&usage))
+        match s.prices.price(provider, &model) {
+            Some(p) => (Some(p.row.cost(&usage, billing)), Some(p.basis)),
+            None => (None, None),
+        }
     };
     let settled = Settled {
         usage,
         cost_micros,
         estimated,
+        basis,
     };
     if let Some(Admitted {
         reservation,
@@ -113,6 +122,7 @@ pub fn settle(
         model,
         usage,
         cost_micros,
+        ceiling: basis == Some(Basis::Ceiling),
         estimated,
         error,
     });

@@ -36,3 +36,11 @@ pub fn node_bin(name: &str) -> Option<PathBuf> {
         .filter(|p| p.is_file())
         .or_else(|| on_path(name))
 }
+
+/// The current Claude Code release (`.ci/run` installs it beside the pinned one, under
+/// `$CONDUIT_PEERS_DIR/claude-current`).
+pub fn claude_current() -> Option<PathBuf> {
+    peers_dir()
+        .map(|d| d.join("claude-current/node_modules/.bin/claude"))
+        .filter(|p| p.is_file())
+}

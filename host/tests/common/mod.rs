@@ -200,6 +200,20 @@ impl Harness {
         panic!("the ledger did not reach {requests} requests");
     }
 
+    /// Sets the budget of `scope` (`org`, `team:NAME`, `key:ID`), micro-dollars.
+    pub fn set_budget(&self, scope: &str, daily_micros: Option<u64>, monthly_micros: Option<u64>) {
+        self.gateway()
+            .budgets
+            .set(
+                scope,
+                conduit::admission::BudgetLimit {
+                    daily_micros,
+                    monthly_micros,
+                },
+            )
+            .unwrap();
+    }
+
     pub fn new_key(&self, owner: &str) -> ops::CreatedKey {
         ops::create_key(
             self.gateway().store.as_ref(),

@@ -50,6 +50,12 @@ const api = async (method, path, body) => {
   const total = spend.lines.reduce((a, l) => a + l.cost_micros, 0);
   const kpi = await page.textContent("#kpi-total");
   if (kpi !== "$" + (total / 1e6).toFixed(2)) fail(`total ${kpi} != ${total}`);
+  // Models with no price (the demo's Codex uses gpt-6.2-sol) are flagged, with the fix.
+  if (!spend.unpriced_models || !spend.unpriced_models.some((m) => m.model === "gpt-6.2-sol")) fail("the API does not list gpt-6.2-sol as unpriced: " + JSON.stringify(spend.unpriced_models));
+  const badge = await page.textContent("#unpriced-badge");
+  if (badge !== spend.unpriced_models.length + " unpriced model" + (spend.unpriced_models.length > 1 ? "s" : "")) fail("unpriced badge: " + badge);
+  const unpricedText = await page.textContent("#unpriced");
+  if (!unpricedText.includes("gpt-6.2-sol") || !unpricedText.includes("conduit prices import")) fail("unpriced box: " + unpricedText);
   // The model tab redraws from /v1/spend?by=model.
   await page.click('#spend-tabs button[data-by="model"]');
   const models = await api("GET", "/v1/spend?by=model");
