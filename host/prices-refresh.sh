@@ -17,6 +17,6 @@ with zipfile.ZipFile(wheel) as z:
     data = z.read("litellm/model_prices_and_context_window_backup.json")
 open(sys.argv[1] + "/prices.json", "wb").write(data)
 PY
-cargo run --quiet -p conduit -- prices generate --litellm "$work/prices.json" --litellm-version "$version" \
+cargo run --quiet -p conduit --bin conduit -- prices generate --litellm "$work/prices.json" --litellm-version "$version" \
   --overrides host/prices-overrides.toml --date "$date" --out host/prices.toml
 git --no-pager diff --stat -- host/prices.toml || true
