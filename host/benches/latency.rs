@@ -136,9 +136,9 @@ fn main() {
     ]
     .into_iter()
     .collect();
-    let config = conduit::config::RawConfig::default()
-        .validate(&|k| env.get(k).cloned())
-        .expect("config");
+    let mut raw = conduit::config::RawConfig::default();
+    conduit::mock::forward_control_headers(&mut raw);
+    let config = raw.validate(&|k| env.get(k).cloned()).expect("config");
     let gateway = conduit::Gateway::open(config).expect("gateway");
     conduit::ops::set_credential(
         gateway.store.as_ref(),

@@ -78,12 +78,12 @@ fn info() -> RequestInfo {
     }
 }
 
-fn text_segments(bytes: usize) -> Vec<Segment> {
+fn text_segments(bytes: usize) -> Vec<Segment<'static>> {
     let line = "fn main() { let token = read_config(\"db.url\"); println!(\"{}\", token.len()); } // retry on split\n";
-    vec![Segment {
-        path: "messages[0].content".into(),
-        text: line.repeat(bytes / line.len() + 1)[..bytes].to_string(),
-    }]
+    vec![Segment::new(
+        "messages[0].content",
+        line.repeat(bytes / line.len() + 1)[..bytes].to_string(),
+    )]
 }
 
 /// All built-in policies on text they have not seen (the verdict cache cleared each time).

@@ -42,11 +42,8 @@ fn info() -> RequestInfo {
     }
 }
 
-fn one(text: &str) -> Vec<Segment> {
-    vec![Segment {
-        path: "text".into(),
-        text: text.to_string(),
-    }]
+fn one(text: &str) -> Vec<Segment<'static>> {
+    vec![Segment::new("text", text.to_string())]
 }
 
 fn percentiles(mut v: Vec<f64>) -> (f64, f64) {
@@ -241,6 +238,7 @@ fn main() {
         ("1 KB, first turn", &small_body, None),
         ("Claude Code 76 KB, first turn", &cc_body, None),
         ("Claude Code next turn (first turn cached)", &cc_next, Some(&cc_body)),
+        ("Claude Code 76 KB, repeated (all cached)", &cc_body, Some(&cc_body)),
     ] {
         let mut times = Vec::with_capacity(iterations);
         for _ in 0..iterations {
@@ -254,7 +252,17 @@ fn main() {
             times.push(t.elapsed().as_secs_f64() * 1e6);
             std::hint::black_box(out);
         }
+        let segs = segments::extract(body);
+        let text: usize = segs.iter().map(|s| s.text.len()).sum();
         let (p50, p99) = percentiles(times);
-        println!("  {:<40} {:>8.0} {:>8.0}   ({} bytes)", name, p50, p99, body.len());
+        println!(
+            "  {:<40} {:>8.0} {:>8.0}   ({} bytes, {} segments, {} bytes of text)",
+            name,
+            p50,
+            p99,
+            body.len(),
+            segs.len(),
+            text
+        );
     }
 }

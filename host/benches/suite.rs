@@ -216,8 +216,13 @@ fn start_conduit(mock: SocketAddr) -> System {
     let port = free_port();
     let admin = free_port();
     let cache = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/bench-policy-cache");
+    // The workloads steer the mock with its control headers, which the gateway forwards only when
+    // configured to.
+    let config = data.path().join("conduit.toml");
+    std::fs::write(&config, conduit::mock::CONTROL_HEADERS_TOML).unwrap();
     let env = |c: &mut Command| {
         c.env("CONDUIT_DATA_DIR", data.path())
+            .env("CONDUIT_CONFIG", &config)
             .env("CONDUIT_LISTEN", format!("127.0.0.1:{port}"))
             .env("CONDUIT_ADMIN_LISTEN", format!("127.0.0.1:{admin}"))
             .env("CONDUIT_ADMIN_TOKEN", "bench-admin-token-0123456789")

@@ -313,16 +313,13 @@ fn test(
             );
         }
     }
+    let body = match (&text, &request) {
+        (None, Some(path)) => std::fs::read(path).map_err(|e| Error::msg(format!("{}: {e}", path.display())))?,
+        _ => Vec::new(),
+    };
     let (segments, model) = match (text, request) {
-        (Some(path), _) => (
-            vec![Segment {
-                path: "text".into(),
-                text: read(&path)?,
-            }],
-            None,
-        ),
+        (Some(path), _) => (vec![Segment::new("text", read(&path)?)], None),
         (None, Some(path)) => {
-            let body = std::fs::read(&path).map_err(|e| Error::msg(format!("{}: {e}", path.display())))?;
             let facts = crate::stages::inspect::parse_facts(&body)
                 .map_err(|e| Error::msg(format!("{}: {}", path.display(), e.message)))?;
             (segments::extract(&body), facts.model)

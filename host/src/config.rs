@@ -58,6 +58,9 @@ pub struct RawConfig {
     /// Prices: `[prices] unpriced`, `[prices.ceiling]`.
     #[serde(default)]
     pub prices: crate::prices::RawPrices,
+    /// What may leave besides the endpoints Conduit understands: `[egress]`.
+    #[serde(default)]
+    pub egress: crate::egress::RawEgress,
 }
 
 /// `[budgets.<scope>]`
@@ -95,6 +98,12 @@ pub struct RawLimits {
     /// Output tokens assumed for a budget reservation when a request sets no `max_tokens`
     /// (default 64000).
     pub default_max_output_tokens: Option<u64>,
+    /// Deepest JSON nesting a body may have (default 128); deeper → 400.
+    pub max_json_depth: Option<usize>,
+    /// Most JSON values in one body (default 4,000,000); more → 413.
+    pub max_json_values: Option<usize>,
+    /// Most separate pieces of text one request may carry (default 100,000); more → 413.
+    pub max_text_values: Option<usize>,
 }
 
 /// `[network]`
@@ -156,6 +165,13 @@ pub struct RawUpstream {
     /// Bedrock, for Anthropic-API clients: `anthropic-beta` values passed on as `anthropic_beta`
     /// (default: the betas Bedrock documents; others are dropped).
     pub betas: Option<Vec<String>>,
+    /// Request headers forwarded beside the built-in allow-list (`crate::egress`).
+    #[serde(default)]
+    pub forward_headers: Vec<String>,
+    /// OpenAI: the `openai-organization` to bill (clients' own values are always dropped).
+    pub organization: Option<String>,
+    /// OpenAI: the `openai-project` to bill.
+    pub project: Option<String>,
 }
 
 /// `[tls]`
@@ -201,6 +217,8 @@ pub struct Config {
     pub otlp: Option<crate::audit::otlp::OtlpConfig>,
     /// What unknown models are billed at.
     pub prices: crate::prices::PriceConfig,
+    /// Declared passthroughs and upload treatment.
+    pub egress: crate::egress::EgressConfig,
 }
 
 /// A configured secret: `Debug` never shows it, so a config printed while debugging leaks nothing.
@@ -264,6 +282,8 @@ pub struct Limits {
     pub body_read_timeout: Duration,
     /// Worst-case output tokens for budget reservations.
     pub default_max_output_tokens: u64,
+    /// What one body may hold (each limit refuses).
+    pub body: crate::content::BodyLimits,
 }
 
 /// Outbound settings.
@@ -328,6 +348,10 @@ pub struct Upstream {
     pub path_prefix: String,
     /// Credential header style.
     pub auth: AuthStyle,
+    /// Extra request headers the operator lets through.
+    pub forward_headers: Vec<http::HeaderName>,
+    /// Headers Conduit sets on every request (`openai-organization`, `openai-project`).
+    pub fixed_headers: Vec<(http::HeaderName, http::HeaderValue)>,
 }
 
 impl Upstream {
@@ -502,6 +526,11 @@ impl RawConfig {
             max_headers: positive("limits.max_headers", self.limits.max_headers, 100)?,
             body_read_timeout: secs("limits.body_read_timeout_secs", self.limits.body_read_timeout_secs, 60)?,
             default_max_output_tokens: self.limits.default_max_output_tokens.unwrap_or(64_000).max(1),
+            body: crate::content::BodyLimits {
+                max_depth: positive("limits.max_json_depth", self.limits.max_json_depth, 128)?,
+                max_values: positive("limits.max_json_values", self.limits.max_json_values, 4_000_000)?,
+                max_segments: positive("limits.max_text_values", self.limits.max_text_values, 100_000)?,
+            },
         };
 
         let proxy = proxy_settings(&self.network, env)?;
@@ -565,8 +594,10 @@ impl RawConfig {
         let audit = self.audit.validate(&data_dir, env)?;
         let otlp = self.otlp.validate(env)?;
         let prices = self.prices.validate()?;
+        let egress = self.egress.validate()?;
         Ok(Config {
             prices,
+            egress,
             policies,
             audit,
             otlp,
@@ -662,6 +693,25 @@ fn build_upstreams(mut raw: HashMap<String, RawUpstream>, env: &dyn Fn(&str) -> 
     let mut take = |p: Protocol| raw.remove(p.as_str()).unwrap_or_default();
 
     let a = take(Protocol::Anthropic);
+    let o = take(Protocol::OpenAi);
+    let b = take(Protocol::Bedrock);
+    for (table, t) in [("anthropic", &a), ("bedrock", &b)] {
+        if t.organization.is_some() || t.project.is_some() {
+            return Err(Error::msg(format!(
+                "[upstream.{table}] sets organization or project, which only OpenAI takes ([upstream.openai])"
+            )));
+        }
+    }
+    let headers = [
+        header_settings("anthropic", &a.forward_headers, None, None)?,
+        header_settings(
+            "openai",
+            &o.forward_headers,
+            o.organization.as_deref(),
+            o.project.as_deref(),
+        )?,
+        header_settings("bedrock", &b.forward_headers, None, None)?,
+    ];
     let anthropic_via_bedrock = match var("CONDUIT_ANTHROPIC_PROVIDER")
         .or(a.provider.clone())
         .map(|p| p.trim().to_ascii_lowercase())
@@ -680,7 +730,6 @@ fn build_upstreams(mut raw: HashMap<String, RawUpstream>, env: &dyn Fn(&str) -> 
         .unwrap_or_else(|| Protocol::Anthropic.default_upstream().into());
     let mut anthropic = parse_upstream(Protocol::Anthropic, &url, a.auth.unwrap_or(AuthStyle::XApiKey))?;
 
-    let o = take(Protocol::OpenAi);
     let url = var("UPSTREAM_OPENAI_URL")
         .or(o.url)
         .unwrap_or_else(|| Protocol::OpenAi.default_upstream().into());
@@ -733,7 +782,6 @@ fn build_upstreams(mut raw: HashMap<String, RawUpstream>, env: &dyn Fn(&str) -> 
         openai.auth = o.auth.unwrap_or(AuthStyle::Bearer);
     }
 
-    let b = take(Protocol::Bedrock);
     let region = var("CONDUIT_BEDROCK_REGION")
         .or(b.region)
         .or_else(|| var("AWS_REGION"))
@@ -797,6 +845,13 @@ fn build_upstreams(mut raw: HashMap<String, RawUpstream>, env: &dyn Fn(&str) -> 
             ..bedrock.clone()
         };
     }
+    let [a_h, o_h, b_h] = headers;
+    (anthropic.forward_headers, anthropic.fixed_headers) = a_h;
+    (openai.forward_headers, openai.fixed_headers) = o_h;
+    if let Some(bd) = bedrock.bedrock.as_mut() {
+        (bd.control.forward_headers, bd.control.fixed_headers) = b_h.clone();
+    }
+    (bedrock.forward_headers, bedrock.fixed_headers) = b_h;
     Ok(Upstreams {
         anthropic,
         openai,
@@ -841,7 +896,44 @@ pub fn parse_upstream(p: Protocol, url: &str, auth: AuthStyle) -> Result<Upstrea
         authority,
         path_prefix,
         auth,
+        forward_headers: Vec::new(),
+        fixed_headers: Vec::new(),
     })
+}
+
+/// Extra forwarded header names, and headers set on every request.
+type HeaderSettings = (Vec<http::HeaderName>, Vec<(http::HeaderName, http::HeaderValue)>);
+
+/// `forward_headers`, `organization` and `project` of an `[upstream.*]` table.
+fn header_settings(
+    table: &str,
+    forward: &[String],
+    organization: Option<&str>,
+    project: Option<&str>,
+) -> Result<HeaderSettings> {
+    let mut names = Vec::new();
+    for h in forward {
+        let name = http::HeaderName::from_bytes(h.trim().as_bytes()).map_err(|_| {
+            Error::msg(format!(
+                "[upstream.{table}].forward_headers: {h:?} is not a header name"
+            ))
+        })?;
+        if crate::egress::never_forwarded(name.as_str()) {
+            return Err(Error::msg(format!(
+                "[upstream.{table}].forward_headers: {h:?} carries credentials, routing or framing and is never forwarded from clients"
+            )));
+        }
+        names.push(name);
+    }
+    let mut fixed = Vec::new();
+    for (header, value) in [("openai-organization", organization), ("openai-project", project)] {
+        if let Some(v) = value {
+            let value = http::HeaderValue::from_str(v.trim())
+                .map_err(|_| Error::msg(format!("[upstream.{table}]: {header} {v:?} is not a header value")))?;
+            fixed.push((http::HeaderName::from_static(header), value));
+        }
+    }
+    Ok((names, fixed))
 }
 
 #[cfg(test)]

@@ -114,7 +114,9 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     ]
     .into_iter()
     .collect();
-    let config = RawConfig::default().validate(&|k| env.get(k).cloned())?;
+    let mut raw = RawConfig::default();
+    crate::mock::forward_control_headers(&mut raw);
+    let config = raw.validate(&|k| env.get(k).cloned())?;
     crate::telemetry::init(&config.log);
     let gateway = crate::Gateway::open(config)?;
     let store = gateway.store.clone();

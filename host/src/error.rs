@@ -16,6 +16,10 @@ pub enum ErrorKind {
     Forbidden,
     /// No such local resource.
     NotFound,
+    /// An endpoint Conduit does not inspect and no operator declared: refused, nothing sent.
+    EndpointRefused,
+    /// The endpoint exists, for other methods.
+    MethodNotAllowed,
     /// Body larger than `limits.max_body_bytes`.
     PayloadTooLarge,
     /// The client did not send its body in time.
@@ -63,6 +67,8 @@ impl ErrorKind {
             ErrorKind::Unauthenticated => "unauthenticated",
             ErrorKind::Forbidden => "forbidden",
             ErrorKind::NotFound => "not_found",
+            ErrorKind::EndpointRefused => "endpoint_refused",
+            ErrorKind::MethodNotAllowed => "method_not_allowed",
             ErrorKind::PayloadTooLarge => "payload_too_large",
             ErrorKind::RequestTimeout => "request_timeout",
             ErrorKind::UpgradeUnsupported => "upgrade_unsupported",

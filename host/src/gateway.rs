@@ -50,14 +50,24 @@ impl Gateway {
     /// Opens the store, resolves and checks the master key, resolves the admin token and builds
     /// the upstream client. Any failure here stops start-up with a specific message.
     pub fn open(config: Config) -> Result<Gateway> {
+        crate::fsperm::create_private_dir(&config.data_dir).map_err(|e| {
+            Error::msg(format!(
+                "creating data directory {:?}: {e}",
+                config.data_dir.display().to_string()
+            ))
+        })?;
+        check_state_files(&config)?;
         let store: Arc<dyn Store> = Arc::new(SledStore::open(&config.data_dir)?);
         Self::open_with_store(config, store)
     }
 
     /// As [`Gateway::open`], over a store the caller opened (another engine, or a test double).
-    pub fn open_with_store(config: Config, store: Arc<dyn Store>) -> Result<Gateway> {
+    pub fn open_with_store(mut config: Config, store: Arc<dyn Store>) -> Result<Gateway> {
+        check_state_files(&config)?;
         let master_key = resolve_master_key(&config.master_key, store.as_ref(), true)?;
         let admin_token = resolve_admin_token(&config, true)?;
+        // Compiled policy artifacts are trusted only under a key derived from the master key.
+        config.policies.cache_key = crate::policy::runtime::CacheKey::from_master(&master_key);
         let client = build_client(&config.network)?;
         let prices = PriceTable::shipped()?
             .with_overrides(store.price_overrides()?)
@@ -138,6 +148,22 @@ impl Gateway {
     }
 }
 
+/// Refuses to start on state another user could change (`crate::fsperm`): the data directory,
+/// the master key file, the admin token file, the compiled-policy cache.
+pub fn check_state_files(config: &Config) -> Result<()> {
+    let check = crate::fsperm::check_not_writable_by_others;
+    check(&config.data_dir, "the data directory")?;
+    match &config.master_key {
+        MasterKeySource::File(p) | MasterKeySource::Generated(p) => check(p, "the master key file")?,
+        MasterKeySource::Env(_) => {}
+    }
+    check(&config.data_dir.join("admin.token"), "the admin token file")?;
+    if let Some(dir) = &config.policies.cache_dir {
+        check(dir, "the compiled-policy cache")?;
+    }
+    Ok(())
+}
+
 /// Loads the master key from its source and checks it is the one that sealed this store.
 ///
 /// `may_generate`: with no key configured, create `<data_dir>/master.key` on first use
@@ -204,7 +230,16 @@ pub fn resolve_admin_token(config: &Config, may_generate: bool) -> Result<Zeroiz
                 path.display().to_string()
             ))
         })?;
-        return Ok(Zeroizing::new(t.trim().to_string()));
+        let t = Zeroizing::new(t.trim().to_string());
+        if t.len() < 16 {
+            return Err(Error::msg(format!(
+                "the admin token file {:?} holds {} characters; an admin token is at least 16 random characters — replace it (e.g. `openssl rand -hex 24 > {}`), or delete it to have one generated",
+                path.display().to_string(),
+                t.len(),
+                path.display()
+            )));
+        }
+        return Ok(t);
     }
     if !may_generate {
         return Err(Error::msg(format!(
@@ -232,7 +267,7 @@ pub fn replace_secret_file(path: &Path, contents: &[u8]) -> Result<()> {
 fn write_secret_file(path: &Path, contents: &[u8]) -> Result<()> {
     use std::io::Write;
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+        crate::fsperm::create_private_dir(dir)?;
     }
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create_new(true);

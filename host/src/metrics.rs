@@ -95,6 +95,9 @@ const REFUSALS: &[&str] = &[
     "policy_unavailable",
     "payload_too_large",
     "bad_request",
+    "endpoint_refused",
+    "method_not_allowed",
+    "unsupported_media_type",
 ];
 
 impl Metrics {

@@ -3,12 +3,15 @@
 //!
 //! ```text
 //! accept        request id, start time                                 stages::accept
-//! route         path + headers → API family, provider, upstream URL; probes stages::route
+//! route         canonical path → understood endpoint | declared passthrough stages::route
+//!               | refused; API family, provider, upstream URL; probes
 //!   (accept)    declared body size, protocol upgrades — checked here, so refusals take the family's shape
 //! authenticate  stand-in key → principal (key id, owner, team); 401     stages::authenticate
-//! inspect       bounded body read, original bytes kept; model, stream  stages::inspect
+//! inspect       bounded body read, original bytes kept; one strict parse: stages::inspect
+//!               facts (model, stream, max output…) and every text segment
 //!   (route)     finalize: URLs that need the model; recorded vs judged model  route::finalize
-//! police        Wasm policies on the decoded text → findings; block/403  stages::police
+//! police        Wasm policies on the body's text, the query and the     stages::police
+//!               headers that will be forwarded → findings; block/403
 //! admit         rate limits (429); worst-case budget reservation (402)  stages::admit
 //! credential    unseal the provider credential → header or AWS signer  stages::credential
 //! forward       original bytes upstream (SigV4-signed for Bedrock);     stages::forward
@@ -69,17 +72,43 @@ enum Handled {
 }
 
 async fn run(gw: &Gateway, req: Request<Incoming>, ex: &mut accept::Exchange) -> Result<Handled, GatewayError> {
-    let mut route = match route::resolve(&gw.config.upstreams, req.method(), req.uri(), req.headers())? {
+    let config = &gw.config;
+    // Refusals before routing come in the shape of the family the client most likely speaks.
+    ex.protocol = Some(route::family_hint(req.uri().path(), req.headers()));
+    // A bounded audit queue: while the writer is behind, new requests wait outside rather than
+    // pile up in memory (or go unaudited).
+    let backlog = gw.audit.backlog();
+    if backlog > config.audit.max_backlog {
+        let mut e = GatewayError::new(
+            crate::error::ErrorKind::StoreUnavailable,
+            crate::error::Side::Internal,
+            format!(
+                "the audit log is behind ({backlog} records queued, over audit.max_backlog); the gateway refuses new requests until it catches up rather than forward unaudited — retry shortly"
+            ),
+        );
+        e.retry_after = Some(1);
+        return Err(e);
+    }
+    // Frames on an upgraded connection could not be inspected: refused before anything else.
+    accept::refuse_upgrade(&req)?;
+    let mut route = match route::resolve(
+        &config.upstreams,
+        &config.egress,
+        req.method(),
+        req.uri(),
+        req.headers(),
+    )? {
         Routed::Local => return Ok(Handled::Local(probe_response(req.method(), &ex.id))),
         Routed::Upstream(route) => route,
     };
     ex.protocol = Some(route.protocol);
     ex.provider = Some(route.upstream.provider);
-    ex.billable = route.endpoint.billable();
+    ex.billable = route::billable(&route, &config.egress);
     ex.upstream = Some(upstream_host(&route.upstream.authority));
+    ex.path = route.template.to_string();
+    ex.treatment = route.treatment;
     // The head checks of `accept` run once the family is known, so refusals come in its shape.
-    accept::check_declared_length(&req, &gw.config.limits)?;
-    accept::refuse_upgrade(&req)?;
+    accept::check_declared_length(&req, &config.limits)?;
 
     let principal = authenticate::principal(gw.store.as_ref(), req.headers(), crate::clock::now_unix())?;
     ex.key_id = Some(principal.key_id.clone());
@@ -87,19 +116,37 @@ async fn run(gw: &Gateway, req: Request<Incoming>, ex: &mut accept::Exchange) ->
     ex.team = principal.team.clone();
 
     let (parts, body) = req.into_parts();
-    let mut inspected = inspect::read(body, &parts.headers, route.endpoint, &gw.config.limits).await?;
-    ex.model = route::finalize(&mut route, &mut inspected.facts)?;
-    ex.bytes_in = inspected.body.len() as u64;
-    ex.stream = inspected.facts.stream;
-    ex.billing = inspected.facts.billing;
+    let body = inspect::read(body, &config.limits).await?;
+    let mut extracted = inspect::extract(
+        &body,
+        &parts.headers,
+        route.endpoint,
+        &config.egress,
+        &config.limits.body,
+    )?;
+    ex.model = route::finalize(&mut route, &mut extracted.facts)?;
+    ex.bytes_in = body.len() as u64;
+    ex.stream = extracted.facts.stream;
+    ex.billing = extracted.facts.billing;
+    if extracted.opaque_bytes > 0 {
+        ex.treatment = "inspected+opaque-parts";
+    }
+    // Exactly the headers that will go upstream are policed with the body.
+    let headers = crate::egress::outgoing(
+        route.protocol,
+        &parts.headers,
+        &route.upstream.forward_headers,
+        &route.upstream.fixed_headers,
+    );
 
-    police::police(gw, ex, &principal, &route, &inspected)?;
+    police::police(gw, ex, &principal, &route, &mut extracted, &headers, parts.uri.query())?;
 
-    let admitted = admit::admit(gw, ex, &principal, &inspected.facts)?;
+    let admitted = admit::admit(gw, ex, &principal, &route, &extracted)?;
 
     let auth = credential::for_upstream(gw, route.upstream)?;
 
-    let response = forward::send(gw, &route, parts, inspected.body, auth, ex, admitted).await?;
+    let upload = forward::pending_upload(&route, &extracted, &principal);
+    let response = forward::send(gw, &route, parts.method, headers, body, auth, ex, admitted, upload).await?;
     Ok(Handled::Streaming(response))
 }
 

@@ -99,6 +99,18 @@ fn shape(kind: ErrorKind) -> (StatusCode, &'static str, &'static str, Option<&'s
             "invalid_request_error",
             Some("not_found"),
         ),
+        EndpointRefused => (
+            StatusCode::NOT_FOUND,
+            "not_found_error",
+            "invalid_request_error",
+            Some("endpoint_refused"),
+        ),
+        MethodNotAllowed => (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "invalid_request_error",
+            "invalid_request_error",
+            Some("method_not_allowed"),
+        ),
         PayloadTooLarge => (
             StatusCode::PAYLOAD_TOO_LARGE,
             "request_too_large",

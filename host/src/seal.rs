@@ -5,7 +5,7 @@
 //! version unnoticed. The master key never enters the store: only its id (a hash) does, so that a
 //! wrong key is refused at start-up with a clear message rather than producing garbage.
 
-use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::aead::{Aead, KeyInit as _, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -66,6 +66,19 @@ impl MasterKey {
     /// The key in base64, for writing it where the operator keeps it. Zeroized on drop.
     pub fn to_base64(&self) -> Zeroizing<String> {
         Zeroizing::new(B64.encode(self.key.as_ref()))
+    }
+
+    /// A 32-byte key for another purpose, derived from this one (HMAC-SHA256 of `label`): it
+    /// changes when the master key does, and reveals nothing about it.
+    pub fn derive(&self, label: &str) -> Zeroizing<[u8; 32]> {
+        use hmac::digest::KeyInit;
+        use hmac::{Hmac, Mac};
+        // HMAC pads a key shorter than the block with zeros: the same MAC as the 32-byte key.
+        let mut block = Zeroizing::new([0u8; 64]);
+        block[..32].copy_from_slice(self.key.as_ref());
+        let mut mac = <Hmac<Sha256> as KeyInit>::new(block.as_ref().into());
+        mac.update(label.as_bytes());
+        Zeroizing::new(mac.finalize().into_bytes().into())
     }
 
     /// Public identifier of this key (a hash); safe to store and print.

@@ -3,7 +3,10 @@
 //! CLI goes through the admin API instead of opening the store.
 //!
 //! Trees (sled): `meta` (schema version, master key id), `keys` (key hash → record),
-//! `key_ids` (key id → key hash), `credentials` (`provider/id` → sealed credential).
+//! `key_ids` (key id → key hash), `credentials` (`provider/id` → sealed credential), `spend`
+//! (`day\0key\0model` → counters), `prices` (overrides), `budgets` (scope → limits), `findings`
+//! (time-ordered id → finding metadata), `policy_modes` (run-time overrides), `uploads`
+//! (`provider/file id` → what an upload through the gateway carried).
 //! Records are JSON; new fields are added with `#[serde(default)]` so old records still load.
 
 use std::path::Path;
@@ -115,6 +118,31 @@ pub trait Store: Send + Sync + 'static {
     fn policy_modes(&self) -> Result<Vec<(String, String)>>;
     /// Sets (or with `None` clears) a run-time policy mode.
     fn set_policy_mode(&self, key: &str, mode: Option<&str>) -> Result<()>;
+    /// Records a file uploaded through the gateway (what was scanned, and for a batch input file
+    /// each request's facts, so a batch that runs it can be bounded).
+    fn put_upload(&self, record: &UploadRecord) -> Result<()>;
+    /// A file uploaded through the gateway, by provider and the provider's file id.
+    fn upload(&self, provider: &str, id: &str) -> Result<Option<UploadRecord>>;
+}
+
+/// A file uploaded through the gateway.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UploadRecord {
+    /// Provider (`openai`, `anthropic`, `azure`).
+    pub provider: String,
+    /// The provider's file id.
+    pub id: String,
+    /// `purpose` of the upload (`batch`, `assistants`, …).
+    pub purpose: String,
+    /// The key that uploaded it.
+    pub key_id: String,
+    /// Unix seconds.
+    pub created: i64,
+    /// Bytes.
+    pub bytes: u64,
+    /// A batch file's requests (their facts: model, input bytes, max output, tier).
+    #[serde(default)]
+    pub requests: Vec<crate::content::RequestFacts>,
 }
 
 /// One policy finding, as stored and exported: where and what kind, never the text.
@@ -166,12 +194,13 @@ pub struct SledStore {
     budgets: sled::Tree,
     findings: sled::Tree,
     policy_modes: sled::Tree,
+    uploads: sled::Tree,
 }
 
 impl SledStore {
     /// Opens (creating if needed) the store under `dir`, checking the schema version.
     pub fn open(dir: &Path) -> Result<SledStore> {
-        std::fs::create_dir_all(dir)
+        crate::fsperm::create_private_dir(dir)
             .map_err(|e| Error::msg(format!("creating data directory {:?}: {e}", dir.display().to_string())))?;
         let path = dir.join("store");
         let db = sled::Config::new().path(&path).mode(sled::Mode::HighThroughput).open().map_err(|e| {
@@ -192,6 +221,7 @@ impl SledStore {
             budgets: db.open_tree("budgets")?,
             findings: db.open_tree("findings")?,
             policy_modes: db.open_tree("policy_modes")?,
+            uploads: db.open_tree("uploads")?,
             db,
         };
         match store.meta(META_SCHEMA)? {
@@ -463,6 +493,20 @@ impl Store for SledStore {
         };
         self.policy_modes.flush()?;
         Ok(())
+    }
+
+    fn put_upload(&self, record: &UploadRecord) -> Result<()> {
+        let key = format!("{}/{}", record.provider, record.id);
+        self.uploads.insert(key.as_bytes(), serde_json::to_vec(record)?)?;
+        self.uploads.flush()?;
+        Ok(())
+    }
+
+    fn upload(&self, provider: &str, id: &str) -> Result<Option<UploadRecord>> {
+        match self.uploads.get(format!("{provider}/{id}").as_bytes())? {
+            Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
+            None => Ok(None),
+        }
     }
 
     fn put_price_overrides(&self, rows: &[PriceRow]) -> Result<()> {

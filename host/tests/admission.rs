@@ -468,6 +468,12 @@ impl Store for Breakable {
         self.check()?;
         self.inner.ping()
     }
+    fn put_upload(&self, r: &conduit::store::UploadRecord) -> Result<()> {
+        self.inner.put_upload(r)
+    }
+    fn upload(&self, p: &str, id: &str) -> Result<Option<conduit::store::UploadRecord>> {
+        self.inner.upload(p, id)
+    }
     fn sync_spend(&self) -> Result<()> {
         self.inner.sync_spend()
     }

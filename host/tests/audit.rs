@@ -663,3 +663,46 @@ async fn otlp_spans_reach_a_collector() {
         "no prompt, no key"
     );
 }
+
+/// Issue 13: unauthenticated refusals cannot fill the disk — past the first few per address,
+/// kind and minute they are counted into one `suppressed` record; the chain still verifies, and
+/// /metrics counts every one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_floods_are_aggregated() {
+    let h = Harness::start().await;
+    for _ in 0..40 {
+        let r = h
+            .send(Method::POST, "/v1/messages", &[("x-api-key", "ck_not-a-key")], "{}")
+            .await;
+        assert_eq!(r.status, 401);
+    }
+    for _ in 0..5 {
+        assert_eq!(h.send(Method::GET, "/v1/nothing-here", &[], "").await.status, 404);
+    }
+    h.gateway().audit.sync();
+    let all = records(&h);
+    let unauth: Vec<&AuditRecord> = all.iter().filter(|r| r.outcome == "unauthenticated").collect();
+    assert_eq!(unauth.len(), 10, "the first ten in full");
+    let summary = all
+        .iter()
+        .find(|r| r.outcome == "suppressed")
+        .expect("a summary record");
+    assert_eq!(
+        (summary.suppressed, summary.error_class.as_deref()),
+        (30, Some("unauthenticated"))
+    );
+    assert_eq!(summary.client_ip, "127.0.0.1");
+    assert_eq!(
+        all.iter().filter(|r| r.outcome == "endpoint_refused").count(),
+        5,
+        "another kind, its own count"
+    );
+    assert!(all.len() < 20, "{} lines for 45 refusals", all.len());
+    let (ok, out, err) = h.cli(&["audit", "verify"]);
+    assert!(ok, "{out}{err}");
+    let metrics = String::from_utf8_lossy(&h.admin_get("/metrics").await.body).into_owned();
+    assert!(
+        metrics.contains("conduit_refusals_total{reason=\"unauthenticated\"} 40"),
+        "{metrics}"
+    );
+}

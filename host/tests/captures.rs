@@ -174,3 +174,20 @@ async fn every_captured_request_passes_byte_identical_with_gzip_responses() {
     let n = replay_all(&h).await;
     assert!(n >= 8, "replayed {n}");
 }
+
+/// Issue 13: every string of real traffic is now scanned — tool definitions, metadata, headers,
+/// query — and with secrets in block mode none of the real clients' requests is refused (the
+/// scan finds no false secret in them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_captured_request_passes_with_secrets_blocking() {
+    let h = Harness::builder()
+        .toml("[policies.modes]\n\"secret.*\" = \"block\"\n")
+        .start()
+        .await;
+    let n = replay_all(&h).await;
+    assert!(n >= 8, "replayed {n}");
+    assert!(
+        h.gateway().store.findings(100).unwrap().is_empty(),
+        "no finding in real traffic"
+    );
+}

@@ -407,7 +407,7 @@ async fn bad_input_gets_provider_shaped_errors_and_the_gateway_keeps_serving() {
             r#"{"model":"a","model":"b"}"#,
         )
         .await;
-    r.assert_anthropic_error(400, "invalid_request_error", "duplicate field");
+    r.assert_anthropic_error(400, "invalid_request_error", "repeats a key");
     let r = h
         .send(
             Method::POST,
@@ -521,7 +521,7 @@ mod futures_core_stream {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn path_prefixes_and_unknown_paths_pass_through() {
+async fn path_prefixes_and_pins_are_kept_in_the_canonical_path() {
     let mock = conduit::mock::start("127.0.0.1:0".parse().unwrap(), MockOptions::default())
         .await
         .unwrap();
@@ -605,4 +605,53 @@ async fn refusals_before_the_body_come_in_the_callers_shape() {
     r.assert_openai_error(501, "does not tunnel \"websocket\" upgrades");
     assert_eq!(r.json()["error"]["code"], "websocket_unsupported");
     assert!(h.mock_log().await.is_empty());
+}
+
+/// Issue 13: state that executes or unlocks the rest is refused at start-up when another user
+/// could change it; the admin token file is held to the variable's rules.
+#[cfg(unix)]
+#[test]
+fn loose_state_files_stop_start_up() {
+    use std::os::unix::fs::PermissionsExt;
+    let open = |data: &std::path::Path| {
+        let env = |k: &str| match k {
+            "CONDUIT_DATA_DIR" => Some(data.display().to_string()),
+            "CONDUIT_LISTEN" | "CONDUIT_ADMIN_LISTEN" => Some("127.0.0.1:0".into()),
+            _ => None,
+        };
+        conduit::config::RawConfig::default()
+            .validate(&env)
+            .and_then(conduit::Gateway::open)
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    open(&data).unwrap();
+    assert_eq!(
+        std::fs::metadata(&data).unwrap().permissions().mode() & 0o777,
+        0o700,
+        "created 0700"
+    );
+    for f in ["master.key", "admin.token"] {
+        assert_eq!(
+            std::fs::metadata(data.join(f)).unwrap().permissions().mode() & 0o777,
+            0o600,
+            "{f}"
+        );
+    }
+    std::fs::set_permissions(data.join("master.key"), std::fs::Permissions::from_mode(0o664)).unwrap();
+    let e = open(&data).err().unwrap().to_string();
+    assert!(e.contains("master key file") && e.contains("chmod go-w"), "{e}");
+    std::fs::set_permissions(data.join("master.key"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let e = open(&data).err().unwrap().to_string();
+    assert!(e.contains("data directory"), "{e}");
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::write(data.join("admin.token"), "short").unwrap();
+    let config = conduit::config::RawConfig::default()
+        .validate(&|k: &str| (k == "CONDUIT_DATA_DIR").then(|| data.display().to_string()))
+        .unwrap();
+    let e = conduit::gateway::resolve_admin_token(&config, false)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("admin token file") && e.contains("16"), "{e}");
 }

@@ -33,8 +33,11 @@ async fn canaries_never_reach_logs_store_or_cli_output() {
     let data = tempfile::tempdir().unwrap();
     let listen = format!("127.0.0.1:{}", free_port());
     let admin = format!("127.0.0.1:{}", free_port());
+    let config = data.path().join("conduit.toml");
+    std::fs::write(&config, conduit::mock::CONTROL_HEADERS_TOML).unwrap();
     let cmd = |args: &[&str]| {
         let mut c = Command::new(BIN);
+        c.env("CONDUIT_CONFIG", &config);
         c.env("CONDUIT_POLICY_CACHE_DIR", common::process::policy_cache_dir());
         c.args(args)
             .env("CONDUIT_DATA_DIR", data.path())

@@ -60,7 +60,8 @@ fn builtins_report_secrets_entities_and_models_without_text() {
         "#,
         data.path(),
     );
-    let segs = segments::extract(body(&format!("token {GITHUB_TOKEN} for ORCA 7 launch")).as_bytes());
+    let request = body(&format!("token {GITHUB_TOKEN} for ORCA 7 launch"));
+    let segs = segments::extract(request.as_bytes());
     let out = p.police(&info("claude-sonnet-4-5"), &segs);
     let found: Vec<(&str, &str, Mode)> = out
         .findings
@@ -82,7 +83,9 @@ fn builtins_report_secrets_entities_and_models_without_text() {
         .find(|f| f.category == "secret.github-token")
         .unwrap();
     assert_eq!(secret.location, "messages[0].content");
-    assert_eq!(&segs[0].text[secret.start as usize..secret.end as usize], GITHUB_TOKEN);
+    let segment = &segs[secret.segment.unwrap()];
+    assert_eq!(&segment.text[secret.start as usize..secret.end as usize], GITHUB_TOKEN);
+    assert_eq!(secret.origin, "prompt");
     let debug = format!("{out:?}");
     assert!(
         !debug.contains(GITHUB_TOKEN) && !debug.to_lowercase().contains("orca 7"),
@@ -109,18 +112,20 @@ fn a_resent_conversation_is_scanned_only_for_what_is_new_and_still_blocks() {
     let data = tempfile::tempdir().unwrap();
     let p = open("[modes]\n\"secret.*\" = \"block\"\n", data.path());
     let turn1: Vec<Segment> = (0..20)
-        .map(|i| Segment {
-            path: format!("messages[{i}].content"),
-            text: format!("turn {i}: some ordinary words about refactoring the parser"),
+        .map(|i| {
+            Segment::new(
+                format!("messages[{i}].content"),
+                format!("turn {i}: some ordinary words about refactoring the parser"),
+            )
         })
         .collect();
     let out = p.police(&info("claude-sonnet-4-5"), &turn1);
     assert_eq!((out.cached, out.scanned, out.decision), (0, 20, Decision::Allow));
     let mut turn2 = turn1.clone();
-    turn2.push(Segment {
-        path: "messages[20].content".into(),
-        text: format!("and the token is {GITHUB_TOKEN}"),
-    });
+    turn2.push(Segment::new(
+        "messages[20].content",
+        format!("and the token is {GITHUB_TOKEN}"),
+    ));
     let out = p.police(&info("claude-sonnet-4-5"), &turn2);
     assert_eq!((out.cached, out.scanned, out.decision), (20, 1, Decision::Block));
     // Resent again: everything cached, the block still holds.

@@ -59,6 +59,7 @@ pub const CSV_COLUMNS: &[&str] = &[
     "upstream",
     "method",
     "path",
+    "treatment",
     "model",
     "status",
     "outcome",
@@ -145,7 +146,7 @@ fn csv_row(r: &AuditRecord, s: &mut String) {
         .map(|f| format!("{}|{}|{}|{}", f.category, f.rule, f.mode, f.location))
         .collect::<Vec<_>>()
         .join(";");
-    let fields: [String; 35] = [
+    let fields: [String; 36] = [
         r.seq.to_string(),
         r.request_id.clone(),
         rfc3339_ms(r.start_ms),
@@ -159,6 +160,7 @@ fn csv_row(r: &AuditRecord, s: &mut String) {
         opt(&r.upstream),
         r.method.clone(),
         r.path.clone(),
+        r.treatment.clone(),
         opt(&r.model),
         r.status.to_string(),
         r.outcome.clone(),

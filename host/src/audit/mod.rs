@@ -53,6 +53,9 @@ pub struct RawAudit {
     pub retention_days: Option<u32>,
     /// Directory of the day files; default `<data_dir>/audit`.
     pub dir: Option<PathBuf>,
+    /// Records queued for the writer above which new requests are refused (503, `retry-after`)
+    /// until it catches up. Default 20000.
+    pub max_backlog: Option<usize>,
 }
 
 /// When a record counts as written.
@@ -73,6 +76,8 @@ pub struct AuditConfig {
     pub retention_days: Option<u32>,
     /// Directory of the day files.
     pub dir: PathBuf,
+    /// Queued records above which new requests are refused.
+    pub max_backlog: usize,
 }
 
 impl RawAudit {
@@ -94,6 +99,7 @@ impl RawAudit {
                 d => Some(d),
             },
             dir: self.dir.unwrap_or_else(|| data_dir.join("audit")),
+            max_backlog: self.max_backlog.unwrap_or(20_000).max(1),
         })
     }
 }
@@ -142,8 +148,13 @@ pub struct AuditRecord {
     pub upstream: Option<String>,
     /// HTTP method.
     pub method: String,
-    /// Path without the query string.
+    /// The endpoint's path template (`/v1/messages`, `/v1/files/{id}`), or `(refused path)`:
+    /// never the client's raw path.
     pub path: String,
+    /// How the request was treated: `inspected`, `passthrough:json|text|opaque`,
+    /// `inspected+opaque-parts` (an upload with binary parts forwarded unread), `refused`.
+    #[serde(default)]
+    pub treatment: String,
     /// Requested model.
     pub model: Option<String>,
     /// Status the client received.
@@ -190,6 +201,15 @@ pub struct AuditRecord {
     pub policy_set: Option<String>,
     /// Hashed client session id (`X-Claude-Code-Session-Id`, Codex `session_id`).
     pub session: Option<String>,
+    /// On a `suppressed` record: how many further refusals of the same kind, from the same address,
+    /// in the same minute, it stands for (unauthenticated refusals beyond the first few are
+    /// counted, not written one by one).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub suppressed: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl AuditRecord {
@@ -258,6 +278,8 @@ pub struct AuditLog {
     tx: mpsc::Sender<Msg>,
     durability: Durability,
     dir: Arc<PathBuf>,
+    /// Records sent and not yet taken by the writer.
+    backlog: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -275,11 +297,14 @@ impl AuditLog {
         store: Option<Arc<dyn Store>>,
         otlp: Option<otlp::Exporter>,
     ) -> Result<AuditLog> {
-        std::fs::create_dir_all(&config.dir)
+        crate::fsperm::create_private_dir(&config.dir)
             .map_err(|e| Error::msg(format!("creating the audit directory {}: {e}", config.dir.display())))?;
         let head = chain::recover(&config.dir)?;
         let (tx, rx) = mpsc::channel::<Msg>();
+        let backlog = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let mut writer = Writer {
+            backlog: backlog.clone(),
+            aggregate: Aggregator::default(),
             dir: config.dir.clone(),
             durability: config.durability,
             retention_days: config.retention_days,
@@ -301,6 +326,7 @@ impl AuditLog {
             tx,
             durability: config.durability,
             dir: Arc::new(config.dir.clone()),
+            backlog,
         })
     }
 
@@ -324,10 +350,17 @@ impl AuditLog {
             }
             Durability::Group => (None, None),
         };
+        self.backlog.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if self.tx.send(Msg::Record(Box::new(record), ack)).is_err() {
             tracing::error!("audit writer is gone; record dropped");
         }
         pending
+    }
+
+    /// Records queued and not yet taken by the writer (the request path refuses new requests
+    /// above `audit.max_backlog`, so memory stays bounded when the disk is slow).
+    pub fn backlog(&self) -> usize {
+        self.backlog.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Returns once every record queued before this call is written and synced.
@@ -353,6 +386,84 @@ struct Writer {
     store: Option<Arc<dyn Store>>,
     otlp: Option<otlp::Exporter>,
     buf: Vec<u8>,
+    backlog: Arc<std::sync::atomic::AtomicUsize>,
+    aggregate: Aggregator,
+}
+
+/// Unauthenticated refusals — anyone can send them, as fast as they like — are written in full
+/// only for the first [`Aggregator::FULL`] per client address, refusal kind and minute; the rest
+/// are counted and written as one `suppressed` record when the minute ends. Metrics count every
+/// one. At most [`Aggregator::KEYS`] addresses are tracked per minute; more share one bucket.
+#[derive(Default)]
+struct Aggregator {
+    minute: i64,
+    seen: std::collections::HashMap<(String, String), Bucket>,
+}
+
+struct Bucket {
+    written: u32,
+    suppressed: u64,
+    last: Option<AuditRecord>,
+}
+
+impl Aggregator {
+    const FULL: u32 = 10;
+    const KEYS: usize = 10_000;
+
+    fn is_unauthenticated_refusal(r: &AuditRecord) -> bool {
+        r.key_id.is_none() && r.status >= 400 && r.suppressed == 0
+    }
+
+    /// Whether to write `r` in full; when it is counted instead, `None`.
+    fn take(&mut self, r: AuditRecord) -> Option<AuditRecord> {
+        if !Self::is_unauthenticated_refusal(&r) {
+            return Some(r);
+        }
+        let minute = r.start_ms.div_euclid(60_000);
+        if minute > self.minute {
+            self.minute = minute; // the caller flushes the old minute first
+        }
+        let ip = if self.seen.len() >= Self::KEYS && !self.seen.contains_key(&(r.client_ip.clone(), r.outcome.clone()))
+        {
+            "(other addresses)".to_string()
+        } else {
+            r.client_ip.clone()
+        };
+        let b = self.seen.entry((ip, r.outcome.clone())).or_insert(Bucket {
+            written: 0,
+            suppressed: 0,
+            last: None,
+        });
+        if b.written < Self::FULL {
+            b.written += 1;
+            return Some(r);
+        }
+        b.suppressed += 1;
+        b.last = Some(r);
+        None
+    }
+
+    /// The summary records of a minute that has ended (all of them when `now_ms` is `None`).
+    fn flush(&mut self, now_ms: Option<i64>) -> Vec<AuditRecord> {
+        if now_ms.is_some_and(|ms| ms.div_euclid(60_000) <= self.minute) {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        for ((ip, outcome), b) in self.seen.drain() {
+            if let Some(mut last) = b.last {
+                last.request_id = format!("suppressed:{}", last.request_id);
+                last.client_ip = ip;
+                last.error_class = Some(outcome);
+                last.outcome = "suppressed".into();
+                last.suppressed = b.suppressed;
+                last.start_ms = self.minute * 60_000;
+                last.end_ms = last.start_ms + 60_000 - 1;
+                out.push(last);
+            }
+        }
+        out.sort_by(|a, b| (&a.client_ip, &a.error_class).cmp(&(&b.client_ip, &b.error_class)));
+        out
+    }
 }
 
 const MAX_BATCH: usize = 4096;
@@ -372,7 +483,13 @@ impl Writer {
                     Err(mpsc::RecvTimeoutError::Disconnected) => break,
                 }
             } else {
-                match rx.recv_timeout(PRUNE_EVERY) {
+                // Wake for a minute of aggregated refusals to be written.
+                let wait = if self.aggregate.seen.is_empty() {
+                    PRUNE_EVERY
+                } else {
+                    Duration::from_secs(61)
+                };
+                match rx.recv_timeout(wait) {
                     Ok(m) => Some(m),
                     Err(mpsc::RecvTimeoutError::Timeout) => None,
                     Err(mpsc::RecvTimeoutError::Disconnected) => break,
@@ -385,13 +502,34 @@ impl Writer {
             while let Some(msg) = next {
                 match msg {
                     Msg::Record(record, ack) => {
-                        self.append(*record);
+                        self.backlog.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                        let minute = record.start_ms.div_euclid(60_000);
+                        if minute > self.aggregate.minute {
+                            for summary in self.aggregate.flush(Some(record.start_ms)) {
+                                self.append(summary);
+                            }
+                        }
+                        // Metrics count every request; the log holds the aggregated form.
+                        self.metrics.observe(&record);
+                        if let Some(r) = self.aggregate.take(*record) {
+                            self.append(r);
+                        }
                         acks.extend(ack);
                     }
-                    Msg::Sync(done) => syncs.push(done),
+                    Msg::Sync(done) => {
+                        // Everything before the sync is written: counted refusals included.
+                        for summary in self.aggregate.flush(None) {
+                            self.append(summary);
+                        }
+                        syncs.push(done);
+                    }
                 }
                 taken += 1;
                 next = if taken < MAX_BATCH { rx.try_recv().ok() } else { None };
+            }
+            // A minute of refusals that has ended is written even when no new record comes.
+            for summary in self.aggregate.flush(Some(crate::clock::now_unix() * 1000)) {
+                self.append(summary);
             }
             self.write_out();
             let due = self.dirty && self.last_sync.elapsed() >= GROUP_COMMIT_WINDOW;
@@ -412,13 +550,15 @@ impl Writer {
                 std::thread::sleep(GROUP_POLL);
             }
         }
+        for summary in self.aggregate.flush(None) {
+            self.append(summary);
+        }
         self.write_out();
         self.sync();
     }
 
     /// Chains and serialises one record into the batch buffer.
     fn append(&mut self, mut record: AuditRecord) {
-        self.metrics.observe(&record);
         if let Some(exporter) = &self.otlp {
             exporter.export(&record);
         }
@@ -503,10 +643,11 @@ impl Writer {
 
 fn open_day(dir: &Path, day: i64) -> Result<File> {
     let path = chain::day_path(dir, day);
-    OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
+    let mut opts = OpenOptions::new();
+    opts.create(true).append(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    opts.open(&path)
         .map_err(|e| Error::msg(format!("opening {}: {e}", path.display())))
 }
 

@@ -23,6 +23,26 @@
 pub mod bedrock;
 pub mod payload;
 
+/// The request headers that steer the mock. A gateway in front of it forwards them only when told
+/// to (`[upstream.*] forward_headers`): tests, benchmarks and the demo do so with
+/// [`forward_control_headers`] or [`CONTROL_HEADERS_TOML`].
+pub const CONTROL_HEADERS: &[&str] = &["x-mock-mode", "x-mock-delay-ms", "x-mock-compress", "x-mock-usage"];
+
+/// The same, as config-file text for a gateway started as a process.
+pub const CONTROL_HEADERS_TOML: &str = "[upstream.anthropic]\nforward_headers = [\"x-mock-mode\", \"x-mock-delay-ms\", \"x-mock-compress\", \"x-mock-usage\"]\n[upstream.openai]\nforward_headers = [\"x-mock-mode\", \"x-mock-delay-ms\", \"x-mock-compress\", \"x-mock-usage\"]\n[upstream.bedrock]\nforward_headers = [\"x-mock-mode\", \"x-mock-delay-ms\", \"x-mock-compress\", \"x-mock-usage\"]\n";
+
+/// Lets a gateway config forward the mock's control headers on every upstream.
+pub fn forward_control_headers(raw: &mut crate::config::RawConfig) {
+    for family in ["anthropic", "openai", "bedrock"] {
+        let table = raw.upstream.entry(family.to_string()).or_default();
+        for h in CONTROL_HEADERS {
+            if !table.forward_headers.iter().any(|f| f == h) {
+                table.forward_headers.push((*h).to_string());
+            }
+        }
+    }
+}
+
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};

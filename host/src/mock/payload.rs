@@ -111,8 +111,47 @@ pub fn reply(method: &Method, path: &str, headers: &HeaderMap, body: &[u8], mode
             };
             json_reply(family, models, Usage::default())
         }
+        // Stored objects: uploads, batches (enough for the gateway's bookkeeping and the tests).
+        (&Method::POST, "/v1/files") => {
+            let id = format!(
+                "{}{}",
+                if anthropic_headers { "file_mock" } else { "file-mock" },
+                short_hash(body)
+            );
+            json_reply(
+                family,
+                json!({"id": id, "object": "file", "type": "file", "bytes": body.len(), "status": "processed"}),
+                Usage::default(),
+            )
+        }
+        (&Method::POST, "/v1/batches") => json_reply(
+            family,
+            json!({"id": format!("batch_mock{}", short_hash(body)), "object": "batch", "status": "validating",
+                   "input_file_id": req["input_file_id"], "endpoint": req["endpoint"]}),
+            Usage::default(),
+        ),
+        (&Method::POST, "/v1/messages/batches") => json_reply(
+            family,
+            json!({"id": format!("msgbatch_mock{}", short_hash(body)), "type": "message_batch", "processing_status": "in_progress"}),
+            Usage::default(),
+        ),
+        (&Method::GET, p)
+            if p.starts_with("/v1/files") || p.starts_with("/v1/batches") || p.starts_with("/v1/messages/batches") =>
+        {
+            json_reply(
+                family,
+                json!({"object": "list", "data": [], "has_more": false}),
+                Usage::default(),
+            )
+        }
         _ => error_reply(family, StatusCode::NOT_FOUND),
     }
+}
+
+/// A short, stable id fragment for a body.
+fn short_hash(body: &[u8]) -> String {
+    use sha2::Digest;
+    crate::hex::encode(&sha2::Sha256::digest(body)[..6])
 }
 
 /// Deterministic usage: ~4 bytes per token; cached input where the request asks for caching.

@@ -137,6 +137,8 @@ pub struct PolicyConfig {
     pub cache_entries: usize,
     /// Compiled-component cache directory.
     pub cache_dir: Option<PathBuf>,
+    /// Authenticates the compiled artifacts there (the gateway derives it from the master key).
+    pub cache_key: crate::policy::runtime::CacheKey,
     /// Default failure mode.
     pub on_error: OnError,
     /// Configured modes.
@@ -227,6 +229,7 @@ impl RawPolicies {
                     .or(self.cache_dir)
                     .unwrap_or_else(|| data_dir.join("policy-cache")),
             ),
+            cache_key: Default::default(),
             on_error,
             modes: self.modes,
             builtins,
@@ -234,8 +237,25 @@ impl RawPolicies {
     }
 }
 
-/// A mode key is a dotted category (`secret.aws-access-key`), a prefix (`secret.*`) or `*`.
+/// A mode key is a dotted category (`secret.aws-access-key`), a prefix (`secret.*`) or `*`,
+/// optionally for one origin of the text (`secret.*@metadata`, see `segments::Origin`).
 pub fn modes_key_ok(key: &str) -> Result<()> {
+    let (key, origin) = match key.split_once('@') {
+        Some((k, o)) => (k, Some(o)),
+        None => (key, None),
+    };
+    if let Some(o) = origin
+        && crate::policy::segments::Origin::parse(o).is_none()
+    {
+        let all: Vec<&str> = crate::policy::segments::Origin::ALL
+            .iter()
+            .map(|o| o.as_str())
+            .collect();
+        return Err(Error::msg(format!(
+            "policy mode for {key:?}@{o:?}: {o:?} is not an origin; one of: {}",
+            all.join(", ")
+        )));
+    }
     let body = key.strip_suffix(".*").unwrap_or(key);
     let ok = key == "*"
         || (!body.is_empty()
@@ -247,7 +267,7 @@ pub fn modes_key_ok(key: &str) -> Result<()> {
         Ok(())
     } else {
         Err(Error::msg(format!(
-            "policy mode for {key:?}: name a category (`secret.aws-access-key`), a prefix (`secret.*`) or `*`"
+            "policy mode for {key:?}: name a category (`secret.aws-access-key`), a prefix (`secret.*`) or `*`, optionally @origin (`secret.*@metadata`)"
         )))
     }
 }

@@ -86,6 +86,37 @@ impl Modes {
             .unwrap_or(Mode::Alert)
     }
 
+    /// The mode for `category` found in text of `origin`: an entry for that origin
+    /// (`category@origin`, `prefix.*@origin`, `*@origin`; most specific wins), else [`mode_for`].
+    ///
+    /// [`mode_for`]: Modes::mode_for
+    pub fn mode_at(&self, category: &str, origin: &str) -> Mode {
+        let mut best: Option<(usize, Mode)> = None;
+        for (key, mode) in &self.entries {
+            let Some((cat, o)) = key.split_once('@') else { continue };
+            if o != origin {
+                continue;
+            }
+            let specificity = if cat == category {
+                usize::MAX
+            } else if cat == "*" {
+                0
+            } else if let Some(prefix) = cat.strip_suffix(".*")
+                && category.len() > prefix.len()
+                && category.starts_with(prefix)
+                && category.as_bytes()[prefix.len()] == b'.'
+            {
+                prefix.len() + 1
+            } else {
+                continue;
+            };
+            if best.is_none_or(|(s, _)| specificity > s) {
+                best = Some((specificity, *mode));
+            }
+        }
+        best.map_or_else(|| self.mode_for(category), |(_, m)| m)
+    }
+
     /// Sets one entry.
     pub fn set(&mut self, key: &str, mode: Mode) {
         self.entries.insert(key.to_string(), mode);
@@ -117,6 +148,21 @@ mod tests {
         assert_eq!(m.mode_for("model.not-allowed"), Mode::Block);
         assert_eq!(m.mode_for("custom.thing"), Mode::Alert);
         assert_eq!(m.mode_for("secretive.x"), Mode::Alert, "a prefix ends at a dot");
+        // Per origin: an origin's entry wins there, and only there.
+        let mut by_origin = BTreeMap::new();
+        by_origin.insert("secret.*".to_string(), Mode::Block);
+        by_origin.insert("secret.*@metadata".to_string(), Mode::Alert);
+        by_origin.insert("secret.github-token@header".to_string(), Mode::Off);
+        let m = Modes::layered(&by_origin, &BTreeMap::new());
+        assert_eq!(m.mode_at("secret.aws-access-key", "prompt"), Mode::Block);
+        assert_eq!(m.mode_at("secret.aws-access-key", "metadata"), Mode::Alert);
+        assert_eq!(m.mode_at("secret.github-token", "header"), Mode::Off);
+        assert_eq!(m.mode_at("secret.aws-access-key", "header"), Mode::Block);
+        assert_eq!(
+            m.mode_for("secret.aws-access-key"),
+            Mode::Block,
+            "origin entries do not leak"
+        );
         let mut all = BTreeMap::new();
         all.insert("*".to_string(), Mode::Off);
         assert_eq!(

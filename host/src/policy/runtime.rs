@@ -59,8 +59,54 @@ pub fn engine() -> &'static Engine {
     })
 }
 
-/// Compiles a component, or loads it from the in-memory or on-disk cache.
-pub fn compile(bytes: &[u8], cache_dir: Option<&Path>) -> Result<Component, String> {
+/// The key that authenticates compiled artifacts in the on-disk cache. Loading a compiled
+/// artifact runs native code, so a file is used only if its MAC under this key checks out: the
+/// gateway derives the key from the master key (an attacker who can write the cache directory
+/// cannot forge an artifact without it); without a master key (the CLI's `policy test`), a random
+/// key per process makes the disk cache write-only.
+#[derive(Clone)]
+pub struct CacheKey(zeroize::Zeroizing<[u8; 32]>);
+
+impl CacheKey {
+    /// Derived from the master key.
+    pub fn from_master(master: &crate::seal::MasterKey) -> CacheKey {
+        CacheKey(master.derive("conduit policy-cache v1"))
+    }
+
+    /// A fresh random key (artifacts written under it are useless to any other process).
+    pub fn ephemeral() -> CacheKey {
+        let mut k = zeroize::Zeroizing::new([0u8; 32]);
+        let _ = getrandom::fill(k.as_mut());
+        CacheKey(k)
+    }
+
+    fn mac(&self, name: &str, bytes: &[u8]) -> [u8; 32] {
+        use hmac::digest::KeyInit;
+        use hmac::{Hmac, Mac};
+        let mut block = zeroize::Zeroizing::new([0u8; 64]);
+        block[..32].copy_from_slice(self.0.as_ref());
+        let mut mac = <Hmac<Sha256> as KeyInit>::new(block.as_ref().into());
+        mac.update(name.as_bytes());
+        mac.update(&[0]);
+        mac.update(bytes);
+        mac.finalize().into_bytes().into()
+    }
+}
+
+impl Default for CacheKey {
+    fn default() -> Self {
+        CacheKey::ephemeral()
+    }
+}
+
+impl std::fmt::Debug for CacheKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CacheKey(<redacted>)")
+    }
+}
+
+/// Compiles a component, or loads it from the in-memory or the (authenticated) on-disk cache.
+pub fn compile(bytes: &[u8], cache: Option<(&Path, &CacheKey)>) -> Result<Component, String> {
     static MEMORY: OnceLock<Mutex<HashMap<[u8; 32], Component>>> = OnceLock::new();
     let digest: [u8; 32] = Sha256::digest(bytes).into();
     let memory = MEMORY.get_or_init(Default::default);
@@ -68,14 +114,14 @@ pub fn compile(bytes: &[u8], cache_dir: Option<&Path>) -> Result<Component, Stri
         return Ok(c.clone());
     }
     let engine = engine();
-    let cached = cache_dir.map(|dir| artifact_path(dir, &digest, engine));
-    let from_disk = cached.as_deref().and_then(|p| load_artifact(engine, p));
+    let cached = cache.map(|(dir, key)| (artifact_path(dir, &digest, engine), key));
+    let from_disk = cached.as_ref().and_then(|(p, key)| load_artifact(engine, p, key));
     let component = match from_disk {
         Some(c) => c,
         None => {
             let c = Component::new(engine, bytes).map_err(|e| format!("not a valid policy component: {e:#}"))?;
-            if let Some(path) = &cached {
-                store_artifact(&c, path);
+            if let Some((path, key)) = &cached {
+                store_artifact(&c, path, key);
             }
             c
         }
@@ -94,18 +140,28 @@ fn artifact_path(dir: &Path, digest: &[u8; 32], engine: &Engine) -> PathBuf {
     dir.join(format!("{}-{:016x}.cwasm", crate::hex::encode(digest), h.finish()))
 }
 
-/// Loads a precompiled artifact this build wrote. The file name binds it to the component's
-/// content hash and the engine's compatibility hash; the directory is the gateway's own (inside
-/// the data dir, as protected as the store). A file that does not load is ignored and rebuilt.
+/// Loads a precompiled artifact: a 32-byte MAC, then the bytes `Component::serialize` wrote.
+/// The MAC (under the cache key, over the file name — which binds the component's content hash
+/// and the engine's compatibility hash — and the bytes) must verify *before* wasmtime sees a byte;
+/// a file that does not verify or load is ignored and rebuilt.
 #[allow(unsafe_code)]
-fn load_artifact(engine: &Engine, path: &Path) -> Option<Component> {
-    if !path.is_file() {
+fn load_artifact(engine: &Engine, path: &Path, key: &CacheKey) -> Option<Component> {
+    let file = std::fs::read(path).ok()?;
+    let name = path.file_name()?.to_string_lossy();
+    if file.len() < 32 {
+        return None;
+    }
+    let (mac, bytes) = file.split_at(32);
+    let expected = key.mac(&name, bytes);
+    if !bool::from(subtle::ConstantTimeEq::ct_eq(mac, &expected[..])) {
+        tracing::warn!(path = %path.display(), "ignoring a compiled policy cache entry that does not verify (written under another key, or altered)");
         return None;
     }
     // SAFETY: wasmtime requires that the bytes were produced by `Component::serialize` of a
-    // compatible engine; only this process writes this directory, under a name derived from the
-    // engine's compatibility hash, and wasmtime checks the header before using the code.
-    match unsafe { Component::deserialize_file(engine, path) } {
+    // compatible engine. They were: their MAC, under a key only this gateway holds (derived from
+    // the master key), verified above, and the file name binds the engine's compatibility hash;
+    // wasmtime checks the header as well.
+    match unsafe { Component::deserialize(engine, bytes) } {
         Ok(c) => Some(c),
         Err(e) => {
             tracing::warn!(path = %path.display(), error = %e, "ignoring a compiled policy cache entry");
@@ -114,13 +170,19 @@ fn load_artifact(engine: &Engine, path: &Path) -> Option<Component> {
     }
 }
 
-fn store_artifact(component: &Component, path: &Path) {
+fn store_artifact(component: &Component, path: &Path, key: &CacheKey) {
     let Ok(bytes) = component.serialize() else { return };
+    let Some(name) = path.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+        return;
+    };
     if let Some(dir) = path.parent() {
-        let _ = std::fs::create_dir_all(dir);
+        let _ = crate::fsperm::create_private_dir(dir);
     }
+    let mut file = Vec::with_capacity(bytes.len() + 32);
+    file.extend_from_slice(&key.mac(&name, &bytes));
+    file.extend_from_slice(&bytes);
     let tmp = path.with_extension("tmp");
-    if std::fs::write(&tmp, bytes)
+    if crate::fsperm::write_private(&tmp, &file)
         .and_then(|()| std::fs::rename(&tmp, path))
         .is_err()
     {
@@ -410,4 +472,44 @@ fn first_line(e: &wasmtime::Error) -> String {
         .chars()
         .take(300)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A cached artifact is used only under the key it was written with, and only unaltered.
+    #[test]
+    fn cached_artifacts_are_authenticated_before_they_are_loaded() {
+        let wasm = std::fs::read(crate::policy::builtin::MISBEHAVE_WASM).unwrap();
+        let engine = engine();
+        let component = Component::new(engine, &wasm).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let digest: [u8; 32] = Sha256::digest(&wasm).into();
+        let path = artifact_path(dir.path(), &digest, engine);
+        let (ours, theirs) = (CacheKey::ephemeral(), CacheKey::ephemeral());
+        store_artifact(&component, &path, &ours);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        }
+        assert!(load_artifact(engine, &path, &ours).is_some(), "our own artifact loads");
+        assert!(
+            load_artifact(engine, &path, &theirs).is_none(),
+            "another key's MAC does not verify"
+        );
+        // One flipped byte of the native code: refused before wasmtime reads it.
+        let mut bytes = std::fs::read(&path).unwrap();
+        let at = bytes.len() / 2;
+        bytes[at] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(
+            load_artifact(engine, &path, &ours).is_none(),
+            "an altered artifact is refused"
+        );
+        // A raw artifact planted without a MAC (what an older build wrote) is refused too.
+        std::fs::write(&path, component.serialize().unwrap()).unwrap();
+        assert!(load_artifact(engine, &path, &ours).is_none());
+    }
 }

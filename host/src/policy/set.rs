@@ -100,6 +100,9 @@ pub struct ReportedFinding {
     pub segment: Option<usize>,
     /// JSON path of the segment, or `request`.
     pub location: String,
+    /// Where the segment's text comes from (`prompt`, `tool-definition`, `header`, …); `request`
+    /// for request-level findings.
+    pub origin: &'static str,
     /// Byte span.
     pub start: u32,
     pub end: u32,
@@ -137,6 +140,25 @@ pub struct Outcome {
     /// Segments answered from the cache / scanned.
     pub cached: usize,
     pub scanned: usize,
+}
+
+impl Outcome {
+    /// Folds another run's outcome in (a batch's further models): findings appended, the stronger
+    /// decision, the first refusal and failure.
+    pub fn merge(&mut self, other: Outcome) {
+        self.findings.extend(other.findings);
+        self.decision = match (self.decision, other.decision) {
+            (Decision::Block, _) | (_, Decision::Block) => Decision::Block,
+            (Decision::Alert, _) | (_, Decision::Alert) => Decision::Alert,
+            _ => Decision::Allow,
+        };
+        if self.deny.is_none() {
+            self.deny = other.deny;
+        }
+        if self.failure.is_none() {
+            self.failure = other.failure;
+        }
+    }
 }
 
 /// The policy runtime of one gateway.
@@ -237,7 +259,8 @@ impl Policies {
         source: String,
         signed_by: String,
     ) -> Result<LoadedPolicy, String> {
-        let component = runtime::compile(wasm, self.config.cache_dir.as_deref())?;
+        let cache = self.config.cache_dir.as_deref().map(|d| (d, &self.config.cache_key));
+        let component = runtime::compile(wasm, cache)?;
         let (prepared, description) = Prepared::new(&component, config_json, self.config.sandbox)?;
         let mut h = Sha256::new();
         h.update(wasm);
@@ -410,7 +433,7 @@ impl Policies {
     }
 
     /// Runs every policy on a request's segments.
-    pub fn police(&self, info: &RequestInfo, segments: &[Segment]) -> Outcome {
+    pub fn police(&self, info: &RequestInfo, segments: &[Segment<'_>]) -> Outcome {
         let set = self.set.read().unwrap_or_else(|p| p.into_inner()).clone();
         let keys: Vec<cache::Key> = segments.iter().map(|s| cache::key(&set.digest, &s.text)).collect();
         let mut per_segment: Vec<Option<Vec<CachedFinding>>> = keys.iter().map(|k| self.cache.get(k)).collect();
@@ -419,7 +442,7 @@ impl Policies {
             .iter()
             .map(|&i| WitSegment {
                 path: segments[i].path.clone(),
-                text: segments[i].text.clone(),
+                text: segments[i].text.to_string(),
             })
             .collect();
         let mut new_findings: Vec<Vec<CachedFinding>> = vec![Vec::new(); fresh.len()];
@@ -471,7 +494,8 @@ impl Policies {
         let mut findings = Vec::new();
         for (i, cached) in per_segment.into_iter().enumerate() {
             for f in cached.unwrap_or_default() {
-                let mode = modes.mode_for(&f.category);
+                let origin = segments[i].origin.as_str();
+                let mode = modes.mode_at(&f.category, origin);
                 if mode == Mode::Off || !valid_category(&f.category) {
                     continue;
                 }
@@ -481,6 +505,7 @@ impl Policies {
                     rule_id: f.rule_id,
                     segment: Some(i),
                     location: segments[i].path.clone(),
+                    origin,
                     start: f.start,
                     end: f.end,
                     severity: f.severity,
@@ -501,6 +526,7 @@ impl Policies {
                 rule_id: recordable_rule(f.rule_id),
                 segment: None,
                 location: "request".into(),
+                origin: "request",
                 start: 0,
                 end: 0,
                 severity: severity_name(f.severity),

@@ -33,8 +33,11 @@ pub struct Exchange {
     pub peer: SocketAddr,
     /// HTTP method.
     pub method: http::Method,
-    /// Path without the query string.
+    /// The endpoint's path template once routed (`/v1/files/{id}`); `(refused path)` before —
+    /// never the client's raw path.
     pub path: String,
+    /// How the request was treated: `inspected`, `passthrough:json|text|opaque`, `refused`.
+    pub treatment: &'static str,
     /// Family, once routed.
     pub protocol: Option<Protocol>,
     /// Provider answering (`anthropic`, `openai`, `azure`, `bedrock`), once routed.
@@ -122,7 +125,8 @@ pub fn begin<B>(ids: &RequestIds, req: &Request<B>, peer: SocketAddr) -> Exchang
         session,
         peer,
         method: req.method().clone(),
-        path: req.uri().path().to_string(),
+        path: "(refused path)".to_string(),
+        treatment: "refused",
         protocol: None,
         provider: None,
         upstream: None,

@@ -18,12 +18,15 @@
 //! allowed; at the requested service tier and Anthropic's fast / US-only multipliers.
 
 use crate::admission::{OverBudget, Payer, RateTicket, Reservation};
+use crate::content::Extracted;
+use crate::endpoint::Endpoint;
 use crate::error::{ErrorKind, GatewayError};
 use crate::gateway::Gateway;
 use crate::prices::{Basis, Priced, Unpriced};
 use crate::stages::accept::Exchange;
 use crate::stages::authenticate::Principal;
 use crate::stages::inspect::RequestFacts;
+use crate::stages::route::Route;
 
 /// What admission holds for a request until it settles.
 #[derive(Debug, Default)]
@@ -32,6 +35,9 @@ pub struct Admitted {
     pub reservation: Option<Reservation>,
     /// Rate-limit ticket (stream slot, tokens on account), when the key has limits.
     pub ticket: Option<RateTicket>,
+    /// A cost fixed at admission, billed whatever the response says: a batch (its worst case —
+    /// the provider bills it later, out of sight) or a declared passthrough (its `reserve_usd`).
+    pub charge: Option<u64>,
 }
 
 /// Admits a request or refuses it.
@@ -39,8 +45,10 @@ pub fn admit(
     gw: &Gateway,
     ex: &Exchange,
     principal: &Principal,
-    facts: &RequestFacts,
+    route: &Route<'_>,
+    extracted: &Extracted<'_>,
 ) -> Result<Admitted, GatewayError> {
+    let facts = &extracted.facts;
     let estimated_input = crate::stages::settle::estimate_tokens(ex.bytes_in);
     let ticket = gw
         .rate_limiter
@@ -63,23 +71,87 @@ pub fn admit(
             e.should_retry = Some(r.can_wait);
             e
         })?;
-
+    let mut admitted = Admitted {
+        reservation: None,
+        ticket,
+        charge: None,
+    };
+    // Listings, token counting and other endpoints that generate nothing billed cost nothing:
+    // they are never refused for a missing price, and reserve nothing.
+    if !ex.billable {
+        return Ok(admitted);
+    }
+    let prices = gw.prices();
+    let provider = ex.provider.unwrap_or("-");
+    let default_output = gw.config.limits.default_max_output_tokens;
+    let worst = match route.endpoint {
+        Endpoint::Passthrough(i) => {
+            let fixed = gw.config.egress.passthrough.get(i).map_or(0, |p| p.reserve_micros);
+            admitted.charge = Some(fixed);
+            fixed
+        }
+        Endpoint::MessageBatches => {
+            let w = batch_worst_case(&prices, provider, &extracted.requests, default_output)?;
+            admitted.charge = Some(w);
+            w
+        }
+        Endpoint::Batches => {
+            let file = extracted.facts.file_ref.as_deref().unwrap_or("");
+            let lines = batch_file(gw, provider, file)?;
+            let w = batch_worst_case(&prices, provider, &lines, default_output)?;
+            admitted.charge = Some(w);
+            w
+        }
+        _ => {
+            // The model as recorded (a translated request's Bedrock id), which is what is billed.
+            let model = ex.model.as_deref().or(facts.model.as_deref()).unwrap_or("");
+            let priced = priced(&prices, provider, model)?;
+            let payer = Payer {
+                key_id: &principal.key_id,
+                team: principal.team.as_deref(),
+            };
+            if !gw.budgets.applies(&payer) {
+                return Ok(admitted);
+            }
+            let Some(priced) = priced else {
+                return Err(unpriced_refusal(
+                    provider,
+                    model,
+                    "no price and no ceiling exist for this provider, so its cost cannot be checked against your budget",
+                ));
+            };
+            worst_case(priced, facts, ex.bytes_in, default_output)
+        }
+    };
     let payer = Payer {
         key_id: &principal.key_id,
         team: principal.team.as_deref(),
     };
-    let prices = gw.prices();
-    let provider = ex.provider.unwrap_or("-");
-    // The model as recorded (a translated request's Bedrock id), which is what is billed.
-    let model = ex.model.as_deref().or(facts.model.as_deref()).unwrap_or("");
-    // Listings, token counting and other endpoints that generate nothing billed cost nothing:
-    // they are never refused for a missing price, and reserve nothing.
-    if !ex.billable {
-        return Ok(Admitted {
-            reservation: None,
-            ticket,
-        });
+    if !gw.budgets.applies(&payer) {
+        return Ok(admitted);
     }
+    admitted.reservation =
+        gw.budgets.reserve(&payer, ex.started_unix, worst).map_err(|e| {
+            match e {
+        Ok(over) => over_budget(&over),
+        Err(store) => GatewayError::new(
+            ErrorKind::StoreUnavailable,
+            crate::error::Side::Internal,
+            "the gateway cannot read its budgets right now, so it refuses rather than spend unchecked; retry shortly",
+        )
+        .with_cause(store),
+    }
+        })?;
+    Ok(admitted)
+}
+
+/// The row that prices `model`, noting (and under `unpriced = "refuse"` refusing) a model with
+/// no price of its own.
+fn priced<'t>(
+    prices: &'t crate::prices::PriceTable,
+    provider: &str,
+    model: &str,
+) -> Result<Option<Priced<'t>>, GatewayError> {
     let priced = prices.price(provider, model);
     if let Some(p) = &priced
         && p.basis == Basis::Ceiling
@@ -93,33 +165,53 @@ pub fn admit(
             ));
         }
     }
-    if !gw.budgets.applies(&payer) {
-        return Ok(Admitted {
-            reservation: None,
-            ticket,
-        });
+    Ok(priced)
+}
+
+/// A batch's worst case: each request's, at batch rates, summed.
+fn batch_worst_case(
+    prices: &crate::prices::PriceTable,
+    provider: &str,
+    requests: &[RequestFacts],
+    default_output: u64,
+) -> Result<u64, GatewayError> {
+    let mut total: u64 = 0;
+    for r in requests {
+        let model = r.model.as_deref().unwrap_or("");
+        let Some(p) = priced(prices, provider, model)? else {
+            return Err(unpriced_refusal(
+                provider,
+                model,
+                "no price and no ceiling exist for this provider",
+            ));
+        };
+        let facts = RequestFacts {
+            billing: crate::prices::Billing {
+                tier: crate::prices::Tier::Batch,
+                ..r.billing
+            },
+            ..r.clone()
+        };
+        total = total.saturating_add(worst_case(p, &facts, r.bytes, default_output));
     }
-    let Some(priced) = priced else {
-        return Err(unpriced_refusal(
-            provider,
-            model,
-            "no price and no ceiling exist for this provider, so its cost cannot be checked against your budget",
-        ));
-    };
-    let worst = worst_case(priced, facts, ex.bytes_in, gw.config.limits.default_max_output_tokens);
-    let reservation =
-        gw.budgets.reserve(&payer, ex.started_unix, worst).map_err(|e| {
-            match e {
-        Ok(over) => over_budget(&over),
-        Err(store) => GatewayError::new(
-            ErrorKind::StoreUnavailable,
-            crate::error::Side::Internal,
-            "the gateway cannot read its budgets right now, so it refuses rather than spend unchecked; retry shortly",
-        )
-        .with_cause(store),
+    Ok(total)
+}
+
+/// The requests of a batch input file this gateway uploaded (and scanned), or a refusal.
+fn batch_file(gw: &Gateway, provider: &str, file_id: &str) -> Result<Vec<RequestFacts>, GatewayError> {
+    let record = gw
+        .store
+        .upload(provider, file_id)
+        .map_err(|e| GatewayError::internal(format!("looking up batch file {file_id:?}: {e}")))?;
+    match record {
+        Some(r) if r.purpose == "batch" && !r.requests.is_empty() => Ok(r.requests),
+        _ => Err(GatewayError::downstream(
+            ErrorKind::BadRequest,
+            format!(
+                "input_file_id {file_id:?} is not a batch file uploaded through this gateway, so its requests were never checked; upload it here with POST /v1/files (purpose \"batch\") and use the id it returns"
+            ),
+        )),
     }
-        })?;
-    Ok(Admitted { reservation, ticket })
 }
 
 /// The most the request can cost (module docs): every input token at the dearest input class —

@@ -132,6 +132,7 @@ fn emit(
         upstream: ex.upstream,
         method: ex.method.to_string(),
         path: ex.path,
+        treatment: ex.treatment.to_string(),
         model: ex.model,
         status,
         outcome: outcome.to_string(),
@@ -153,6 +154,7 @@ fn emit(
         findings: ex.findings,
         policy_set: ex.policy_set,
         session: ex.session,
+        suppressed: 0,
     })
 }
 

@@ -6,46 +6,75 @@
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response};
+use http::{Method, Request, Response};
 use http_body_util::Full;
 
 use crate::body::{GatewayBody, OnEnd, Source, UpstreamBody};
+use crate::content::Extracted;
+use crate::endpoint::Endpoint;
 use crate::error::{ErrorKind, GatewayError};
 use crate::gateway::Gateway;
 use crate::rescue::REQUEST_ID_HEADER;
 use crate::stages::accept::Exchange;
 use crate::stages::admit::Admitted;
+use crate::stages::authenticate::Principal;
 use crate::stages::credential::UpstreamAuth;
 use crate::stages::route::Route;
 use crate::stages::{audit, settle};
+use crate::store::UploadRecord;
 use crate::usage::UsageTap;
 
+/// A file upload to remember once the provider names it (`crate::store::UploadRecord`).
+pub struct PendingUpload(UploadRecord);
+
+/// The record a file upload will leave, when it succeeds.
+pub fn pending_upload(route: &Route<'_>, extracted: &Extracted<'_>, principal: &Principal) -> Option<PendingUpload> {
+    (route.endpoint == Endpoint::FileUpload).then(|| {
+        PendingUpload(UploadRecord {
+            provider: route.upstream.provider.to_string(),
+            id: String::new(),
+            purpose: extracted.purpose.clone().unwrap_or_default(),
+            key_id: principal.key_id.clone(),
+            created: crate::clock::now_unix(),
+            bytes: 0,
+            requests: extracted.requests.clone(),
+        })
+    })
+}
+
 /// Sends the request upstream and streams the response back.
+#[allow(clippy::too_many_arguments)]
 pub async fn send(
     gw: &Gateway,
     route: &Route<'_>,
-    parts: http::request::Parts,
+    method: Method,
+    mut headers: HeaderMap,
     body: Bytes,
     auth: UpstreamAuth<'_>,
     exchange: &mut Exchange,
     admitted: Admitted,
+    upload: Option<PendingUpload>,
 ) -> Result<Response<GatewayBody>, GatewayError> {
     let translating = route.translate_to_bedrock;
     let body = if translating {
-        for_bedrock(route, &parts.headers, &body)?
+        for_bedrock(route, &headers, &body)?
     } else {
         body
     };
-    let mut upstream_req = Request::new(Full::new(body.clone()));
-    *upstream_req.method_mut() = parts.method;
-    *upstream_req.uri_mut() = route.uri.clone();
-    let headers = upstream_req.headers_mut();
-    copy_end_to_end(&parts.headers, headers, true);
     if translating {
         // Carried in the body for Bedrock (anthropic_version, anthropic_beta).
         headers.remove("anthropic-version");
         headers.remove("anthropic-beta");
     }
+    if upload.is_some() {
+        // The provider's answer names the file; it is read here, so it must come uncompressed.
+        headers.remove(header::ACCEPT_ENCODING);
+    }
+    let bytes_sent = body.len() as u64;
+    let mut upstream_req = Request::new(Full::new(body.clone()));
+    *upstream_req.method_mut() = method;
+    *upstream_req.uri_mut() = route.uri.clone();
+    *upstream_req.headers_mut() = headers;
     attach_credential(&mut upstream_req, auth, &body)?;
 
     let sent = std::time::Instant::now();
@@ -78,14 +107,16 @@ pub async fn send(
 
     let (mut parts, incoming) = response.into_parts();
     let mut headers = HeaderMap::with_capacity(parts.headers.len() + 1);
-    copy_end_to_end(&parts.headers, &mut headers, false);
+    copy_end_to_end(&parts.headers, &mut headers);
     if let Ok(id) = HeaderValue::from_str(&exchange.id) {
         headers.insert(REQUEST_ID_HEADER, id);
     }
     parts.headers = headers;
     let source = if translating {
-        let counting = route.endpoint == crate::stages::route::Endpoint::CountTokens;
+        let counting = route.endpoint == Endpoint::CountTokens;
         translate_response(&mut parts, incoming, exchange.stream, counting).await
+    } else if let Some(PendingUpload(record)) = upload {
+        remember_upload(gw, record, bytes_sent, &parts, incoming).await
     } else {
         Source::Plain(incoming)
     };
@@ -117,13 +148,48 @@ pub async fn send(
     Ok(Response::from_parts(parts, GatewayBody::Upstream { inner: body }))
 }
 
+/// Reads the provider's (small) answer to a file upload, records the file under the id it names,
+/// and hands the same bytes on.
+async fn remember_upload(
+    gw: &Gateway,
+    mut record: UploadRecord,
+    bytes: u64,
+    parts: &http::response::Parts,
+    incoming: hyper::body::Incoming,
+) -> Source {
+    use http_body_util::BodyExt;
+    let limited = http_body_util::Limited::new(incoming, 1024 * 1024);
+    let read = tokio::time::timeout(std::time::Duration::from_secs(30), limited.collect()).await;
+    let answer = match read {
+        Ok(Ok(c)) => c.to_bytes(),
+        _ => return Source::Ready(None),
+    };
+    if parts.status.is_success() {
+        let id = serde_json::from_slice::<serde_json::Value>(&answer)
+            .ok()
+            .and_then(|v| v["id"].as_str().map(str::to_string))
+            .filter(|id| id.len() <= 200 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b)));
+        match id {
+            Some(id) => {
+                record.id = id;
+                record.bytes = bytes;
+                if let Err(e) = gw.store.put_upload(&record) {
+                    tracing::error!(error = %e, "could not record an upload; a batch running it will be refused");
+                }
+            }
+            None => tracing::warn!("a file upload's answer named no file id; a batch running it will be refused"),
+        }
+    }
+    Source::Ready(Some(answer))
+}
+
 /// The one body Conduit changes: an Anthropic request for Bedrock (`crate::bedrock`).
 fn for_bedrock(route: &Route<'_>, headers: &HeaderMap, body: &Bytes) -> Result<Bytes, GatewayError> {
     let Some(t) = route.upstream.bedrock.as_ref().map(|b| &b.translation) else {
         return Ok(body.clone());
     };
     let beta = headers.get("anthropic-beta").and_then(|v| v.to_str().ok());
-    if route.endpoint == crate::stages::route::Endpoint::CountTokens {
+    if route.endpoint == Endpoint::CountTokens {
         crate::bedrock::count_tokens_body(body, beta, &t.betas)
     } else {
         crate::bedrock::request_body(body, beta, &t.betas)
@@ -221,9 +287,9 @@ async fn translate_response(
     Source::Ready(Some(converted))
 }
 
-/// Copies end-to-end headers: drops hop-by-hop ones (RFC 9110 §7.6.1, including any named in
-/// `Connection`), and on requests also `host` and the client's key headers.
-fn copy_end_to_end(from: &HeaderMap, to: &mut HeaderMap, is_request: bool) {
+/// Copies a response's end-to-end headers: drops hop-by-hop ones (RFC 9110 §7.6.1, including any
+/// named in `Connection`). Request headers cross by allow-list instead (`crate::egress`).
+fn copy_end_to_end(from: &HeaderMap, to: &mut HeaderMap) {
     let named_by_connection: Vec<HeaderName> = from
         .get_all(header::CONNECTION)
         .iter()
@@ -232,14 +298,7 @@ fn copy_end_to_end(from: &HeaderMap, to: &mut HeaderMap, is_request: bool) {
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
         .collect();
     for (name, value) in from {
-        let drop = is_hop_by_hop(name)
-            || named_by_connection.contains(name)
-            || (is_request
-                && (name == header::HOST
-                    || name == header::AUTHORIZATION
-                    || name == "x-api-key"
-                    || name == "api-key"
-                    || name == header::CONTENT_LENGTH));
+        let drop = is_hop_by_hop(name) || named_by_connection.contains(name);
         if !drop {
             to.append(name.clone(), value.clone());
         }
@@ -292,8 +351,7 @@ mod tests {
             from.append(HeaderName::from_static(k), HeaderValue::from_static(v));
         }
         from.append("anthropic-beta", HeaderValue::from_static("b"));
-        let mut to = HeaderMap::new();
-        copy_end_to_end(&from, &mut to, true);
+        let to = crate::egress::outgoing(crate::protocol::Protocol::Anthropic, &from, &[], &[]);
         let names: Vec<_> = to.keys().map(|k| k.as_str()).collect();
         assert_eq!(
             names,
@@ -306,7 +364,8 @@ mod tests {
         );
 
         let mut resp = HeaderMap::new();
-        copy_end_to_end(&from, &mut resp, false);
+        copy_end_to_end(&from, &mut resp);
         assert!(resp.contains_key("content-length") && resp.contains_key("authorization"));
+        assert!(!resp.contains_key("x-private-hop") && !resp.contains_key("keep-alive"));
     }
 }

@@ -1,61 +1,31 @@
 //! **inspect** — reads: the request body, bounded by `limits.max_body_bytes` and
-//! `limits.body_read_timeout_secs`. Decides: that a JSON endpoint got a JSON object (else 415/400),
-//! and extracts the facts later stages use: model, stream flag, max tokens. Returns: the original
-//! body bytes, untouched, and the [`RequestFacts`].
+//! `limits.body_read_timeout_secs`, and the route's endpoint. Decides: that the body is what the
+//! endpoint takes (a JSON object, a multipart upload, nothing), refusing anything else (400, 413,
+//! 415). Returns: the original body bytes, untouched ([`read`]), then what they say ([`extract`]):
+//! the facts later stages act on and every piece of text the policies scan — from one strict
+//! parse (`crate::content`), so what the gateway judges is what the provider reads.
 //!
-//! The body is parsed once, without copying string values; the bytes that go upstream are the
-//! bytes that arrived. Duplicate top-level `model`/`stream` keys are refused: a client must not be
-//! able to show the gateway one model and the provider another.
-
-use std::borrow::Cow;
+//! Uploads (`multipart/form-data`): form fields and text parts are scanned (a JSONL file's lines
+//! as the requests they are); a binary part (an image, a PDF) cannot be scanned, so it is refused
+//! unless `[egress] binary_uploads = "forward"`, which forwards it unread and records that.
 
 use bytes::Bytes;
 use http::HeaderMap;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use serde::Deserialize;
 
 use crate::config::Limits;
+use crate::content::{self, BodyLimits, Extracted, Shape};
+use crate::egress::{EgressConfig, Scan};
+use crate::endpoint::{BodyKind, Endpoint};
 use crate::error::{ErrorKind, GatewayError};
+use crate::policy::segments::Origin;
 use crate::stages::accept;
-use crate::stages::route::Endpoint;
 
-/// What the gateway learned from the body.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct RequestFacts {
-    /// `model`, if present.
-    pub model: Option<String>,
-    /// `stream: true`.
-    pub stream: bool,
-    /// The largest max-output field (`max_tokens` / `max_completion_tokens` / `max_output_tokens`).
-    pub max_tokens: Option<u64>,
-    /// Completions asked for (OpenAI `n`, `best_of`); 0 or 1: one.
-    pub choices: u64,
-    /// The body references input it does not carry (file ids, URLs, MCP servers): the model's
-    /// whole context window may be billed.
-    pub unbounded_input: bool,
-    /// Fee-bearing server-side searches the request allows at most.
-    pub web_searches: u64,
-    /// The service tier and multipliers the request asks for.
-    pub billing: crate::prices::Billing,
-}
+pub use crate::content::{INVALID_MODEL, RequestFacts, recordable_model};
 
-/// The request body and what it says.
-#[derive(Debug)]
-pub struct Inspected {
-    /// Exactly the bytes the client sent.
-    pub body: Bytes,
-    /// Parsed facts.
-    pub facts: RequestFacts,
-}
-
-/// Reads and inspects the body.
-pub async fn read(
-    body: Incoming,
-    headers: &HeaderMap,
-    endpoint: Endpoint,
-    limits: &Limits,
-) -> Result<Inspected, GatewayError> {
+/// Reads the body, bounded in size and time: exactly the bytes the client sent.
+pub async fn read(body: Incoming, limits: &Limits) -> Result<Bytes, GatewayError> {
     let collected = tokio::time::timeout(
         limits.body_read_timeout,
         Limited::new(body, limits.max_body_bytes as usize).collect(),
@@ -70,24 +40,153 @@ pub async fn read(
             ),
         )
     })?;
-    let body = match collected {
-        Ok(c) => c.to_bytes(),
+    match collected {
+        Ok(c) => Ok(c.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            return Err(accept::too_large(limits.max_body_bytes + 1, limits));
+            Err(accept::too_large(limits.max_body_bytes + 1, limits))
         }
         Err(e) => {
-            return Err(
-                GatewayError::downstream(ErrorKind::BadRequest, "the request body could not be read").with_cause(e),
-            );
+            Err(GatewayError::downstream(ErrorKind::BadRequest, "the request body could not be read").with_cause(e))
         }
+    }
+}
+
+/// What the body of a request to `endpoint` says: facts and segments, or a refusal.
+pub fn extract<'b>(
+    body: &'b [u8],
+    headers: &HeaderMap,
+    endpoint: Endpoint,
+    egress: &EgressConfig,
+    limits: &BodyLimits,
+) -> Result<Extracted<'b>, GatewayError> {
+    let refused = |r: content::Refusal| {
+        let kind = if r.too_large {
+            ErrorKind::PayloadTooLarge
+        } else {
+            ErrorKind::BadRequest
+        };
+        GatewayError::downstream(kind, r.message)
     };
-    let facts = if endpoint.takes_json() && !body.is_empty() {
-        check_content_type(headers)?;
-        parse_facts(&body)?
-    } else {
-        RequestFacts::default()
+    match endpoint.body() {
+        BodyKind::Json(shape) => {
+            if body.is_empty() {
+                return Err(GatewayError::downstream(
+                    ErrorKind::BadRequest,
+                    "this endpoint takes a JSON body, and the request has none",
+                ));
+            }
+            check_content_type(headers)?;
+            content::json(body, shape, limits).map_err(refused)
+        }
+        BodyKind::OptionalJson if body.iter().all(u8::is_ascii_whitespace) => Ok(Extracted::default()),
+        BodyKind::OptionalJson => {
+            check_content_type(headers)?;
+            content::json(body, Shape::Other, limits).map_err(refused)
+        }
+        BodyKind::Multipart => upload(body, headers, egress, limits),
+        BodyKind::Declared => {
+            let Endpoint::Passthrough(i) = endpoint else {
+                return Ok(Extracted::default());
+            };
+            match egress.passthrough.get(i).map(|p| p.scan) {
+                Some(Scan::Json) if body.is_empty() => Ok(Extracted::default()),
+                Some(Scan::Json) => content::json(body, Shape::Other, limits).map_err(refused),
+                Some(Scan::Text) => Ok(Extracted {
+                    segments: content::text(body, "body", Origin::Field, limits).map_err(refused)?,
+                    ..Extracted::default()
+                }),
+                Some(Scan::Opaque) | None => Ok(Extracted::default()),
+            }
+        }
+    }
+}
+
+/// A `multipart/form-data` upload (module docs).
+fn upload<'b>(
+    body: &'b [u8],
+    headers: &HeaderMap,
+    egress: &EgressConfig,
+    limits: &BodyLimits,
+) -> Result<Extracted<'b>, GatewayError> {
+    let bad = |m: String| GatewayError::downstream(ErrorKind::BadRequest, m);
+    let ct = headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    let boundary =
+        content::multipart::boundary(ct).map_err(|m| GatewayError::downstream(ErrorKind::UnsupportedMediaType, m))?;
+    let parts = content::multipart::parse(body, &boundary).map_err(bad)?;
+    let mut out = Extracted {
+        purpose: parts
+            .iter()
+            .find(|p| p.name == "purpose" && p.filename.is_none())
+            .map(|p| String::from_utf8_lossy(p.body).trim().to_string()),
+        ..Extracted::default()
     };
-    Ok(Inspected { body, facts })
+    let purpose = out.purpose.clone();
+    for part in &parts {
+        let name = {
+            let mut n = String::from("file");
+            content::push_key(&mut n, &part.name);
+            n
+        };
+        let refused = |r: content::Refusal| {
+            GatewayError::downstream(
+                if r.too_large {
+                    ErrorKind::PayloadTooLarge
+                } else {
+                    ErrorKind::BadRequest
+                },
+                format!("{name}: {}", r.message),
+            )
+        };
+        // The part's header lines (name, filename, type) reach the provider too.
+        out.segments.push(crate::policy::segments::Segment {
+            path: format!("{name}.head"),
+            text: part.head.into(),
+            origin: Origin::File,
+        });
+        // A batch file's every part but `purpose` is its requests, whatever it says it is: a
+        // batch runs what the provider reads, and each line must be bounded.
+        if purpose.as_deref() == Some("batch") && part.name != "purpose" {
+            let lines = content::jsonl_batch(part.body, &name, limits).map_err(refused)?;
+            if lines.requests.is_empty() {
+                return Err(bad(format!(
+                    "the batch file in part {:?} holds no request; a batch input file is JSONL, one request per line",
+                    part.name
+                )));
+            }
+            out.segments.extend(lines.segments);
+            out.requests.extend(lines.requests);
+            out.facts.unbounded_input |= lines.facts.unbounded_input;
+            continue;
+        }
+        if !content::multipart::is_text(part) {
+            if egress.forward_binary_uploads {
+                out.opaque_bytes += part.body.len() as u64;
+                continue;
+            }
+            return Err(GatewayError::downstream(
+                ErrorKind::UnsupportedMediaType,
+                format!(
+                    "the upload's part {:?} is binary ({}), which Conduit cannot scan, so nothing was sent; an operator can forward binary uploads unscanned with [egress] binary_uploads = \"forward\"",
+                    part.name,
+                    part.content_type.as_deref().unwrap_or("no media type")
+                ),
+            ));
+        }
+        let origin = if part.filename.is_some() {
+            Origin::File
+        } else {
+            Origin::Field
+        };
+        out.segments
+            .extend(content::text(part.body, &name, origin, limits).map_err(refused)?);
+    }
+    if out.segments.len() > limits.max_segments {
+        return Err(GatewayError::downstream(
+            ErrorKind::PayloadTooLarge,
+            "the upload holds more separate pieces of text than limits.max_text_values",
+        ));
+    }
+    Ok(out)
 }
 
 fn check_content_type(headers: &HeaderMap) -> Result<(), GatewayError> {
@@ -112,63 +211,6 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), GatewayError> {
     }
 }
 
-#[derive(Deserialize)]
-struct Head<'a> {
-    #[serde(borrow, default)]
-    model: Option<Cow<'a, str>>,
-    #[serde(default)]
-    stream: Option<serde_json::Value>,
-    #[serde(default)]
-    max_tokens: Option<serde_json::Value>,
-    #[serde(default)]
-    max_completion_tokens: Option<serde_json::Value>,
-    #[serde(default)]
-    max_output_tokens: Option<serde_json::Value>,
-    #[serde(default)]
-    n: Option<serde_json::Value>,
-    #[serde(default)]
-    best_of: Option<serde_json::Value>,
-    #[serde(borrow, default)]
-    service_tier: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    speed: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    inference_geo: Option<Cow<'a, str>>,
-    // Content fields are not read here, but a duplicate is refused: the policies must scan what
-    // the provider reads, and parsers disagree on which duplicate wins.
-    #[serde(default)]
-    #[allow(dead_code)]
-    system: Option<serde::de::IgnoredAny>,
-    #[serde(default)]
-    #[allow(dead_code)]
-    messages: Option<serde::de::IgnoredAny>,
-    #[serde(default)]
-    #[allow(dead_code)]
-    input: Option<serde::de::IgnoredAny>,
-    #[serde(default)]
-    #[allow(dead_code)]
-    instructions: Option<serde::de::IgnoredAny>,
-    #[serde(default)]
-    #[allow(dead_code)]
-    prompt: Option<serde::de::IgnoredAny>,
-}
-
-/// What the gateway records (ledger, audit, messages) for a client-supplied model id. Anything not
-/// shaped like a model id is replaced, so a client cannot put arbitrary text — a prompt, a secret —
-/// into the store or the logs through this field. The forwarded bytes are untouched.
-pub fn recordable_model(m: &str) -> String {
-    let id_like =
-        !m.is_empty() && m.len() <= 128 && m.bytes().all(|b| b.is_ascii_alphanumeric() || b"._:/@[]-".contains(&b));
-    if id_like {
-        m.to_string()
-    } else {
-        INVALID_MODEL.to_string()
-    }
-}
-
-/// Recorded in place of a model field that is not a model id.
-pub const INVALID_MODEL: &str = "(invalid model id)";
-
 /// Why a request body is not the JSON expected, without any of its text: serde_json's data
 /// errors quote the offending value (`invalid type: string "…"`), and refusals reach the log. Only
 /// messages that name our own fields (`duplicate field`, `missing field`) are kept as they are.
@@ -189,46 +231,11 @@ pub fn json_problem(e: &serde_json::Error) -> String {
     }
 }
 
-/// Parses the facts from a JSON body; refuses invalid JSON and non-objects.
+/// The facts of a JSON request body (tests, the CLI's `policy test`): what [`extract`] finds.
 pub fn parse_facts(body: &[u8]) -> Result<RequestFacts, GatewayError> {
-    // serde fills a struct from a JSON array too (`["model-id", true]`): only an object is a request.
-    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-        return Err(GatewayError::downstream(
-            ErrorKind::BadRequest,
-            "the request body is not a JSON object; send `{\"model\": …, \"messages\": …}`",
-        ));
-    }
-    let head: Head<'_> =
-        serde_json::from_slice(body).map_err(|e| GatewayError::downstream(ErrorKind::BadRequest, json_problem(&e)))?;
-    let max_tokens = [head.max_tokens, head.max_completion_tokens, head.max_output_tokens]
-        .into_iter()
-        .flatten()
-        .filter_map(|v| v.as_u64())
-        .max();
-    let choices = [head.n, head.best_of]
-        .into_iter()
-        .flatten()
-        .filter_map(|v| v.as_u64())
-        .max()
-        .unwrap_or(1);
-    let tier = match head.service_tier.as_deref() {
-        Some("priority") => crate::prices::Tier::Priority,
-        Some("flex") => crate::prices::Tier::Flex,
-        _ => crate::prices::Tier::Standard,
-    };
-    Ok(RequestFacts {
-        model: head.model.map(|m| recordable_model(&m)),
-        stream: head.stream.and_then(|v| v.as_bool()).unwrap_or(false),
-        max_tokens,
-        choices,
-        unbounded_input: false,
-        web_searches: 0,
-        billing: crate::prices::Billing {
-            tier,
-            fast: head.speed.as_deref() == Some("fast"),
-            us_only: head.inference_geo.as_deref() == Some("us"),
-        },
-    })
+    content::json(body, Shape::Request, &BodyLimits::default())
+        .map(|e| e.facts)
+        .map_err(|r| GatewayError::downstream(ErrorKind::BadRequest, r.message))
 }
 
 #[cfg(test)]
@@ -246,6 +253,7 @@ mod tests {
                 stream: true,
                 max_tokens: Some(64000),
                 choices: 1,
+                bytes: 76,
                 ..RequestFacts::default()
             }
         );
@@ -271,9 +279,9 @@ mod tests {
             assert!(!e.message.contains("secret-sauce"), "{}", e.message);
         }
         let e = parse_facts(br#"{"model":"a","model":"b"}"#).unwrap_err();
-        assert!(e.message.contains("duplicate field"), "{}", e.message);
+        assert!(e.message.contains("repeats a key"), "{}", e.message);
         let e = parse_facts(br#"{"model":"a","messages":[],"messages":[{"role":"user","content":"x"}]}"#).unwrap_err();
-        assert!(e.message.contains("duplicate field `messages`"), "{}", e.message);
+        assert!(e.message.contains("repeats a key"), "{}", e.message);
     }
 
     #[test]

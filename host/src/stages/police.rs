@@ -1,5 +1,7 @@
-//! **police** — reads: the inspected body, the principal and the route. Runs the Wasm policy set
-//! (`crate::policy`) on the decoded text segments and applies each finding's category mode.
+//! **police** — reads: the extracted segments, the headers and query that will be forwarded, the
+//! principal and the route. Runs the Wasm policy set (`crate::policy`) on all of that text and
+//! applies each finding's mode (per category, and per origin: `"secret.*@metadata"`); a batch's
+//! every model is judged.
 //! Decides: forward (nothing found, or only `alert` findings — recorded), refuse with 400 naming
 //! category, rule and location (a `block` finding), refuse with the policy's own status (a model
 //! outside the allow-list: 403), or refuse with 503 when a `fail_closed` policy failed. Returns
@@ -9,48 +11,64 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::content::Extracted;
 use crate::error::{ErrorKind, GatewayError, Side};
 use crate::gateway::Gateway;
 use crate::policy::runtime::RequestInfo;
-use crate::policy::{Decision, Mode, Outcome, Policies, ReportedFinding, segments};
+use crate::policy::segments::{Origin, Segment};
+use crate::policy::{Decision, Mode, Outcome, Policies, ReportedFinding};
 use crate::stages::accept::Exchange;
 use crate::stages::authenticate::Principal;
-use crate::stages::inspect::Inspected;
 use crate::stages::route::Route;
 use crate::store::FindingRecord;
+use http::HeaderMap;
 
 /// Above this much new text, the scan runs with the worker thread handed off (`block_in_place`),
 /// so other requests on this worker are not delayed.
 const INLINE_LIMIT: usize = 32 * 1024;
 
-/// Runs the policies on a request.
+/// Runs the policies on a request: the body's segments, then the query and headers that will
+/// be forwarded (appended to `extracted.segments`).
 pub fn police(
     gw: &Gateway,
     ex: &mut Exchange,
     principal: &Principal,
     route: &Route<'_>,
-    inspected: &Inspected,
+    extracted: &mut Extracted<'_>,
+    headers: &HeaderMap,
+    query: Option<&str>,
 ) -> Result<(), GatewayError> {
     let Some(policies) = gw.policies.as_deref() else {
         return Ok(());
     };
-    if !route.endpoint.takes_json() || inspected.body.is_empty() {
-        return Ok(());
-    }
     let began = std::time::Instant::now();
-    let segments = segments::extract(&inspected.body);
+    append_head(&mut extracted.segments, &route.path, headers, query);
+    let segments = &extracted.segments;
     let info = RequestInfo {
         provider: route.upstream.provider.to_string(),
-        model: inspected.facts.model.clone(),
+        model: extracted.facts.model.clone(),
         key_id: principal.key_id.clone(),
         owner: principal.owner.clone(),
         team: principal.team.clone(),
-        path: ex.path.clone(),
-        stream: inspected.facts.stream,
-        estimated_input_tokens: inspected.body.len() as u64 / 4,
+        path: route.path.clone(),
+        stream: extracted.facts.stream,
+        estimated_input_tokens: ex.bytes_in / 4,
     };
     let text_bytes: usize = segments.iter().map(|s| s.text.len()).sum();
-    let outcome = run(policies, &info, &segments, text_bytes);
+    let mut outcome = run(policies, &info, segments, text_bytes);
+    // A batch holds several requests: each model is judged too (the segments were scanned once).
+    let mut judged: Vec<&str> = info.model.iter().map(String::as_str).collect();
+    for model in extracted.requests.iter().filter_map(|r| r.model.as_deref()) {
+        if judged.contains(&model) {
+            continue;
+        }
+        judged.push(model);
+        let one = RequestInfo {
+            model: Some(model.to_string()),
+            ..info.clone()
+        };
+        outcome.merge(policies.police(&one, &[]));
+    }
     ex.policy_ms = Some(began.elapsed().as_secs_f64() * 1e3);
     ex.policy_set = Some(outcome.set_digest.clone());
     ex.findings = outcome
@@ -67,6 +85,15 @@ pub fn police(
         })
         .collect();
     let ids = record(gw, ex, principal, &outcome);
+    // A model id that itself carries a finding (a secret in `model` or in a path's model id) is
+    // not recorded as the request's model.
+    if outcome
+        .findings
+        .iter()
+        .any(|f| f.segment.is_some() && (f.location == "model" || f.origin == "path"))
+    {
+        ex.model = Some("(withheld: it carried a finding)".into());
+    }
     if let Some((policy, reason)) = &outcome.failure {
         return Err(GatewayError::new(
             ErrorKind::PolicyUnavailable,
@@ -97,7 +124,52 @@ pub fn police(
     ))
 }
 
-fn run(policies: &Policies, info: &RequestInfo, segments: &[segments::Segment], text_bytes: usize) -> Outcome {
+/// The path (ids, model ids, deployment names), the query string (decoded, one `name: value`
+/// line per parameter; `+` read both as a space and as itself) and each forwarded header as
+/// `name: value`: they reach the provider too.
+fn append_head(segments: &mut Vec<Segment<'_>>, path: &str, headers: &HeaderMap, query: Option<&str>) {
+    segments.push(Segment {
+        path: "path".into(),
+        text: crate::percent::decode(path).into(),
+        origin: Origin::Path,
+    });
+    if let Some(q) = query.filter(|q| !q.is_empty()) {
+        let mut text = String::with_capacity(q.len() * 2);
+        for plus_is_space in [true, false] {
+            for pair in q.split('&') {
+                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                let decode = |s: &str| {
+                    if plus_is_space {
+                        crate::percent::decode_query(s)
+                    } else {
+                        crate::percent::decode(s)
+                    }
+                };
+                text.push_str(&decode(k));
+                text.push_str(": ");
+                text.push_str(&decode(v));
+                text.push('\n');
+            }
+            if !q.contains('+') {
+                break;
+            }
+        }
+        segments.push(Segment {
+            path: "query".into(),
+            text: text.into(),
+            origin: Origin::Query,
+        });
+    }
+    for (name, value) in headers {
+        segments.push(Segment {
+            path: format!("header.{name}"),
+            text: format!("{name}: {}", String::from_utf8_lossy(value.as_bytes())).into(),
+            origin: Origin::Header,
+        });
+    }
+}
+
+fn run(policies: &Policies, info: &RequestInfo, segments: &[Segment<'_>], text_bytes: usize) -> Outcome {
     let multi_thread = tokio::runtime::Handle::try_current()
         .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
     if multi_thread && text_bytes > INLINE_LIMIT {

@@ -1,77 +1,36 @@
-//! **route** — reads: method, path and the auth/version headers. Decides: which API family the
-//! request speaks, and the upstream URL it goes to. Returns: a [`Route`], or a local answer for the
-//! probes clients send to the base URL (`HEAD /`, `GET /`).
+//! **route** — reads: method, path and the auth/version headers. Decides: what the request *is* —
+//! an endpoint Conduit understands, an operator-declared passthrough, or neither (refused) — which
+//! API family it speaks, and the upstream URL it goes to. Returns: a [`Route`], or a local answer
+//! for the probes clients send to the base URL (`HEAD /`, `GET /`).
 //!
-//! One base URL serves every family. Paths unique to a family decide it — Bedrock's
-//! `/model/{id}/invoke…`, `/converse…`, `/inference-profiles`, `/foundation-models` included;
-//! shared paths (`/v1/models`, `/v1/files`, `/v1/batches`, anything unknown) are decided by
-//! headers: an `anthropic-version` or `x-api-key` header means Anthropic, otherwise an
-//! `Authorization` header means OpenAI. A client can also pin a family with a `/anthropic`,
-//! `/openai` or `/bedrock` path prefix, which is removed. Unknown paths pass through to the chosen
-//! family's upstream. The upstream's own path prefix is kept and the query string is forwarded as
-//! sent.
+//! The path is made canonical first (`crate::endpoint::canonical`): ambiguous spellings are
+//! refused, and what goes upstream is the canonical path, never the client's string. One base URL
+//! serves every family: paths unique to a family decide it (Bedrock's `/model/{id}/…` included);
+//! shared paths (`/v1/models`, `/v1/files`) go by headers — `anthropic-version` or `x-api-key`
+//! means Anthropic, otherwise `Authorization` means OpenAI. A client can pin a family with a
+//! `/anthropic`, `/openai` or `/bedrock` prefix, which is removed. OpenAI paths sent without
+//! `/v1` (`/chat/completions`) are their `/v1` forms. The upstream's own path prefix is kept and the
+//! query string is forwarded as sent (and policed).
 //!
 //! Two upstreams take a different URL form than the client sent, and only the path changes:
 //! - **Azure OpenAI**: `/v1/chat/completions`, `/v1/completions`, `/v1/embeddings` go to
 //!   `/openai/deployments/{deployment}/…?api-version=…`, the deployment found from the body's
-//!   model by [`finalize`] (after `inspect`); Azure-native paths (`/openai/deployments/…`) pass as
-//!   sent; other `/v1/…` paths go to Azure's `/openai/v1/…`.
+//!   model by [`finalize`] (after `inspect`); Azure-native paths (`/openai/deployments/{d}/…`) are
+//!   treated as their `/v1` equivalents (policed, metered, judged by the deployment's model) and
+//!   forwarded as sent; other `/v1/…` paths go to Azure's `/openai/v1/…`.
 //! - **Bedrock**: the model id in `/model/{id}/…` is re-encoded the way AWS SDKs send it (`:` as
-//!   `%3A`), since the signature covers the path; `/inference-profiles` and `/foundation-models`
-//!   go to the control-plane URL.
+//!   `%3A`), since the signature covers the path; listings go to the control-plane URL.
 
 use http::{HeaderMap, Method, Uri};
 
 use crate::config::{Upstream, Upstreams};
+use crate::egress::EgressConfig;
+use crate::endpoint::NoMatch;
 use crate::error::{ErrorKind, GatewayError};
 use crate::protocol::Protocol;
 use crate::stages::inspect;
 
-/// What a request asks for, as far as later stages care.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Endpoint {
-    /// `POST /v1/messages`.
-    Messages,
-    /// `POST /v1/messages/count_tokens`.
-    CountTokens,
-    /// `POST /v1/chat/completions`.
-    ChatCompletions,
-    /// `POST /v1/responses`.
-    Responses,
-    /// `POST /v1/embeddings`.
-    Embeddings,
-    /// `POST /v1/completions` (OpenAI legacy) or `/v1/complete` (Anthropic legacy).
-    Completions,
-    /// `GET /v1/models[/...]`.
-    Models,
-    /// Bedrock `POST /model/{id}/invoke` (an Anthropic body without `model`).
-    Invoke,
-    /// Bedrock `POST /model/{id}/invoke-with-response-stream`.
-    InvokeStream,
-    /// Bedrock `POST /model/{id}/converse`.
-    Converse,
-    /// Bedrock `POST /model/{id}/converse-stream`.
-    ConverseStream,
-    /// Anything else: passed through.
-    Other,
-}
-
-impl Endpoint {
-    /// Whether a body sent here must be JSON (and is parsed by `inspect`).
-    pub fn takes_json(self) -> bool {
-        !matches!(self, Endpoint::Models | Endpoint::Other)
-    }
-
-    /// Whether the endpoint generates tokens the provider bills (token counting and listings do not).
-    pub fn billable(self) -> bool {
-        !matches!(self, Endpoint::CountTokens | Endpoint::Models | Endpoint::Other)
-    }
-
-    /// Whether the response streams because of the endpoint itself (Bedrock's streaming paths).
-    pub fn streams(self) -> bool {
-        matches!(self, Endpoint::InvokeStream | Endpoint::ConverseStream)
-    }
-}
+pub use crate::endpoint::Endpoint;
 
 /// Where a request goes (borrowing the upstream from the gateway's config: no per-request copy).
 #[derive(Debug, Clone)]
@@ -92,6 +51,12 @@ pub struct Route<'a> {
     /// An Anthropic request answered by Bedrock (`crate::bedrock`): [`finalize`] sets the
     /// `/model/{id}/invoke…` path and `path_model` to the Bedrock id; `forward` translates.
     pub translate_to_bedrock: bool,
+    /// The endpoint's path template (`/v1/files/{id}`): what the audit log records.
+    pub template: &'a str,
+    /// The canonical path as the client addressed it (after a pin or alias), for policies.
+    pub path: String,
+    /// How the request is treated: `inspected`, or a passthrough's `passthrough:json|text|opaque`.
+    pub treatment: &'static str,
 }
 
 /// Result of routing.
@@ -100,87 +65,254 @@ pub enum Routed<'a> {
     /// Answer locally (base-URL probes).
     Local,
     /// Forward.
-    Upstream(Route<'a>),
+    Upstream(Box<Route<'a>>),
 }
 
-/// Routes a request.
+/// Routes a request (module docs).
 pub fn resolve<'a>(
     upstreams: &'a Upstreams,
+    egress: &'a EgressConfig,
     method: &Method,
     uri: &Uri,
     headers: &HeaderMap,
 ) -> Result<Routed<'a>, GatewayError> {
-    let path = uri.path();
-    if path == "/" && (method == Method::GET || method == Method::HEAD) {
+    let canonical =
+        crate::endpoint::canonical(uri.path()).map_err(|p| GatewayError::downstream(ErrorKind::BadRequest, p.0))?;
+    if canonical == "/" && (method == Method::GET || method == Method::HEAD) {
         return Ok(Routed::Local);
     }
-    let (pinned, path) = if let Some(rest) = strip_segment(path, "/anthropic") {
-        (Some(Protocol::Anthropic), rest)
-    } else if let Some(rest) = strip_segment(path, "/openai") {
-        (Some(Protocol::OpenAi), rest)
-    } else if let Some(rest) = strip_segment(path, "/bedrock") {
-        (Some(Protocol::Bedrock), rest)
+    let (mut pinned, mut path) = if let Some(rest) = strip_segment(&canonical, "/anthropic") {
+        (Some(Protocol::Anthropic), rest.to_string())
+    } else if let Some(rest) = strip_segment(&canonical, "/openai") {
+        (Some(Protocol::OpenAi), rest.to_string())
+    } else if let Some(rest) = strip_segment(&canonical, "/bedrock") {
+        (Some(Protocol::Bedrock), rest.to_string())
     } else {
-        (None, path)
+        (None, canonical.clone())
     };
-    if let Some(bedrock) = bedrock_path(path)
-        && pinned.is_none_or(|p| p == Protocol::Bedrock)
+    // Azure-native deployments form: judged as its /v1 equivalent, forwarded as sent.
+    if pinned == Some(Protocol::OpenAi)
+        && let Some(azure) = upstreams.openai.azure.as_ref()
+        && let Some(rest) = path.strip_prefix("/deployments/")
     {
-        return bedrock_route(upstreams, bedrock, uri.query());
+        return azure_native(upstreams, azure, method, rest, uri.query(), &path);
     }
-    let (family, endpoint) = classify(path);
-    let protocol = pinned.or(family).unwrap_or_else(|| by_headers(headers));
+    if pinned.is_none_or(|p| p == Protocol::OpenAi)
+        && let Some(v1) = crate::endpoint::openai_alias(&path)
+    {
+        pinned = Some(Protocol::OpenAi);
+        path = v1;
+    }
+    if let Some((_, why)) = crate::endpoint::REFUSED
+        .iter()
+        .find(|(p, _)| path == *p || path.strip_prefix(p).is_some_and(|r| r.starts_with('/')))
+    {
+        return Err(GatewayError::downstream(
+            ErrorKind::Forbidden,
+            format!("{method} {path} is refused: {why}. Use the provider through this gateway instead"),
+        ));
+    }
+    let matched = match crate::endpoint::lookup(method, &path, pinned) {
+        Ok(m) => m,
+        Err(NoMatch::Unknown) => return passthrough(upstreams, egress, method, &path, uri.query(), headers, pinned),
+        Err(NoMatch::Method(allowed)) => {
+            let allowed: Vec<&str> = allowed.iter().map(Method::as_str).collect();
+            return Err(GatewayError::downstream(
+                ErrorKind::MethodNotAllowed,
+                format!("{path} takes {}, not {method}", allowed.join(" or ")),
+            ));
+        }
+        Err(NoMatch::BadId(id)) => {
+            return Err(GatewayError::downstream(
+                ErrorKind::BadRequest,
+                format!(
+                    "{path:?} has a segment that is not an object id ({id:?}); ids are letters, digits, '_', '-' and '.'"
+                ),
+            ));
+        }
+    };
+    // A path unique to a family decides it; a shared one goes by the pin, else the headers.
+    let m = &matched[0];
+    let protocol = m.entry.family.or(pinned).unwrap_or_else(|| by_headers(headers));
+    let endpoint = m.entry.endpoint;
+    if protocol == Protocol::Bedrock {
+        return bedrock_route(upstreams, m, &path, uri.query());
+    }
     let upstream = upstreams.get(protocol);
-
     let translate_to_bedrock = protocol == Protocol::Anthropic && upstream.bedrock.is_some();
     if translate_to_bedrock && !matches!(endpoint, Endpoint::Messages | Endpoint::CountTokens) {
         return Err(GatewayError::downstream(
-            ErrorKind::NotFound,
+            ErrorKind::EndpointRefused,
             format!(
                 "{path} is not available here: this gateway sends Anthropic API requests to AWS Bedrock, which serves only /v1/messages and /v1/messages/count_tokens"
             ),
         ));
     }
-    let mut path_model = None;
     let mut azure_operation = None;
-    let mut target = String::with_capacity(upstream.path_prefix.len() + uri.path().len() + 48);
+    let mut target = String::with_capacity(upstream.path_prefix.len() + path.len() + 48);
     target.push_str(&upstream.path_prefix);
-    let mut query = uri.query().map(str::to_owned);
     match &upstream.azure {
-        Some(azure) if protocol == Protocol::OpenAi => {
-            if let Some(rest) = path.strip_prefix("/deployments/") {
-                // Azure-native client: its deployment, its api-version.
-                path_model = rest
-                    .split('/')
-                    .next()
-                    .map(|d| inspect::recordable_model(&crate::percent::decode(d)));
-                target.push_str("/openai");
-                target.push_str(path);
-                if query
-                    .as_deref()
-                    .is_none_or(|q| !q.split('&').any(|kv| kv.starts_with("api-version=")))
-                {
-                    push_param(&mut query, "api-version", &azure.api_version);
-                }
-            } else if let Some(op) = deployment_operation(endpoint) {
+        Some(_) if protocol == Protocol::OpenAi => {
+            if let Some(op) = deployment_operation(endpoint) {
                 azure_operation = Some(op); // completed by `finalize`
             } else {
                 target.push_str("/openai");
-                target.push_str(path);
+                target.push_str(&path);
             }
         }
-        _ => target.push_str(path),
+        _ => target.push_str(&path),
     }
-    let uri = build_uri(upstream, target, query.as_deref())?;
-    Ok(Routed::Upstream(Route {
+    let uri = build_uri(upstream, target, uri.query())?;
+    Ok(Routed::Upstream(Box::new(Route {
         protocol,
         endpoint,
         upstream,
         uri,
-        path_model,
+        path_model: None,
         azure_operation,
         translate_to_bedrock,
-    }))
+        template: m.entry.template,
+        path,
+        treatment: "inspected",
+    })))
+}
+
+/// The family a request most likely speaks, before it is routed: so that refusals that come
+/// first (an upgrade, an ambiguous or unknown path) are in the shape the client reads.
+pub fn family_hint(path: &str, headers: &HeaderMap) -> Protocol {
+    for (prefix, p) in [
+        ("/anthropic/", Protocol::Anthropic),
+        ("/openai/", Protocol::OpenAi),
+        ("/bedrock/", Protocol::Bedrock),
+    ] {
+        if path.starts_with(prefix) {
+            return p;
+        }
+    }
+    if path.starts_with("/model/") || path.starts_with("/inference-profiles") || path.starts_with("/foundation-models")
+    {
+        return Protocol::Bedrock;
+    }
+    let path = crate::endpoint::openai_alias(path).unwrap_or_else(|| path.to_string());
+    let family = crate::endpoint::CATALOGUE
+        .iter()
+        .find(|e| {
+            let t = e.template.split("/{").next().unwrap_or(e.template);
+            path == e.template || (t.len() > 3 && path.starts_with(t))
+        })
+        .and_then(|e| e.family);
+    family.unwrap_or_else(|| by_headers(headers))
+}
+
+/// Whether the provider bills the request: the endpoint's nature, or a passthrough's declaration.
+pub fn billable(route: &Route<'_>, egress: &EgressConfig) -> bool {
+    match route.endpoint {
+        Endpoint::Passthrough(i) => egress.passthrough.get(i).is_some_and(|p| p.billable),
+        e => e.billable(),
+    }
+}
+
+/// `/openai/deployments/{deployment}/{operation}` for an Azure upstream.
+fn azure_native<'a>(
+    upstreams: &'a Upstreams,
+    azure: &crate::config::Azure,
+    method: &Method,
+    rest: &str,
+    query: Option<&str>,
+    path: &str,
+) -> Result<Routed<'a>, GatewayError> {
+    let upstream = &upstreams.openai;
+    let (deployment, op) = rest.split_once('/').unwrap_or((rest, ""));
+    let (endpoint, template) = match op {
+        "chat/completions" => (Endpoint::ChatCompletions, "/openai/deployments/{id}/chat/completions"),
+        "completions" => (Endpoint::Completions, "/openai/deployments/{id}/completions"),
+        "embeddings" => (Endpoint::Embeddings, "/openai/deployments/{id}/embeddings"),
+        _ => {
+            return Err(GatewayError::downstream(
+                ErrorKind::EndpointRefused,
+                format!(
+                    "{method} /openai{path} is not an Azure OpenAI operation this gateway inspects (chat/completions, completions, embeddings under a deployment); use the /openai/v1/… form"
+                ),
+            ));
+        }
+    };
+    if method != Method::POST {
+        return Err(GatewayError::downstream(
+            ErrorKind::MethodNotAllowed,
+            format!("/openai{path} takes POST, not {method}"),
+        ));
+    }
+    let mut query = query.map(str::to_owned);
+    if query
+        .as_deref()
+        .is_none_or(|q| !q.split('&').any(|kv| kv.starts_with("api-version=")))
+    {
+        push_param(&mut query, "api-version", &azure.api_version);
+    }
+    let target = format!("{}/openai{path}", upstream.path_prefix);
+    let uri = build_uri(upstream, target, query.as_deref())?;
+    // The deployment's model, as the operator mapped it (else the deployment's own name).
+    let decoded = crate::percent::decode(deployment);
+    let model = azure
+        .deployments
+        .iter()
+        .find(|(_, d)| **d == decoded)
+        .map(|(m, _)| m.clone())
+        .unwrap_or(decoded);
+    Ok(Routed::Upstream(Box::new(Route {
+        protocol: Protocol::OpenAi,
+        endpoint,
+        upstream,
+        uri,
+        path_model: Some(inspect::recordable_model(&model)),
+        azure_operation: None,
+        translate_to_bedrock: false,
+        template,
+        path: format!("/openai{path}"),
+        treatment: "inspected",
+    })))
+}
+
+/// A path the catalogue does not know: an operator-declared passthrough, or refused.
+fn passthrough<'a>(
+    upstreams: &'a Upstreams,
+    egress: &'a EgressConfig,
+    method: &Method,
+    path: &str,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    pinned: Option<Protocol>,
+) -> Result<Routed<'a>, GatewayError> {
+    let family = pinned.unwrap_or_else(|| by_headers(headers));
+    let Some((i, p)) = egress
+        .passthrough
+        .iter()
+        .enumerate()
+        .find(|(_, p)| p.matches(family, method, path))
+    else {
+        return Err(GatewayError::downstream(
+            ErrorKind::EndpointRefused,
+            format!(
+                "{method} {path} ({family}) is not an endpoint this gateway inspects, so nothing was sent; an operator can declare it in [[egress.passthrough]] (docs/security.md, \"Egress\")"
+            ),
+        ));
+    };
+    let upstream = upstreams.get(family);
+    let mut target = upstream.path_prefix.clone();
+    target.push_str(path);
+    let uri = build_uri(upstream, target, query)?;
+    Ok(Routed::Upstream(Box::new(Route {
+        protocol: family,
+        endpoint: Endpoint::Passthrough(i),
+        upstream,
+        uri,
+        path_model: None,
+        azure_operation: None,
+        translate_to_bedrock: false,
+        template: &p.path,
+        path: path.to_string(),
+        treatment: p.scan.treatment(),
+    })))
 }
 
 /// Completes the route once the body is known (`inspect`): the upstream URL where it needs the
@@ -193,20 +325,22 @@ pub fn finalize(route: &mut Route<'_>, facts: &mut inspect::RequestFacts) -> Res
     facts.stream |= route.endpoint.streams();
     complete_uri(route, facts)?;
     let path_model = route.path_model.take();
-    let recorded = if route.translate_to_bedrock {
-        path_model.clone()
-    } else {
-        facts.model.clone().or_else(|| path_model.clone())
-    };
-    if facts.model.is_none() {
-        facts.model = match path_model {
-            Some(id) if route.protocol == Protocol::Bedrock && id.contains("anthropic.") => {
-                Some(crate::prices::bedrock_to_anthropic(&id))
-            }
-            other => other,
-        };
+    if route.translate_to_bedrock {
+        return Ok(path_model);
     }
-    Ok(recorded)
+    let Some(from_path) = path_model else {
+        return Ok(facts.model.clone());
+    };
+    // Bedrock- and Azure-native: the path names what runs and bills; a body `model` that says
+    // otherwise is not believed — the allow-list and prices judge the path's model.
+    facts.model = Some(
+        if route.protocol == Protocol::Bedrock && from_path.contains("anthropic.") {
+            crate::prices::bedrock_to_anthropic(&from_path)
+        } else {
+            from_path.clone()
+        },
+    );
+    Ok(Some(from_path))
 }
 
 fn complete_uri(route: &mut Route<'_>, facts: &inspect::RequestFacts) -> Result<(), GatewayError> {
@@ -304,115 +438,44 @@ fn build_uri(upstream: &Upstream, mut target: String, query: Option<&str>) -> Re
         .map_err(|_| GatewayError::downstream(ErrorKind::BadRequest, "the request path is not a valid URL path"))
 }
 
-/// A Bedrock path: runtime `/model/{id}/{operation}` or a control-plane listing.
-enum BedrockPath<'p> {
-    Runtime { model: &'p str, operation: &'p str },
-    Control(&'p str),
-}
-
-fn bedrock_path(path: &str) -> Option<BedrockPath<'_>> {
-    if let Some(rest) = path.strip_prefix("/model/") {
-        let (model, operation) = rest.split_once('/')?;
-        let known = [
-            "invoke",
-            "invoke-with-response-stream",
-            "converse",
-            "converse-stream",
-            "count-tokens",
-        ];
-        return (!model.is_empty() && known.contains(&operation)).then_some(BedrockPath::Runtime { model, operation });
-    }
-    [
-        "/inference-profiles",
-        "/foundation-models",
-        "/custom-models",
-        "/imported-models",
-    ]
-    .iter()
-    .any(|p| strip_segment(path, p).is_some() || path == *p)
-    .then_some(BedrockPath::Control(path))
-}
-
+/// A Bedrock-native request: runtime paths re-encode the model id; listings go to the control plane.
 fn bedrock_route<'a>(
     upstreams: &'a Upstreams,
-    path: BedrockPath<'_>,
+    m: &crate::endpoint::Matched,
+    path: &str,
     query: Option<&str>,
 ) -> Result<Routed<'a>, GatewayError> {
     let runtime = &upstreams.bedrock;
-    let (upstream, endpoint, target, path_model) = match path {
-        BedrockPath::Runtime { model, operation } => {
-            let model = crate::percent::decode(model);
-            let endpoint = match operation {
-                "invoke" => Endpoint::Invoke,
-                "invoke-with-response-stream" => Endpoint::InvokeStream,
-                "converse" => Endpoint::Converse,
-                "converse-stream" => Endpoint::ConverseStream,
-                _ => Endpoint::Other,
-            };
-            let target = format!(
-                "{}/model/{}/{operation}",
-                runtime.path_prefix,
-                crate::percent::encode(&model)
-            );
-            (runtime, endpoint, target, Some(inspect::recordable_model(&model)))
+    let (upstream, target, path_model) = match &m.model {
+        Some(model) => {
+            let op = path.rsplit('/').next().unwrap_or("");
+            let target = format!("{}/model/{}/{op}", runtime.path_prefix, crate::percent::encode(model));
+            (runtime, target, Some(inspect::recordable_model(model)))
         }
-        BedrockPath::Control(p) => {
+        None => {
             let control = runtime.bedrock.as_ref().map(|b| b.control.as_ref()).unwrap_or(runtime);
-            (control, Endpoint::Other, format!("{}{p}", control.path_prefix), None)
+            (control, format!("{}{path}", control.path_prefix), None)
         }
     };
     let uri = build_uri(upstream, target, query)?;
-    Ok(Routed::Upstream(Route {
+    Ok(Routed::Upstream(Box::new(Route {
         protocol: Protocol::Bedrock,
-        endpoint,
+        endpoint: m.entry.endpoint,
         upstream,
         uri,
         path_model,
         azure_operation: None,
         translate_to_bedrock: false,
-    }))
+        template: m.entry.template,
+        path: path.to_string(),
+        treatment: "inspected",
+    })))
 }
 
 /// `"/anthropic/v1/x"` → `Some("/v1/x")`; requires a segment boundary.
 fn strip_segment<'a>(path: &'a str, prefix: &str) -> Option<&'a str> {
     let rest = path.strip_prefix(prefix)?;
     if rest.starts_with('/') { Some(rest) } else { None }
-}
-
-/// The family a path belongs to (if it is unique to one) and its endpoint kind.
-fn classify(path: &str) -> (Option<Protocol>, Endpoint) {
-    use Endpoint::*;
-    use Protocol::*;
-    let path = path.trim_end_matches('/');
-    match path {
-        "/v1/messages" => (Some(Anthropic), Messages),
-        "/v1/messages/count_tokens" => (Some(Anthropic), CountTokens),
-        "/v1/complete" => (Some(Anthropic), Completions),
-        "/v1/chat/completions" => (Some(OpenAi), ChatCompletions),
-        "/v1/responses" => (Some(OpenAi), Responses),
-        "/v1/embeddings" => (Some(OpenAi), Embeddings),
-        "/v1/completions" => (Some(OpenAi), Completions),
-        _ if path == "/v1/models" || path.starts_with("/v1/models/") => (None, Models),
-        _ if path.starts_with("/v1/messages/") => (Some(Anthropic), Other),
-        _ if [
-            "/v1/responses/",
-            "/v1/chat/",
-            "/v1/audio/",
-            "/v1/images/",
-            "/v1/moderations",
-            "/v1/realtime",
-            "/v1/fine_tuning/",
-            "/v1/vector_stores",
-            "/v1/assistants",
-            "/v1/threads",
-        ]
-        .iter()
-        .any(|p| path.starts_with(p)) =>
-        {
-            (Some(OpenAi), Other)
-        }
-        _ => (None, Other),
-    }
 }
 
 fn by_headers(headers: &HeaderMap) -> Protocol {
@@ -428,6 +491,11 @@ fn by_headers(headers: &HeaderMap) -> Protocol {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    static NO_EGRESS: EgressConfig = EgressConfig {
+        forward_binary_uploads: false,
+        passthrough: Vec::new(),
+    };
     use crate::config::parse_upstream;
     use crate::protocol::AuthStyle;
 
@@ -450,8 +518,8 @@ mod tests {
         for (k, v) in headers {
             h.insert(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
         }
-        match resolve(upstreams(), &method, &uri.parse().unwrap(), &h).unwrap() {
-            Routed::Upstream(r) => r,
+        match resolve(upstreams(), &NO_EGRESS, &method, &uri.parse().unwrap(), &h).unwrap() {
+            Routed::Upstream(r) => *r,
             Routed::Local => panic!("expected an upstream route for {uri}"),
         }
     }
@@ -513,11 +581,16 @@ mod tests {
             route(Method::POST, "/anthropic/v1/messages", &[]).uri.path(),
             "/v1/messages"
         );
-        // Not a segment boundary: no pinning.
-        assert_eq!(
-            route(Method::GET, "/openaiv1/models", &[]).uri.path(),
-            "/openaiv1/models"
-        );
+        // Not a segment boundary: no pinning, and an unknown path.
+        let e = resolve(
+            upstreams(),
+            &NO_EGRESS,
+            &Method::GET,
+            &"/openaiv1/models".parse().unwrap(),
+            &HeaderMap::new(),
+        )
+        .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::EndpointRefused);
     }
 
     /// Property: any path the HTTP layer accepts routes or fails cleanly, keeping prefix and query.
@@ -547,7 +620,7 @@ mod tests {
             }
             let Ok(uri) = p.parse::<Uri>() else { continue };
             for method in [Method::GET, Method::POST, Method::HEAD] {
-                if let Ok(Routed::Upstream(r)) = resolve(upstreams(), &method, &uri, &HeaderMap::new()) {
+                if let Ok(Routed::Upstream(r)) = resolve(upstreams(), &NO_EGRESS, &method, &uri, &HeaderMap::new()) {
                     if r.protocol == Protocol::OpenAi {
                         assert!(r.uri.path().starts_with("/openai-proxy"), "{p} → {}", r.uri);
                     }
@@ -570,7 +643,7 @@ mod tests {
     fn bedrock_paths_re_encode_the_model_and_split_planes() {
         let ups = config_upstreams(&[("CONDUIT_BEDROCK_REGION", "eu-west-1")]);
         let h = HeaderMap::new();
-        let get = |m: Method, p: &str| match resolve(&ups, &m, &p.parse().unwrap(), &h).unwrap() {
+        let get = |m: Method, p: &str| match resolve(&ups, &NO_EGRESS, &m, &p.parse().unwrap(), &h).unwrap() {
             Routed::Upstream(r) => (r.protocol, r.endpoint, r.uri.to_string(), r.path_model),
             Routed::Local => panic!(),
         };
@@ -601,7 +674,15 @@ mod tests {
         );
         // A proxy URL stands in for both planes.
         let ups = config_upstreams(&[("UPSTREAM_BEDROCK_URL", "http://vpce.internal:8443/br")]);
-        match resolve(&ups, &Method::GET, &"/foundation-models".parse().unwrap(), &h).unwrap() {
+        match resolve(
+            &ups,
+            &NO_EGRESS,
+            &Method::GET,
+            &"/foundation-models".parse().unwrap(),
+            &h,
+        )
+        .unwrap()
+        {
             Routed::Upstream(r) => assert_eq!(r.uri.to_string(), "http://vpce.internal:8443/br/foundation-models"),
             Routed::Local => panic!(),
         }
@@ -614,8 +695,16 @@ mod tests {
             ("CONDUIT_AZURE_API_VERSION", "2024-10-21"),
         ]);
         let h = HeaderMap::new();
-        let mut r = match resolve(&ups, &Method::POST, &"/v1/chat/completions".parse().unwrap(), &h).unwrap() {
-            Routed::Upstream(r) => r,
+        let mut r = match resolve(
+            &ups,
+            &NO_EGRESS,
+            &Method::POST,
+            &"/v1/chat/completions".parse().unwrap(),
+            &h,
+        )
+        .unwrap()
+        {
+            Routed::Upstream(r) => *r,
             Routed::Local => panic!(),
         };
         assert_eq!(r.upstream.provider, "azure");
@@ -635,6 +724,7 @@ mod tests {
         // Azure-native: deployment and api-version as the client sent them.
         let r = match resolve(
             &ups,
+            &NO_EGRESS,
             &Method::POST,
             &"/openai/deployments/prod-4o/chat/completions?api-version=2025-01-01-preview"
                 .parse()
@@ -643,7 +733,7 @@ mod tests {
         )
         .unwrap()
         {
-            Routed::Upstream(r) => r,
+            Routed::Upstream(r) => *r,
             Routed::Local => panic!(),
         };
         assert_eq!(
@@ -652,14 +742,22 @@ mod tests {
         );
         assert_eq!(r.path_model.as_deref(), Some("prod-4o"));
         // The v1 form for everything else.
-        let r = match resolve(&ups, &Method::POST, &"/openai/v1/responses".parse().unwrap(), &h).unwrap() {
-            Routed::Upstream(r) => r,
+        let r = match resolve(
+            &ups,
+            &NO_EGRESS,
+            &Method::POST,
+            &"/openai/v1/responses".parse().unwrap(),
+            &h,
+        )
+        .unwrap()
+        {
+            Routed::Upstream(r) => *r,
             Routed::Local => panic!(),
         };
         assert_eq!(r.uri.to_string(), "https://acme.openai.azure.com/openai/v1/responses");
         // No model: a clear refusal.
-        let mut r = match resolve(&ups, &Method::POST, &"/v1/embeddings".parse().unwrap(), &h).unwrap() {
-            Routed::Upstream(r) => r,
+        let mut r = match resolve(&ups, &NO_EGRESS, &Method::POST, &"/v1/embeddings".parse().unwrap(), &h).unwrap() {
+            Routed::Upstream(r) => *r,
             Routed::Local => panic!(),
         };
         let err = finalize(&mut r, &mut inspect::RequestFacts::default()).unwrap_err();
@@ -670,16 +768,17 @@ mod tests {
     fn probes_are_local() {
         let h = HeaderMap::new();
         assert!(matches!(
-            resolve(upstreams(), &Method::HEAD, &"/".parse().unwrap(), &h).unwrap(),
+            resolve(upstreams(), &NO_EGRESS, &Method::HEAD, &"/".parse().unwrap(), &h).unwrap(),
             Routed::Local
         ));
         assert!(matches!(
-            resolve(upstreams(), &Method::GET, &"/".parse().unwrap(), &h).unwrap(),
+            resolve(upstreams(), &NO_EGRESS, &Method::GET, &"/".parse().unwrap(), &h).unwrap(),
             Routed::Local
         ));
+        // Anything else at the base URL is no endpoint: refused.
         assert!(matches!(
-            resolve(upstreams(), &Method::POST, &"/".parse().unwrap(), &h).unwrap(),
-            Routed::Upstream(_)
+            resolve(upstreams(), &NO_EGRESS, &Method::POST, &"/".parse().unwrap(), &h),
+            Err(e) if e.kind == ErrorKind::EndpointRefused
         ));
     }
 }

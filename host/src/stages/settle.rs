@@ -6,6 +6,11 @@
 //! billed at its provider's ceiling and marked so (`crate::prices`). Records: one ledger entry, sent off the
 //! request path. Returns the figures for `audit`.
 //!
+//! A batch (Anthropic message batches, OpenAI batches) is billed at the worst case it was admitted
+//! with, flagged as an estimate: the provider runs and bills it later, out of the gateway's sight,
+//! so the only bound that cannot be overshot is the admitted one. A declared billable passthrough
+//! is billed its declared `reserve_usd`.
+//!
 //! Estimates are a documented heuristic, not a tokenizer: input = ⌈request body bytes / 4⌉,
 //! output = ⌈generated text bytes / 4⌉ (docs/metering.md).
 
@@ -87,7 +92,13 @@ pub fn settle(
     let provider = ex.provider.unwrap_or("-");
     // The provider's word on the tier and multipliers wins; else what the request asked for.
     let billing = seen.and_then(|o| o.billing).unwrap_or(ex.billing);
-    let (cost_micros, basis) = if usage == Usage::default() {
+    let fixed = admitted.as_ref().and_then(|a| a.charge);
+    let mut estimated = estimated;
+    let (cost_micros, basis) = if let Some(charge) = fixed {
+        // A batch or a declared passthrough: the cost fixed at admission, if the provider took it.
+        estimated = ok_status;
+        (Some(if ok_status { charge } else { 0 }), None)
+    } else if usage == Usage::default() {
         (Some(0), None)
     } else {
         match s.prices.price(provider, &model) {
@@ -104,6 +115,7 @@ pub fn settle(
     if let Some(Admitted {
         reservation,
         mut ticket,
+        ..
     }) = admitted
     {
         if let Some(r) = reservation {

@@ -289,7 +289,8 @@ impl Builder {
         .map(|(k, v)| (k.to_string(), v))
         .collect();
         env.extend(self.env);
-        let raw: RawConfig = toml::from_str(&self.toml).unwrap();
+        let mut raw: RawConfig = toml::from_str(&self.toml).unwrap();
+        conduit::mock::forward_control_headers(&mut raw);
         let config = raw.validate(&|k| env.get(k).cloned()).unwrap();
         let mut store: Arc<dyn Store> = Arc::new(conduit::store::SledStore::open(&config.data_dir).unwrap());
         if let Some(wrap) = self.wrap_store {
