@@ -317,7 +317,9 @@ impl<'b> Parser<'b> {
                 self.i = self.b.len();
                 return self.err("unterminated string");
             };
-            if let Some(c) = rest[..off].iter().position(|&c| c < 0x20) {
+            // A branch-free pass (it vectorises); the position is looked for only on failure.
+            if rest[..off].iter().fold(false, |bad, &c| bad | (c < 0x20)) {
+                let c = rest[..off].iter().position(|&c| c < 0x20).unwrap_or(0);
                 self.i += c;
                 return self.err("a control character inside a string (it must be escaped)");
             }
@@ -503,9 +505,9 @@ fn unescape(raw: &str, drop_lone: bool) -> (String, bool) {
     let mut plain = 0;
     let hex4 = |at: usize| -> u32 { u32::from_str_radix(raw.get(at..at + 4).unwrap_or("0000"), 16).unwrap_or(0) };
     while i < b.len() {
-        if b[i] != b'\\' {
-            i += 1;
-            continue;
+        match memchr::memchr(b'\\', &b[i..]) {
+            Some(off) => i += off,
+            None => break,
         }
         out.push_str(&raw[plain..i]);
         let c = b.get(i + 1).copied().unwrap_or(b'\\');

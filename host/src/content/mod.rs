@@ -518,6 +518,12 @@ const KNOWN_KEYS: &[&str] = &[
     "value",
 ];
 
+fn is_known_key(key: &str) -> bool {
+    static SET: std::sync::LazyLock<std::collections::HashSet<&'static str>> =
+        std::sync::LazyLock::new(|| KNOWN_KEYS.iter().copied().collect());
+    SET.contains(key)
+}
+
 const MAX_OUTPUT_KEYS: &[&str] = &[
     "max_tokens",
     "max_completion_tokens",
@@ -660,7 +666,7 @@ impl<'a> Walker<'_, 'a> {
     /// data): scanned whole, its key with it (unless the key is one of the API's own names).
     fn member_free(&mut self, key: &str, v: usize, origin: Origin) -> Result<(), Refusal> {
         let doc = self.doc;
-        let schema_key = KNOWN_KEYS.contains(&key);
+        let schema_key = is_known_key(key);
         match doc.node(v).kind {
             Kind::String if schema_key => self.emit_string(v, origin),
             Kind::Object | Kind::Array if schema_key => self.free(v, origin),
@@ -703,14 +709,23 @@ impl<'a> Walker<'_, 'a> {
                     match doc.node(v).kind {
                         Kind::String => {
                             let (text, lone) = doc.string(v);
-                            let alt = (lone || klone).then(|| {
-                                format!(
-                                    "{}: {}\n",
-                                    doc.string_without_surrogates(k),
-                                    doc.string_without_surrogates(v)
-                                )
-                            });
-                            add_line(&mut lines, &mut dropped, &format!("{key}: {text}\n"), alt);
+                            if lone || klone || dropped.is_some() {
+                                let alt = (lone || klone).then(|| {
+                                    format!(
+                                        "{}: {}\n",
+                                        doc.string_without_surrogates(k),
+                                        doc.string_without_surrogates(v)
+                                    )
+                                });
+                                add_line(&mut lines, &mut dropped, &format!("{key}: {text}\n"), alt);
+                            } else {
+                                // The common case, without a line allocated on the way.
+                                lines.reserve(key.len() + text.len() + 3);
+                                lines.push_str(&key);
+                                lines.push_str(": ");
+                                lines.push_str(&text);
+                                lines.push('\n');
+                            }
                         }
                         kind => {
                             if matches!(kind, Kind::Object | Kind::Array) {
