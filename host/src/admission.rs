@@ -279,8 +279,8 @@ impl BudgetBook {
                                 target: "conduit::budget",
                                 scope = %scope,
                                 period = period.name(),
-                                spent_usd = %crate::ledger::usd(c.spent),
-                                limit_usd = %crate::ledger::usd(limit),
+                                spent_usd = %crate::money::usd(c.spent),
+                                limit_usd = %crate::money::usd(limit),
                                 "budget is 80% used"
                             );
                         }

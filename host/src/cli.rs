@@ -687,8 +687,8 @@ async fn credentials(control: Control, cmd: CredentialsCommand) -> Result<()> {
 
 async fn set_budget(control: &Control, scope: &str, daily: Option<&str>, monthly: Option<&str>) -> Result<()> {
     let limit = crate::admission::BudgetLimit {
-        daily_micros: daily.map(|d| ops::parse_usd("--daily", d)).transpose()?,
-        monthly_micros: monthly.map(|m| ops::parse_usd("--monthly", m)).transpose()?,
+        daily_micros: daily.map(|d| crate::money::parse_usd("--daily", d)).transpose()?,
+        monthly_micros: monthly.map(|m| crate::money::parse_usd("--monthly", m)).transpose()?,
     };
     crate::admission::validate_scope(scope)?;
     match control {
@@ -741,7 +741,7 @@ async fn budgets(control: Control, cmd: BudgetsCommand) -> Result<()> {
             } else if all.is_empty() {
                 println!("no budgets; set one with `conduit budgets set team:payments --monthly 5000`");
             } else {
-                let usd = crate::ledger::usd;
+                let usd = crate::money::usd;
                 println!(
                     "{:<28} {:<8} {:>16} {:>16} {:>14}  RESETS",
                     "SCOPE", "PERIOD", "LIMIT USD", "SPENT USD", "RESERVED USD"
@@ -781,7 +781,7 @@ async fn spend(control: Control, by: &str, since: Option<&str>, until: Option<&s
         }
         Control::Local { store, .. } => ops::spend(store.as_ref(), by, &since, &until)?,
     };
-    let usd = crate::ledger::usd;
+    let usd = crate::money::usd;
     match format {
         "json" => println!("{}", json!(report)),
         "csv" => {
@@ -883,7 +883,7 @@ async fn prices(control: Control, cmd: PricesCommand) -> Result<()> {
                 println!("{}", json!({"prices": rows}));
                 return Ok(());
             }
-            let per_m = crate::ledger::usd;
+            let per_m = crate::money::usd;
             println!(
                 "{:<10} {:<44} {:>11} {:>11} {:>11} {:>11} {:>9}  {:<10} {:<8} SOURCE",
                 "PROVIDER", "MODEL", "INPUT", "OUTPUT", "CACHE WRITE", "CACHE READ", "CONTEXT", "EFFECTIVE", "ORIGIN"

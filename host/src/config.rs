@@ -221,23 +221,7 @@ pub struct Config {
     pub egress: crate::egress::EgressConfig,
 }
 
-/// A configured secret: `Debug` never shows it, so a config printed while debugging leaks nothing.
-#[derive(Clone, Deserialize)]
-#[serde(transparent)]
-pub struct Redacted(String);
-
-impl Redacted {
-    /// The secret itself, for the one place that uses it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Redacted {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
+pub use conduit_core::seal::Redacted;
 
 /// Where the master key is read from.
 #[derive(Clone)]
@@ -482,7 +466,7 @@ impl RawConfig {
             MasterKeySource::Generated(data_dir.join("master.key"))
         };
 
-        let admin_token = env_or("CONDUIT_ADMIN_TOKEN", self.admin_token.map(|t| t.0));
+        let admin_token = env_or("CONDUIT_ADMIN_TOKEN", self.admin_token.map(Redacted::into_inner));
         if let Some(t) = &admin_token
             && t.len() < 16
         {
@@ -580,7 +564,7 @@ impl RawConfig {
         for (scope, b) in self.budgets {
             crate::admission::validate_scope(&scope).map_err(|e| e.context(format!("[budgets.{scope:?}]")))?;
             let usd = |what: &str, v: Option<String>| {
-                v.map(|v| crate::ops::parse_usd(&format!("[budgets.{scope:?}].{what}"), &v))
+                v.map(|v| crate::money::parse_usd(&format!("[budgets.{scope:?}].{what}"), &v))
                     .transpose()
             };
             let limit = crate::admission::BudgetLimit {
@@ -605,7 +589,7 @@ impl RawConfig {
             admin_listen,
             data_dir,
             master_key,
-            admin_token: admin_token.map(Redacted),
+            admin_token: admin_token.map(Redacted::new),
             log,
             limits,
             network,

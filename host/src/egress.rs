@@ -182,7 +182,7 @@ impl RawEgress {
             };
             let billable = p.billable.unwrap_or(false);
             let reserve_micros = match (&p.reserve_usd, billable) {
-                (Some(v), true) => crate::ops::parse_usd(&format!("{at}: reserve_usd"), v)?,
+                (Some(v), true) => crate::money::parse_usd(&format!("{at}: reserve_usd"), v)?,
                 (None, true) => {
                     return Err(Error::msg(format!(
                         "{at}: billable = true needs reserve_usd, the most one request can cost (budgets reserve it)"

@@ -345,11 +345,6 @@ pub fn report(rows: &[SpendRow], by: By) -> Vec<ReportLine> {
     lines
 }
 
-/// Micro-dollars as a dollar amount with six decimals.
-pub fn usd(micros: u64) -> String {
-    format!("{}.{:06}", micros / 1_000_000, micros % 1_000_000)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -402,8 +397,8 @@ mod tests {
         let by_model = report(&[a, b, c], By::Model);
         assert_eq!(by_model[0].group, "m1");
         assert_eq!(by_model[0].totals.requests, 3);
-        assert_eq!(usd(46_625), "0.046625");
-        assert_eq!(usd(12_000_000_001), "12000.000001");
+        assert_eq!(crate::money::usd(46_625), "0.046625");
+        assert_eq!(crate::money::usd(12_000_000_001), "12000.000001");
         assert!(By::parse("teams").is_err());
     }
 }

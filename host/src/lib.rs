@@ -18,6 +18,8 @@
 //!
 //! The request path is in [`pipeline`]; each stage is a module under [`stages`].
 
+pub use conduit_core::{clock, error, fsperm, hex, keys, money, percent, seal};
+
 pub mod admin;
 pub mod admin_client;
 pub mod admission;
@@ -27,30 +29,23 @@ pub mod body;
 pub mod cli;
 pub mod cli_audit;
 pub mod cli_policy;
-pub mod clock;
 pub mod config;
 pub mod content;
 pub mod dashboard;
 pub mod demo;
 pub mod egress;
 pub mod endpoint;
-pub mod error;
 pub mod eventstream;
-pub mod fsperm;
 pub mod gateway;
-pub mod hex;
-pub mod keys;
 pub mod ledger;
 pub mod metrics;
 pub mod mock;
 pub mod ops;
-pub mod percent;
 pub mod pipeline;
 pub mod policy;
 pub mod prices;
 pub mod protocol;
 pub mod rescue;
-pub mod seal;
 pub mod server;
 pub mod sigv4;
 pub mod stages;
@@ -60,7 +55,7 @@ pub mod upstream;
 pub mod usage;
 
 #[cfg(test)]
-mod testing;
+pub(crate) use conduit_core::testing;
 
 pub use config::Config;
 pub use error::{Error, GatewayError};

@@ -298,30 +298,3 @@ pub fn update_key_limits(store: &dyn Store, id: &str, update: crate::admission::
     store.update_key(&record)?;
     Ok(record)
 }
-
-/// Parses a dollar amount (`5000`, `0.001`) into micro-dollars exactly.
-pub fn parse_usd(what: &str, s: &str) -> Result<u64> {
-    let bad = || {
-        Error::msg(format!(
-            "{what} {s:?} is not a dollar amount; use e.g. 5000 or 0.25 (at most 6 decimals)"
-        ))
-    };
-    let t = s.trim().trim_start_matches('$');
-    let (whole, frac) = t.split_once('.').unwrap_or((t, ""));
-    if whole.is_empty() && frac.is_empty()
-        || frac.len() > 6
-        || !whole.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit())
-    {
-        return Err(bad());
-    }
-    let whole: u64 = if whole.is_empty() {
-        0
-    } else {
-        whole.parse().map_err(|_| bad())?
-    };
-    let frac: u64 = format!("{frac:0<6}").parse().map_err(|_| bad())?;
-    whole
-        .checked_mul(1_000_000)
-        .and_then(|w| w.checked_add(frac))
-        .ok_or_else(bad)
-}

@@ -81,7 +81,7 @@ async fn run(gw: &Gateway, req: Request<Incoming>, ex: &mut accept::Exchange) ->
     if backlog > config.audit.max_backlog {
         let mut e = GatewayError::new(
             crate::error::ErrorKind::StoreUnavailable,
-            crate::error::Side::Internal,
+            crate::error::Fault::Gateway,
             format!(
                 "the audit log is behind ({backlog} records queued, over audit.max_backlog); the gateway refuses new requests until it catches up rather than forward unaudited — retry shortly"
             ),
@@ -177,14 +177,14 @@ fn upstream_host(authority: &http::uri::Authority) -> String {
 }
 
 fn log_failure(ex: &accept::Exchange, err: &GatewayError) {
-    match err.side {
-        crate::error::Side::Downstream => {
+    match err.fault {
+        crate::error::Fault::Client => {
             tracing::debug!(request_id = %ex.id, kind = err.kind.as_str(), "request refused: {}", err.message)
         }
         _ => tracing::warn!(
             request_id = %ex.id,
             kind = err.kind.as_str(),
-            side = err.side.as_str(),
+            fault = err.fault.as_str(),
             cause = err.cause.as_deref().unwrap_or("-"),
             "request failed: {}",
             err.message

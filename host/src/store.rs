@@ -212,16 +212,16 @@ impl SledStore {
             Error::msg(format!("opening the store at {:?}: {e}{hint}", path.display().to_string()))
         })?;
         let store = SledStore {
-            meta: db.open_tree("meta")?,
-            keys: db.open_tree("keys")?,
-            key_ids: db.open_tree("key_ids")?,
-            credentials: db.open_tree("credentials")?,
-            spend: db.open_tree("spend")?,
-            prices: db.open_tree("prices")?,
-            budgets: db.open_tree("budgets")?,
-            findings: db.open_tree("findings")?,
-            policy_modes: db.open_tree("policy_modes")?,
-            uploads: db.open_tree("uploads")?,
+            meta: db.open_tree("meta").map_err(sled_err)?,
+            keys: db.open_tree("keys").map_err(sled_err)?,
+            key_ids: db.open_tree("key_ids").map_err(sled_err)?,
+            credentials: db.open_tree("credentials").map_err(sled_err)?,
+            spend: db.open_tree("spend").map_err(sled_err)?,
+            prices: db.open_tree("prices").map_err(sled_err)?,
+            budgets: db.open_tree("budgets").map_err(sled_err)?,
+            findings: db.open_tree("findings").map_err(sled_err)?,
+            policy_modes: db.open_tree("policy_modes").map_err(sled_err)?,
+            uploads: db.open_tree("uploads").map_err(sled_err)?,
             db,
         };
         match store.meta(META_SCHEMA)? {
@@ -240,6 +240,11 @@ impl SledStore {
     fn decode<T: for<'de> Deserialize<'de>>(what: &str, bytes: &[u8]) -> Result<T> {
         serde_json::from_slice(bytes).map_err(|e| Error::msg(format!("corrupt {what} record in the store: {e}")))
     }
+}
+
+/// A sled failure, as the one sentence the caller shows.
+fn sled_err(e: sled::Error) -> Error {
+    Error::msg(format!("store error: {e}"))
 }
 
 fn credential_key(provider: &str, id: &str) -> String {
@@ -263,19 +268,28 @@ impl Store for SledStore {
                 sled::transaction::TransactionError::Abort(()) => {
                     Error::msg(format!("a key with id {:?} already exists", record.id))
                 }
-                sled::transaction::TransactionError::Storage(e) => e.into(),
+                sled::transaction::TransactionError::Storage(e) => sled_err(e),
             })?;
-        self.db.flush()?;
+        self.db.flush().map_err(sled_err)?;
         Ok(())
     }
 
     fn key_by_hash(&self, hash: &KeyHash) -> Result<Option<KeyRecord>> {
-        self.keys.get(hash.0)?.map(|v| Self::decode("key", &v)).transpose()
+        self.keys
+            .get(hash.0)
+            .map_err(sled_err)?
+            .map(|v| Self::decode("key", &v))
+            .transpose()
     }
 
     fn key(&self, id: &str) -> Result<Option<KeyRecord>> {
-        match self.key_ids.get(id.as_bytes())? {
-            Some(hash) => self.keys.get(hash)?.map(|v| Self::decode("key", &v)).transpose(),
+        match self.key_ids.get(id.as_bytes()).map_err(sled_err)? {
+            Some(hash) => self
+                .keys
+                .get(hash)
+                .map_err(sled_err)?
+                .map(|v| Self::decode("key", &v))
+                .transpose(),
             None => Ok(None),
         }
     }
@@ -283,11 +297,12 @@ impl Store for SledStore {
     fn update_key(&self, record: &KeyRecord) -> Result<()> {
         let hash = self
             .key_ids
-            .get(record.id.as_bytes())?
+            .get(record.id.as_bytes())
+            .map_err(sled_err)?
             .ok_or_else(|| Error::msg(format!("no key with id {:?}", record.id)))?;
-        self.keys.insert(hash, serde_json::to_vec(record)?)?;
+        self.keys.insert(hash, serde_json::to_vec(record)?).map_err(sled_err)?;
         // Revocation must survive a crash right after the CLI said it worked.
-        self.db.flush()?;
+        self.db.flush().map_err(sled_err)?;
         Ok(())
     }
 
@@ -296,7 +311,7 @@ impl Store for SledStore {
             .keys
             .iter()
             .values()
-            .map(|v| Self::decode::<KeyRecord>("key", &v?))
+            .map(|v| Self::decode::<KeyRecord>("key", &v.map_err(sled_err)?))
             .collect::<Result<Vec<_>>>()?;
         all.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
         Ok(all)
@@ -304,14 +319,16 @@ impl Store for SledStore {
 
     fn put_credential(&self, c: &SealedCredential) -> Result<()> {
         self.credentials
-            .insert(credential_key(&c.provider, &c.id), serde_json::to_vec(c)?)?;
-        self.db.flush()?;
+            .insert(credential_key(&c.provider, &c.id), serde_json::to_vec(c)?)
+            .map_err(sled_err)?;
+        self.db.flush().map_err(sled_err)?;
         Ok(())
     }
 
     fn credential(&self, provider: &str, id: &str) -> Result<Option<SealedCredential>> {
         self.credentials
-            .get(credential_key(provider, id))?
+            .get(credential_key(provider, id))
+            .map_err(sled_err)?
             .map(|v| Self::decode("credential", &v))
             .transpose()
     }
@@ -320,7 +337,7 @@ impl Store for SledStore {
         self.credentials
             .iter()
             .values()
-            .map(|v| Self::decode("credential", &v?))
+            .map(|v| Self::decode("credential", &v.map_err(sled_err)?))
             .collect()
     }
 
@@ -339,40 +356,46 @@ impl Store for SledStore {
                 Ok::<_, sled::transaction::ConflictableTransactionError<()>>(())
             })
             .map_err(|e| Error::msg(format!("re-sealing credentials failed, nothing was changed: {e:?}")))?;
-        self.db.flush()?;
+        self.db.flush().map_err(sled_err)?;
         Ok(())
     }
 
     fn meta(&self, name: &str) -> Result<Option<String>> {
-        Ok(self.meta.get(name)?.map(|v| String::from_utf8_lossy(&v).into_owned()))
+        Ok(self
+            .meta
+            .get(name)
+            .map_err(sled_err)?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
 
     fn set_meta(&self, name: &str, value: &str) -> Result<()> {
-        self.meta.insert(name, value.as_bytes())?;
-        self.db.flush()?;
+        self.meta.insert(name, value.as_bytes()).map_err(sled_err)?;
+        self.db.flush().map_err(sled_err)?;
         Ok(())
     }
 
     fn ping(&self) -> Result<()> {
-        self.meta.get(META_SCHEMA)?;
+        self.meta.get(META_SCHEMA).map_err(sled_err)?;
         Ok(())
     }
 
     fn add_spend(&self, e: &SpendRow) -> Result<()> {
         let key = format!("{}\0{}\0{}", e.day, e.key_id, e.model);
         let mut corrupt = None;
-        self.spend.update_and_fetch(key.as_bytes(), |old| {
-            let mut row: SpendRow = match old.map(serde_json::from_slice) {
-                Some(Ok(r)) => r,
-                Some(Err(err)) => {
-                    corrupt = Some(err.to_string());
-                    SpendRow::default()
-                }
-                None => SpendRow::default(),
-            };
-            row.merge_row(e);
-            serde_json::to_vec(&row).ok()
-        })?;
+        self.spend
+            .update_and_fetch(key.as_bytes(), |old| {
+                let mut row: SpendRow = match old.map(serde_json::from_slice) {
+                    Some(Ok(r)) => r,
+                    Some(Err(err)) => {
+                        corrupt = Some(err.to_string());
+                        SpendRow::default()
+                    }
+                    None => SpendRow::default(),
+                };
+                row.merge_row(e);
+                serde_json::to_vec(&row).ok()
+            })
+            .map_err(sled_err)?;
         match corrupt {
             Some(err) => Err(Error::msg(format!("corrupt spend row {key:?} was reset: {err}"))),
             None => Ok(()),
@@ -380,14 +403,14 @@ impl Store for SledStore {
     }
 
     fn sync_spend(&self) -> Result<()> {
-        self.spend.flush()?;
+        self.spend.flush().map_err(sled_err)?;
         Ok(())
     }
 
     fn spend(&self, since: &str, until: &str) -> Result<Vec<SpendRow>> {
         let mut rows = Vec::new();
         for kv in self.spend.range(since.as_bytes()..) {
-            let (k, v) = kv?;
+            let (k, v) = kv.map_err(sled_err)?;
             if k.get(..until.len()).is_some_and(|day| day > until.as_bytes()) {
                 break;
             }
@@ -400,7 +423,7 @@ impl Store for SledStore {
         self.prices
             .iter()
             .values()
-            .map(|v| Self::decode("price", &v?))
+            .map(|v| Self::decode("price", &v.map_err(sled_err)?))
             .collect()
     }
 
@@ -408,7 +431,7 @@ impl Store for SledStore {
         self.budgets
             .iter()
             .map(|kv| {
-                let (k, v) = kv?;
+                let (k, v) = kv.map_err(sled_err)?;
                 Ok((String::from_utf8_lossy(&k).into_owned(), Self::decode("budget", &v)?))
             })
             .collect()
@@ -416,11 +439,13 @@ impl Store for SledStore {
 
     fn put_budget(&self, scope: &str, limit: &BudgetLimit) -> Result<()> {
         if *limit == BudgetLimit::default() {
-            self.budgets.remove(scope)?;
+            self.budgets.remove(scope).map_err(sled_err)?;
         } else {
-            self.budgets.insert(scope, serde_json::to_vec(limit)?)?;
+            self.budgets
+                .insert(scope, serde_json::to_vec(limit)?)
+                .map_err(sled_err)?;
         }
-        self.db.flush()?;
+        self.db.flush().map_err(sled_err)?;
         Ok(())
     }
 
@@ -430,7 +455,7 @@ impl Store for SledStore {
             let value = serde_json::to_vec(r).map_err(|e| Error::msg(format!("encoding a finding: {e}")))?;
             batch.insert(r.id.as_bytes(), value);
         }
-        self.findings.apply_batch(batch)?;
+        self.findings.apply_batch(batch).map_err(sled_err)?;
         Ok(())
     }
 
@@ -440,21 +465,21 @@ impl Store for SledStore {
             .rev()
             .take(limit)
             .map(|kv| {
-                let (_, v) = kv?;
+                let (_, v) = kv.map_err(sled_err)?;
                 Self::decode("finding", &v)
             })
             .collect()
     }
 
     fn mark_false_positive(&self, id: &str, by: &str) -> Result<Option<FindingRecord>> {
-        let Some(v) = self.findings.get(id.as_bytes())? else {
+        let Some(v) = self.findings.get(id.as_bytes()).map_err(sled_err)? else {
             return Ok(None);
         };
         let mut record: FindingRecord = Self::decode("finding", &v)?;
         record.false_positive = Some(by.to_string());
         let value = serde_json::to_vec(&record).map_err(|e| Error::msg(format!("encoding a finding: {e}")))?;
-        self.findings.insert(id.as_bytes(), value)?;
-        self.findings.flush()?;
+        self.findings.insert(id.as_bytes(), value).map_err(sled_err)?;
+        self.findings.flush().map_err(sled_err)?;
         Ok(Some(record))
     }
 
@@ -464,11 +489,11 @@ impl Store for SledStore {
         let mut batch = sled::Batch::default();
         let mut n = 0;
         for k in self.findings.range(..bound.as_bytes()).keys() {
-            batch.remove(k?);
+            batch.remove(k.map_err(sled_err)?);
             n += 1;
         }
         if n > 0 {
-            self.findings.apply_batch(batch)?;
+            self.findings.apply_batch(batch).map_err(sled_err)?;
         }
         Ok(n)
     }
@@ -477,7 +502,7 @@ impl Store for SledStore {
         self.policy_modes
             .iter()
             .map(|kv| {
-                let (k, v) = kv?;
+                let (k, v) = kv.map_err(sled_err)?;
                 Ok((
                     String::from_utf8_lossy(&k).into_owned(),
                     String::from_utf8_lossy(&v).into_owned(),
@@ -488,22 +513,31 @@ impl Store for SledStore {
 
     fn set_policy_mode(&self, key: &str, mode: Option<&str>) -> Result<()> {
         match mode {
-            Some(m) => self.policy_modes.insert(key.as_bytes(), m.as_bytes())?,
-            None => self.policy_modes.remove(key.as_bytes())?,
+            Some(m) => self
+                .policy_modes
+                .insert(key.as_bytes(), m.as_bytes())
+                .map_err(sled_err)?,
+            None => self.policy_modes.remove(key.as_bytes()).map_err(sled_err)?,
         };
-        self.policy_modes.flush()?;
+        self.policy_modes.flush().map_err(sled_err)?;
         Ok(())
     }
 
     fn put_upload(&self, record: &UploadRecord) -> Result<()> {
         let key = format!("{}/{}", record.provider, record.id);
-        self.uploads.insert(key.as_bytes(), serde_json::to_vec(record)?)?;
-        self.uploads.flush()?;
+        self.uploads
+            .insert(key.as_bytes(), serde_json::to_vec(record)?)
+            .map_err(sled_err)?;
+        self.uploads.flush().map_err(sled_err)?;
         Ok(())
     }
 
     fn upload(&self, provider: &str, id: &str) -> Result<Option<UploadRecord>> {
-        match self.uploads.get(format!("{provider}/{id}").as_bytes())? {
+        match self
+            .uploads
+            .get(format!("{provider}/{id}").as_bytes())
+            .map_err(sled_err)?
+        {
             Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
             None => Ok(None),
         }
@@ -517,8 +551,8 @@ impl Store for SledStore {
                 serde_json::to_vec(r)?,
             );
         }
-        self.prices.apply_batch(batch)?;
-        self.db.flush()?;
+        self.prices.apply_batch(batch).map_err(sled_err)?;
+        self.db.flush().map_err(sled_err)?;
         Ok(())
     }
 }

@@ -316,10 +316,7 @@ async fn export_round_trips_and_matches_the_ledger() {
         assert_eq!(row[col("status")], obj["status"].to_string());
         assert_eq!(row[col("output_tokens")], obj["output_tokens"].to_string());
         assert_eq!(row[col("seq")], obj["seq"].to_string());
-        let cost = obj["cost_micros"]
-            .as_u64()
-            .map(conduit::ledger::usd)
-            .unwrap_or_default();
+        let cost = obj["cost_micros"].as_u64().map(conduit::money::usd).unwrap_or_default();
         assert_eq!(row[col("cost_usd")], cost);
     }
     // JSON lines are the stored lines: they hash into a chain on their own.

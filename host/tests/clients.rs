@@ -458,7 +458,7 @@ async fn current_claude_code_under_a_team_budget_costs_what_it_says() {
     assert!(
         ledger.abs_diff(reported) <= (n as u64).saturating_sub(1),
         "ledger ${} vs Claude Code's ${} over {n} request(s)",
-        conduit::ledger::usd(ledger),
+        conduit::money::usd(ledger),
         result["total_cost_usd"]
     );
     eprintln!(
@@ -468,7 +468,7 @@ async fn current_claude_code_under_a_team_budget_costs_what_it_says() {
             .map(|m| m.keys().cloned().collect::<Vec<_>>().join(","))
             .unwrap_or_default(),
         result["total_cost_usd"],
-        conduit::ledger::usd(ledger)
+        conduit::money::usd(ledger)
     );
 }
 

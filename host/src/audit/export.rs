@@ -176,7 +176,7 @@ fn csv_row(r: &AuditRecord, s: &mut String) {
         r.output_tokens.to_string(),
         r.cache_read_tokens.to_string(),
         r.cache_write_tokens.to_string(),
-        r.cost_micros.map(crate::ledger::usd).unwrap_or_default(),
+        r.cost_micros.map(crate::money::usd).unwrap_or_default(),
         opt(&r.price),
         r.estimated.to_string(),
         findings,

@@ -154,7 +154,7 @@ pub fn check_declared_length<B>(req: &Request<B>, limits: &Limits) -> Result<(),
         .to_str()
         .ok()
         .and_then(|v| v.trim().parse::<u64>().ok())
-        .ok_or_else(|| GatewayError::downstream(ErrorKind::BadRequest, "the content-length header is not a number"))?;
+        .ok_or_else(|| GatewayError::client(ErrorKind::BadRequest, "the content-length header is not a number"))?;
     if declared > limits.max_body_bytes {
         return Err(too_large(declared, limits));
     }
@@ -171,7 +171,7 @@ pub fn refuse_upgrade<B>(req: &Request<B>) -> Result<(), GatewayError> {
             .get(header::UPGRADE)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("another protocol");
-        return Err(GatewayError::downstream(
+        return Err(GatewayError::client(
             ErrorKind::UpgradeUnsupported,
             format!(
                 "this gateway does not tunnel {what:?} upgrades (their traffic could not be inspected or metered); use HTTPS requests (Codex: supports_websockets = false)"
@@ -183,7 +183,7 @@ pub fn refuse_upgrade<B>(req: &Request<B>) -> Result<(), GatewayError> {
 
 /// The 413 for a body over the limit.
 pub fn too_large(size: u64, limits: &Limits) -> GatewayError {
-    GatewayError::downstream(
+    GatewayError::client(
         ErrorKind::PayloadTooLarge,
         format!(
             "request body of {size} bytes is over this gateway's limit of {} bytes; send less context, or ask the operator to raise limits.max_body_bytes",

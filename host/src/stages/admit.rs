@@ -54,7 +54,7 @@ pub fn admit(
         .rate_limiter
         .admit(&principal.key_id, principal.limits, facts.stream, estimated_input)
         .map_err(|r| {
-            let mut e = GatewayError::downstream(
+            let mut e = GatewayError::client(
                 ErrorKind::RateLimited,
                 format!(
                     "key {} is over its rate limit of {}; {}",
@@ -136,7 +136,7 @@ pub fn admit(
         Ok(over) => over_budget(&over),
         Err(store) => GatewayError::new(
             ErrorKind::StoreUnavailable,
-            crate::error::Side::Internal,
+            crate::error::Fault::Gateway,
             "the gateway cannot read its budgets right now, so it refuses rather than spend unchecked; retry shortly",
         )
         .with_cause(store),
@@ -205,7 +205,7 @@ fn batch_file(gw: &Gateway, provider: &str, file_id: &str) -> Result<Vec<Request
         .map_err(|e| GatewayError::internal(format!("looking up batch file {file_id:?}: {e}")))?;
     match record {
         Some(r) if r.purpose == "batch" && !r.requests.is_empty() => Ok(r.requests),
-        _ => Err(GatewayError::downstream(
+        _ => Err(GatewayError::client(
             ErrorKind::BadRequest,
             format!(
                 "input_file_id {file_id:?} is not a batch file uploaded through this gateway, so its requests were never checked; upload it here with POST /v1/files (purpose \"batch\") and use the id it returns"
@@ -239,7 +239,7 @@ pub fn worst_case(priced: Priced<'_>, facts: &RequestFacts, bytes_in: u64, defau
 const DEFAULT_CONTEXT_WINDOW: u64 = 1_000_000;
 
 fn unpriced_refusal(provider: &str, model: &str, why: &str) -> GatewayError {
-    let mut e = GatewayError::downstream(
+    let mut e = GatewayError::client(
         ErrorKind::BudgetExceeded,
         format!(
             "model {model:?} ({provider}) has no price in this gateway: {why}; an operator can add one with `conduit prices import FILE`"
@@ -250,13 +250,13 @@ fn unpriced_refusal(provider: &str, model: &str, why: &str) -> GatewayError {
 }
 
 fn over_budget(o: &OverBudget) -> GatewayError {
-    let usd = crate::ledger::usd;
+    let usd = crate::money::usd;
     let who = match o.scope.split_once(':') {
         Some(("key", id)) => format!("key {id}"),
         Some(("team", t)) => format!("team {t}"),
         _ => "the organisation".into(),
     };
-    let mut e = GatewayError::downstream(
+    let mut e = GatewayError::client(
         ErrorKind::BudgetExceeded,
         format!(
             "the {} budget of {who} is ${} per {}: ${} spent and ${} reserved by requests in flight leave less than this request's worst case of ${}; it resets at {}. Ask your platform team to raise it, or lower max_tokens",

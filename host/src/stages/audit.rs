@@ -113,7 +113,7 @@ fn emit(
         duration_ms,
         input_tokens = s.usage.input,
         output_tokens = s.usage.output,
-        cost_usd = %cost_micros.map(crate::ledger::usd).unwrap_or_else(|| "-".into()),
+        cost_usd = %cost_micros.map(crate::money::usd).unwrap_or_else(|| "-".into()),
         findings = ex.findings.len(),
         "request"
     );

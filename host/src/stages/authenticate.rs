@@ -28,7 +28,7 @@ const HOW: &str = "send the Conduit key you were issued as x-api-key or `Authori
 /// Authenticates the request's stand-in key.
 pub fn principal(store: &dyn Store, headers: &HeaderMap, now: i64) -> Result<Principal, GatewayError> {
     let token = presented_key(headers)?;
-    let unauthenticated = |msg: String| GatewayError::downstream(ErrorKind::Unauthenticated, msg);
+    let unauthenticated = |msg: String| GatewayError::client(ErrorKind::Unauthenticated, msg);
     match keys::check_format(token) {
         Ok(()) => {}
         Err(Malformed::Prefix) if looks_like_provider_key(token) => {
@@ -53,7 +53,7 @@ pub fn principal(store: &dyn Store, headers: &HeaderMap, now: i64) -> Result<Pri
         .map_err(|e| {
             GatewayError::new(
                 ErrorKind::StoreUnavailable,
-                crate::error::Side::Internal,
+                crate::error::Fault::Gateway,
                 "the gateway cannot check keys right now (its store is not answering); retry shortly",
             )
             .with_cause(e)
@@ -80,7 +80,7 @@ pub fn principal(store: &dyn Store, headers: &HeaderMap, now: i64) -> Result<Pri
 
 fn presented_key(headers: &HeaderMap) -> Result<&str, GatewayError> {
     let bad_header = |name: &str| {
-        GatewayError::downstream(
+        GatewayError::client(
             ErrorKind::Unauthenticated,
             format!("the {name} header is not valid text; {HOW}"),
         )
@@ -97,7 +97,7 @@ fn presented_key(headers: &HeaderMap) -> Result<&str, GatewayError> {
     if let Some(v) = headers.get(http::header::AUTHORIZATION) {
         let v = v.to_str().map_err(|_| bad_header("authorization"))?.trim();
         if v.starts_with("AWS4-HMAC-SHA256") {
-            return Err(GatewayError::downstream(
+            return Err(GatewayError::client(
                 ErrorKind::Unauthenticated,
                 "this request is signed with AWS credentials, which Conduit does not take from engineers: use your Conduit key as a Bedrock API key instead — set AWS_BEARER_TOKEN_BEDROCK=ck_… (and unset AWS_ACCESS_KEY_ID / AWS_PROFILE for this tool); Conduit signs for AWS itself",
             ));
@@ -107,7 +107,7 @@ fn presented_key(headers: &HeaderMap) -> Result<&str, GatewayError> {
             .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
             .map(|(_, t)| t.trim())
             .ok_or_else(|| {
-                GatewayError::downstream(
+                GatewayError::client(
                     ErrorKind::Unauthenticated,
                     format!("the authorization header is not of the form `Bearer <key>`; {HOW}"),
                 )
@@ -116,7 +116,7 @@ fn presented_key(headers: &HeaderMap) -> Result<&str, GatewayError> {
             return Ok(token);
         }
     }
-    Err(GatewayError::downstream(
+    Err(GatewayError::client(
         ErrorKind::Unauthenticated,
         format!("no API key in the request; {HOW}"),
     ))

@@ -43,7 +43,7 @@ pub fn for_upstream<'a>(gw: &Gateway, upstream: &'a Upstream) -> Result<Upstream
             };
             GatewayError::new(
                 ErrorKind::NotConfigured,
-                crate::error::Side::Internal,
+                crate::error::Fault::Gateway,
                 format!("no {provider} credential is set in this gateway; an operator must run {how}"),
             )
         })?;

@@ -194,7 +194,7 @@ fn for_bedrock(route: &Route<'_>, headers: &HeaderMap, body: &Bytes) -> Result<B
     } else {
         crate::bedrock::request_body(body, beta, &t.betas)
     }
-    .map_err(|why| GatewayError::downstream(ErrorKind::BadRequest, why))
+    .map_err(|why| GatewayError::client(ErrorKind::BadRequest, why))
 }
 
 /// Puts the real credential on the outgoing request: its header, or a SigV4 signature over

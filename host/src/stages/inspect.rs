@@ -32,7 +32,7 @@ pub async fn read(body: Incoming, limits: &Limits) -> Result<Bytes, GatewayError
     )
     .await
     .map_err(|_| {
-        GatewayError::downstream(
+        GatewayError::client(
             ErrorKind::RequestTimeout,
             format!(
                 "the request body did not arrive within {} s",
@@ -45,9 +45,7 @@ pub async fn read(body: Incoming, limits: &Limits) -> Result<Bytes, GatewayError
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
             Err(accept::too_large(limits.max_body_bytes + 1, limits))
         }
-        Err(e) => {
-            Err(GatewayError::downstream(ErrorKind::BadRequest, "the request body could not be read").with_cause(e))
-        }
+        Err(e) => Err(GatewayError::client(ErrorKind::BadRequest, "the request body could not be read").with_cause(e)),
     }
 }
 
@@ -65,12 +63,12 @@ pub fn extract<'b>(
         } else {
             ErrorKind::BadRequest
         };
-        GatewayError::downstream(kind, r.message)
+        GatewayError::client(kind, r.message)
     };
     match endpoint.body() {
         BodyKind::Json(shape) => {
             if body.is_empty() {
-                return Err(GatewayError::downstream(
+                return Err(GatewayError::client(
                     ErrorKind::BadRequest,
                     "this endpoint takes a JSON body, and the request has none",
                 ));
@@ -108,10 +106,10 @@ fn upload<'b>(
     egress: &EgressConfig,
     limits: &BodyLimits,
 ) -> Result<Extracted<'b>, GatewayError> {
-    let bad = |m: String| GatewayError::downstream(ErrorKind::BadRequest, m);
+    let bad = |m: String| GatewayError::client(ErrorKind::BadRequest, m);
     let ct = headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
     let boundary =
-        content::multipart::boundary(ct).map_err(|m| GatewayError::downstream(ErrorKind::UnsupportedMediaType, m))?;
+        content::multipart::boundary(ct).map_err(|m| GatewayError::client(ErrorKind::UnsupportedMediaType, m))?;
     let parts = content::multipart::parse(body, &boundary).map_err(bad)?;
     let mut out = Extracted {
         purpose: parts
@@ -128,7 +126,7 @@ fn upload<'b>(
             n
         };
         let refused = |r: content::Refusal| {
-            GatewayError::downstream(
+            GatewayError::client(
                 if r.too_large {
                     ErrorKind::PayloadTooLarge
                 } else {
@@ -163,7 +161,7 @@ fn upload<'b>(
                 out.opaque_bytes += part.body.len() as u64;
                 continue;
             }
-            return Err(GatewayError::downstream(
+            return Err(GatewayError::client(
                 ErrorKind::UnsupportedMediaType,
                 format!(
                     "the upload's part {:?} is binary ({}), which Conduit cannot scan, so nothing was sent; an operator can forward binary uploads unscanned with [egress] binary_uploads = \"forward\"",
@@ -181,7 +179,7 @@ fn upload<'b>(
             .extend(content::text(part.body, &name, origin, limits).map_err(refused)?);
     }
     if out.segments.len() > limits.max_segments {
-        return Err(GatewayError::downstream(
+        return Err(GatewayError::client(
             ErrorKind::PayloadTooLarge,
             "the upload holds more separate pieces of text than limits.max_text_values",
         ));
@@ -201,7 +199,7 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), GatewayError> {
         {
             Ok(())
         }
-        other => Err(GatewayError::downstream(
+        other => Err(GatewayError::client(
             ErrorKind::UnsupportedMediaType,
             format!(
                 "this endpoint takes a JSON body, but content-type is {}; send `content-type: application/json`",
@@ -235,7 +233,7 @@ pub fn json_problem(e: &serde_json::Error) -> String {
 pub fn parse_facts(body: &[u8]) -> Result<RequestFacts, GatewayError> {
     content::json(body, Shape::Request, &BodyLimits::default())
         .map(|e| e.facts)
-        .map_err(|r| GatewayError::downstream(ErrorKind::BadRequest, r.message))
+        .map_err(|r| GatewayError::client(ErrorKind::BadRequest, r.message))
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::content::Extracted;
-use crate::error::{ErrorKind, GatewayError, Side};
+use crate::error::{ErrorKind, Fault, GatewayError};
 use crate::gateway::Gateway;
 use crate::policy::runtime::RequestInfo;
 use crate::policy::segments::{Origin, Segment};
@@ -97,7 +97,7 @@ pub fn police(
     if let Some((policy, reason)) = &outcome.failure {
         return Err(GatewayError::new(
             ErrorKind::PolicyUnavailable,
-            Side::Internal,
+            Fault::Gateway,
             format!(
                 "could not check this request: policy `{policy}` {reason}, and it is set to fail closed, so nothing was sent. Try again; if it persists, tell your Conduit admin (request id in x-conduit-request-id)."
             ),
@@ -113,12 +113,9 @@ pub fn police(
             ErrorKind::PolicyBlocked
         };
         tracing::info!(request_id = %ex.id, policy = %policy, status, "request refused by policy decision");
-        return Err(GatewayError::downstream(
-            kind,
-            format!("refused this request: {message}"),
-        ));
+        return Err(GatewayError::client(kind, format!("refused this request: {message}")));
     }
-    Err(GatewayError::downstream(
+    Err(GatewayError::client(
         ErrorKind::PolicyBlocked,
         block_message(&outcome.findings, &ids),
     ))

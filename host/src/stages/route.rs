@@ -77,7 +77,7 @@ pub fn resolve<'a>(
     headers: &HeaderMap,
 ) -> Result<Routed<'a>, GatewayError> {
     let canonical =
-        crate::endpoint::canonical(uri.path()).map_err(|p| GatewayError::downstream(ErrorKind::BadRequest, p.0))?;
+        crate::endpoint::canonical(uri.path()).map_err(|p| GatewayError::client(ErrorKind::BadRequest, p.0))?;
     if canonical == "/" && (method == Method::GET || method == Method::HEAD) {
         return Ok(Routed::Local);
     }
@@ -107,7 +107,7 @@ pub fn resolve<'a>(
         .iter()
         .find(|(p, _)| path == *p || path.strip_prefix(p).is_some_and(|r| r.starts_with('/')))
     {
-        return Err(GatewayError::downstream(
+        return Err(GatewayError::client(
             ErrorKind::Forbidden,
             format!("{method} {path} is refused: {why}. Use the provider through this gateway instead"),
         ));
@@ -117,13 +117,13 @@ pub fn resolve<'a>(
         Err(NoMatch::Unknown) => return passthrough(upstreams, egress, method, &path, uri.query(), headers, pinned),
         Err(NoMatch::Method(allowed)) => {
             let allowed: Vec<&str> = allowed.iter().map(Method::as_str).collect();
-            return Err(GatewayError::downstream(
+            return Err(GatewayError::client(
                 ErrorKind::MethodNotAllowed,
                 format!("{path} takes {}, not {method}", allowed.join(" or ")),
             ));
         }
         Err(NoMatch::BadId(id)) => {
-            return Err(GatewayError::downstream(
+            return Err(GatewayError::client(
                 ErrorKind::BadRequest,
                 format!(
                     "{path:?} has a segment that is not an object id ({id:?}); ids are letters, digits, '_', '-' and '.'"
@@ -141,7 +141,7 @@ pub fn resolve<'a>(
     let upstream = upstreams.get(protocol);
     let translate_to_bedrock = protocol == Protocol::Anthropic && upstream.bedrock.is_some();
     if translate_to_bedrock && !matches!(endpoint, Endpoint::Messages | Endpoint::CountTokens) {
-        return Err(GatewayError::downstream(
+        return Err(GatewayError::client(
             ErrorKind::EndpointRefused,
             format!(
                 "{path} is not available here: this gateway sends Anthropic API requests to AWS Bedrock, which serves only /v1/messages and /v1/messages/count_tokens"
@@ -228,7 +228,7 @@ fn azure_native<'a>(
         "completions" => (Endpoint::Completions, "/openai/deployments/{id}/completions"),
         "embeddings" => (Endpoint::Embeddings, "/openai/deployments/{id}/embeddings"),
         _ => {
-            return Err(GatewayError::downstream(
+            return Err(GatewayError::client(
                 ErrorKind::EndpointRefused,
                 format!(
                     "{method} /openai{path} is not an Azure OpenAI operation this gateway inspects (chat/completions, completions, embeddings under a deployment); use the /openai/v1/… form"
@@ -237,7 +237,7 @@ fn azure_native<'a>(
         }
     };
     if method != Method::POST {
-        return Err(GatewayError::downstream(
+        return Err(GatewayError::client(
             ErrorKind::MethodNotAllowed,
             format!("/openai{path} takes POST, not {method}"),
         ));
@@ -290,7 +290,7 @@ fn passthrough<'a>(
         .enumerate()
         .find(|(_, p)| p.matches(family, method, path))
     else {
-        return Err(GatewayError::downstream(
+        return Err(GatewayError::client(
             ErrorKind::EndpointRefused,
             format!(
                 "{method} {path} ({family}) is not an endpoint this gateway inspects, so nothing was sent; an operator can declare it in [[egress.passthrough]] (docs/security.md, \"Egress\")"
@@ -351,16 +351,16 @@ fn complete_uri(route: &mut Route<'_>, facts: &inspect::RequestFacts) -> Result<
             .model
             .as_deref()
             .filter(|m| *m != inspect::INVALID_MODEL)
-            .ok_or_else(|| GatewayError::downstream(ErrorKind::BadRequest, "the request body names no `model`"))?;
+            .ok_or_else(|| GatewayError::client(ErrorKind::BadRequest, "the request body names no `model`"))?;
         let mut id = bedrock
             .translation
             .bedrock_id(model)
-            .map_err(|why| GatewayError::downstream(ErrorKind::BadRequest, why))?;
+            .map_err(|why| GatewayError::client(ErrorKind::BadRequest, why))?;
         let op = if route.endpoint == Endpoint::CountTokens {
             // Token counting takes the foundation model id, not an inference profile.
             id = crate::bedrock::foundation_model(&id)
                 .ok_or_else(|| {
-                    GatewayError::downstream(
+                    GatewayError::client(
                         ErrorKind::BadRequest,
                         format!("model {model:?} maps to {id:?}, for which Bedrock cannot count tokens (it needs a foundation model id such as anthropic.claude-…-v1:0)"),
                     )
@@ -385,7 +385,7 @@ fn complete_uri(route: &mut Route<'_>, facts: &inspect::RequestFacts) -> Result<
         return Ok(());
     };
     let model = facts.model.as_deref().filter(|m| *m != inspect::INVALID_MODEL).ok_or_else(|| {
-        GatewayError::downstream(
+        GatewayError::client(
             ErrorKind::BadRequest,
             "this gateway reaches Azure OpenAI, which needs the request's `model` to choose a deployment; the body names none",
         )
@@ -435,7 +435,7 @@ fn build_uri(upstream: &Upstream, mut target: String, query: Option<&str>) -> Re
         .authority(upstream.authority.clone())
         .path_and_query(target)
         .build()
-        .map_err(|_| GatewayError::downstream(ErrorKind::BadRequest, "the request path is not a valid URL path"))
+        .map_err(|_| GatewayError::client(ErrorKind::BadRequest, "the request path is not a valid URL path"))
 }
 
 /// A Bedrock-native request: runtime paths re-encode the model id; listings go to the control plane.

@@ -217,3 +217,31 @@ mod tests {
         assert!(MasterKey::from_base64(&b64, "x").is_ok());
     }
 }
+
+/// A configured secret: `Debug` never shows it, so a config printed while debugging leaks nothing.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct Redacted(String);
+
+impl Redacted {
+    /// Wraps a secret.
+    pub fn new(secret: String) -> Redacted {
+        Redacted(secret)
+    }
+
+    /// The secret, moved out.
+    pub fn into_inner(self) -> String {
+        self.0
+    }
+
+    /// The secret itself, for the one place that uses it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}

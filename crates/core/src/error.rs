@@ -1,4 +1,4 @@
-//! Error types. [`GatewayError`] ends a request on the request path and carries which side caused it;
+//! Error types. [`GatewayError`] ends a request on the request path and carries whose [`Fault`] it is;
 //! [`Error`] is everything else (start-up, store, CLI), rendered as one specific sentence.
 
 use std::fmt;
@@ -85,24 +85,25 @@ impl ErrorKind {
     }
 }
 
-/// Who caused a failure: the client, the provider side, or Conduit itself.
+/// Whose fault a failure is: the client's, the upstream's (provider, proxy), or Conduit's own.
+/// Decides the log level (a client's mistake is not an operator's problem) and the log's `fault`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Side {
-    /// The client sent something wrong.
-    Downstream,
+pub enum Fault {
+    /// The client sent something wrong (or something policy refuses).
+    Client,
     /// The upstream (provider, proxy) failed.
     Upstream,
     /// Conduit failed or is not configured.
-    Internal,
+    Gateway,
 }
 
-impl Side {
+impl Fault {
     /// Name for logs.
     pub fn as_str(self) -> &'static str {
         match self {
-            Side::Downstream => "downstream",
-            Side::Upstream => "upstream",
-            Side::Internal => "internal",
+            Fault::Client => "client",
+            Fault::Upstream => "upstream",
+            Fault::Gateway => "gateway",
         }
     }
 }
@@ -113,8 +114,8 @@ impl Side {
 pub struct GatewayError {
     /// Picks status and error type.
     pub kind: ErrorKind,
-    /// Who caused it.
-    pub side: Side,
+    /// Whose fault it is.
+    pub fault: Fault,
     /// Client-facing sentence.
     pub message: String,
     /// Internal detail for the log (may name upstream hosts; never secrets or bodies).
@@ -127,10 +128,10 @@ pub struct GatewayError {
 
 impl GatewayError {
     /// A failure with a client-facing message.
-    pub fn new(kind: ErrorKind, side: Side, message: impl Into<String>) -> Self {
+    pub fn new(kind: ErrorKind, fault: Fault, message: impl Into<String>) -> Self {
         GatewayError {
             kind,
-            side,
+            fault,
             message: message.into(),
             cause: None,
             retry_after: None,
@@ -139,20 +140,20 @@ impl GatewayError {
     }
 
     /// The client's fault.
-    pub fn downstream(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Self::new(kind, Side::Downstream, message)
+    pub fn client(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self::new(kind, Fault::Client, message)
     }
 
     /// The upstream's fault.
     pub fn upstream(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Self::new(kind, Side::Upstream, message)
+        Self::new(kind, Fault::Upstream, message)
     }
 
     /// Conduit's fault; the cause is logged, the client sees a generic sentence with the request id.
     pub fn internal(cause: impl fmt::Display) -> Self {
         let mut e = Self::new(
             ErrorKind::Internal,
-            Side::Internal,
+            Fault::Gateway,
             "internal error in the gateway; the operator can find the cause in the gateway log by this request's x-conduit-request-id",
         );
         e.cause = Some(cause.to_string());
@@ -168,7 +169,7 @@ impl GatewayError {
 
 impl fmt::Display for GatewayError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} ({}): {}", self.kind.as_str(), self.side.as_str(), self.message)?;
+        write!(f, "{} ({}): {}", self.kind.as_str(), self.fault.as_str(), self.message)?;
         if let Some(cause) = &self.cause {
             write!(f, "; cause: {cause}")?;
         }
@@ -201,12 +202,6 @@ impl fmt::Display for Error {
 }
 
 impl std::error::Error for Error {}
-
-impl From<sled::Error> for Error {
-    fn from(e: sled::Error) -> Self {
-        Error(format!("store error: {e}"))
-    }
-}
 
 impl From<std::io::Error> for Error {
     fn from(e: std::io::Error) -> Self {
