@@ -23,7 +23,7 @@ use crate::audit::Pending;
 use crate::usage::{Observed, UsageTap};
 
 /// Error type of gateway bodies.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub use conduit_wire::BoxError;
 
 pin_project_lite::pin_project! {
     /// Body of every response the gateway writes.
@@ -182,7 +182,7 @@ pub enum Source {
     /// The upstream's body, unchanged.
     Plain(Incoming),
     /// Bedrock event-stream → Anthropic SSE.
-    Sse(crate::bedrock::SseFromEventStream),
+    Sse(crate::bedrock::SseFromEventStream<Incoming>),
     /// A body already read and rewritten.
     Ready(Option<Bytes>),
 }

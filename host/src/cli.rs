@@ -125,8 +125,8 @@ pub enum PricesCommand {
         /// The file.
         file: PathBuf,
     },
-    /// For maintainers: write the shipped table (host/prices.toml) from LiteLLM's price map and our
-    /// own rows. `host/prices-refresh.sh` runs it on the pinned LiteLLM release.
+    /// For maintainers: write the shipped table (crates/wire/prices.toml) from LiteLLM's price map and our
+    /// own rows. `crates/wire/prices-refresh.sh` runs it on the pinned LiteLLM release.
     #[command(hide = true)]
     Generate {
         /// LiteLLM's model_prices_and_context_window.json (inside the `litellm` package).
@@ -962,7 +962,10 @@ fn generate_prices(
     println!("left out of the source:");
     let mut other = (0, 0);
     for (why, n) in &g.skipped {
-        if crate::protocol::CREDENTIAL_PROVIDERS.iter().any(|p| why.starts_with(p)) {
+        if crate::protocol::Provider::ALL
+            .iter()
+            .any(|p| why.starts_with(p.as_str()))
+        {
             println!("  {n:>5}  {why}");
         } else {
             other = (other.0 + 1, other.1 + n);

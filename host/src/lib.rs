@@ -19,23 +19,21 @@
 //! The request path is in [`pipeline`]; each stage is a module under [`stages`].
 
 pub use conduit_core::{clock, error, fsperm, hex, keys, money, percent, seal};
+pub use conduit_wire::{
+    bedrock, content, egress, endpoint, error_shape, eventstream, prices, protocol, segments, sigv4, usage,
+};
 
 pub mod admin;
 pub mod admin_client;
 pub mod admission;
 pub mod audit;
-pub mod bedrock;
 pub mod body;
 pub mod cli;
 pub mod cli_audit;
 pub mod cli_policy;
 pub mod config;
-pub mod content;
 pub mod dashboard;
 pub mod demo;
-pub mod egress;
-pub mod endpoint;
-pub mod eventstream;
 pub mod gateway;
 pub mod ledger;
 pub mod metrics;
@@ -43,16 +41,11 @@ pub mod mock;
 pub mod ops;
 pub mod pipeline;
 pub mod policy;
-pub mod prices;
-pub mod protocol;
-pub mod rescue;
 pub mod server;
-pub mod sigv4;
 pub mod stages;
 pub mod store;
 pub mod telemetry;
 pub mod upstream;
-pub mod usage;
 
 #[cfg(test)]
 pub(crate) use conduit_core::testing;

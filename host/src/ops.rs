@@ -137,16 +137,12 @@ pub fn set_credential(
     provider: &str,
     secret: Zeroizing<String>,
 ) -> Result<CredentialInfo> {
-    let provider = crate::protocol::CREDENTIAL_PROVIDERS
-        .iter()
-        .copied()
-        .find(|p| p.eq_ignore_ascii_case(provider))
-        .ok_or_else(|| {
-            Error::msg(format!(
-                "unknown provider {provider:?}; expected one of: {}",
-                crate::protocol::CREDENTIAL_PROVIDERS.join(", ")
-            ))
-        })?;
+    let provider = crate::protocol::Provider::parse(provider).ok_or_else(|| {
+        Error::msg(format!(
+            "unknown provider {provider:?}; expected one of: {}",
+            crate::protocol::Provider::names()
+        ))
+    })?;
     let secret = Zeroizing::new(secret.trim().to_string());
     if secret.is_empty() {
         return Err(Error::msg(format!(
@@ -158,12 +154,21 @@ pub fn set_credential(
             "the {provider} credential contains control characters and could not be sent in a header; nothing was stored"
         )));
     }
-    if provider == "bedrock" {
+    if provider == crate::protocol::Provider::Bedrock {
         crate::sigv4::AwsCredential::parse(&secret).map_err(Error::msg)?;
     }
     let id = "default";
-    let version = store.credential(provider, id)?.map(|c| c.version + 1).unwrap_or(1);
-    let sealed = master.seal(provider, id, version, secret.as_bytes(), crate::clock::now_unix())?;
+    let version = store
+        .credential(provider.as_str(), id)?
+        .map(|c| c.version + 1)
+        .unwrap_or(1);
+    let sealed = master.seal(
+        provider.as_str(),
+        id,
+        version,
+        secret.as_bytes(),
+        crate::clock::now_unix(),
+    )?;
     store.put_credential(&sealed)?;
     Ok(CredentialInfo::from(&sealed))
 }

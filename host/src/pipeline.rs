@@ -22,7 +22,7 @@
 //! ```
 //!
 //! A stage ends a request by returning a [`GatewayError`]; [`handle`] is the one place that turns
-//! it into a provider-shaped response (via `rescue`) and makes sure `audit` still runs.
+//! it into a response in the family's error shape (`conduit_wire::error_shape`) and makes sure `audit` still runs.
 
 use std::net::SocketAddr;
 
@@ -31,8 +31,8 @@ use hyper::body::Incoming;
 
 use crate::body::GatewayBody;
 use crate::error::GatewayError;
+use crate::error_shape::{self, REQUEST_ID_HEADER};
 use crate::gateway::Gateway;
-use crate::rescue::{self, REQUEST_ID_HEADER};
 use crate::stages::route::Routed;
 use crate::stages::{accept, admit, audit, authenticate, credential, forward, inspect, police, route, settle};
 
@@ -48,7 +48,7 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>, peer: SocketAddr) -> R
         }
         Err(err) => {
             log_failure(&exchange, &err);
-            let response = rescue::render(&err, exchange.protocol, &exchange.id);
+            let response = error_shape::render(&err, exchange.protocol, &exchange.id).map(GatewayBody::full);
             let status = response.status().as_u16();
             let settled = settle::settle(&gw.settlement(), &exchange, status, None, None, None);
             durable(audit::record(&gw.audit, exchange, status, Some(&err), settled)).await;

@@ -5,6 +5,7 @@
 
 mod common;
 
+use conduit::protocol::Provider;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -189,7 +190,7 @@ async fn responses(h: &Harness, body: &str) -> Reply {
 async fn an_unpriced_model_is_reserved_and_billed_at_the_ceiling() {
     let h = Harness::start().await;
     let prices = h.gateway().prices();
-    let ceiling = prices.ceiling_row("openai").unwrap().clone();
+    let ceiling = prices.ceiling_row(Provider::OpenAi).unwrap().clone();
     let body = r#"{"model":"gpt-6.2-sol","max_output_tokens":1000,"input":"x"}"#;
     let worst = ceiling.worst_case(body.len() as u64, 1000, 0, Default::default());
     // A budget one micro-dollar short of the ceiling's worst case refuses it: the reservation is
@@ -308,17 +309,17 @@ async fn each_model_is_billed_by_its_own_row() {
     assert_eq!(r.status, 200);
     let rows = h.spend(4).await;
     for (provider, model, expect_row) in [
-        ("openai", "gpt-5.5", "gpt-5.5"),
-        ("openai", "gpt-5", "gpt-5"),
+        (Provider::OpenAi, "gpt-5.5", "gpt-5.5"),
+        (Provider::OpenAi, "gpt-5", "gpt-5"),
         (
-            "openai",
+            Provider::OpenAi,
             "gpt-9-foo",
-            prices.ceiling_row("openai").unwrap().model.as_str(),
+            prices.ceiling_row(Provider::OpenAi).unwrap().model.as_str(),
         ),
         (
-            "anthropic",
+            Provider::Anthropic,
             "claude-opus-9",
-            prices.ceiling_row("anthropic").unwrap().model.as_str(),
+            prices.ceiling_row(Provider::Anthropic).unwrap().model.as_str(),
         ),
     ] {
         let row = rows.iter().find(|r| r.model == model).unwrap();
@@ -331,8 +332,8 @@ async fn each_model_is_billed_by_its_own_row() {
         assert_eq!(row.unpriced, u64::from(model.contains('9')), "{model}");
     }
     assert_ne!(
-        prices.lookup("openai", "gpt-5").unwrap().rates,
-        prices.lookup("openai", "gpt-5.5").unwrap().rates
+        prices.lookup(Provider::OpenAi, "gpt-5").unwrap().rates,
+        prices.lookup(Provider::OpenAi, "gpt-5.5").unwrap().rates
     );
 }
 

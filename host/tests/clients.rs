@@ -488,7 +488,7 @@ async fn codex_under_a_budget_is_billed_at_the_ceiling_for_its_unpriced_model() 
         .find(|r| r.model == "gpt-6.2-sol")
         .unwrap_or_else(|| panic!("{rows:?}"));
     let prices = h.gateway().prices();
-    let ceiling = prices.ceiling_row("openai").unwrap();
+    let ceiling = prices.ceiling_row(conduit::protocol::Provider::OpenAi).unwrap();
     assert_eq!(row.unpriced, row.requests, "{row:?}");
     assert_eq!(
         row.cost_micros,

@@ -902,7 +902,7 @@ async fn openai_batches_run_only_files_uploaded_and_scanned_here() {
     // Billed at its worst case, at batch rates, flagged as an estimate.
     let rows = h.spend(2).await;
     let prices = h.gateway().prices();
-    let gpt5 = prices.lookup("openai", "gpt-5").unwrap();
+    let gpt5 = prices.lookup(conduit::protocol::Provider::OpenAi, "gpt-5").unwrap();
     let batch_rates = conduit::prices::Billing {
         tier: conduit::prices::Tier::Batch,
         ..Default::default()

@@ -103,7 +103,10 @@ async fn recorded_usage_equals_emitted_usage_and_cost_equals_tokens_times_price(
         };
         assert_eq!(
             r.cost_micros,
-            prices.lookup(provider, model).unwrap().cost_micros(&expected),
+            prices
+                .lookup(conduit::protocol::Provider::parse(provider).unwrap(), model)
+                .unwrap()
+                .cost_micros(&expected),
             "{model}: cost"
         );
         assert!(r.cost_micros > 0, "{model}: never a silent $0");
@@ -130,7 +133,7 @@ async fn recorded_usage_equals_emitted_usage_and_cost_equals_tokens_times_price(
     );
     // A model without a price: tokens recorded, billed at OpenAI's ceiling (never $0), and marked.
     let r = row(&rows, "gpt-6.2-sol");
-    let ceiling = prices.ceiling_row("openai").unwrap();
+    let ceiling = prices.ceiling_row(conduit::protocol::Provider::OpenAi).unwrap();
     assert_eq!((r.unpriced, r.cost_micros), (1, ceiling.cost_micros(&r.usage())));
     assert!(r.output > 0 && r.cost_micros > 0);
 

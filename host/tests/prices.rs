@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use common::installed::{peers_dir, require};
 use conduit::prices::{Basis, PriceTable};
 
-const SHIPPED: &str = include_str!("../prices.toml");
+const SHIPPED: &str = include_str!("../../crates/wire/prices.toml");
 
 /// `litellm X.Y.Z` and the date from the generated table's header.
 fn table_source() -> (String, String) {
@@ -51,7 +51,11 @@ fn the_shipped_table_is_what_the_generator_makes_from_the_pinned_source() {
     let Some(map) = require(&format!("LiteLLM {version} (its price map)"), litellm_map(&version)) else {
         return;
     };
-    let overrides = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/prices-overrides.toml")).unwrap();
+    let overrides = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../crates/wire/prices-overrides.toml"
+    ))
+    .unwrap();
     let generated = conduit::prices::generate(
         &std::fs::read(&map).unwrap(),
         &overrides,
@@ -61,7 +65,7 @@ fn the_shipped_table_is_what_the_generator_makes_from_the_pinned_source() {
     .unwrap();
     assert!(
         generated.text == SHIPPED,
-        "host/prices.toml is not what host/prices-refresh.sh {version} {date} makes: it was edited by hand, or the overrides changed without regenerating"
+        "crates/wire/prices.toml is not what crates/wire/prices-refresh.sh {version} {date} makes: it was edited by hand, or the overrides changed without regenerating"
     );
     for provider in ["anthropic", "openai", "azure", "bedrock"] {
         assert!(
@@ -82,16 +86,15 @@ fn every_source_id_resolves_to_its_own_row_or_to_none() {
     let t = PriceTable::shipped().unwrap();
     // Every row resolves to itself.
     for r in t.rows() {
-        let found = t.lookup(&r.provider, &r.model).unwrap();
+        let found = t.lookup(r.provider, &r.model).unwrap();
         assert_eq!((&found.provider, &found.model), (&r.provider, &r.model));
     }
     let source: serde_json::Value = serde_json::from_slice(&std::fs::read(map).unwrap()).unwrap();
     let (mut own, mut none) = (0, 0);
     for (key, e) in source.as_object().unwrap() {
-        let provider = match e["litellm_provider"].as_str().unwrap_or("") {
-            "bedrock" | "bedrock_converse" => "bedrock",
-            p @ ("anthropic" | "openai" | "azure") => p,
-            _ => continue,
+        let Some(provider) = conduit::protocol::Provider::from_litellm(e["litellm_provider"].as_str().unwrap_or(""))
+        else {
+            continue;
         };
         let id = key
             .strip_prefix(&format!("{provider}/"))
@@ -129,7 +132,7 @@ fn the_models_conduit_sends_to_bedrock_are_priced() {
             continue;
         }
         for id in [base.to_string(), format!("us.{base}")] {
-            let p = t.price("bedrock", &id).unwrap();
+            let p = t.price(conduit::protocol::Provider::Bedrock, &id).unwrap();
             assert_ne!(p.basis, Basis::Ceiling, "{name} → {id} has no Bedrock price");
         }
     }

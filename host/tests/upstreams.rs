@@ -121,12 +121,20 @@ async fn bedrock_native_requests_are_re_signed_forwarded_unchanged_and_metered()
         .iter()
         .find(|r| r.model == "us.anthropic.claude-sonnet-4-5-20250929-v1:0")
         .expect("the Sonnet 4.5 profile is recorded by its Bedrock id");
-    let price = h.gateway().prices().lookup("bedrock", &sonnet.model).cloned().unwrap();
+    let price = h
+        .gateway()
+        .prices()
+        .lookup(conduit::protocol::Provider::Bedrock, &sonnet.model)
+        .cloned()
+        .unwrap();
     // Its own row: the geographic profile, 10 % above the global profile's list price.
     let global = h
         .gateway()
         .prices()
-        .lookup("bedrock", "global.anthropic.claude-sonnet-4-5-20250929-v1:0")
+        .lookup(
+            conduit::protocol::Provider::Bedrock,
+            "global.anthropic.claude-sonnet-4-5-20250929-v1:0",
+        )
         .cloned()
         .unwrap();
     assert_eq!(price.model, sonnet.model);

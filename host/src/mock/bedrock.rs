@@ -367,7 +367,7 @@ fn stream_reply(chunks: Vec<Bytes>, usage: Usage) -> Reply {
 
 /// An AWS JSON error (`x-amzn-errortype` is added by the server from the body's `__type`).
 pub fn error(status: StatusCode, message: &str) -> Reply {
-    let kind = crate::rescue::aws_error_type(status);
+    let kind = crate::error_shape::aws_error_type(status);
     Reply {
         family: Family::Bedrock,
         status,

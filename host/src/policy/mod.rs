@@ -25,7 +25,7 @@ pub mod config;
 pub mod modes;
 pub mod ops;
 pub mod runtime;
-pub mod segments;
+pub use conduit_wire::segments;
 pub mod set;
 pub mod signature;
 

@@ -41,7 +41,7 @@ pub struct Exchange {
     /// Family, once routed.
     pub protocol: Option<Protocol>,
     /// Provider answering (`anthropic`, `openai`, `azure`, `bedrock`), once routed.
-    pub provider: Option<&'static str>,
+    pub provider: Option<crate::protocol::Provider>,
     /// Upstream `host:port`, once routed.
     pub upstream: Option<String>,
     /// Stand-in key id, once authenticated.

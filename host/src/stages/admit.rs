@@ -23,6 +23,7 @@ use crate::endpoint::Endpoint;
 use crate::error::{ErrorKind, GatewayError};
 use crate::gateway::Gateway;
 use crate::prices::{Basis, Priced, Unpriced};
+use crate::protocol::Provider;
 use crate::stages::accept::Exchange;
 use crate::stages::authenticate::Principal;
 use crate::stages::inspect::RequestFacts;
@@ -82,7 +83,7 @@ pub fn admit(
         return Ok(admitted);
     }
     let prices = gw.prices();
-    let provider = ex.provider.unwrap_or("-");
+    let provider = route.upstream.provider;
     let default_output = gw.config.limits.default_max_output_tokens;
     let worst = match route.endpoint {
         Endpoint::Passthrough(i) => {
@@ -149,7 +150,7 @@ pub fn admit(
 /// no price of its own.
 fn priced<'t>(
     prices: &'t crate::prices::PriceTable,
-    provider: &str,
+    provider: Provider,
     model: &str,
 ) -> Result<Option<Priced<'t>>, GatewayError> {
     let priced = prices.price(provider, model);
@@ -171,7 +172,7 @@ fn priced<'t>(
 /// A batch's worst case: each request's, at batch rates, summed.
 fn batch_worst_case(
     prices: &crate::prices::PriceTable,
-    provider: &str,
+    provider: Provider,
     requests: &[RequestFacts],
     default_output: u64,
 ) -> Result<u64, GatewayError> {
@@ -198,10 +199,10 @@ fn batch_worst_case(
 }
 
 /// The requests of a batch input file this gateway uploaded (and scanned), or a refusal.
-fn batch_file(gw: &Gateway, provider: &str, file_id: &str) -> Result<Vec<RequestFacts>, GatewayError> {
+fn batch_file(gw: &Gateway, provider: Provider, file_id: &str) -> Result<Vec<RequestFacts>, GatewayError> {
     let record = gw
         .store
-        .upload(provider, file_id)
+        .upload(provider.as_str(), file_id)
         .map_err(|e| GatewayError::internal(format!("looking up batch file {file_id:?}: {e}")))?;
     match record {
         Some(r) if r.purpose == "batch" && !r.requests.is_empty() => Ok(r.requests),
@@ -238,7 +239,7 @@ pub fn worst_case(priced: Priced<'_>, facts: &RequestFacts, bytes_in: u64, defau
 /// Context window assumed for a model whose row does not say.
 const DEFAULT_CONTEXT_WINDOW: u64 = 1_000_000;
 
-fn unpriced_refusal(provider: &str, model: &str, why: &str) -> GatewayError {
+fn unpriced_refusal(provider: Provider, model: &str, why: &str) -> GatewayError {
     let mut e = GatewayError::client(
         ErrorKind::BudgetExceeded,
         format!(

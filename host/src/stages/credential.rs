@@ -32,15 +32,10 @@ pub fn for_upstream<'a>(gw: &Gateway, upstream: &'a Upstream) -> Result<Upstream
     let provider = upstream.provider;
     let sealed = gw
         .store
-        .credential(provider, "default")
+        .credential(provider.as_str(), "default")
         .map_err(|e| GatewayError::internal(format!("credential lookup failed: {e}")))?
         .ok_or_else(|| {
-            let how = if provider == "bedrock" {
-                "`conduit credentials set bedrock --from-aws-env` (an access key pair) or `--from-env VAR` (a Bedrock API key)"
-                    .to_string()
-            } else {
-                format!("`conduit credentials set {provider} --from-env VAR`")
-            };
+            let how = provider.credential_hint();
             GatewayError::new(
                 ErrorKind::NotConfigured,
                 crate::error::Fault::Gateway,

@@ -209,26 +209,6 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), GatewayError> {
     }
 }
 
-/// Why a request body is not the JSON expected, without any of its text: serde_json's data
-/// errors quote the offending value (`invalid type: string "…"`), and refusals reach the log. Only
-/// messages that name our own fields (`duplicate field`, `missing field`) are kept as they are.
-pub fn json_problem(e: &serde_json::Error) -> String {
-    use serde_json::error::Category;
-    let text = e.to_string();
-    match e.classify() {
-        Category::Data if text.starts_with("duplicate field") || text.starts_with("missing field") => {
-            format!("the request body is not a JSON object of the expected shape: {text}")
-        }
-        Category::Data => format!(
-            "the request body is not a JSON object of the expected shape: a value of the wrong type at line {} column {}",
-            e.line(),
-            e.column()
-        ),
-        // Syntax and EOF messages name a position and what was expected, never the input.
-        Category::Syntax | Category::Eof | Category::Io => format!("the request body is not valid JSON: {text}"),
-    }
-}
-
 /// The facts of a JSON request body (tests, the CLI's `policy test`): what [`extract`] finds.
 pub fn parse_facts(body: &[u8]) -> Result<RequestFacts, GatewayError> {
     content::json(body, Shape::Request, &BodyLimits::default())

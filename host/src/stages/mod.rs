@@ -1,6 +1,6 @@
 //! The request stages, one module each, in the order `pipeline` runs them. Each module says what it
 //! reads, what it decides and what it returns; any stage may end the request with a
-//! [`GatewayError`](crate::error::GatewayError), which `rescue` renders in the provider's shape.
+//! [`GatewayError`](crate::error::GatewayError), which `error_shape` renders in the family's shape.
 
 pub mod accept;
 pub mod admit;

@@ -707,7 +707,7 @@ mod tests {
             Routed::Upstream(r) => *r,
             Routed::Local => panic!(),
         };
-        assert_eq!(r.upstream.provider, "azure");
+        assert_eq!(r.upstream.provider, crate::protocol::Provider::Azure);
         let mut facts = inspect::RequestFacts {
             model: Some("gpt-4o".into()),
             ..Default::default()

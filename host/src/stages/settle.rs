@@ -89,7 +89,7 @@ pub fn settle(
         None => (Usage::default(), false),
     };
     let model = ex.model.clone().unwrap_or_else(|| "-".into());
-    let provider = ex.provider.unwrap_or("-");
+    let provider = ex.provider;
     // The provider's word on the tier and multipliers wins; else what the request asked for.
     let billing = seen.and_then(|o| o.billing).unwrap_or(ex.billing);
     let fixed = admitted.as_ref().and_then(|a| a.charge);
@@ -101,7 +101,7 @@ pub fn settle(
     } else if usage == Usage::default() {
         (Some(0), None)
     } else {
-        match s.prices.price(provider, &model) {
+        match provider.and_then(|p| s.prices.price(p, &model)) {
             Some(p) => (Some(p.row.cost(&usage, billing)), Some(p.basis)),
             None => (None, None),
         }
@@ -130,7 +130,7 @@ pub fn settle(
         key_id: key_id.clone(),
         owner: ex.owner.clone().unwrap_or_default(),
         team: ex.team.clone().unwrap_or_else(|| "-".into()),
-        provider: provider.to_string(),
+        provider: provider.map_or("-", |p| p.as_str()).to_string(),
         model,
         usage,
         cost_micros,

@@ -1,22 +1,22 @@
-//! The one place where a failed request becomes an HTTP response.
+//! Each family's error shape: how a failed request looks to its client.
 //!
-//! Any stage can end a request with a [`GatewayError`]; `rescue::render` turns it into the error shape
-//! of the provider the client thinks it is talking to, so SDKs raise their usual exception types and
-//! Claude Code prints the message. Internals (causes, upstream addresses) go to the log, never here.
+//! Any request stage can end a request with a [`GatewayError`]; [`render`] turns it into the error
+//! shape of the family the client thinks it is talking to, so SDKs raise their usual exception
+//! types and Claude Code prints the message. Internals (causes, upstream addresses) go to the log,
+//! never here.
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use serde_json::json;
 
-use crate::body::GatewayBody;
-use crate::error::{ErrorKind, GatewayError};
 use crate::protocol::Protocol;
+use conduit_core::error::{ErrorKind, GatewayError};
 
 /// Header carrying Conduit's request id on every response.
 pub const REQUEST_ID_HEADER: &str = "x-conduit-request-id";
 
 /// Renders `err` for a client of `protocol` (Anthropic's shape when the route is not known yet).
-pub fn render(err: &GatewayError, protocol: Option<Protocol>, request_id: &str) -> Response<GatewayBody> {
+pub fn render(err: &GatewayError, protocol: Option<Protocol>, request_id: &str) -> Response<Bytes> {
     let (status, anthropic_type, openai_type, openai_code) = shape(err.kind);
     let message = format!("conduit: {}", err.message);
     let body = match protocol.unwrap_or(Protocol::Anthropic) {
@@ -31,7 +31,7 @@ pub fn render(err: &GatewayError, protocol: Option<Protocol>, request_id: &str) 
         // AWS JSON protocol errors: the type travels in `x-amzn-ErrorType` (set below) and `__type`.
         Protocol::Bedrock => json!({"message": message, "__type": aws_error_type(status)}),
     };
-    let mut response = Response::new(GatewayBody::full(Bytes::from(body.to_string())));
+    let mut response = Response::new(Bytes::from(body.to_string()));
     *response.status_mut() = status;
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));

@@ -1,10 +1,10 @@
 //! Prices: what a model's tokens cost, in integer micro-dollars.
 //!
-//! **The shipped table** (`host/prices.toml`) is generated, not hand-edited: [`generate`] reads
+//! **The shipped table** (`crates/wire/prices.toml`) is generated, not hand-edited: [`generate`] reads
 //! LiteLLM's `model_prices_and_context_window.json` (the copy inside a pinned `litellm` release)
-//! plus our own rows (`host/prices-overrides.toml`) and writes one row per model id with its
+//! plus our own rows (`crates/wire/prices-overrides.toml`) and writes one row per model id with its
 //! source, source version and effective date, its context window and maximum output. Refreshing it
-//! is one command (`host/prices-refresh.sh`), and the result is a reviewable diff.
+//! is one command (`crates/wire/prices-refresh.sh`), and the result is a reviewable diff.
 //!
 //! **Matching never prices one model by another's row.** A row names one exact model id. A
 //! request's model resolves to a row by, in order: the id itself; the id without a provider prefix
@@ -30,8 +30,9 @@ use std::collections::{BTreeMap, HashMap};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::error::{Error, Result};
+use crate::protocol::Provider;
 use crate::usage::Usage;
+use conduit_core::error::{Error, Result};
 
 /// Micro-dollars per million tokens, per token class.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -105,8 +106,8 @@ pub enum Tier {
 /// One priced model id.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PriceRow {
-    /// `anthropic`, `openai`, `azure`, `bedrock`.
-    pub provider: String,
+    /// Whose model this is.
+    pub provider: Provider,
     /// The exact model id (lowercase).
     pub model: String,
     /// Standard rates.
@@ -290,7 +291,7 @@ pub struct PriceConfig {
     /// What unknown models get.
     pub unpriced: Unpriced,
     /// Operator-chosen ceiling model per provider.
-    pub ceiling: BTreeMap<String, String>,
+    pub ceiling: BTreeMap<Provider, String>,
 }
 
 impl RawPrices {
@@ -307,15 +308,14 @@ impl RawPrices {
         };
         let table = PriceTable::shipped()?;
         let mut ceiling = BTreeMap::new();
-        for (provider, model) in self.ceiling {
-            let provider = provider.to_ascii_lowercase();
-            if !crate::protocol::CREDENTIAL_PROVIDERS.contains(&provider.as_str()) {
+        for (name, model) in self.ceiling {
+            let Some(provider) = Provider::parse(&name) else {
                 return Err(Error::msg(format!(
-                    "[prices.ceiling] names provider {provider:?}; expected one of: {}",
-                    crate::protocol::CREDENTIAL_PROVIDERS.join(", ")
+                    "[prices.ceiling] names provider {name:?}; expected one of: {}",
+                    Provider::names()
                 )));
-            }
-            if table.lookup(&provider, &model).is_none() {
+            };
+            if table.lookup(provider, &model).is_none() {
                 return Err(Error::msg(format!(
                     "[prices.ceiling] {provider} = {model:?} is not a model in the price table; name one `conduit prices list` shows"
                 )));
@@ -330,8 +330,8 @@ impl RawPrices {
 #[derive(Debug, Clone, Default)]
 pub struct PriceTable {
     rows: Vec<PriceRow>,
-    index: HashMap<(String, String), usize>,
-    ceiling: HashMap<String, usize>,
+    index: HashMap<(Provider, String), usize>,
+    ceiling: HashMap<Provider, usize>,
     config: PriceConfig,
 }
 
@@ -342,7 +342,7 @@ impl PriceTable {
         static SHIPPED: std::sync::LazyLock<std::result::Result<Vec<PriceRow>, String>> =
             std::sync::LazyLock::new(|| {
                 parse_toml(include_str!("../prices.toml"), "shipped")
-                    .map_err(|e| format!("the shipped price table (host/prices.toml): {e}"))
+                    .map_err(|e| format!("the shipped price table (crates/wire/prices.toml): {e}"))
             });
         let rows = SHIPPED.as_ref().map_err(|e| Error::msg(e.clone()))?.clone();
         Ok(PriceTable::from_rows(rows, PriceConfig::default()))
@@ -363,12 +363,12 @@ impl PriceTable {
             .rows
             .iter()
             .enumerate()
-            .map(|(i, r)| ((r.provider.clone(), r.model.clone()), i))
+            .map(|(i, r)| ((r.provider, r.model.clone()), i))
             .collect();
         // The ceiling: the operator's choice, else the provider's dearest current chat model
         // (embedding-only rows are cheap and do not count), by output rate, then input rate.
-        let today = crate::clock::format_date(crate::clock::now_unix());
-        let mut ceiling: HashMap<String, usize> = HashMap::new();
+        let today = conduit_core::clock::format_date(conduit_core::clock::now_unix());
+        let mut ceiling: HashMap<Provider, usize> = HashMap::new();
         for (i, r) in self.rows.iter().enumerate() {
             if !r.is_current(&today) || r.rates.output == 0 {
                 continue;
@@ -378,12 +378,12 @@ impl PriceTable {
                 (r.rates.output, r.rates.input, &c.model) > (c.rates.output, c.rates.input, &r.model)
             };
             if ceiling.get(&r.provider).is_none_or(dearer) {
-                ceiling.insert(r.provider.clone(), i);
+                ceiling.insert(r.provider, i);
             }
         }
         for (provider, model) in &self.config.ceiling {
-            if let Some(&i) = self.index.get(&(provider.clone(), model.clone())) {
-                ceiling.insert(provider.clone(), i);
+            if let Some(&i) = self.index.get(&(*provider, model.clone())) {
+                ceiling.insert(*provider, i);
             }
         }
         self.ceiling = ceiling;
@@ -422,20 +422,16 @@ impl PriceTable {
 
     /// The model's own row (override or shipped), by the matching rules of the module docs; `None`
     /// when the model has none.
-    pub fn lookup(&self, provider: &str, model: &str) -> Option<&PriceRow> {
-        let provider = provider.trim().to_ascii_lowercase();
+    pub fn lookup(&self, provider: Provider, model: &str) -> Option<&PriceRow> {
         let model = model.trim().to_ascii_lowercase();
-        let found = candidates(&provider, &model).find_map(|m| self.index.get(&(provider.clone(), m)));
-        let found = found.or_else(|| match provider.as_str() {
-            "azure" => candidates("openai", &model).find_map(|m| self.index.get(&("openai".to_string(), m))),
-            _ => None,
-        });
+        let own = |p: Provider| candidates(p, &model).find_map(|m| self.index.get(&(p, m)));
+        let found = own(provider).or_else(|| provider.price_fallback().and_then(own));
         found.map(|&i| &self.rows[i])
     }
 
     /// The row that prices a request: its own, else its provider's ceiling (`None` only for a
     /// provider with no rows at all).
-    pub fn price(&self, provider: &str, model: &str) -> Option<Priced<'_>> {
+    pub fn price(&self, provider: Provider, model: &str) -> Option<Priced<'_>> {
         if let Some(row) = self.lookup(provider, model) {
             let basis = if row.origin == "override" {
                 Basis::Override
@@ -450,13 +446,12 @@ impl PriceTable {
         })
     }
 
-    /// The provider's ceiling row (Azure: its own rows, else OpenAI's).
-    pub fn ceiling_row(&self, provider: &str) -> Option<&PriceRow> {
-        let provider = provider.trim().to_ascii_lowercase();
+    /// The provider's ceiling row: its own, else its [`Provider::price_fallback`]'s.
+    pub fn ceiling_row(&self, provider: Provider) -> Option<&PriceRow> {
         let i = self
             .ceiling
             .get(&provider)
-            .or_else(|| (provider == "azure").then(|| self.ceiling.get("openai")).flatten())?;
+            .or_else(|| provider.price_fallback().and_then(|p| self.ceiling.get(&p)))?;
         Some(&self.rows[*i])
     }
 
@@ -471,10 +466,11 @@ impl PriceTable {
 /// Logs, once per process for each (provider, model), that a model has no price and is billed at
 /// the ceiling, with the command that fixes it. Bounded: after 1,000 distinct models, one last
 /// line says that further ones are not logged (the ledger and `/metrics` still count them).
-pub fn note_unpriced(provider: &str, model: &str, ceiling: &PriceRow) {
+pub fn note_unpriced(provider: Provider, model: &str, ceiling: &PriceRow) {
     use std::collections::HashSet;
     use std::sync::{LazyLock, Mutex};
     static SEEN: LazyLock<Mutex<HashSet<(String, String)>>> = LazyLock::new(Mutex::default);
+    let provider = provider.as_str();
     const MAX: usize = 1000;
     let mut seen = SEEN.lock().unwrap_or_else(|p| p.into_inner());
     if seen.len() > MAX || seen.contains(&(provider.to_string(), model.to_string())) {
@@ -496,7 +492,7 @@ pub fn note_unpriced(provider: &str, model: &str, ceiling: &PriceRow) {
 }
 
 /// The ids a model may be listed under, most specific first (module docs: matching).
-fn candidates(provider: &str, model: &str) -> impl Iterator<Item = String> {
+fn candidates(provider: Provider, model: &str) -> impl Iterator<Item = String> {
     let mut out: Vec<String> = Vec::with_capacity(6);
     let mut push = |s: &str| {
         if !s.is_empty() && !out.iter().any(|o| o == s) {
@@ -510,10 +506,13 @@ fn candidates(provider: &str, model: &str) -> impl Iterator<Item = String> {
     {
         base = &base[..i]; // `claude-opus-4-8[1m]`
     }
-    for prefix in ["anthropic/", "openai/", "azure/", "bedrock/"] {
-        base = base.strip_prefix(prefix).unwrap_or(base);
+    for p in Provider::ALL {
+        base = base
+            .strip_prefix(p.as_str())
+            .and_then(|rest| rest.strip_prefix('/'))
+            .unwrap_or(base);
     }
-    if provider == "bedrock" && base.starts_with("arn:") {
+    if provider == Provider::Bedrock && base.starts_with("arn:") {
         // `arn:aws:bedrock:…:inference-profile/us.anthropic.…` or `…:foundation-model/anthropic.…`;
         // an application inference profile's ARN names no model and matches nothing.
         for kind in [":inference-profile/", ":foundation-model/"] {
@@ -525,7 +524,7 @@ fn candidates(provider: &str, model: &str) -> impl Iterator<Item = String> {
     push(base);
     let undated = strip_date(base);
     push(undated);
-    if provider == "bedrock" {
+    if provider == Provider::Bedrock {
         // `…-v1:0` → `…-v1` → `…`, and the same for the undated id.
         for id in [base, undated] {
             let no_minor = match id.rfind(':') {
@@ -701,14 +700,13 @@ fn row_from_raw(r: RawRow, origin: &str) -> Result<PriceRow> {
             ))),
         }
     };
-    let provider = r.provider.to_ascii_lowercase();
-    if !crate::protocol::CREDENTIAL_PROVIDERS.contains(&provider.as_str()) {
+    let Some(provider) = Provider::parse(&r.provider) else {
         return Err(Error::msg(format!(
             "{name}: unknown provider {:?}; expected one of: {}",
             r.provider,
-            crate::protocol::CREDENTIAL_PROVIDERS.join(", ")
+            Provider::names()
         )));
-    }
+    };
     Ok(PriceRow {
         provider,
         model: r.model.trim().to_ascii_lowercase(),
@@ -757,7 +755,7 @@ fn row_to_toml(r: &PriceRow, out: &mut String) {
     let q = |s: &str| toml::Value::String(s.to_string()).to_string();
     let usd = format_usd;
     let _ = writeln!(out, "[[price]]");
-    let _ = writeln!(out, "provider = {}", q(&r.provider));
+    let _ = writeln!(out, "provider = {}", q(r.provider.as_str()));
     let _ = writeln!(out, "model = {}", q(&r.model));
     let mut rates = |prefix: &str, x: &Rates| {
         let _ = writeln!(out, "{prefix}input = {}", usd(x.input));
@@ -835,22 +833,21 @@ fn read_litellm(json: &[u8], today: &str, version: &str, origin: &str) -> Result
         .as_object()
         .ok_or_else(|| Error::msg("not a LiteLLM price file: expected a JSON object of models"))?;
     let mut out = Imported::default();
-    let mut rows: BTreeMap<(String, String), PriceRow> = BTreeMap::new();
+    let mut rows: BTreeMap<(Provider, String), PriceRow> = BTreeMap::new();
     let mut skip = |why: String| *out.skipped.entry(why).or_default() += 1;
     for (name, e) in entries {
         if name == "sample_spec" {
             continue;
         }
         let raw_provider = e["litellm_provider"].as_str().unwrap_or("");
-        let provider = match raw_provider {
-            "anthropic" | "openai" | "azure" => raw_provider,
-            "bedrock" | "bedrock_converse" => "bedrock",
-            "" => {
+        let provider = match Provider::from_litellm(raw_provider) {
+            Some(p) => p,
+            None if raw_provider.is_empty() => {
                 skip("(no provider)".into());
                 continue;
             }
-            other => {
-                skip(other.to_string());
+            None => {
+                skip(raw_provider.to_string());
                 continue;
             }
         };
@@ -859,11 +856,7 @@ fn read_litellm(json: &[u8], today: &str, version: &str, origin: &str) -> Result
             skip(format!("{provider} ({mode}: not priced per token)"));
             continue;
         }
-        let id = match provider {
-            "azure" => name.strip_prefix("azure/").unwrap_or(name),
-            "bedrock" => name.strip_prefix("bedrock/").unwrap_or(name),
-            _ => name.strip_prefix(&format!("{provider}/")).unwrap_or(name),
-        };
+        let id = name.strip_prefix(&format!("{provider}/")).unwrap_or(name);
         if id.contains('/') {
             skip(format!("{provider} (region, commitment or deployment-type scoped)"));
             continue;
@@ -876,7 +869,7 @@ fn read_litellm(json: &[u8], today: &str, version: &str, origin: &str) -> Result
             skip(format!("{provider} (no token prices)"));
             continue;
         };
-        let key = (row.provider.clone(), row.model.clone());
+        let key = (row.provider, row.model.clone());
         match rows.get_mut(&key) {
             // The same id under `bedrock` and `bedrock_converse`: the dearer rates win.
             Some(existing) if existing.rates != row.rates => {
@@ -893,7 +886,7 @@ fn read_litellm(json: &[u8], today: &str, version: &str, origin: &str) -> Result
 }
 
 fn litellm_row(
-    provider: &str,
+    provider: Provider,
     id: &str,
     e: &Value,
     today: &str,
@@ -954,22 +947,17 @@ fn litellm_row(
             .filter(|v| v.is_finite() && *v >= 1.0 && *v <= 100.0)
             .map(|v| (v * 1000.0).round() as u32)
     };
-    let (us_only, fast) = if provider == "anthropic" {
+    let (us_only, fast) = if provider == Provider::Anthropic {
         (multiplier("us"), multiplier("fast"))
     } else {
         (None, None)
     };
-    let source = e["source"].as_str().map(str::to_string).unwrap_or_else(|| {
-        match provider {
-            "anthropic" => "https://platform.claude.com/docs/en/about-claude/pricing",
-            "openai" => "https://openai.com/api/pricing",
-            "azure" => "https://azure.microsoft.com/pricing/details/cognitive-services/openai-service/",
-            _ => "https://aws.amazon.com/bedrock/pricing/",
-        }
-        .to_string()
-    });
+    let source = e["source"]
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| provider.pricing_page().to_string());
     Ok(Some(PriceRow {
-        provider: provider.to_string(),
+        provider,
         model: id.to_ascii_lowercase(),
         rates,
         long_context,
@@ -992,7 +980,7 @@ fn litellm_row(
 /// The generated table and what went into it.
 #[derive(Debug)]
 pub struct Generated {
-    /// The TOML text of `host/prices.toml`.
+    /// The TOML text of `crates/wire/prices.toml`.
     pub text: String,
     /// Rows per provider.
     pub counts: BTreeMap<String, usize>,
@@ -1005,24 +993,24 @@ pub struct Generated {
 /// keep their own source), dated `date`. Deterministic: the same inputs give the same bytes.
 pub fn generate(litellm_json: &[u8], overrides: &str, source_version: &str, date: &str) -> Result<Generated> {
     let imported = read_litellm(litellm_json, date, source_version, "shipped")?;
-    let mut rows: BTreeMap<(String, String), PriceRow> = imported
+    let mut rows: BTreeMap<(Provider, String), PriceRow> = imported
         .rows
         .into_iter()
-        .map(|r| ((r.provider.clone(), r.model.clone()), r))
+        .map(|r| ((r.provider, r.model.clone()), r))
         .collect();
-    for r in parse_toml(overrides, "shipped").map_err(|e| e.context("host/prices-overrides.toml"))? {
-        rows.insert((r.provider.clone(), r.model.clone()), r);
+    for r in parse_toml(overrides, "shipped").map_err(|e| e.context("crates/wire/prices-overrides.toml"))? {
+        rows.insert((r.provider, r.model.clone()), r);
     }
     let mut counts = BTreeMap::new();
     let mut text = format!(
         "# Conduit's shipped price table — GENERATED, do not edit by hand.\n\
-         # Source: LiteLLM's model_prices_and_context_window.json ({source_version}), plus host/prices-overrides.toml.\n\
-         # Refresh: host/prices-refresh.sh (docs/metering.md). USD per million tokens; one row per exact model id.\n\
+         # Source: LiteLLM's model_prices_and_context_window.json ({source_version}), plus crates/wire/prices-overrides.toml.\n\
+         # Refresh: crates/wire/prices-refresh.sh (docs/metering.md). USD per million tokens; one row per exact model id.\n\
          # Table date: {date}. Rows: {}.\n\n",
         rows.len()
     );
     for r in rows.values() {
-        *counts.entry(r.provider.clone()).or_default() += 1;
+        *counts.entry(r.provider.as_str().to_string()).or_default() += 1;
         row_to_toml(r, &mut text);
     }
     Ok(Generated {
@@ -1050,47 +1038,57 @@ mod tests {
     fn shipped_table_loads_and_prices_exactly() {
         let t = PriceTable::shipped().unwrap();
         // Claude Code 2.1.332's own figure for this usage (its total_cost_usd): $0.0350114.
-        let opus = t.lookup("anthropic", "claude-opus-5-5").unwrap();
+        let opus = t.lookup(Provider::Anthropic, "claude-opus-5-5").unwrap();
         assert_eq!(opus.cost_micros(&u(5722, 15, 11442, 1907)), 35_011);
         // Claude Code 2.1.197's figure for claude-opus-4-8: $0.04662475.
-        let opus48 = t.lookup("anthropic", "claude-opus-4-8").unwrap();
+        let opus48 = t.lookup(Provider::Anthropic, "claude-opus-4-8").unwrap();
         assert_eq!(opus48.cost_micros(&u(5722, 15, 11442, 1907)), 46_625);
         assert_eq!(opus.context_window, Some(1_000_000));
-        assert!(t.lookup("anthropic", "gpt-5").is_none(), "prices are per provider");
+        assert!(
+            t.lookup(Provider::Anthropic, "gpt-5").is_none(),
+            "prices are per provider"
+        );
     }
 
     #[test]
     fn no_model_is_priced_by_another_family_row() {
         let t = PriceTable::shipped().unwrap();
-        let gpt5 = t.lookup("openai", "gpt-5").unwrap();
-        let gpt55 = t.lookup("openai", "gpt-5.5").unwrap();
+        let gpt5 = t.lookup(Provider::OpenAi, "gpt-5").unwrap();
+        let gpt55 = t.lookup(Provider::OpenAi, "gpt-5.5").unwrap();
         assert_eq!((gpt5.model.as_str(), gpt55.model.as_str()), ("gpt-5", "gpt-5.5"));
         assert_ne!(gpt5.rates, gpt55.rates, "gpt-5.5 costs 4× gpt-5's input rate");
         for unknown in ["gpt-9-foo", "gpt-6.2-sol", "gpt-5.9", "gpt-55"] {
-            assert!(t.lookup("openai", unknown).is_none(), "{unknown}");
-            assert_eq!(t.price("openai", unknown).unwrap().basis, Basis::Ceiling, "{unknown}");
+            assert!(t.lookup(Provider::OpenAi, unknown).is_none(), "{unknown}");
+            assert_eq!(
+                t.price(Provider::OpenAi, unknown).unwrap().basis,
+                Basis::Ceiling,
+                "{unknown}"
+            );
         }
-        assert!(t.lookup("anthropic", "claude-opus-9").is_none());
-        assert_eq!(t.price("anthropic", "claude-opus-9").unwrap().basis, Basis::Ceiling);
+        assert!(t.lookup(Provider::Anthropic, "claude-opus-9").is_none());
+        assert_eq!(
+            t.price(Provider::Anthropic, "claude-opus-9").unwrap().basis,
+            Basis::Ceiling
+        );
         // Dated snapshots, tags and prefixes resolve to the alias's row.
         for (p, id, row) in [
-            ("openai", "gpt-5-mini-2025-08-07", "gpt-5-mini-2025-08-07"),
-            ("openai", "gpt-5.5-2027-01-01", "gpt-5.5"),
-            ("openai", "openai/gpt-5.5", "gpt-5.5"),
-            ("anthropic", "claude-opus-4-8[1m]", "claude-opus-4-8"),
-            ("anthropic", "claude-sonnet-4-6-20270101", "claude-sonnet-4-6"),
-            ("anthropic", "Claude-Opus-5-5", "claude-opus-5-5"),
+            (Provider::OpenAi, "gpt-5-mini-2025-08-07", "gpt-5-mini-2025-08-07"),
+            (Provider::OpenAi, "gpt-5.5-2027-01-01", "gpt-5.5"),
+            (Provider::OpenAi, "openai/gpt-5.5", "gpt-5.5"),
+            (Provider::Anthropic, "claude-opus-4-8[1m]", "claude-opus-4-8"),
+            (Provider::Anthropic, "claude-sonnet-4-6-20270101", "claude-sonnet-4-6"),
+            (Provider::Anthropic, "Claude-Opus-5-5", "claude-opus-5-5"),
             (
-                "bedrock",
+                Provider::Bedrock,
                 "arn:aws:bedrock:us-east-1:1:inference-profile/us.anthropic.claude-opus-4-8",
                 "us.anthropic.claude-opus-4-8",
             ),
             (
-                "bedrock",
+                Provider::Bedrock,
                 "us.anthropic.claude-opus-4-8-v1:0",
                 "us.anthropic.claude-opus-4-8",
             ),
-            ("azure", "gpt-5.5", "gpt-5.5"),
+            (Provider::Azure, "gpt-5.5", "gpt-5.5"),
         ] {
             assert_eq!(t.lookup(p, id).map(|r| r.model.as_str()), Some(row), "{p}/{id}");
         }
@@ -1099,9 +1097,9 @@ mod tests {
     #[test]
     fn the_ceiling_is_the_providers_dearest_current_model() {
         let t = PriceTable::shipped().unwrap();
-        for provider in ["anthropic", "openai", "azure", "bedrock"] {
+        for provider in Provider::ALL {
             let ceiling = t.ceiling_row(provider).unwrap();
-            let today = crate::clock::format_date(crate::clock::now_unix());
+            let today = conduit_core::clock::format_date(conduit_core::clock::now_unix());
             for r in t
                 .rows()
                 .into_iter()
@@ -1119,7 +1117,7 @@ mod tests {
             ..RawPrices::default()
         };
         let t = PriceTable::shipped().unwrap().with_config(raw.validate().unwrap());
-        assert_eq!(t.price("openai", "gpt-9").unwrap().row.model, "gpt-5.5");
+        assert_eq!(t.price(Provider::OpenAi, "gpt-9").unwrap().row.model, "gpt-5.5");
         let bad = RawPrices {
             ceiling: [("openai".to_string(), "gpt-9".to_string())].into(),
             ..RawPrices::default()
@@ -1130,7 +1128,7 @@ mod tests {
     #[test]
     fn tiers_multipliers_and_fees() {
         let row = PriceRow {
-            provider: "anthropic".into(),
+            provider: Provider::Anthropic,
             model: "x".into(),
             rates: Rates {
                 input: 4_000_000,
@@ -1187,7 +1185,7 @@ mod tests {
     #[test]
     fn long_context_tier_prices_the_whole_request() {
         let t = PriceTable::shipped().unwrap();
-        let s = t.lookup("openai", "gpt-5.5").unwrap();
+        let s = t.lookup(Provider::OpenAi, "gpt-5.5").unwrap();
         let (threshold, long) = s.long_context.unwrap();
         assert_eq!(threshold, 272_000);
         assert_eq!(s.cost_micros(&u(272_000, 0, 0, 0)), 272_000 * s.rates.input / 1_000_000);
@@ -1220,12 +1218,12 @@ mod tests {
         )
         .unwrap();
         let t = PriceTable::shipped().unwrap().with_overrides(o);
-        let p = t.price("openai", "gpt-5-2025-08-07").unwrap();
+        let p = t.price(Provider::OpenAi, "gpt-5-2025-08-07").unwrap();
         assert_eq!(
             p.row.model, "gpt-5-2025-08-07",
             "the dated id keeps its own shipped row"
         );
-        let p = t.price("openai", "gpt-5").unwrap();
+        let p = t.price(Provider::OpenAi, "gpt-5").unwrap();
         assert_eq!(
             (p.row.rates.input, p.row.rates.cache_read, p.basis),
             (1_000_000, 1_000_000, Basis::Override)
@@ -1268,7 +1266,7 @@ mod tests {
         assert_eq!(imported.rows.len(), 4);
         assert!(imported.rows.iter().all(|r| r.origin == "override"));
         let t = PriceTable::default().with_overrides(imported.rows);
-        let s = t.lookup("anthropic", "claude-sonnet-4-5-20250929").unwrap();
+        let s = t.lookup(Provider::Anthropic, "claude-sonnet-4-5-20250929").unwrap();
         assert_eq!(
             s.rates,
             Rates {
@@ -1282,13 +1280,13 @@ mod tests {
         assert_eq!(s.long_context.unwrap(), (200_000, s.long_context.unwrap().1));
         assert_eq!(s.long_context.unwrap().1.input, 6_000_000);
         assert_eq!(s.context_window, Some(200_000));
-        let g = t.lookup("openai", "gpt-5").unwrap();
+        let g = t.lookup(Provider::OpenAi, "gpt-5").unwrap();
         assert_eq!((g.rates.cache_read, g.priority.unwrap().output), (125_000, 20_000_000));
         assert_eq!(
-            t.lookup("bedrock", "anthropic.claude-3").unwrap().rates.input,
+            t.lookup(Provider::Bedrock, "anthropic.claude-3").unwrap().rates.input,
             1_000_000
         );
-        assert_eq!(t.lookup("azure", "gpt-4o").unwrap().provider, "azure");
+        assert_eq!(t.lookup(Provider::Azure, "gpt-4o").unwrap().provider, Provider::Azure);
         assert_eq!(
             imported
                 .skipped

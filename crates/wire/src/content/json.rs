@@ -642,7 +642,7 @@ mod tests {
     #[test]
     fn agrees_with_serde_json() {
         let base = br#"{"model":"claude","n":[1,-2.5e3,true,null],"s":"a\"b\\c\u00e9\n","o":{"x":{"y":[]}}}"#;
-        let mut rng = crate::testing::Rng(0x5eed_cafe);
+        let mut rng = conduit_core::testing::Rng(0x5eed_cafe);
         let mut checked = 0;
         for round in 0..60_000 {
             let mut body = base.to_vec();

@@ -37,8 +37,8 @@ pub mod multipart;
 use std::borrow::Cow;
 use std::fmt::Write as _;
 
-use crate::policy::segments::{Origin, Segment};
 use crate::prices::{Billing, Tier};
+use crate::segments::{Origin, Segment};
 use json::{Doc, Kind};
 
 /// What the gateway learned from a body.
@@ -1185,6 +1185,26 @@ pub fn push_key(path: &mut String, key: &str) {
         path.push_str(key);
     } else {
         path.push_str("[*]");
+    }
+}
+
+/// Why a request body is not the JSON expected, without any of its text: serde_json's data
+/// errors quote the offending value (`invalid type: string "…"`), and refusals reach the log. Only
+/// messages that name our own fields (`duplicate field`, `missing field`) are kept as they are.
+pub fn json_problem(e: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    let text = e.to_string();
+    match e.classify() {
+        Category::Data if text.starts_with("duplicate field") || text.starts_with("missing field") => {
+            format!("the request body is not a JSON object of the expected shape: {text}")
+        }
+        Category::Data => format!(
+            "the request body is not a JSON object of the expected shape: a value of the wrong type at line {} column {}",
+            e.line(),
+            e.column()
+        ),
+        // Syntax and EOF messages name a position and what was expected, never the input.
+        Category::Syntax | Category::Eof | Category::Io => format!("the request body is not valid JSON: {text}"),
     }
 }
 

@@ -21,11 +21,10 @@ use std::task::{Context, Poll, ready};
 use base64::Engine;
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::body::BoxError;
+use crate::BoxError;
 use crate::eventstream::{Decoder, Message};
 
 /// The `anthropic_version` Bedrock requires in the body.
@@ -182,8 +181,7 @@ fn translate(
     betas: &[String],
     need_max_tokens: bool,
 ) -> Result<Vec<u8>, String> {
-    let members: Members<'_> =
-        serde_json::from_slice(original).map_err(|e| crate::stages::inspect::json_problem(&e))?;
+    let members: Members<'_> = serde_json::from_slice(original).map_err(|e| crate::content::json_problem(&e))?;
     let mut out = Vec::with_capacity(original.len() + 96);
     out.push(b'{');
     let mut first = true;
@@ -285,21 +283,21 @@ fn error_type(status: u16, aws_type: Option<&str>) -> &'static str {
 
 /// Bedrock's event-stream, re-framed as Anthropic SSE as frames arrive (one SSE event per chunk
 /// frame; nothing is held back beyond an incomplete frame).
-pub struct SseFromEventStream {
-    inner: Incoming,
+pub struct SseFromEventStream<B> {
+    inner: B,
     decoder: Decoder,
     done: bool,
 }
 
-impl std::fmt::Debug for SseFromEventStream {
+impl<B> std::fmt::Debug for SseFromEventStream<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SseFromEventStream").field("done", &self.done).finish()
     }
 }
 
-impl SseFromEventStream {
+impl<B> SseFromEventStream<B> {
     /// Wraps a Bedrock streaming body.
-    pub fn new(inner: Incoming) -> Self {
+    pub fn new(inner: B) -> Self {
         SseFromEventStream {
             inner,
             decoder: Decoder::default(),
@@ -376,7 +374,11 @@ fn sse_error(error_json: &[u8], out: &mut BytesMut) {
     out.extend_from_slice(b"\n\n");
 }
 
-impl Body for SseFromEventStream {
+impl<B> Body for SseFromEventStream<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
     type Data = Bytes;
     type Error = BoxError;
 

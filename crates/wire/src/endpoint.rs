@@ -347,7 +347,7 @@ pub fn lookup(method: &Method, path: &str, family: Option<Protocol>) -> Result<V
                         return Err(NoMatch::BadId((*s).chars().take(64).collect()));
                     }
                 }
-                "{model}" => model = Some(crate::percent::decode(s)),
+                "{model}" => model = Some(conduit_core::percent::decode(s)),
                 lit if lit == *s => {}
                 _ => {
                     ok = false;

@@ -243,7 +243,7 @@ mod tests {
         let mut d = Decoder::default();
         assert!(d.push(&bad).is_err());
         assert!(d.push(b"").is_err(), "errors stick");
-        let mut rng = crate::testing::Rng(9);
+        let mut rng = conduit_core::testing::Rng(9);
         for _ in 0..2000 {
             let len = rng.below(64);
             let bytes: Vec<u8> = (0..len).map(|_| rng.below(256) as u8).collect();

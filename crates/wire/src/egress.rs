@@ -26,8 +26,8 @@
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use serde::Deserialize;
 
-use crate::error::{Error, Result};
 use crate::protocol::Protocol;
+use conduit_core::error::{Error, Result};
 
 /// `[egress]` in the config file.
 #[derive(Debug, Default, Deserialize)]
@@ -182,7 +182,7 @@ impl RawEgress {
             };
             let billable = p.billable.unwrap_or(false);
             let reserve_micros = match (&p.reserve_usd, billable) {
-                (Some(v), true) => crate::money::parse_usd(&format!("{at}: reserve_usd"), v)?,
+                (Some(v), true) => conduit_core::money::parse_usd(&format!("{at}: reserve_usd"), v)?,
                 (None, true) => {
                     return Err(Error::msg(format!(
                         "{at}: billable = true needs reserve_usd, the most one request can cost (budgets reserve it)"

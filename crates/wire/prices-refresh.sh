@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Regenerates host/prices.toml from the price map inside a pinned LiteLLM release plus
-# host/prices-overrides.toml. Usage: host/prices-refresh.sh [LITELLM_VERSION] [DATE]
+# Regenerates crates/wire/prices.toml from the price map inside a pinned LiteLLM release plus
+# crates/wire/prices-overrides.toml. Usage: crates/wire/prices-refresh.sh [LITELLM_VERSION] [DATE]
 # Review the diff: every changed price, new model and removed model shows as a changed row.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 version="${1:-1.108.7}"
 date="${2:-$(date -u +%F)}"
 work="$(mktemp -d)"
@@ -18,5 +18,5 @@ with zipfile.ZipFile(wheel) as z:
 open(sys.argv[1] + "/prices.json", "wb").write(data)
 PY
 cargo run --quiet -p conduit --bin conduit -- prices generate --litellm "$work/prices.json" --litellm-version "$version" \
-  --overrides host/prices-overrides.toml --date "$date" --out host/prices.toml
-git --no-pager diff --stat -- host/prices.toml || true
+  --overrides crates/wire/prices-overrides.toml --date "$date" --out crates/wire/prices.toml
+git --no-pager diff --stat -- crates/wire/prices.toml || true

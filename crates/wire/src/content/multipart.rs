@@ -199,7 +199,7 @@ mod tests {
     /// Property: arbitrary bytes never panic.
     #[test]
     fn arbitrary_bytes_never_panic() {
-        let mut rng = crate::testing::Rng(7);
+        let mut rng = conduit_core::testing::Rng(7);
         for _ in 0..20_000 {
             let body: Vec<u8> = (0..rng.below(200))
                 .map(|_| {

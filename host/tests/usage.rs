@@ -1,0 +1,140 @@
+//! The usage tap against the mock providers' replies: every family's usage is read as reported,
+//! whatever the frame boundaries and the content encoding.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use conduit::mock::payload;
+use conduit::protocol::Protocol;
+use conduit::usage::{MAX_LINE, Observed, Usage, UsageTap};
+use http::{HeaderMap, Method};
+
+/// The mock's reply for a request, and the usage it says it reported.
+fn mock_reply(path: &str, body: &str) -> (Vec<u8>, bool, Usage) {
+    let mut h = HeaderMap::new();
+    h.insert("anthropic-version", "2023-06-01".parse().unwrap());
+    let r = payload::reply(&Method::POST, path, &h, body.as_bytes(), "ok", false);
+    let u = Usage {
+        input: r.usage.input,
+        output: r.usage.output,
+        cache_read: r.usage.cache_read,
+        cache_write: r.usage.cache_write,
+        ..Usage::default()
+    };
+    (r.chunks.concat(), r.streaming, u)
+}
+
+fn tap_all(protocol: Protocol, sse: bool, encoding: Option<&str>, chunks: &[&[u8]]) -> Observed {
+    let ct = if sse {
+        "text/event-stream; charset=utf-8"
+    } else {
+        "application/json"
+    };
+    let mut tap = UsageTap::new(protocol, Some(ct), encoding);
+    for c in chunks {
+        tap.observe(c);
+    }
+    tap.finish()
+}
+
+const CASES: &[(Protocol, &str, &str)] = &[
+    (
+        Protocol::Anthropic,
+        "/v1/messages",
+        r#"{"model":"claude-sonnet-4-5","stream":true,"max_tokens":64,"system":[{"type":"text","text":"x","cache_control":{"type":"ephemeral"}}],"messages":[]}"#,
+    ),
+    (
+        Protocol::Anthropic,
+        "/v1/messages",
+        r#"{"model":"claude-sonnet-4-5","max_tokens":64,"messages":[{"role":"user","content":"hello there"}]}"#,
+    ),
+    (
+        Protocol::OpenAi,
+        "/v1/chat/completions",
+        r#"{"model":"gpt-5","stream":true,"stream_options":{"include_usage":true},"prompt_cache_key":"k","messages":[]}"#,
+    ),
+    (
+        Protocol::OpenAi,
+        "/v1/chat/completions",
+        r#"{"model":"gpt-5","messages":[{"role":"user","content":"hi"}]}"#,
+    ),
+    (
+        Protocol::OpenAi,
+        "/v1/responses",
+        r#"{"model":"gpt-5-codex","stream":true,"prompt_cache_key":"k","input":"a longer input to count"}"#,
+    ),
+    (Protocol::OpenAi, "/v1/responses", r#"{"model":"gpt-5","input":"hi"}"#),
+];
+
+#[test]
+fn reads_the_usage_each_family_reports() {
+    for (protocol, path, body) in CASES {
+        let (bytes, sse, expected) = mock_reply(path, body);
+        let seen = tap_all(*protocol, sse, None, &[&bytes]);
+        assert_eq!(seen.reported, Some(expected), "{path} {body}");
+        assert!(!seen.stream_error && !seen.gave_up);
+        assert_eq!(seen.text_bytes, 70, "{path}: the mock's text is 70 bytes");
+    }
+}
+
+/// Property: where the frames are cut does not change what is read.
+#[test]
+fn any_frame_boundaries_give_the_same_usage() {
+    for (protocol, path, body) in CASES {
+        let (bytes, sse, expected) = mock_reply(path, body);
+        for cut in 0..=bytes.len() {
+            let seen = tap_all(*protocol, sse, None, &[&bytes[..cut], &bytes[cut..]]);
+            assert_eq!(seen.reported, Some(expected), "{path} cut at {cut}");
+        }
+        let singles: Vec<&[u8]> = bytes.chunks(1).collect();
+        assert_eq!(tap_all(*protocol, sse, None, &singles).reported, Some(expected));
+    }
+}
+
+#[test]
+fn compressed_bodies_are_read_through_a_copy() {
+    use std::io::Write;
+    for (protocol, path, body) in CASES {
+        let (bytes, sse, expected) = mock_reply(path, body);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&bytes).unwrap();
+        let gz = gz.finish().unwrap();
+        let mut br = Vec::new();
+        brotli::BrotliCompress(&mut &bytes[..], &mut br, &brotli::enc::BrotliEncoderParams::default()).unwrap();
+        let zst = ruzstd::encoding::compress_to_vec(&bytes[..], ruzstd::encoding::CompressionLevel::Fastest);
+        for (enc, data) in [("gzip", &gz), ("br", &br), ("zstd", &zst)] {
+            let chunks: Vec<&[u8]> = data.chunks(7).collect();
+            let seen = tap_all(*protocol, sse, Some(enc), &chunks);
+            assert_eq!(seen.reported, Some(expected), "{enc} {path}");
+            assert!(!seen.gave_up, "{enc} {path}");
+        }
+    }
+    let seen = tap_all(Protocol::Anthropic, true, Some("compress"), &[b"x"]);
+    assert!(
+        seen.gave_up && seen.reported.is_none(),
+        "an unknown encoding is flagged, not guessed"
+    );
+}
+
+#[test]
+fn streams_without_usage_errors_and_oversize_lines() {
+    // OpenAI chat stream without include_usage: no usage, but the text is counted.
+    let (bytes, _, _) = mock_reply(
+        "/v1/chat/completions",
+        r#"{"model":"gpt-5","stream":true,"messages":[]}"#,
+    );
+    let seen = tap_all(Protocol::OpenAi, true, None, &[&bytes]);
+    assert_eq!((seen.reported, seen.text_bytes), (None, 70));
+    // Anthropic error event mid-stream.
+    let seen = tap_all(
+        Protocol::Anthropic,
+        true,
+        None,
+        &[b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":9,\"output_tokens\":1}}}\n\n",
+          b"event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\"}}\n\n"],
+    );
+    assert!(seen.stream_error);
+    assert_eq!(seen.reported.map(|u| (u.input, u.output)), Some((9, 1)));
+    // A line longer than the bound stops parsing instead of growing memory.
+    let long = vec![b'a'; MAX_LINE + 10];
+    let seen = tap_all(Protocol::Anthropic, true, None, &[b"data: ", &long, b"\n"]);
+    assert!(seen.gave_up);
+}
