@@ -139,35 +139,34 @@ fn main() {
     let mut raw = conduit::config::RawConfig::default();
     conduit::mock::forward_control_headers(&mut raw);
     let config = raw.validate(&|k| env.get(k).cloned()).expect("config");
-    let gateway = conduit::Gateway::open(config).expect("gateway");
-    conduit::ops::set_credential(
-        gateway.store.as_ref(),
-        &gateway.master_key(),
-        "anthropic",
-        Zeroizing::new("sk-ant-bench".into()),
-    )
-    .expect("credential");
-    let key = conduit::ops::create_key(
-        gateway.store.as_ref(),
-        conduit::ops::NewKeyRequest {
-            owner: "bench@corp.example".into(),
-            team: None,
-            name: None,
-            expires_at: None,
-            limits: Default::default(),
-        },
-    )
-    .expect("key")
-    .key;
     let (tx, rx) = std::sync::mpsc::channel();
+    // The gateway is opened on the runtime it serves from (its ledger writer is a task there).
     runtime_thread("gateway", async move {
+        let gateway = conduit::Gateway::open(config).await.expect("gateway");
+        gateway
+            .set_credential("anthropic", Zeroizing::new("sk-ant-bench".into()))
+            .await
+            .expect("credential");
+        let key = conduit::operator::create_key(
+            gateway.state.keys.as_ref(),
+            conduit::operator::NewKeyRequest {
+                owner: "bench@corp.example".into(),
+                team: None,
+                name: None,
+                expires_at: None,
+                limits: Default::default(),
+            },
+        )
+        .await
+        .expect("key")
+        .key;
         let running = conduit::server::start(gateway, Duration::from_secs(1))
             .await
             .expect("start");
-        tx.send(running.addr).expect("send");
+        tx.send((running.addr, key)).expect("send");
         std::future::pending::<()>().await;
     });
-    let gateway_addr = rx.recv().expect("gateway address");
+    let (gateway_addr, key) = rx.recv().expect("gateway address");
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -10,13 +10,13 @@
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
-use conduit::admission::{BudgetBook, BudgetLimit, Payer, RateLimiter, RateLimits};
 use conduit::audit::AuditRecord;
 use conduit::policy::runtime::RequestInfo;
 use conduit::policy::segments::{self, Segment};
 use conduit::policy::{Policies, RawPolicies};
 use conduit::protocol::Protocol;
-use conduit::store::{SledStore, Store};
+use conduit::ratelimit::RateLimiter;
+use conduit::records::{BudgetLimit, Principal, RateLimits};
 use conduit::usage::UsageTap;
 
 fn main() {
@@ -60,7 +60,7 @@ fn policies() -> &'static Arc<Policies> {
         let dir = tempfile::tempdir().unwrap();
         let raw: RawPolicies = toml::from_str("").unwrap();
         let config = raw.validate(dir.path(), &|_| None).unwrap();
-        (Policies::open(config, None).unwrap(), dir)
+        (Policies::open(config, &[]).unwrap(), dir)
     })
     .0
 }
@@ -216,7 +216,7 @@ fn bedrock_event_stream_to_sse(bencher: divan::Bencher) {
 #[divan::bench]
 fn budget_reserve_and_settle(bencher: divan::Bencher) {
     let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
+    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
     let limit = BudgetLimit {
         daily_micros: Some(u64::MAX / 4),
         monthly_micros: Some(u64::MAX / 4),
@@ -226,13 +226,18 @@ fn budget_reserve_and_settle(bencher: divan::Bencher) {
         ("team:payments".to_string(), limit),
         ("org".to_string(), limit),
     ];
-    let book = Arc::new(BudgetBook::open(store, &scopes).unwrap());
-    let payer = Payer {
-        key_id: "key_bench",
-        team: Some("payments"),
+    let state = runtime.block_on(conduit_state_sled::open(dir.path(), &scopes)).unwrap();
+    let payer = Principal {
+        key_id: "key_bench".into(),
+        owner: "bench@corp.example".into(),
+        team: Some("payments".into()),
+        limits: RateLimits::default(),
     };
     let now = conduit::clock::now_unix();
-    bencher.bench(|| book.reserve(&payer, now, 2100).unwrap().unwrap().settle(2100));
+    bencher.bench(|| {
+        let held = runtime.block_on(state.budgets.reserve(&payer, now, 2100));
+        held.unwrap().unwrap().settle(2100)
+    });
 }
 
 #[divan::bench]

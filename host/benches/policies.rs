@@ -26,7 +26,7 @@ const SHARED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared");
 fn open(toml_text: &str, data: &Path) -> Arc<Policies> {
     let raw: RawPolicies = toml::from_str(toml_text).unwrap();
     let config = raw.validate(data, &|_| None).unwrap();
-    Policies::open(config, None).unwrap()
+    Policies::open(config, &[]).unwrap()
 }
 
 fn info() -> RequestInfo {

@@ -39,7 +39,7 @@ use zeroize::Zeroizing;
 use crate::body::GatewayBody;
 use crate::error::Error;
 use crate::gateway::Gateway;
-use crate::ops;
+use crate::operator;
 use crate::seal::MasterKey;
 
 const MAX_ADMIN_BODY: usize = 1024 * 1024;
@@ -51,7 +51,7 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>) -> Response<GatewayBod
     match (&method, path.as_str()) {
         (&Method::GET, "/healthz") => return reply(StatusCode::OK, json!({"status": "ok"})),
         (&Method::GET, "/readyz") => {
-            return match gw.store.ping() {
+            return match gw.state.meta.ping().await {
                 Ok(()) => reply(StatusCode::OK, json!({"status": "ready"})),
                 Err(e) => problem(StatusCode::SERVICE_UNAVAILABLE, &format!("store is not answering: {e}")),
             };
@@ -123,46 +123,57 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>) -> Response<GatewayBod
             .await
             .map(|v| (StatusCode::OK, v))
         }
-        (&Method::GET, ["v1", "keys"]) => gw.store.keys().map(|k| (StatusCode::OK, json!({"keys": k}))),
-        (&Method::POST, ["v1", "keys"]) => match body::<ops::NewKeyRequest>(req).await {
-            Ok(r) => ops::create_key(gw.store.as_ref(), r).map(|c| (StatusCode::CREATED, json!(c))),
+        (&Method::GET, ["v1", "keys"]) => gw.state.keys.list().await.map(|k| (StatusCode::OK, json!({"keys": k}))),
+        (&Method::POST, ["v1", "keys"]) => match body::<operator::NewKeyRequest>(req).await {
+            Ok(r) => operator::create_key(gw.state.keys.as_ref(), r)
+                .await
+                .map(|c| (StatusCode::CREATED, json!(c))),
             Err(e) => Err(e),
         },
-        (&Method::GET, ["v1", "keys", id]) => ops::key(gw.store.as_ref(), id).map(|k| (StatusCode::OK, json!(k))),
-        (&Method::POST, ["v1", "keys", id, "revoke"]) => ops::revoke_key(gw.store.as_ref(), id).map(|k| {
-            tracing::info!(key_id = %k.id, owner = %k.owner, "key revoked");
-            (StatusCode::OK, json!(k))
-        }),
-        (&Method::GET, ["v1", "credentials"]) => {
-            ops::credentials(gw.store.as_ref()).map(|c| (StatusCode::OK, json!({"credentials": c})))
+        (&Method::GET, ["v1", "keys", id]) => operator::key(gw.state.keys.as_ref(), id)
+            .await
+            .map(|k| (StatusCode::OK, json!(k))),
+        (&Method::POST, ["v1", "keys", id, "revoke"]) => {
+            operator::revoke_key(gw.state.keys.as_ref(), id).await.map(|k| {
+                tracing::info!(key_id = %k.id, owner = %k.owner, "key revoked");
+                (StatusCode::OK, json!(k))
+            })
         }
+        (&Method::GET, ["v1", "credentials"]) => operator::credentials(gw.state.credentials.as_ref())
+            .await
+            .map(|c| (StatusCode::OK, json!({"credentials": c}))),
         (&Method::POST, ["v1", "credentials", "rotate-master"]) => match body::<RotateRequest>(req).await {
-            Ok(r) => MasterKey::from_base64(&r.master_key, "master_key")
-                .and_then(|new| {
+            Ok(r) => match MasterKey::from_base64(&r.master_key, "master_key") {
+                Ok(new) => {
                     let id = new.id().to_string();
-                    gw.rotate_master_key(new).map(|n| (n, id))
-                })
-                .map(|(n, id)| {
-                    tracing::warn!(resealed = n, master_key_id = %id, "master key rotated");
-                    (StatusCode::OK, json!({"resealed": n, "master_key_id": id}))
-                }),
+                    gw.rotate_master_key(new).await.map(|n| {
+                        tracing::warn!(resealed = n, master_key_id = %id, "master key rotated");
+                        (StatusCode::OK, json!({"resealed": n, "master_key_id": id}))
+                    })
+                }
+                Err(e) => Err(e),
+            },
             Err(e) => Err(e),
         },
         (&Method::PATCH, ["v1", "keys", id]) => {
             let id = id.to_string();
             match body::<KeyUpdate>(req).await {
-                Ok(u) => ops::update_key_limits(gw.store.as_ref(), &id, u.limits).map(|k| (StatusCode::OK, json!(k))),
+                Ok(u) => operator::update_key_limits(gw.state.keys.as_ref(), &id, u.limits)
+                    .await
+                    .map(|k| (StatusCode::OK, json!(k))),
                 Err(e) => Err(e),
             }
         }
         (&Method::GET, ["v1", "budgets"]) => gw
+            .state
             .budgets
             .status(crate::clock::now_unix())
+            .await
             .map(|b| (StatusCode::OK, json!({"budgets": b}))),
         (&Method::PUT, ["v1", "budgets", scope]) => {
             let scope = scope.to_string();
-            match body::<crate::admission::BudgetLimit>(req).await {
-                Ok(limit) => gw.budgets.set(&scope, limit).map(|()| {
+            match body::<crate::records::BudgetLimit>(req).await {
+                Ok(limit) => gw.state.budgets.set(&scope, limit).await.map(|()| {
                     tracing::info!(scope = %scope, "budget set");
                     (StatusCode::OK, json!({"scope": scope, "limit": limit}))
                 }),
@@ -172,11 +183,13 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>) -> Response<GatewayBod
         (&Method::GET, ["v1", "spend"]) => {
             let q = query_pairs(req.uri().query());
             let by = crate::ledger::By::parse(q.get("by").map(String::as_str).unwrap_or("team"));
-            let range = ops::spend_range(q.get("since").map(String::as_str), q.get("until").map(String::as_str));
+            let range = operator::spend_range(q.get("since").map(String::as_str), q.get("until").map(String::as_str));
             match (by, range) {
                 (Ok(by), Ok((since, until))) => {
-                    gw.ledger.flush();
-                    ops::spend(gw.store.as_ref(), by, &since, &until).map(|r| (StatusCode::OK, json!(r)))
+                    gw.ledger.flush().await;
+                    operator::spend(gw.state.spend.as_ref(), by, &since, &until)
+                        .await
+                        .map(|r| (StatusCode::OK, json!(r)))
                 }
                 (Err(e), _) | (_, Err(e)) => Err(e),
             }
@@ -188,7 +201,8 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>) -> Response<GatewayBod
         (&Method::PUT, ["v1", "policies", "modes", category]) => {
             let category = category.to_string();
             match (body::<SetMode>(req).await, &gw.policies) {
-                (Ok(m), Some(p)) => crate::policy::ops::set_mode(p, &category, &m.mode)
+                (Ok(m), Some(p)) => crate::policy::ops::set_mode(p, gw.state.policy_modes.as_ref(), &category, &m.mode)
+                    .await
                     .map(|()| (StatusCode::OK, json!({"category": category, "mode": m.mode}))),
                 (Err(e), _) => Err(e),
                 (_, None) => Err(Error::msg("the policy stage is disabled ([policies] enabled = false)")),
@@ -197,12 +211,14 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>) -> Response<GatewayBod
         (&Method::GET, ["v1", "findings"]) => {
             let q = query_pairs(req.uri().query());
             let limit = q.get("limit").and_then(|l| l.parse().ok()).unwrap_or(100usize);
-            gw.store
-                .findings(limit)
+            gw.state
+                .findings
+                .list(limit)
+                .await
                 .map(|f| (StatusCode::OK, json!({"findings": f})))
         }
-        (&Method::GET, ["v1", "findings", "stats"]) => gw.store.findings(usize::MAX).map(|f| {
-            let stats = crate::policy::ops::stats(&f);
+        (&Method::GET, ["v1", "findings", "stats"]) => gw.state.findings.list(usize::MAX).await.map(|f| {
+            let stats = operator::finding_stats(&f);
             // The mode each category runs in now, so a reader can promote alert → block.
             let modes: serde_json::Map<String, serde_json::Value> = match &gw.policies {
                 Some(p) => {
@@ -219,24 +235,29 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>) -> Response<GatewayBod
         (&Method::POST, ["v1", "findings", id, "false-positive"]) => {
             let id = id.to_string();
             match body::<FalsePositive>(req).await {
-                Ok(fp) => crate::policy::ops::mark_false_positive(gw.store.as_ref(), &id, &fp.by)
+                Ok(fp) => operator::mark_false_positive(gw.state.findings.as_ref(), &id, &fp.by)
+                    .await
                     .map(|r| (StatusCode::OK, json!(r))),
                 Err(e) => Err(e),
             }
         }
         (&Method::GET, ["v1", "prices"]) => Ok((StatusCode::OK, json!({"prices": gw.prices().rows()}))),
         (&Method::POST, ["v1", "prices", "import"]) => match body::<ImportPrices>(req).await {
-            Ok(r) => ops::parse_price_file(&r.content).and_then(|imported| {
-                let skipped = imported.skipped.clone();
-                gw.add_price_overrides(imported.rows)
-                    .map(|n| (StatusCode::OK, json!({"imported": n, "skipped": skipped})))
-            }),
+            Ok(r) => match operator::parse_price_file(&r.content) {
+                Ok(imported) => {
+                    let skipped = imported.skipped.clone();
+                    gw.add_price_overrides(imported.rows)
+                        .await
+                        .map(|n| (StatusCode::OK, json!({"imported": n, "skipped": skipped})))
+                }
+                Err(e) => Err(e),
+            },
             Err(e) => Err(e),
         },
         (&Method::PUT, ["v1", "credentials", provider]) => {
             let provider = provider.to_string();
             match body::<SetCredential>(req).await {
-                Ok(r) => ops::set_credential(gw.store.as_ref(), &gw.master_key(), &provider, r.secret).map(|c| {
+                Ok(r) => gw.set_credential(&provider, r.secret).await.map(|c| {
                     tracing::info!(provider = %c.provider, version = c.version, "credential set");
                     (StatusCode::OK, json!(c))
                 }),
@@ -319,7 +340,7 @@ struct SetCredential {
 
 #[derive(Deserialize)]
 struct KeyUpdate {
-    limits: crate::admission::RateLimits,
+    limits: crate::records::RateLimits,
 }
 
 #[derive(Deserialize)]

@@ -18,9 +18,9 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
-use crate::admission::StreamSlot;
 use crate::audit::Pending;
 use crate::usage::{Observed, UsageTap};
+use conduit_state::ratelimit::StreamSlot;
 
 /// Error type of gateway bodies.
 pub use conduit_wire::BoxError;

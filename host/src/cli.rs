@@ -14,9 +14,10 @@ use zeroize::Zeroizing;
 use crate::admin_client::AdminClient;
 use crate::config::{Config, MasterKeySource};
 use crate::error::{Error, Result};
-use crate::ops::{self, CreatedKey, CredentialInfo, NewKeyRequest};
+use crate::operator::{self, CreatedKey, CredentialInfo, NewKeyRequest};
+use crate::records::KeyRecord;
 use crate::seal::MasterKey;
-use crate::store::{KeyRecord, SledStore, Store};
+use conduit_state::State;
 
 /// Conduit: the gateway between AI coding tools and model providers.
 #[derive(Debug, Parser)]
@@ -219,9 +220,9 @@ pub struct LimitArgs {
     pub max_streams: Option<u32>,
 }
 
-impl From<LimitArgs> for crate::admission::RateLimits {
+impl From<LimitArgs> for crate::records::RateLimits {
     fn from(a: LimitArgs) -> Self {
-        crate::admission::RateLimits {
+        crate::records::RateLimits {
             rpm: a.rpm,
             tpm: a.tpm,
             max_streams: a.max_streams,
@@ -364,7 +365,7 @@ pub async fn run(cli: Cli) -> Result<()> {
 
 async fn serve(config: Config) -> Result<()> {
     crate::telemetry::init(&config.log);
-    let gateway = crate::Gateway::open(config)?;
+    let gateway = crate::Gateway::open(config).await?;
     let running = crate::server::start(gateway, Duration::from_secs(30)).await?;
     shutdown_signal().await;
     tracing::info!("shutting down: no new connections; finishing in-flight requests (up to 30 s)");
@@ -392,10 +393,7 @@ async fn shutdown_signal() {
 #[allow(clippy::large_enum_variant)] // one value per CLI run; boxing buys nothing
 enum Control {
     Remote(AdminClient),
-    Local {
-        store: std::sync::Arc<dyn Store>,
-        config: Config,
-    },
+    Local { state: State, config: Config },
 }
 
 impl Control {
@@ -404,20 +402,17 @@ impl Control {
             let token = crate::gateway::resolve_admin_token(&config, false)?;
             return Ok(Control::Remote(AdminClient::new(config.admin_listen, token)));
         }
-        let store = SledStore::open(&config.data_dir).map_err(|e| {
+        let state = crate::gateway::open_state(&config).await.map_err(|e| {
             e.context(format!(
                 "no gateway answers on the admin address {}, and",
                 config.admin_listen
             ))
         })?;
-        Ok(Control::Local {
-            store: std::sync::Arc::new(store),
-            config,
-        })
+        Ok(Control::Local { state, config })
     }
 
-    fn master_key(store: &dyn Store, config: &Config) -> Result<MasterKey> {
-        crate::gateway::resolve_master_key(&config.master_key, store, true)
+    async fn master_key(state: &State, config: &Config) -> Result<MasterKey> {
+        crate::gateway::resolve_master_key(&config.master_key, state.meta.as_ref(), true).await
     }
 }
 
@@ -451,7 +446,7 @@ async fn keys(control: Control, cmd: KeysCommand) -> Result<()> {
             };
             let created: CreatedKey = match &control {
                 Control::Remote(c) => c.call(Method::POST, "/v1/keys", Some(json!(req))).await?,
-                Control::Local { store, .. } => ops::create_key(store.as_ref(), req)?,
+                Control::Local { state, .. } => operator::create_key(state.keys.as_ref(), req).await?,
             };
             if daily_budget.is_some() || monthly_budget.is_some() {
                 let scope = format!("key:{}", created.record.id);
@@ -475,7 +470,7 @@ async fn keys(control: Control, cmd: KeysCommand) -> Result<()> {
             }
         }
         KeysCommand::Update { id, limits, out } => {
-            let update: crate::admission::RateLimits = limits.into();
+            let update: crate::records::RateLimits = limits.into();
             let k: KeyRecord = match &control {
                 Control::Remote(c) => {
                     c.call(
@@ -485,7 +480,7 @@ async fn keys(control: Control, cmd: KeysCommand) -> Result<()> {
                     )
                     .await?
                 }
-                Control::Local { store, .. } => ops::update_key_limits(store.as_ref(), &id, update)?,
+                Control::Local { state, .. } => operator::update_key_limits(state.keys.as_ref(), &id, update).await?,
             };
             if out.json {
                 println!("{}", json!(k))
@@ -499,7 +494,7 @@ async fn keys(control: Control, cmd: KeysCommand) -> Result<()> {
                     let v: serde_json::Value = c.call(Method::GET, "/v1/keys", None).await?;
                     serde_json::from_value(v["keys"].clone())?
                 }
-                Control::Local { store, .. } => store.keys()?,
+                Control::Local { state, .. } => state.keys.list().await?,
             };
             if out.json {
                 println!("{}", json!({"keys": all}));
@@ -513,7 +508,7 @@ async fn keys(control: Control, cmd: KeysCommand) -> Result<()> {
                     c.call(Method::GET, &format!("/v1/keys/{}", path_segment(&id)?), None)
                         .await?
                 }
-                Control::Local { store, .. } => ops::key(store.as_ref(), &id)?,
+                Control::Local { state, .. } => operator::key(state.keys.as_ref(), &id).await?,
             };
             if out.json {
                 println!("{}", json!(k))
@@ -527,7 +522,7 @@ async fn keys(control: Control, cmd: KeysCommand) -> Result<()> {
                     c.call(Method::POST, &format!("/v1/keys/{}/revoke", path_segment(&id)?), None)
                         .await?
                 }
-                Control::Local { store, .. } => ops::revoke_key(store.as_ref(), &id)?,
+                Control::Local { state, .. } => operator::revoke_key(state.keys.as_ref(), &id).await?,
             };
             if out.json {
                 println!("{}", json!(k));
@@ -591,9 +586,9 @@ async fn credentials(control: Control, cmd: CredentialsCommand) -> Result<()> {
                     )
                     .await?
                 }
-                Control::Local { store, config } => {
-                    let mk = Control::master_key(store.as_ref(), config)?;
-                    ops::set_credential(store.as_ref(), &mk, &provider, secret)?
+                Control::Local { state, config } => {
+                    let mk = Control::master_key(state, config).await?;
+                    operator::set_credential(state.credentials.as_ref(), &mk, &provider, secret).await?
                 }
             };
             println!(
@@ -607,7 +602,7 @@ async fn credentials(control: Control, cmd: CredentialsCommand) -> Result<()> {
                     let v: serde_json::Value = c.call(Method::GET, "/v1/credentials", None).await?;
                     serde_json::from_value(v["credentials"].clone())?
                 }
-                Control::Local { store, .. } => ops::credentials(store.as_ref())?,
+                Control::Local { state, .. } => operator::credentials(state.credentials.as_ref()).await?,
             };
             if out.json {
                 println!("{}", json!({"credentials": all}));
@@ -668,9 +663,9 @@ async fn credentials(control: Control, cmd: CredentialsCommand) -> Result<()> {
                         .await?;
                     v["resealed"].as_u64().unwrap_or(0) as usize
                 }
-                Control::Local { store, config } => {
-                    let old = Control::master_key(store.as_ref(), config)?;
-                    let n = ops::rotate_master(store.as_ref(), &old, &new)?;
+                Control::Local { state, config } => {
+                    let old = Control::master_key(state, config).await?;
+                    let n = operator::rotate_master(state.credentials.as_ref(), &old, &new).await?;
                     if let MasterKeySource::Generated(path) = &config.master_key {
                         crate::gateway::replace_secret_file(path, new.to_base64().as_bytes())?;
                     }
@@ -686,18 +681,18 @@ async fn credentials(control: Control, cmd: CredentialsCommand) -> Result<()> {
 }
 
 async fn set_budget(control: &Control, scope: &str, daily: Option<&str>, monthly: Option<&str>) -> Result<()> {
-    let limit = crate::admission::BudgetLimit {
+    let limit = crate::records::BudgetLimit {
         daily_micros: daily.map(|d| crate::money::parse_usd("--daily", d)).transpose()?,
         monthly_micros: monthly.map(|m| crate::money::parse_usd("--monthly", m)).transpose()?,
     };
-    crate::admission::validate_scope(scope)?;
+    crate::budget::validate_scope(scope)?;
     match control {
         Control::Remote(c) => {
             let _: serde_json::Value = c
                 .call(Method::PUT, &format!("/v1/budgets/{scope}"), Some(json!(limit)))
                 .await?;
         }
-        Control::Local { store, .. } => store.put_budget(scope, &limit)?,
+        Control::Local { state, .. } => state.budgets.set(scope, limit).await?,
     }
     Ok(())
 }
@@ -714,27 +709,24 @@ async fn budgets(control: Control, cmd: BudgetsCommand) -> Result<()> {
             println!("budget for {scope} set; it applies from the next request");
         }
         BudgetsCommand::Clear { scope } => {
-            crate::admission::validate_scope(&scope)?;
+            crate::budget::validate_scope(&scope)?;
             match &control {
                 Control::Remote(c) => {
                     let _: serde_json::Value = c
                         .call(Method::PUT, &format!("/v1/budgets/{scope}"), Some(json!({})))
                         .await?;
                 }
-                Control::Local { store, .. } => store.put_budget(&scope, &Default::default())?,
+                Control::Local { state, .. } => state.budgets.set(&scope, Default::default()).await?,
             }
             println!("budget for {scope} removed");
         }
         BudgetsCommand::List { out } => {
-            let all: Vec<crate::admission::BudgetStatus> = match &control {
+            let all: Vec<crate::budget::BudgetStatus> = match &control {
                 Control::Remote(c) => {
                     let v: serde_json::Value = c.call(Method::GET, "/v1/budgets", None).await?;
                     serde_json::from_value(v["budgets"].clone())?
                 }
-                Control::Local { store, config } => {
-                    let book = crate::admission::BudgetBook::open(store.clone(), &config.budgets)?;
-                    book.status(crate::clock::now_unix())?
-                }
+                Control::Local { state, .. } => state.budgets.status(crate::clock::now_unix()).await?,
             };
             if out.json {
                 println!("{}", json!({"budgets": all}));
@@ -768,8 +760,8 @@ async fn spend(control: Control, by: &str, since: Option<&str>, until: Option<&s
     if !["table", "csv", "json"].contains(&format) {
         return Err(Error::msg(format!("--format {format:?}: expected table, csv or json")));
     }
-    let (since, until) = ops::spend_range(since, until)?;
-    let report: ops::SpendReport = match &control {
+    let (since, until) = operator::spend_range(since, until)?;
+    let report: operator::SpendReport = match &control {
         Control::Remote(c) => {
             let by_name = serde_json::to_value(by)?.as_str().unwrap_or("team").to_string();
             c.call(
@@ -779,7 +771,7 @@ async fn spend(control: Control, by: &str, since: Option<&str>, until: Option<&s
             )
             .await?
         }
-        Control::Local { store, .. } => ops::spend(store.as_ref(), by, &since, &until)?,
+        Control::Local { state, .. } => operator::spend(state.spend.as_ref(), by, &since, &until).await?,
     };
     let usd = crate::money::usd;
     match format {
@@ -872,8 +864,8 @@ async fn prices(control: Control, cmd: PricesCommand) -> Result<()> {
                     let v: serde_json::Value = c.call(Method::GET, "/v1/prices", None).await?;
                     serde_json::from_value(v["prices"].clone())?
                 }
-                Control::Local { store, .. } => crate::prices::PriceTable::shipped()?
-                    .with_overrides(store.price_overrides()?)
+                Control::Local { state, .. } => crate::prices::PriceTable::shipped()?
+                    .with_overrides(state.prices.overrides().await?)
                     .rows()
                     .into_iter()
                     .cloned()
@@ -930,9 +922,9 @@ async fn prices(control: Control, cmd: PricesCommand) -> Result<()> {
                         .await?;
                     (v["imported"].as_u64().unwrap_or(0) as usize, v["skipped"].clone())
                 }
-                Control::Local { store, .. } => {
-                    let imported = ops::parse_price_file(&content)?;
-                    store.put_price_overrides(&imported.rows)?;
+                Control::Local { state, .. } => {
+                    let imported = operator::parse_price_file(&content)?;
+                    state.prices.put_overrides(&imported.rows).await?;
                     (imported.rows.len(), json!(imported.skipped))
                 }
             };

@@ -15,7 +15,8 @@ use crate::error::{Error, Result};
 use crate::policy::runtime::RequestInfo;
 use crate::policy::segments::{self, Segment};
 use crate::policy::{Policies, signature};
-use crate::store::{FindingRecord, Store};
+use crate::records::FindingRecord;
+use conduit_state::State;
 
 /// `conduit policy …`
 #[derive(Debug, Subcommand)]
@@ -151,8 +152,8 @@ pub async fn policy(config: Config, cmd: PolicyCommand) -> Result<()> {
             let listing = match remote(&config).await? {
                 Some(c) => c.call::<serde_json::Value>(Method::GET, "/v1/policies", None).await?,
                 None => {
-                    let store = open_store(&config)?;
-                    let p = Policies::open(config.policies.clone(), Some(store))?;
+                    let stored = open_state(&config).await?.policy_modes.list().await?;
+                    let p = Policies::open(config.policies.clone(), &stored)?;
                     crate::policy::ops::listing(&p)
                 }
             };
@@ -179,7 +180,11 @@ pub async fn policy(config: Config, cmd: PolicyCommand) -> Result<()> {
                     if crate::policy::Mode::parse(&mode).is_none() {
                         return Err(Error::msg(format!("mode {mode:?}: give one of off, alert, block")));
                     }
-                    open_store(&config)?.set_policy_mode(&category, Some(&mode))?;
+                    open_state(&config)
+                        .await?
+                        .policy_modes
+                        .set(&category, Some(&mode))
+                        .await?;
                 }
             }
             eprintln!("{category} is now {mode}");
@@ -191,21 +196,21 @@ pub async fn policy(config: Config, cmd: PolicyCommand) -> Result<()> {
 /// Runs `conduit findings …`.
 pub async fn findings(config: Config, cmd: FindingsCommand) -> Result<()> {
     let client = remote(&config).await?;
-    let store = if client.is_none() {
-        Some(open_store(&config)?)
+    let state = if client.is_none() {
+        Some(open_state(&config).await?)
     } else {
         None
     };
     match cmd {
         FindingsCommand::List { limit, json } => {
-            let list: Vec<FindingRecord> = match (&client, &store) {
+            let list: Vec<FindingRecord> = match (&client, &state) {
                 (Some(c), _) => {
                     let v: serde_json::Value = c
                         .call(Method::GET, &format!("/v1/findings?limit={limit}"), None)
                         .await?;
                     serde_json::from_value(v["findings"].clone())?
                 }
-                (None, Some(s)) => s.findings(limit)?,
+                (None, Some(s)) => s.findings.list(limit).await?,
                 (None, None) => Vec::new(),
             };
             if json {
@@ -232,7 +237,7 @@ pub async fn findings(config: Config, cmd: FindingsCommand) -> Result<()> {
             }
         }
         FindingsCommand::FalsePositive { id, by } => {
-            let record: FindingRecord = match (&client, &store) {
+            let record: FindingRecord = match (&client, &state) {
                 (Some(c), _) => {
                     c.call(
                         Method::POST,
@@ -241,7 +246,7 @@ pub async fn findings(config: Config, cmd: FindingsCommand) -> Result<()> {
                     )
                     .await?
                 }
-                (None, Some(s)) => crate::policy::ops::mark_false_positive(s.as_ref(), &id, &by)?,
+                (None, Some(s)) => crate::operator::mark_false_positive(s.findings.as_ref(), &id, &by).await?,
                 (None, None) => return Err(Error::msg("no store")),
             };
             eprintln!(
@@ -250,12 +255,12 @@ pub async fn findings(config: Config, cmd: FindingsCommand) -> Result<()> {
             );
         }
         FindingsCommand::Stats { json } => {
-            let stats = match (&client, &store) {
+            let stats = match (&client, &state) {
                 (Some(c), _) => {
                     let v: serde_json::Value = c.call(Method::GET, "/v1/findings/stats", None).await?;
                     v["categories"].clone()
                 }
-                (None, Some(s)) => json!(crate::policy::ops::stats(&s.findings(usize::MAX)?)),
+                (None, Some(s)) => json!(crate::operator::finding_stats(&s.findings.list(usize::MAX).await?)),
                 (None, None) => json!({}),
             };
             if json {
@@ -301,7 +306,7 @@ fn test(
         pc.dir = dir;
         pc.allow_unsigned = true;
     }
-    let policies = Policies::open(pc, None)?;
+    let policies = Policies::open(pc, &[])?;
     for s in policies.statuses() {
         if s.state != "loaded" || s.signed_by.as_deref().is_some_and(|b| b.contains("allow_unsigned")) {
             eprintln!(
@@ -417,14 +422,13 @@ pub(crate) async fn remote(config: &Config) -> Result<Option<AdminClient>> {
     Ok(None)
 }
 
-fn open_store(config: &Config) -> Result<std::sync::Arc<dyn Store>> {
-    let store = crate::store::SledStore::open(&config.data_dir).map_err(|e| {
+async fn open_state(config: &Config) -> Result<State> {
+    crate::gateway::open_state(config).await.map_err(|e| {
         e.context(format!(
             "no gateway answers on the admin address {}, and",
             config.admin_listen
         ))
-    })?;
-    Ok(std::sync::Arc::new(store))
+    })
 }
 
 /// Percent-encodes a path segment; `*` (in `secret.*`) is a valid path character and stays.

@@ -164,7 +164,7 @@ pub struct Config {
     /// TLS termination files.
     pub tls: Option<TlsFiles>,
     /// Budgets from the file, by scope.
-    pub budgets: Vec<(String, crate::admission::BudgetLimit)>,
+    pub budgets: Vec<(String, crate::records::BudgetLimit)>,
     /// Policies.
     pub policies: crate::policy::PolicyConfig,
     /// The audit log.
@@ -436,12 +436,12 @@ impl RawConfig {
 
         let mut budgets = Vec::new();
         for (scope, b) in self.budgets {
-            crate::admission::validate_scope(&scope).map_err(|e| e.context(format!("[budgets.{scope:?}]")))?;
+            crate::budget::validate_scope(&scope).map_err(|e| e.context(format!("[budgets.{scope:?}]")))?;
             let usd = |what: &str, v: Option<String>| {
                 v.map(|v| crate::money::parse_usd(&format!("[budgets.{scope:?}].{what}"), &v))
                     .transpose()
             };
-            let limit = crate::admission::BudgetLimit {
+            let limit = crate::records::BudgetLimit {
                 daily_micros: usd("daily_usd", b.daily_usd)?,
                 monthly_micros: usd("monthly_usd", b.monthly_usd)?,
             };

@@ -25,7 +25,7 @@ use zeroize::Zeroizing;
 
 use crate::config::RawConfig;
 use crate::error::{Error, Result};
-use crate::ops;
+use crate::operator;
 
 /// `conduit demo` arguments.
 #[derive(Debug, clap::Args)]
@@ -118,39 +118,33 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     crate::mock::forward_control_headers(&mut raw);
     let config = raw.validate(&|k| env.get(k).cloned())?;
     crate::telemetry::init(&config.log);
-    let gateway = crate::Gateway::open(config)?;
-    let store = gateway.store.clone();
-    let mk = gateway.master_key();
+    let gateway = crate::Gateway::open(config).await?;
     for provider in ["anthropic", "openai"] {
-        ops::set_credential(
-            store.as_ref(),
-            &mk,
-            provider,
-            Zeroizing::new(format!("demo-{provider}-credential")),
-        )?;
+        gateway
+            .set_credential(provider, Zeroizing::new(format!("demo-{provider}-credential")))
+            .await?;
     }
     let mut keys = Vec::new();
     for (owner, team, client) in PEOPLE {
-        let created = ops::create_key(
-            store.as_ref(),
-            ops::NewKeyRequest {
+        let created = operator::create_key(
+            gateway.state.keys.as_ref(),
+            operator::NewKeyRequest {
                 owner: owner.to_string(),
                 team: Some(team.to_string()),
                 name: Some("laptop".into()),
                 expires_at: None,
                 limits: Default::default(),
             },
-        )?;
+        )
+        .await?;
         keys.push((created.key.clone(), *client, created.record.id.clone()));
     }
     // Erin's key gets a tiny daily budget: some of her requests are refused with 402.
-    gateway.budgets.set(
-        &format!("key:{}", keys[4].2),
-        crate::admission::BudgetLimit {
-            daily_micros: Some(20_000),
-            monthly_micros: None,
-        },
-    )?;
+    let tiny = crate::records::BudgetLimit {
+        daily_micros: Some(20_000),
+        monthly_micros: None,
+    };
+    gateway.state.budgets.set(&format!("key:{}", keys[4].2), tiny).await?;
     let running = crate::server::start(gateway, Duration::from_secs(5)).await?;
     let base = format!("http://{}", running.addr);
     let dashboard = format!("http://{}/dashboard#token={token}", running.admin_addr);
@@ -164,7 +158,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     }
     let sent = traffic(&base, &keys, args.requests).await;
     running.gateway.audit.sync();
-    running.gateway.ledger.flush();
+    running.gateway.ledger.flush().await;
     if args.json {
         println!(
             "{}",

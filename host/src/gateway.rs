@@ -1,29 +1,33 @@
 //! The running gateway's shared state, built once at start-up by [`Gateway::open`]: validated
-//! config, the store, the master key (checked against the store), the upstream client.
-//! `main` and the tests build the gateway the same way, through this type and `server::start`.
+//! config, the [`State`] (opened in one place, [`open_state`]), the master key (checked against
+//! the state), the upstream client. `main` and the tests build the gateway the same way, through
+//! this type and `server::start`.
 
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 
 use zeroize::Zeroizing;
 
-use crate::admission::{BudgetBook, RateLimiter};
+use conduit_state::State;
+use conduit_state::ledger::Ledger;
+use conduit_state::ratelimit::RateLimiter;
+use conduit_state::records::META_MASTER_KEY_ID;
+use conduit_state::store::MetaStore;
+
 use crate::config::{Config, MasterKeySource};
 use crate::error::{Error, Result};
-use crate::ledger::Ledger;
 use crate::prices::{PriceRow, PriceTable};
 use crate::seal::MasterKey;
 use crate::stages::accept::RequestIds;
 use crate::stages::settle::Settlement;
-use crate::store::{META_MASTER_KEY_ID, SledStore, Store};
 use crate::upstream::{UpstreamClient, build_client};
 
 /// Shared state of a running gateway.
 pub struct Gateway {
     /// Validated configuration.
     pub config: Config,
-    /// Durable state.
-    pub store: Arc<dyn Store>,
+    /// Durable state: keys, credentials, budgets, spend, findings, modes, prices, uploads.
+    pub state: State,
     /// Upstream HTTP client.
     pub client: UpstreamClient,
     /// Request id source.
@@ -32,8 +36,6 @@ pub struct Gateway {
     pub(crate) admin_token: Zeroizing<String>,
     /// The spend ledger writer.
     pub ledger: Ledger,
-    /// Budgets, and what is spent and reserved against them.
-    pub budgets: Arc<BudgetBook>,
     /// Per-key rate-limit state.
     pub rate_limiter: Arc<RateLimiter>,
     /// The Wasm policy set (`None` when `[policies] enabled = false`).
@@ -42,46 +44,44 @@ pub struct Gateway {
     pub audit: crate::audit::AuditLog,
     /// Prometheus metrics, folded from the audit records.
     pub metrics: Arc<crate::metrics::Metrics>,
-    master_key: RwLock<Arc<MasterKey>>,
+    master_keys: RwLock<MasterKeys>,
+    credential_writes: tokio::sync::Mutex<()>,
     prices: RwLock<Arc<PriceTable>>,
 }
 
 impl Gateway {
     /// Opens the store, resolves and checks the master key, resolves the admin token and builds
     /// the upstream client. Any failure here stops start-up with a specific message.
-    pub fn open(config: Config) -> Result<Gateway> {
-        crate::fsperm::create_private_dir(&config.data_dir).map_err(|e| {
-            Error::msg(format!(
-                "creating data directory {:?}: {e}",
-                config.data_dir.display().to_string()
-            ))
-        })?;
-        check_state_files(&config)?;
-        let store: Arc<dyn Store> = Arc::new(SledStore::open(&config.data_dir)?);
-        Self::open_with_store(config, store)
+    pub async fn open(config: Config) -> Result<Gateway> {
+        let state = open_state(&config).await?;
+        Self::open_with_state(config, state).await
     }
 
-    /// As [`Gateway::open`], over a store the caller opened (another engine, or a test double).
-    pub fn open_with_store(mut config: Config, store: Arc<dyn Store>) -> Result<Gateway> {
+    /// As [`Gateway::open`], over state the caller opened (another backend, or a test double).
+    pub async fn open_with_state(mut config: Config, state: State) -> Result<Gateway> {
         check_state_files(&config)?;
-        let master_key = resolve_master_key(&config.master_key, store.as_ref(), true)?;
+        let master_key = resolve_master_key(&config.master_key, state.meta.as_ref(), true).await?;
         let admin_token = resolve_admin_token(&config, true)?;
         // Compiled policy artifacts are trusted only under a key derived from the master key.
         config.policies.cache_key = crate::policy::runtime::CacheKey::from_master(&master_key);
         let client = build_client(&config.network)?;
         let prices = PriceTable::shipped()?
-            .with_overrides(store.price_overrides()?)
+            .with_overrides(state.prices.overrides().await?)
             .with_config(config.prices.clone());
-        let ledger = Ledger::start(store.clone())?;
+        let ledger = Ledger::start(state.spend.clone());
         let metrics = Arc::new(crate::metrics::Metrics::default());
         let otlp = match &config.otlp {
             Some(c) => Some(crate::audit::otlp::Exporter::start(c.clone(), &config.network)?),
             None => None,
         };
-        let audit = crate::audit::AuditLog::start(&config.audit, metrics.clone(), Some(store.clone()), otlp)?;
-        let budgets = Arc::new(BudgetBook::open(store.clone(), &config.budgets)?);
+        let audit = crate::audit::AuditLog::start(&config.audit, metrics.clone(), Some(prune_findings(&state)), otlp)?;
         let policies = if config.policies.enabled {
-            let p = crate::policy::Policies::open(config.policies.clone(), Some(store.clone()))?;
+            let stored = state.policy_modes.list().await?;
+            let pc = config.policies.clone();
+            // Compiling the components is seconds of CPU: not on an async worker.
+            let p = tokio::task::spawn_blocking(move || crate::policy::Policies::open(pc, &stored))
+                .await
+                .map_err(|e| Error::msg(format!("loading the policies failed: {e}")))??;
             p.watch();
             Some(p)
         } else {
@@ -89,17 +89,20 @@ impl Gateway {
         };
         Ok(Gateway {
             config,
-            store,
+            state,
             client,
             request_ids: RequestIds::new(),
             admin_token,
             ledger,
-            budgets,
             rate_limiter: Arc::default(),
             policies,
             audit,
             metrics,
-            master_key: RwLock::new(Arc::new(master_key)),
+            master_keys: RwLock::new(MasterKeys {
+                current: Arc::new(master_key),
+                next: None,
+            }),
+            credential_writes: tokio::sync::Mutex::new(()),
             prices: RwLock::new(Arc::new(prices)),
         })
     }
@@ -110,10 +113,10 @@ impl Gateway {
     }
 
     /// Stores price overrides and puts them in force for the next request.
-    pub fn add_price_overrides(&self, rows: Vec<PriceRow>) -> Result<usize> {
-        self.store.put_price_overrides(&rows)?;
+    pub async fn add_price_overrides(&self, rows: Vec<PriceRow>) -> Result<usize> {
+        self.state.prices.put_overrides(&rows).await?;
         let table = PriceTable::shipped()?
-            .with_overrides(self.store.price_overrides()?)
+            .with_overrides(self.state.prices.overrides().await?)
             .with_config(self.config.prices.clone());
         *self.prices.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(table);
         Ok(rows.len())
@@ -127,25 +130,89 @@ impl Gateway {
         }
     }
 
-    /// The current master key.
+    /// The current master key (what new credentials are sealed under).
     pub fn master_key(&self) -> Arc<MasterKey> {
-        match self.master_key.read() {
-            Ok(g) => g.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
+        self.master_keys
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .current
+            .clone()
+    }
+
+    /// The key that unseals a credential sealed under `master_key_id`: the current one, or —
+    /// while a rotation is re-sealing — the next, so no request fails mid-rotation.
+    pub fn unsealing_key(&self, master_key_id: &str) -> Arc<MasterKey> {
+        let keys = self.master_keys.read().unwrap_or_else(|p| p.into_inner());
+        match &keys.next {
+            Some(next) if next.id() == master_key_id => next.clone(),
+            _ => keys.current.clone(),
         }
     }
 
-    /// Re-seals every credential under `new` and switches to it.
-    pub fn rotate_master_key(&self, new: MasterKey) -> Result<usize> {
-        let mut guard = self.master_key.write().unwrap_or_else(|p| p.into_inner());
-        let count = crate::ops::rotate_master(self.store.as_ref(), &guard, &new)?;
+    /// Seals and stores a provider credential under the current master key.
+    pub async fn set_credential(
+        &self,
+        provider: &str,
+        secret: Zeroizing<String>,
+    ) -> Result<conduit_state::operator::CredentialInfo> {
+        let _writes = self.credential_writes.lock().await;
+        conduit_state::operator::set_credential(self.state.credentials.as_ref(), &self.master_key(), provider, secret)
+            .await
+    }
+
+    /// Re-seals every credential under `new` and switches to it. Credential writes wait for it;
+    /// requests keep unsealing throughout (by the key id each credential names).
+    pub async fn rotate_master_key(&self, new: MasterKey) -> Result<usize> {
+        let _writes = self.credential_writes.lock().await;
+        let (old, new) = (self.master_key(), Arc::new(new));
+        self.master_keys.write().unwrap_or_else(|p| p.into_inner()).next = Some(new.clone());
+        let rotated = conduit_state::operator::rotate_master(self.state.credentials.as_ref(), &old, &new).await;
+        let mut keys = self.master_keys.write().unwrap_or_else(|p| p.into_inner());
+        keys.next = None;
+        let count = rotated?;
+        keys.current = new.clone();
+        drop(keys);
         if let MasterKeySource::Generated(path) = &self.config.master_key {
             replace_secret_file(path, new.to_base64().as_bytes())?;
             tracing::warn!(path = %path.display(), "the generated master key file now holds the rotated key");
         }
-        *guard = Arc::new(new);
         Ok(count)
     }
+}
+
+/// The master key in force and, during a rotation, the one replacing it.
+struct MasterKeys {
+    current: Arc<MasterKey>,
+    next: Option<Arc<MasterKey>>,
+}
+
+/// Findings age out with the audit log: the writer thread's retention cutoff, applied on the
+/// runtime that opened the gateway.
+fn prune_findings(state: &State) -> crate::audit::RetentionHook {
+    let (findings, runtime) = (state.findings.clone(), tokio::runtime::Handle::current());
+    Box::new(move |cutoff| {
+        let findings = findings.clone();
+        runtime.spawn(async move {
+            match findings.prune(cutoff).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(findings = n, "policy findings past the audit retention removed"),
+                Err(e) => tracing::error!(error = %e, "pruning policy findings failed"),
+            }
+        });
+    })
+}
+
+/// Opens the state the configuration names: the one place a backend is chosen (today the embedded
+/// sled store under `data_dir`; a shared backend is one more arm here).
+pub async fn open_state(config: &Config) -> Result<State> {
+    crate::fsperm::create_private_dir(&config.data_dir).map_err(|e| {
+        Error::msg(format!(
+            "creating data directory {:?}: {e}",
+            config.data_dir.display().to_string()
+        ))
+    })?;
+    check_state_files(config)?;
+    conduit_state_sled::open(&config.data_dir, &config.budgets).await
 }
 
 /// Refuses to start on state another user could change (`crate::fsperm`): the data directory,
@@ -168,8 +235,12 @@ pub fn check_state_files(config: &Config) -> Result<()> {
 ///
 /// `may_generate`: with no key configured, create `<data_dir>/master.key` on first use
 /// (development default). The CLI passes `false` when it only reads.
-pub fn resolve_master_key(source: &MasterKeySource, store: &dyn Store, may_generate: bool) -> Result<MasterKey> {
-    let recorded = store.meta(META_MASTER_KEY_ID)?;
+pub async fn resolve_master_key(
+    source: &MasterKeySource,
+    meta: &dyn MetaStore,
+    may_generate: bool,
+) -> Result<MasterKey> {
+    let recorded = meta.get(META_MASTER_KEY_ID).await?;
     let key = match source {
         MasterKeySource::Env(v) => MasterKey::from_base64(v, "CONDUIT_MASTER_KEY")?,
         MasterKeySource::File(path) => read_key_file(path)?,
@@ -203,7 +274,7 @@ pub fn resolve_master_key(source: &MasterKeySource, store: &dyn Store, may_gener
         ))),
         Some(_) => Ok(key),
         None => {
-            store.set_meta(META_MASTER_KEY_ID, key.id())?;
+            meta.set(META_MASTER_KEY_ID, key.id()).await?;
             Ok(key)
         }
     }

@@ -10,7 +10,7 @@
 //! ```no_run
 //! # async fn run() -> Result<(), conduit::Error> {
 //! let config = conduit::Config::load(None)?;            // defaults + environment
-//! let gateway = conduit::Gateway::open(config)?;         // store, master key, upstream client
+//! let gateway = conduit::Gateway::open(config).await?;   // state, master key, upstream client
 //! let running = conduit::server::start(gateway, std::time::Duration::from_secs(10)).await?;
 //! println!("listening on {}", running.addr);
 //! # Ok(()) }
@@ -19,13 +19,13 @@
 //! The request path is in [`pipeline`]; each stage is a module under [`stages`].
 
 pub use conduit_core::{clock, error, fsperm, hex, keys, money, percent, seal};
+pub use conduit_state::{State, budget, ledger, operator, ratelimit, records, store};
 pub use conduit_wire::{
     bedrock, content, egress, endpoint, error_shape, eventstream, prices, protocol, segments, sigv4, usage,
 };
 
 pub mod admin;
 pub mod admin_client;
-pub mod admission;
 pub mod audit;
 pub mod body;
 pub mod cli;
@@ -35,15 +35,12 @@ pub mod config;
 pub mod dashboard;
 pub mod demo;
 pub mod gateway;
-pub mod ledger;
 pub mod metrics;
 pub mod mock;
-pub mod ops;
 pub mod pipeline;
 pub mod policy;
 pub mod server;
 pub mod stages;
-pub mod store;
 pub mod telemetry;
 pub mod upstream;
 

@@ -110,7 +110,7 @@ async fn run(gw: &Gateway, req: Request<Incoming>, ex: &mut accept::Exchange) ->
     // The head checks of `accept` run once the family is known, so refusals come in its shape.
     accept::check_declared_length(&req, &config.limits)?;
 
-    let principal = authenticate::principal(gw.store.as_ref(), req.headers(), crate::clock::now_unix())?;
+    let principal = authenticate::principal(gw.state.keys.as_ref(), req.headers(), crate::clock::now_unix()).await?;
     ex.key_id = Some(principal.key_id.clone());
     ex.owner = Some(principal.owner.clone());
     ex.team = principal.team.clone();
@@ -139,11 +139,11 @@ async fn run(gw: &Gateway, req: Request<Incoming>, ex: &mut accept::Exchange) ->
         &route.upstream.fixed_headers,
     );
 
-    police::police(gw, ex, &principal, &route, &mut extracted, &headers, parts.uri.query())?;
+    police::police(gw, ex, &principal, &route, &mut extracted, &headers, parts.uri.query()).await?;
 
-    let admitted = admit::admit(gw, ex, &principal, &route, &extracted)?;
+    let admitted = admit::admit(gw, ex, &principal, &route, &extracted).await?;
 
-    let auth = credential::for_upstream(gw, route.upstream)?;
+    let auth = credential::for_upstream(gw, route.upstream).await?;
 
     let upload = forward::pending_upload(&route, &extracted, &principal);
     let response = forward::send(gw, &route, parts.method, headers, body, auth, ex, admitted, upload).await?;

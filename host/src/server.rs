@@ -42,14 +42,11 @@ impl Running {
         for t in self.tasks {
             let _ = tokio::time::timeout(grace + Duration::from_secs(1), t).await;
         }
-        // What the writer threads still hold (folded spend, queued audit records) reaches disk
-        // before the process exits.
+        // What the writers still hold (folded spend, queued audit records) reaches disk before
+        // the process exits.
+        self.gateway.ledger.flush().await;
         let gw = self.gateway.clone();
-        let _ = tokio::task::spawn_blocking(move || {
-            gw.ledger.flush();
-            gw.audit.sync();
-        })
-        .await;
+        let _ = tokio::task::spawn_blocking(move || gw.audit.sync()).await;
     }
 }
 

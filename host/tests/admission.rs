@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::{Harness, Reply};
-use conduit::admission::{BudgetLimit, RateLimits};
 use conduit::error::{Error, Result};
-use conduit::store::Store;
+use conduit::records::{BudgetLimit, KeyRecord, RateLimits};
+use conduit::store::{KeyChange, KeyStore, MetaStore, Watch};
 use http::{Method, Request};
 use http_body_util::Full;
 
@@ -66,23 +66,18 @@ async fn race(h: &Arc<Harness>, keys: &[(String, usize)]) -> Vec<(String, u16)> 
     out
 }
 
-fn set(h: &Harness, scope: &str, monthly: u64) {
-    h.gateway()
-        .budgets
-        .set(
-            scope,
-            BudgetLimit {
-                daily_micros: None,
-                monthly_micros: Some(monthly),
-            },
-        )
-        .unwrap();
+async fn set(h: &Harness, scope: &str, monthly: u64) {
+    let limit = BudgetLimit {
+        daily_micros: None,
+        monthly_micros: Some(monthly),
+    };
+    h.gateway().state.budgets.set(scope, limit).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_concurrent_requests_race_a_budget_that_fits_exactly_seven() {
     let h = Arc::new(Harness::start().await);
-    set(&h, "team:payments", 7 * WORST);
+    set(&h, "team:payments", 7 * WORST).await;
     let results = race(&h, &[(h.key.clone(), 50)]).await;
     let ok = results.iter().filter(|(_, s)| *s == 200).count();
     let refused = results.iter().filter(|(_, s)| *s == 402).count();
@@ -92,17 +87,25 @@ async fn fifty_concurrent_requests_race_a_budget_that_fits_exactly_seven() {
         7,
         "exactly the admitted requests reached the provider"
     );
-    h.gateway().ledger.flush();
+    h.gateway().ledger.flush().await;
     let spent: u64 = h
         .gateway()
-        .store
-        .spend("2000-01-01", "2999-12-31")
+        .state
+        .spend
+        .range("2000-01-01", "2999-12-31")
+        .await
         .unwrap()
         .iter()
         .map(|r| r.cost_micros)
         .sum();
     assert_eq!(spent, 7 * WORST, "recorded spend equals the budget, never more");
-    let status = h.gateway().budgets.status(conduit::clock::now_unix()).unwrap();
+    let status = h
+        .gateway()
+        .state
+        .budgets
+        .status(conduit::clock::now_unix())
+        .await
+        .unwrap();
     assert_eq!(
         (status[0].spent_micros, status[0].reserved_micros),
         (7 * WORST, 0),
@@ -113,10 +116,10 @@ async fn fifty_concurrent_requests_race_a_budget_that_fits_exactly_seven() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn key_team_and_org_budgets_bind_at_once() {
     let h = Arc::new(Harness::start().await);
-    let bob = h.new_key("bob@corp.example").key; // team payments
-    let carol = conduit::ops::create_key(
-        h.gateway().store.as_ref(),
-        conduit::ops::NewKeyRequest {
+    let bob = h.new_key("bob@corp.example").await.key; // team payments
+    let carol = conduit::operator::create_key(
+        h.gateway().state.keys.as_ref(),
+        conduit::operator::NewKeyRequest {
             owner: "carol@corp.example".into(),
             team: Some("risk".into()),
             name: None,
@@ -124,11 +127,12 @@ async fn key_team_and_org_budgets_bind_at_once() {
             limits: Default::default(),
         },
     )
+    .await
     .unwrap()
     .key;
-    set(&h, &format!("key:{}", h.key_id), 4 * WORST);
-    set(&h, "team:payments", 6 * WORST);
-    set(&h, "org", 10 * WORST);
+    set(&h, &format!("key:{}", h.key_id), 4 * WORST).await;
+    set(&h, "team:payments", 6 * WORST).await;
+    set(&h, "org", 10 * WORST).await;
     let results = race(&h, &[(h.key.clone(), 20), (bob.clone(), 20), (carol.clone(), 20)]).await;
     let ok = |k: &str| results.iter().filter(|(key, s)| key == k && *s == 200).count();
     let (a, b, c) = (ok(&h.key), ok(&bob), ok(&carol));
@@ -142,7 +146,7 @@ async fn key_team_and_org_budgets_bind_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refusal_names_the_budget_spent_reserved_limit_and_reset() {
     let h = Harness::start().await;
-    set(&h, "team:payments", WORST + 100);
+    set(&h, "team:payments", WORST + 100).await;
     assert_eq!(post(&h, &h.key, &body_of(400, 1000)).await.status, 200);
     let r = post(&h, &h.key, &body_of(400, 1000)).await;
     r.assert_openai_error(402, "monthly budget of team payments is $0.002200 per month");
@@ -195,12 +199,12 @@ async fn an_unpriced_model_is_reserved_and_billed_at_the_ceiling() {
     let worst = ceiling.worst_case(body.len() as u64, 1000, 0, Default::default());
     // A budget one micro-dollar short of the ceiling's worst case refuses it: the reservation is
     // the ceiling's, not $0.
-    set(&h, "team:payments", worst - 1);
+    set(&h, "team:payments", worst - 1).await;
     let r = responses(&h, body).await;
     r.assert_openai_error(402, "budget of team payments");
     assert!(h.mock_log().await.is_empty());
     // With room for it: forwarded, and billed at the ceiling for the usage the provider reported.
-    set(&h, "team:payments", worst);
+    set(&h, "team:payments", worst).await;
     let r = responses(&h, body).await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     let rows = h.spend(1).await;
@@ -256,7 +260,7 @@ async fn an_unpriced_model_is_reserved_and_billed_at_the_ceiling() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listings_pass_under_a_budget() {
     let h = Harness::start().await;
-    set(&h, "org", 1);
+    set(&h, "org", 1).await;
     let bearer = format!("Bearer {}", h.key);
     let r = h
         .send(Method::GET, "/v1/models", &[("authorization", &bearer)], "")
@@ -337,8 +341,10 @@ async fn each_model_is_billed_by_its_own_row() {
     );
 }
 
-fn limit_key(h: &Harness, limits: RateLimits) {
-    conduit::ops::update_key_limits(h.gateway().store.as_ref(), &h.key_id, limits).unwrap();
+async fn limit_key(h: &Harness, limits: RateLimits) {
+    conduit::operator::update_key_limits(h.gateway().state.keys.as_ref(), &h.key_id, limits)
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -351,7 +357,8 @@ async fn rate_limits_per_key() {
             rpm: Some(3),
             ..Default::default()
         },
-    );
+    )
+    .await;
     for _ in 0..3 {
         assert_eq!(post(&h, &h.key, &body_of(100, 8)).await.status, 200);
     }
@@ -363,7 +370,7 @@ async fn rate_limits_per_key() {
         "one request refills in 20 s at 3/min: {retry}"
     );
     assert!(r.header("x-should-retry").is_none(), "waiting helps: retries allowed");
-    let other = h.new_key("bob@corp.example").key;
+    let other = h.new_key("bob@corp.example").await.key;
     assert_eq!(
         post(&h, &other, &body_of(100, 8)).await.status,
         200,
@@ -378,7 +385,8 @@ async fn rate_limits_per_key() {
             tpm: Some(100),
             ..Default::default()
         },
-    );
+    )
+    .await;
     let r = post(&h, &h.key, &body_of(1000, 8)).await;
     r.assert_openai_error(429, "this request can never fit");
     assert_eq!(r.header("x-should-retry"), Some("false"));
@@ -391,7 +399,8 @@ async fn rate_limits_per_key() {
             max_streams: Some(1),
             ..Default::default()
         },
-    );
+    )
+    .await;
     let stalled = Request::post(h.url("/v1/messages"))
         .header("x-api-key", &h.key)
         .header("content-type", "application/json")
@@ -413,13 +422,13 @@ async fn rate_limits_per_key() {
     assert_eq!(r.status, 200, "the slot is free once the first stream ended");
 }
 
-/// Delegates to sled until told to fail.
-struct Breakable {
-    inner: Arc<dyn Store>,
+/// The sled key and meta stores, until told to fail.
+struct Breakable<T: ?Sized> {
+    inner: Arc<T>,
     broken: Arc<AtomicBool>,
 }
 
-impl Breakable {
+impl<T: ?Sized> Breakable<T> {
     fn check(&self) -> Result<()> {
         if self.broken.load(Ordering::SeqCst) {
             Err(Error::msg("injected store failure"))
@@ -429,91 +438,49 @@ impl Breakable {
     }
 }
 
-impl Store for Breakable {
-    fn insert_key(&self, h: &conduit::keys::KeyHash, r: &conduit::store::KeyRecord) -> Result<()> {
+#[async_trait::async_trait]
+impl KeyStore for Breakable<dyn KeyStore> {
+    async fn insert(&self, h: &conduit::keys::KeyHash, r: &KeyRecord) -> Result<()> {
         self.check()?;
-        self.inner.insert_key(h, r)
+        self.inner.insert(h, r).await
     }
-    fn key_by_hash(&self, h: &conduit::keys::KeyHash) -> Result<Option<conduit::store::KeyRecord>> {
+    async fn by_hash(&self, h: &conduit::keys::KeyHash) -> Result<Option<KeyRecord>> {
         self.check()?;
-        self.inner.key_by_hash(h)
+        self.inner.by_hash(h).await
     }
-    fn key(&self, id: &str) -> Result<Option<conduit::store::KeyRecord>> {
-        self.inner.key(id)
-    }
-    fn update_key(&self, r: &conduit::store::KeyRecord) -> Result<()> {
-        self.inner.update_key(r)
-    }
-    fn keys(&self) -> Result<Vec<conduit::store::KeyRecord>> {
-        self.inner.keys()
-    }
-    fn put_credential(&self, c: &conduit::seal::SealedCredential) -> Result<()> {
-        self.inner.put_credential(c)
-    }
-    fn credential(&self, p: &str, id: &str) -> Result<Option<conduit::seal::SealedCredential>> {
-        self.inner.credential(p, id)
-    }
-    fn credentials(&self) -> Result<Vec<conduit::seal::SealedCredential>> {
-        self.inner.credentials()
-    }
-    fn reseal_all(&self, c: &[conduit::seal::SealedCredential], id: &str) -> Result<()> {
-        self.inner.reseal_all(c, id)
-    }
-    fn meta(&self, n: &str) -> Result<Option<String>> {
-        self.inner.meta(n)
-    }
-    fn set_meta(&self, n: &str, v: &str) -> Result<()> {
-        self.inner.set_meta(n, v)
-    }
-    fn ping(&self) -> Result<()> {
+    async fn by_id(&self, id: &str) -> Result<Option<KeyRecord>> {
         self.check()?;
-        self.inner.ping()
+        self.inner.by_id(id).await
     }
-    fn put_upload(&self, r: &conduit::store::UploadRecord) -> Result<()> {
-        self.inner.put_upload(r)
-    }
-    fn upload(&self, p: &str, id: &str) -> Result<Option<conduit::store::UploadRecord>> {
-        self.inner.upload(p, id)
-    }
-    fn sync_spend(&self) -> Result<()> {
-        self.inner.sync_spend()
-    }
-    fn add_spend(&self, e: &conduit::ledger::SpendRow) -> Result<()> {
-        self.inner.add_spend(e)
-    }
-    fn spend(&self, since: &str, until: &str) -> Result<Vec<conduit::ledger::SpendRow>> {
+    async fn update(&self, r: &KeyRecord) -> Result<()> {
         self.check()?;
-        self.inner.spend(since, until)
+        self.inner.update(r).await
     }
-    fn price_overrides(&self) -> Result<Vec<conduit::prices::PriceRow>> {
-        self.inner.price_overrides()
+    async fn list(&self) -> Result<Vec<KeyRecord>> {
+        self.check()?;
+        self.inner.list().await
     }
-    fn put_price_overrides(&self, rows: &[conduit::prices::PriceRow]) -> Result<()> {
-        self.inner.put_price_overrides(rows)
+    fn watch(&self) -> Watch<KeyChange> {
+        self.inner.watch()
     }
-    fn budgets(&self) -> Result<Vec<(String, BudgetLimit)>> {
-        self.inner.budgets()
+}
+
+#[async_trait::async_trait]
+impl MetaStore for Breakable<dyn MetaStore> {
+    async fn get(&self, name: &str) -> Result<Option<String>> {
+        self.check()?;
+        self.inner.get(name).await
     }
-    fn put_budget(&self, scope: &str, l: &BudgetLimit) -> Result<()> {
-        self.inner.put_budget(scope, l)
+    async fn set(&self, name: &str, value: &str) -> Result<()> {
+        self.check()?;
+        self.inner.set(name, value).await
     }
-    fn record_findings(&self, r: &[conduit::store::FindingRecord]) -> Result<()> {
-        self.inner.record_findings(r)
+    async fn ping(&self) -> Result<()> {
+        self.check()?;
+        self.inner.ping().await
     }
-    fn findings(&self, limit: usize) -> Result<Vec<conduit::store::FindingRecord>> {
-        self.inner.findings(limit)
-    }
-    fn mark_false_positive(&self, id: &str, by: &str) -> Result<Option<conduit::store::FindingRecord>> {
-        self.inner.mark_false_positive(id, by)
-    }
-    fn prune_findings(&self, before: i64) -> Result<usize> {
-        self.inner.prune_findings(before)
-    }
-    fn policy_modes(&self) -> Result<Vec<(String, String)>> {
-        self.inner.policy_modes()
-    }
-    fn set_policy_mode(&self, key: &str, mode: Option<&str>) -> Result<()> {
-        self.inner.set_policy_mode(key, mode)
+    fn watch(&self) -> Watch<String> {
+        self.inner.watch()
     }
 }
 
@@ -522,10 +489,20 @@ async fn a_failing_store_means_503_never_unmetered_forwarding() {
     let broken = Arc::new(AtomicBool::new(false));
     let flag = broken.clone();
     let h = Harness::builder()
-        .wrap_store(move |inner| Arc::new(Breakable { inner, broken: flag }))
+        .wrap_state(move |mut state| {
+            state.keys = Arc::new(Breakable {
+                inner: state.keys,
+                broken: flag.clone(),
+            });
+            state.meta = Arc::new(Breakable {
+                inner: state.meta,
+                broken: flag,
+            });
+            state
+        })
         .start()
         .await;
-    set(&h, "org", 1_000_000_000);
+    set(&h, "org", 1_000_000_000).await;
     assert_eq!(post(&h, &h.key, &body_of(100, 8)).await.status, 200);
     broken.store(true, Ordering::SeqCst);
     let r = post(&h, &h.key, &body_of(100, 8)).await;
@@ -553,7 +530,7 @@ async fn a_failing_store_means_503_never_unmetered_forwarding() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_that_dies_releases_its_reservation() {
     let h = Harness::start().await;
-    set(&h, "org", WORST);
+    set(&h, "org", WORST).await;
     // The upstream resets the connection before answering: 502, and the hold is released.
     let bearer = format!("Bearer {}", h.key);
     let r = h
@@ -569,7 +546,13 @@ async fn a_request_that_dies_releases_its_reservation() {
         )
         .await;
     assert_eq!(r.status, 502);
-    let status = h.gateway().budgets.status(conduit::clock::now_unix()).unwrap();
+    let status = h
+        .gateway()
+        .state
+        .budgets
+        .status(conduit::clock::now_unix())
+        .await
+        .unwrap();
     assert_eq!(
         (status[0].spent_micros, status[0].reserved_micros),
         (0, 0),

@@ -81,29 +81,25 @@ async fn every_outcome_class_is_recorded_and_the_chain_verifies() {
     }
     // Budget: a one-micro-dollar daily budget refuses the next request (402).
     let scope = format!("key:{}", h.key_id);
-    h.gateway()
-        .budgets
-        .set(
-            &scope,
-            conduit::admission::BudgetLimit {
-                daily_micros: Some(1),
-                monthly_micros: None,
-            },
-        )
-        .unwrap();
+    let one_micro = conduit::records::BudgetLimit {
+        daily_micros: Some(1),
+        monthly_micros: None,
+    };
+    h.gateway().state.budgets.set(&scope, one_micro).await.unwrap();
     let r = h.messages_with(&body(ok, "x", false), &[]).await;
     expect.push((id(&r), 402, Some("budget_exceeded")));
-    h.gateway().budgets.set(&scope, Default::default()).unwrap();
+    h.gateway().state.budgets.set(&scope, Default::default()).await.unwrap();
     // Rate limit: one request per minute on a second key.
-    let limited = h.new_key("rl@corp.example");
-    conduit::ops::update_key_limits(
-        h.gateway().store.as_ref(),
+    let limited = h.new_key("rl@corp.example").await;
+    conduit::operator::update_key_limits(
+        h.gateway().state.keys.as_ref(),
         &limited.record.id,
-        conduit::admission::RateLimits {
+        conduit::records::RateLimits {
             rpm: Some(1),
             ..Default::default()
         },
     )
+    .await
     .unwrap();
     let limited_headers = [
         ("x-api-key", limited.key.as_str()),
@@ -265,7 +261,7 @@ async fn tampering_is_detected_and_named() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn export_round_trips_and_matches_the_ledger() {
     let h = Harness::start().await;
-    let other = h.new_key("bob@corp.example");
+    let other = h.new_key("bob@corp.example").await;
     for i in 0..12 {
         let r = h
             .messages(&body("claude-sonnet-4-5", &"context ".repeat(i * 300), i % 2 == 0))
@@ -289,7 +285,7 @@ async fn export_round_trips_and_matches_the_ledger() {
     }
     h.send(Method::POST, "/v1/messages", &[("x-api-key", "nope")], "{}")
         .await;
-    h.gateway().ledger.flush();
+    h.gateway().ledger.flush().await;
     let dir = h.gateway().audit.dir().to_path_buf();
     h.gateway().audit.sync();
 
@@ -328,12 +324,13 @@ async fn export_round_trips_and_matches_the_ledger() {
     }
 
     // Counts and cost match the ledger (the 401 has no key: never in the ledger).
-    let spend = conduit::ops::spend(
-        h.gateway().store.as_ref(),
+    let spend = conduit::operator::spend(
+        h.gateway().state.spend.as_ref(),
         conduit::ledger::By::Key,
         "2000-01-01",
         "2999-12-31",
     )
+    .await
     .unwrap();
     let ledger_requests: u64 = spend.lines.iter().map(|l| l.totals.requests).sum();
     let ledger_cost: u64 = spend.lines.iter().map(|l| l.totals.cost_micros).sum();

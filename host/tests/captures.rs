@@ -187,7 +187,7 @@ async fn every_captured_request_passes_with_secrets_blocking() {
     let n = replay_all(&h).await;
     assert!(n >= 8, "replayed {n}");
     assert!(
-        h.gateway().store.findings(100).unwrap().is_empty(),
+        h.gateway().state.findings.list(100).await.unwrap().is_empty(),
         "no finding in real traffic"
     );
 }

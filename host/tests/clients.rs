@@ -404,7 +404,7 @@ async fn claude_code_shows_a_policy_block() {
     assert!(!shown.contains(&secret[4..]), "the secret is not echoed back: {shown}");
     let posts = h.mock_log().await.into_iter().filter(|r| r.method == "POST").count();
     assert_eq!(posts, 0, "nothing reached the provider");
-    let findings = h.gateway().store.findings(10).unwrap();
+    let findings = h.gateway().state.findings.list(10).await.unwrap();
     assert!(
         findings
             .iter()
@@ -439,7 +439,7 @@ async fn current_claude_code_under_a_team_budget_costs_what_it_says() {
         return;
     };
     let h = Harness::start().await;
-    h.set_budget("team:payments", None, Some(50_000_000));
+    h.set_budget("team:payments", None, Some(50_000_000)).await;
     let tap = Wiretap::start(h.running.addr).await;
     let result = claude_print(&claude, &h, &tap).await;
     assert!(
@@ -480,7 +480,7 @@ async fn codex_under_a_budget_is_billed_at_the_ceiling_for_its_unpriced_model() 
         return;
     }
     let h = Harness::start().await;
-    h.set_budget("org", Some(1_000_000_000), None);
+    h.set_budget("org", Some(1_000_000_000), None).await;
     codex_via_provider(&h, h.running.addr).await;
     let rows = h.spend(1).await;
     let row = rows
@@ -677,7 +677,9 @@ async fn sdks_raise_their_own_errors_for_gateway_refusals() {
         return;
     };
     let h = Harness::start().await;
-    conduit::ops::revoke_key(h.gateway().store.as_ref(), &h.key_id).unwrap();
+    conduit::operator::revoke_key(h.gateway().state.keys.as_ref(), &h.key_id)
+        .await
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let out = run(
         &python,

@@ -871,7 +871,7 @@ async fn modes_per_origin() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openai_batches_run_only_files_uploaded_and_scanned_here() {
     let h = gateway("").await;
-    h.set_budget("team:payments", None, Some(100_000_000));
+    h.set_budget("team:payments", None, Some(100_000_000)).await;
     let line = |i: u32| {
         format!(
             "{{\"custom_id\":\"{i}\",\"method\":\"POST\",\"url\":\"/v1/chat/completions\",\"body\":{{\"model\":\"gpt-5\",\"max_completion_tokens\":100,\"messages\":[{{\"role\":\"user\",\"content\":\"q{i}\"}}]}}}}\n"
@@ -890,7 +890,14 @@ async fn openai_batches_run_only_files_uploaded_and_scanned_here() {
     let r = send(&h, &upload).await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     let file_id = r.json()["id"].as_str().unwrap().to_string();
-    let record = h.gateway().store.upload("openai", &file_id).unwrap().expect("recorded");
+    let record = h
+        .gateway()
+        .state
+        .uploads
+        .get("openai", &file_id)
+        .await
+        .unwrap()
+        .expect("recorded");
     assert_eq!((record.purpose.as_str(), record.requests.len()), ("batch", 3));
     let batch = openai(
         "batch",
@@ -931,11 +938,12 @@ async fn a_secret_shaped_model_is_not_recorded() {
     );
     assert_never_leaves(&h, &[bedrock]).await;
     h.gateway().audit.sync();
-    h.gateway().ledger.flush();
+    h.gateway().ledger.flush().await;
     let audit = audit_lines(&h);
     assert_eq!(audit.len(), 2);
     assert!(audit.iter().all(|v| !v.to_string().contains(TOKEN)), "{audit:?}");
     let day = conduit::clock::format_date(conduit::clock::now_unix());
-    let rows = h.gateway().store.spend(&day, &day).unwrap();
+    h.gateway().ledger.flush().await;
+    let rows = h.gateway().state.spend.range(&day, &day).await.unwrap();
     assert!(rows.iter().all(|r| !r.model.contains(TOKEN)), "{rows:?}");
 }

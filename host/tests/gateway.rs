@@ -341,16 +341,18 @@ async fn authentication_failures_say_which_and_what_to_do() {
 async fn revocation_and_expiry_apply_on_the_very_next_request() {
     let h = Harness::start().await;
     assert_eq!(h.messages(STREAM_BODY).await.status, 200);
-    conduit::ops::revoke_key(h.gateway().store.as_ref(), &h.key_id).unwrap();
+    conduit::operator::revoke_key(h.gateway().state.keys.as_ref(), &h.key_id)
+        .await
+        .unwrap();
     h.messages(STREAM_BODY)
         .await
         .assert_anthropic_error(401, "authentication_error", "was revoked");
 
-    let other = h.new_key("bob@corp.example");
-    let store = h.gateway().store.clone();
-    let mut record = store.key(&other.record.id).unwrap().unwrap();
+    let other = h.new_key("bob@corp.example").await;
+    let keys = h.gateway().state.keys.clone();
+    let mut record = keys.by_id(&other.record.id).await.unwrap().unwrap();
     record.expires_at = Some(conduit::clock::now_unix() - 1);
-    store.update_key(&record).unwrap();
+    keys.update(&record).await.unwrap();
     let r = h
         .send(
             Method::POST,
@@ -610,22 +612,20 @@ async fn refusals_before_the_body_come_in_the_callers_shape() {
 /// Issue 13: state that executes or unlocks the rest is refused at start-up when another user
 /// could change it; the admin token file is held to the variable's rules.
 #[cfg(unix)]
-#[test]
-fn loose_state_files_stop_start_up() {
+#[tokio::test]
+async fn loose_state_files_stop_start_up() {
     use std::os::unix::fs::PermissionsExt;
-    let open = |data: &std::path::Path| {
+    async fn open(data: &std::path::Path) -> Result<conduit::Gateway, conduit::Error> {
         let env = |k: &str| match k {
             "CONDUIT_DATA_DIR" => Some(data.display().to_string()),
             "CONDUIT_LISTEN" | "CONDUIT_ADMIN_LISTEN" => Some("127.0.0.1:0".into()),
             _ => None,
         };
-        conduit::config::RawConfig::default()
-            .validate(&env)
-            .and_then(conduit::Gateway::open)
-    };
+        conduit::Gateway::open(conduit::config::RawConfig::default().validate(&env)?).await
+    }
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    open(&data).unwrap();
+    drop(open(&data).await.unwrap());
     assert_eq!(
         std::fs::metadata(&data).unwrap().permissions().mode() & 0o777,
         0o700,
@@ -639,11 +639,11 @@ fn loose_state_files_stop_start_up() {
         );
     }
     std::fs::set_permissions(data.join("master.key"), std::fs::Permissions::from_mode(0o664)).unwrap();
-    let e = open(&data).err().unwrap().to_string();
+    let e = open(&data).await.err().unwrap().to_string();
     assert!(e.contains("master key file") && e.contains("chmod go-w"), "{e}");
     std::fs::set_permissions(data.join("master.key"), std::fs::Permissions::from_mode(0o600)).unwrap();
     std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o777)).unwrap();
-    let e = open(&data).err().unwrap().to_string();
+    let e = open(&data).await.err().unwrap().to_string();
     assert!(e.contains("data directory"), "{e}");
     std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).unwrap();
     std::fs::write(data.join("admin.token"), "short").unwrap();

@@ -147,7 +147,7 @@ async fn recorded_usage_equals_emitted_usage_and_cost_equals_tokens_times_price(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spend_report_through_the_admin_api_and_the_cli() {
     let h = Harness::start().await;
-    let bob = h.new_key("bob@corp.example");
+    let bob = h.new_key("bob@corp.example").await;
     for (key, n) in [(h.key.clone(), 3), (bob.key.clone(), 1)] {
         for _ in 0..n {
             let r = h

@@ -34,7 +34,7 @@ fn info(model: &str) -> RequestInfo {
 fn open(toml_text: &str, data: &Path) -> Arc<Policies> {
     let raw: RawPolicies = toml::from_str(toml_text).unwrap();
     let config = raw.validate(data, &|_| None).unwrap();
-    Policies::open(config, None).unwrap()
+    Policies::open(config, &[]).unwrap()
 }
 
 fn body(text: &str) -> String {
@@ -380,7 +380,7 @@ async fn a_failing_fail_open_policy_lets_the_request_through() {
     // And its findings still count when it works.
     let r = h.messages(&body("please-find")).await;
     assert_eq!(r.status, StatusCode::OK);
-    let findings = h.gateway().store.findings(10).unwrap();
+    let findings = h.gateway().state.findings.list(10).await.unwrap();
     assert!(
         findings
             .iter()
@@ -425,7 +425,7 @@ async fn block_alert_and_model_refusal_through_the_gateway() {
     let r = h.messages(&body("status of the Acme Holdings renewal?")).await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(h.mock_log().await.len(), 1);
-    let findings = h.gateway().store.findings(10).unwrap();
+    let findings = h.gateway().state.findings.list(10).await.unwrap();
     let customer = findings.iter().find(|f| f.category == "entity.customer").unwrap();
     assert_eq!(
         (

@@ -1,14 +1,82 @@
-//! Wall-clock helpers in UTC without a date library: Unix seconds ⇄ civil dates.
+//! Wall-clock helpers in UTC without a date library: the one clock (Unix seconds and
+//! milliseconds), civil dates, RFC 3339, and the one `--since`/`--until` parser ([`TimeRange`]).
 //! (Howard Hinnant's `days_from_civil` algorithm; exact for the proleptic Gregorian calendar.)
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// Seconds since the Unix epoch, now.
-pub fn now_unix() -> i64 {
+use crate::error::{Error, Result};
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
+        .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+/// Seconds since the Unix epoch, now.
+pub fn now_unix() -> i64 {
+    now_ms().div_euclid(1000)
+}
+
+/// A `--since` / `--until` range in Unix milliseconds, `until` exclusive; either end may be open.
+/// Every command and admin endpoint that takes a range parses it here.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TimeRange {
+    /// First millisecond included.
+    pub since_ms: Option<i64>,
+    /// First millisecond excluded.
+    pub until_ms: Option<i64>,
+}
+
+impl TimeRange {
+    /// Parses `--since` / `--until`: a UTC date `YYYY-MM-DD` or `YYYY-MM-DDTHH:MM:SSZ`; a
+    /// date-only `until` includes that whole day. Without `since`, the range starts
+    /// `default_days` days back (today counts as one), or is open.
+    pub fn parse(since: Option<&str>, until: Option<&str>, default_days: Option<i64>) -> Result<TimeRange> {
+        let parse = |what: &str, v: &str| {
+            parse_date_or_time(v).ok_or_else(|| {
+                Error::msg(format!(
+                    "--{what} {v:?} is not a time; use YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ (UTC)"
+                ))
+            })
+        };
+        let since_ms = match since {
+            Some(v) => Some(parse("since", v)? * 1000),
+            None => default_days.map(|d| (now_unix().div_euclid(86_400) - d + 1) * 86_400_000),
+        };
+        let until_ms = match until {
+            Some(v) if v.trim().len() == 10 => Some((parse("until", v)? + 86_400) * 1000),
+            Some(v) => Some(parse("until", v)? * 1000),
+            None => None,
+        };
+        if let (Some(a), Some(b)) = (since_ms, until_ms)
+            && a >= b
+        {
+            return Err(Error::msg(format!(
+                "--since {} is not before --until {}",
+                since.unwrap_or("(default)"),
+                until.unwrap_or("")
+            )));
+        }
+        Ok(TimeRange { since_ms, until_ms })
+    }
+
+    /// Whether `ms` is inside the range.
+    pub fn contains(&self, ms: i64) -> bool {
+        self.since_ms.is_none_or(|s| ms >= s) && self.until_ms.is_none_or(|u| ms < u)
+    }
+
+    /// The first and last UTC day (YYYY-MM-DD) the range touches; an open end is the epoch or
+    /// today.
+    pub fn days(&self) -> (String, String) {
+        let first = format_date(self.since_ms.unwrap_or(0).div_euclid(1000));
+        let last = match self.until_ms {
+            Some(u) => format_date((u - 1).div_euclid(1000)),
+            None => format_date(now_unix()),
+        };
+        (first, last)
+    }
 }
 
 /// Days since 1970-01-01 for a civil date.
@@ -112,5 +180,25 @@ mod tests {
         assert_eq!(format_date(1_795_748_130), "2026-11-27");
         assert_eq!(format_date(-1), "1969-12-31");
         assert_eq!(parse_date_or_time("2026-13-01"), None);
+    }
+
+    #[test]
+    fn ranges_include_a_date_only_until_and_refuse_reversed_ends() {
+        let r = TimeRange::parse(Some("2026-11-01"), Some("2026-11-30"), None).unwrap();
+        assert_eq!(r.days(), ("2026-11-01".into(), "2026-11-30".into()));
+        let end_of_day = parse_date_or_time("2026-11-30T23:59:59Z").unwrap() * 1000;
+        assert!(r.contains(end_of_day) && !r.contains(end_of_day + 1000));
+        let one_day = TimeRange::parse(Some("2026-11-30"), Some("2026-11-30"), None).unwrap();
+        assert_eq!(one_day.days(), ("2026-11-30".into(), "2026-11-30".into()));
+        let timed = TimeRange::parse(Some("2026-11-30T10:00:00Z"), Some("2026-11-30T11:00:00Z"), None).unwrap();
+        assert!(!timed.contains(parse_date_or_time("2026-11-30T11:00:00Z").unwrap() * 1000));
+        let err = TimeRange::parse(Some("2026-12-02"), Some("2026-12-01"), None).unwrap_err();
+        assert!(err.to_string().contains("not before --until 2026-12-01"), "{err}");
+        let err = TimeRange::parse(Some("yesterday"), None, None).unwrap_err();
+        assert!(err.to_string().contains("--since \"yesterday\""), "{err}");
+        let default = TimeRange::parse(None, None, Some(30)).unwrap();
+        let (first, last) = default.days();
+        assert_eq!(last, format_date(now_unix()));
+        assert_eq!(first, format_date(now_unix() - 29 * 86_400));
     }
 }

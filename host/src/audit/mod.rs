@@ -37,7 +37,6 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::store::Store;
 
 /// How long a written record may wait for `fsync` in group mode.
 pub const GROUP_COMMIT_WINDOW: Duration = Duration::from_millis(100);
@@ -288,13 +287,17 @@ impl std::fmt::Debug for AuditLog {
     }
 }
 
+/// Called by the audit writer with each retention cutoff (Unix seconds); it must not block.
+pub type RetentionHook = Box<dyn Fn(i64) + Send>;
+
 impl AuditLog {
     /// Recovers the chain head from `config.dir` (cutting a torn last line a crash left) and starts
-    /// the writer thread. `store` is pruned of old findings with the same retention.
+    /// the writer thread. `on_retention`, when retention is on, hears each cutoff (Unix seconds)
+    /// the writer prunes its day files to, so what else is kept (policy findings) ages alike.
     pub fn start(
         config: &AuditConfig,
         metrics: Arc<Metrics>,
-        store: Option<Arc<dyn Store>>,
+        on_retention: Option<RetentionHook>,
         otlp: Option<otlp::Exporter>,
     ) -> Result<AuditLog> {
         crate::fsperm::create_private_dir(&config.dir)
@@ -314,7 +317,7 @@ impl AuditLog {
             last_sync: Instant::now(),
             last_prune: None,
             metrics,
-            store,
+            on_retention,
             otlp,
             buf: Vec::with_capacity(64 * 1024),
         };
@@ -383,7 +386,7 @@ struct Writer {
     last_sync: Instant,
     last_prune: Option<Instant>,
     metrics: Arc<Metrics>,
-    store: Option<Arc<dyn Store>>,
+    on_retention: Option<RetentionHook>,
     otlp: Option<otlp::Exporter>,
     buf: Vec<u8>,
     backlog: Arc<std::sync::atomic::AtomicUsize>,
@@ -631,12 +634,8 @@ impl Writer {
             ),
             Err(e) => tracing::error!(error = %e, "audit retention failed"),
         }
-        if let Some(store) = &self.store {
-            match store.prune_findings(cutoff_day * 86_400) {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(findings = n, retention_days = days, "old policy findings removed"),
-                Err(e) => tracing::error!(error = %e, "pruning policy findings failed"),
-            }
+        if let Some(hook) = &self.on_retention {
+            hook(cutoff_day * 86_400);
         }
     }
 }

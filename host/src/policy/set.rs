@@ -21,7 +21,6 @@ use crate::policy::modes::{Mode, Modes};
 use crate::policy::runtime::{self, Failure, Prepared, RequestInfo, Segment as WitSegment, Severity};
 use crate::policy::segments::Segment;
 use crate::policy::{builtin, signature};
-use crate::store::Store;
 
 /// One loaded policy.
 pub struct LoadedPolicy {
@@ -172,8 +171,6 @@ pub struct Policies {
     /// Directory state: file → (fingerprint, loaded version).
     files: Mutex<BTreeMap<PathBuf, FileState>>,
     builtins: Vec<Arc<LoadedPolicy>>,
-    /// Where run-time mode changes persist; `None` for `conduit policy test`.
-    store: Option<Arc<dyn Store>>,
 }
 
 /// What identifies a version of a policy file on disk.
@@ -184,8 +181,9 @@ type FileState = (Fingerprint, Option<Arc<LoadedPolicy>>);
 
 impl Policies {
     /// Loads the built-ins and the directory. A built-in that fails to load stops start-up; a
-    /// directory policy that fails is refused and reported.
-    pub fn open(config: PolicyConfig, store: Option<Arc<dyn Store>>) -> crate::error::Result<Arc<Policies>> {
+    /// directory policy that fails is refused and reported. `stored_modes` are the run-time mode
+    /// overrides kept in the state store (`conduit policy test` passes none).
+    pub fn open(config: PolicyConfig, stored_modes: &[(String, String)]) -> crate::error::Result<Arc<Policies>> {
         let mut trusted = Vec::new();
         for (path, pem) in &config.trusted_keys {
             let key = signature::parse_public_key(pem).map_err(crate::Error::msg)?;
@@ -200,10 +198,7 @@ impl Policies {
                 "policies.allow_unsigned = true: UNSIGNED policies from the policy directory will run. Development only — never in production."
             );
         }
-        let overrides = match &store {
-            Some(s) => stored_modes(s.as_ref())?,
-            None => BTreeMap::new(),
-        };
+        let overrides = parse_stored_modes(stored_modes);
         let policies = Policies {
             modes: RwLock::new(Modes::layered(&config.modes, &overrides)),
             cache: VerdictCache::new(config.cache_entries),
@@ -212,7 +207,6 @@ impl Policies {
             files: Mutex::new(BTreeMap::new()),
             builtins: Vec::new(),
             trusted,
-            store,
             config,
         };
         let builtins = policies.load_builtins()?;
@@ -416,12 +410,9 @@ impl Policies {
         self.modes.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Changes a mode at run time and persists it.
+    /// Changes a mode at run time, in this process (`policy::ops::set_mode` persists it first).
     pub fn set_mode(&self, key: &str, mode: Mode) -> crate::error::Result<()> {
         crate::policy::config::modes_key_ok(key)?;
-        if let Some(store) = &self.store {
-            store.set_policy_mode(key, Some(mode.as_str()))?;
-        }
         self.modes.write().unwrap_or_else(|p| p.into_inner()).set(key, mode);
         tracing::info!(category = key, mode = mode.as_str(), "policy mode changed");
         Ok(())
@@ -602,17 +593,17 @@ fn severity_name(s: Severity) -> &'static str {
     }
 }
 
-fn stored_modes(store: &dyn Store) -> crate::error::Result<BTreeMap<String, Mode>> {
+fn parse_stored_modes(stored: &[(String, String)]) -> BTreeMap<String, Mode> {
     let mut out = BTreeMap::new();
-    for (k, v) in store.policy_modes()? {
-        match Mode::parse(&v) {
+    for (k, v) in stored {
+        match Mode::parse(v) {
             Some(m) => {
-                out.insert(k, m);
+                out.insert(k.clone(), m);
             }
             None => tracing::warn!(category = %k, mode = %v, "ignoring an unknown stored policy mode"),
         }
     }
-    Ok(out)
+    out
 }
 
 fn status_of(p: &LoadedPolicy, new_version_error: Option<String>) -> PolicyStatus {

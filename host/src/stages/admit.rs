@@ -17,7 +17,10 @@
 //! `limits.default_max_output_tokens`, times OpenAI's `n`; plus the fee of every server-side search
 //! allowed; at the requested service tier and Anthropic's fast / US-only multipliers.
 
-use crate::admission::{OverBudget, Payer, RateTicket, Reservation};
+use conduit_state::Principal;
+use conduit_state::budget::{OverBudget, Refusal, Reservation};
+use conduit_state::ratelimit::RateTicket;
+
 use crate::content::Extracted;
 use crate::endpoint::Endpoint;
 use crate::error::{ErrorKind, GatewayError};
@@ -25,7 +28,6 @@ use crate::gateway::Gateway;
 use crate::prices::{Basis, Priced, Unpriced};
 use crate::protocol::Provider;
 use crate::stages::accept::Exchange;
-use crate::stages::authenticate::Principal;
 use crate::stages::inspect::RequestFacts;
 use crate::stages::route::Route;
 
@@ -42,7 +44,7 @@ pub struct Admitted {
 }
 
 /// Admits a request or refuses it.
-pub fn admit(
+pub async fn admit(
     gw: &Gateway,
     ex: &Exchange,
     principal: &Principal,
@@ -98,7 +100,7 @@ pub fn admit(
         }
         Endpoint::Batches => {
             let file = extracted.facts.file_ref.as_deref().unwrap_or("");
-            let lines = batch_file(gw, provider, file)?;
+            let lines = batch_file(gw, provider, file).await?;
             let w = batch_worst_case(&prices, provider, &lines, default_output)?;
             admitted.charge = Some(w);
             w
@@ -107,11 +109,7 @@ pub fn admit(
             // The model as recorded (a translated request's Bedrock id), which is what is billed.
             let model = ex.model.as_deref().or(facts.model.as_deref()).unwrap_or("");
             let priced = priced(&prices, provider, model)?;
-            let payer = Payer {
-                key_id: &principal.key_id,
-                team: principal.team.as_deref(),
-            };
-            if !gw.budgets.applies(&payer) {
+            if !gw.state.budgets.applies(principal) {
                 return Ok(admitted);
             }
             let Some(priced) = priced else {
@@ -124,24 +122,22 @@ pub fn admit(
             worst_case(priced, facts, ex.bytes_in, default_output)
         }
     };
-    let payer = Payer {
-        key_id: &principal.key_id,
-        team: principal.team.as_deref(),
-    };
-    if !gw.budgets.applies(&payer) {
+    if !gw.state.budgets.applies(principal) {
         return Ok(admitted);
     }
-    admitted.reservation =
-        gw.budgets.reserve(&payer, ex.started_unix, worst).map_err(|e| {
-            match e {
-        Ok(over) => over_budget(&over),
-        Err(store) => GatewayError::new(
-            ErrorKind::StoreUnavailable,
-            crate::error::Fault::Gateway,
-            "the gateway cannot read its budgets right now, so it refuses rather than spend unchecked; retry shortly",
-        )
-        .with_cause(store),
-    }
+    admitted.reservation = gw
+        .state
+        .budgets
+        .reserve(principal, ex.started_unix, worst)
+        .await
+        .map_err(|e| match e {
+            Refusal::Over(over) => over_budget(&over),
+            Refusal::Unavailable(store) => GatewayError::new(
+                ErrorKind::StoreUnavailable,
+                crate::error::Fault::Gateway,
+                "the gateway cannot read its budgets right now, so it refuses rather than spend unchecked; retry shortly",
+            )
+            .with_cause(store),
         })?;
     Ok(admitted)
 }
@@ -199,10 +195,12 @@ fn batch_worst_case(
 }
 
 /// The requests of a batch input file this gateway uploaded (and scanned), or a refusal.
-fn batch_file(gw: &Gateway, provider: Provider, file_id: &str) -> Result<Vec<RequestFacts>, GatewayError> {
+async fn batch_file(gw: &Gateway, provider: Provider, file_id: &str) -> Result<Vec<RequestFacts>, GatewayError> {
     let record = gw
-        .store
-        .upload(provider.as_str(), file_id)
+        .state
+        .uploads
+        .get(provider.as_str(), file_id)
+        .await
         .map_err(|e| GatewayError::internal(format!("looking up batch file {file_id:?}: {e}")))?;
     match record {
         Some(r) if r.purpose == "batch" && !r.requests.is_empty() => Ok(r.requests),

@@ -6,27 +6,16 @@
 
 use http::HeaderMap;
 
+use conduit_state::Principal;
+use conduit_state::store::KeyStore;
+
 use crate::error::{ErrorKind, GatewayError};
 use crate::keys::{self, KeyHash, Malformed};
-use crate::store::Store;
-
-/// Who a request is attributed to.
-#[derive(Debug, Clone)]
-pub struct Principal {
-    /// Key id (`key_…`).
-    pub key_id: String,
-    /// Owner of the key.
-    pub owner: String,
-    /// Team, if set.
-    pub team: Option<String>,
-    /// The key's rate limits.
-    pub limits: crate::admission::RateLimits,
-}
 
 const HOW: &str = "send the Conduit key you were issued as x-api-key or `Authorization: Bearer` (Claude Code: ANTHROPIC_API_KEY; OpenAI clients: OPENAI_API_KEY)";
 
 /// Authenticates the request's stand-in key.
-pub fn principal(store: &dyn Store, headers: &HeaderMap, now: i64) -> Result<Principal, GatewayError> {
+pub async fn principal(keys: &dyn KeyStore, headers: &HeaderMap, now: i64) -> Result<Principal, GatewayError> {
     let token = presented_key(headers)?;
     let unauthenticated = |msg: String| GatewayError::client(ErrorKind::Unauthenticated, msg);
     match keys::check_format(token) {
@@ -48,8 +37,9 @@ pub fn principal(store: &dyn Store, headers: &HeaderMap, now: i64) -> Result<Pri
             )));
         }
     }
-    let record = store
-        .key_by_hash(&KeyHash::of(token))
+    let record = keys
+        .by_hash(&KeyHash::of(token))
+        .await
         .map_err(|e| {
             GatewayError::new(
                 ErrorKind::StoreUnavailable,
@@ -70,12 +60,7 @@ pub fn principal(store: &dyn Store, headers: &HeaderMap, now: i64) -> Result<Pri
             record.id, record.owner
         )));
     }
-    Ok(Principal {
-        key_id: record.id,
-        owner: record.owner,
-        team: record.team,
-        limits: record.limits,
-    })
+    Ok(Principal::of(record))
 }
 
 fn presented_key(headers: &HeaderMap) -> Result<&str, GatewayError> {

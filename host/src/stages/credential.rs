@@ -28,11 +28,13 @@ pub enum UpstreamAuth<'a> {
 }
 
 /// Unseals the credential for `upstream`'s provider and renders it in its auth style.
-pub fn for_upstream<'a>(gw: &Gateway, upstream: &'a Upstream) -> Result<UpstreamAuth<'a>, GatewayError> {
+pub async fn for_upstream<'a>(gw: &Gateway, upstream: &'a Upstream) -> Result<UpstreamAuth<'a>, GatewayError> {
     let provider = upstream.provider;
     let sealed = gw
-        .store
-        .credential(provider.as_str(), "default")
+        .state
+        .credentials
+        .get(provider.as_str(), "default")
+        .await
         .map_err(|e| GatewayError::internal(format!("credential lookup failed: {e}")))?
         .ok_or_else(|| {
             let how = provider.credential_hint();
@@ -43,7 +45,7 @@ pub fn for_upstream<'a>(gw: &Gateway, upstream: &'a Upstream) -> Result<Upstream
             )
         })?;
     let plaintext = gw
-        .master_key()
+        .unsealing_key(&sealed.master_key_id)
         .unseal(&sealed)
         .map_err(|e| GatewayError::internal(format!("unsealing the {provider} credential failed: {e}")))?;
     let secret = std::str::from_utf8(&plaintext)

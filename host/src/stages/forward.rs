@@ -17,14 +17,14 @@ use crate::error_shape::REQUEST_ID_HEADER;
 use crate::gateway::Gateway;
 use crate::stages::accept::Exchange;
 use crate::stages::admit::Admitted;
-use crate::stages::authenticate::Principal;
 use crate::stages::credential::UpstreamAuth;
 use crate::stages::route::Route;
 use crate::stages::{audit, settle};
-use crate::store::UploadRecord;
 use crate::usage::UsageTap;
+use conduit_state::Principal;
+use conduit_state::records::UploadRecord;
 
-/// A file upload to remember once the provider names it (`crate::store::UploadRecord`).
+/// A file upload to remember once the provider names it (`conduit_state::records::UploadRecord`).
 pub struct PendingUpload(UploadRecord);
 
 /// The record a file upload will leave, when it succeeds.
@@ -173,7 +173,7 @@ async fn remember_upload(
             Some(id) => {
                 record.id = id;
                 record.bytes = bytes;
-                if let Err(e) = gw.store.put_upload(&record) {
+                if let Err(e) = gw.state.uploads.put(&record).await {
                     tracing::error!(error = %e, "could not record an upload; a batch running it will be refused");
                 }
             }

@@ -11,6 +11,9 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use conduit_state::Principal;
+use conduit_state::records::FindingRecord;
+
 use crate::content::Extracted;
 use crate::error::{ErrorKind, Fault, GatewayError};
 use crate::gateway::Gateway;
@@ -18,9 +21,7 @@ use crate::policy::runtime::RequestInfo;
 use crate::policy::segments::{Origin, Segment};
 use crate::policy::{Decision, Mode, Outcome, Policies, ReportedFinding};
 use crate::stages::accept::Exchange;
-use crate::stages::authenticate::Principal;
 use crate::stages::route::Route;
-use crate::store::FindingRecord;
 use http::HeaderMap;
 
 /// Above this much new text, the scan runs with the worker thread handed off (`block_in_place`),
@@ -29,7 +30,7 @@ const INLINE_LIMIT: usize = 32 * 1024;
 
 /// Runs the policies on a request: the body's segments, then the query and headers that will
 /// be forwarded (appended to `extracted.segments`).
-pub fn police(
+pub async fn police(
     gw: &Gateway,
     ex: &mut Exchange,
     principal: &Principal,
@@ -84,7 +85,7 @@ pub fn police(
             },
         })
         .collect();
-    let ids = record(gw, ex, principal, &outcome);
+    let ids = record(gw, ex, principal, &outcome).await;
     // A model id that itself carries a finding (a secret in `model` or in a path's model id) is
     // not recorded as the request's model.
     if outcome
@@ -177,7 +178,7 @@ fn run(policies: &Policies, info: &RequestInfo, segments: &[Segment<'_>], text_b
 }
 
 /// Stores the findings; returns their ids in the order of `outcome.findings`.
-fn record(gw: &Gateway, ex: &Exchange, principal: &Principal, outcome: &Outcome) -> Vec<String> {
+async fn record(gw: &Gateway, ex: &Exchange, principal: &Principal, outcome: &Outcome) -> Vec<String> {
     if outcome.findings.is_empty() {
         return Vec::new();
     }
@@ -223,7 +224,7 @@ fn record(gw: &Gateway, ex: &Exchange, principal: &Principal, outcome: &Outcome)
             "policy finding"
         );
     }
-    if let Err(e) = gw.store.record_findings(&records) {
+    if let Err(e) = gw.state.findings.record(&records).await {
         tracing::error!(request_id = %ex.id, error = %e, "could not store policy findings");
     }
     records.into_iter().map(|r| r.id).collect()

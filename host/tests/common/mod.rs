@@ -4,15 +4,14 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use conduit::State;
 use conduit::config::RawConfig;
 use conduit::mock::{MockOptions, MockServer, Recorded};
 use conduit::server::Running;
-use conduit::store::Store;
-use conduit::{Gateway, ops};
+use conduit::{Gateway, operator};
 use http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
@@ -43,8 +42,8 @@ pub struct Harness {
     pub http: Client<HttpConnector, Full<Bytes>>,
 }
 
-/// Wraps the store a test gateway uses.
-type StoreWrapper = Box<dyn FnOnce(Arc<dyn Store>) -> Arc<dyn Store>>;
+/// Wraps the state a test gateway uses.
+type StateWrapper = Box<dyn FnOnce(State) -> State>;
 
 pub struct Builder {
     env: HashMap<String, String>,
@@ -53,7 +52,7 @@ pub struct Builder {
     bedrock_credential: bool,
     anthropic_credential: String,
     mock: MockOptions,
-    wrap_store: Option<StoreWrapper>,
+    wrap_state: Option<StateWrapper>,
 }
 
 impl Harness {
@@ -65,7 +64,7 @@ impl Harness {
             bedrock_credential: true,
             anthropic_credential: REAL_ANTHROPIC.into(),
             mock: MockOptions::default(),
-            wrap_store: None,
+            wrap_state: None,
         }
     }
 
@@ -190,8 +189,8 @@ impl Harness {
     pub async fn spend(&self, requests: u64) -> Vec<conduit::ledger::SpendRow> {
         let day = conduit::clock::format_date(conduit::clock::now_unix());
         for _ in 0..200 {
-            self.gateway().ledger.flush();
-            let rows = self.gateway().store.spend(&day, &day).unwrap();
+            self.gateway().ledger.flush().await;
+            let rows = self.gateway().state.spend.range(&day, &day).await.unwrap();
             if rows.iter().map(|r| r.requests).sum::<u64>() >= requests {
                 return rows;
             }
@@ -201,23 +200,18 @@ impl Harness {
     }
 
     /// Sets the budget of `scope` (`org`, `team:NAME`, `key:ID`), micro-dollars.
-    pub fn set_budget(&self, scope: &str, daily_micros: Option<u64>, monthly_micros: Option<u64>) {
-        self.gateway()
-            .budgets
-            .set(
-                scope,
-                conduit::admission::BudgetLimit {
-                    daily_micros,
-                    monthly_micros,
-                },
-            )
-            .unwrap();
+    pub async fn set_budget(&self, scope: &str, daily_micros: Option<u64>, monthly_micros: Option<u64>) {
+        let limit = conduit::records::BudgetLimit {
+            daily_micros,
+            monthly_micros,
+        };
+        self.gateway().state.budgets.set(scope, limit).await.unwrap();
     }
 
-    pub fn new_key(&self, owner: &str) -> ops::CreatedKey {
-        ops::create_key(
-            self.gateway().store.as_ref(),
-            ops::NewKeyRequest {
+    pub async fn new_key(&self, owner: &str) -> operator::CreatedKey {
+        operator::create_key(
+            self.gateway().state.keys.as_ref(),
+            operator::NewKeyRequest {
                 owner: owner.into(),
                 team: Some("payments".into()),
                 name: None,
@@ -225,6 +219,7 @@ impl Harness {
                 limits: Default::default(),
             },
         )
+        .await
         .unwrap()
     }
 }
@@ -257,9 +252,9 @@ impl Builder {
         self
     }
 
-    /// Wraps the sled store the gateway uses (e.g. in a store that can be made to fail).
-    pub fn wrap_store(mut self, f: impl FnOnce(Arc<dyn Store>) -> Arc<dyn Store> + 'static) -> Self {
-        self.wrap_store = Some(Box::new(f));
+    /// Wraps the state the gateway uses (e.g. replaces its key store with one that can fail).
+    pub fn wrap_state(mut self, f: impl FnOnce(State) -> State + 'static) -> Self {
+        self.wrap_state = Some(Box::new(f));
         self
     }
 
@@ -292,30 +287,26 @@ impl Builder {
         let mut raw: RawConfig = toml::from_str(&self.toml).unwrap();
         conduit::mock::forward_control_headers(&mut raw);
         let config = raw.validate(&|k| env.get(k).cloned()).unwrap();
-        let mut store: Arc<dyn Store> = Arc::new(conduit::store::SledStore::open(&config.data_dir).unwrap());
-        if let Some(wrap) = self.wrap_store {
-            store = wrap(store);
+        let mut state = conduit::gateway::open_state(&config).await.unwrap();
+        if let Some(wrap) = self.wrap_state {
+            state = wrap(state);
         }
-        let gateway = Gateway::open_with_store(config, store).unwrap();
-        let store = gateway.store.clone();
-        let mk = gateway.master_key();
-        ops::set_credential(
-            store.as_ref(),
-            &mk,
-            "anthropic",
-            Zeroizing::new(self.anthropic_credential),
-        )
-        .unwrap();
+        let gateway = Gateway::open_with_state(config, state).await.unwrap();
+        let credential = |provider: &'static str, secret: String| {
+            let gateway = &gateway;
+            async move { gateway.set_credential(provider, Zeroizing::new(secret)).await.unwrap() }
+        };
+        credential("anthropic", self.anthropic_credential).await;
         if self.bedrock_credential {
-            ops::set_credential(store.as_ref(), &mk, "bedrock", Zeroizing::new(REAL_AWS.into())).unwrap();
+            credential("bedrock", REAL_AWS.into()).await;
         }
-        ops::set_credential(store.as_ref(), &mk, "azure", Zeroizing::new(REAL_AZURE.into())).unwrap();
+        credential("azure", REAL_AZURE.into()).await;
         if self.openai_credential {
-            ops::set_credential(store.as_ref(), &mk, "openai", Zeroizing::new(REAL_OPENAI.into())).unwrap();
+            credential("openai", REAL_OPENAI.into()).await;
         }
-        let created = ops::create_key(
-            store.as_ref(),
-            ops::NewKeyRequest {
+        let created = operator::create_key(
+            gateway.state.keys.as_ref(),
+            operator::NewKeyRequest {
                 owner: "alice@corp.example".into(),
                 team: Some("payments".into()),
                 name: Some("laptop".into()),
@@ -323,6 +314,7 @@ impl Builder {
                 limits: Default::default(),
             },
         )
+        .await
         .unwrap();
         let running = conduit::server::start(gateway, Duration::from_secs(2)).await.unwrap();
         let http = Client::builder(TokioExecutor::new()).build(HttpConnector::new());

@@ -1,13 +1,21 @@
-//! Administrative operations on the store, shared by the admin API (gateway running) and the CLI
-//! (gateway stopped), so both paths run the same code and checks.
+//! What an operator does to the state — issue, revoke and limit keys, set and re-seal
+//! credentials, report spend, import prices, give findings feedback — with its checks, shared by
+//! the admin API (a gateway running) and the CLI (no gateway: straight to the state), so both
+//! paths run the same code and say the same things.
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use crate::error::{Error, Result};
-use crate::keys;
-use crate::seal::{MasterKey, SealedCredential};
-use crate::store::{KeyRecord, Store};
+use conduit_core::error::{Error, Result};
+use conduit_core::keys;
+use conduit_core::seal::{MasterKey, SealedCredential};
+use conduit_wire::protocol::Provider;
+
+use crate::ledger::{By, ReportLine};
+use crate::records::{FindingRecord, KeyRecord, RateLimits, SpendRow};
+use crate::store::{CredentialStore, FindingStore, KeyStore, SpendStore};
 
 /// Input for a new stand-in key.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -25,7 +33,7 @@ pub struct NewKeyRequest {
     pub expires_at: Option<i64>,
     /// Rate limits.
     #[serde(default)]
-    pub limits: crate::admission::RateLimits,
+    pub limits: RateLimits,
 }
 
 /// A created key: the only response that ever carries the secret.
@@ -65,7 +73,7 @@ impl From<&SealedCredential> for CredentialInfo {
 }
 
 /// Creates a stand-in key.
-pub fn create_key(store: &dyn Store, req: NewKeyRequest) -> Result<CreatedKey> {
+pub async fn create_key(keys: &dyn KeyStore, req: NewKeyRequest) -> Result<CreatedKey> {
     let owner = req.owner.trim();
     if owner.is_empty() || owner.len() > 256 || owner.chars().any(char::is_control) {
         return Err(Error::msg(format!(
@@ -75,14 +83,14 @@ pub fn create_key(store: &dyn Store, req: NewKeyRequest) -> Result<CreatedKey> {
     }
     let team = normalise_label("team", req.team)?;
     let name = normalise_label("name", req.name)?;
-    let now = crate::clock::now_unix();
+    let now = conduit_core::clock::now_unix();
     if let Some(t) = req.expires_at
         && t <= now
     {
         return Err(Error::msg(format!(
             "expiry {} is in the past; give a future date such as {}",
-            crate::clock::format_rfc3339(t),
-            crate::clock::format_date(now + 90 * 86_400)
+            conduit_core::clock::format_rfc3339(t),
+            conduit_core::clock::format_date(now + 90 * 86_400)
         )));
     }
     let new = keys::generate().map_err(|e| Error::msg(format!("OS random source failed: {e}")))?;
@@ -97,7 +105,7 @@ pub fn create_key(store: &dyn Store, req: NewKeyRequest) -> Result<CreatedKey> {
         revoked_at: None,
         limits: req.limits,
     };
-    store.insert_key(&new.hash, &record)?;
+    keys.insert(&new.hash, &record).await?;
     Ok(CreatedKey {
         key: new.secret,
         record,
@@ -114,33 +122,33 @@ fn normalise_label(what: &str, v: Option<String>) -> Result<Option<String>> {
 }
 
 /// A key by id, or a message naming the id.
-pub fn key(store: &dyn Store, id: &str) -> Result<KeyRecord> {
-    store
-        .key(id)?
+pub async fn key(keys: &dyn KeyStore, id: &str) -> Result<KeyRecord> {
+    keys.by_id(id)
+        .await?
         .ok_or_else(|| Error::msg(format!("no key with id {id:?}; `conduit keys list` shows the ids")))
 }
 
 /// Revokes a key; effective on the next request. Revoking twice is harmless.
-pub fn revoke_key(store: &dyn Store, id: &str) -> Result<KeyRecord> {
-    let mut record = key(store, id)?;
+pub async fn revoke_key(keys: &dyn KeyStore, id: &str) -> Result<KeyRecord> {
+    let mut record = key(keys, id).await?;
     if record.revoked_at.is_none() {
-        record.revoked_at = Some(crate::clock::now_unix());
-        store.update_key(&record)?;
+        record.revoked_at = Some(conduit_core::clock::now_unix());
+        keys.update(&record).await?;
     }
     Ok(record)
 }
 
 /// Seals and stores the credential for `provider`, bumping its version.
-pub fn set_credential(
-    store: &dyn Store,
+pub async fn set_credential(
+    credentials: &dyn CredentialStore,
     master: &MasterKey,
     provider: &str,
     secret: Zeroizing<String>,
 ) -> Result<CredentialInfo> {
-    let provider = crate::protocol::Provider::parse(provider).ok_or_else(|| {
+    let provider = Provider::parse(provider).ok_or_else(|| {
         Error::msg(format!(
             "unknown provider {provider:?}; expected one of: {}",
-            crate::protocol::Provider::names()
+            Provider::names()
         ))
     })?;
     let secret = Zeroizing::new(secret.trim().to_string());
@@ -154,12 +162,13 @@ pub fn set_credential(
             "the {provider} credential contains control characters and could not be sent in a header; nothing was stored"
         )));
     }
-    if provider == crate::protocol::Provider::Bedrock {
-        crate::sigv4::AwsCredential::parse(&secret).map_err(Error::msg)?;
+    if provider == Provider::Bedrock {
+        conduit_wire::sigv4::AwsCredential::parse(&secret).map_err(Error::msg)?;
     }
     let id = "default";
-    let version = store
-        .credential(provider.as_str(), id)?
+    let version = credentials
+        .get(provider.as_str(), id)
+        .await?
         .map(|c| c.version + 1)
         .unwrap_or(1);
     let sealed = master.seal(
@@ -167,35 +176,36 @@ pub fn set_credential(
         id,
         version,
         secret.as_bytes(),
-        crate::clock::now_unix(),
+        conduit_core::clock::now_unix(),
     )?;
-    store.put_credential(&sealed)?;
+    credentials.put(&sealed).await?;
     Ok(CredentialInfo::from(&sealed))
 }
 
 /// Metadata of every credential.
-pub fn credentials(store: &dyn Store) -> Result<Vec<CredentialInfo>> {
-    Ok(store.credentials()?.iter().map(CredentialInfo::from).collect())
+pub async fn credentials(credentials: &dyn CredentialStore) -> Result<Vec<CredentialInfo>> {
+    Ok(credentials.list().await?.iter().map(CredentialInfo::from).collect())
 }
 
 /// Re-seals every credential from `old` to `new` in one transaction; returns how many.
-pub fn rotate_master(store: &dyn Store, old: &MasterKey, new: &MasterKey) -> Result<usize> {
+pub async fn rotate_master(credentials: &dyn CredentialStore, old: &MasterKey, new: &MasterKey) -> Result<usize> {
     if old.id() == new.id() {
         return Err(Error::msg(format!(
             "the new master key is the current one ({}); generate a different key",
             old.id()
         )));
     }
-    let now = crate::clock::now_unix();
-    let resealed = store
-        .credentials()?
+    let now = conduit_core::clock::now_unix();
+    let resealed = credentials
+        .list()
+        .await?
         .iter()
         .map(|c| {
             let plain = old.unseal(c)?;
             new.seal(&c.provider, &c.id, c.version, &plain, now)
         })
         .collect::<Result<Vec<_>>>()?;
-    store.reseal_all(&resealed, new.id())?;
+    credentials.reseal_all(&resealed, new.id()).await?;
     Ok(resealed.len())
 }
 
@@ -203,13 +213,13 @@ pub fn rotate_master(store: &dyn Store, old: &MasterKey, new: &MasterKey) -> Res
 #[derive(Debug, Serialize, Deserialize)]
 pub struct SpendReport {
     /// The dimension.
-    pub by: crate::ledger::By,
+    pub by: By,
     /// First day (YYYY-MM-DD), inclusive.
     pub since: String,
     /// Last day, inclusive.
     pub until: String,
     /// One line per group, most expensive first.
-    pub lines: Vec<crate::ledger::ReportLine>,
+    pub lines: Vec<ReportLine>,
     /// Models with no price in the range, billed at their provider's ceiling: each needs a price
     /// (`conduit prices import`).
     #[serde(default)]
@@ -229,8 +239,8 @@ pub struct UnpricedModel {
     pub cost_micros: u64,
 }
 
-fn unpriced_models(rows: &[crate::ledger::SpendRow]) -> Vec<UnpricedModel> {
-    let mut by: std::collections::BTreeMap<(&str, &str), UnpricedModel> = Default::default();
+fn unpriced_models(rows: &[SpendRow]) -> Vec<UnpricedModel> {
+    let mut by: BTreeMap<(&str, &str), UnpricedModel> = Default::default();
     for r in rows.iter().filter(|r| r.unpriced > 0) {
         let m = by.entry((&r.provider, &r.model)).or_insert_with(|| UnpricedModel {
             provider: r.provider.clone(),
@@ -245,27 +255,14 @@ fn unpriced_models(rows: &[crate::ledger::SpendRow]) -> Vec<UnpricedModel> {
     by.into_values().collect()
 }
 
-/// Validates a report range; defaults: the last 30 days up to today (UTC).
+/// The UTC days of a spend report's `--since`/`--until`; defaults: the last 30 days up to today.
 pub fn spend_range(since: Option<&str>, until: Option<&str>) -> Result<(String, String)> {
-    let today = crate::clock::now_unix().div_euclid(86_400);
-    let day = |what: &str, v: Option<&str>, default_days_ago: i64| -> Result<String> {
-        match v {
-            Some(d) => crate::clock::parse_date_or_time(d)
-                .map(crate::clock::format_date)
-                .ok_or_else(|| Error::msg(format!("--{what} {d:?} is not a date; use YYYY-MM-DD (UTC)"))),
-            None => Ok(crate::clock::format_date((today - default_days_ago) * 86_400)),
-        }
-    };
-    let (since, until) = (day("since", since, 29)?, day("until", until, 0)?);
-    if since > until {
-        return Err(Error::msg(format!("--since {since} is after --until {until}")));
-    }
-    Ok((since, until))
+    Ok(conduit_core::clock::TimeRange::parse(since, until, Some(30))?.days())
 }
 
 /// Builds a spend report from the store.
-pub fn spend(store: &dyn Store, by: crate::ledger::By, since: &str, until: &str) -> Result<SpendReport> {
-    let rows = store.spend(since, until)?;
+pub async fn spend(spend: &dyn SpendStore, by: By, since: &str, until: &str) -> Result<SpendReport> {
+    let rows = spend.range(since, until).await?;
     Ok(SpendReport {
         by,
         since: since.into(),
@@ -276,21 +273,21 @@ pub fn spend(store: &dyn Store, by: crate::ledger::By, since: &str, until: &str)
 }
 
 /// Parses a price file: LiteLLM JSON (`model_prices_and_context_window.json`) or `[[price]]` TOML.
-pub fn parse_price_file(content: &str) -> Result<crate::prices::Imported> {
-    let today = crate::clock::format_date(crate::clock::now_unix());
+pub fn parse_price_file(content: &str) -> Result<conduit_wire::prices::Imported> {
+    let today = conduit_core::clock::format_date(conduit_core::clock::now_unix());
     if content.trim_start().starts_with('{') {
-        crate::prices::import_litellm(content.as_bytes(), &today)
+        conduit_wire::prices::import_litellm(content.as_bytes(), &today)
     } else {
-        Ok(crate::prices::Imported {
-            rows: crate::prices::parse_toml(content, "override")?,
+        Ok(conduit_wire::prices::Imported {
+            rows: conduit_wire::prices::parse_toml(content, "override")?,
             ..Default::default()
         })
     }
 }
 
 /// Replaces a key's rate limits; fields left `None` in `update` keep their value, `Some(0)` clears.
-pub fn update_key_limits(store: &dyn Store, id: &str, update: crate::admission::RateLimits) -> Result<KeyRecord> {
-    let mut record = key(store, id)?;
+pub async fn update_key_limits(keys: &dyn KeyStore, id: &str, update: RateLimits) -> Result<KeyRecord> {
+    let mut record = key(keys, id).await?;
     let merge = |old: Option<u64>, new: Option<u64>| match new {
         Some(0) => None,
         Some(n) => Some(n),
@@ -300,6 +297,53 @@ pub fn update_key_limits(store: &dyn Store, id: &str, update: crate::admission::
     l.rpm = merge(l.rpm.map(u64::from), update.rpm.map(u64::from)).map(|n| n as u32);
     l.tpm = merge(l.tpm, update.tpm);
     l.max_streams = merge(l.max_streams.map(u64::from), update.max_streams.map(u64::from)).map(|n| n as u32);
-    store.update_key(&record)?;
+    keys.update(&record).await?;
     Ok(record)
+}
+
+/// Marks a finding as a false positive.
+pub async fn mark_false_positive(findings: &dyn FindingStore, id: &str, by: &str) -> Result<FindingRecord> {
+    findings.mark_false_positive(id, by).await?.ok_or_else(|| {
+        Error::msg(format!(
+            "there is no finding {id:?}; `conduit findings list` shows their ids (f_…)"
+        ))
+    })
+}
+
+/// Per-category feedback figures.
+#[derive(Debug, Default, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CategoryStats {
+    /// Findings in alert mode (forwarded).
+    pub alerts: u64,
+    /// Findings whose request was blocked.
+    pub blocks: u64,
+    /// Findings marked as false positives.
+    pub false_positives: u64,
+    /// false_positives / (alerts + blocks).
+    pub false_positive_rate: f64,
+}
+
+/// Aggregates findings by category.
+pub fn finding_stats(findings: &[FindingRecord]) -> BTreeMap<String, CategoryStats> {
+    let mut out: BTreeMap<String, CategoryStats> = BTreeMap::new();
+    for f in findings {
+        let s = out.entry(f.category.clone()).or_default();
+        if f.action == "blocked" {
+            s.blocks += 1;
+        } else {
+            s.alerts += 1;
+        }
+        if f.false_positive.is_some() {
+            s.false_positives += 1;
+        }
+    }
+    for s in out.values_mut() {
+        let total = s.alerts + s.blocks;
+        s.false_positive_rate = if total == 0 {
+            0.0
+        } else {
+            s.false_positives as f64 / total as f64
+        };
+    }
+    out
 }

@@ -1,0 +1,672 @@
+//! # conduit-state-sled
+//!
+//! The embedded state backend: every `conduit-state` trait on one sled database under
+//! `<data_dir>/store`, held by one process at a time (while a gateway runs, the CLI goes through
+//! its admin API). The only crate that names sled.
+//!
+//! Trees: `meta` (schema version, master key id), `keys` (key hash → record), `key_ids` (key id →
+//! key hash), `credentials` (`provider/id` → sealed credential), `spend` (`day\0key\0model` →
+//! counters), `prices` (`provider\0model` → override), `budgets` (scope → limits), `findings`
+//! (time-ordered id → finding metadata), `policy_modes` (run-time overrides), `uploads`
+//! (`provider/file id` → what an upload through the gateway carried). Records are JSON.
+//!
+//! Where the work runs: reads of single records (a key by hash, a credential, an upload, a meta
+//! value) are served from sled's page cache in about a microsecond and run inline; everything that
+//! fsyncs or scans a tree runs on tokio's blocking pool, so a request's task never waits on a
+//! disk. Budgets use the in-process [`BudgetBook`]: one process owns the store, so its memory is
+//! the whole truth.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::de::DeserializeOwned;
+
+use conduit_core::error::{Error, Result};
+use conduit_core::keys::KeyHash;
+use conduit_core::seal::SealedCredential;
+use conduit_state::records::{BudgetLimit, FindingRecord, KeyRecord, META_MASTER_KEY_ID, SpendRow, UploadRecord};
+use conduit_state::store::{
+    BudgetLimitStore, CredentialChange, CredentialStore, FindingStore, Hub, KeyChange, KeyStore, MetaStore,
+    PolicyModeStore, PriceStore, SpendStore, UploadStore, Watch,
+};
+use conduit_state::{BudgetBook, State};
+use conduit_wire::prices::PriceRow;
+
+/// Schema version this build reads and writes.
+pub const SCHEMA_VERSION: u32 = 1;
+const META_SCHEMA: &str = "schema_version";
+
+/// Opens (creating if needed) the state under `dir`, checking the schema version; `budget_defaults`
+/// are the config file's budgets.
+pub async fn open(dir: &Path, budget_defaults: &[(String, BudgetLimit)]) -> Result<State> {
+    let sled = Sled::open(dir)?;
+    let budgets = BudgetBook::open(Arc::new(sled.clone()), Arc::new(sled.clone()), budget_defaults).await?;
+    Ok(State {
+        keys: Arc::new(sled.clone()),
+        credentials: Arc::new(sled.clone()),
+        budgets: Arc::new(budgets),
+        budget_limits: Arc::new(sled.clone()),
+        spend: Arc::new(sled.clone()),
+        findings: Arc::new(sled.clone()),
+        policy_modes: Arc::new(sled.clone()),
+        prices: Arc::new(sled.clone()),
+        uploads: Arc::new(sled.clone()),
+        meta: Arc::new(sled),
+    })
+}
+
+/// The sled database and the hubs its writes announce changes on. Cheap to clone.
+#[derive(Clone)]
+pub struct Sled(Arc<Inner>);
+
+struct Inner {
+    db: sled::Db,
+    meta: sled::Tree,
+    keys: sled::Tree,
+    key_ids: sled::Tree,
+    credentials: sled::Tree,
+    spend: sled::Tree,
+    prices: sled::Tree,
+    budgets: sled::Tree,
+    findings: sled::Tree,
+    policy_modes: sled::Tree,
+    uploads: sled::Tree,
+    key_changes: Hub<KeyChange>,
+    credential_changes: Hub<CredentialChange>,
+    budget_changes: Hub<String>,
+    spend_changes: Hub<String>,
+    finding_changes: Hub<String>,
+    mode_changes: Hub<String>,
+    price_changes: Hub<()>,
+    meta_changes: Hub<String>,
+}
+
+impl Sled {
+    /// Opens the database under `dir` (`<dir>/store`), checking the schema version.
+    pub fn open(dir: &Path) -> Result<Sled> {
+        conduit_core::fsperm::create_private_dir(dir)
+            .map_err(|e| Error::msg(format!("creating data directory {:?}: {e}", dir.display().to_string())))?;
+        let path = dir.join("store");
+        let db = sled::Config::new()
+            .path(&path)
+            .mode(sled::Mode::HighThroughput)
+            .open()
+            .map_err(|e| {
+                let hint = if e.to_string().contains("lock") || e.to_string().contains("WouldBlock") {
+                    "; another Conduit process (a running gateway) holds it: use the CLI against its admin API, or stop it"
+                } else {
+                    ""
+                };
+                Error::msg(format!("opening the store at {:?}: {e}{hint}", path.display().to_string()))
+            })?;
+        let tree = |name: &str| db.open_tree(name).map_err(sled_err);
+        let inner = Inner {
+            meta: tree("meta")?,
+            keys: tree("keys")?,
+            key_ids: tree("key_ids")?,
+            credentials: tree("credentials")?,
+            spend: tree("spend")?,
+            prices: tree("prices")?,
+            budgets: tree("budgets")?,
+            findings: tree("findings")?,
+            policy_modes: tree("policy_modes")?,
+            uploads: tree("uploads")?,
+            key_changes: Hub::default(),
+            credential_changes: Hub::default(),
+            budget_changes: Hub::default(),
+            spend_changes: Hub::default(),
+            finding_changes: Hub::default(),
+            mode_changes: Hub::default(),
+            price_changes: Hub::default(),
+            meta_changes: Hub::default(),
+            db,
+        };
+        match inner.meta.get(META_SCHEMA).map_err(sled_err)? {
+            None => {
+                inner
+                    .meta
+                    .insert(META_SCHEMA, SCHEMA_VERSION.to_string().as_bytes())
+                    .map_err(sled_err)?;
+                inner.db.flush().map_err(sled_err)?;
+            }
+            Some(v) if v.as_ref() == SCHEMA_VERSION.to_string().as_bytes() => {}
+            Some(v) => {
+                return Err(Error::msg(format!(
+                    "the store at {:?} has schema version {}, this build reads version {SCHEMA_VERSION}; run a Conduit release that matches it",
+                    path.display().to_string(),
+                    String::from_utf8_lossy(&v)
+                )));
+            }
+        }
+        Ok(Sled(Arc::new(inner)))
+    }
+
+    /// Runs `f` on tokio's blocking pool (fsyncs, scans).
+    async fn blocking<T: Send + 'static>(&self, f: impl FnOnce(&Inner) -> Result<T> + Send + 'static) -> Result<T> {
+        let inner = self.0.clone();
+        tokio::task::spawn_blocking(move || f(&inner))
+            .await
+            .map_err(|e| Error::msg(format!("a store task failed: {e}")))?
+    }
+}
+
+/// A sled failure, as the one sentence the caller shows.
+fn sled_err(e: sled::Error) -> Error {
+    Error::msg(format!("store error: {e}"))
+}
+
+fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|e| Error::msg(format!("corrupt {what} record in the store: {e}")))
+}
+
+fn encode<T: serde::Serialize>(what: &str, value: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec(value).map_err(|e| Error::msg(format!("encoding a {what} record: {e}")))
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn credential_key(provider: &str, id: &str) -> String {
+    format!("{provider}/{id}")
+}
+
+#[async_trait]
+impl KeyStore for Sled {
+    async fn insert(&self, hash: &KeyHash, record: &KeyRecord) -> Result<()> {
+        let (hash, record) = (*hash, record.clone());
+        let id = record.id.clone();
+        self.blocking(move |s| {
+            let value = encode("key", &record)?;
+            use sled::Transactional;
+            (&s.keys, &s.key_ids)
+                .transaction(|(keys, ids)| {
+                    if ids.get(record.id.as_bytes())?.is_some() || keys.get(hash.0)?.is_some() {
+                        return sled::transaction::abort(());
+                    }
+                    keys.insert(&hash.0, value.as_slice())?;
+                    ids.insert(record.id.as_bytes(), &hash.0)?;
+                    Ok(())
+                })
+                .map_err(|e| match e {
+                    sled::transaction::TransactionError::Abort(()) => {
+                        Error::msg(format!("a key with id {:?} already exists", record.id))
+                    }
+                    sled::transaction::TransactionError::Storage(e) => sled_err(e),
+                })?;
+            s.db.flush().map_err(sled_err)?;
+            s.key_changes.send(KeyChange { id, hash });
+            Ok(())
+        })
+        .await
+    }
+
+    async fn by_hash(&self, hash: &KeyHash) -> Result<Option<KeyRecord>> {
+        let s = &self.0;
+        s.keys
+            .get(hash.0)
+            .map_err(sled_err)?
+            .map(|v| decode("key", &v))
+            .transpose()
+    }
+
+    async fn by_id(&self, id: &str) -> Result<Option<KeyRecord>> {
+        let s = &self.0;
+        match s.key_ids.get(id.as_bytes()).map_err(sled_err)? {
+            Some(hash) => s
+                .keys
+                .get(hash)
+                .map_err(sled_err)?
+                .map(|v| decode("key", &v))
+                .transpose(),
+            None => Ok(None),
+        }
+    }
+
+    async fn update(&self, record: &KeyRecord) -> Result<()> {
+        let record = record.clone();
+        self.blocking(move |s| {
+            let hash = s
+                .key_ids
+                .get(record.id.as_bytes())
+                .map_err(sled_err)?
+                .ok_or_else(|| Error::msg(format!("no key with id {:?}", record.id)))?;
+            s.keys.insert(&hash, encode("key", &record)?).map_err(sled_err)?;
+            // Revocation must survive a crash right after the CLI said it worked.
+            s.db.flush().map_err(sled_err)?;
+            let mut h = [0u8; 32];
+            if hash.len() == 32 {
+                h.copy_from_slice(&hash);
+            }
+            s.key_changes.send(KeyChange {
+                id: record.id,
+                hash: KeyHash(h),
+            });
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list(&self) -> Result<Vec<KeyRecord>> {
+        self.blocking(|s| {
+            let mut all = s
+                .keys
+                .iter()
+                .values()
+                .map(|v| decode::<KeyRecord>("key", &v.map_err(sled_err)?))
+                .collect::<Result<Vec<_>>>()?;
+            all.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+            Ok(all)
+        })
+        .await
+    }
+
+    fn watch(&self) -> Watch<KeyChange> {
+        self.0.key_changes.watch()
+    }
+}
+
+#[async_trait]
+impl CredentialStore for Sled {
+    async fn put(&self, c: &SealedCredential) -> Result<()> {
+        let c = c.clone();
+        self.blocking(move |s| {
+            s.credentials
+                .insert(credential_key(&c.provider, &c.id), encode("credential", &c)?)
+                .map_err(sled_err)?;
+            s.db.flush().map_err(sled_err)?;
+            s.credential_changes.send(CredentialChange {
+                provider: c.provider.clone(),
+                id: c.id.clone(),
+            });
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get(&self, provider: &str, id: &str) -> Result<Option<SealedCredential>> {
+        self.0
+            .credentials
+            .get(credential_key(provider, id))
+            .map_err(sled_err)?
+            .map(|v| decode("credential", &v))
+            .transpose()
+    }
+
+    async fn list(&self) -> Result<Vec<SealedCredential>> {
+        self.blocking(|s| {
+            s.credentials
+                .iter()
+                .values()
+                .map(|v| decode("credential", &v.map_err(sled_err)?))
+                .collect()
+        })
+        .await
+    }
+
+    async fn reseal_all(&self, credentials: &[SealedCredential], master_key_id: &str) -> Result<()> {
+        let encoded = credentials
+            .iter()
+            .map(|c| Ok((credential_key(&c.provider, &c.id), encode("credential", c)?)))
+            .collect::<Result<Vec<_>>>()?;
+        let changed: Vec<CredentialChange> = credentials
+            .iter()
+            .map(|c| CredentialChange {
+                provider: c.provider.clone(),
+                id: c.id.clone(),
+            })
+            .collect();
+        let master_key_id = master_key_id.to_string();
+        self.blocking(move |s| {
+            use sled::Transactional;
+            (&s.credentials, &s.meta)
+                .transaction(|(creds, meta)| {
+                    for (k, v) in &encoded {
+                        creds.insert(k.as_bytes(), v.as_slice())?;
+                    }
+                    meta.insert(META_MASTER_KEY_ID, master_key_id.as_bytes())?;
+                    Ok::<_, sled::transaction::ConflictableTransactionError<()>>(())
+                })
+                .map_err(|e| Error::msg(format!("re-sealing credentials failed, nothing was changed: {e:?}")))?;
+            s.db.flush().map_err(sled_err)?;
+            for c in changed {
+                s.credential_changes.send(c);
+            }
+            s.meta_changes.send(META_MASTER_KEY_ID.to_string());
+            Ok(())
+        })
+        .await
+    }
+
+    fn watch(&self) -> Watch<CredentialChange> {
+        self.0.credential_changes.watch()
+    }
+}
+
+#[async_trait]
+impl BudgetLimitStore for Sled {
+    async fn list(&self) -> Result<Vec<(String, BudgetLimit)>> {
+        self.0
+            .budgets
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv.map_err(sled_err)?;
+                Ok((text(&k), decode("budget", &v)?))
+            })
+            .collect()
+    }
+
+    async fn put(&self, scope: &str, limit: &BudgetLimit) -> Result<()> {
+        let (scope, limit) = (scope.to_string(), *limit);
+        self.blocking(move |s| {
+            if limit == BudgetLimit::default() {
+                s.budgets.remove(scope.as_bytes()).map_err(sled_err)?;
+            } else {
+                s.budgets
+                    .insert(scope.as_bytes(), encode("budget", &limit)?)
+                    .map_err(sled_err)?;
+            }
+            s.db.flush().map_err(sled_err)?;
+            s.budget_changes.send(scope);
+            Ok(())
+        })
+        .await
+    }
+
+    fn watch(&self) -> Watch<String> {
+        self.0.budget_changes.watch()
+    }
+}
+
+#[async_trait]
+impl SpendStore for Sled {
+    async fn add(&self, deltas: &[SpendRow]) -> Result<()> {
+        let deltas = deltas.to_vec();
+        self.blocking(move |s| {
+            let mut failed = Vec::new();
+            for e in &deltas {
+                let key = format!("{}\0{}\0{}", e.day, e.key_id, e.model);
+                let mut corrupt = None;
+                let result = s.spend.update_and_fetch(key.as_bytes(), |old| {
+                    let mut row: SpendRow = match old.map(serde_json::from_slice) {
+                        Some(Ok(r)) => r,
+                        Some(Err(err)) => {
+                            corrupt = Some(err.to_string());
+                            SpendRow::default()
+                        }
+                        None => SpendRow::default(),
+                    };
+                    row.merge_row(e);
+                    serde_json::to_vec(&row).ok()
+                });
+                match (result, corrupt) {
+                    (Err(err), _) => failed.push(format!("{} {} {}: {err}", e.day, e.key_id, e.model)),
+                    (Ok(_), Some(err)) => failed.push(format!(
+                        "{} {} {} was corrupt and was reset: {err}",
+                        e.day, e.key_id, e.model
+                    )),
+                    (Ok(_), None) => {}
+                }
+            }
+            // One fsync per batch: what a flush returned for survives a crash or an exit.
+            s.spend.flush().map_err(sled_err)?;
+            if let Some(first) = deltas.first() {
+                s.spend_changes.send(first.day.clone());
+            }
+            match failed.as_slice() {
+                [] => Ok(()),
+                _ => Err(Error::msg(format!("spend rows not added: {}", failed.join("; ")))),
+            }
+        })
+        .await
+    }
+
+    async fn range(&self, since: &str, until: &str) -> Result<Vec<SpendRow>> {
+        let (since, until) = (since.to_string(), until.to_string());
+        self.blocking(move |s| {
+            let mut rows = Vec::new();
+            for kv in s.spend.range(since.as_bytes()..) {
+                let (k, v) = kv.map_err(sled_err)?;
+                if k.get(..until.len()).is_some_and(|day| day > until.as_bytes()) {
+                    break;
+                }
+                rows.push(decode::<SpendRow>("spend", &v)?);
+            }
+            Ok(rows)
+        })
+        .await
+    }
+
+    fn watch(&self) -> Watch<String> {
+        self.0.spend_changes.watch()
+    }
+}
+
+#[async_trait]
+impl FindingStore for Sled {
+    async fn record(&self, findings: &[FindingRecord]) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        for r in findings {
+            batch.insert(r.id.as_bytes(), encode("finding", r)?);
+        }
+        let first = findings.first().map(|f| f.id.clone());
+        self.blocking(move |s| {
+            s.findings.apply_batch(batch).map_err(sled_err)?;
+            s.findings.flush().map_err(sled_err)?;
+            if let Some(id) = first {
+                s.finding_changes.send(id);
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list(&self, limit: usize) -> Result<Vec<FindingRecord>> {
+        self.blocking(move |s| {
+            s.findings
+                .iter()
+                .rev()
+                .take(limit)
+                .map(|kv| decode("finding", &kv.map_err(sled_err)?.1))
+                .collect()
+        })
+        .await
+    }
+
+    async fn mark_false_positive(&self, id: &str, by: &str) -> Result<Option<FindingRecord>> {
+        let (id, by) = (id.to_string(), by.to_string());
+        self.blocking(move |s| {
+            let Some(v) = s.findings.get(id.as_bytes()).map_err(sled_err)? else {
+                return Ok(None);
+            };
+            let mut record: FindingRecord = decode("finding", &v)?;
+            record.false_positive = Some(by);
+            s.findings
+                .insert(id.as_bytes(), encode("finding", &record)?)
+                .map_err(sled_err)?;
+            s.findings.flush().map_err(sled_err)?;
+            s.finding_changes.send(id);
+            Ok(Some(record))
+        })
+        .await
+    }
+
+    async fn prune(&self, before: i64) -> Result<usize> {
+        self.blocking(move |s| {
+            // Ids are `f_` + hex Unix nanoseconds: the tree is in time order.
+            let bound = format!("f_{:016x}", (before.max(0) as u64).saturating_mul(1_000_000_000));
+            let mut batch = sled::Batch::default();
+            let mut n = 0;
+            for k in s.findings.range(..bound.as_bytes()).keys() {
+                batch.remove(k.map_err(sled_err)?);
+                n += 1;
+            }
+            if n > 0 {
+                s.findings.apply_batch(batch).map_err(sled_err)?;
+                s.findings.flush().map_err(sled_err)?;
+            }
+            Ok(n)
+        })
+        .await
+    }
+
+    fn watch(&self) -> Watch<String> {
+        self.0.finding_changes.watch()
+    }
+}
+
+#[async_trait]
+impl PolicyModeStore for Sled {
+    async fn list(&self) -> Result<Vec<(String, String)>> {
+        self.0
+            .policy_modes
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv.map_err(sled_err)?;
+                Ok((text(&k), text(&v)))
+            })
+            .collect()
+    }
+
+    async fn set(&self, key: &str, mode: Option<&str>) -> Result<()> {
+        let (key, mode) = (key.to_string(), mode.map(str::to_string));
+        self.blocking(move |s| {
+            match &mode {
+                Some(m) => s.policy_modes.insert(key.as_bytes(), m.as_bytes()),
+                None => s.policy_modes.remove(key.as_bytes()),
+            }
+            .map_err(sled_err)?;
+            s.policy_modes.flush().map_err(sled_err)?;
+            s.mode_changes.send(key);
+            Ok(())
+        })
+        .await
+    }
+
+    fn watch(&self) -> Watch<String> {
+        self.0.mode_changes.watch()
+    }
+}
+
+#[async_trait]
+impl PriceStore for Sled {
+    async fn overrides(&self) -> Result<Vec<PriceRow>> {
+        self.0
+            .prices
+            .iter()
+            .values()
+            .map(|v| decode("price", &v.map_err(sled_err)?))
+            .collect()
+    }
+
+    async fn put_overrides(&self, rows: &[PriceRow]) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        for r in rows {
+            batch.insert(format!("{}\0{}", r.provider, r.model).as_bytes(), encode("price", r)?);
+        }
+        self.blocking(move |s| {
+            s.prices.apply_batch(batch).map_err(sled_err)?;
+            s.db.flush().map_err(sled_err)?;
+            s.price_changes.send(());
+            Ok(())
+        })
+        .await
+    }
+
+    fn watch(&self) -> Watch<()> {
+        self.0.price_changes.watch()
+    }
+}
+
+#[async_trait]
+impl UploadStore for Sled {
+    async fn put(&self, record: &UploadRecord) -> Result<()> {
+        let key = format!("{}/{}", record.provider, record.id);
+        let value = encode("upload", record)?;
+        self.blocking(move |s| {
+            s.uploads.insert(key.as_bytes(), value).map_err(sled_err)?;
+            s.uploads.flush().map_err(sled_err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get(&self, provider: &str, id: &str) -> Result<Option<UploadRecord>> {
+        self.0
+            .uploads
+            .get(format!("{provider}/{id}").as_bytes())
+            .map_err(sled_err)?
+            .map(|v| decode("upload", &v))
+            .transpose()
+    }
+}
+
+#[async_trait]
+impl MetaStore for Sled {
+    async fn get(&self, name: &str) -> Result<Option<String>> {
+        Ok(self.0.meta.get(name).map_err(sled_err)?.map(|v| text(&v)))
+    }
+
+    async fn set(&self, name: &str, value: &str) -> Result<()> {
+        let (name, value) = (name.to_string(), value.to_string());
+        self.blocking(move |s| {
+            s.meta.insert(name.as_bytes(), value.as_bytes()).map_err(sled_err)?;
+            s.db.flush().map_err(sled_err)?;
+            s.meta_changes.send(name);
+            Ok(())
+        })
+        .await
+    }
+
+    async fn ping(&self) -> Result<()> {
+        self.0.meta.get(META_SCHEMA).map_err(sled_err)?;
+        Ok(())
+    }
+
+    fn watch(&self) -> Watch<String> {
+        self.0.meta_changes.watch()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct AtDir(std::path::PathBuf);
+
+    #[async_trait]
+    impl conduit_state::conformance::Backend for AtDir {
+        async fn open(&self, budget_defaults: &[(String, BudgetLimit)]) -> Result<State> {
+            open(&self.0, budget_defaults).await
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn passes_the_state_conformance_suite() {
+        let dir = tempfile::tempdir().unwrap();
+        conduit_state::conformance::run(&AtDir(dir.path().to_path_buf())).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_newer_schema_is_refused_naming_both_versions() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let state = open(dir.path(), &[]).await.unwrap();
+            state.meta.set(META_SCHEMA, "99").await.unwrap();
+        }
+        let err = open(dir.path(), &[]).await.err().unwrap().to_string();
+        assert!(
+            err.contains("schema version 99") && err.contains("reads version 1"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_second_process_is_told_to_use_the_admin_api() {
+        let dir = tempfile::tempdir().unwrap();
+        let _held = Sled::open(dir.path()).unwrap();
+        let err = Sled::open(dir.path()).err().unwrap().to_string();
+        assert!(err.contains("admin API"), "{err}");
+    }
+}
