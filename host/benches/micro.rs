@@ -12,7 +12,7 @@ use std::sync::{Arc, OnceLock};
 use bytes::Bytes;
 use conduit::audit::AuditRecord;
 use conduit::policy::runtime::RequestInfo;
-use conduit::policy::segments::{self, Segment};
+use conduit::policy::segments::Segment;
 use conduit::policy::{Policies, RawPolicies};
 use conduit::protocol::Protocol;
 use conduit::ratelimit::RateLimiter;
@@ -49,7 +49,7 @@ fn segments_extract(bencher: divan::Bencher, which: &str) {
     };
     bencher
         .counter(divan::counter::BytesCount::new(body.len()))
-        .bench(|| segments::extract(divan::black_box(&body)));
+        .bench(|| conduit::content::segments_of(divan::black_box(&body)));
 }
 
 // --- the policy stage -------------------------------------------------------------------------

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use conduit::policy::runtime::RequestInfo;
-use conduit::policy::segments::{self, Segment};
+use conduit::policy::segments::Segment;
 use conduit::policy::{Policies, RawPolicies};
 
 const SHARED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared");
@@ -244,15 +244,15 @@ fn main() {
         for _ in 0..iterations {
             all.clear_cache();
             if let Some(prev) = previous {
-                all.police(&info(), &segments::extract(prev));
+                all.police(&info(), &conduit::content::segments_of(prev));
             }
             let t = Instant::now();
-            let segs = segments::extract(body);
+            let segs = conduit::content::segments_of(body);
             let out = all.police(&info(), &segs);
             times.push(t.elapsed().as_secs_f64() * 1e6);
             std::hint::black_box(out);
         }
-        let segs = segments::extract(body);
+        let segs = conduit::content::segments_of(body);
         let text: usize = segs.iter().map(|s| s.text.len()).sum();
         let (p50, p99) = percentiles(times);
         println!(

@@ -200,12 +200,12 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>) -> Response<GatewayBod
         },
         (&Method::PUT, ["v1", "policies", "modes", category]) => {
             let category = category.to_string();
-            match (body::<SetMode>(req).await, &gw.policies) {
-                (Ok(m), Some(p)) => crate::policy::ops::set_mode(p, gw.state.policy_modes.as_ref(), &category, &m.mode)
+            match body::<SetMode>(req).await {
+                Ok(m) => gw
+                    .set_policy_mode(&category, &m.mode)
                     .await
                     .map(|()| (StatusCode::OK, json!({"category": category, "mode": m.mode}))),
-                (Err(e), _) => Err(e),
-                (_, None) => Err(Error::msg("the policy stage is disabled ([policies] enabled = false)")),
+                Err(e) => Err(e),
             }
         }
         (&Method::GET, ["v1", "findings"]) => {

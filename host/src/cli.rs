@@ -848,12 +848,12 @@ async fn spend(control: Control, by: &str, since: Option<&str>, until: Option<&s
     Ok(())
 }
 
+/// One CSV field, quoted and defused as the audit export does (a team or model name that starts
+/// with `=` must not become a spreadsheet formula).
 fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
-    }
+    let mut out = String::with_capacity(s.len() + 2);
+    crate::audit::export::push_csv_field(&mut out, s);
+    out
 }
 
 async fn prices(control: Control, cmd: PricesCommand) -> Result<()> {
@@ -1006,5 +1006,16 @@ fn print_keys(keys: &[KeyRecord]) {
             status,
             k.hint
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn spend_csv_fields_are_quoted_and_never_formulas() {
+        assert_eq!(super::csv_field("payments"), "payments");
+        assert_eq!(super::csv_field("a,b"), "\"a,b\"");
+        assert_eq!(super::csv_field("=HYPERLINK(\"x\")"), "\"'=HYPERLINK(\"\"x\"\")\"");
+        assert_eq!(super::csv_field("-12.5"), "-12.5", "a negative number stays a number");
     }
 }

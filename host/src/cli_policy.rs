@@ -13,7 +13,7 @@ use crate::admin_client::AdminClient;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::policy::runtime::RequestInfo;
-use crate::policy::segments::{self, Segment};
+use crate::policy::segments::Segment;
 use crate::policy::{Policies, signature};
 use crate::records::FindingRecord;
 use conduit_state::State;
@@ -177,9 +177,7 @@ pub async fn policy(config: Config, cmd: PolicyCommand) -> Result<()> {
                 }
                 None => {
                     crate::policy::config::modes_key_ok(&category)?;
-                    if crate::policy::Mode::parse(&mode).is_none() {
-                        return Err(Error::msg(format!("mode {mode:?}: give one of off, alert, block")));
-                    }
+                    crate::policy::Mode::parse_arg(&mode)?;
                     open_state(&config)
                         .await?
                         .policy_modes
@@ -327,7 +325,7 @@ fn test(
         (None, Some(path)) => {
             let facts = crate::stages::inspect::parse_facts(&body)
                 .map_err(|e| Error::msg(format!("{}: {}", path.display(), e.message)))?;
-            (segments::extract(&body), facts.model)
+            (crate::content::segments_of(&body), facts.model)
         }
         (None, None) => return Err(Error::msg("give --text FILE or --request FILE")),
     };

@@ -177,6 +177,7 @@ pub struct Config {
     pub egress: crate::egress::EgressConfig,
 }
 
+pub use crate::upstream::{Network, ProxySettings};
 pub use conduit_core::seal::Redacted;
 
 /// Where the master key is read from.
@@ -224,48 +225,6 @@ pub struct Limits {
     pub default_max_output_tokens: u64,
     /// What one body may hold (each limit refuses).
     pub body: crate::content::BodyLimits,
-}
-
-/// Outbound settings.
-#[derive(Debug, Clone)]
-pub struct Network {
-    /// Connect (TCP + TLS) timeout.
-    pub connect_timeout: Duration,
-    /// Time to response headers.
-    pub response_timeout: Duration,
-    /// Idle time between response body frames.
-    pub idle_timeout: Duration,
-    /// Extra trusted CAs.
-    pub extra_ca_file: Option<PathBuf>,
-    /// Egress proxy, if any (every upstream is reached through a CONNECT tunnel on it).
-    pub proxy: Option<ProxySettings>,
-}
-
-/// Egress proxy settings.
-#[derive(Clone)]
-pub struct ProxySettings {
-    /// Proxy for `http://` upstreams.
-    pub http: Option<String>,
-    /// Proxy for `https://` upstreams.
-    pub https: Option<String>,
-    /// Bypass list.
-    pub no: String,
-}
-
-impl std::fmt::Debug for ProxySettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Proxy URLs may carry credentials: show hosts only.
-        let host = |u: &Option<String>| {
-            u.as_deref()
-                .and_then(|u| u.parse::<http::Uri>().ok())
-                .and_then(|u| u.host().map(str::to_owned))
-        };
-        f.debug_struct("ProxySettings")
-            .field("http", &host(&self.http))
-            .field("https", &host(&self.https))
-            .field("no", &self.no)
-            .finish()
-    }
 }
 
 /// TLS termination files.

@@ -18,9 +18,8 @@ use crate::config::{Config, MasterKeySource};
 use crate::error::{Error, Result};
 use crate::prices::{PriceRow, PriceTable};
 use crate::seal::MasterKey;
-use crate::stages::accept::RequestIds;
-use crate::stages::settle::Settlement;
 use crate::upstream::{UpstreamClient, build_client};
+use conduit_core::ids::RequestIds;
 
 /// Shared state of a running gateway.
 pub struct Gateway {
@@ -43,7 +42,7 @@ pub struct Gateway {
     /// The hash-chained audit log writer.
     pub audit: crate::audit::AuditLog,
     /// Prometheus metrics, folded from the audit records.
-    pub metrics: Arc<crate::metrics::Metrics>,
+    pub metrics: Arc<crate::audit::metrics::Metrics>,
     master_keys: RwLock<MasterKeys>,
     credential_writes: tokio::sync::Mutex<()>,
     prices: RwLock<Arc<PriceTable>>,
@@ -69,7 +68,7 @@ impl Gateway {
             .with_overrides(state.prices.overrides().await?)
             .with_config(config.prices.clone());
         let ledger = Ledger::start(state.spend.clone());
-        let metrics = Arc::new(crate::metrics::Metrics::default());
+        let metrics = Arc::new(crate::audit::metrics::Metrics::default());
         let otlp = match &config.otlp {
             Some(c) => Some(crate::audit::otlp::Exporter::start(c.clone(), &config.network)?),
             None => None,
@@ -122,14 +121,6 @@ impl Gateway {
         Ok(rows.len())
     }
 
-    /// What the `settle` stage needs for one request.
-    pub fn settlement(&self) -> Settlement {
-        Settlement {
-            prices: self.prices(),
-            ledger: self.ledger.clone(),
-        }
-    }
-
     /// The current master key (what new credentials are sealed under).
     pub fn master_key(&self) -> Arc<MasterKey> {
         self.master_keys
@@ -147,6 +138,19 @@ impl Gateway {
             Some(next) if next.id() == master_key_id => next.clone(),
             _ => keys.current.clone(),
         }
+    }
+
+    /// Changes a policy mode at run time: persisted first, then applied to the running set, so a
+    /// restart keeps what this process enforces.
+    pub async fn set_policy_mode(&self, category: &str, mode: &str) -> Result<()> {
+        let policies = self
+            .policies
+            .as_ref()
+            .ok_or_else(|| Error::msg("the policy stage is disabled ([policies] enabled = false)"))?;
+        let m = crate::policy::Mode::parse_arg(mode)?;
+        crate::policy::config::modes_key_ok(category)?;
+        self.state.policy_modes.set(category, Some(m.as_str())).await?;
+        policies.set_mode(category, m)
     }
 
     /// Seals and stores a provider credential under the current master key.

@@ -19,9 +19,10 @@
 //! The request path is in [`pipeline`]; each stage is a module under [`stages`].
 
 pub use conduit_core::{clock, error, fsperm, hex, keys, money, percent, seal};
+pub use conduit_policy as policy;
 pub use conduit_state::{State, budget, ledger, operator, ratelimit, records, store};
 pub use conduit_wire::{
-    bedrock, content, egress, endpoint, error_shape, eventstream, prices, protocol, segments, sigv4, usage,
+    bedrock, billing, content, egress, endpoint, error_shape, eventstream, prices, protocol, segments, sigv4, usage,
 };
 
 pub mod admin;
@@ -35,10 +36,8 @@ pub mod config;
 pub mod dashboard;
 pub mod demo;
 pub mod gateway;
-pub mod metrics;
 pub mod mock;
 pub mod pipeline;
-pub mod policy;
 pub mod server;
 pub mod stages;
 pub mod telemetry;

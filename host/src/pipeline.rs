@@ -50,7 +50,14 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>, peer: SocketAddr) -> R
             log_failure(&exchange, &err);
             let response = error_shape::render(&err, exchange.protocol, &exchange.id).map(GatewayBody::full);
             let status = response.status().as_u16();
-            let settled = settle::settle(&gw.settlement(), &exchange, status, None, None, None);
+            let settled = settle::settle(
+                &crate::stages::settle::Settlement::of(gw),
+                &exchange,
+                status,
+                None,
+                None,
+                None,
+            );
             durable(audit::record(&gw.audit, exchange, status, Some(&err), settled)).await;
             response
         }

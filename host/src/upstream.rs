@@ -5,9 +5,11 @@
 //! upstream offers it through ALPN, HTTP/1.1 otherwise.
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::Uri;
@@ -23,9 +25,50 @@ use rustls_pki_types::pem::PemObject;
 use tokio::net::TcpStream;
 use tower_service::Service;
 
-use crate::body::BoxError;
-use crate::config::Network;
 use crate::error::{Error, Result};
+use conduit_wire::BoxError;
+
+/// Outbound settings.
+#[derive(Debug, Clone)]
+pub struct Network {
+    /// Connect (TCP + TLS) timeout.
+    pub connect_timeout: Duration,
+    /// Time to response headers.
+    pub response_timeout: Duration,
+    /// Idle time between response body frames.
+    pub idle_timeout: Duration,
+    /// Extra trusted CAs.
+    pub extra_ca_file: Option<PathBuf>,
+    /// Egress proxy, if any (every upstream is reached through a CONNECT tunnel on it).
+    pub proxy: Option<ProxySettings>,
+}
+
+/// Egress proxy settings.
+#[derive(Clone)]
+pub struct ProxySettings {
+    /// Proxy for `http://` upstreams.
+    pub http: Option<String>,
+    /// Proxy for `https://` upstreams.
+    pub https: Option<String>,
+    /// Bypass list.
+    pub no: String,
+}
+
+impl std::fmt::Debug for ProxySettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Proxy URLs may carry credentials: show hosts only.
+        let host = |u: &Option<String>| {
+            u.as_deref()
+                .and_then(|u| u.parse::<http::Uri>().ok())
+                .and_then(|u| u.host().map(str::to_owned))
+        };
+        f.debug_struct("ProxySettings")
+            .field("http", &host(&self.http))
+            .field("https", &host(&self.https))
+            .field("no", &self.no)
+            .finish()
+    }
+}
 
 /// The client every forwarded request goes through.
 pub type UpstreamClient = Client<hyper_rustls::HttpsConnector<UpstreamConnector>, Full<Bytes>>;

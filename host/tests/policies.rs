@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use common::Harness;
 use conduit::policy::builtin::{EXAMPLE_NO_TICKETS_WASM, MISBEHAVE_WASM};
 use conduit::policy::runtime::RequestInfo;
-use conduit::policy::segments::{self, Segment};
+use conduit::policy::segments::Segment;
 use conduit::policy::{Decision, Mode, Policies, RawPolicies, signature};
 use http::StatusCode;
 
@@ -61,7 +61,7 @@ fn builtins_report_secrets_entities_and_models_without_text() {
         data.path(),
     );
     let request = body(&format!("token {GITHUB_TOKEN} for ORCA 7 launch"));
-    let segs = segments::extract(request.as_bytes());
+    let segs = conduit::content::segments_of(request.as_bytes());
     let out = p.police(&info("claude-sonnet-4-5"), &segs);
     let found: Vec<(&str, &str, Mode)> = out
         .findings
@@ -92,7 +92,10 @@ fn builtins_report_secrets_entities_and_models_without_text() {
         "{debug}"
     );
 
-    let out = p.police(&info("claude-opus-4-8"), &segments::extract(body("hello").as_bytes()));
+    let out = p.police(
+        &info("claude-opus-4-8"),
+        &conduit::content::segments_of(body("hello").as_bytes()),
+    );
     let (status, message, policy) = out.deny.clone().expect("model outside the allow-list is refused");
     assert_eq!((status, policy.as_str()), (403, "models"));
     assert!(
@@ -103,7 +106,10 @@ fn builtins_report_secrets_entities_and_models_without_text() {
 
     // Setting the model category to alert lets it through (recorded), never downgraded.
     p.set_mode("model.*", Mode::Alert).unwrap();
-    let out = p.police(&info("claude-opus-4-8"), &segments::extract(body("hello").as_bytes()));
+    let out = p.police(
+        &info("claude-opus-4-8"),
+        &conduit::content::segments_of(body("hello").as_bytes()),
+    );
     assert_eq!((out.decision, out.deny.is_none()), (Decision::Alert, true));
 }
 
@@ -207,7 +213,7 @@ fn signatures_are_required_and_checked() {
     // The loaded custom policy works.
     let out = p.police(
         &info("claude-sonnet-4-5"),
-        &segments::extract(body("see TICKET-4821").as_bytes()),
+        &conduit::content::segments_of(body("see TICKET-4821").as_bytes()),
     );
     assert!(
         out.findings.iter().any(|f| f.category == "entity.ticket"),
@@ -272,7 +278,7 @@ fn hot_reload_adds_replaces_and_removes() {
     let ticket = || {
         p.police(
             &info("claude-sonnet-4-5"),
-            &segments::extract(body("see TICKET-77").as_bytes()),
+            &conduit::content::segments_of(body("see TICKET-77").as_bytes()),
         )
         .findings
         .iter()

@@ -9,13 +9,14 @@
 //! - [`money`]: micro-dollars, exactly.
 //! - [`hex`], [`percent`]: encodings.
 //! - [`seal`]: the master key, AES-256-GCM sealed credentials, [`seal::Redacted`].
-//! - [`keys`]: stand-in keys (generation, hashing, the `ck_` shape).
+//! - [`keys`]: stand-in keys (generation, hashing, the `ck_` shape); [`ids`]: request ids.
 //! - [`fsperm`]: owner-only data directories and files.
 
 pub mod clock;
 pub mod error;
 pub mod fsperm;
 pub mod hex;
+pub mod ids;
 pub mod keys;
 pub mod money;
 pub mod percent;

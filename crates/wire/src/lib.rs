@@ -11,11 +11,12 @@
 //! - [`egress`]: the header allow-list and the operator's declared passthroughs.
 //! - [`content`]: one strict parse of a request body into its facts and text [`segments`].
 //! - [`usage`]: the usage tap on response bodies (SSE, JSON, event-stream, compressed).
-//! - [`prices`]: the price table, ceilings and worst cases.
+//! - [`prices`]: the price table, ceilings and worst cases; [`billing`]: the tier and multipliers.
 //! - [`eventstream`], [`sigv4`], [`bedrock`]: AWS framing, signing and the one body translation.
 //! - [`error_shape`]: each family's error body, so clients raise their usual errors.
 
 pub mod bedrock;
+pub mod billing;
 pub mod content;
 pub mod egress;
 pub mod endpoint;

@@ -30,6 +30,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub use crate::billing::{Billing, Tier};
 use crate::protocol::Provider;
 use crate::usage::Usage;
 use conduit_core::error::{Error, Result};
@@ -75,32 +76,6 @@ impl Rates {
             + one_hour as u128 * self.cache_write_1h.unwrap_or(self.cache_write) as u128
             + usage.cache_read as u128 * self.cache_read as u128
     }
-}
-
-/// How a request is billed beyond its tokens: the service tier, and Anthropic's multipliers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct Billing {
-    /// Service tier.
-    pub tier: Tier,
-    /// Anthropic fast mode (`speed: "fast"`).
-    pub fast: bool,
-    /// Anthropic US-only inference (`inference_geo: "us"`).
-    pub us_only: bool,
-}
-
-/// A provider service tier that changes the rates.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Tier {
-    /// Standard (on-demand) rates.
-    #[default]
-    Standard,
-    /// OpenAI `service_tier: "priority"`.
-    Priority,
-    /// OpenAI `service_tier: "flex"`.
-    Flex,
-    /// Batch APIs (Anthropic message batches, OpenAI batches).
-    Batch,
 }
 
 /// One priced model id.

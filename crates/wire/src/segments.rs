@@ -100,16 +100,3 @@ impl<'a> Segment<'a> {
         }
     }
 }
-
-/// The segments of a model-request JSON body (Anthropic, OpenAI, Bedrock shapes), as the gateway
-/// extracts them; a body that is not a valid JSON object yields none. For tests, benchmarks and the
-/// CLI — the gateway itself refuses such bodies (`crate::content::json`).
-pub fn extract(body: &[u8]) -> Vec<Segment<'_>> {
-    crate::content::json(
-        body,
-        crate::content::Shape::Request,
-        &crate::content::BodyLimits::default(),
-    )
-    .map(|e| e.segments)
-    .unwrap_or_default()
-}

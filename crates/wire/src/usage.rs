@@ -85,7 +85,7 @@ pub struct Observed {
     pub gave_up: bool,
     /// How the provider says it billed the request (service tier, fast mode, US-only), when it
     /// says so.
-    pub billing: Option<crate::prices::Billing>,
+    pub billing: Option<crate::billing::Billing>,
 }
 
 pub const MAX_LINE: usize = 1024 * 1024;
@@ -337,9 +337,9 @@ impl UsageTap {
             return;
         }
         let tier = match tier.as_str() {
-            Some("priority") => crate::prices::Tier::Priority,
-            Some("flex") => crate::prices::Tier::Flex,
-            Some(_) => crate::prices::Tier::Standard,
+            Some("priority") => crate::billing::Tier::Priority,
+            Some("flex") => crate::billing::Tier::Flex,
+            Some(_) => crate::billing::Tier::Standard,
             None => return,
         };
         self.observed.billing.get_or_insert_default().tier = tier;
@@ -400,7 +400,7 @@ impl UsageTap {
                     b.fast |= text("speed") == Some("fast");
                     b.us_only |= text("inference_geo") == Some("us");
                     if text("service_tier") == Some("batch") {
-                        b.tier = crate::prices::Tier::Batch;
+                        b.tier = crate::billing::Tier::Batch;
                     }
                 }
             }

@@ -44,45 +44,68 @@ impl Format {
     }
 }
 
-/// The CSV header, in column order (documented in docs/audit.md).
-pub const CSV_COLUMNS: &[&str] = &[
-    "seq",
-    "request_id",
-    "start",
-    "end",
-    "key_id",
-    "owner",
-    "team",
-    "client",
-    "client_ip",
-    "provider",
-    "upstream",
-    "method",
-    "path",
-    "treatment",
-    "model",
-    "status",
-    "outcome",
-    "error_class",
-    "stream",
-    "ttfb_ms",
-    "duration_ms",
-    "overhead_ms",
-    "policy_ms",
-    "bytes_in",
-    "bytes_out",
-    "input_tokens",
-    "output_tokens",
-    "cache_read_tokens",
-    "cache_write_tokens",
-    "cost_usd",
-    "price",
-    "estimated",
-    "findings",
-    "policy_set",
-    "session",
-    "prev",
+/// A CSV column: its header and how a record fills it.
+pub type Column = (&'static str, fn(&AuditRecord) -> String);
+
+/// The CSV columns, in order (documented in docs/audit.md): the one list both the header and
+/// every row come from, so a new field is one line here.
+pub const COLUMNS: &[Column] = &[
+    ("seq", |r| r.seq.to_string()),
+    ("request_id", |r| r.request_id.clone()),
+    ("start", |r| rfc3339_ms(r.start_ms)),
+    ("end", |r| rfc3339_ms(r.end_ms)),
+    ("key_id", |r| opt(&r.key_id)),
+    ("owner", |r| opt(&r.owner)),
+    ("team", |r| opt(&r.team)),
+    ("client", |r| r.client.clone()),
+    ("client_ip", |r| r.client_ip.clone()),
+    ("provider", |r| opt(&r.provider)),
+    ("upstream", |r| opt(&r.upstream)),
+    ("method", |r| r.method.clone()),
+    ("path", |r| r.path.clone()),
+    ("treatment", |r| r.treatment.clone()),
+    ("model", |r| opt(&r.model)),
+    ("status", |r| r.status.to_string()),
+    ("outcome", |r| r.outcome.clone()),
+    ("error_class", |r| opt(&r.error_class)),
+    ("stream", |r| r.stream.to_string()),
+    ("ttfb_ms", |r| ms(r.ttfb_ms)),
+    ("duration_ms", |r| ms(Some(r.duration_ms))),
+    ("overhead_ms", |r| ms(r.overhead_ms)),
+    ("policy_ms", |r| ms(r.policy_ms)),
+    ("bytes_in", |r| r.bytes_in.to_string()),
+    ("bytes_out", |r| r.bytes_out.to_string()),
+    ("input_tokens", |r| r.input_tokens.to_string()),
+    ("output_tokens", |r| r.output_tokens.to_string()),
+    ("cache_read_tokens", |r| r.cache_read_tokens.to_string()),
+    ("cache_write_tokens", |r| r.cache_write_tokens.to_string()),
+    ("cost_usd", |r| r.cost_micros.map(crate::money::usd).unwrap_or_default()),
+    ("price", |r| opt(&r.price)),
+    ("estimated", |r| r.estimated.to_string()),
+    ("findings", |r| {
+        let each = r
+            .findings
+            .iter()
+            .map(|f| format!("{}|{}|{}|{}", f.category, f.rule, f.mode, f.location));
+        each.collect::<Vec<_>>().join(";")
+    }),
+    ("policy_set", |r| opt(&r.policy_set)),
+    ("session", |r| opt(&r.session)),
+    ("prev", |r| r.prev.clone()),
 ];
+
+fn opt(v: &Option<String>) -> String {
+    v.clone().unwrap_or_default()
+}
+
+fn ms(v: Option<f64>) -> String {
+    v.map(|x| format!("{x:.3}")).unwrap_or_default()
+}
+
+/// The CSV header line (no newline).
+pub fn csv_header() -> String {
+    COLUMNS.iter().map(|(name, _)| *name).collect::<Vec<_>>().join(",")
+}
 
 /// Writes the records matching `filter` to `out`; returns how many.
 pub fn export(dir: &Path, filter: &Filter, format: Format, out: &mut dyn Write) -> Result<u64> {
@@ -91,7 +114,7 @@ pub fn export(dir: &Path, filter: &Filter, format: Format, out: &mut dyn Write) 
     let io = |e: std::io::Error| Error::msg(format!("writing the export: {e}"));
     match format {
         Format::Csv => {
-            out.write_all(CSV_COLUMNS.join(",").as_bytes()).map_err(io)?;
+            out.write_all(csv_header().as_bytes()).map_err(io)?;
             out.write_all(b"\n").map_err(io)?;
         }
         Format::Json => out.write_all(b"[").map_err(io)?,
@@ -137,65 +160,18 @@ pub fn rfc3339_ms(ms: i64) -> String {
 }
 
 fn csv_row(r: &AuditRecord, s: &mut String) {
-    use std::fmt::Write as _;
-    let opt = |v: &Option<String>| v.clone().unwrap_or_default();
-    let num = |v: Option<f64>| v.map(|x| format!("{x:.3}")).unwrap_or_default();
-    let findings = r
-        .findings
-        .iter()
-        .map(|f| format!("{}|{}|{}|{}", f.category, f.rule, f.mode, f.location))
-        .collect::<Vec<_>>()
-        .join(";");
-    let fields: [String; 36] = [
-        r.seq.to_string(),
-        r.request_id.clone(),
-        rfc3339_ms(r.start_ms),
-        rfc3339_ms(r.end_ms),
-        opt(&r.key_id),
-        opt(&r.owner),
-        opt(&r.team),
-        r.client.clone(),
-        r.client_ip.clone(),
-        opt(&r.provider),
-        opt(&r.upstream),
-        r.method.clone(),
-        r.path.clone(),
-        r.treatment.clone(),
-        opt(&r.model),
-        r.status.to_string(),
-        r.outcome.clone(),
-        opt(&r.error_class),
-        r.stream.to_string(),
-        num(r.ttfb_ms),
-        num(Some(r.duration_ms)),
-        num(r.overhead_ms),
-        num(r.policy_ms),
-        r.bytes_in.to_string(),
-        r.bytes_out.to_string(),
-        r.input_tokens.to_string(),
-        r.output_tokens.to_string(),
-        r.cache_read_tokens.to_string(),
-        r.cache_write_tokens.to_string(),
-        r.cost_micros.map(crate::money::usd).unwrap_or_default(),
-        opt(&r.price),
-        r.estimated.to_string(),
-        findings,
-        opt(&r.policy_set),
-        opt(&r.session),
-        r.prev.clone(),
-    ];
-    for (i, f) in fields.iter().enumerate() {
+    for (i, (_, field)) in COLUMNS.iter().enumerate() {
         if i > 0 {
             s.push(',');
         }
-        push_csv_field(s, f);
+        push_csv_field(s, &field(r));
     }
-    let _ = writeln!(s);
+    s.push('\n');
 }
 
 /// RFC 4180 quoting; a leading `=`, `+`, `-`, `@` is prefixed with `'` so a spreadsheet never
 /// evaluates a client-supplied value (a model name, a path) as a formula.
-fn push_csv_field(s: &mut String, f: &str) {
+pub fn push_csv_field(s: &mut String, f: &str) {
     let formula = f.starts_with(['=', '+', '@', '\t', '\r']) || (f.starts_with('-') && f.parse::<f64>().is_err());
     let needs_quotes = formula || f.contains([',', '"', '\n', '\r']);
     if !needs_quotes {

@@ -17,11 +17,12 @@
 //! - **Retention**: whole day files older than `retention_days` are deleted (hourly), with the
 //!   policy findings of those days.
 //!
-//! Metrics (`crate::metrics`) are folded from the same records on the writer thread, so the
+//! Metrics (`crate::audit::metrics`) are folded from the same records on the writer thread, so the
 //! request path pays one channel send for both.
 
 pub mod chain;
 pub mod export;
+pub mod metrics;
 pub mod otlp;
 pub mod rot;
 
@@ -35,8 +36,8 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::audit::metrics::Metrics;
 use crate::error::{Error, Result};
-use crate::metrics::Metrics;
 
 /// How long a written record may wait for `fsync` in group mode.
 pub const GROUP_COMMIT_WINDOW: Duration = Duration::from_millis(100);

@@ -31,7 +31,7 @@ pub struct RawOtlp {
     pub service_name: Option<String>,
     /// Extra headers for the collector (an API key for a hosted collector).
     #[serde(default)]
-    pub headers: std::collections::BTreeMap<String, crate::config::Redacted>,
+    pub headers: std::collections::BTreeMap<String, conduit_core::seal::Redacted>,
 }
 
 /// Validated `[otlp]`.
@@ -97,7 +97,7 @@ impl std::fmt::Debug for Exporter {
 
 impl Exporter {
     /// Starts the exporter thread (its own small runtime and HTTP client).
-    pub fn start(config: OtlpConfig, network: &crate::config::Network) -> Result<Exporter> {
+    pub fn start(config: OtlpConfig, network: &crate::upstream::Network) -> Result<Exporter> {
         let client = crate::upstream::build_client(network)?;
         let (tx, rx) = mpsc::channel::<Value>(QUEUE);
         std::thread::Builder::new()

@@ -4,10 +4,11 @@
 //! (Header count and size limits are enforced earlier, by the HTTP server itself: see `server`.)
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use http::{Request, header};
+
+pub use conduit_core::ids::RequestIds;
 
 use crate::config::Limits;
 use crate::error::{ErrorKind, GatewayError};
@@ -70,39 +71,6 @@ pub struct Exchange {
     pub findings: Vec<crate::audit::AuditFinding>,
     /// Digest of the policy set that judged the request.
     pub policy_set: Option<String>,
-}
-
-/// Hands out request ids: a per-process random prefix and a counter — unique, cheap, sortable.
-#[derive(Debug)]
-pub struct RequestIds {
-    prefix: u32,
-    next: AtomicU64,
-}
-
-impl RequestIds {
-    /// Seeds the prefix from the OS random source.
-    pub fn new() -> Self {
-        let mut b = [0u8; 4];
-        let _ = getrandom::fill(&mut b);
-        RequestIds {
-            prefix: u32::from_le_bytes(b),
-            next: AtomicU64::new(1),
-        }
-    }
-
-    fn next(&self) -> String {
-        format!(
-            "req_{:08x}{:010x}",
-            self.prefix,
-            self.next.fetch_add(1, Ordering::Relaxed)
-        )
-    }
-}
-
-impl Default for RequestIds {
-    fn default() -> Self {
-        Self::new()
-    }
 }
 
 /// Starts the exchange for `req`.

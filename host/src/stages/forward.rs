@@ -129,7 +129,7 @@ pub async fn send(
         header(header::CONTENT_ENCODING),
     );
     let finished = exchange.clone();
-    let settlement = gw.settlement();
+    let settlement = crate::stages::settle::Settlement::of(gw);
     let log = gw.audit.clone();
     let mut admitted = admitted;
     let slot = admitted.ticket.as_mut().and_then(|t| t.take_stream_slot());

@@ -37,7 +37,7 @@ pub mod multipart;
 use std::borrow::Cow;
 use std::fmt::Write as _;
 
-use crate::prices::{Billing, Tier};
+use crate::billing::{Billing, Tier};
 use crate::segments::{Origin, Segment};
 use json::{Doc, Kind};
 
@@ -1210,3 +1210,12 @@ pub fn json_problem(e: &serde_json::Error) -> String {
 
 #[cfg(test)]
 mod tests;
+
+/// The segments of a model-request JSON body (Anthropic, OpenAI, Bedrock shapes), as the gateway
+/// extracts them; a body that is not a valid JSON object yields none. For tests, benchmarks and the
+/// CLI — the gateway itself refuses such bodies ([`json`]).
+pub fn segments_of(body: &[u8]) -> Vec<Segment<'_>> {
+    json(body, Shape::Request, &BodyLimits::default())
+        .map(|e| e.segments)
+        .unwrap_or_default()
+}

@@ -15,12 +15,12 @@ use p256::ecdsa::VerifyingKey;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::policy::cache::{self, CachedFinding, VerdictCache};
-use crate::policy::config::{OnError, PolicyConfig};
-use crate::policy::modes::{Mode, Modes};
-use crate::policy::runtime::{self, Failure, Prepared, RequestInfo, Segment as WitSegment, Severity};
-use crate::policy::segments::Segment;
-use crate::policy::{builtin, signature};
+use crate::cache::{self, CachedFinding, VerdictCache};
+use crate::config::{OnError, PolicyConfig};
+use crate::modes::{Mode, Modes};
+use crate::runtime::{self, Failure, Prepared, RequestInfo, Segment as WitSegment, Severity};
+use crate::segments::Segment;
+use crate::{builtin, signature};
 
 /// One loaded policy.
 pub struct LoadedPolicy {
@@ -61,7 +61,7 @@ impl PolicySet {
 
     /// Hex digest of the set (recorded with findings; keys the verdict cache).
     pub fn digest_hex(&self) -> String {
-        crate::hex::encode(&self.digest[..8])
+        conduit_core::hex::encode(&self.digest[..8])
     }
 }
 
@@ -183,10 +183,10 @@ impl Policies {
     /// Loads the built-ins and the directory. A built-in that fails to load stops start-up; a
     /// directory policy that fails is refused and reported. `stored_modes` are the run-time mode
     /// overrides kept in the state store (`conduit policy test` passes none).
-    pub fn open(config: PolicyConfig, stored_modes: &[(String, String)]) -> crate::error::Result<Arc<Policies>> {
+    pub fn open(config: PolicyConfig, stored_modes: &[(String, String)]) -> conduit_core::error::Result<Arc<Policies>> {
         let mut trusted = Vec::new();
         for (path, pem) in &config.trusted_keys {
-            let key = signature::parse_public_key(pem).map_err(crate::Error::msg)?;
+            let key = signature::parse_public_key(pem).map_err(conduit_core::Error::msg)?;
             let name = path
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
@@ -215,19 +215,19 @@ impl Policies {
         Ok(policies)
     }
 
-    fn load_builtins(&self) -> crate::error::Result<Vec<Arc<LoadedPolicy>>> {
-        let build_key = signature::parse_public_key(builtin::BUILTIN_PUBLIC_KEY).map_err(crate::Error::msg)?;
+    fn load_builtins(&self) -> conduit_core::error::Result<Vec<Arc<LoadedPolicy>>> {
+        let build_key = signature::parse_public_key(builtin::BUILTIN_PUBLIC_KEY).map_err(conduit_core::Error::msg)?;
         let mut out = Vec::new();
         for b in &self.config.builtins {
             let Some((_, wasm, sig)) = builtin::BUILTIN.iter().find(|(n, _, _)| *n == b.name) else {
-                return Err(crate::Error::msg(format!(
+                return Err(conduit_core::Error::msg(format!(
                     "built-in policy {} is missing from this build",
                     b.name
                 )));
             };
-            let sig = signature::decode_signature(sig.as_bytes()).map_err(crate::Error::msg)?;
+            let sig = signature::decode_signature(sig.as_bytes()).map_err(conduit_core::Error::msg)?;
             if signature::verify(wasm, &sig, &[build_key]).is_none() {
-                return Err(crate::Error::msg(format!(
+                return Err(conduit_core::Error::msg(format!(
                     "built-in policy {}: its build signature does not verify; the binary is damaged",
                     b.name
                 )));
@@ -235,7 +235,7 @@ impl Policies {
             let loaded = self
                 .prepare(wasm, &b.config_json, b.on_error, "builtin".into(), "build".into())
                 .map_err(|e| {
-                    crate::Error::msg(format!(
+                    conduit_core::Error::msg(format!(
                         "built-in policy {}: {e}; fix [policies.builtin.{}] in the configuration",
                         b.name, b.name
                     ))
@@ -411,8 +411,8 @@ impl Policies {
     }
 
     /// Changes a mode at run time, in this process (`policy::ops::set_mode` persists it first).
-    pub fn set_mode(&self, key: &str, mode: Mode) -> crate::error::Result<()> {
-        crate::policy::config::modes_key_ok(key)?;
+    pub fn set_mode(&self, key: &str, mode: Mode) -> conduit_core::error::Result<()> {
+        crate::config::modes_key_ok(key)?;
         self.modes.write().unwrap_or_else(|p| p.into_inner()).set(key, mode);
         tracing::info!(category = key, mode = mode.as_str(), "policy mode changed");
         Ok(())
@@ -689,7 +689,7 @@ fn read_settings(path: &Path, default: OnError) -> Result<(OnError, String), Str
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let s: Settings = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
     let config = match s.config {
-        Some(t) => crate::policy::config::config_to_json(&path.display().to_string(), t).map_err(|e| e.to_string())?,
+        Some(t) => crate::config::config_to_json(&path.display().to_string(), t).map_err(|e| e.to_string())?,
         None => "{}".into(),
     };
     Ok((s.policy.and_then(|p| p.on_error).unwrap_or(default), config))

@@ -25,8 +25,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::error::{Error, Result};
-use crate::policy::modes::Mode;
+use crate::modes::Mode;
+use conduit_core::error::{Error, Result};
 
 /// What happens to a request when a policy fails (traps, times out, runs out of memory).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -96,16 +96,7 @@ pub struct RawBuiltin {
     pub config: Option<toml::Table>,
 }
 
-/// Limits applied to every policy call.
-#[derive(Debug, Clone, Copy)]
-pub struct Sandbox {
-    /// Base deadline per call.
-    pub timeout: Duration,
-    /// Extra deadline per MiB of segment text.
-    pub per_mib: Duration,
-    /// Memory cap per instance, bytes.
-    pub memory_bytes: usize,
-}
+pub use crate::runtime::Sandbox;
 
 /// A built-in's validated settings.
 #[derive(Debug, Clone)]
@@ -138,7 +129,7 @@ pub struct PolicyConfig {
     /// Compiled-component cache directory.
     pub cache_dir: Option<PathBuf>,
     /// Authenticates the compiled artifacts there (the gateway derives it from the master key).
-    pub cache_key: crate::policy::runtime::CacheKey,
+    pub cache_key: crate::runtime::CacheKey,
     /// Default failure mode.
     pub on_error: OnError,
     /// Configured modes.
@@ -166,7 +157,7 @@ impl RawPolicies {
                     path.display()
                 ))
             })?;
-            crate::policy::signature::parse_public_key(&pem)
+            crate::signature::parse_public_key(&pem)
                 .map_err(|e| Error::msg(format!("policies.trusted_keys: {}: {e}", path.display())))?;
             trusted_keys.push((path, pem));
         }
@@ -245,12 +236,9 @@ pub fn modes_key_ok(key: &str) -> Result<()> {
         None => (key, None),
     };
     if let Some(o) = origin
-        && crate::policy::segments::Origin::parse(o).is_none()
+        && crate::segments::Origin::parse(o).is_none()
     {
-        let all: Vec<&str> = crate::policy::segments::Origin::ALL
-            .iter()
-            .map(|o| o.as_str())
-            .collect();
+        let all: Vec<&str> = crate::segments::Origin::ALL.iter().map(|o| o.as_str()).collect();
         return Err(Error::msg(format!(
             "policy mode for {key:?}@{o:?}: {o:?} is not an origin; one of: {}",
             all.join(", ")

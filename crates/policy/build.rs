@@ -28,7 +28,7 @@ const POLICIES: &[(&str, &str)] = &[
 
 fn main() {
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap_or_default());
-    let root = manifest.parent().map(Path::to_path_buf).unwrap_or_default();
+    let root = manifest.ancestors().nth(2).map(Path::to_path_buf).unwrap_or_default();
     for dir in ["guest-policies", "sdk", "wit", "examples/rust-policy"] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }

@@ -6,7 +6,7 @@
 //!                                   │                │  one Engine, compiled once (disk cache),
 //!                                   │                │  pooled pre-configured instances
 //!                      hot reload ──┘                ▼
-//! request ─▶ segments::extract ─▶ Policies::police ─▶ VerdictCache (per segment text) ─▶ Outcome
+//! request ─▶ content::json (segments) ─▶ Policies::police ─▶ VerdictCache (per segment text) ─▶ Outcome
 //!                                                     Modes (off | alert | block per category)
 //! ```
 //!

@@ -38,6 +38,11 @@ impl Mode {
             _ => None,
         }
     }
+
+    /// As [`Mode::parse`], for a value an operator typed: the error names it and the choices.
+    pub fn parse_arg(s: &str) -> conduit_core::error::Result<Mode> {
+        Mode::parse(s).ok_or_else(|| conduit_core::Error::msg(format!("mode {s:?}: give one of off, alert, block")))
+    }
 }
 
 /// The mode table.

@@ -17,14 +17,23 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder};
 
-use crate::policy::config::Sandbox;
-
 wasmtime::component::bindgen!({
     world: "policy",
-    path: "../wit",
+    path: "../../wit",
 });
 
 pub use self::conduit::policy::types::{Finding, Severity};
+
+/// Limits applied to every policy call.
+#[derive(Debug, Clone, Copy)]
+pub struct Sandbox {
+    /// Base deadline per call.
+    pub timeout: Duration,
+    /// Extra deadline per MiB of segment text.
+    pub per_mib: Duration,
+    /// Memory cap per instance, bytes.
+    pub memory_bytes: usize,
+}
 
 /// The epoch tick: deadlines are counted in these.
 const TICK: Duration = Duration::from_millis(1);
@@ -69,7 +78,7 @@ pub struct CacheKey(zeroize::Zeroizing<[u8; 32]>);
 
 impl CacheKey {
     /// Derived from the master key.
-    pub fn from_master(master: &crate::seal::MasterKey) -> CacheKey {
+    pub fn from_master(master: &conduit_core::seal::MasterKey) -> CacheKey {
         CacheKey(master.derive("conduit policy-cache v1"))
     }
 
@@ -137,7 +146,11 @@ fn artifact_path(dir: &Path, digest: &[u8; 32], engine: &Engine) -> PathBuf {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     engine.precompile_compatibility_hash().hash(&mut h);
-    dir.join(format!("{}-{:016x}.cwasm", crate::hex::encode(digest), h.finish()))
+    dir.join(format!(
+        "{}-{:016x}.cwasm",
+        conduit_core::hex::encode(digest),
+        h.finish()
+    ))
 }
 
 /// Loads a precompiled artifact: a 32-byte MAC, then the bytes `Component::serialize` wrote.
@@ -176,13 +189,13 @@ fn store_artifact(component: &Component, path: &Path, key: &CacheKey) {
         return;
     };
     if let Some(dir) = path.parent() {
-        let _ = crate::fsperm::create_private_dir(dir);
+        let _ = conduit_core::fsperm::create_private_dir(dir);
     }
     let mut file = Vec::with_capacity(bytes.len() + 32);
     file.extend_from_slice(&key.mac(&name, &bytes));
     file.extend_from_slice(&bytes);
     let tmp = path.with_extension("tmp");
-    if crate::fsperm::write_private(&tmp, &file)
+    if conduit_core::fsperm::write_private(&tmp, &file)
         .and_then(|()| std::fs::rename(&tmp, path))
         .is_err()
     {
@@ -481,7 +494,7 @@ mod tests {
     /// A cached artifact is used only under the key it was written with, and only unaltered.
     #[test]
     fn cached_artifacts_are_authenticated_before_they_are_loaded() {
-        let wasm = std::fs::read(crate::policy::builtin::MISBEHAVE_WASM).unwrap();
+        let wasm = std::fs::read(crate::builtin::MISBEHAVE_WASM).unwrap();
         let engine = engine();
         let component = Component::new(engine, &wasm).unwrap();
         let dir = tempfile::tempdir().unwrap();
