@@ -1017,5 +1017,7 @@ mod tests {
         assert_eq!(super::csv_field("a,b"), "\"a,b\"");
         assert_eq!(super::csv_field("=HYPERLINK(\"x\")"), "\"'=HYPERLINK(\"\"x\"\")\"");
         assert_eq!(super::csv_field("-12.5"), "-12.5", "a negative number stays a number");
+        assert_eq!(super::csv_field("-"), "-", "the report's no-model row");
+        assert_eq!(super::csv_field("-2+3"), "\"'-2+3\"");
     }
 }

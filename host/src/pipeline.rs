@@ -16,9 +16,10 @@
 //! credential    unseal the provider credential → header or AWS signer  stages::credential
 //! forward       original bytes upstream (SigV4-signed for Bedrock);     stages::forward
 //!               response streamed back (Anthropic → Bedrock: the one body translation, crate::bedrock)
-//! meter         usage tap on the response body, never delaying a frame  usage::UsageTap (in forward)
-//! settle        tokens (reported or flagged estimate) × price → ledger  stages::settle
-//! audit         always: one metadata-only record per request           stages::audit
+//! meter         usage tap on the response body, never delaying a frame  stream_back (usage::UsageTap)
+//! settle        when the body ends: tokens (reported or flagged         stream_back → stages::settle
+//!               estimate) × price → ledger; the reservation released
+//! audit         always: one metadata-only record per request           stream_back → stages::audit
 //! ```
 //!
 //! A stage ends a request by returning a [`GatewayError`]; [`handle`] is the one place that turns
@@ -29,7 +30,7 @@ use std::net::SocketAddr;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 
-use crate::body::GatewayBody;
+use crate::body::{GatewayBody, OnEnd, UpstreamBody};
 use crate::error::GatewayError;
 use crate::error_shape::{self, REQUEST_ID_HEADER};
 use crate::gateway::Gateway;
@@ -153,8 +154,37 @@ async fn run(gw: &Gateway, req: Request<Incoming>, ex: &mut accept::Exchange) ->
     let auth = credential::for_upstream(gw, route.upstream).await?;
 
     let upload = forward::pending_upload(&route, &extracted, &principal);
-    let response = forward::send(gw, &route, parts.method, headers, body, auth, ex, admitted, upload).await?;
-    Ok(Handled::Streaming(response))
+    let upstreamed = forward::send(gw, &route, parts.method, headers, body, auth, ex, upload).await?;
+    Ok(Handled::Streaming(stream_back(gw, ex.clone(), admitted, upstreamed)))
+}
+
+/// The response streams back frame by frame; the tap meters it on the way (**meter**), and when the
+/// body ends — delivered, the client gone, the upstream failed or idle — the request is **settled**
+/// (the reservation becomes the real cost, the ledger gets its entry, the stream slot is freed) and
+/// **audited**.
+fn stream_back(
+    gw: &Gateway,
+    exchange: accept::Exchange,
+    mut admitted: admit::Admitted,
+    upstreamed: forward::Upstreamed,
+) -> Response<GatewayBody> {
+    let forward::Upstreamed { parts, source, tap } = upstreamed;
+    let status = parts.status.as_u16();
+    let slot = admitted.ticket.as_mut().and_then(|t| t.take_stream_slot());
+    let (settlement, log) = (settle::Settlement::of(gw), gw.audit.clone());
+    let on_end: OnEnd = Box::new(move |sent, end, seen| {
+        let settled = settle::settle(&settlement, &exchange, status, Some(&end), Some(&seen), Some(admitted));
+        let delivery = audit::Delivery {
+            bytes_out: sent.bytes,
+            ttfb_ms: sent
+                .first_byte
+                .map(|t| t.saturating_duration_since(exchange.started).as_secs_f64() * 1e3),
+            stream_error: seen.stream_error,
+        };
+        audit::record_stream(&log, exchange, status, delivery, &end, settled)
+    });
+    let body = UpstreamBody::new(source, gw.config.network.idle_timeout, tap, on_end, slot);
+    Response::from_parts(parts, GatewayBody::Upstream { inner: body })
 }
 
 /// Answers the probes clients send to the base URL (Claude Code sends `HEAD /` at start-up).

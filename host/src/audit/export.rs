@@ -172,7 +172,9 @@ fn csv_row(r: &AuditRecord, s: &mut String) {
 /// RFC 4180 quoting; a leading `=`, `+`, `-`, `@` is prefixed with `'` so a spreadsheet never
 /// evaluates a client-supplied value (a model name, a path) as a formula.
 pub fn push_csv_field(s: &mut String, f: &str) {
-    let formula = f.starts_with(['=', '+', '@', '\t', '\r']) || (f.starts_with('-') && f.parse::<f64>().is_err());
+    // A lone `-` (a report's "no value") is text to every spreadsheet; `-1` is a number.
+    let formula =
+        f.starts_with(['=', '+', '@', '\t', '\r']) || (f.starts_with('-') && f.len() > 1 && f.parse::<f64>().is_err());
     let needs_quotes = formula || f.contains([',', '"', '\n', '\r']);
     if !needs_quotes {
         s.push_str(f);

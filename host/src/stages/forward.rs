@@ -1,25 +1,25 @@
 //! **forward** — reads: the route, the original request head and body bytes, the upstream auth
 //! header. Decides: which headers cross (everything but hop-by-hop headers, `host` and the client's
 //! own key). Returns: the upstream's response — status, headers (hop-by-hop aside) and body — passed
-//! back unchanged, the body streamed frame by frame through [`UpstreamBody`], whose usage tap is the
-//! **meter** stage, and which runs `settle` and `audit` when it ends. Compressed responses stay compressed: the gateway never decodes what it forwards.
+//! back unchanged as [`Upstreamed`]: the head, the body's source and the usage tap that will read
+//! it (the **meter** stage). The pipeline wraps them in an `UpstreamBody` that streams frame by frame
+//! and runs `settle` and `audit` when it ends. Compressed responses stay compressed: the gateway
+//! never decodes what it forwards.
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, Response};
+use http::{Method, Request};
 use http_body_util::Full;
 
-use crate::body::{GatewayBody, OnEnd, Source, UpstreamBody};
+use crate::body::Source;
 use crate::content::Extracted;
 use crate::endpoint::Endpoint;
 use crate::error::{ErrorKind, GatewayError};
 use crate::error_shape::REQUEST_ID_HEADER;
 use crate::gateway::Gateway;
 use crate::stages::accept::Exchange;
-use crate::stages::admit::Admitted;
 use crate::stages::credential::UpstreamAuth;
 use crate::stages::route::Route;
-use crate::stages::{audit, settle};
 use crate::usage::UsageTap;
 use conduit_state::Principal;
 use conduit_state::records::UploadRecord;
@@ -42,7 +42,18 @@ pub fn pending_upload(route: &Route<'_>, extracted: &Extracted<'_>, principal: &
     })
 }
 
-/// Sends the request upstream and streams the response back.
+/// The upstream's answer, not yet streaming: its head (with `x-conduit-request-id`), where its
+/// body comes from, and the tap that will meter it.
+pub struct Upstreamed {
+    /// Status and headers, as the client will get them.
+    pub parts: http::response::Parts,
+    /// The body: the upstream's, re-framed (Bedrock), or already read (an upload's answer).
+    pub source: Source,
+    /// The usage tap for this response's framing and encoding.
+    pub tap: UsageTap,
+}
+
+/// Sends the request upstream and returns its answer's head and body source.
 #[allow(clippy::too_many_arguments)]
 pub async fn send(
     gw: &Gateway,
@@ -52,9 +63,8 @@ pub async fn send(
     body: Bytes,
     auth: UpstreamAuth<'_>,
     exchange: &mut Exchange,
-    admitted: Admitted,
     upload: Option<PendingUpload>,
-) -> Result<Response<GatewayBody>, GatewayError> {
+) -> Result<Upstreamed, GatewayError> {
     let translating = route.translate_to_bedrock;
     let body = if translating {
         for_bedrock(route, &headers, &body)?
@@ -121,31 +131,13 @@ pub async fn send(
         Source::Plain(incoming)
     };
 
-    let status = parts.status.as_u16();
     let header = |name: header::HeaderName| parts.headers.get(name).and_then(|v| v.to_str().ok());
     let tap = UsageTap::new(
         route.protocol,
         header(header::CONTENT_TYPE),
         header(header::CONTENT_ENCODING),
     );
-    let finished = exchange.clone();
-    let settlement = crate::stages::settle::Settlement::of(gw);
-    let log = gw.audit.clone();
-    let mut admitted = admitted;
-    let slot = admitted.ticket.as_mut().and_then(|t| t.take_stream_slot());
-    let on_end: OnEnd = Box::new(move |sent, end, seen| {
-        let settled = settle::settle(&settlement, &finished, status, Some(&end), Some(&seen), Some(admitted));
-        let delivery = audit::Delivery {
-            bytes_out: sent.bytes,
-            ttfb_ms: sent
-                .first_byte
-                .map(|t| t.saturating_duration_since(finished.started).as_secs_f64() * 1e3),
-            stream_error: seen.stream_error,
-        };
-        audit::record_stream(&log, finished, status, delivery, &end, settled)
-    });
-    let body = UpstreamBody::new(source, net.idle_timeout, tap, on_end, slot);
-    Ok(Response::from_parts(parts, GatewayBody::Upstream { inner: body }))
+    Ok(Upstreamed { parts, source, tap })
 }
 
 /// Reads the provider's (small) answer to a file upload, records the file under the id it names,
