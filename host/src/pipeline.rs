@@ -51,14 +51,7 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>, peer: SocketAddr) -> R
             log_failure(&exchange, &err);
             let response = error_shape::render(&err, exchange.protocol, &exchange.id).map(GatewayBody::full);
             let status = response.status().as_u16();
-            let settled = settle::settle(
-                &crate::stages::settle::Settlement::of(gw),
-                &exchange,
-                status,
-                None,
-                None,
-                None,
-            );
+            let settled = settle::settle(&settlement(gw), &exchange, status, None, None, None);
             durable(audit::record(&gw.audit, exchange, status, Some(&err), settled)).await;
             response
         }
@@ -147,14 +140,45 @@ async fn run(gw: &Gateway, req: Request<Incoming>, ex: &mut accept::Exchange) ->
         &route.upstream.fixed_headers,
     );
 
-    police::police(gw, ex, &principal, &route, &mut extracted, &headers, parts.uri.query()).await?;
+    let policing = police::Reads {
+        policies: gw.policies.as_deref(),
+        findings: gw.state.findings.as_ref(),
+    };
+    police::police(
+        &policing,
+        ex,
+        &principal,
+        &route,
+        &mut extracted,
+        &headers,
+        parts.uri.query(),
+    )
+    .await?;
 
-    let admitted = admit::admit(gw, ex, &principal, &route, &extracted).await?;
+    let admission = admit::Reads {
+        rate_limiter: &gw.rate_limiter,
+        budgets: gw.state.budgets.as_ref(),
+        uploads: gw.state.uploads.as_ref(),
+        prices: gw.prices(),
+        default_max_output_tokens: config.limits.default_max_output_tokens,
+        passthrough: &config.egress.passthrough,
+    };
+    let admitted = admit::admit(&admission, ex, &principal, &route, &extracted).await?;
 
-    let auth = credential::for_upstream(gw, route.upstream).await?;
+    let unsealing_key = |id: &str| gw.unsealing_key(id);
+    let credentials = credential::Reads {
+        credentials: gw.state.credentials.as_ref(),
+        unsealing_key: &unsealing_key,
+    };
+    let auth = credential::for_upstream(&credentials, route.upstream).await?;
 
     let upload = forward::pending_upload(&route, &extracted, &principal);
-    let upstreamed = forward::send(gw, &route, parts.method, headers, body, auth, ex, upload).await?;
+    let forwarding = forward::Reads {
+        client: &gw.client,
+        network: &config.network,
+        uploads: gw.state.uploads.as_ref(),
+    };
+    let upstreamed = forward::send(&forwarding, &route, parts.method, headers, body, auth, ex, upload).await?;
     Ok(Handled::Streaming(stream_back(gw, ex.clone(), admitted, upstreamed)))
 }
 
@@ -171,7 +195,7 @@ fn stream_back(
     let forward::Upstreamed { parts, source, tap } = upstreamed;
     let status = parts.status.as_u16();
     let slot = admitted.ticket.as_mut().and_then(|t| t.take_stream_slot());
-    let (settlement, log) = (settle::Settlement::of(gw), gw.audit.clone());
+    let (settlement, log) = (settlement(gw), gw.audit.clone());
     let on_end: OnEnd = Box::new(move |sent, end, seen| {
         let settled = settle::settle(&settlement, &exchange, status, Some(&end), Some(&seen), Some(admitted));
         let delivery = audit::Delivery {
@@ -185,6 +209,14 @@ fn stream_back(
     });
     let body = UpstreamBody::new(source, gw.config.network.idle_timeout, tap, on_end, slot);
     Response::from_parts(parts, GatewayBody::Upstream { inner: body })
+}
+
+/// What `settle` needs from the gateway: the prices in force now, the ledger writer.
+fn settlement(gw: &Gateway) -> settle::Settlement {
+    settle::Settlement {
+        prices: gw.prices(),
+        ledger: gw.ledger.clone(),
+    }
 }
 
 /// Answers the probes clients send to the base URL (Claude Code sends `HEAD /` at start-up).

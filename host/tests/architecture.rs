@@ -204,6 +204,28 @@ fn no_crate_has_a_module_cycle() {
     );
 }
 
+/// A stage reads what its `Reads` names and nothing else: no stage sees the whole gateway, the
+/// pipeline that calls it, or the servers and CLI above.
+#[test]
+fn stages_take_what_they_read() {
+    let above = ["gateway", "pipeline", "server", "admin", "cli", "cli_audit", "cli_policy", "demo"];
+    let mut problems = Vec::new();
+    for (module, source) in modules(&root().join("host/src")) {
+        if module.as_deref() != Some("stages") {
+            continue;
+        }
+        for r in crate_refs(&source) {
+            if above.contains(&r.as_str()) {
+                problems.push(r);
+            }
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "a stage imports what is above it ({problems:?}); give it what it reads in its `Reads` instead"
+    );
+}
+
 /// The checks above can fail: a cycle and an undocumented edge are found.
 #[test]
 fn the_checks_see_what_they_look_for() {

@@ -18,13 +18,14 @@
 //! allowed; at the requested service tier and Anthropic's fast / US-only multipliers.
 
 use conduit_state::Principal;
+use conduit_state::budget::Budgets;
 use conduit_state::budget::{OverBudget, Refusal, Reservation};
-use conduit_state::ratelimit::RateTicket;
+use conduit_state::ratelimit::{RateLimiter, RateTicket};
+use conduit_state::store::UploadStore;
 
 use crate::content::Extracted;
 use crate::endpoint::Endpoint;
 use crate::error::{ErrorKind, GatewayError};
-use crate::gateway::Gateway;
 use crate::prices::{Basis, Priced, Unpriced};
 use crate::protocol::Provider;
 use crate::stages::accept::Exchange;
@@ -43,9 +44,25 @@ pub struct Admitted {
     pub charge: Option<u64>,
 }
 
+/// What admission reads besides the request: nothing else of the gateway.
+pub struct Reads<'a> {
+    /// Per-key rate limits.
+    pub rate_limiter: &'a std::sync::Arc<RateLimiter>,
+    /// Budget enforcement.
+    pub budgets: &'a dyn Budgets,
+    /// Files uploaded through the gateway (a batch's requests).
+    pub uploads: &'a dyn UploadStore,
+    /// The prices in force.
+    pub prices: std::sync::Arc<crate::prices::PriceTable>,
+    /// `limits.default_max_output_tokens`.
+    pub default_max_output_tokens: u64,
+    /// The declared passthroughs (their fixed `reserve_usd`).
+    pub passthrough: &'a [crate::egress::Passthrough],
+}
+
 /// Admits a request or refuses it.
 pub async fn admit(
-    gw: &Gateway,
+    reads: &Reads<'_>,
     ex: &Exchange,
     principal: &Principal,
     route: &Route<'_>,
@@ -53,7 +70,7 @@ pub async fn admit(
 ) -> Result<Admitted, GatewayError> {
     let facts = &extracted.facts;
     let estimated_input = crate::stages::settle::estimate_tokens(ex.bytes_in);
-    let ticket = gw
+    let ticket = reads
         .rate_limiter
         .admit(&principal.key_id, principal.limits, facts.stream, estimated_input)
         .map_err(|r| {
@@ -84,32 +101,32 @@ pub async fn admit(
     if !ex.billable {
         return Ok(admitted);
     }
-    let prices = gw.prices();
+    let prices = &reads.prices;
     let provider = route.upstream.provider;
-    let default_output = gw.config.limits.default_max_output_tokens;
+    let default_output = reads.default_max_output_tokens;
     let worst = match route.endpoint {
         Endpoint::Passthrough(i) => {
-            let fixed = gw.config.egress.passthrough.get(i).map_or(0, |p| p.reserve_micros);
+            let fixed = reads.passthrough.get(i).map_or(0, |p| p.reserve_micros);
             admitted.charge = Some(fixed);
             fixed
         }
         Endpoint::MessageBatches => {
-            let w = batch_worst_case(&prices, provider, &extracted.requests, default_output)?;
+            let w = batch_worst_case(prices, provider, &extracted.requests, default_output)?;
             admitted.charge = Some(w);
             w
         }
         Endpoint::Batches => {
             let file = extracted.facts.file_ref.as_deref().unwrap_or("");
-            let lines = batch_file(gw, provider, file).await?;
-            let w = batch_worst_case(&prices, provider, &lines, default_output)?;
+            let lines = batch_file(reads.uploads, provider, file).await?;
+            let w = batch_worst_case(prices, provider, &lines, default_output)?;
             admitted.charge = Some(w);
             w
         }
         _ => {
             // The model as recorded (a translated request's Bedrock id), which is what is billed.
             let model = ex.model.as_deref().or(facts.model.as_deref()).unwrap_or("");
-            let priced = priced(&prices, provider, model)?;
-            if !gw.state.budgets.applies(principal) {
+            let priced = priced(prices, provider, model)?;
+            if !reads.budgets.applies(principal) {
                 return Ok(admitted);
             }
             let Some(priced) = priced else {
@@ -122,11 +139,10 @@ pub async fn admit(
             worst_case(priced, facts, ex.bytes_in, default_output)
         }
     };
-    if !gw.state.budgets.applies(principal) {
+    if !reads.budgets.applies(principal) {
         return Ok(admitted);
     }
-    admitted.reservation = gw
-        .state
+    admitted.reservation = reads
         .budgets
         .reserve(principal, ex.started_unix, worst)
         .await
@@ -195,10 +211,12 @@ fn batch_worst_case(
 }
 
 /// The requests of a batch input file this gateway uploaded (and scanned), or a refusal.
-async fn batch_file(gw: &Gateway, provider: Provider, file_id: &str) -> Result<Vec<RequestFacts>, GatewayError> {
-    let record = gw
-        .state
-        .uploads
+async fn batch_file(
+    uploads: &dyn UploadStore,
+    provider: Provider,
+    file_id: &str,
+) -> Result<Vec<RequestFacts>, GatewayError> {
+    let record = uploads
         .get(provider.as_str(), file_id)
         .await
         .map_err(|e| GatewayError::internal(format!("looking up batch file {file_id:?}: {e}")))?;

@@ -10,9 +10,10 @@ use zeroize::Zeroizing;
 
 use crate::config::Upstream;
 use crate::error::{ErrorKind, GatewayError};
-use crate::gateway::Gateway;
 use crate::protocol::AuthStyle;
+use crate::seal::MasterKey;
 use crate::sigv4::AwsCredential;
+use conduit_state::store::CredentialStore;
 
 /// The real credential, as the upstream takes it.
 pub enum UpstreamAuth<'a> {
@@ -27,11 +28,19 @@ pub enum UpstreamAuth<'a> {
     },
 }
 
+/// What the credential stage reads besides the route.
+pub struct Reads<'a> {
+    /// The sealed credentials.
+    pub credentials: &'a dyn CredentialStore,
+    /// The master key that unseals a credential sealed under the given key id (during a
+    /// rotation, the new key for what is already re-sealed).
+    pub unsealing_key: &'a (dyn Fn(&str) -> std::sync::Arc<MasterKey> + Sync),
+}
+
 /// Unseals the credential for `upstream`'s provider and renders it in its auth style.
-pub async fn for_upstream<'a>(gw: &Gateway, upstream: &'a Upstream) -> Result<UpstreamAuth<'a>, GatewayError> {
+pub async fn for_upstream<'a>(reads: &Reads<'_>, upstream: &'a Upstream) -> Result<UpstreamAuth<'a>, GatewayError> {
     let provider = upstream.provider;
-    let sealed = gw
-        .state
+    let sealed = reads
         .credentials
         .get(provider.as_str(), "default")
         .await
@@ -44,8 +53,7 @@ pub async fn for_upstream<'a>(gw: &Gateway, upstream: &'a Upstream) -> Result<Up
                 format!("no {provider} credential is set in this gateway; an operator must run {how}"),
             )
         })?;
-    let plaintext = gw
-        .unsealing_key(&sealed.master_key_id)
+    let plaintext = (reads.unsealing_key)(&sealed.master_key_id)
         .unseal(&sealed)
         .map_err(|e| GatewayError::internal(format!("unsealing the {provider} credential failed: {e}")))?;
     let secret = std::str::from_utf8(&plaintext)

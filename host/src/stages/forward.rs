@@ -16,13 +16,14 @@ use crate::content::Extracted;
 use crate::endpoint::Endpoint;
 use crate::error::{ErrorKind, GatewayError};
 use crate::error_shape::REQUEST_ID_HEADER;
-use crate::gateway::Gateway;
 use crate::stages::accept::Exchange;
 use crate::stages::credential::UpstreamAuth;
 use crate::stages::route::Route;
+use crate::upstream::{Network, UpstreamClient};
 use crate::usage::UsageTap;
 use conduit_state::Principal;
 use conduit_state::records::UploadRecord;
+use conduit_state::store::UploadStore;
 
 /// A file upload to remember once the provider names it (`conduit_state::records::UploadRecord`).
 pub struct PendingUpload(UploadRecord);
@@ -53,10 +54,20 @@ pub struct Upstreamed {
     pub tap: UsageTap,
 }
 
+/// What forwarding reads besides the request.
+pub struct Reads<'a> {
+    /// The pooled upstream client.
+    pub client: &'a UpstreamClient,
+    /// Timeouts.
+    pub network: &'a Network,
+    /// Where an upload's file id is recorded.
+    pub uploads: &'a dyn UploadStore,
+}
+
 /// Sends the request upstream and returns its answer's head and body source.
 #[allow(clippy::too_many_arguments)]
 pub async fn send(
-    gw: &Gateway,
+    reads: &Reads<'_>,
     route: &Route<'_>,
     method: Method,
     mut headers: HeaderMap,
@@ -89,8 +100,8 @@ pub async fn send(
 
     let sent = std::time::Instant::now();
     exchange.overhead_ms = Some(sent.duration_since(exchange.started).as_secs_f64() * 1e3);
-    let net = &gw.config.network;
-    let response = tokio::time::timeout(net.response_timeout, gw.client.request(upstream_req))
+    let net = reads.network;
+    let response = tokio::time::timeout(net.response_timeout, reads.client.request(upstream_req))
         .await
         .map_err(|_| {
             GatewayError::upstream(
@@ -126,7 +137,7 @@ pub async fn send(
         let counting = route.endpoint == Endpoint::CountTokens;
         translate_response(&mut parts, incoming, exchange.stream, counting).await
     } else if let Some(PendingUpload(record)) = upload {
-        remember_upload(gw, record, bytes_sent, &parts, incoming).await
+        remember_upload(reads.uploads, record, bytes_sent, &parts, incoming).await
     } else {
         Source::Plain(incoming)
     };
@@ -143,7 +154,7 @@ pub async fn send(
 /// Reads the provider's (small) answer to a file upload, records the file under the id it names,
 /// and hands the same bytes on.
 async fn remember_upload(
-    gw: &Gateway,
+    uploads: &dyn UploadStore,
     mut record: UploadRecord,
     bytes: u64,
     parts: &http::response::Parts,
@@ -165,7 +176,7 @@ async fn remember_upload(
             Some(id) => {
                 record.id = id;
                 record.bytes = bytes;
-                if let Err(e) = gw.state.uploads.put(&record).await {
+                if let Err(e) = uploads.put(&record).await {
                     tracing::error!(error = %e, "could not record an upload; a batch running it will be refused");
                 }
             }

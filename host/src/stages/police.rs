@@ -13,10 +13,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use conduit_state::Principal;
 use conduit_state::records::FindingRecord;
+use conduit_state::store::FindingStore;
 
 use crate::content::Extracted;
 use crate::error::{ErrorKind, Fault, GatewayError};
-use crate::gateway::Gateway;
 use crate::policy::runtime::RequestInfo;
 use crate::policy::segments::{Origin, Segment};
 use crate::policy::{Decision, Mode, Outcome, Policies, ReportedFinding};
@@ -30,8 +30,16 @@ const INLINE_LIMIT: usize = 32 * 1024;
 
 /// Runs the policies on a request: the body's segments, then the query and headers that will
 /// be forwarded (appended to `extracted.segments`).
+/// What the policy stage reads besides the request.
+pub struct Reads<'a> {
+    /// The policy set (`None`: the stage is off).
+    pub policies: Option<&'a Policies>,
+    /// Where findings are kept.
+    pub findings: &'a dyn FindingStore,
+}
+
 pub async fn police(
-    gw: &Gateway,
+    reads: &Reads<'_>,
     ex: &mut Exchange,
     principal: &Principal,
     route: &Route<'_>,
@@ -39,7 +47,7 @@ pub async fn police(
     headers: &HeaderMap,
     query: Option<&str>,
 ) -> Result<(), GatewayError> {
-    let Some(policies) = gw.policies.as_deref() else {
+    let Some(policies) = reads.policies else {
         return Ok(());
     };
     let began = std::time::Instant::now();
@@ -85,7 +93,7 @@ pub async fn police(
             },
         })
         .collect();
-    let ids = record(gw, ex, principal, &outcome).await;
+    let ids = record(reads.findings, ex, principal, &outcome).await;
     // A model id that itself carries a finding (a secret in `model` or in a path's model id) is
     // not recorded as the request's model.
     if outcome
@@ -178,7 +186,7 @@ fn run(policies: &Policies, info: &RequestInfo, segments: &[Segment<'_>], text_b
 }
 
 /// Stores the findings; returns their ids in the order of `outcome.findings`.
-async fn record(gw: &Gateway, ex: &Exchange, principal: &Principal, outcome: &Outcome) -> Vec<String> {
+async fn record(findings: &dyn FindingStore, ex: &Exchange, principal: &Principal, outcome: &Outcome) -> Vec<String> {
     if outcome.findings.is_empty() {
         return Vec::new();
     }
@@ -224,7 +232,7 @@ async fn record(gw: &Gateway, ex: &Exchange, principal: &Principal, outcome: &Ou
             "policy finding"
         );
     }
-    if let Err(e) = gw.state.findings.record(&records).await {
+    if let Err(e) = findings.record(&records).await {
         tracing::error!(request_id = %ex.id, error = %e, "could not store policy findings");
     }
     records.into_iter().map(|r| r.id).collect()

@@ -32,16 +32,6 @@ pub struct Settlement {
     pub ledger: Ledger,
 }
 
-impl Settlement {
-    /// What settling one request needs from the gateway: the prices in force now, the ledger.
-    pub fn of(gw: &crate::gateway::Gateway) -> Settlement {
-        Settlement {
-            prices: gw.prices(),
-            ledger: gw.ledger.clone(),
-        }
-    }
-}
-
 /// The figures of a settled request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Settled {
