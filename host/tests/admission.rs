@@ -48,6 +48,13 @@ async fn post(h: &Harness, key: &str, body: &str) -> Reply {
     .await
 }
 
+/// A gateway for the races: 50 requests at once on 2 cores, beside the other tests of this file.
+/// The policies' 10 ms default deadline is a production setting; starved of CPU here it would fail
+/// some requests closed (503 `policy_unavailable`), which is not what these tests count.
+async fn racing() -> Arc<Harness> {
+    Arc::new(Harness::builder().toml("[policies]\ntimeout_ms = 2000").start().await)
+}
+
 async fn race(h: &Arc<Harness>, keys: &[(String, usize)]) -> Vec<(String, u16)> {
     let mut tasks = Vec::new();
     for (key, n) in keys {
@@ -76,7 +83,7 @@ async fn set(h: &Harness, scope: &str, monthly: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_concurrent_requests_race_a_budget_that_fits_exactly_seven() {
-    let h = Arc::new(Harness::start().await);
+    let h = racing().await;
     set(&h, "team:payments", 7 * WORST).await;
     let results = race(&h, &[(h.key.clone(), 50)]).await;
     let ok = results.iter().filter(|(_, s)| *s == 200).count();
@@ -115,7 +122,7 @@ async fn fifty_concurrent_requests_race_a_budget_that_fits_exactly_seven() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn key_team_and_org_budgets_bind_at_once() {
-    let h = Arc::new(Harness::start().await);
+    let h = racing().await;
     let bob = h.new_key("bob@corp.example").await.key; // team payments
     let carol = conduit::operator::create_key(
         h.gateway().state.keys.as_ref(),
