@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! GET  /healthz                          liveness (no token)
-//! GET  /readyz                           store answers (no token)
+//! GET  /readyz                           the state backend answers (no token)
 //! GET  /v1/keys                          list keys (never secrets)
 //! POST /v1/keys                          create {owner, team?, name?, expires_at?} → {key, record}
 //! GET  /v1/keys/{id}                     one key
@@ -21,6 +21,11 @@
 //! GET  /v1/audit/verify                  re-walk the hash chain; names the first broken record
 //! GET  /v1/rot?by=model|team|key|all&since=&until=   context rot by input-token bucket
 //! GET  /v1/sessions?since=&until=&limit= sessions by hashed id; context growth and cost
+//! GET  /v1/policies                     every policy's status, the mode table, the set digest
+//! PUT  /v1/policies/modes/{category}     {mode: off|alert|block}; persisted, applied at once
+//! GET  /v1/findings?limit=               policy findings, newest first (metadata, never the text)
+//! GET  /v1/findings/stats                per category: alerts, blocks, false positives, mode now
+//! POST /v1/findings/{id}/false-positive  {by?}: feedback for tuning a category
 //! GET  /metrics                          Prometheus text format
 //! GET  /dashboard                        the dashboard page (its data calls carry the token)
 //! ```
@@ -195,7 +200,7 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>) -> Response<GatewayBod
             }
         }
         (&Method::GET, ["v1", "policies"]) => match &gw.policies {
-            Some(p) => Ok((StatusCode::OK, crate::policy::ops::listing(p))),
+            Some(p) => Ok((StatusCode::OK, p.listing())),
             None => Err(Error::msg("the policy stage is disabled ([policies] enabled = false)")),
         },
         (&Method::PUT, ["v1", "policies", "modes", category]) => {

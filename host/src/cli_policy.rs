@@ -154,7 +154,7 @@ pub async fn policy(config: Config, cmd: PolicyCommand) -> Result<()> {
                 None => {
                     let stored = open_state(&config).await?.policy_modes.list().await?;
                     let p = Policies::open(config.policies.clone(), &stored)?;
-                    crate::policy::ops::listing(&p)
+                    p.listing()
                 }
             };
             if json {

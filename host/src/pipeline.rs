@@ -44,7 +44,7 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>, peer: SocketAddr) -> R
         Ok(Handled::Streaming(response)) => response, // audit runs when the body ends
         Ok(Handled::Local(response)) => {
             let status = response.status().as_u16();
-            durable(audit::record(&gw.audit, exchange, status, None, None)).await;
+            until_synced(audit::record(&gw.audit, exchange, status, None, None)).await;
             response
         }
         Err(err) => {
@@ -52,14 +52,14 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>, peer: SocketAddr) -> R
             let response = error_shape::render(&err, exchange.protocol, &exchange.id).map(GatewayBody::full);
             let status = response.status().as_u16();
             let settled = settle::settle(&settlement(gw), &exchange, status, None, None, None);
-            durable(audit::record(&gw.audit, exchange, status, Some(&err), settled)).await;
+            until_synced(audit::record(&gw.audit, exchange, status, Some(&err), settled)).await;
             response
         }
     }
 }
 
 /// Strict audit durability: the response goes out once its record is synced.
-async fn durable(pending: Option<crate::audit::Pending>) {
+async fn until_synced(pending: Option<crate::audit::Pending>) {
     if let Some(p) = pending {
         let _ = p.await;
     }

@@ -73,6 +73,11 @@ async fn race(h: &Arc<Harness>, keys: &[(String, usize)]) -> Vec<(String, u16)> 
     out
 }
 
+async fn budget_status(h: &Harness) -> Vec<conduit::budget::BudgetStatus> {
+    let now = conduit::clock::now_unix();
+    h.gateway().state.budgets.status(now).await.unwrap()
+}
+
 async fn set(h: &Harness, scope: &str, monthly: u64) {
     let limit = BudgetLimit {
         daily_micros: None,
@@ -106,13 +111,7 @@ async fn fifty_concurrent_requests_race_a_budget_that_fits_exactly_seven() {
         .map(|r| r.cost_micros)
         .sum();
     assert_eq!(spent, 7 * WORST, "recorded spend equals the budget, never more");
-    let status = h
-        .gateway()
-        .state
-        .budgets
-        .status(conduit::clock::now_unix())
-        .await
-        .unwrap();
+    let status = budget_status(&h).await;
     assert_eq!(
         (status[0].spent_micros, status[0].reserved_micros),
         (7 * WORST, 0),
@@ -553,13 +552,7 @@ async fn a_request_that_dies_releases_its_reservation() {
         )
         .await;
     assert_eq!(r.status, 502);
-    let status = h
-        .gateway()
-        .state
-        .budgets
-        .status(conduit::clock::now_unix())
-        .await
-        .unwrap();
+    let status = budget_status(&h).await;
     assert_eq!(
         (status[0].spent_micros, status[0].reserved_micros),
         (0, 0),

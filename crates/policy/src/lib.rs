@@ -23,7 +23,6 @@ pub mod builtin {
 pub mod cache;
 pub mod config;
 pub mod modes;
-pub mod ops;
 pub mod runtime;
 pub use conduit_wire::segments;
 pub mod set;

@@ -410,12 +410,21 @@ impl Policies {
         self.modes.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Changes a mode at run time, in this process (`policy::ops::set_mode` persists it first).
+    /// Changes a mode at run time, in this process (`Gateway::set_policy_mode` persists it first).
     pub fn set_mode(&self, key: &str, mode: Mode) -> conduit_core::error::Result<()> {
         crate::config::modes_key_ok(key)?;
         self.modes.write().unwrap_or_else(|p| p.into_inner()).set(key, mode);
         tracing::info!(category = key, mode = mode.as_str(), "policy mode changed");
         Ok(())
+    }
+
+    /// `GET /v1/policies`: every policy's status, the mode table and the set digest.
+    pub fn listing(&self) -> serde_json::Value {
+        serde_json::json!({
+            "policies": self.statuses(),
+            "modes": self.modes().entries(),
+            "set": self.set_digest(),
+        })
     }
 
     /// Digest of the set in force.

@@ -651,37 +651,13 @@ fn open_day(dir: &Path, day: i64) -> Result<File> {
         .map_err(|e| Error::msg(format!("opening {}: {e}", path.display())))
 }
 
-/// Parses `--since` / `--until` (a UTC date `YYYY-MM-DD` or `YYYY-MM-DDTHH:MM:SSZ`) into a
-/// millisecond filter; a date-only `until` includes that whole day.
+/// `--since` / `--until` as an audit filter, parsed by the one range parser
+/// (`conduit_core::clock::TimeRange`: UTC dates or times; a date-only `until` includes its day).
 pub fn time_filter(since: Option<&str>, until: Option<&str>, default_days: Option<i64>) -> Result<chain::Filter> {
-    let parse = |what: &str, v: &str| {
-        crate::clock::parse_date_or_time(v).ok_or_else(|| {
-            Error::msg(format!(
-                "--{what} {v:?} is not a time; use YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ (UTC)"
-            ))
-        })
-    };
-    let since_ms = match since {
-        Some(v) => Some(parse("since", v)? * 1000),
-        None => default_days.map(|d| (crate::clock::now_unix().div_euclid(86_400) - d + 1) * 86_400_000),
-    };
-    let until_ms = match until {
-        Some(v) if v.trim().len() == 10 => Some((parse("until", v)? + 86_400) * 1000),
-        Some(v) => Some(parse("until", v)? * 1000),
-        None => None,
-    };
-    if let (Some(a), Some(b)) = (since_ms, until_ms)
-        && a >= b
-    {
-        return Err(Error::msg(format!(
-            "--since {} is not before --until {}",
-            since.unwrap_or("(default)"),
-            until.unwrap_or("")
-        )));
-    }
+    let range = crate::clock::TimeRange::parse(since, until, default_days)?;
     Ok(chain::Filter {
-        since_ms,
-        until_ms,
+        since_ms: range.since_ms,
+        until_ms: range.until_ms,
         team: None,
         key: None,
     })
