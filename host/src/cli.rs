@@ -1,23 +1,21 @@
 //! The `conduit` command line: `serve` (the default), and the operator commands for keys,
-//! credentials and the master key. While a gateway is running the commands go through its admin
-//! API (sled admits one process); otherwise they open the store directly.
+//! credentials, budgets, spend and prices, written once against [`crate::operate::Operator`]: a
+//! running gateway's admin API when one answers (sled admits one process), else the state itself.
 
 use std::io::Read;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use http::Method;
 use serde_json::json;
 use zeroize::Zeroizing;
 
-use crate::admin_client::AdminClient;
 use crate::config::{Config, MasterKeySource};
 use crate::error::{Error, Result};
+use crate::operate::Operator;
 use crate::operator::{self, CreatedKey, CredentialInfo, NewKeyRequest};
 use crate::records::KeyRecord;
 use crate::seal::MasterKey;
-use conduit_state::State;
 
 /// Conduit: the gateway between AI coding tools and model providers.
 #[derive(Debug, Parser)]
@@ -318,7 +316,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             println!("{}", encoded.as_str());
             Ok(())
         }
-        Command::Keys(cmd) => keys(Control::connect(config).await?, cmd).await,
+        Command::Keys(cmd) => keys(crate::operate::connect(config).await?.as_ref(), cmd).await,
         Command::Spend {
             by,
             since,
@@ -326,7 +324,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             format,
         } => {
             spend(
-                Control::connect(config).await?,
+                crate::operate::connect(config).await?.as_ref(),
                 &by,
                 since.as_deref(),
                 until.as_deref(),
@@ -341,9 +339,9 @@ pub async fn run(cli: Cli) -> Result<()> {
             date,
             out,
         }) => generate_prices(&litellm, &litellm_version, &overrides, &date, &out),
-        Command::Prices(cmd) => prices(Control::connect(config).await?, cmd).await,
-        Command::Budgets(cmd) => budgets(Control::connect(config).await?, cmd).await,
-        Command::Credentials(cmd) => credentials(Control::connect(config).await?, cmd).await,
+        Command::Prices(cmd) => prices(crate::operate::connect(config).await?.as_ref(), cmd).await,
+        Command::Budgets(cmd) => budgets(crate::operate::connect(config).await?.as_ref(), cmd).await,
+        Command::Credentials(cmd) => credentials(crate::operate::connect(config).await?.as_ref(), cmd).await,
         Command::Policy(cmd) => crate::cli_policy::policy(config, cmd).await,
         Command::Findings(cmd) => crate::cli_policy::findings(config, cmd).await,
         Command::Audit(cmd) => crate::cli_audit::audit(config, cmd).await,
@@ -389,34 +387,7 @@ async fn shutdown_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
-/// Where operator commands go: a running gateway's admin API, or the store itself.
-#[allow(clippy::large_enum_variant)] // one value per CLI run; boxing buys nothing
-enum Control {
-    Remote(AdminClient),
-    Local { state: State, config: Config },
-}
-
-impl Control {
-    async fn connect(config: Config) -> Result<Control> {
-        if AdminClient::is_listening(config.admin_listen).await {
-            let token = crate::gateway::resolve_admin_token(&config, false)?;
-            return Ok(Control::Remote(AdminClient::new(config.admin_listen, token)));
-        }
-        let state = crate::gateway::open_state(&config).await.map_err(|e| {
-            e.context(format!(
-                "no gateway answers on the admin address {}, and",
-                config.admin_listen
-            ))
-        })?;
-        Ok(Control::Local { state, config })
-    }
-
-    async fn master_key(state: &State, config: &Config) -> Result<MasterKey> {
-        crate::gateway::resolve_master_key(&config.master_key, state.meta.as_ref(), true).await
-    }
-}
-
-async fn keys(control: Control, cmd: KeysCommand) -> Result<()> {
+async fn keys(op: &dyn Operator, cmd: KeysCommand) -> Result<()> {
     match cmd {
         KeysCommand::Create {
             owner,
@@ -444,13 +415,10 @@ async fn keys(control: Control, cmd: KeysCommand) -> Result<()> {
                 expires_at,
                 limits: limits.into(),
             };
-            let created: CreatedKey = match &control {
-                Control::Remote(c) => c.call(Method::POST, "/v1/keys", Some(json!(req))).await?,
-                Control::Local { state, .. } => operator::create_key(state.keys.as_ref(), req).await?,
-            };
+            let created: CreatedKey = op.create_key(req).await?;
             if daily_budget.is_some() || monthly_budget.is_some() {
                 let scope = format!("key:{}", created.record.id);
-                set_budget(&control, &scope, daily_budget.as_deref(), monthly_budget.as_deref()).await?;
+                set_budget(op, &scope, daily_budget.as_deref(), monthly_budget.as_deref()).await?;
             }
             if out.json {
                 println!("{}", json!(created));
@@ -471,17 +439,7 @@ async fn keys(control: Control, cmd: KeysCommand) -> Result<()> {
         }
         KeysCommand::Update { id, limits, out } => {
             let update: crate::records::RateLimits = limits.into();
-            let k: KeyRecord = match &control {
-                Control::Remote(c) => {
-                    c.call(
-                        Method::PATCH,
-                        &format!("/v1/keys/{}", path_segment(&id)?),
-                        Some(json!({"limits": update})),
-                    )
-                    .await?
-                }
-                Control::Local { state, .. } => operator::update_key_limits(state.keys.as_ref(), &id, update).await?,
-            };
+            let k = op.update_key_limits(&id, update).await?;
             if out.json {
                 println!("{}", json!(k))
             } else {
@@ -489,13 +447,7 @@ async fn keys(control: Control, cmd: KeysCommand) -> Result<()> {
             }
         }
         KeysCommand::List { out } => {
-            let all: Vec<KeyRecord> = match &control {
-                Control::Remote(c) => {
-                    let v: serde_json::Value = c.call(Method::GET, "/v1/keys", None).await?;
-                    serde_json::from_value(v["keys"].clone())?
-                }
-                Control::Local { state, .. } => state.keys.list().await?,
-            };
+            let all = op.keys().await?;
             if out.json {
                 println!("{}", json!({"keys": all}));
             } else {
@@ -503,13 +455,7 @@ async fn keys(control: Control, cmd: KeysCommand) -> Result<()> {
             }
         }
         KeysCommand::Show { id, out } => {
-            let k: KeyRecord = match &control {
-                Control::Remote(c) => {
-                    c.call(Method::GET, &format!("/v1/keys/{}", path_segment(&id)?), None)
-                        .await?
-                }
-                Control::Local { state, .. } => operator::key(state.keys.as_ref(), &id).await?,
-            };
+            let k = op.key(&id).await?;
             if out.json {
                 println!("{}", json!(k))
             } else {
@@ -517,13 +463,7 @@ async fn keys(control: Control, cmd: KeysCommand) -> Result<()> {
             }
         }
         KeysCommand::Revoke { id, out } => {
-            let k: KeyRecord = match &control {
-                Control::Remote(c) => {
-                    c.call(Method::POST, &format!("/v1/keys/{}/revoke", path_segment(&id)?), None)
-                        .await?
-                }
-                Control::Local { state, .. } => operator::revoke_key(state.keys.as_ref(), &id).await?,
-            };
+            let k = op.revoke_key(&id).await?;
             if out.json {
                 println!("{}", json!(k));
             } else {
@@ -554,7 +494,7 @@ fn aws_key_pair_from_env() -> Result<Zeroizing<String>> {
     Ok(pair)
 }
 
-async fn credentials(control: Control, cmd: CredentialsCommand) -> Result<()> {
+async fn credentials(op: &dyn Operator, cmd: CredentialsCommand) -> Result<()> {
     match cmd {
         CredentialsCommand::Set {
             provider,
@@ -576,34 +516,14 @@ async fn credentials(control: Control, cmd: CredentialsCommand) -> Result<()> {
                     ))
                 })?)
             };
-            let info: CredentialInfo = match &control {
-                Control::Remote(c) => {
-                    let body = json!({"secret": secret.as_str()});
-                    c.call(
-                        Method::PUT,
-                        &format!("/v1/credentials/{}", path_segment(&provider)?),
-                        Some(body),
-                    )
-                    .await?
-                }
-                Control::Local { state, config } => {
-                    let mk = Control::master_key(state, config).await?;
-                    operator::set_credential(state.credentials.as_ref(), &mk, &provider, secret).await?
-                }
-            };
+            let info: CredentialInfo = op.set_credential(&provider, secret).await?;
             println!(
                 "{} credential set (version {}, sealed under {})",
                 info.provider, info.version, info.master_key_id
             );
         }
         CredentialsCommand::List { out } => {
-            let all: Vec<CredentialInfo> = match &control {
-                Control::Remote(c) => {
-                    let v: serde_json::Value = c.call(Method::GET, "/v1/credentials", None).await?;
-                    serde_json::from_value(v["credentials"].clone())?
-                }
-                Control::Local { state, .. } => operator::credentials(state.credentials.as_ref()).await?,
-            };
+            let all = op.credentials().await?;
             if out.json {
                 println!("{}", json!({"credentials": all}));
             } else if all.is_empty() {
@@ -652,26 +572,7 @@ async fn credentials(control: Control, cmd: CredentialsCommand) -> Result<()> {
             };
             let new = MasterKey::from_base64(&encoded, &source)?;
             let new_id = new.id().to_string();
-            let count = match &control {
-                Control::Remote(c) => {
-                    let v: serde_json::Value = c
-                        .call(
-                            Method::POST,
-                            "/v1/credentials/rotate-master",
-                            Some(json!({"master_key": encoded.as_str()})),
-                        )
-                        .await?;
-                    v["resealed"].as_u64().unwrap_or(0) as usize
-                }
-                Control::Local { state, config } => {
-                    let old = Control::master_key(state, config).await?;
-                    let n = operator::rotate_master(state.credentials.as_ref(), &old, &new).await?;
-                    if let MasterKeySource::Generated(path) = &config.master_key {
-                        crate::gateway::replace_secret_file(path, new.to_base64().as_bytes())?;
-                    }
-                    n
-                }
-            };
+            let count = op.rotate_master(new, &encoded).await?;
             println!(
                 "re-sealed {count} credential(s) under {new_id}; from now on start the gateway with the new key (CONDUIT_MASTER_KEY or --master-key-file)"
             );
@@ -680,24 +581,16 @@ async fn credentials(control: Control, cmd: CredentialsCommand) -> Result<()> {
     Ok(())
 }
 
-async fn set_budget(control: &Control, scope: &str, daily: Option<&str>, monthly: Option<&str>) -> Result<()> {
+async fn set_budget(op: &dyn Operator, scope: &str, daily: Option<&str>, monthly: Option<&str>) -> Result<()> {
     let limit = crate::records::BudgetLimit {
         daily_micros: daily.map(|d| crate::money::parse_usd("--daily", d)).transpose()?,
         monthly_micros: monthly.map(|m| crate::money::parse_usd("--monthly", m)).transpose()?,
     };
     crate::budget::validate_scope(scope)?;
-    match control {
-        Control::Remote(c) => {
-            let _: serde_json::Value = c
-                .call(Method::PUT, &format!("/v1/budgets/{scope}"), Some(json!(limit)))
-                .await?;
-        }
-        Control::Local { state, .. } => state.budgets.set(scope, limit).await?,
-    }
-    Ok(())
+    op.set_budget(scope, limit).await
 }
 
-async fn budgets(control: Control, cmd: BudgetsCommand) -> Result<()> {
+async fn budgets(op: &dyn Operator, cmd: BudgetsCommand) -> Result<()> {
     match cmd {
         BudgetsCommand::Set { scope, daily, monthly } => {
             if daily.is_none() && monthly.is_none() {
@@ -705,29 +598,16 @@ async fn budgets(control: Control, cmd: BudgetsCommand) -> Result<()> {
                     "give --daily USD and/or --monthly USD (to remove a budget: conduit budgets clear SCOPE)",
                 ));
             }
-            set_budget(&control, &scope, daily.as_deref(), monthly.as_deref()).await?;
+            set_budget(op, &scope, daily.as_deref(), monthly.as_deref()).await?;
             println!("budget for {scope} set; it applies from the next request");
         }
         BudgetsCommand::Clear { scope } => {
             crate::budget::validate_scope(&scope)?;
-            match &control {
-                Control::Remote(c) => {
-                    let _: serde_json::Value = c
-                        .call(Method::PUT, &format!("/v1/budgets/{scope}"), Some(json!({})))
-                        .await?;
-                }
-                Control::Local { state, .. } => state.budgets.set(&scope, Default::default()).await?,
-            }
+            op.set_budget(&scope, Default::default()).await?;
             println!("budget for {scope} removed");
         }
         BudgetsCommand::List { out } => {
-            let all: Vec<crate::budget::BudgetStatus> = match &control {
-                Control::Remote(c) => {
-                    let v: serde_json::Value = c.call(Method::GET, "/v1/budgets", None).await?;
-                    serde_json::from_value(v["budgets"].clone())?
-                }
-                Control::Local { state, .. } => state.budgets.status(crate::clock::now_unix()).await?,
-            };
+            let all = op.budgets().await?;
             if out.json {
                 println!("{}", json!({"budgets": all}));
             } else if all.is_empty() {
@@ -755,24 +635,13 @@ async fn budgets(control: Control, cmd: BudgetsCommand) -> Result<()> {
     Ok(())
 }
 
-async fn spend(control: Control, by: &str, since: Option<&str>, until: Option<&str>, format: &str) -> Result<()> {
+async fn spend(op: &dyn Operator, by: &str, since: Option<&str>, until: Option<&str>, format: &str) -> Result<()> {
     let by = crate::ledger::By::parse(by)?;
     if !["table", "csv", "json"].contains(&format) {
         return Err(Error::msg(format!("--format {format:?}: expected table, csv or json")));
     }
     let (since, until) = operator::spend_range(since, until)?;
-    let report: operator::SpendReport = match &control {
-        Control::Remote(c) => {
-            let by_name = serde_json::to_value(by)?.as_str().unwrap_or("team").to_string();
-            c.call(
-                Method::GET,
-                &format!("/v1/spend?by={by_name}&since={since}&until={until}"),
-                None,
-            )
-            .await?
-        }
-        Control::Local { state, .. } => operator::spend(state.spend.as_ref(), by, &since, &until).await?,
-    };
+    let report = op.spend(by, &since, &until).await?;
     let usd = crate::money::usd;
     match format {
         "json" => println!("{}", json!(report)),
@@ -856,21 +725,10 @@ fn csv_field(s: &str) -> String {
     out
 }
 
-async fn prices(control: Control, cmd: PricesCommand) -> Result<()> {
+async fn prices(op: &dyn Operator, cmd: PricesCommand) -> Result<()> {
     match cmd {
         PricesCommand::List { out } => {
-            let rows: Vec<crate::prices::PriceRow> = match &control {
-                Control::Remote(c) => {
-                    let v: serde_json::Value = c.call(Method::GET, "/v1/prices", None).await?;
-                    serde_json::from_value(v["prices"].clone())?
-                }
-                Control::Local { state, .. } => crate::prices::PriceTable::shipped()?
-                    .with_overrides(state.prices.overrides().await?)
-                    .rows()
-                    .into_iter()
-                    .cloned()
-                    .collect(),
-            };
+            let rows = op.prices().await?;
             if out.json {
                 println!("{}", json!({"prices": rows}));
                 return Ok(());
@@ -915,19 +773,7 @@ async fn prices(control: Control, cmd: PricesCommand) -> Result<()> {
         PricesCommand::Import { file } => {
             let content = std::fs::read_to_string(&file)
                 .map_err(|e| Error::msg(format!("reading {:?}: {e}", file.display().to_string())))?;
-            let (n, skipped): (usize, serde_json::Value) = match &control {
-                Control::Remote(c) => {
-                    let v: serde_json::Value = c
-                        .call(Method::POST, "/v1/prices/import", Some(json!({"content": content})))
-                        .await?;
-                    (v["imported"].as_u64().unwrap_or(0) as usize, v["skipped"].clone())
-                }
-                Control::Local { state, .. } => {
-                    let imported = operator::parse_price_file(&content)?;
-                    state.prices.put_overrides(&imported.rows).await?;
-                    (imported.rows.len(), json!(imported.skipped))
-                }
-            };
+            let (n, skipped) = op.import_prices(&content).await?;
             println!("imported {n} price(s) as overrides; skipped (providers not routed yet): {skipped}");
         }
     }
@@ -971,13 +817,6 @@ fn generate_prices(
 }
 
 /// Refuses ids that would change the admin URL's path.
-fn path_segment(s: &str) -> Result<&str> {
-    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
-        return Err(Error::msg(format!("{s:?} is not a valid id")));
-    }
-    Ok(s)
-}
-
 fn print_keys(keys: &[KeyRecord]) {
     if keys.is_empty() {
         println!("no keys; create one with `conduit keys create --owner alice@corp.example --team payments`");

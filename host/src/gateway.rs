@@ -70,7 +70,10 @@ impl Gateway {
         let ledger = Ledger::start(state.spend.clone());
         let metrics = Arc::new(crate::audit::metrics::Metrics::default());
         let otlp = match &config.otlp {
-            Some(c) => Some(crate::audit::otlp::Exporter::start(c.clone(), &config.network)?),
+            Some(c) => Some(crate::audit::otlp::Exporter::start(
+                c.clone(),
+                build_client(&config.network)?,
+            )?),
             None => None,
         };
         let audit = crate::audit::AuditLog::start(&config.audit, metrics.clone(), Some(prune_findings(&state)), otlp)?;

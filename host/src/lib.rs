@@ -18,6 +18,7 @@
 //!
 //! The request path is in [`pipeline`]; each stage is a module under [`stages`].
 
+pub use conduit_audit as audit;
 pub use conduit_core::{clock, error, fsperm, hex, keys, money, percent, seal};
 pub use conduit_policy as policy;
 pub use conduit_state::{State, budget, ledger, operator, ratelimit, records, store};
@@ -27,7 +28,6 @@ pub use conduit_wire::{
 
 pub mod admin;
 pub mod admin_client;
-pub mod audit;
 pub mod body;
 pub mod cli;
 pub mod cli_audit;
@@ -37,6 +37,7 @@ pub mod dashboard;
 pub mod demo;
 pub mod gateway;
 pub mod mock;
+pub mod operate;
 pub mod pipeline;
 pub mod server;
 pub mod stages;

@@ -112,9 +112,7 @@ async fn run(gw: &Gateway, req: Request<Incoming>, ex: &mut accept::Exchange) ->
     accept::check_declared_length(&req, &config.limits)?;
 
     let principal = authenticate::principal(gw.state.keys.as_ref(), req.headers(), crate::clock::now_unix()).await?;
-    ex.key_id = Some(principal.key_id.clone());
-    ex.owner = Some(principal.owner.clone());
-    ex.team = principal.team.clone();
+    ex.principal = Some(principal.clone());
 
     let (parts, body) = req.into_parts();
     let body = inspect::read(body, &config.limits).await?;

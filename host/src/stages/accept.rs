@@ -45,12 +45,8 @@ pub struct Exchange {
     pub provider: Option<crate::protocol::Provider>,
     /// Upstream `host:port`, once routed.
     pub upstream: Option<String>,
-    /// Stand-in key id, once authenticated.
-    pub key_id: Option<String>,
-    /// Key owner.
-    pub owner: Option<String>,
-    /// Key team.
-    pub team: Option<String>,
+    /// Who the stand-in key belongs to, once authenticated.
+    pub principal: Option<conduit_state::Principal>,
     /// Requested model, once inspected.
     pub model: Option<String>,
     /// Whether the client asked for a stream.
@@ -98,9 +94,7 @@ pub fn begin<B>(ids: &RequestIds, req: &Request<B>, peer: SocketAddr) -> Exchang
         protocol: None,
         provider: None,
         upstream: None,
-        key_id: None,
-        owner: None,
-        team: None,
+        principal: None,
         model: None,
         stream: false,
         billable: false,

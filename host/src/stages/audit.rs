@@ -99,8 +99,8 @@ fn emit(
     tracing::debug!(
         target: "conduit::audit",
         request_id = %ex.id,
-        key_id = ex.key_id.as_deref().unwrap_or("-"),
-        team = ex.team.as_deref().unwrap_or("-"),
+        key_id = ex.principal.as_ref().map_or("-", |p| p.key_id.as_str()),
+        team = ex.principal.as_ref().and_then(|p| p.team.as_deref()).unwrap_or("-"),
         client = ex.client,
         provider = ex.provider.map_or("-", |p| p.as_str()),
         path = %ex.path,
@@ -117,15 +117,16 @@ fn emit(
         findings = ex.findings.len(),
         "request"
     );
+    let principal = ex.principal;
     log.record(AuditRecord {
         seq: 0,
         prev: String::new(),
         request_id: ex.id,
         start_ms: ex.started_ms,
         end_ms: ex.started_ms + duration_ms as i64,
-        key_id: ex.key_id,
-        owner: ex.owner,
-        team: ex.team,
+        key_id: principal.as_ref().map(|p| p.key_id.clone()),
+        owner: principal.as_ref().map(|p| p.owner.clone()),
+        team: principal.and_then(|p| p.team),
         client: ex.client.to_string(),
         client_ip: ex.peer.ip().to_string(),
         provider: ex.provider.map(|p| p.as_str().to_string()),

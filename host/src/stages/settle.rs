@@ -59,7 +59,7 @@ pub fn settle(
     seen: Option<&Observed>,
     admitted: Option<Admitted>,
 ) -> Option<Settled> {
-    let key_id = ex.key_id.as_ref()?;
+    let principal = ex.principal.as_ref()?;
     let ok_status = (200..300).contains(&status);
     let complete = matches!(end, Some(StreamEnd::Complete | StreamEnd::ClientGone));
     let error = !ok_status || !complete || seen.is_some_and(|o| o.stream_error);
@@ -127,9 +127,9 @@ pub fn settle(
     }
     s.ledger.record(SpendEntry {
         day: crate::clock::format_date(ex.started_unix),
-        key_id: key_id.clone(),
-        owner: ex.owner.clone().unwrap_or_default(),
-        team: ex.team.clone().unwrap_or_else(|| "-".into()),
+        key_id: principal.key_id.clone(),
+        owner: principal.owner.clone(),
+        team: principal.team.clone().unwrap_or_else(|| "-".into()),
         provider: provider.map_or("-", |p| p.as_str()).to_string(),
         model,
         usage,

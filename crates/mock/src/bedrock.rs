@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use super::payload::{self, Family, Reply, Usage};
-use crate::eventstream;
+use conduit_wire::eventstream;
 
 /// A Bedrock operation the mock serves.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,7 +32,7 @@ pub fn classify(path: &str) -> Option<Op> {
     if let Some(rest) = path.strip_prefix("/model/") {
         let (model, operation) = rest.split_once('/')?;
         return Some(Op::Runtime {
-            model: crate::percent::decode(model),
+            model: conduit_core::percent::decode(model),
             operation: operation.to_string(),
         });
     }
@@ -98,7 +98,7 @@ pub fn verify(
             return Err(format!("'{required}' must be a signed header"));
         }
     }
-    let body_hash = crate::hex::encode(&Sha256::digest(body));
+    let body_hash = conduit_core::hex::encode(&Sha256::digest(body));
     if let Some(claimed) = header("x-amz-content-sha256")
         && claimed != body_hash
     {
@@ -127,13 +127,13 @@ pub fn verify(
     let scope_text = scope[1..4].join("/") + "/aws4_request";
     let to_sign = format!(
         "AWS4-HMAC-SHA256\n{amz_date}\n{scope_text}\n{}",
-        crate::hex::encode(&Sha256::digest(canonical.as_bytes()))
+        conduit_core::hex::encode(&Sha256::digest(canonical.as_bytes()))
     );
     let mut key = hmac(format!("AWS4{secret}").as_bytes(), scope[1].as_bytes());
     for part in [scope[2], scope[3], "aws4_request"] {
         key = hmac(&key, part.as_bytes());
     }
-    let expected = crate::hex::encode(&hmac(&key, to_sign.as_bytes()));
+    let expected = conduit_core::hex::encode(&hmac(&key, to_sign.as_bytes()));
     if expected == signature {
         Ok(())
     } else {
@@ -367,7 +367,7 @@ fn stream_reply(chunks: Vec<Bytes>, usage: Usage) -> Reply {
 
 /// An AWS JSON error (`x-amzn-errortype` is added by the server from the body's `__type`).
 pub fn error(status: StatusCode, message: &str) -> Reply {
-    let kind = crate::error_shape::aws_error_type(status);
+    let kind = conduit_wire::error_shape::aws_error_type(status);
     Reply {
         family: Family::Bedrock,
         status,
@@ -381,12 +381,12 @@ pub fn error(status: StatusCode, message: &str) -> Reply {
 /// AWS: each path byte but unreserved ones and `/` encoded — so an already-encoded segment is
 /// encoded again (`%3A` → `%253A`), the "double encoding" non-S3 services use.
 fn canonical_path(raw: &str) -> String {
-    crate::percent::encode_keeping(raw, b"/")
+    conduit_core::percent::encode_keeping(raw, b"/")
 }
 
 /// AWS: parameters sorted by name, names and values decoded then encoded once.
 fn canonical_query(query: Option<&str>) -> String {
-    let enc = |s: &str| crate::percent::encode(&crate::percent::decode(s));
+    let enc = |s: &str| conduit_core::percent::encode(&conduit_core::percent::decode(s));
     let mut pairs: Vec<(String, String)> = query
         .unwrap_or("")
         .split('&')
@@ -428,12 +428,13 @@ mod tests {
     /// and rejects it with one byte of the body or one signed header changed.
     #[test]
     fn verifies_what_the_gateway_signs_and_rejects_tampering() {
-        let cred = crate::sigv4::AwsCredential::parse("AKIDEXAMPLE:wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY").unwrap();
+        let cred =
+            conduit_wire::sigv4::AwsCredential::parse("AKIDEXAMPLE:wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY").unwrap();
         let uri: http::Uri = "http://127.0.0.1:9/model/us.anthropic.claude-sonnet-4-5-20250929-v1%3A0/invoke"
             .parse()
             .unwrap();
         let body = br#"{"anthropic_version":"bedrock-2023-05-31","max_tokens":5,"messages":[]}"#;
-        let signed = crate::sigv4::sign_request(
+        let signed = conduit_wire::sigv4::sign_request(
             &cred,
             "us-east-1",
             &Method::POST,

@@ -31,18 +31,6 @@ pub const CONTROL_HEADERS: &[&str] = &["x-mock-mode", "x-mock-delay-ms", "x-mock
 /// The same, as config-file text for a gateway started as a process.
 pub const CONTROL_HEADERS_TOML: &str = "[upstream.anthropic]\nforward_headers = [\"x-mock-mode\", \"x-mock-delay-ms\", \"x-mock-compress\", \"x-mock-usage\"]\n[upstream.openai]\nforward_headers = [\"x-mock-mode\", \"x-mock-delay-ms\", \"x-mock-compress\", \"x-mock-usage\"]\n[upstream.bedrock]\nforward_headers = [\"x-mock-mode\", \"x-mock-delay-ms\", \"x-mock-compress\", \"x-mock-usage\"]\n";
 
-/// Lets a gateway config forward the mock's control headers on every upstream.
-pub fn forward_control_headers(raw: &mut crate::config::RawConfig) {
-    for family in ["anthropic", "openai", "bedrock"] {
-        let table = raw.upstream.entry(family.to_string()).or_default();
-        for h in CONTROL_HEADERS {
-            if !table.forward_headers.iter().any(|f| f == h) {
-                table.forward_headers.push((*h).to_string());
-            }
-        }
-    }
-}
-
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -61,7 +49,7 @@ use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
-use crate::body::BoxError;
+use conduit_wire::BoxError;
 pub use payload::{Family, Reply, Usage};
 
 /// Defaults for requests that carry no `x-mock-*` header.
@@ -232,7 +220,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<MockRespons
             })
             .collect(),
         body_len: body.len(),
-        body_sha256: crate::hex::encode(&Sha256::digest(&body)),
+        body_sha256: conduit_core::hex::encode(&Sha256::digest(&body)),
         response_sha256: None,
         status: 0,
         mode: mode.clone(),
@@ -305,7 +293,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<MockRespons
     for c in &to_send {
         hasher.update(c);
     }
-    record.response_sha256 = Some(crate::hex::encode(&hasher.finalize()));
+    record.response_sha256 = Some(conduit_core::hex::encode(&hasher.finalize()));
     record.status = reply.status.as_u16();
     record.usage = reply.status.is_success().then_some(reply.usage);
     push(&state, record);

@@ -79,13 +79,13 @@ pub enum By {
 
 impl By {
     /// Parses `all|model|team|key`.
-    pub fn parse(s: &str) -> crate::error::Result<By> {
+    pub fn parse(s: &str) -> conduit_core::error::Result<By> {
         match s {
             "all" => Ok(By::All),
             "model" => Ok(By::Model),
             "team" => Ok(By::Team),
             "key" => Ok(By::Key),
-            other => Err(crate::error::Error::msg(format!(
+            other => Err(conduit_core::error::Error::msg(format!(
                 "--by {other:?}: expected model, team, key or all"
             ))),
         }

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::Mutex;
 
-use crate::audit::AuditRecord;
+use crate::AuditRecord;
 
 /// Series per metric family before new label sets fold into `_other`.
 pub const MAX_SERIES: usize = 2_000;
@@ -143,7 +143,7 @@ impl Metrics {
         if let Some(class) = r.error_class.as_deref() {
             if REFUSALS.contains(&class) {
                 *m.refusals.get(vec![("reason", class.to_string())]) += 1;
-            } else if crate::audit::rot::is_upstream_failure(class) || class.starts_with("upstream_") {
+            } else if crate::rot::is_upstream_failure(class) || class.starts_with("upstream_") {
                 *m.upstream_errors
                     .get(vec![("provider", provider.clone()), ("class", class.to_string())]) += 1;
             }
@@ -307,7 +307,7 @@ fn histogram(out: &mut String, name: &str, help: &str, family: &Family<Histogram
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audit::AuditFinding;
+    use crate::AuditFinding;
 
     #[test]
     fn renders_counters_and_histograms() {

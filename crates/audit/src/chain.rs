@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::{AuditRecord, ZERO_HASH, line_hash};
-use crate::error::{Error, Result};
+use conduit_core::error::{Error, Result};
 
 /// The last record of the chain.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -45,7 +45,7 @@ pub struct Anchor {
 
 /// `<dir>/YYYY-MM-DD.jsonl` for a UTC day number.
 pub fn day_path(dir: &Path, day: i64) -> PathBuf {
-    dir.join(format!("{}.jsonl", crate::clock::format_date(day * 86_400)))
+    dir.join(format!("{}.jsonl", conduit_core::clock::format_date(day * 86_400)))
 }
 
 /// The day files, oldest first, with their day numbers.
@@ -66,7 +66,7 @@ pub fn day_files(dir: &Path) -> Result<Vec<(i64, PathBuf)>> {
         let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".jsonl")) else {
             continue;
         };
-        if let Some(t) = crate::clock::parse_date_or_time(stem).filter(|_| stem.len() == 10) {
+        if let Some(t) = conduit_core::clock::parse_date_or_time(stem).filter(|_| stem.len() == 10) {
             files.push((t.div_euclid(86_400), entry.path()));
         }
     }

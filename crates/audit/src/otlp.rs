@@ -15,11 +15,13 @@ use tokio::sync::mpsc;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Request};
 use http_body_util::Full;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::Connect;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::AuditRecord;
-use crate::error::{Error, Result};
+use conduit_core::error::{Error, Result};
 
 /// `[otlp]` in the config file.
 #[derive(Debug, Default, Deserialize)]
@@ -96,9 +98,12 @@ impl std::fmt::Debug for Exporter {
 }
 
 impl Exporter {
-    /// Starts the exporter thread (its own small runtime and HTTP client).
-    pub fn start(config: OtlpConfig, network: &crate::upstream::Network) -> Result<Exporter> {
-        let client = crate::upstream::build_client(network)?;
+    /// Starts the exporter thread (its own small runtime), posting with `client` (the gateway
+    /// passes one built from its `[network]` settings: the same CAs, proxy and timeouts).
+    pub fn start<C: Connect + Clone + Send + Sync + 'static>(
+        config: OtlpConfig,
+        client: Client<C, Full<Bytes>>,
+    ) -> Result<Exporter> {
         let (tx, rx) = mpsc::channel::<Value>(QUEUE);
         std::thread::Builder::new()
             .name("conduit-otlp".into())
@@ -129,7 +134,11 @@ impl Exporter {
     }
 }
 
-async fn run(config: OtlpConfig, client: crate::upstream::UpstreamClient, mut rx: mpsc::Receiver<Value>) {
+async fn run<C: Connect + Clone + Send + Sync + 'static>(
+    config: OtlpConfig,
+    client: Client<C, Full<Bytes>>,
+    mut rx: mpsc::Receiver<Value>,
+) {
     let mut batch = Vec::with_capacity(BATCH);
     let mut last = Instant::now();
     loop {
@@ -154,7 +163,11 @@ async fn run(config: OtlpConfig, client: crate::upstream::UpstreamClient, mut rx
     }
 }
 
-async fn send(config: &OtlpConfig, client: &crate::upstream::UpstreamClient, spans: Vec<Value>) {
+async fn send<C: Connect + Clone + Send + Sync + 'static>(
+    config: &OtlpConfig,
+    client: &Client<C, Full<Bytes>>,
+    spans: Vec<Value>,
+) {
     let n = spans.len();
     let body = json!({"resourceSpans": [{
         "resource": {"attributes": [kv("service.name", json!({"stringValue": config.service_name}))]},
@@ -186,7 +199,7 @@ fn kv(key: &str, value: Value) -> Value {
 fn random_hex(bytes: usize) -> String {
     let mut b = vec![0u8; bytes];
     let _ = getrandom::fill(&mut b);
-    crate::hex::encode(&b)
+    conduit_core::hex::encode(&b)
 }
 
 /// The span of one record (OTLP JSON mapping: ids hex, times as decimal strings of nanoseconds).

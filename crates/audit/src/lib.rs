@@ -17,7 +17,7 @@
 //! - **Retention**: whole day files older than `retention_days` are deleted (hourly), with the
 //!   policy findings of those days.
 //!
-//! Metrics (`crate::audit::metrics`) are folded from the same records on the writer thread, so the
+//! Metrics (`crate::metrics`) are folded from the same records on the writer thread, so the
 //! request path pays one channel send for both.
 
 pub mod chain;
@@ -36,8 +36,8 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::audit::metrics::Metrics;
-use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use conduit_core::error::{Error, Result};
 
 /// How long a written record may wait for `fsync` in group mode.
 pub const GROUP_COMMIT_WINDOW: Duration = Duration::from_millis(100);
@@ -224,13 +224,13 @@ pub const ZERO_HASH: &str = "000000000000000000000000000000000000000000000000000
 
 /// SHA-256 of a line (without its newline), hex.
 pub fn line_hash(line: &[u8]) -> String {
-    crate::hex::encode(&Sha256::digest(line))
+    conduit_core::hex::encode(&Sha256::digest(line))
 }
 
 /// Hashes a client session id: records can be grouped by session without holding the id itself.
 pub fn session_hash(id: &str) -> String {
     let digest = Sha256::digest([b"conduit-session\0".as_slice(), id.as_bytes()].concat());
-    crate::hex::encode(&digest[..8])
+    conduit_core::hex::encode(&digest[..8])
 }
 
 /// Client family from a user-agent (and Claude Code's `x-app`).
@@ -301,7 +301,7 @@ impl AuditLog {
         on_retention: Option<RetentionHook>,
         otlp: Option<otlp::Exporter>,
     ) -> Result<AuditLog> {
-        crate::fsperm::create_private_dir(&config.dir)
+        conduit_core::fsperm::create_private_dir(&config.dir)
             .map_err(|e| Error::msg(format!("creating the audit directory {}: {e}", config.dir.display())))?;
         let head = chain::recover(&config.dir)?;
         let (tx, rx) = mpsc::channel::<Msg>();
@@ -532,7 +532,7 @@ impl Writer {
                 next = if taken < MAX_BATCH { rx.try_recv().ok() } else { None };
             }
             // A minute of refusals that has ended is written even when no new record comes.
-            for summary in self.aggregate.flush(Some(crate::clock::now_unix() * 1000)) {
+            for summary in self.aggregate.flush(Some(conduit_core::clock::now_unix() * 1000)) {
                 self.append(summary);
             }
             self.write_out();
@@ -625,7 +625,7 @@ impl Writer {
     fn prune(&mut self) {
         self.last_prune = Some(Instant::now());
         let Some(days) = self.retention_days else { return };
-        let cutoff_day = crate::clock::now_unix().div_euclid(86_400) - i64::from(days);
+        let cutoff_day = conduit_core::clock::now_unix().div_euclid(86_400) - i64::from(days);
         match chain::prune(&self.dir, cutoff_day) {
             Ok(0) => {}
             Ok(n) => tracing::info!(
@@ -654,7 +654,7 @@ fn open_day(dir: &Path, day: i64) -> Result<File> {
 /// `--since` / `--until` as an audit filter, parsed by the one range parser
 /// (`conduit_core::clock::TimeRange`: UTC dates or times; a date-only `until` includes its day).
 pub fn time_filter(since: Option<&str>, until: Option<&str>, default_days: Option<i64>) -> Result<chain::Filter> {
-    let range = crate::clock::TimeRange::parse(since, until, default_days)?;
+    let range = conduit_core::clock::TimeRange::parse(since, until, default_days)?;
     Ok(chain::Filter {
         since_ms: range.since_ms,
         until_ms: range.until_ms,

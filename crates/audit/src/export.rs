@@ -10,7 +10,7 @@ use std::path::Path;
 
 use super::AuditRecord;
 use super::chain::{self, Filter};
-use crate::error::{Error, Result};
+use conduit_core::error::{Error, Result};
 
 /// An export format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,7 +79,9 @@ pub const COLUMNS: &[Column] = &[
     ("output_tokens", |r| r.output_tokens.to_string()),
     ("cache_read_tokens", |r| r.cache_read_tokens.to_string()),
     ("cache_write_tokens", |r| r.cache_write_tokens.to_string()),
-    ("cost_usd", |r| r.cost_micros.map(crate::money::usd).unwrap_or_default()),
+    ("cost_usd", |r| {
+        r.cost_micros.map(conduit_core::money::usd).unwrap_or_default()
+    }),
     ("price", |r| opt(&r.price)),
     ("estimated", |r| r.estimated.to_string()),
     ("findings", |r| {
@@ -155,7 +157,7 @@ pub fn export(dir: &Path, filter: &Filter, format: Format, out: &mut dyn Write) 
 
 /// RFC 3339 with milliseconds.
 pub fn rfc3339_ms(ms: i64) -> String {
-    let base = crate::clock::format_rfc3339(ms.div_euclid(1000));
+    let base = conduit_core::clock::format_rfc3339(ms.div_euclid(1000));
     format!("{}.{:03}Z", &base[..base.len() - 1], ms.rem_euclid(1000))
 }
 

@@ -19,7 +19,7 @@ pub enum Family {
     Bedrock,
 }
 
-pub use crate::usage::Usage;
+pub use conduit_wire::usage::Usage;
 
 /// A reply: status, content type, and body chunks (one per SSE event when streaming).
 #[derive(Debug, Clone)]
@@ -151,7 +151,7 @@ pub fn reply(method: &Method, path: &str, headers: &HeaderMap, body: &[u8], mode
 /// A short, stable id fragment for a body.
 fn short_hash(body: &[u8]) -> String {
     use sha2::Digest;
-    crate::hex::encode(&sha2::Sha256::digest(body)[..6])
+    conduit_core::hex::encode(&sha2::Sha256::digest(body)[..6])
 }
 
 /// Deterministic usage: ~4 bytes per token; cached input where the request asks for caching.
