@@ -1,5 +1,5 @@
 //! The custom-policy examples in `examples/` run as tests: the Rust one (built with the
-//! built-ins by host/build.rs) and the Python one, built here with componentize-py, signed with
+//! built-ins by crates/policy/build.rs) and the Python one, built here with componentize-py, signed with
 //! `conduit policy sign`, loaded by a gateway from its policy directory and seen blocking a
 //! request end to end.
 //!
