@@ -138,12 +138,8 @@ async fn run(gw: &Gateway, req: Request<Incoming>, ex: &mut accept::Exchange) ->
         &route.upstream.fixed_headers,
     );
 
-    let policing = police::Reads {
-        policies: gw.policies.as_deref(),
-        findings: gw.state.findings.as_ref(),
-    };
     police::police(
-        &policing,
+        &policing(gw),
         ex,
         &principal,
         &route,
@@ -153,30 +149,17 @@ async fn run(gw: &Gateway, req: Request<Incoming>, ex: &mut accept::Exchange) ->
     )
     .await?;
 
-    let admission = admit::Reads {
-        rate_limiter: &gw.rate_limiter,
-        budgets: gw.state.budgets.as_ref(),
-        uploads: gw.state.uploads.as_ref(),
-        prices: gw.prices(),
-        default_max_output_tokens: config.limits.default_max_output_tokens,
-        passthrough: &config.egress.passthrough,
-    };
-    let admitted = admit::admit(&admission, ex, &principal, &route, &extracted).await?;
+    let admitted = admit::admit(&admission(gw), ex, &principal, &route, &extracted).await?;
 
     let unsealing_key = |id: &str| gw.unsealing_key(id);
-    let credentials = credential::Reads {
+    let sealed = credential::Reads {
         credentials: gw.state.credentials.as_ref(),
         unsealing_key: &unsealing_key,
     };
-    let auth = credential::for_upstream(&credentials, route.upstream).await?;
+    let auth = credential::for_upstream(&sealed, route.upstream).await?;
 
     let upload = forward::pending_upload(&route, &extracted, &principal);
-    let forwarding = forward::Reads {
-        client: &gw.client,
-        network: &config.network,
-        uploads: gw.state.uploads.as_ref(),
-    };
-    let upstreamed = forward::send(&forwarding, &route, parts.method, headers, body, auth, ex, upload).await?;
+    let upstreamed = forward::send(&forwarding(gw), &route, parts.method, headers, body, auth, ex, upload).await?;
     Ok(Handled::Streaming(stream_back(gw, ex.clone(), admitted, upstreamed)))
 }
 
@@ -207,6 +190,34 @@ fn stream_back(
     });
     let body = UpstreamBody::new(source, gw.config.network.idle_timeout, tap, on_end, slot);
     Response::from_parts(parts, GatewayBody::Upstream { inner: body })
+}
+
+// What each stage reads of the gateway: built here, so no stage sees the whole `Gateway`.
+
+fn policing(gw: &Gateway) -> police::Reads<'_> {
+    police::Reads {
+        policies: gw.policies.as_deref(),
+        findings: gw.state.findings.as_ref(),
+    }
+}
+
+fn admission(gw: &Gateway) -> admit::Reads<'_> {
+    admit::Reads {
+        rate_limiter: &gw.rate_limiter,
+        budgets: gw.state.budgets.as_ref(),
+        uploads: gw.state.uploads.as_ref(),
+        prices: gw.prices(),
+        default_max_output_tokens: gw.config.limits.default_max_output_tokens,
+        passthrough: &gw.config.egress.passthrough,
+    }
+}
+
+fn forwarding(gw: &Gateway) -> forward::Reads<'_> {
+    forward::Reads {
+        client: &gw.client,
+        network: &gw.config.network,
+        uploads: gw.state.uploads.as_ref(),
+    }
 }
 
 /// What `settle` needs from the gateway: the prices in force now, the ledger writer.

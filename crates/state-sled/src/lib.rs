@@ -164,6 +164,24 @@ fn encode<T: serde::Serialize>(what: &str, value: &T) -> Result<Vec<u8>> {
     serde_json::to_vec(value).map_err(|e| Error::msg(format!("encoding a {what} record: {e}")))
 }
 
+/// Every value of `tree`, decoded as `what` records, in key order.
+fn values<T: DeserializeOwned>(tree: &sled::Tree, what: &str) -> Result<Vec<T>> {
+    tree.iter()
+        .values()
+        .map(|v| decode(what, &v.map_err(sled_err)?))
+        .collect()
+}
+
+/// Every entry of `tree` as `(key text, f(value))`, in key order.
+fn entries<T>(tree: &sled::Tree, f: impl Fn(&[u8]) -> Result<T>) -> Result<Vec<(String, T)>> {
+    tree.iter()
+        .map(|kv| {
+            let (k, v) = kv.map_err(sled_err)?;
+            Ok((text(&k), f(&v)?))
+        })
+        .collect()
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -250,12 +268,7 @@ impl KeyStore for Sled {
 
     async fn list(&self) -> Result<Vec<KeyRecord>> {
         self.blocking(|s| {
-            let mut all = s
-                .keys
-                .iter()
-                .values()
-                .map(|v| decode::<KeyRecord>("key", &v.map_err(sled_err)?))
-                .collect::<Result<Vec<_>>>()?;
+            let mut all: Vec<KeyRecord> = values(&s.keys, "key")?;
             all.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
             Ok(all)
         })
@@ -295,14 +308,7 @@ impl CredentialStore for Sled {
     }
 
     async fn list(&self) -> Result<Vec<SealedCredential>> {
-        self.blocking(|s| {
-            s.credentials
-                .iter()
-                .values()
-                .map(|v| decode("credential", &v.map_err(sled_err)?))
-                .collect()
-        })
-        .await
+        self.blocking(|s| values(&s.credentials, "credential")).await
     }
 
     async fn reseal_all(&self, credentials: &[SealedCredential], master_key_id: &str) -> Result<()> {
@@ -347,14 +353,7 @@ impl CredentialStore for Sled {
 #[async_trait]
 impl BudgetLimitStore for Sled {
     async fn list(&self) -> Result<Vec<(String, BudgetLimit)>> {
-        self.0
-            .budgets
-            .iter()
-            .map(|kv| {
-                let (k, v) = kv.map_err(sled_err)?;
-                Ok((text(&k), decode("budget", &v)?))
-            })
-            .collect()
+        self.blocking(|s| entries(&s.budgets, |v| decode("budget", v))).await
     }
 
     async fn put(&self, scope: &str, limit: &BudgetLimit) -> Result<()> {
@@ -450,16 +449,14 @@ impl FindingStore for Sled {
         for r in findings {
             batch.insert(r.id.as_bytes(), encode("finding", r)?);
         }
-        let first = findings.first().map(|f| f.id.clone());
-        self.blocking(move |s| {
-            s.findings.apply_batch(batch).map_err(sled_err)?;
-            s.findings.flush().map_err(sled_err)?;
-            if let Some(id) = first {
-                s.finding_changes.send(id);
-            }
-            Ok(())
-        })
-        .await
+        // On the request path (the policy stage awaits it): applied in memory, inline, and synced
+        // by sled's own periodic flush — no fsync per finding (`FindingStore::record`).
+        let s = &self.0;
+        s.findings.apply_batch(batch).map_err(sled_err)?;
+        if let Some(f) = findings.first() {
+            s.finding_changes.send(f.id.clone());
+        }
+        Ok(())
     }
 
     async fn list(&self, limit: usize) -> Result<Vec<FindingRecord>> {
@@ -519,14 +516,7 @@ impl FindingStore for Sled {
 #[async_trait]
 impl PolicyModeStore for Sled {
     async fn list(&self) -> Result<Vec<(String, String)>> {
-        self.0
-            .policy_modes
-            .iter()
-            .map(|kv| {
-                let (k, v) = kv.map_err(sled_err)?;
-                Ok((text(&k), text(&v)))
-            })
-            .collect()
+        self.blocking(|s| entries(&s.policy_modes, |v| Ok(text(v)))).await
     }
 
     async fn set(&self, key: &str, mode: Option<&str>) -> Result<()> {
@@ -552,12 +542,7 @@ impl PolicyModeStore for Sled {
 #[async_trait]
 impl PriceStore for Sled {
     async fn overrides(&self) -> Result<Vec<PriceRow>> {
-        self.0
-            .prices
-            .iter()
-            .values()
-            .map(|v| decode("price", &v.map_err(sled_err)?))
-            .collect()
+        self.blocking(|s| values(&s.prices, "price")).await
     }
 
     async fn put_overrides(&self, rows: &[PriceRow]) -> Result<()> {

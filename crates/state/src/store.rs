@@ -8,7 +8,9 @@
 //!   does not stall a request (sled: fsyncs and scans on the blocking pool; reads of hot records,
 //!   served from sled's page cache in microseconds, inline).
 //! - **A write is durable when it returns**, except spend rows, which are durable after
-//!   [`SpendStore::add`] returns for the whole batch (the ledger folds them first).
+//!   [`SpendStore::add`] returns for the whole batch (the ledger folds them first), and findings
+//!   ([`FindingStore::record`]), which the policy stage writes on the request path: they may be
+//!   synced later (their metadata is in the request's audit record too).
 //! - **Watchers hear every change made through this process** once the write is durable, before
 //!   the call returns; a watcher that falls behind gets `RecvError::Lagged` and must assume
 //!   everything changed. (A shared backend also relays the changes other processes make.)
@@ -128,7 +130,8 @@ pub trait SpendStore: Send + Sync + 'static {
 /// Policy findings: metadata only, never the matched text.
 #[async_trait]
 pub trait FindingStore: Send + Sync + 'static {
-    /// Appends findings.
+    /// Appends findings; called on the request path, so it must not wait on a disk (durable
+    /// within the backend's flush interval).
     async fn record(&self, findings: &[FindingRecord]) -> Result<()>;
     /// Findings, newest first, at most `limit`.
     async fn list(&self, limit: usize) -> Result<Vec<FindingRecord>>;
