@@ -174,16 +174,24 @@ impl Gateway {
         let (old, new) = (self.master_key(), Arc::new(new));
         self.master_keys.write().unwrap_or_else(|p| p.into_inner()).next = Some(new.clone());
         let rotated = conduit_state::operator::rotate_master(self.state.credentials.as_ref(), &old, &new).await;
-        let mut keys = self.master_keys.write().unwrap_or_else(|p| p.into_inner());
-        keys.next = None;
-        let count = rotated?;
-        keys.current = new.clone();
-        drop(keys);
-        if let MasterKeySource::Generated(path) = &self.config.master_key {
+        // A failure may still have committed (a sync failing after the re-seal): the store's
+        // recorded key id says which key now seals the credentials, so switch to that one.
+        let sealed_under_new = match &rotated {
+            Ok(_) => true,
+            Err(_) => self.state.meta.get(META_MASTER_KEY_ID).await.ok().flatten().as_deref() == Some(new.id()),
+        };
+        if sealed_under_new && let MasterKeySource::Generated(path) = &self.config.master_key {
+            // The key file first: a gateway restarted from it must find the key the store names.
             replace_secret_file(path, new.to_base64().as_bytes())?;
             tracing::warn!(path = %path.display(), "the generated master key file now holds the rotated key");
         }
-        Ok(count)
+        let mut keys = self.master_keys.write().unwrap_or_else(|p| p.into_inner());
+        keys.next = None;
+        if sealed_under_new {
+            keys.current = new;
+        }
+        drop(keys);
+        rotated
     }
 }
 

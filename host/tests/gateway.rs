@@ -655,3 +655,49 @@ async fn loose_state_files_stop_start_up() {
         .to_string();
     assert!(e.contains("admin token file") && e.contains("16"), "{e}");
 }
+
+/// A credential store whose re-seal commits and then reports a failure (a sync failing after the
+/// transaction, say).
+struct CommitsThenFails(std::sync::Arc<dyn conduit::store::CredentialStore>);
+
+#[async_trait::async_trait]
+impl conduit::store::CredentialStore for CommitsThenFails {
+    async fn put(&self, c: &conduit::seal::SealedCredential) -> Result<(), conduit::Error> {
+        self.0.put(c).await
+    }
+    async fn get(&self, p: &str, id: &str) -> Result<Option<conduit::seal::SealedCredential>, conduit::Error> {
+        self.0.get(p, id).await
+    }
+    async fn list(&self) -> Result<Vec<conduit::seal::SealedCredential>, conduit::Error> {
+        self.0.list().await
+    }
+    async fn reseal_all(&self, c: &[conduit::seal::SealedCredential], id: &str) -> Result<(), conduit::Error> {
+        self.0.reseal_all(c, id).await?;
+        Err(conduit::Error::msg(
+            "injected: the re-seal committed, then its sync failed",
+        ))
+    }
+    fn watch(&self) -> conduit::store::Watch<conduit::store::CredentialChange> {
+        self.0.watch()
+    }
+}
+
+/// A rotation that fails after committing leaves the gateway on the key the store names, so
+/// requests keep unsealing their credential (before: it kept the old key and every request
+/// failed to unseal until a restart, which then refused the old key).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_that_fails_after_committing_keeps_requests_working() {
+    let h = Harness::builder()
+        .wrap_state(|mut state| {
+            state.credentials = std::sync::Arc::new(CommitsThenFails(state.credentials));
+            state
+        })
+        .start()
+        .await;
+    assert_eq!(h.messages(STREAM_BODY).await.status, 200);
+    let (new, _) = conduit::seal::MasterKey::generate().unwrap();
+    let err = h.gateway().rotate_master_key(new).await.unwrap_err();
+    assert!(err.to_string().contains("injected"), "{err}");
+    let r = h.messages(STREAM_BODY).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+}
