@@ -115,7 +115,7 @@ fn main() {
 
     let (tx, rx) = std::sync::mpsc::channel();
     runtime_thread("mock", async move {
-        let mock = conduit::mock::start("127.0.0.1:0".parse().expect("addr"), Default::default())
+        let mock = conduit_gateway::mock::start("127.0.0.1:0".parse().expect("addr"), Default::default())
             .await
             .expect("mock");
         tx.send(mock.addr).expect("send");
@@ -124,7 +124,7 @@ fn main() {
     let mock_addr = rx.recv().expect("mock address");
 
     let data = tempfile::tempdir().expect("tempdir");
-    let (_, master) = conduit::seal::MasterKey::generate().expect("master key");
+    let (_, master) = conduit_gateway::seal::MasterKey::generate().expect("master key");
     let env: std::collections::HashMap<&str, String> = [
         ("CONDUIT_LISTEN", "127.0.0.1:0".to_string()),
         ("CONDUIT_ADMIN_LISTEN", "127.0.0.1:0".to_string()),
@@ -136,20 +136,20 @@ fn main() {
     ]
     .into_iter()
     .collect();
-    let mut raw = conduit::config::RawConfig::default();
-    conduit::mock::forward_control_headers(&mut raw);
+    let mut raw = conduit_gateway::config::RawConfig::default();
+    conduit_gateway::mock::forward_control_headers(&mut raw);
     let config = raw.validate(&|k| env.get(k).cloned()).expect("config");
     let (tx, rx) = std::sync::mpsc::channel();
     // The gateway is opened on the runtime it serves from (its ledger writer is a task there).
     runtime_thread("gateway", async move {
-        let gateway = conduit::Gateway::open(config).await.expect("gateway");
+        let gateway = conduit_gateway::Gateway::open(config).await.expect("gateway");
         gateway
             .set_credential("anthropic", Zeroizing::new("sk-ant-bench".into()))
             .await
             .expect("credential");
-        let key = conduit::operator::create_key(
+        let key = conduit_gateway::operator::create_key(
             gateway.state.keys.as_ref(),
-            conduit::operator::NewKeyRequest {
+            conduit_gateway::operator::NewKeyRequest {
                 owner: "bench@corp.example".into(),
                 team: None,
                 name: None,
@@ -160,7 +160,7 @@ fn main() {
         .await
         .expect("key")
         .key;
-        let running = conduit::server::start(gateway, Duration::from_secs(1))
+        let running = conduit_gateway::server::start(gateway, Duration::from_secs(1))
             .await
             .expect("start");
         tx.send((running.addr, key)).expect("send");

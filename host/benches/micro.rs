@@ -10,14 +10,14 @@
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
-use conduit::audit::AuditRecord;
-use conduit::policy::runtime::RequestInfo;
-use conduit::policy::segments::Segment;
-use conduit::policy::{Policies, RawPolicies};
-use conduit::protocol::Protocol;
-use conduit::ratelimit::RateLimiter;
-use conduit::records::{BudgetLimit, Principal, RateLimits};
-use conduit::usage::UsageTap;
+use conduit_gateway::audit::AuditRecord;
+use conduit_gateway::policy::runtime::RequestInfo;
+use conduit_gateway::policy::segments::Segment;
+use conduit_gateway::policy::{Policies, RawPolicies};
+use conduit_gateway::protocol::Protocol;
+use conduit_gateway::ratelimit::RateLimiter;
+use conduit_gateway::records::{BudgetLimit, Principal, RateLimits};
+use conduit_gateway::usage::UsageTap;
 
 fn main() {
     divan::main();
@@ -49,7 +49,7 @@ fn segments_extract(bencher: divan::Bencher, which: &str) {
     };
     bencher
         .counter(divan::counter::BytesCount::new(body.len()))
-        .bench(|| conduit::content::segments_of(divan::black_box(&body)));
+        .bench(|| conduit_gateway::content::segments_of(divan::black_box(&body)));
 }
 
 // --- the policy stage -------------------------------------------------------------------------
@@ -92,7 +92,7 @@ fn policy_stage_first_sight(bencher: divan::Bencher, bytes: usize) {
     let (p, segs, info) = (policies(), text_segments(bytes), info());
     bencher.counter(divan::counter::BytesCount::new(bytes)).bench(|| {
         p.clear_cache();
-        p.police(&info, &segs)
+        p.scan(&info, &segs)
     });
 }
 
@@ -100,8 +100,8 @@ fn policy_stage_first_sight(bencher: divan::Bencher, bytes: usize) {
 #[divan::bench(args = [1024, 76 * 1024])]
 fn policy_stage_cached(bencher: divan::Bencher, bytes: usize) {
     let (p, segs, info) = (policies(), text_segments(bytes), info());
-    p.police(&info, &segs);
-    bencher.bench(|| p.police(&info, &segs));
+    p.scan(&info, &segs);
+    bencher.bench(|| p.scan(&info, &segs));
 }
 
 // --- the usage tap ----------------------------------------------------------------------------
@@ -110,7 +110,7 @@ fn mock_reply(stream: bool) -> Vec<Bytes> {
     let mut h = http::HeaderMap::new();
     h.insert("anthropic-version", "2023-06-01".parse().unwrap());
     let body = format!(r#"{{"model":"claude-sonnet-4-5","max_tokens":512,"stream":{stream},"messages":[]}}"#);
-    conduit::mock::payload::reply(&http::Method::POST, "/v1/messages", &h, body.as_bytes(), "ok", false).chunks
+    conduit_gateway::mock::payload::reply(&http::Method::POST, "/v1/messages", &h, body.as_bytes(), "ok", false).chunks
 }
 
 #[divan::bench]
@@ -140,11 +140,11 @@ fn usage_tap_anthropic_json(bencher: divan::Bencher) {
 /// Claude Code's Bedrock turn (85 KB) and the mock Bedrock's streamed answer to it.
 fn bedrock_turn() -> (Bytes, Vec<Bytes>) {
     let body = capture("claudecode_bedrock_013.json");
-    let op = conduit::mock::bedrock::Op::Runtime {
+    let op = conduit_gateway::mock::bedrock::Op::Runtime {
         model: "us.anthropic.claude-sonnet-4-5-20250929-v1:0".into(),
         operation: "invoke-with-response-stream".into(),
     };
-    let frames = conduit::mock::bedrock::reply(&op, &body, "ok", false).chunks;
+    let frames = conduit_gateway::mock::bedrock::reply(&op, &body, "ok", false).chunks;
     (body, frames)
 }
 
@@ -152,12 +152,13 @@ fn bedrock_turn() -> (Bytes, Vec<Bytes>) {
 fn sigv4_sign_claude_code_turn(bencher: divan::Bencher) {
     let (body, _) = bedrock_turn();
     let cred =
-        conduit::sigv4::AwsCredential::parse("AKIAIOSFODNN7EXAMPLE:wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY").unwrap();
+        conduit_gateway::sigv4::AwsCredential::parse("AKIAIOSFODNN7EXAMPLE:wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY")
+            .unwrap();
     let uri: http::Uri = "https://bedrock-runtime.us-east-1.amazonaws.com/model/us.anthropic.claude-sonnet-4-5-20250929-v1%3A0/invoke-with-response-stream"
         .parse()
         .unwrap();
     bencher.counter(divan::counter::BytesCount::new(body.len())).bench(|| {
-        conduit::sigv4::sign_request(
+        conduit_gateway::sigv4::sign_request(
             &cred,
             "us-east-1",
             &http::Method::POST,
@@ -185,9 +186,12 @@ fn usage_tap_bedrock_event_stream(bencher: divan::Bencher) {
 #[divan::bench]
 fn bedrock_translate_claude_code_body(bencher: divan::Bencher) {
     let body = capture("claudecode_basic_002.json");
-    let betas: Vec<String> = conduit::bedrock::DEFAULT_BETAS.iter().map(|s| s.to_string()).collect();
+    let betas: Vec<String> = conduit_gateway::bedrock::DEFAULT_BETAS
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     bencher.counter(divan::counter::BytesCount::new(body.len())).bench(|| {
-        conduit::bedrock::request_body(
+        conduit_gateway::bedrock::request_body(
             divan::black_box(&body),
             Some("claude-code-20250219,interleaved-thinking-2025-05-14,context-management-2025-06-27"),
             &betas,
@@ -200,11 +204,11 @@ fn bedrock_translate_claude_code_body(bencher: divan::Bencher) {
 fn bedrock_event_stream_to_sse(bencher: divan::Bencher) {
     let (_, frames) = bedrock_turn();
     bencher.bench(|| {
-        let mut decoder = conduit::eventstream::Decoder::default();
+        let mut decoder = conduit_gateway::eventstream::Decoder::default();
         let mut out = bytes::BytesMut::new();
         for f in &frames {
             for m in decoder.push(f).unwrap() {
-                conduit::bedrock::sse_event(&m, &mut out);
+                conduit_gateway::bedrock::sse_event(&m, &mut out);
             }
         }
         out
@@ -233,7 +237,7 @@ fn budget_reserve_and_settle(bencher: divan::Bencher) {
         team: Some("payments".into()),
         limits: RateLimits::default(),
     };
-    let now = conduit::clock::now_unix();
+    let now = conduit_gateway::clock::now_unix();
     bencher.bench(|| {
         let held = runtime.block_on(state.budgets.reserve(&payer, now, 2100));
         held.unwrap().unwrap().settle(2100)
@@ -280,6 +284,6 @@ fn audit_record_encode_and_chain(bencher: divan::Bencher) {
     bencher.bench_local(|| {
         buf.clear();
         serde_json::to_writer(&mut buf, &record).unwrap();
-        conduit::audit::line_hash(&buf)
+        conduit_gateway::audit::line_hash(&buf)
     });
 }

@@ -17,9 +17,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use conduit::policy::runtime::RequestInfo;
-use conduit::policy::segments::Segment;
-use conduit::policy::{Policies, RawPolicies};
+use conduit_gateway::policy::runtime::RequestInfo;
+use conduit_gateway::policy::segments::Segment;
+use conduit_gateway::policy::{Policies, RawPolicies};
 
 const SHARED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared");
 
@@ -134,7 +134,7 @@ fn main() {
         if text.trim().is_empty() {
             continue;
         }
-        let hit = !secrets.police(&info(), &one(text)).findings.is_empty();
+        let hit = !secrets.scan(&info(), &one(text)).findings.is_empty();
         if c["expect"] == "secret" {
             secret += 1;
             found += u32::from(hit);
@@ -147,7 +147,7 @@ fn main() {
     let negatives = hard_negatives();
     let neg_flagged = negatives
         .iter()
-        .filter(|n| !secrets.police(&info(), &one(n)).findings.is_empty())
+        .filter(|n| !secrets.scan(&info(), &one(n)).findings.is_empty())
         .count();
     println!("secrets policy (in wasmtime) on gitleaks cases");
     println!(
@@ -169,7 +169,7 @@ fn main() {
     for r in 0..rounds {
         let text = format!("{base}{r}");
         let t = Instant::now();
-        let out = secrets.police(&info(), &one(&text));
+        let out = secrets.scan(&info(), &one(&text));
         times.push(t.elapsed().as_secs_f64());
         assert!(out.failure.is_none(), "{:?}", out.failure);
         assert!(!out.findings.is_empty());
@@ -201,7 +201,7 @@ fn main() {
     for r in 0..rounds {
         let text = format!("{base} customer-000{r:03} holdings");
         let t = Instant::now();
-        let out = entities.police(&info(), &one(&text));
+        let out = entities.scan(&info(), &one(&text));
         times.push(t.elapsed().as_secs_f64());
         assert!(out.failure.is_none(), "{:?}", out.failure);
         assert!(!out.findings.is_empty());
@@ -244,15 +244,15 @@ fn main() {
         for _ in 0..iterations {
             all.clear_cache();
             if let Some(prev) = previous {
-                all.police(&info(), &conduit::content::segments_of(prev));
+                all.scan(&info(), &conduit_gateway::content::segments_of(prev));
             }
             let t = Instant::now();
-            let segs = conduit::content::segments_of(body);
-            let out = all.police(&info(), &segs);
+            let segs = conduit_gateway::content::segments_of(body);
+            let out = all.scan(&info(), &segs);
             times.push(t.elapsed().as_secs_f64() * 1e6);
             std::hint::black_box(out);
         }
-        let segs = conduit::content::segments_of(body);
+        let segs = conduit_gateway::content::segments_of(body);
         let text: usize = segs.iter().map(|s| s.text.len()).sum();
         let (p50, p99) = percentiles(times);
         println!(

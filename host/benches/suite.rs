@@ -219,7 +219,7 @@ fn start_conduit(mock: SocketAddr) -> System {
     // The workloads steer the mock with its control headers, which the gateway forwards only when
     // configured to.
     let config = data.path().join("conduit.toml");
-    std::fs::write(&config, conduit::mock::CONTROL_HEADERS_TOML).unwrap();
+    std::fs::write(&config, conduit_gateway::mock::CONTROL_HEADERS_TOML).unwrap();
     let env = |c: &mut Command| {
         c.env("CONDUIT_DATA_DIR", data.path())
             .env("CONDUIT_CONFIG", &config)
@@ -960,7 +960,7 @@ fn main() {
         }
     );
     let mut report = json!({
-        "date": conduit::clock::format_rfc3339(conduit::clock::now_unix()),
+        "date": conduit_gateway::clock::format_rfc3339(conduit_gateway::clock::now_unix()),
         "smoke": args.smoke,
         "systems": names,
         "machine": machine(),

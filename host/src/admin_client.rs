@@ -12,7 +12,7 @@ use hyper_util::rt::TokioExecutor;
 use serde::de::DeserializeOwned;
 use zeroize::Zeroizing;
 
-use crate::error::{Error, Result};
+use conduit_core::error::{Error, Result};
 
 /// Talks to one gateway's admin listener.
 pub struct AdminClient {

@@ -10,12 +10,12 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 use zeroize::Zeroizing;
 
-use crate::config::{Config, MasterKeySource};
-use crate::error::{Error, Result};
 use crate::operate::Operator;
-use crate::operator::{self, CreatedKey, CredentialInfo, NewKeyRequest};
-use crate::records::KeyRecord;
-use crate::seal::MasterKey;
+use conduit_core::error::{Error, Result};
+use conduit_core::seal::MasterKey;
+use conduit_gateway::config::{Config, MasterKeySource};
+use conduit_state::operator::{self, CreatedKey, CredentialInfo, NewKeyRequest};
+use conduit_state::records::KeyRecord;
 
 /// Conduit: the gateway between AI coding tools and model providers.
 #[derive(Debug, Parser)]
@@ -218,9 +218,9 @@ pub struct LimitArgs {
     pub max_streams: Option<u32>,
 }
 
-impl From<LimitArgs> for crate::records::RateLimits {
+impl From<LimitArgs> for conduit_state::records::RateLimits {
     fn from(a: LimitArgs) -> Self {
-        crate::records::RateLimits {
+        conduit_state::records::RateLimits {
             rpm: a.rpm,
             tpm: a.tpm,
             max_streams: a.max_streams,
@@ -363,8 +363,8 @@ pub async fn run(cli: Cli) -> Result<()> {
 
 async fn serve(config: Config) -> Result<()> {
     crate::telemetry::init(&config.log);
-    let gateway = crate::Gateway::open(config).await?;
-    let running = crate::server::start(gateway, Duration::from_secs(30)).await?;
+    let gateway = conduit_gateway::Gateway::open(config).await?;
+    let running = conduit_gateway::server::start(gateway, Duration::from_secs(30)).await?;
     shutdown_signal().await;
     tracing::info!("shutting down: no new connections; finishing in-flight requests (up to 30 s)");
     running.shutdown(Duration::from_secs(30)).await;
@@ -401,7 +401,7 @@ async fn keys(op: &dyn Operator, cmd: KeysCommand) -> Result<()> {
         } => {
             let expires_at = expires
                 .map(|e| {
-                    crate::clock::parse_date_or_time(&e).ok_or_else(|| {
+                    conduit_core::clock::parse_date_or_time(&e).ok_or_else(|| {
                         Error::msg(format!(
                             "--expires {e:?} is not a date; use YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ (UTC)"
                         ))
@@ -438,7 +438,7 @@ async fn keys(op: &dyn Operator, cmd: KeysCommand) -> Result<()> {
             }
         }
         KeysCommand::Update { id, limits, out } => {
-            let update: crate::records::RateLimits = limits.into();
+            let update: conduit_state::records::RateLimits = limits.into();
             let k = op.update_key_limits(&id, update).await?;
             if out.json {
                 println!("{}", json!(k))
@@ -540,7 +540,7 @@ async fn credentials(op: &dyn Operator, cmd: CredentialsCommand) -> Result<()> {
                         c.id,
                         c.version,
                         c.master_key_id,
-                        crate::clock::format_rfc3339(c.updated_at)
+                        conduit_core::clock::format_rfc3339(c.updated_at)
                     );
                 }
             }
@@ -582,11 +582,15 @@ async fn credentials(op: &dyn Operator, cmd: CredentialsCommand) -> Result<()> {
 }
 
 async fn set_budget(op: &dyn Operator, scope: &str, daily: Option<&str>, monthly: Option<&str>) -> Result<()> {
-    let limit = crate::records::BudgetLimit {
-        daily_micros: daily.map(|d| crate::money::parse_usd("--daily", d)).transpose()?,
-        monthly_micros: monthly.map(|m| crate::money::parse_usd("--monthly", m)).transpose()?,
+    let limit = conduit_state::records::BudgetLimit {
+        daily_micros: daily
+            .map(|d| conduit_core::money::parse_usd("--daily", d))
+            .transpose()?,
+        monthly_micros: monthly
+            .map(|m| conduit_core::money::parse_usd("--monthly", m))
+            .transpose()?,
     };
-    crate::budget::validate_scope(scope)?;
+    conduit_state::budget::validate_scope(scope)?;
     op.set_budget(scope, limit).await
 }
 
@@ -602,7 +606,7 @@ async fn budgets(op: &dyn Operator, cmd: BudgetsCommand) -> Result<()> {
             println!("budget for {scope} set; it applies from the next request");
         }
         BudgetsCommand::Clear { scope } => {
-            crate::budget::validate_scope(&scope)?;
+            conduit_state::budget::validate_scope(&scope)?;
             op.set_budget(&scope, Default::default()).await?;
             println!("budget for {scope} removed");
         }
@@ -613,7 +617,7 @@ async fn budgets(op: &dyn Operator, cmd: BudgetsCommand) -> Result<()> {
             } else if all.is_empty() {
                 println!("no budgets; set one with `conduit budgets set team:payments --monthly 5000`");
             } else {
-                let usd = crate::money::usd;
+                let usd = conduit_core::money::usd;
                 println!(
                     "{:<28} {:<8} {:>16} {:>16} {:>14}  RESETS",
                     "SCOPE", "PERIOD", "LIMIT USD", "SPENT USD", "RESERVED USD"
@@ -636,13 +640,13 @@ async fn budgets(op: &dyn Operator, cmd: BudgetsCommand) -> Result<()> {
 }
 
 async fn spend(op: &dyn Operator, by: &str, since: Option<&str>, until: Option<&str>, format: &str) -> Result<()> {
-    let by = crate::ledger::By::parse(by)?;
+    let by = conduit_state::ledger::By::parse(by)?;
     if !["table", "csv", "json"].contains(&format) {
         return Err(Error::msg(format!("--format {format:?}: expected table, csv or json")));
     }
     let (since, until) = operator::spend_range(since, until)?;
     let report = op.spend(by, &since, &until).await?;
-    let usd = crate::money::usd;
+    let usd = conduit_core::money::usd;
     match format {
         "json" => println!("{}", json!(report)),
         "csv" => {
@@ -721,7 +725,7 @@ async fn spend(op: &dyn Operator, by: &str, since: Option<&str>, until: Option<&
 /// with `=` must not become a spreadsheet formula).
 fn csv_field(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
-    crate::audit::export::push_csv_field(&mut out, s);
+    conduit_audit::export::push_csv_field(&mut out, s);
     out
 }
 
@@ -733,7 +737,7 @@ async fn prices(op: &dyn Operator, cmd: PricesCommand) -> Result<()> {
                 println!("{}", json!({"prices": rows}));
                 return Ok(());
             }
-            let per_m = crate::money::usd;
+            let per_m = conduit_core::money::usd;
             println!(
                 "{:<10} {:<44} {:>11} {:>11} {:>11} {:>11} {:>9}  {:<10} {:<8} SOURCE",
                 "PROVIDER", "MODEL", "INPUT", "OUTPUT", "CACHE WRITE", "CACHE READ", "CONTEXT", "EFFECTIVE", "ORIGIN"
@@ -791,7 +795,7 @@ fn generate_prices(
         std::fs::read(p).map_err(|e| Error::msg(format!("reading {:?}: {e}", p.display().to_string())))
     };
     let overrides = String::from_utf8(read(overrides)?).map_err(|_| Error::msg("the overrides file is not UTF-8"))?;
-    let g = crate::prices::generate(&read(litellm)?, &overrides, &format!("litellm {version}"), date)?;
+    let g = conduit_wire::prices::generate(&read(litellm)?, &overrides, &format!("litellm {version}"), date)?;
     std::fs::write(out, &g.text).map_err(|e| Error::msg(format!("writing {:?}: {e}", out.display().to_string())))?;
     println!("wrote {}: {} rows", out.display(), g.counts.values().sum::<usize>());
     for (provider, n) in &g.counts {
@@ -800,7 +804,7 @@ fn generate_prices(
     println!("left out of the source:");
     let mut other = (0, 0);
     for (why, n) in &g.skipped {
-        if crate::protocol::Provider::ALL
+        if conduit_wire::protocol::Provider::ALL
             .iter()
             .any(|p| why.starts_with(p.as_str()))
         {
@@ -822,13 +826,13 @@ fn print_keys(keys: &[KeyRecord]) {
         println!("no keys; create one with `conduit keys create --owner alice@corp.example --team payments`");
         return;
     }
-    let now = crate::clock::now_unix();
+    let now = conduit_core::clock::now_unix();
     println!(
         "{:<17} {:<28} {:<14} {:<10} {:<10} {:<10} {:<8} ENDS IN",
         "ID", "OWNER", "TEAM", "NAME", "CREATED", "EXPIRES", "STATUS"
     );
     for k in keys {
-        let day = |t: i64| crate::clock::format_date(t);
+        let day = |t: i64| conduit_core::clock::format_date(t);
         let status = match k.unusable_reason(now) {
             None => "active",
             Some(_) if k.revoked_at.is_some() => "revoked",

@@ -7,9 +7,9 @@ use std::io::Write;
 use clap::Subcommand;
 use http::Method;
 
-use crate::audit::{self, chain, export, rot};
-use crate::config::Config;
-use crate::error::{Error, Result};
+use conduit_audit::{self as audit, chain, export, rot};
+use conduit_core::error::{Error, Result};
+use conduit_gateway::config::Config;
 
 /// `conduit audit …`
 #[derive(Debug, Subcommand)]

@@ -10,13 +10,13 @@ use http::Method;
 use serde_json::json;
 
 use crate::admin_client::AdminClient;
-use crate::config::Config;
-use crate::error::{Error, Result};
-use crate::policy::runtime::RequestInfo;
-use crate::policy::segments::Segment;
-use crate::policy::{Policies, signature};
-use crate::records::FindingRecord;
+use conduit_core::error::{Error, Result};
+use conduit_gateway::config::Config;
+use conduit_policy::runtime::RequestInfo;
+use conduit_policy::segments::Segment;
+use conduit_policy::{Policies, signature};
 use conduit_state::State;
+use conduit_state::records::FindingRecord;
 
 /// `conduit policy …`
 #[derive(Debug, Subcommand)]
@@ -176,8 +176,8 @@ pub async fn policy(config: Config, cmd: PolicyCommand) -> Result<()> {
                         .await?;
                 }
                 None => {
-                    crate::policy::config::modes_key_ok(&category)?;
-                    crate::policy::Mode::parse_arg(&mode)?;
+                    conduit_policy::config::modes_key_ok(&category)?;
+                    conduit_policy::Mode::parse_arg(&mode)?;
                     open_state(&config)
                         .await?
                         .policy_modes
@@ -222,7 +222,7 @@ pub async fn findings(config: Config, cmd: FindingsCommand) -> Result<()> {
                     println!(
                         "{:<26} {:<20} {:<14} {:<28} {:<22} {:<36} {:<6} {:<9} {}",
                         f.id,
-                        crate::clock::format_rfc3339(f.time),
+                        conduit_core::clock::format_rfc3339(f.time),
                         f.key_id,
                         f.category,
                         f.rule_id,
@@ -244,7 +244,7 @@ pub async fn findings(config: Config, cmd: FindingsCommand) -> Result<()> {
                     )
                     .await?
                 }
-                (None, Some(s)) => crate::operator::mark_false_positive(s.findings.as_ref(), &id, &by).await?,
+                (None, Some(s)) => conduit_state::operator::mark_false_positive(s.findings.as_ref(), &id, &by).await?,
                 (None, None) => return Err(Error::msg("no store")),
             };
             eprintln!(
@@ -258,7 +258,9 @@ pub async fn findings(config: Config, cmd: FindingsCommand) -> Result<()> {
                     let v: serde_json::Value = c.call(Method::GET, "/v1/findings/stats", None).await?;
                     v["categories"].clone()
                 }
-                (None, Some(s)) => json!(crate::operator::finding_stats(&s.findings.list(usize::MAX).await?)),
+                (None, Some(s)) => json!(conduit_state::operator::finding_stats(
+                    &s.findings.list(usize::MAX).await?
+                )),
                 (None, None) => json!({}),
             };
             if json {
@@ -323,9 +325,9 @@ fn test(
     let (segments, model) = match (text, request) {
         (Some(path), _) => (vec![Segment::new("text", read(&path)?)], None),
         (None, Some(path)) => {
-            let facts = crate::stages::inspect::parse_facts(&body)
+            let facts = conduit_gateway::stages::inspect::parse_facts(&body)
                 .map_err(|e| Error::msg(format!("{}: {}", path.display(), e.message)))?;
-            (crate::content::segments_of(&body), facts.model)
+            (conduit_wire::content::segments_of(&body), facts.model)
         }
         (None, None) => return Err(Error::msg("give --text FILE or --request FILE")),
     };
@@ -339,7 +341,7 @@ fn test(
         stream: false,
         estimated_input_tokens: segments.iter().map(|s| s.text.len() as u64).sum::<u64>() / 4,
     };
-    let outcome = policies.police(&info, &segments);
+    let outcome = policies.scan(&info, &segments);
     let findings: Vec<serde_json::Value> = outcome
         .findings
         .iter()
@@ -414,14 +416,14 @@ fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
 /// The running gateway's admin API, if one answers on the configured address.
 pub(crate) async fn remote(config: &Config) -> Result<Option<AdminClient>> {
     if AdminClient::is_listening(config.admin_listen).await {
-        let token = crate::gateway::resolve_admin_token(config, false)?;
+        let token = conduit_gateway::gateway::resolve_admin_token(config, false)?;
         return Ok(Some(AdminClient::new(config.admin_listen, token)));
     }
     Ok(None)
 }
 
 async fn open_state(config: &Config) -> Result<State> {
-    crate::gateway::open_state(config).await.map_err(|e| {
+    conduit_gateway::gateway::open_state(config).await.map_err(|e| {
         e.context(format!(
             "no gateway answers on the admin address {}, and",
             config.admin_listen
@@ -432,7 +434,7 @@ async fn open_state(config: &Config) -> Result<State> {
 /// Percent-encodes a path segment; `*` (in `secret.*`) is a valid path character and stays.
 pub(crate) fn url_segment(s: &str) -> String {
     // The admin API matches path segments literally, so a mode pattern's `*` stays as written.
-    crate::percent::encode_keeping(s, b"*")
+    conduit_core::percent::encode_keeping(s, b"*")
 }
 
 fn print_listing(v: &serde_json::Value) {

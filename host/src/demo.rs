@@ -1,4 +1,4 @@
-//! `conduit demo`: a gateway over the mock provider (`crate::mock`), seeded with synthetic but
+//! `conduit demo`: a gateway over the mock provider (`conduit_gateway::mock`), seeded with synthetic but
 //! realistic traffic so the dashboard, `conduit rot`, `conduit sessions` and the audit export have
 //! something to show. Nothing here contacts a real provider; the data directory is a fresh temporary
 //! one unless `--data-dir` is given.
@@ -23,9 +23,9 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use zeroize::Zeroizing;
 
-use crate::config::RawConfig;
-use crate::error::{Error, Result};
-use crate::operator;
+use conduit_core::error::{Error, Result};
+use conduit_gateway::config::RawConfig;
+use conduit_state::operator;
 
 /// `conduit demo` arguments.
 #[derive(Debug, clap::Args)]
@@ -95,14 +95,14 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         .clone()
         .or_else(|| temp.as_ref().map(|t| t.0.clone()))
         .ok_or_else(|| Error::msg("no data directory"))?;
-    let mock = crate::mock::start(
+    let mock = conduit_gateway::mock::start(
         "127.0.0.1:0".parse().map_err(|_| Error::msg("address"))?,
         Default::default(),
     )
     .await
     .map_err(|e| Error::msg(format!("starting the mock provider: {e}")))?;
     let token = random_token()?;
-    let (_, master) = crate::seal::MasterKey::generate()?;
+    let (_, master) = conduit_core::seal::MasterKey::generate()?;
     let env: HashMap<&str, String> = [
         ("CONDUIT_LISTEN", args.listen.to_string()),
         ("CONDUIT_ADMIN_LISTEN", args.admin_listen.to_string()),
@@ -115,10 +115,10 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     .into_iter()
     .collect();
     let mut raw = RawConfig::default();
-    crate::mock::forward_control_headers(&mut raw);
+    conduit_gateway::mock::forward_control_headers(&mut raw);
     let config = raw.validate(&|k| env.get(k).cloned())?;
     crate::telemetry::init(&config.log);
-    let gateway = crate::Gateway::open(config).await?;
+    let gateway = conduit_gateway::Gateway::open(config).await?;
     for provider in ["anthropic", "openai"] {
         gateway
             .set_credential(provider, Zeroizing::new(format!("demo-{provider}-credential")))
@@ -140,12 +140,12 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         keys.push((created.key.clone(), *client, created.record.id.clone()));
     }
     // Erin's key gets a tiny daily budget: some of her requests are refused with 402.
-    let tiny = crate::records::BudgetLimit {
+    let tiny = conduit_state::records::BudgetLimit {
         daily_micros: Some(20_000),
         monthly_micros: None,
     };
     gateway.state.budgets.set(&format!("key:{}", keys[4].2), tiny).await?;
-    let running = crate::server::start(gateway, Duration::from_secs(5)).await?;
+    let running = conduit_gateway::server::start(gateway, Duration::from_secs(5)).await?;
     let base = format!("http://{}", running.addr);
     let dashboard = format!("http://{}/dashboard#token={token}", running.admin_addr);
     if !args.json {
@@ -312,7 +312,7 @@ async fn send_one(
 fn random_token() -> Result<String> {
     let mut b = [0u8; 18];
     getrandom::fill(&mut b).map_err(|e| Error::msg(format!("random source: {e}")))?;
-    Ok(format!("demo_{}", crate::hex::encode(&b)))
+    Ok(format!("demo_{}", conduit_core::hex::encode(&b)))
 }
 
 /// A temporary directory removed on drop (no extra dependency for one directory).
@@ -327,7 +327,7 @@ impl Drop for TempDir {
 fn tempdir() -> Result<TempDir> {
     let mut b = [0u8; 8];
     getrandom::fill(&mut b).map_err(|e| Error::msg(format!("random source: {e}")))?;
-    let dir = std::env::temp_dir().join(format!("conduit-demo-{}", crate::hex::encode(&b)));
+    let dir = std::env::temp_dir().join(format!("conduit-demo-{}", conduit_core::hex::encode(&b)));
     std::fs::create_dir_all(&dir).map_err(|e| Error::msg(format!("creating {}: {e}", dir.display())))?;
     Ok(TempDir(dir))
 }

@@ -1,52 +1,15 @@
-//! # Conduit
+//! # conduit (the CLI)
 //!
-//! The control point an organisation runs between its AI coding tools and the model providers.
-//! Engineers point Claude Code, Codex, Cursor or an SDK at Conduit with one base-URL variable and a
-//! stand-in key Conduit issued them; Conduit authenticates the key, attaches the real (sealed)
-//! provider credential and forwards the request byte for byte, streaming the response back.
-//!
-//! Start a gateway in-process (this is what `conduit serve` and the tests do):
-//!
-//! ```no_run
-//! # async fn run() -> Result<(), conduit::Error> {
-//! let config = conduit::Config::load(None)?;            // defaults + environment
-//! let gateway = conduit::Gateway::open(config).await?;   // state, master key, upstream client
-//! let running = conduit::server::start(gateway, std::time::Duration::from_secs(10)).await?;
-//! println!("listening on {}", running.addr);
-//! # Ok(()) }
-//! ```
-//!
-//! The request path is in [`pipeline`]; each stage is a module under [`stages`].
+//! The `conduit` binary: `serve` runs a gateway (crate `conduit-gateway`); every other command is
+//! an operator's action — keys, credentials, budgets, policies, prices, spend, audit — taken
+//! through one [`operate::Operator`] trait, against the local store (gateway stopped) or a running
+//! gateway's admin API. `demo` runs a gateway over the mock provider with synthetic traffic.
+//! Logging for both is set up here ([`telemetry`]): a library does not pick the subscriber.
 
-pub use conduit_audit as audit;
-pub use conduit_core::{clock, error, fsperm, hex, keys, money, percent, seal};
-pub use conduit_policy as policy;
-pub use conduit_state::{State, budget, ledger, operator, ratelimit, records, store};
-pub use conduit_wire::{
-    bedrock, billing, content, egress, endpoint, error_shape, eventstream, prices, protocol, segments, sigv4, usage,
-};
-
-pub mod admin;
 pub mod admin_client;
-pub mod body;
 pub mod cli;
 pub mod cli_audit;
 pub mod cli_policy;
-pub mod config;
-pub mod dashboard;
 pub mod demo;
-pub mod gateway;
-pub mod mock;
 pub mod operate;
-pub mod pipeline;
-pub mod server;
-pub mod stages;
 pub mod telemetry;
-pub mod upstream;
-
-#[cfg(test)]
-pub(crate) use conduit_core::testing;
-
-pub use config::Config;
-pub use error::{Error, GatewayError};
-pub use gateway::Gateway;

@@ -12,14 +12,14 @@ use zeroize::Zeroizing;
 use conduit_state::State;
 
 use crate::admin_client::AdminClient;
-use crate::budget::BudgetStatus;
-use crate::config::{Config, MasterKeySource};
-use crate::error::{Error, Result};
-use crate::ledger::By;
-use crate::operator::{self, CreatedKey, CredentialInfo, NewKeyRequest, SpendReport};
-use crate::prices::PriceRow;
-use crate::records::{BudgetLimit, KeyRecord, RateLimits};
-use crate::seal::MasterKey;
+use conduit_core::error::{Error, Result};
+use conduit_core::seal::MasterKey;
+use conduit_gateway::config::{Config, MasterKeySource};
+use conduit_state::budget::BudgetStatus;
+use conduit_state::ledger::By;
+use conduit_state::operator::{self, CreatedKey, CredentialInfo, NewKeyRequest, SpendReport};
+use conduit_state::records::{BudgetLimit, KeyRecord, RateLimits};
+use conduit_wire::prices::PriceRow;
 
 /// What an operator can do, wherever the state is.
 #[async_trait]
@@ -55,10 +55,10 @@ pub trait Operator: Send + Sync {
 /// The running gateway's admin API if it answers on the configured address, else the state.
 pub async fn connect(config: Config) -> Result<Box<dyn Operator>> {
     if AdminClient::is_listening(config.admin_listen).await {
-        let token = crate::gateway::resolve_admin_token(&config, false)?;
+        let token = conduit_gateway::gateway::resolve_admin_token(&config, false)?;
         return Ok(Box::new(AdminClient::new(config.admin_listen, token)));
     }
-    let state = crate::gateway::open_state(&config).await.map_err(|e| {
+    let state = conduit_gateway::gateway::open_state(&config).await.map_err(|e| {
         e.context(format!(
             "no gateway answers on the admin address {}, and",
             config.admin_listen
@@ -83,7 +83,7 @@ pub struct Local {
 
 impl Local {
     async fn master_key(&self) -> Result<MasterKey> {
-        crate::gateway::resolve_master_key(&self.config.master_key, self.state.meta.as_ref(), true).await
+        conduit_gateway::gateway::resolve_master_key(&self.config.master_key, self.state.meta.as_ref(), true).await
     }
 }
 
@@ -115,7 +115,7 @@ impl Operator for Local {
         let old = self.master_key().await?;
         let n = operator::rotate_master(self.state.credentials.as_ref(), &old, &new).await?;
         if let MasterKeySource::Generated(path) = &self.config.master_key {
-            crate::gateway::replace_secret_file(path, new.to_base64().as_bytes())?;
+            conduit_gateway::gateway::replace_secret_file(path, new.to_base64().as_bytes())?;
         }
         Ok(n)
     }
@@ -123,13 +123,13 @@ impl Operator for Local {
         self.state.budgets.set(scope, limit).await
     }
     async fn budgets(&self) -> Result<Vec<BudgetStatus>> {
-        self.state.budgets.status(crate::clock::now_unix()).await
+        self.state.budgets.status(conduit_core::clock::now_unix()).await
     }
     async fn spend(&self, by: By, since: &str, until: &str) -> Result<SpendReport> {
         operator::spend(self.state.spend.as_ref(), by, since, until).await
     }
     async fn prices(&self) -> Result<Vec<PriceRow>> {
-        let table = crate::prices::PriceTable::shipped()?.with_overrides(self.state.prices.overrides().await?);
+        let table = conduit_wire::prices::PriceTable::shipped()?.with_overrides(self.state.prices.overrides().await?);
         Ok(table.rows().into_iter().cloned().collect())
     }
     async fn import_prices(&self, content: &str) -> Result<(usize, serde_json::Value)> {

@@ -2,7 +2,7 @@
 //! What is logged is decided at each call site: ids, names, sizes, timings — never a body, a
 //! prompt, a completion or a key (the tests grep the logs for planted canaries).
 
-use crate::config::LogConfig;
+use conduit_gateway::config::LogConfig;
 
 /// Compilers and the storage engine are chatty at `debug` (cranelift logs every function it
 /// compiles): unless the filter names them, they log warnings only, so `CONDUIT_LOG=debug` means

@@ -5,16 +5,16 @@
 
 mod common;
 
-use conduit::protocol::Provider;
+use conduit_gateway::protocol::Provider;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use common::{Harness, Reply};
-use conduit::error::{Error, Result};
-use conduit::records::{BudgetLimit, KeyRecord, RateLimits};
-use conduit::store::{KeyChange, KeyStore, MetaStore, Watch};
+use conduit_gateway::error::{Error, Result};
+use conduit_gateway::records::{BudgetLimit, KeyRecord, RateLimits};
+use conduit_gateway::store::{KeyChange, KeyStore, MetaStore, Watch};
 use http::{Method, Request};
 use http_body_util::Full;
 
@@ -73,8 +73,8 @@ async fn race(h: &Arc<Harness>, keys: &[(String, usize)]) -> Vec<(String, u16)> 
     out
 }
 
-async fn budget_status(h: &Harness) -> Vec<conduit::budget::BudgetStatus> {
-    let now = conduit::clock::now_unix();
+async fn budget_status(h: &Harness) -> Vec<conduit_gateway::budget::BudgetStatus> {
+    let now = conduit_gateway::clock::now_unix();
     h.gateway().state.budgets.status(now).await.unwrap()
 }
 
@@ -123,9 +123,9 @@ async fn fifty_concurrent_requests_race_a_budget_that_fits_exactly_seven() {
 async fn key_team_and_org_budgets_bind_at_once() {
     let h = racing().await;
     let bob = h.new_key("bob@corp.example").await.key; // team payments
-    let carol = conduit::operator::create_key(
+    let carol = conduit_gateway::operator::create_key(
         h.gateway().state.keys.as_ref(),
-        conduit::operator::NewKeyRequest {
+        conduit_gateway::operator::NewKeyRequest {
             owner: "carol@corp.example".into(),
             team: Some("risk".into()),
             name: None,
@@ -216,7 +216,7 @@ async fn an_unpriced_model_is_reserved_and_billed_at_the_ceiling() {
     let rows = h.spend(1).await;
     let row = rows.iter().find(|r| r.model == "gpt-6.2-sol").unwrap();
     let reported = h.mock_log().await[0].usage.unwrap();
-    let usage = conduit::usage::Usage {
+    let usage = conduit_gateway::usage::Usage {
         input: reported.input,
         output: reported.output,
         cache_read: reported.cache_read,
@@ -348,7 +348,7 @@ async fn each_model_is_billed_by_its_own_row() {
 }
 
 async fn limit_key(h: &Harness, limits: RateLimits) {
-    conduit::operator::update_key_limits(h.gateway().state.keys.as_ref(), &h.key_id, limits)
+    conduit_gateway::operator::update_key_limits(h.gateway().state.keys.as_ref(), &h.key_id, limits)
         .await
         .unwrap();
 }
@@ -446,11 +446,11 @@ impl<T: ?Sized> Breakable<T> {
 
 #[async_trait::async_trait]
 impl KeyStore for Breakable<dyn KeyStore> {
-    async fn insert(&self, h: &conduit::keys::KeyHash, r: &KeyRecord) -> Result<()> {
+    async fn insert(&self, h: &conduit_gateway::keys::KeyHash, r: &KeyRecord) -> Result<()> {
         self.check()?;
         self.inner.insert(h, r).await
     }
-    async fn by_hash(&self, h: &conduit::keys::KeyHash) -> Result<Option<KeyRecord>> {
+    async fn by_hash(&self, h: &conduit_gateway::keys::KeyHash) -> Result<Option<KeyRecord>> {
         self.check()?;
         self.inner.by_hash(h).await
     }

@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use common::Harness;
 use common::process::{BIN, free_port, policy_cache_dir, wait_listening};
-use conduit::audit::AuditRecord;
-use conduit::audit::chain::{self, Filter};
-use conduit::audit::export::{self, Format};
+use conduit_gateway::audit::AuditRecord;
+use conduit_gateway::audit::chain::{self, Filter};
+use conduit_gateway::audit::export::{self, Format};
 use http::Method;
 
 const GITHUB_TOKEN: &str = "ghp_R8xk2LmQ9vTz4WcY7nB3pJ6hF1sD5gA0eK2u";
@@ -81,7 +81,7 @@ async fn every_outcome_class_is_recorded_and_the_chain_verifies() {
     }
     // Budget: a one-micro-dollar daily budget refuses the next request (402).
     let scope = format!("key:{}", h.key_id);
-    let one_micro = conduit::records::BudgetLimit {
+    let one_micro = conduit_gateway::records::BudgetLimit {
         daily_micros: Some(1),
         monthly_micros: None,
     };
@@ -91,10 +91,10 @@ async fn every_outcome_class_is_recorded_and_the_chain_verifies() {
     h.gateway().state.budgets.set(&scope, Default::default()).await.unwrap();
     // Rate limit: one request per minute on a second key.
     let limited = h.new_key("rl@corp.example").await;
-    conduit::operator::update_key_limits(
+    conduit_gateway::operator::update_key_limits(
         h.gateway().state.keys.as_ref(),
         &limited.record.id,
-        conduit::records::RateLimits {
+        conduit_gateway::records::RateLimits {
             rpm: Some(1),
             ..Default::default()
         },
@@ -304,7 +304,9 @@ async fn export_round_trips_and_matches_the_ledger() {
     let header = export::parse_csv_line(rows.next().unwrap());
     assert_eq!(
         header,
-        export::COLUMNS.iter().map(|(name, _)| *name).collect::<Vec<_>>()
+        conduit_gateway::audit::fields::columns()
+            .map(|(name, _)| name)
+            .collect::<Vec<_>>()
     );
     let rows: Vec<Vec<String>> = rows.map(export::parse_csv_line).collect();
     assert_eq!(rows.len(), objects.len());
@@ -315,21 +317,24 @@ async fn export_round_trips_and_matches_the_ledger() {
         assert_eq!(row[col("status")], obj["status"].to_string());
         assert_eq!(row[col("output_tokens")], obj["output_tokens"].to_string());
         assert_eq!(row[col("seq")], obj["seq"].to_string());
-        let cost = obj["cost_micros"].as_u64().map(conduit::money::usd).unwrap_or_default();
+        let cost = obj["cost_micros"]
+            .as_u64()
+            .map(conduit_gateway::money::usd)
+            .unwrap_or_default();
         assert_eq!(row[col("cost_usd")], cost);
     }
     // JSON lines are the stored lines: they hash into a chain on their own.
-    let mut prev = conduit::audit::ZERO_HASH.to_string();
+    let mut prev = conduit_gateway::audit::ZERO_HASH.to_string();
     for line in jsonl.lines() {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
         assert_eq!(v["prev"].as_str().unwrap(), prev);
-        prev = conduit::audit::line_hash(line.as_bytes());
+        prev = conduit_gateway::audit::line_hash(line.as_bytes());
     }
 
     // Counts and cost match the ledger (the 401 has no key: never in the ledger).
-    let spend = conduit::operator::spend(
+    let spend = conduit_gateway::operator::spend(
         h.gateway().state.spend.as_ref(),
-        conduit::ledger::By::Key,
+        conduit_gateway::ledger::By::Key,
         "2000-01-01",
         "2999-12-31",
     )
@@ -360,7 +365,7 @@ async fn export_round_trips_and_matches_the_ledger() {
     assert!(ok && serde_json::from_str::<Vec<serde_json::Value>>(&out).unwrap().is_empty());
     let (ok, _, err) = h.cli(&["audit", "export", "--format", "xml"]);
     assert!(!ok && err.contains("expected csv, json or jsonl"), "{err}");
-    let today = conduit::clock::format_date(conduit::clock::now_unix());
+    let today = conduit_gateway::clock::format_date(conduit_gateway::clock::now_unix());
     let r = h
         .admin_get(&format!("/v1/audit/export?format=jsonl&since={today}&until={today}"))
         .await;
@@ -449,7 +454,7 @@ async fn context_rot_sessions_and_metrics_from_real_traffic() {
 /// kill -9 under load in strict mode: every response that completed at the client has its record.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn strict_durability_survives_kill_9() {
-    let mock = conduit::mock::start("127.0.0.1:0".parse().unwrap(), Default::default())
+    let mock = conduit_gateway::mock::start("127.0.0.1:0".parse().unwrap(), Default::default())
         .await
         .unwrap();
     let data = tempfile::tempdir().unwrap();

@@ -165,7 +165,7 @@ async fn every_captured_request_passes_byte_identical() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_captured_request_passes_byte_identical_with_gzip_responses() {
     let h = Harness::builder()
-        .mock(conduit::mock::MockOptions {
+        .mock(conduit_gateway::mock::MockOptions {
             compress: Some("gzip".into()),
             ..Default::default()
         })

@@ -100,7 +100,7 @@ async fn post_messages(gateway: &str, key: &str) -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_workflow_offline_and_through_the_admin_api() {
-    let mock = conduit::mock::start("127.0.0.1:0".parse().unwrap(), Default::default())
+    let mock = conduit_gateway::mock::start("127.0.0.1:0".parse().unwrap(), Default::default())
         .await
         .unwrap();
     let data = tempfile::tempdir().unwrap();
@@ -237,7 +237,7 @@ async fn operator_workflow_offline_and_through_the_admin_api() {
     assert!(env.ok(&["audit", "verify"]).contains("audit chain intact"));
 
     // … and a wrong master key is refused at start-up, by id, not with garbage.
-    let (_, wrong) = conduit::seal::MasterKey::generate().unwrap();
+    let (_, wrong) = conduit_gateway::seal::MasterKey::generate().unwrap();
     let mut start = env.command(&["serve"]);
     start.env("CONDUIT_MASTER_KEY", wrong.as_str());
     let out = start.output().unwrap();
@@ -250,7 +250,7 @@ async fn operator_workflow_offline_and_through_the_admin_api() {
     let _ = sha256_hex(b"");
 }
 
-async fn mock_log(mock: &conduit::mock::MockServer) -> Vec<serde_json::Value> {
+async fn mock_log(mock: &conduit_gateway::mock::MockServer) -> Vec<serde_json::Value> {
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build(hyper_util::client::legacy::connect::HttpConnector::new());
     let resp = client

@@ -16,8 +16,8 @@ use std::time::Duration;
 use common::installed::{node_bin, require};
 use common::wiretap::Wiretap;
 use common::{Harness, REAL_ANTHROPIC, REAL_OPENAI, sha256_hex};
-use conduit::ledger::SpendRow;
-use conduit::usage::Usage;
+use conduit_gateway::ledger::SpendRow;
+use conduit_gateway::usage::Usage;
 
 fn python_with_sdks() -> Option<PathBuf> {
     let ok = std::process::Command::new("python3")
@@ -458,7 +458,7 @@ async fn current_claude_code_under_a_team_budget_costs_what_it_says() {
     assert!(
         ledger.abs_diff(reported) <= (n as u64).saturating_sub(1),
         "ledger ${} vs Claude Code's ${} over {n} request(s)",
-        conduit::money::usd(ledger),
+        conduit_gateway::money::usd(ledger),
         result["total_cost_usd"]
     );
     eprintln!(
@@ -468,7 +468,7 @@ async fn current_claude_code_under_a_team_budget_costs_what_it_says() {
             .map(|m| m.keys().cloned().collect::<Vec<_>>().join(","))
             .unwrap_or_default(),
         result["total_cost_usd"],
-        conduit::money::usd(ledger)
+        conduit_gateway::money::usd(ledger)
     );
 }
 
@@ -488,7 +488,7 @@ async fn codex_under_a_budget_is_billed_at_the_ceiling_for_its_unpriced_model() 
         .find(|r| r.model == "gpt-6.2-sol")
         .unwrap_or_else(|| panic!("{rows:?}"));
     let prices = h.gateway().prices();
-    let ceiling = prices.ceiling_row(conduit::protocol::Provider::OpenAi).unwrap();
+    let ceiling = prices.ceiling_row(conduit_gateway::protocol::Provider::OpenAi).unwrap();
     assert_eq!(row.unpriced, row.requests, "{row:?}");
     assert_eq!(
         row.cost_micros,
@@ -677,7 +677,7 @@ async fn sdks_raise_their_own_errors_for_gateway_refusals() {
         return;
     };
     let h = Harness::start().await;
-    conduit::operator::revoke_key(h.gateway().state.keys.as_ref(), &h.key_id)
+    conduit_gateway::operator::revoke_key(h.gateway().state.keys.as_ref(), &h.key_id)
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();

@@ -635,7 +635,7 @@ async fn bedrock_native_body_model_does_not_override_the_path() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_bodies_with_a_canary_are_never_forwarded() {
     let h = gateway("").await;
-    let mut bodies = conduit::content::canary::Bodies::new(0x5eed_1234_abcd);
+    let mut bodies = conduit_gateway::content::canary::Bodies::new(0x5eed_1234_abcd);
     let paths = [
         "/v1/messages",
         "/v1/chat/completions",
@@ -835,7 +835,7 @@ scan = "opaque"
         "{treatments:?}"
     );
     // Config that would shadow an understood endpoint is refused at start-up.
-    let raw: conduit::config::RawConfig =
+    let raw: conduit_gateway::config::RawConfig =
         toml::from_str("[[egress.passthrough]]\nfamily = \"anthropic\"\npath = \"/v1/messages\"\nscan = \"opaque\"\n")
             .unwrap();
     let e = raw.validate(&|_| None).unwrap_err().to_string();
@@ -909,9 +909,11 @@ async fn openai_batches_run_only_files_uploaded_and_scanned_here() {
     // Billed at its worst case, at batch rates, flagged as an estimate.
     let rows = h.spend(2).await;
     let prices = h.gateway().prices();
-    let gpt5 = prices.lookup(conduit::protocol::Provider::OpenAi, "gpt-5").unwrap();
-    let batch_rates = conduit::prices::Billing {
-        tier: conduit::prices::Tier::Batch,
+    let gpt5 = prices
+        .lookup(conduit_gateway::protocol::Provider::OpenAi, "gpt-5")
+        .unwrap();
+    let batch_rates = conduit_gateway::prices::Billing {
+        tier: conduit_gateway::prices::Tier::Batch,
         ..Default::default()
     };
     let expected: u64 = record
@@ -942,7 +944,7 @@ async fn a_secret_shaped_model_is_not_recorded() {
     let audit = audit_lines(&h);
     assert_eq!(audit.len(), 2);
     assert!(audit.iter().all(|v| !v.to_string().contains(TOKEN)), "{audit:?}");
-    let day = conduit::clock::format_date(conduit::clock::now_unix());
+    let day = conduit_gateway::clock::format_date(conduit_gateway::clock::now_unix());
     h.gateway().ledger.flush().await;
     let rows = h.gateway().state.spend.range(&day, &day).await.unwrap();
     assert!(rows.iter().all(|r| !r.model.contains(TOKEN)), "{rows:?}");

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::{Harness, REAL_ANTHROPIC, REAL_OPENAI, sha256_hex};
-use conduit::mock::MockOptions;
+use conduit_gateway::mock::MockOptions;
 use http::{Method, Request};
 use http_body_util::{BodyExt, Full};
 
@@ -301,7 +301,7 @@ async fn authentication_failures_say_which_and_what_to_do() {
         .await
         .assert_anthropic_error(401, "authentication_error", "malformed");
     // Well-formed but unknown (issued by another gateway).
-    let other = conduit::keys::generate().unwrap().secret;
+    let other = conduit_gateway::keys::generate().unwrap().secret;
     let r = h
         .send(
             Method::POST,
@@ -341,7 +341,7 @@ async fn authentication_failures_say_which_and_what_to_do() {
 async fn revocation_and_expiry_apply_on_the_very_next_request() {
     let h = Harness::start().await;
     assert_eq!(h.messages(STREAM_BODY).await.status, 200);
-    conduit::operator::revoke_key(h.gateway().state.keys.as_ref(), &h.key_id)
+    conduit_gateway::operator::revoke_key(h.gateway().state.keys.as_ref(), &h.key_id)
         .await
         .unwrap();
     h.messages(STREAM_BODY)
@@ -351,7 +351,7 @@ async fn revocation_and_expiry_apply_on_the_very_next_request() {
     let other = h.new_key("bob@corp.example").await;
     let keys = h.gateway().state.keys.clone();
     let mut record = keys.by_id(&other.record.id).await.unwrap().unwrap();
-    record.expires_at = Some(conduit::clock::now_unix() - 1);
+    record.expires_at = Some(conduit_gateway::clock::now_unix() - 1);
     keys.update(&record).await.unwrap();
     let r = h
         .send(
@@ -524,7 +524,7 @@ mod futures_core_stream {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn path_prefixes_and_pins_are_kept_in_the_canonical_path() {
-    let mock = conduit::mock::start("127.0.0.1:0".parse().unwrap(), MockOptions::default())
+    let mock = conduit_gateway::mock::start("127.0.0.1:0".parse().unwrap(), MockOptions::default())
         .await
         .unwrap();
     // The upstream has a path prefix (a proxy mounted under /llm): it is kept.
@@ -543,7 +543,7 @@ async fn path_prefixes_and_pins_are_kept_in_the_canonical_path() {
     let req = Request::get(format!("{}/__mock/requests", mock.url()))
         .body(Full::default())
         .unwrap();
-    let log: Vec<conduit::mock::Recorded> = serde_json::from_slice(
+    let log: Vec<conduit_gateway::mock::Recorded> = serde_json::from_slice(
         &h.http
             .request(req)
             .await
@@ -615,13 +615,13 @@ async fn refusals_before_the_body_come_in_the_callers_shape() {
 #[tokio::test]
 async fn loose_state_files_stop_start_up() {
     use std::os::unix::fs::PermissionsExt;
-    async fn open(data: &std::path::Path) -> Result<conduit::Gateway, conduit::Error> {
+    async fn open(data: &std::path::Path) -> Result<conduit_gateway::Gateway, conduit_gateway::Error> {
         let env = |k: &str| match k {
             "CONDUIT_DATA_DIR" => Some(data.display().to_string()),
             "CONDUIT_LISTEN" | "CONDUIT_ADMIN_LISTEN" => Some("127.0.0.1:0".into()),
             _ => None,
         };
-        conduit::Gateway::open(conduit::config::RawConfig::default().validate(&env)?).await
+        conduit_gateway::Gateway::open(conduit_gateway::config::RawConfig::default().validate(&env)?).await
     }
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
@@ -647,10 +647,10 @@ async fn loose_state_files_stop_start_up() {
     assert!(e.contains("data directory"), "{e}");
     std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).unwrap();
     std::fs::write(data.join("admin.token"), "short").unwrap();
-    let config = conduit::config::RawConfig::default()
+    let config = conduit_gateway::config::RawConfig::default()
         .validate(&|k: &str| (k == "CONDUIT_DATA_DIR").then(|| data.display().to_string()))
         .unwrap();
-    let e = conduit::gateway::resolve_admin_token(&config, false)
+    let e = conduit_gateway::gateway::resolve_admin_token(&config, false)
         .unwrap_err()
         .to_string();
     assert!(e.contains("admin token file") && e.contains("16"), "{e}");
@@ -658,26 +658,34 @@ async fn loose_state_files_stop_start_up() {
 
 /// A credential store whose re-seal commits and then reports a failure (a sync failing after the
 /// transaction, say).
-struct CommitsThenFails(std::sync::Arc<dyn conduit::store::CredentialStore>);
+struct CommitsThenFails(std::sync::Arc<dyn conduit_gateway::store::CredentialStore>);
 
 #[async_trait::async_trait]
-impl conduit::store::CredentialStore for CommitsThenFails {
-    async fn put(&self, c: &conduit::seal::SealedCredential) -> Result<(), conduit::Error> {
+impl conduit_gateway::store::CredentialStore for CommitsThenFails {
+    async fn put(&self, c: &conduit_gateway::seal::SealedCredential) -> Result<(), conduit_gateway::Error> {
         self.0.put(c).await
     }
-    async fn get(&self, p: &str, id: &str) -> Result<Option<conduit::seal::SealedCredential>, conduit::Error> {
+    async fn get(
+        &self,
+        p: &str,
+        id: &str,
+    ) -> Result<Option<conduit_gateway::seal::SealedCredential>, conduit_gateway::Error> {
         self.0.get(p, id).await
     }
-    async fn list(&self) -> Result<Vec<conduit::seal::SealedCredential>, conduit::Error> {
+    async fn list(&self) -> Result<Vec<conduit_gateway::seal::SealedCredential>, conduit_gateway::Error> {
         self.0.list().await
     }
-    async fn reseal_all(&self, c: &[conduit::seal::SealedCredential], id: &str) -> Result<(), conduit::Error> {
+    async fn reseal_all(
+        &self,
+        c: &[conduit_gateway::seal::SealedCredential],
+        id: &str,
+    ) -> Result<(), conduit_gateway::Error> {
         self.0.reseal_all(c, id).await?;
-        Err(conduit::Error::msg(
+        Err(conduit_gateway::Error::msg(
             "injected: the re-seal committed, then its sync failed",
         ))
     }
-    fn watch(&self) -> conduit::store::Watch<conduit::store::CredentialChange> {
+    fn watch(&self) -> conduit_gateway::store::Watch<conduit_gateway::store::CredentialChange> {
         self.0.watch()
     }
 }
@@ -695,7 +703,7 @@ async fn a_rotation_that_fails_after_committing_keeps_requests_working() {
         .start()
         .await;
     assert_eq!(h.messages(STREAM_BODY).await.status, 200);
-    let (new, _) = conduit::seal::MasterKey::generate().unwrap();
+    let (new, _) = conduit_gateway::seal::MasterKey::generate().unwrap();
     let err = h.gateway().rotate_master_key(new).await.unwrap_err();
     assert!(err.to_string().contains("injected"), "{err}");
     let r = h.messages(STREAM_BODY).await;

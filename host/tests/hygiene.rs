@@ -27,14 +27,14 @@ fn files_under(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn canaries_never_reach_logs_store_or_cli_output() {
-    let mock = conduit::mock::start("127.0.0.1:0".parse().unwrap(), Default::default())
+    let mock = conduit_gateway::mock::start("127.0.0.1:0".parse().unwrap(), Default::default())
         .await
         .unwrap();
     let data = tempfile::tempdir().unwrap();
     let listen = format!("127.0.0.1:{}", free_port());
     let admin = format!("127.0.0.1:{}", free_port());
     let config = data.path().join("conduit.toml");
-    std::fs::write(&config, conduit::mock::CONTROL_HEADERS_TOML).unwrap();
+    std::fs::write(&config, conduit_gateway::mock::CONTROL_HEADERS_TOML).unwrap();
     let cmd = |args: &[&str]| {
         let mut c = Command::new(BIN);
         c.env("CONDUIT_CONFIG", &config);
@@ -87,7 +87,7 @@ async fn canaries_never_reach_logs_store_or_cli_output() {
     let prompt_body = format!(
         r#"{{"model":"claude-sonnet-4-5","max_tokens":32,"stream":true,"messages":[{{"role":"user","content":"{CANARY_PROMPT} key {CANARY_SECRET_IN_PROMPT}"}}]}}"#
     );
-    let wrong_key = conduit::keys::generate().unwrap().secret;
+    let wrong_key = conduit_gateway::keys::generate().unwrap().secret;
     type Case<'a> = (&'a str, Vec<(&'a str, String)>, String);
     let cases: Vec<Case> = vec![
         (

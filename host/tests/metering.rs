@@ -7,8 +7,8 @@ mod common;
 
 use bytes::Bytes;
 use common::Harness;
-use conduit::ledger::SpendRow;
-use conduit::usage::Usage;
+use conduit_gateway::ledger::SpendRow;
+use conduit_gateway::usage::Usage;
 use http::{Method, Request};
 use http_body_util::{BodyExt, Full};
 
@@ -104,7 +104,7 @@ async fn recorded_usage_equals_emitted_usage_and_cost_equals_tokens_times_price(
         assert_eq!(
             r.cost_micros,
             prices
-                .lookup(conduit::protocol::Provider::parse(provider).unwrap(), model)
+                .lookup(conduit_gateway::protocol::Provider::parse(provider).unwrap(), model)
                 .unwrap()
                 .cost_micros(&expected),
             "{model}: cost"
@@ -133,7 +133,7 @@ async fn recorded_usage_equals_emitted_usage_and_cost_equals_tokens_times_price(
     );
     // A model without a price: tokens recorded, billed at OpenAI's ceiling (never $0), and marked.
     let r = row(&rows, "gpt-6.2-sol");
-    let ceiling = prices.ceiling_row(conduit::protocol::Provider::OpenAi).unwrap();
+    let ceiling = prices.ceiling_row(conduit_gateway::protocol::Provider::OpenAi).unwrap();
     assert_eq!((r.unpriced, r.cost_micros), (1, ceiling.cost_micros(&r.usage())));
     assert!(r.output > 0 && r.cost_micros > 0);
 

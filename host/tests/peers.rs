@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 use common::Harness;
 use common::installed::{node_bin, on_path, peers_dir, require};
 use common::process::free_port;
-use conduit::mock::Recorded;
-use conduit::usage::Usage;
+use conduit_gateway::mock::Recorded;
+use conduit_gateway::usage::Usage;
 
 /// A peer process, killed on drop.
 struct Peer {
@@ -160,7 +160,7 @@ async fn metered(h: &Harness, n: usize) -> Usage {
         rows.iter().all(|r| r.estimated == 0),
         "usage was estimated, not read: {rows:?}"
     );
-    rows.iter().map(conduit::ledger::SpendRow::usage).sum()
+    rows.iter().map(conduit_gateway::ledger::SpendRow::usage).sum()
 }
 
 /// Claude Code → Conduit → LiteLLM → provider: Claude Code's real requests (its whole tool set,
@@ -171,7 +171,7 @@ async fn claude_code_through_conduit_and_litellm() {
     let Some(claude) = require("Claude Code (claude)", node_bin("claude")) else {
         return;
     };
-    let provider = conduit::mock::start("127.0.0.1:0".parse().unwrap(), Default::default())
+    let provider = conduit_gateway::mock::start("127.0.0.1:0".parse().unwrap(), Default::default())
         .await
         .unwrap();
     let Some(litellm) = start_litellm(&provider.url()).await else {
@@ -245,7 +245,7 @@ async fn anthropic_sdk_through_conduit_and_portkey() {
     if require("the anthropic Python SDK", python.then_some(())).is_none() {
         return;
     }
-    let provider = conduit::mock::start("127.0.0.1:0".parse().unwrap(), Default::default())
+    let provider = conduit_gateway::mock::start("127.0.0.1:0".parse().unwrap(), Default::default())
         .await
         .unwrap();
     let Some(portkey) = start_portkey().await else {

@@ -10,10 +10,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::Harness;
-use conduit::policy::builtin::{EXAMPLE_NO_TICKETS_WASM, MISBEHAVE_WASM};
-use conduit::policy::runtime::RequestInfo;
-use conduit::policy::segments::Segment;
-use conduit::policy::{Decision, Mode, Policies, RawPolicies, signature};
+use conduit_gateway::policy::builtin::{EXAMPLE_NO_TICKETS_WASM, MISBEHAVE_WASM};
+use conduit_gateway::policy::runtime::RequestInfo;
+use conduit_gateway::policy::segments::Segment;
+use conduit_gateway::policy::{Decision, Mode, Policies, RawPolicies, signature};
 use http::StatusCode;
 
 const GITHUB_TOKEN: &str = "ghp_R8xk2LmQ9vTz4WcY7nB3pJ6hF1sD5gA0eK2u";
@@ -61,8 +61,8 @@ fn builtins_report_secrets_entities_and_models_without_text() {
         data.path(),
     );
     let request = body(&format!("token {GITHUB_TOKEN} for ORCA 7 launch"));
-    let segs = conduit::content::segments_of(request.as_bytes());
-    let out = p.police(&info("claude-sonnet-4-5"), &segs);
+    let segs = conduit_gateway::content::segments_of(request.as_bytes());
+    let out = p.scan(&info("claude-sonnet-4-5"), &segs);
     let found: Vec<(&str, &str, Mode)> = out
         .findings
         .iter()
@@ -92,9 +92,9 @@ fn builtins_report_secrets_entities_and_models_without_text() {
         "{debug}"
     );
 
-    let out = p.police(
+    let out = p.scan(
         &info("claude-opus-4-8"),
-        &conduit::content::segments_of(body("hello").as_bytes()),
+        &conduit_gateway::content::segments_of(body("hello").as_bytes()),
     );
     let (status, message, policy) = out.deny.clone().expect("model outside the allow-list is refused");
     assert_eq!((status, policy.as_str()), (403, "models"));
@@ -106,9 +106,9 @@ fn builtins_report_secrets_entities_and_models_without_text() {
 
     // Setting the model category to alert lets it through (recorded), never downgraded.
     p.set_mode("model.*", Mode::Alert).unwrap();
-    let out = p.police(
+    let out = p.scan(
         &info("claude-opus-4-8"),
-        &conduit::content::segments_of(body("hello").as_bytes()),
+        &conduit_gateway::content::segments_of(body("hello").as_bytes()),
     );
     assert_eq!((out.decision, out.deny.is_none()), (Decision::Alert, true));
 }
@@ -125,17 +125,17 @@ fn a_resent_conversation_is_scanned_only_for_what_is_new_and_still_blocks() {
             )
         })
         .collect();
-    let out = p.police(&info("claude-sonnet-4-5"), &turn1);
+    let out = p.scan(&info("claude-sonnet-4-5"), &turn1);
     assert_eq!((out.cached, out.scanned, out.decision), (0, 20, Decision::Allow));
     let mut turn2 = turn1.clone();
     turn2.push(Segment::new(
         "messages[20].content",
         format!("and the token is {GITHUB_TOKEN}"),
     ));
-    let out = p.police(&info("claude-sonnet-4-5"), &turn2);
+    let out = p.scan(&info("claude-sonnet-4-5"), &turn2);
     assert_eq!((out.cached, out.scanned, out.decision), (20, 1, Decision::Block));
     // Resent again: everything cached, the block still holds.
-    let out = p.police(&info("claude-sonnet-4-5"), &turn2);
+    let out = p.scan(&info("claude-sonnet-4-5"), &turn2);
     assert_eq!((out.cached, out.scanned, out.decision), (21, 0, Decision::Block));
     assert_eq!(out.findings[0].location, "messages[20].content");
 }
@@ -211,9 +211,9 @@ fn signatures_are_required_and_checked() {
     );
 
     // The loaded custom policy works.
-    let out = p.police(
+    let out = p.scan(
         &info("claude-sonnet-4-5"),
-        &conduit::content::segments_of(body("see TICKET-4821").as_bytes()),
+        &conduit_gateway::content::segments_of(body("see TICKET-4821").as_bytes()),
     );
     assert!(
         out.findings.iter().any(|f| f.category == "entity.ticket"),
@@ -276,9 +276,9 @@ fn hot_reload_adds_replaces_and_removes() {
     );
     p.watch();
     let ticket = || {
-        p.police(
+        p.scan(
             &info("claude-sonnet-4-5"),
-            &conduit::content::segments_of(body("see TICKET-77").as_bytes()),
+            &conduit_gateway::content::segments_of(body("see TICKET-77").as_bytes()),
         )
         .findings
         .iter()

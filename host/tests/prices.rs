@@ -9,7 +9,7 @@ mod common;
 use std::path::PathBuf;
 
 use common::installed::{peers_dir, require};
-use conduit::prices::{Basis, PriceTable};
+use conduit_gateway::prices::{Basis, PriceTable};
 
 const SHIPPED: &str = include_str!("../../crates/wire/prices.toml");
 
@@ -56,7 +56,7 @@ fn the_shipped_table_is_what_the_generator_makes_from_the_pinned_source() {
         "/../crates/wire/prices-overrides.toml"
     ))
     .unwrap();
-    let generated = conduit::prices::generate(
+    let generated = conduit_gateway::prices::generate(
         &std::fs::read(&map).unwrap(),
         &overrides,
         &format!("litellm {version}"),
@@ -92,7 +92,8 @@ fn every_source_id_resolves_to_its_own_row_or_to_none() {
     let source: serde_json::Value = serde_json::from_slice(&std::fs::read(map).unwrap()).unwrap();
     let (mut own, mut none) = (0, 0);
     for (key, e) in source.as_object().unwrap() {
-        let Some(provider) = conduit::protocol::Provider::from_litellm(e["litellm_provider"].as_str().unwrap_or(""))
+        let Some(provider) =
+            conduit_gateway::protocol::Provider::from_litellm(e["litellm_provider"].as_str().unwrap_or(""))
         else {
             continue;
         };
@@ -126,13 +127,13 @@ fn every_source_id_resolves_to_its_own_row_or_to_none() {
 #[test]
 fn the_models_conduit_sends_to_bedrock_are_priced() {
     let t = PriceTable::shipped().unwrap();
-    for (name, base) in conduit::bedrock::builtin_model_ids() {
+    for (name, base) in conduit_gateway::bedrock::builtin_model_ids() {
         // Retired models (Claude 3.x) are still mapped for old clients; current ones must be priced.
         if name.starts_with("claude-3") {
             continue;
         }
         for id in [base.to_string(), format!("us.{base}")] {
-            let p = t.price(conduit::protocol::Provider::Bedrock, &id).unwrap();
+            let p = t.price(conduit_gateway::protocol::Provider::Bedrock, &id).unwrap();
             assert_ne!(p.basis, Basis::Ceiling, "{name} → {id} has no Bedrock price");
         }
     }

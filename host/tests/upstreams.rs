@@ -7,8 +7,8 @@
 mod common;
 
 use common::{Harness, REAL_AWS, sha256_hex};
-use conduit::ledger::SpendRow;
-use conduit::usage::Usage;
+use conduit_gateway::ledger::SpendRow;
+use conduit_gateway::usage::Usage;
 use http::Method;
 use serde_json::Value;
 
@@ -106,7 +106,7 @@ async fn bedrock_native_requests_are_re_signed_forwarded_unchanged_and_metered()
         }
         if seen.path.ends_with("invoke-with-response-stream") {
             assert_eq!(r.header("content-type"), Some("application/vnd.amazon.eventstream"));
-            let frames = conduit::eventstream::Decoder::default().push(&r.body).unwrap();
+            let frames = conduit_gateway::eventstream::Decoder::default().push(&r.body).unwrap();
             assert!(frames.len() > 10, "{name}: {} frames", frames.len());
         }
     }
@@ -124,7 +124,7 @@ async fn bedrock_native_requests_are_re_signed_forwarded_unchanged_and_metered()
     let price = h
         .gateway()
         .prices()
-        .lookup(conduit::protocol::Provider::Bedrock, &sonnet.model)
+        .lookup(conduit_gateway::protocol::Provider::Bedrock, &sonnet.model)
         .cloned()
         .unwrap();
     // Its own row: the geographic profile, 10 % above the global profile's list price.
@@ -132,7 +132,7 @@ async fn bedrock_native_requests_are_re_signed_forwarded_unchanged_and_metered()
         .gateway()
         .prices()
         .lookup(
-            conduit::protocol::Provider::Bedrock,
+            conduit_gateway::protocol::Provider::Bedrock,
             "global.anthropic.claude-sonnet-4-5-20250929-v1:0",
         )
         .cloned()
@@ -173,7 +173,7 @@ async fn converse_usage_is_metered_from_json_and_event_stream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bedrock_failures_are_specific_and_in_aws_shape() {
     let h = Harness::builder()
-        .mock(conduit::mock::MockOptions {
+        .mock(conduit_gateway::mock::MockOptions {
             aws_credentials: Some("AKIADIFFERENTKEY0000:another-secret".into()),
             ..Default::default()
         })

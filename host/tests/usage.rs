@@ -2,9 +2,9 @@
 //! whatever the frame boundaries and the content encoding.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use conduit::mock::payload;
-use conduit::protocol::Protocol;
-use conduit::usage::{MAX_LINE, Observed, Usage, UsageTap};
+use conduit_gateway::mock::payload;
+use conduit_gateway::protocol::Protocol;
+use conduit_gateway::usage::{MAX_LINE, Observed, Usage, UsageTap};
 use http::{HeaderMap, Method};
 
 /// The mock's reply for a request, and the usage it says it reported.

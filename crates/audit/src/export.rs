@@ -3,13 +3,14 @@
 //!
 //! `jsonl` is the stored lines byte for byte (with `seq` and `prev`), so an unfiltered export can be
 //! re-verified outside Conduit; `json` is the same objects in one array; `csv` flattens them with
-//! RFC 3339 times and dollar amounts.
+//! RFC 3339 times and dollar amounts, in the columns `fields::FIELDS` lists.
 
 use std::io::Write;
 use std::path::Path;
 
 use super::AuditRecord;
 use super::chain::{self, Filter};
+use super::fields;
 use conduit_core::error::{Error, Result};
 
 /// An export format.
@@ -44,69 +45,9 @@ impl Format {
     }
 }
 
-/// A CSV column: its header and how a record fills it.
-pub type Column = (&'static str, fn(&AuditRecord) -> String);
-
-/// The CSV columns, in order (documented in docs/audit.md): the one list both the header and
-/// every row come from, so a new field is one line here.
-pub const COLUMNS: &[Column] = &[
-    ("seq", |r| r.seq.to_string()),
-    ("request_id", |r| r.request_id.clone()),
-    ("start", |r| rfc3339_ms(r.start_ms)),
-    ("end", |r| rfc3339_ms(r.end_ms)),
-    ("key_id", |r| opt(&r.key_id)),
-    ("owner", |r| opt(&r.owner)),
-    ("team", |r| opt(&r.team)),
-    ("client", |r| r.client.clone()),
-    ("client_ip", |r| r.client_ip.clone()),
-    ("provider", |r| opt(&r.provider)),
-    ("upstream", |r| opt(&r.upstream)),
-    ("method", |r| r.method.clone()),
-    ("path", |r| r.path.clone()),
-    ("treatment", |r| r.treatment.clone()),
-    ("model", |r| opt(&r.model)),
-    ("status", |r| r.status.to_string()),
-    ("outcome", |r| r.outcome.clone()),
-    ("error_class", |r| opt(&r.error_class)),
-    ("stream", |r| r.stream.to_string()),
-    ("ttfb_ms", |r| ms(r.ttfb_ms)),
-    ("duration_ms", |r| ms(Some(r.duration_ms))),
-    ("overhead_ms", |r| ms(r.overhead_ms)),
-    ("policy_ms", |r| ms(r.policy_ms)),
-    ("bytes_in", |r| r.bytes_in.to_string()),
-    ("bytes_out", |r| r.bytes_out.to_string()),
-    ("input_tokens", |r| r.input_tokens.to_string()),
-    ("output_tokens", |r| r.output_tokens.to_string()),
-    ("cache_read_tokens", |r| r.cache_read_tokens.to_string()),
-    ("cache_write_tokens", |r| r.cache_write_tokens.to_string()),
-    ("cost_usd", |r| {
-        r.cost_micros.map(conduit_core::money::usd).unwrap_or_default()
-    }),
-    ("price", |r| opt(&r.price)),
-    ("estimated", |r| r.estimated.to_string()),
-    ("findings", |r| {
-        let each = r
-            .findings
-            .iter()
-            .map(|f| format!("{}|{}|{}|{}", f.category, f.rule, f.mode, f.location));
-        each.collect::<Vec<_>>().join(";")
-    }),
-    ("policy_set", |r| opt(&r.policy_set)),
-    ("session", |r| opt(&r.session)),
-    ("prev", |r| r.prev.clone()),
-];
-
-fn opt(v: &Option<String>) -> String {
-    v.clone().unwrap_or_default()
-}
-
-fn ms(v: Option<f64>) -> String {
-    v.map(|x| format!("{x:.3}")).unwrap_or_default()
-}
-
 /// The CSV header line (no newline).
 pub fn csv_header() -> String {
-    COLUMNS.iter().map(|(name, _)| *name).collect::<Vec<_>>().join(",")
+    fields::columns().map(|(name, _)| name).collect::<Vec<_>>().join(",")
 }
 
 /// Writes the records matching `filter` to `out`; returns how many.
@@ -162,11 +103,11 @@ pub fn rfc3339_ms(ms: i64) -> String {
 }
 
 fn csv_row(r: &AuditRecord, s: &mut String) {
-    for (i, (_, field)) in COLUMNS.iter().enumerate() {
+    for (i, (_, field)) in fields::columns().enumerate() {
         if i > 0 {
             s.push(',');
         }
-        push_csv_field(s, &field(r));
+        push_csv_field(s, &(field.read)(r).to_csv());
     }
     s.push('\n');
 }

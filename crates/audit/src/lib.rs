@@ -22,6 +22,7 @@
 
 pub mod chain;
 pub mod export;
+pub mod fields;
 pub mod metrics;
 pub mod otlp;
 pub mod rot;

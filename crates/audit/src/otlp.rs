@@ -20,7 +20,7 @@ use hyper_util::client::legacy::connect::Connect;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::AuditRecord;
+use super::{AuditRecord, fields};
 use conduit_core::error::{Error, Result};
 
 /// `[otlp]` in the config file.
@@ -204,45 +204,9 @@ fn random_hex(bytes: usize) -> String {
 
 /// The span of one record (OTLP JSON mapping: ids hex, times as decimal strings of nanoseconds).
 pub fn span(r: &AuditRecord) -> Value {
-    let s = |v: &str| json!({"stringValue": v});
-    let i = |v: u64| json!({"intValue": v.to_string()});
-    let mut attrs = vec![
-        kv("conduit.request_id", s(&r.request_id)),
-        kv("http.request.method", s(&r.method)),
-        kv("url.path", s(&r.path)),
-        kv("http.response.status_code", i(u64::from(r.status))),
-        kv("conduit.outcome", s(&r.outcome)),
-        kv("conduit.client", s(&r.client)),
-        kv("client.address", s(&r.client_ip)),
-        kv("gen_ai.usage.input_tokens", i(r.context_tokens())),
-        kv("gen_ai.usage.output_tokens", i(r.output_tokens)),
-        kv("conduit.cache_read_tokens", i(r.cache_read_tokens)),
-        kv("conduit.stream", json!({"boolValue": r.stream})),
-        kv("conduit.findings", i(r.findings.len() as u64)),
-    ];
-    let optional = [
-        ("gen_ai.system", &r.provider),
-        ("gen_ai.request.model", &r.model),
-        ("conduit.key_id", &r.key_id),
-        ("conduit.team", &r.team),
-        ("conduit.error_class", &r.error_class),
-        ("server.address", &r.upstream),
-        ("conduit.session", &r.session),
-    ];
-    for (k, v) in optional {
-        if let Some(v) = v {
-            attrs.push(kv(k, s(v)));
-        }
-    }
-    if let Some(c) = r.cost_micros {
-        attrs.push(kv("conduit.cost_usd", json!({"doubleValue": c as f64 / 1e6})));
-    }
-    if let Some(t) = r.ttfb_ms {
-        attrs.push(kv("conduit.ttfb_ms", json!({"doubleValue": t})));
-    }
-    if let Some(t) = r.overhead_ms {
-        attrs.push(kv("conduit.overhead_ms", json!({"doubleValue": t})));
-    }
+    let attrs: Vec<Value> = fields::attributes()
+        .filter_map(|(name, field)| Some(kv(name, (field.read)(r).to_otlp()?)))
+        .collect();
     let ns = |ms: f64| format!("{}", (ms * 1e6) as i128);
     let start = r.start_ms as f64;
     json!({

@@ -6,14 +6,14 @@
 //!                                   │                │  one Engine, compiled once (disk cache),
 //!                                   │                │  pooled pre-configured instances
 //!                      hot reload ──┘                ▼
-//! request ─▶ content::json (segments) ─▶ Policies::police ─▶ VerdictCache (per segment text) ─▶ Outcome
+//! request ─▶ content::json (segments) ─▶ Policies::scan ─▶ VerdictCache (per segment text) ─▶ Outcome
 //!                                                     Modes (off | alert | block per category)
 //! ```
 //!
 //! Modules: [`runtime`] (engine, sandbox, instance pool), [`signature`] (ECDSA P-256 /
 //! SHA-256, cosign-compatible), [`segments`] (decoded text with JSON paths), [`cache`]
 //! (incremental scanning), [`modes`] (what a finding does), [`set`] (loading, the directory,
-//! hot reload), [`config`]. The request stage that uses them is `stages::police`.
+//! hot reload), [`config`]. The request stage that uses them is `stages::scan`.
 
 /// The built-in components (signed at build time), and paths of the components built with them
 /// for tests and examples.

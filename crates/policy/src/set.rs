@@ -433,7 +433,7 @@ impl Policies {
     }
 
     /// Runs every policy on a request's segments.
-    pub fn police(&self, info: &RequestInfo, segments: &[Segment<'_>]) -> Outcome {
+    pub fn scan(&self, info: &RequestInfo, segments: &[Segment<'_>]) -> Outcome {
         let set = self.set.read().unwrap_or_else(|p| p.into_inner()).clone();
         let keys: Vec<cache::Key> = segments.iter().map(|s| cache::key(&set.digest, &s.text)).collect();
         let mut per_segment: Vec<Option<Vec<CachedFinding>>> = keys.iter().map(|k| self.cache.get(k)).collect();

@@ -3,7 +3,7 @@
 //! JSON escapes are resolved, so a PEM key inside a JSON string reaches the policies as a PEM key.
 //!
 //! What becomes a segment is decided by `crate::content` (one strict parse of the body: every
-//! string unless the API defines its position as structure) and by the `police` stage (the query
+//! string unless the API defines its position as structure) and by the `scan` stage (the query
 //! string and the request headers that will be forwarded).
 
 use std::borrow::Cow;

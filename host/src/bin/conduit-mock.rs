@@ -1,4 +1,4 @@
-//! `conduit-mock`: the mock provider upstream (see `conduit::mock`).
+//! `conduit-mock`: the mock provider upstream (crate `conduit-mock`).
 //!
 //! Run with: `conduit-mock --listen 127.0.0.1:9000 [--event-delay-ms 20] [--mode ok] [--compress gzip]`
 
@@ -32,14 +32,14 @@ struct Args {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let a = Args::parse();
-    let options = conduit::mock::MockOptions {
+    let options = conduit_mock::MockOptions {
         mode: a.mode,
         event_delay_ms: a.event_delay_ms,
         compress: a.compress,
         aws_credentials: a.aws_credentials_env.and_then(|v| std::env::var(v).ok()),
         aws_region: a.aws_region,
     };
-    match conduit::mock::run_forever(a.listen, options).await {
+    match conduit_mock::run_forever(a.listen, options).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("conduit-mock: error: cannot listen on {}: {e}", a.listen);

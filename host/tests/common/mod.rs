@@ -7,11 +7,11 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use bytes::Bytes;
-use conduit::State;
-use conduit::config::RawConfig;
-use conduit::mock::{MockOptions, MockServer, Recorded};
-use conduit::server::Running;
-use conduit::{Gateway, operator};
+use conduit_gateway::State;
+use conduit_gateway::config::RawConfig;
+use conduit_gateway::mock::{MockOptions, MockServer, Recorded};
+use conduit_gateway::server::Running;
+use conduit_gateway::{Gateway, operator};
 use http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
@@ -186,8 +186,8 @@ impl Harness {
     /// Issues another key.
     /// Today's spend rows, once the ledger holds at least `requests` requests (settling after a
     /// drained stream is asynchronous).
-    pub async fn spend(&self, requests: u64) -> Vec<conduit::ledger::SpendRow> {
-        let day = conduit::clock::format_date(conduit::clock::now_unix());
+    pub async fn spend(&self, requests: u64) -> Vec<conduit_gateway::ledger::SpendRow> {
+        let day = conduit_gateway::clock::format_date(conduit_gateway::clock::now_unix());
         for _ in 0..200 {
             self.gateway().ledger.flush().await;
             let rows = self.gateway().state.spend.range(&day, &day).await.unwrap();
@@ -201,7 +201,7 @@ impl Harness {
 
     /// Sets the budget of `scope` (`org`, `team:NAME`, `key:ID`), micro-dollars.
     pub async fn set_budget(&self, scope: &str, daily_micros: Option<u64>, monthly_micros: Option<u64>) {
-        let limit = conduit::records::BudgetLimit {
+        let limit = conduit_gateway::records::BudgetLimit {
             daily_micros,
             monthly_micros,
         };
@@ -265,11 +265,11 @@ impl Builder {
 
     pub async fn start(mut self) -> Harness {
         self.mock.aws_credentials.get_or_insert_with(|| REAL_AWS.to_string());
-        let mock = conduit::mock::start("127.0.0.1:0".parse().unwrap(), self.mock)
+        let mock = conduit_gateway::mock::start("127.0.0.1:0".parse().unwrap(), self.mock)
             .await
             .unwrap();
         let data = tempfile::tempdir().unwrap();
-        let (_, master) = conduit::seal::MasterKey::generate().unwrap();
+        let (_, master) = conduit_gateway::seal::MasterKey::generate().unwrap();
         let mut env: HashMap<String, String> = [
             ("CONDUIT_LISTEN", "127.0.0.1:0".to_string()),
             ("CONDUIT_ADMIN_LISTEN", "127.0.0.1:0".to_string()),
@@ -285,9 +285,9 @@ impl Builder {
         .collect();
         env.extend(self.env);
         let mut raw: RawConfig = toml::from_str(&self.toml).unwrap();
-        conduit::mock::forward_control_headers(&mut raw);
+        conduit_gateway::mock::forward_control_headers(&mut raw);
         let config = raw.validate(&|k| env.get(k).cloned()).unwrap();
-        let mut state = conduit::gateway::open_state(&config).await.unwrap();
+        let mut state = conduit_gateway::gateway::open_state(&config).await.unwrap();
         if let Some(wrap) = self.wrap_state {
             state = wrap(state);
         }
@@ -316,7 +316,9 @@ impl Builder {
         )
         .await
         .unwrap();
-        let running = conduit::server::start(gateway, Duration::from_secs(2)).await.unwrap();
+        let running = conduit_gateway::server::start(gateway, Duration::from_secs(2))
+            .await
+            .unwrap();
         let http = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
         Harness {
             mock,
@@ -381,7 +383,7 @@ impl Reply {
 
 pub fn sha256_hex(b: &[u8]) -> String {
     use sha2::Digest;
-    conduit::hex::encode(&sha2::Sha256::digest(b))
+    conduit_gateway::hex::encode(&sha2::Sha256::digest(b))
 }
 
 /// ../shared relative to the repository root.

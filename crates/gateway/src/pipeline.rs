@@ -10,7 +10,7 @@
 //! inspect       bounded body read, original bytes kept; one strict parse: stages::inspect
 //!               facts (model, stream, max output…) and every text segment
 //!   (route)     finalize: URLs that need the model; recorded vs judged model  route::finalize
-//! police        Wasm policies on the body's text, the query and the     stages::police
+//! scan          Wasm policies on the body's text, the query and the     stages::scan
 //!               headers that will be forwarded → findings; block/403
 //! admit         rate limits (429); worst-case budget reservation (402)  stages::admit
 //! credential    unseal the provider credential → header or AWS signer  stages::credential
@@ -19,11 +19,11 @@
 //! meter         usage tap on the response body, never delaying a frame  stream_back (usage::UsageTap)
 //! settle        when the body ends: tokens (reported or flagged         stream_back → stages::settle
 //!               estimate) × price → ledger; the reservation released
-//! audit         always: one metadata-only record per request           stream_back → stages::audit
+//! record        always: one metadata-only record per request           stream_back → stages::record
 //! ```
 //!
 //! A stage ends a request by returning a [`GatewayError`]; [`handle`] is the one place that turns
-//! it into a response in the family's error shape (`conduit_wire::error_shape`) and makes sure `audit` still runs.
+//! it into a response in the family's error shape (`conduit_wire::error_shape`) and makes sure `record` still runs.
 
 use std::net::SocketAddr;
 
@@ -35,16 +35,16 @@ use crate::error::GatewayError;
 use crate::error_shape::{self, REQUEST_ID_HEADER};
 use crate::gateway::Gateway;
 use crate::stages::route::Routed;
-use crate::stages::{accept, admit, audit, authenticate, credential, forward, inspect, police, route, settle};
+use crate::stages::{accept, admit, authenticate, credential, forward, inspect, record, route, scan, settle};
 
 /// Handles one request on the gateway listener. Never fails: errors become responses.
 pub async fn handle(gw: &Gateway, req: Request<Incoming>, peer: SocketAddr) -> Response<GatewayBody> {
     let mut exchange = accept::begin(&gw.request_ids, &req, peer);
     match run(gw, req, &mut exchange).await {
-        Ok(Handled::Streaming(response)) => response, // audit runs when the body ends
+        Ok(Handled::Streaming(response)) => response, // recorded when the body ends
         Ok(Handled::Local(response)) => {
             let status = response.status().as_u16();
-            until_synced(audit::record(&gw.audit, exchange, status, None, None)).await;
+            until_synced(record::exchange(&gw.audit, exchange, status, None, None)).await;
             response
         }
         Err(err) => {
@@ -52,7 +52,7 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>, peer: SocketAddr) -> R
             let response = error_shape::render(&err, exchange.protocol, &exchange.id).map(GatewayBody::full);
             let status = response.status().as_u16();
             let settled = settle::settle(&settlement(gw), &exchange, status, None, None, None);
-            until_synced(audit::record(&gw.audit, exchange, status, Some(&err), settled)).await;
+            until_synced(record::exchange(&gw.audit, exchange, status, Some(&err), settled)).await;
             response
         }
     }
@@ -138,8 +138,8 @@ async fn run(gw: &Gateway, req: Request<Incoming>, ex: &mut accept::Exchange) ->
         &route.upstream.fixed_headers,
     );
 
-    police::police(
-        &policing(gw),
+    scan::scan(
+        &scanning(gw),
         ex,
         &principal,
         &route,
@@ -179,14 +179,14 @@ fn stream_back(
     let (settlement, log) = (settlement(gw), gw.audit.clone());
     let on_end: OnEnd = Box::new(move |sent, end, seen| {
         let settled = settle::settle(&settlement, &exchange, status, Some(&end), Some(&seen), Some(admitted));
-        let delivery = audit::Delivery {
+        let delivery = record::Delivery {
             bytes_out: sent.bytes,
             ttfb_ms: sent
                 .first_byte
                 .map(|t| t.saturating_duration_since(exchange.started).as_secs_f64() * 1e3),
             stream_error: seen.stream_error,
         };
-        audit::record_stream(&log, exchange, status, delivery, &end, settled)
+        record::stream(&log, exchange, status, delivery, &end, settled)
     });
     let body = UpstreamBody::new(source, gw.config.network.idle_timeout, tap, on_end, slot);
     Response::from_parts(parts, GatewayBody::Upstream { inner: body })
@@ -194,8 +194,8 @@ fn stream_back(
 
 // What each stage reads of the gateway: built here, so no stage sees the whole `Gateway`.
 
-fn policing(gw: &Gateway) -> police::Reads<'_> {
-    police::Reads {
+fn scanning(gw: &Gateway) -> scan::Reads<'_> {
+    scan::Reads {
         policies: gw.policies.as_deref(),
         findings: gw.state.findings.as_ref(),
     }

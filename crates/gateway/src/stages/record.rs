@@ -1,4 +1,4 @@
-//! **audit** — always runs, whatever happened: success, refusal, upstream failure, client abort.
+//! **record** — always runs, whatever happened: success, refusal, upstream failure, client abort.
 //! Reads: the [`Exchange`], the outcome and the settled figures. Records: one metadata-only
 //! [`AuditRecord`] into the hash-chained audit log (`crate::audit`, off the request path); a short
 //! `debug` line on `conduit::audit` (the durable record is the log, so the request path does not
@@ -24,7 +24,7 @@ pub struct Delivery {
 }
 
 /// Records a request that ended before or without a streamed upstream body.
-pub fn record(
+pub fn exchange(
     log: &AuditLog,
     ex: Exchange,
     status: u16,
@@ -52,7 +52,7 @@ pub fn record(
 }
 
 /// Records a request whose upstream body finished, failed or was abandoned.
-pub fn record_stream(
+pub fn stream(
     log: &AuditLog,
     ex: Exchange,
     status: u16,

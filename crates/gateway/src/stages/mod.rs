@@ -4,11 +4,11 @@
 
 pub mod accept;
 pub mod admit;
-pub mod audit;
 pub mod authenticate;
 pub mod credential;
 pub mod forward;
 pub mod inspect;
-pub mod police;
+pub mod record;
 pub mod route;
+pub mod scan;
 pub mod settle;

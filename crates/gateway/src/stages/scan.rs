@@ -1,4 +1,4 @@
-//! **police** — reads: the extracted segments, the headers and query that will be forwarded, the
+//! **scan** — reads: the extracted segments, the headers and query that will be forwarded, the
 //! principal and the route. Runs the Wasm policy set (`crate::policy`) on all of that text and
 //! applies each finding's mode (per category, and per origin: `"secret.*@metadata"`); a batch's
 //! every model is judged.
@@ -28,9 +28,7 @@ use http::HeaderMap;
 /// so other requests on this worker are not delayed.
 const INLINE_LIMIT: usize = 32 * 1024;
 
-/// Runs the policies on a request: the body's segments, then the query and headers that will
-/// be forwarded (appended to `extracted.segments`).
-/// What the policy stage reads besides the request.
+/// What the scan stage reads besides the request.
 pub struct Reads<'a> {
     /// The policy set (`None`: the stage is off).
     pub policies: Option<&'a Policies>,
@@ -38,7 +36,9 @@ pub struct Reads<'a> {
     pub findings: &'a dyn FindingStore,
 }
 
-pub async fn police(
+/// Runs the policies on a request: the body's segments, then the query and headers that will
+/// be forwarded (appended to `extracted.segments`).
+pub async fn scan(
     reads: &Reads<'_>,
     ex: &mut Exchange,
     principal: &Principal,
@@ -76,7 +76,7 @@ pub async fn police(
             model: Some(model.to_string()),
             ..info.clone()
         };
-        outcome.merge(policies.police(&one, &[]));
+        outcome.merge(policies.scan(&one, &[]));
     }
     ex.policy_ms = Some(began.elapsed().as_secs_f64() * 1e3);
     ex.policy_set = Some(outcome.set_digest.clone());
@@ -179,9 +179,9 @@ fn run(policies: &Policies, info: &RequestInfo, segments: &[Segment<'_>], text_b
     let multi_thread = tokio::runtime::Handle::try_current()
         .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
     if multi_thread && text_bytes > INLINE_LIMIT {
-        tokio::task::block_in_place(|| policies.police(info, segments))
+        tokio::task::block_in_place(|| policies.scan(info, segments))
     } else {
-        policies.police(info, segments)
+        policies.scan(info, segments)
     }
 }
 
