@@ -180,17 +180,32 @@ impl Gateway {
             Ok(_) => true,
             Err(_) => self.state.meta.get(META_MASTER_KEY_ID).await.ok().flatten().as_deref() == Some(new.id()),
         };
-        if sealed_under_new && let MasterKeySource::Generated(path) = &self.config.master_key {
-            // The key file first: a gateway restarted from it must find the key the store names.
-            replace_secret_file(path, new.to_base64().as_bytes())?;
-            tracing::warn!(path = %path.display(), "the generated master key file now holds the rotated key");
-        }
+        // The key file first: a gateway restarted from it must find the key the store names.
+        let saved = match &self.config.master_key {
+            MasterKeySource::Generated(path) if sealed_under_new => {
+                match replace_secret_file(path, new.to_base64().as_bytes()) {
+                    Ok(()) => {
+                        tracing::warn!(path = %path.display(), "the generated master key file now holds the rotated key");
+                        Ok(())
+                    }
+                    Err(e) => Err(Error::msg(format!(
+                        "the credentials are re-sealed under master key {}, but the generated key file {:?} still holds the old key ({e}); put the new key (the one you rotated to) in that file before the gateway restarts",
+                        new.id(),
+                        path.display().to_string()
+                    ))),
+                }
+            }
+            _ => Ok(()),
+        };
+        // Memory follows the store whether or not the file could be written: the credentials are
+        // sealed under whichever key the store records, and so must be the next one written.
         let mut keys = self.master_keys.write().unwrap_or_else(|p| p.into_inner());
         keys.next = None;
         if sealed_under_new {
             keys.current = new;
         }
         drop(keys);
+        saved?;
         rotated
     }
 }
