@@ -106,9 +106,31 @@ pub enum Command {
         #[arg(long, default_value = "table")]
         format: String,
     },
+    /// Applies the database migrations this release has (`[store] kind = "postgres"`), under an
+    /// advisory lock: run it once before starting (or upgrading) the replicas.
+    Migrate,
+    /// Moves state between stores: `conduit store copy --from sled:DIR --to postgres:URL`.
+    #[command(subcommand)]
+    Store(StoreCommand),
     /// A seeded demo: a gateway over a mock provider, filled with synthetic traffic, to explore the
     /// dashboard. Uses a fresh data directory; never contacts a real provider.
     Demo(crate::demo::DemoArgs),
+}
+
+/// `conduit store …`
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Copies everything a single-node store holds (keys, sealed credentials and the master key id,
+    /// budgets, the spend ledger, findings, policy modes, price overrides, uploads) into an empty,
+    /// migrated PostgreSQL database, then checks the counts. Stop the gateway first.
+    Copy {
+        /// `sled:DIR`: the data directory of the single-node install.
+        #[arg(long)]
+        from: String,
+        /// `postgres:URL` (or `postgres:` to use CONDUIT_STORE_URL / the config's `[store]`).
+        #[arg(long)]
+        to: String,
+    },
 }
 
 /// `conduit prices …`
@@ -358,7 +380,29 @@ pub async fn run(cli: Cli) -> Result<()> {
             format,
         } => crate::cli_audit::sessions(config, since.as_deref(), until.as_deref(), limit, &format).await,
         Command::Demo(args) => crate::demo::run(args).await,
+        Command::Migrate => migrate(&config).await,
+        Command::Store(StoreCommand::Copy { from, to }) => crate::store_copy::copy(&config, &from, &to).await,
     }
+}
+
+async fn migrate(config: &Config) -> Result<()> {
+    let conduit_gateway::config::StoreConfig::Postgres(pg) = &config.store else {
+        return Err(Error::msg(
+            "`conduit migrate` is for a PostgreSQL store; set [store] kind = \"postgres\" and CONDUIT_STORE_URL (the embedded sled store needs no migration)",
+        ));
+    };
+    let applied = conduit_state_postgres::migrate(pg).await?;
+    match applied.as_slice() {
+        [] => println!(
+            "the database is at schema version {}; nothing to apply",
+            conduit_state_postgres::SCHEMA_VERSION
+        ),
+        versions => println!(
+            "applied migrations {versions:?}; the database is at schema version {}",
+            conduit_state_postgres::SCHEMA_VERSION
+        ),
+    }
+    Ok(())
 }
 
 async fn serve(config: Config) -> Result<()> {

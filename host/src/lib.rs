@@ -12,4 +12,5 @@ pub mod cli_audit;
 pub mod cli_policy;
 pub mod demo;
 pub mod operate;
+pub mod store_copy;
 pub mod telemetry;

@@ -466,6 +466,10 @@ impl KeyStore for Breakable<dyn KeyStore> {
         self.check()?;
         self.inner.list().await
     }
+    async fn entries(&self) -> Result<Vec<(conduit_gateway::keys::KeyHash, KeyRecord)>> {
+        self.check()?;
+        self.inner.entries().await
+    }
     fn watch(&self) -> Watch<KeyChange> {
         self.inner.watch()
     }

@@ -62,6 +62,119 @@ pub struct RawConfig {
     /// What may leave besides the endpoints Conduit understands: `[egress]`.
     #[serde(default)]
     pub egress: crate::egress::RawEgress,
+    /// Where the state lives: `[store]` (embedded sled by default, or PostgreSQL for replicas).
+    #[serde(default)]
+    pub store: RawStore,
+}
+
+/// `[store]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStore {
+    /// `sled` (default: embedded, one process) or `postgres` (several replicas on one database).
+    pub kind: Option<String>,
+    /// PostgreSQL connection URL (prefer env `CONDUIT_STORE_URL`, or `url_file`: it may hold a password).
+    pub url: Option<Redacted>,
+    /// A file holding the URL (a mounted secret).
+    pub url_file: Option<PathBuf>,
+    /// `verify-full` (default) or `disable`.
+    pub tls: Option<String>,
+    /// PEM of the CA that signed PostgreSQL's certificate (default: the system's roots).
+    pub ca_file: Option<PathBuf>,
+    /// Connections per replica (default 16).
+    pub pool_size: Option<usize>,
+    /// Bound on every statement, milliseconds (default 5000).
+    pub statement_timeout_ms: Option<u64>,
+    /// This replica's stable name (env `CONDUIT_REPLICA_ID`; default: the host name).
+    pub replica_id: Option<String>,
+    /// Seconds before an unsettled budget hold of a vanished replica counts as spent (default 900).
+    pub hold_ttl_secs: Option<u64>,
+}
+
+/// Where the state lives.
+#[derive(Debug, Clone)]
+pub enum StoreConfig {
+    /// The embedded sled store under `data_dir`.
+    Sled,
+    /// A PostgreSQL database shared by every replica.
+    Postgres(conduit_state_postgres::PgConfig),
+}
+
+impl RawStore {
+    fn validate(self, env: &dyn Fn(&str) -> Option<String>) -> Result<StoreConfig> {
+        let url_env = env("CONDUIT_STORE_URL").filter(|v| !v.trim().is_empty());
+        let kind = self.kind.clone().unwrap_or_else(|| {
+            if url_env.is_some() {
+                "postgres".into()
+            } else {
+                "sled".into()
+            }
+        });
+        match kind.as_str() {
+            "sled" => {
+                if self.url.is_some() || self.url_file.is_some() {
+                    return Err(Error::msg(
+                        "[store] url is set but kind is \"sled\"; set kind = \"postgres\" or remove the url",
+                    ));
+                }
+                Ok(StoreConfig::Sled)
+            }
+            "postgres" => {
+                let url = match (url_env, self.url, &self.url_file) {
+                    (Some(u), _, _) => u,
+                    (None, Some(u), _) => u.into_inner(),
+                    (None, None, Some(f)) => std::fs::read_to_string(f)
+                        .map_err(|e| {
+                            Error::msg(format!("reading [store] url_file {:?}: {e}", f.display().to_string()))
+                        })?
+                        .trim()
+                        .to_string(),
+                    (None, None, None) => {
+                        return Err(Error::msg(
+                            "[store] kind = \"postgres\" needs a URL: set CONDUIT_STORE_URL, [store] url_file or [store] url (postgres://USER@HOST:PORT/DB)",
+                        ));
+                    }
+                };
+                let mut pg = conduit_state_postgres::PgConfig::new(url);
+                if let Some(t) = &self.tls {
+                    pg.tls = conduit_state_postgres::TlsMode::parse(t)?;
+                }
+                pg.ca_file = self.ca_file;
+                if let Some(n) = self.pool_size {
+                    if n == 0 || n > 1024 {
+                        return Err(Error::msg(format!("[store] pool_size = {n} must be 1..=1024")));
+                    }
+                    pg.pool_size = n;
+                }
+                if let Some(ms) = self.statement_timeout_ms {
+                    if ms == 0 {
+                        return Err(Error::msg("[store] statement_timeout_ms must be at least 1"));
+                    }
+                    pg.statement_timeout = Duration::from_millis(ms);
+                }
+                if let Some(id) = env("CONDUIT_REPLICA_ID").filter(|v| !v.is_empty()).or(self.replica_id) {
+                    if id.len() > 128 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
+                        return Err(Error::msg(format!(
+                            "replica id {id:?} is not valid; use up to 128 letters, digits, '.', '_' or '-'"
+                        )));
+                    }
+                    pg.replica_id = id;
+                }
+                if let Some(s) = self.hold_ttl_secs {
+                    if s < 60 {
+                        return Err(Error::msg(format!(
+                            "[store] hold_ttl_secs = {s} is shorter than a request may run; use at least 60"
+                        )));
+                    }
+                    pg.hold_ttl = Duration::from_secs(s);
+                }
+                Ok(StoreConfig::Postgres(pg))
+            }
+            other => Err(Error::msg(format!(
+                "[store] kind = {other:?} is not a store; use \"sled\" (embedded) or \"postgres\""
+            ))),
+        }
+    }
 }
 
 /// `[budgets.<scope>]`
@@ -175,6 +288,8 @@ pub struct Config {
     pub prices: crate::prices::PriceConfig,
     /// Declared passthroughs and upload treatment.
     pub egress: crate::egress::EgressConfig,
+    /// Where the state lives.
+    pub store: StoreConfig,
 }
 
 pub use crate::upstream::{Network, ProxySettings};
@@ -412,7 +527,9 @@ impl RawConfig {
         let otlp = self.otlp.validate(env)?;
         let prices = self.prices.validate()?;
         let egress = self.egress.validate()?;
+        let store = self.store.validate(env)?;
         Ok(Config {
+            store,
             prices,
             egress,
             policies,

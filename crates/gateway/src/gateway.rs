@@ -14,7 +14,7 @@ use conduit_state::ratelimit::RateLimiter;
 use conduit_state::records::META_MASTER_KEY_ID;
 use conduit_state::store::MetaStore;
 
-use crate::config::{Config, MasterKeySource};
+use crate::config::{Config, MasterKeySource, StoreConfig};
 use crate::error::{Error, Result};
 use crate::prices::{PriceRow, PriceTable};
 use crate::seal::MasterKey;
@@ -117,11 +117,17 @@ impl Gateway {
     /// Stores price overrides and puts them in force for the next request.
     pub async fn add_price_overrides(&self, rows: Vec<PriceRow>) -> Result<usize> {
         self.state.prices.put_overrides(&rows).await?;
+        self.reload_prices().await?;
+        Ok(rows.len())
+    }
+
+    /// Re-reads the stored overrides and puts the table in force.
+    async fn reload_prices(&self) -> Result<()> {
         let table = PriceTable::shipped()?
             .with_overrides(self.state.prices.overrides().await?)
             .with_config(self.config.prices.clone());
         *self.prices.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(table);
-        Ok(rows.len())
+        Ok(())
     }
 
     /// The current master key (what new credentials are sealed under).
@@ -232,8 +238,61 @@ fn prune_findings(state: &State) -> crate::audit::RetentionHook {
     })
 }
 
-/// Opens the state the configuration names: the one place a backend is chosen (today the embedded
-/// sled store under `data_dir`; a shared backend is one more arm here).
+/// Keeps what this process holds in memory in step with the state when another process (another
+/// replica on a shared store, or the CLI) changes it: price overrides and policy modes. A watcher
+/// that falls behind re-reads everything. The tasks end with the gateway.
+pub fn follow_changes(gateway: &Arc<Gateway>) {
+    let weak = Arc::downgrade(gateway);
+    let mut prices = gateway.state.prices.watch();
+    tokio::spawn(async move {
+        while !matches!(
+            prices.recv().await,
+            Err(tokio::sync::broadcast::error::RecvError::Closed)
+        ) {
+            let Some(gw) = weak.upgrade() else { return };
+            if let Err(e) = gw.reload_prices().await {
+                tracing::warn!(error = %e, "re-reading price overrides after a change failed; the previous table stays in force");
+            }
+        }
+    });
+    if gateway.policies.is_none() {
+        return;
+    }
+    let weak = Arc::downgrade(gateway);
+    let mut modes = gateway.state.policy_modes.watch();
+    tokio::spawn(async move {
+        while !matches!(
+            modes.recv().await,
+            Err(tokio::sync::broadcast::error::RecvError::Closed)
+        ) {
+            let Some(gw) = weak.upgrade() else { return };
+            let Some(policies) = &gw.policies else { return };
+            match gw.state.policy_modes.list().await {
+                Ok(stored) => {
+                    let current = policies.modes();
+                    for (key, mode) in stored {
+                        match crate::policy::Mode::parse(&mode) {
+                            Some(m) if current.entries().get(&key) == Some(&m) => {}
+                            Some(m) => {
+                                if let Err(e) = policies.set_mode(&key, m) {
+                                    tracing::warn!(category = %key, error = %e, "ignoring a stored policy mode");
+                                }
+                            }
+                            None => {
+                                tracing::warn!(category = %key, mode = %mode, "ignoring an unknown stored policy mode")
+                            }
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "re-reading policy modes after a change failed"),
+            }
+        }
+    });
+}
+
+/// Opens the state the configuration names: the one place a backend is chosen — the embedded
+/// sled store under `data_dir`, or a PostgreSQL database shared by every replica (the data
+/// directory still holds this replica's audit files and generated secrets).
 pub async fn open_state(config: &Config) -> Result<State> {
     crate::fsperm::create_private_dir(&config.data_dir).map_err(|e| {
         Error::msg(format!(
@@ -242,7 +301,10 @@ pub async fn open_state(config: &Config) -> Result<State> {
         ))
     })?;
     check_state_files(config)?;
-    conduit_state_sled::open(&config.data_dir, &config.budgets).await
+    match &config.store {
+        StoreConfig::Sled => conduit_state_sled::open(&config.data_dir, &config.budgets).await,
+        StoreConfig::Postgres(pg) => conduit_state_postgres::open(pg, &config.budgets).await,
+    }
 }
 
 /// Refuses to start on state another user could change (`crate::fsperm`): the data directory,

@@ -275,6 +275,23 @@ impl KeyStore for Sled {
         .await
     }
 
+    async fn entries(&self) -> Result<Vec<(KeyHash, KeyRecord)>> {
+        self.blocking(|s| {
+            s.keys
+                .iter()
+                .map(|kv| {
+                    let (k, v) = kv.map_err(sled_err)?;
+                    let hash: [u8; 32] = k
+                        .as_ref()
+                        .try_into()
+                        .map_err(|_| Error::msg("corrupt key in the store: its hash is not 32 bytes"))?;
+                    Ok((KeyHash(hash), decode("key", &v)?))
+                })
+                .collect()
+        })
+        .await
+    }
+
     fn watch(&self) -> Watch<KeyChange> {
         self.0.key_changes.watch()
     }
@@ -584,6 +601,10 @@ impl UploadStore for Sled {
             .map_err(sled_err)?
             .map(|v| decode("upload", &v))
             .transpose()
+    }
+
+    async fn list(&self) -> Result<Vec<UploadRecord>> {
+        self.blocking(|s| values(&s.uploads, "upload")).await
     }
 }
 

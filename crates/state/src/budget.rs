@@ -67,7 +67,7 @@ impl Period {
     }
 
     /// The limit of this period's kind in `limit`.
-    fn limit_in(&self, limit: &BudgetLimit) -> Option<u64> {
+    pub fn limit_in(&self, limit: &BudgetLimit) -> Option<u64> {
         match self {
             Period::Day(_) => limit.daily_micros,
             Period::Month(_) => limit.monthly_micros,
@@ -75,7 +75,7 @@ impl Period {
     }
 
     /// The periods in force at `unix`, each with its limit in `limit`.
-    fn in_force(limit: &BudgetLimit, unix: i64) -> impl Iterator<Item = (Period, u64)> {
+    pub fn in_force(limit: &BudgetLimit, unix: i64) -> impl Iterator<Item = (Period, u64)> {
         [
             (Period::day_of(unix), limit.daily_micros),
             (Period::month_of(unix), limit.monthly_micros),

@@ -114,6 +114,18 @@ async fn keys(backend: &dyn Backend) {
     assert!(s.keys.by_id("key_unknown").await.unwrap().is_none());
     let ids: Vec<String> = s.keys.list().await.unwrap().into_iter().map(|k| k.id).collect();
     assert_eq!(ids, ["key_a", "key_b"], "listed oldest first");
+    let entries: Vec<(KeyHash, String)> = s
+        .keys
+        .entries()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(h, k)| (h, k.id))
+        .collect();
+    assert!(
+        entries.len() == 2 && entries.contains(&(h1, "key_a".into())) && entries.contains(&(h2, "key_b".into())),
+        "entries pair each hash with its record: {entries:?}"
+    );
 }
 
 async fn credentials(backend: &dyn Backend) {
@@ -266,6 +278,11 @@ async fn budgets(backend: &dyn Backend) {
             other => panic!("a full budget must refuse: {other:?}"),
         }
         r.settle(200);
+        // The gateway writes every settled request's cost to the ledger too.
+        s.spend
+            .add(&[row(&today, "key_alice", "risk", "m", 200)])
+            .await
+            .unwrap();
         let status = s.budgets.status(now).await.unwrap();
         assert_eq!(
             (status[0].spent_micros, status[0].reserved_micros),
@@ -292,8 +309,8 @@ async fn budgets(backend: &dyn Backend) {
         "a limit set at run time survives and overrides the file"
     );
     assert_eq!(
-        status[0].spent_micros, 300,
-        "spent is the ledger's (settled costs were the book's)"
+        status[0].spent_micros, 500,
+        "what was spent survives a reopen, counted once (the ledger's and the settled costs are the same money)"
     );
     s.budgets.set("team:risk", BudgetLimit::default()).await.unwrap();
     assert_eq!(
@@ -476,6 +493,7 @@ async fn uploads_and_meta(backend: &dyn Backend) {
         s.uploads.get("anthropic", "file-abc").await.unwrap().is_none(),
         "uploads are per provider"
     );
+    assert_eq!(s.uploads.list().await.unwrap().len(), 1, "every upload is listed");
     assert_eq!(s.meta.get("conformance").await.unwrap().as_deref(), Some("1"));
     assert!(s.meta.get("nothing").await.unwrap().is_none());
 }

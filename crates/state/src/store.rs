@@ -26,6 +26,10 @@ use conduit_wire::prices::PriceRow;
 
 use crate::records::{BudgetLimit, FindingRecord, KeyRecord, SpendRow, UploadRecord};
 
+/// The id a change carries when a backend cannot say what changed (a shared backend's listener
+/// reconnected after a gap): whatever a watcher caches of that kind may be stale.
+pub const EVERYTHING: &str = "*";
+
 /// A subscription to one kind of change.
 pub type Watch<C> = broadcast::Receiver<C>;
 
@@ -83,6 +87,8 @@ pub trait KeyStore: Send + Sync + 'static {
     async fn update(&self, record: &KeyRecord) -> Result<()>;
     /// All keys, oldest first.
     async fn list(&self) -> Result<Vec<KeyRecord>>;
+    /// Every key's hash with its record (moving a store: `conduit store copy`).
+    async fn entries(&self) -> Result<Vec<(KeyHash, KeyRecord)>>;
     /// Keys added or changed.
     fn watch(&self) -> Watch<KeyChange>;
 }
@@ -172,6 +178,8 @@ pub trait UploadStore: Send + Sync + 'static {
     async fn put(&self, record: &UploadRecord) -> Result<()>;
     /// An upload, by provider and the provider's file id.
     async fn get(&self, provider: &str, id: &str) -> Result<Option<UploadRecord>>;
+    /// Every upload (moving a store).
+    async fn list(&self) -> Result<Vec<UploadRecord>>;
 }
 
 /// Small named values: the master key id, the schema version.

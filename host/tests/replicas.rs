@@ -1,0 +1,342 @@
+//! Several gateway replicas on one PostgreSQL database (a real, throwaway cluster; skipped
+//! without PostgreSQL unless `CONDUIT_REQUIRE_PEERS=1`), each over its own mock provider:
+//! budgets raced across replicas admit exactly what fits, a revocation on one replica refuses the
+//! key on the others, modes and prices follow, PostgreSQL going away fails closed and recovers,
+//! and `conduit store copy` moves a single-node install.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{Harness, Reply};
+use conduit_gateway::records::BudgetLimit;
+use conduit_state_postgres::testing::Cluster;
+use http::Method;
+
+/// gpt-5-mini, a 400-byte body, max_tokens 1000: the worst case is 2100 µ$, and with
+/// `x-mock-usage: max` the mock reports exactly that (as in admission.rs).
+const WORST: u64 = 2100;
+
+fn body() -> String {
+    let head = r#"{"model":"gpt-5-mini","max_tokens":1000,"messages":[{"role":"user","content":""#;
+    let tail = r#""}]}"#;
+    format!("{head}{}{tail}", "x".repeat(400 - head.len() - tail.len()))
+}
+
+async fn post(h: &Harness, key: &str) -> Reply {
+    let bearer = format!("Bearer {key}");
+    h.send(
+        Method::POST,
+        "/v1/chat/completions",
+        &[
+            ("authorization", &bearer),
+            ("content-type", "application/json"),
+            ("x-mock-usage", "max"),
+        ],
+        body(),
+    )
+    .await
+}
+
+/// `n` replicas on a freshly migrated database of `cluster`, sharing one master key.
+async fn replicas(cluster: &Cluster, db: &str, n: usize) -> Vec<Arc<Harness>> {
+    let url = cluster.database(db);
+    conduit_state_postgres::migrate(&conduit_state_postgres::testing::config(&url, "migrate"))
+        .await
+        .unwrap();
+    let (_, master) = conduit_gateway::seal::MasterKey::generate().unwrap();
+    let mut out = Vec::new();
+    for i in 0..n {
+        let h = Harness::builder()
+            .env("CONDUIT_STORE_URL", &url)
+            .env("CONDUIT_REPLICA_ID", &format!("replica-{i}"))
+            .env("CONDUIT_MASTER_KEY", &master)
+            .toml("[store]\ntls = \"disable\"\nstatement_timeout_ms = 2000\n[policies]\ntimeout_ms = 2000")
+            .start()
+            .await;
+        out.push(Arc::new(h));
+    }
+    out
+}
+
+async fn until(what: &str, mut f: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !f().await {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn set(h: &Harness, scope: &str, monthly: u64) {
+    let limit = BudgetLimit {
+        daily_micros: None,
+        monthly_micros: Some(monthly),
+    };
+    h.gateway().state.budgets.set(scope, limit).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_racing_key_and_team_budgets_forward_exactly_what_fits() {
+    let Some(cluster) = Cluster::start() else { return };
+    let rs = replicas(&cluster, "race", 3).await;
+    // Replica 0's key may spend 3 worst cases; the team (every replica's key) 11.
+    set(&rs[0], &format!("key:{}", rs[0].key_id), 3 * WORST).await;
+    set(&rs[0], "team:payments", 11 * WORST).await;
+    for r in &rs {
+        let p =
+            conduit_gateway::records::Principal::of(r.gateway().state.keys.by_id(&r.key_id).await.unwrap().unwrap());
+        until("every replica applies the team budget", async || {
+            r.gateway().state.budgets.applies(&p)
+        })
+        .await;
+    }
+    let mut tasks = Vec::new();
+    for (i, r) in rs.iter().enumerate() {
+        for _ in 0..50 {
+            let r = r.clone();
+            tasks.push(tokio::spawn(async move { (i, post(&r, &r.key).await.status.as_u16()) }));
+        }
+    }
+    let mut results = Vec::new();
+    for t in tasks {
+        results.push(t.await.unwrap());
+    }
+    let ok = |i: Option<usize>| {
+        results
+            .iter()
+            .filter(|(r, s)| *s == 200 && i.is_none_or(|i| i == *r))
+            .count()
+    };
+    let refused = results.iter().filter(|(_, s)| *s == 402).count();
+    assert!(ok(Some(0)) <= 3, "replica 0's key budget: {results:?}");
+    assert_eq!(
+        (ok(None), refused),
+        (11, 139),
+        "exactly K forwarded across replicas: {results:?}"
+    );
+    let mut forwarded = 0;
+    for r in &rs {
+        forwarded += r.mock_log().await.len();
+        r.gateway().ledger.flush().await;
+    }
+    assert_eq!(forwarded, 11, "exactly the admitted requests reached the providers");
+    let spent: u64 = rs[2]
+        .gateway()
+        .state
+        .spend
+        .range("2000-01-01", "2999-12-31")
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.cost_micros)
+        .sum();
+    assert_eq!(
+        spent,
+        11 * WORST,
+        "the shared ledger records every replica's spend, never more than the cap"
+    );
+    let now = conduit_gateway::clock::now_unix();
+    // Each replica settles on its own worker: asking each for its status waits for its settles.
+    for r in &rs {
+        r.gateway().state.budgets.status(now).await.unwrap();
+    }
+    for r in &rs {
+        let status = r.gateway().state.budgets.status(now).await.unwrap();
+        let team = status.iter().find(|s| s.scope == "team:payments").unwrap();
+        assert_eq!(
+            (team.spent_micros, team.reserved_micros),
+            (11 * WORST, 0),
+            "every replica sees the same figures, nothing left reserved"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_revoked_on_one_replica_is_refused_on_the_others_and_changes_follow() {
+    let Some(cluster) = Cluster::start() else { return };
+    let rs = replicas(&cluster, "revoke", 3).await;
+    let key = rs[0].new_key("mallory@corp.example").await;
+    for r in &rs {
+        assert_eq!(post(r, &key.key).await.status, 200, "the key works on every replica");
+    }
+    let revoked_at = Instant::now();
+    conduit_gateway::operator::revoke_key(rs[0].gateway().state.keys.as_ref(), &key.record.id)
+        .await
+        .unwrap();
+    for (i, r) in rs.iter().enumerate().skip(1) {
+        let reply = post(r, &key.key).await;
+        reply.assert_openai_error(401, "revoked");
+        println!(
+            "revoked on replica 0, refused on replica {i} {:?} after the revocation returned",
+            revoked_at.elapsed()
+        );
+    }
+    // A policy mode and a price override set on replica 0 reach the others' memory.
+    rs[0].gateway().set_policy_mode("secret.aws", "block").await.unwrap();
+    for r in &rs[1..] {
+        until("the mode reaches the other replica", async || {
+            r.gateway()
+                .policies
+                .as_ref()
+                .unwrap()
+                .modes()
+                .entries()
+                .get("secret.aws")
+                == Some(&conduit_gateway::policy::Mode::Block)
+        })
+        .await;
+    }
+    let rows = conduit_gateway::prices::parse_toml(
+        "[[price]]\nprovider = \"openai\"\nmodel = \"gpt-replica-test\"\ninput = 1.0\noutput = 2.0\neffective = \"2026-01-01\"\nsource = \"contract\"\n",
+        "override",
+    )
+    .unwrap();
+    rs[0].gateway().add_price_overrides(rows).await.unwrap();
+    for r in &rs[1..] {
+        until("the price override reaches the other replica", async || {
+            r.gateway()
+                .prices()
+                .rows()
+                .iter()
+                .any(|p| p.model == "gpt-replica-test")
+        })
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_going_away_fails_closed_and_recovers() {
+    let Some(mut cluster) = Cluster::start() else { return };
+    let rs = replicas(&cluster, "outage", 1).await;
+    let r = &rs[0];
+    set(r, "team:payments", 1_000 * WORST).await;
+    assert_eq!(post(r, &r.key).await.status, 200);
+    assert_eq!(r.admin_get("/readyz").await.status, 200);
+    cluster.stop();
+    let reply = post(r, &r.key).await;
+    assert_eq!(
+        reply.status, 503,
+        "no budget can be checked: refused, never forwarded unchecked"
+    );
+    let ready = r.admin_get("/readyz").await;
+    assert_eq!(ready.status, 503);
+    let why = String::from_utf8_lossy(&ready.body).to_string();
+    assert!(why.contains("PostgreSQL"), "readiness says why: {why}");
+    let forwarded = r.mock_log().await.len();
+    assert_eq!(forwarded, 1, "nothing was forwarded while PostgreSQL was away");
+    cluster.resume();
+    until("requests are admitted again", async || {
+        post(r, &r.key).await.status == 200
+    })
+    .await;
+    until("the replica is ready again", async || {
+        r.admin_get("/readyz").await.status == 200
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_copy_moves_a_single_node_install_and_refuses_a_non_empty_target() {
+    let Some(cluster) = Cluster::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let secret;
+    let hash;
+    {
+        let sled = conduit_state_sled::open(dir.path(), &[]).await.unwrap();
+        let created = conduit_gateway::operator::create_key(
+            sled.keys.as_ref(),
+            conduit_gateway::operator::NewKeyRequest {
+                owner: "dana@corp.example".into(),
+                team: Some("risk".into()),
+                name: None,
+                expires_at: None,
+                limits: Default::default(),
+            },
+        )
+        .await
+        .unwrap();
+        secret = created.key;
+        hash = conduit_gateway::keys::KeyHash::of(&secret);
+        let (master, _) = conduit_gateway::seal::MasterKey::generate().unwrap();
+        sled.meta
+            .set(conduit_gateway::records::META_MASTER_KEY_ID, master.id())
+            .await
+            .unwrap();
+        conduit_gateway::operator::set_credential(
+            sled.credentials.as_ref(),
+            &master,
+            "anthropic",
+            zeroize::Zeroizing::new("sk-ant-copy-test".into()),
+        )
+        .await
+        .unwrap();
+        sled.budgets
+            .set(
+                "team:risk",
+                BudgetLimit {
+                    daily_micros: Some(5_000),
+                    monthly_micros: None,
+                },
+            )
+            .await
+            .unwrap();
+        let mut row = conduit_gateway::ledger::SpendRow {
+            day: conduit_gateway::clock::format_date(conduit_gateway::clock::now_unix()),
+            key_id: created.record.id.clone(),
+            owner: "dana@corp.example".into(),
+            team: "risk".into(),
+            provider: "anthropic".into(),
+            model: "claude-x".into(),
+            requests: 3,
+            cost_micros: 1_200,
+            ..Default::default()
+        };
+        sled.spend.add(std::slice::from_ref(&row)).await.unwrap();
+        row.model = "claude-y".into();
+        sled.spend.add(&[row]).await.unwrap();
+        sled.policy_modes.set("entity", Some("block")).await.unwrap();
+    }
+    let url = cluster.database("copy");
+    conduit_state_postgres::migrate(&conduit_state_postgres::testing::config(&url, "copy"))
+        .await
+        .unwrap();
+    let source = conduit_state_sled::open(dir.path(), &[]).await.unwrap();
+    let target = conduit_state_postgres::open(&conduit_state_postgres::testing::config(&url, "copy"), &[])
+        .await
+        .unwrap();
+    let counts = conduit::store_copy::copy_state(&source, &target).await.unwrap();
+    assert_eq!(
+        (
+            counts.keys,
+            counts.credentials,
+            counts.budgets,
+            counts.spend_rows,
+            counts.spend_micros,
+            counts.policy_modes
+        ),
+        (1, 1, 1, 2, 2_400, 1),
+        "{counts:?}"
+    );
+    let moved = target
+        .keys
+        .by_hash(&hash)
+        .await
+        .unwrap()
+        .expect("the key engineers hold still resolves");
+    assert_eq!(moved.owner, "dana@corp.example");
+    let now = conduit_gateway::clock::now_unix();
+    let status = target.budgets.status(now).await.unwrap();
+    assert_eq!(
+        (status[0].scope.as_str(), status[0].spent_micros),
+        ("team:risk", 2_400),
+        "the copied ledger counts against the copied budget"
+    );
+    let again = conduit::store_copy::copy_state(&source, &target)
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(again.contains("not empty"), "{again}");
+}
