@@ -89,6 +89,9 @@ pub struct RawStore {
     pub replica_id: Option<String>,
     /// Seconds before an unsettled budget hold of a vanished replica counts as spent (default 900).
     pub hold_ttl_secs: Option<u64>,
+    /// Seconds a cached key or credential lookup may be served without re-reading the store, if
+    /// the store's change announcements stop arriving (default 10; changes invalidate at once).
+    pub cache_ttl_secs: Option<u64>,
 }
 
 /// Where the state lives.
@@ -290,6 +293,8 @@ pub struct Config {
     pub egress: crate::egress::EgressConfig,
     /// Where the state lives.
     pub store: StoreConfig,
+    /// How long a cached key or credential lookup may live (`[store] cache_ttl_secs`).
+    pub cache_ttl: Duration,
 }
 
 pub use crate::upstream::{Network, ProxySettings};
@@ -527,9 +532,11 @@ impl RawConfig {
         let otlp = self.otlp.validate(env)?;
         let prices = self.prices.validate()?;
         let egress = self.egress.validate()?;
+        let cache_ttl = Duration::from_secs(self.store.cache_ttl_secs.unwrap_or(10));
         let store = self.store.validate(env)?;
         Ok(Config {
             store,
+            cache_ttl,
             prices,
             egress,
             policies,

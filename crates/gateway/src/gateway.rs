@@ -301,10 +301,11 @@ pub async fn open_state(config: &Config) -> Result<State> {
         ))
     })?;
     check_state_files(config)?;
-    match &config.store {
-        StoreConfig::Sled => conduit_state_sled::open(&config.data_dir, &config.budgets).await,
-        StoreConfig::Postgres(pg) => conduit_state_postgres::open(pg, &config.budgets).await,
-    }
+    let state = match &config.store {
+        StoreConfig::Sled => conduit_state_sled::open(&config.data_dir, &config.budgets).await?,
+        StoreConfig::Postgres(pg) => conduit_state_postgres::open(pg, &config.budgets).await?,
+    };
+    Ok(conduit_state::cache::with_caches(state, config.cache_ttl))
 }
 
 /// Refuses to start on state another user could change (`crate::fsperm`): the data directory,

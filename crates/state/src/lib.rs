@@ -3,7 +3,8 @@
 //! What Conduit keeps and the rules for keeping it, with no backend in it: the [`records`], one
 //! narrow async trait per kind of state with a way to watch its changes ([`store`], bundled in
 //! [`State`]), budget enforcement ([`budget`]: reserve all-or-nothing, settle to the real cost),
-//! per-key rate limits ([`ratelimit`]), the spend [`ledger`] writer and its reports, the
+//! per-key rate limits ([`ratelimit`]), short-lived key and credential caches invalidated by the
+//! stores' watches ([`cache`]), the spend [`ledger`] writer and its reports, the
 //! [`operator`]'s actions shared by the admin API and the CLI, and the [`conformance`] suite
 //! every backend must pass.
 //!
@@ -11,6 +12,7 @@
 //! that names sled.
 
 pub mod budget;
+pub mod cache;
 pub mod conformance;
 pub mod ledger;
 pub mod operator;
