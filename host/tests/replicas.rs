@@ -224,9 +224,30 @@ async fn postgres_going_away_fails_closed_and_recovers() {
     let rs = replicas(&cluster, "outage", 1).await;
     let r = &rs[0];
     set(r, "team:payments", 1_000 * WORST).await;
+    // A key no budget applies to (team risk), looked up once so its replica has it cached.
+    let unbudgeted = conduit_gateway::operator::create_key(
+        r.gateway().state.keys.as_ref(),
+        conduit_gateway::operator::NewKeyRequest {
+            owner: "erin@corp.example".into(),
+            team: Some("risk".into()),
+            name: None,
+            expires_at: None,
+            limits: Default::default(),
+        },
+    )
+    .await
+    .unwrap()
+    .key;
     assert_eq!(post(r, &r.key).await.status, 200);
+    assert_eq!(post(r, &unbudgeted).await.status, 200);
     assert_eq!(r.admin_get("/readyz").await.status, 200);
+    r.gateway().ledger.flush().await;
     cluster.stop();
+    // Nothing to enforce for this key, and its record is cached: served, and its spend is kept
+    // until the ledger can write it.
+    for _ in 0..3 {
+        assert_eq!(post(r, &unbudgeted).await.status, 200);
+    }
     let reply = post(r, &r.key).await;
     assert_eq!(
         reply.status, 503,
@@ -237,14 +258,16 @@ async fn postgres_going_away_fails_closed_and_recovers() {
     let why = String::from_utf8_lossy(&ready.body).to_string();
     assert!(why.contains("PostgreSQL"), "readiness says why: {why}");
     let forwarded = r.mock_log().await.len();
-    assert_eq!(forwarded, 1, "nothing was forwarded while PostgreSQL was away");
+    assert_eq!(forwarded, 5, "no budgeted request was forwarded while PostgreSQL was away");
     cluster.resume();
-    until("requests are admitted again", async || {
-        post(r, &r.key).await.status == 200
-    })
-    .await;
-    until("the replica is ready again", async || {
-        r.admin_get("/readyz").await.status == 200
+    until("requests are admitted again", async || post(r, &r.key).await.status == 200).await;
+    until("the replica is ready again", async || r.admin_get("/readyz").await.status == 200).await;
+    // The ledger rows refused during the outage were kept and written after it.
+    let today = conduit_gateway::clock::format_date(conduit_gateway::clock::now_unix());
+    until("the outage's spend reaches the ledger", async || {
+        r.gateway().ledger.flush().await;
+        let rows = r.gateway().state.spend.range(&today, &today).await.unwrap();
+        rows.iter().filter(|row| row.team == "risk").map(|row| row.requests).sum::<u64>() == 4
     })
     .await;
 }

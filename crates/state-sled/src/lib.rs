@@ -400,40 +400,47 @@ impl SpendStore for Sled {
     async fn add(&self, deltas: &[SpendRow]) -> Result<()> {
         let deltas = deltas.to_vec();
         self.blocking(move |s| {
-            let mut failed = Vec::new();
-            for e in &deltas {
-                let key = format!("{}\0{}\0{}", e.day, e.key_id, e.model);
-                let mut corrupt = None;
-                let result = s.spend.update_and_fetch(key.as_bytes(), |old| {
-                    let mut row: SpendRow = match old.map(serde_json::from_slice) {
-                        Some(Ok(r)) => r,
-                        Some(Err(err)) => {
-                            corrupt = Some(err.to_string());
-                            SpendRow::default()
-                        }
-                        None => SpendRow::default(),
-                    };
-                    row.merge_row(e);
-                    serde_json::to_vec(&row).ok()
-                });
-                match (result, corrupt) {
-                    (Err(err), _) => failed.push(format!("{} {} {}: {err}", e.day, e.key_id, e.model)),
-                    (Ok(_), Some(err)) => failed.push(format!(
-                        "{} {} {} was corrupt and was reset: {err}",
-                        e.day, e.key_id, e.model
-                    )),
-                    (Ok(_), None) => {}
-                }
+            // All or nothing (one sled transaction), so a caller may retry a refused batch
+            // without counting any row twice.
+            let reset = std::cell::RefCell::new(Vec::new());
+            s.spend
+                .transaction(|tx| {
+                    reset.borrow_mut().clear();
+                    for e in &deltas {
+                        let key = format!("{}\0{}\0{}", e.day, e.key_id, e.model);
+                        let mut row: SpendRow = match tx.get(key.as_bytes())?.map(|v| serde_json::from_slice(&v)) {
+                            Some(Ok(r)) => r,
+                            Some(Err(err)) => {
+                                reset
+                                    .borrow_mut()
+                                    .push(format!("{} {} {}: {err}", e.day, e.key_id, e.model));
+                                SpendRow::default()
+                            }
+                            None => SpendRow::default(),
+                        };
+                        row.merge_row(e);
+                        let value = serde_json::to_vec(&row)
+                            .map_err(|err| sled::transaction::ConflictableTransactionError::Abort(err.to_string()))?;
+                        tx.insert(key.as_bytes(), value)?;
+                    }
+                    Ok(())
+                })
+                .map_err(|e| match e {
+                    sled::transaction::TransactionError::Abort(why) => {
+                        Error::msg(format!("spend rows not added (nothing was): {why}"))
+                    }
+                    sled::transaction::TransactionError::Storage(e) => sled_err(e),
+                })?;
+            for r in reset.borrow().iter() {
+                // A corrupt row cannot be repaired from here; what it held is in the audit log.
+                tracing::error!(row = %r, "a corrupt spend row was reset before adding to it");
             }
             // One fsync per batch: what a flush returned for survives a crash or an exit.
             s.spend.flush().map_err(sled_err)?;
             if let Some(first) = deltas.first() {
                 s.spend_changes.send(first.day.clone());
             }
-            match failed.as_slice() {
-                [] => Ok(()),
-                _ => Err(Error::msg(format!("spend rows not added: {}", failed.join("; ")))),
-            }
+            Ok(())
         })
         .await
     }

@@ -37,7 +37,13 @@ pub const FOLD_WINDOW: std::time::Duration = std::time::Duration::from_millis(10
 enum Msg {
     Entry(Box<SpendEntry>),
     Flush(oneshot::Sender<()>),
+    /// Not sent: what the writer acts on when a retry is due.
+    Retry,
 }
+
+/// The first and the longest wait before writing again rows a store refused.
+const RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(200);
+const RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Handle to the ledger writer. Cheap to clone.
 #[derive(Clone)]
@@ -61,15 +67,27 @@ impl Ledger {
         tokio::spawn(async move {
             let mut pending: Pending = Default::default();
             let mut flushes = Vec::new();
-            // Idle: wait for the first message (its send wakes this task, once).
-            while let Some(first) = rx.recv().await {
+            let mut backoff = RETRY_FIRST;
+            loop {
+                // Idle: wait for the first message (its send wakes this task, once) — or, with rows
+                // a failed write kept, for the retry.
+                let first = if pending.is_empty() {
+                    rx.recv().await
+                } else {
+                    tokio::select! {
+                        m = rx.recv() => m,
+                        _ = tokio::time::sleep(backoff) => Some(Msg::Retry),
+                    }
+                };
+                let Some(first) = first else { break };
                 let take = |m: Msg, pending: &mut Pending, flushes: &mut Vec<oneshot::Sender<()>>| match m {
                     Msg::Entry(e) => fold(pending, &e),
                     Msg::Flush(done) => flushes.push(done),
+                    Msg::Retry => {}
                 };
-                let flushing = matches!(first, Msg::Flush(_));
+                let wait = matches!(first, Msg::Entry(_));
                 take(first, &mut pending, &mut flushes);
-                if !flushing {
+                if wait {
                     // The fold window, cut short by a flush.
                     tokio::select! {
                         _ = tokio::time::sleep(FOLD_WINDOW) => {}
@@ -79,7 +97,11 @@ impl Ledger {
                 while let Ok(m) = rx.try_recv() {
                     take(m, &mut pending, &mut flushes);
                 }
-                write(spend.as_ref(), &mut pending).await;
+                backoff = if write(spend.as_ref(), &mut pending).await {
+                    RETRY_FIRST
+                } else {
+                    (backoff * 2).min(RETRY_MAX)
+                };
                 for done in flushes.drain(..) {
                     let _ = done.send(());
                 }
@@ -96,7 +118,8 @@ impl Ledger {
         }
     }
 
-    /// Returns once every entry recorded before this call is in the store.
+    /// Returns once every entry recorded before this call is in the store — or the store refused
+    /// them once (an outage): they are kept and retried, never dropped.
     pub async fn flush(&self) {
         let (done, wait) = oneshot::channel();
         if self.tx.send(Msg::Flush(done)).is_ok() {
@@ -106,15 +129,24 @@ impl Ledger {
     }
 }
 
-/// Writes the folded rows, one batch.
-async fn write(spend: &dyn SpendStore, pending: &mut Pending) {
+/// Writes the folded rows, one batch; `false` if the store refused them, which stay in `pending`
+/// (merged with what arrives meanwhile) for the next attempt: a store outage delays the ledger,
+/// it does not lose it.
+async fn write(spend: &dyn SpendStore, pending: &mut Pending) -> bool {
     if pending.is_empty() {
-        return;
+        return true;
     }
-    let rows: Vec<SpendRow> = pending.drain().map(|(_, row)| row).collect();
-    if let Err(err) = spend.add(&rows).await {
-        // Loud: a lost ledger write is lost money attribution.
-        tracing::error!(rows = rows.len(), error = %err, "spend ledger write failed");
+    let rows: Vec<SpendRow> = pending.values().cloned().collect();
+    match spend.add(&rows).await {
+        Ok(()) => {
+            pending.clear();
+            true
+        }
+        Err(err) => {
+            // Loud: until it is written, the ledger (spend reports) is behind the audit log.
+            tracing::error!(rows = rows.len(), error = %err, "spend ledger write failed; keeping the rows to retry");
+            false
+        }
     }
 }
 
@@ -252,5 +284,57 @@ mod tests {
         assert_eq!(conduit_core::money::usd(46_625), "0.046625");
         assert_eq!(conduit_core::money::usd(12_000_000_001), "12000.000001");
         assert!(By::parse("teams").is_err());
+    }
+
+    /// A store that refuses the first `failures` writes.
+    struct Flaky {
+        failures: std::sync::atomic::AtomicUsize,
+        rows: std::sync::Mutex<Vec<SpendRow>>,
+        hub: crate::store::Hub<String>,
+    }
+
+    #[async_trait::async_trait]
+    impl SpendStore for Flaky {
+        async fn add(&self, deltas: &[SpendRow]) -> Result<()> {
+            use std::sync::atomic::Ordering;
+            if self
+                .failures
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+            {
+                return Err(Error::msg("injected: the store is down"));
+            }
+            self.rows.lock().unwrap().extend_from_slice(deltas);
+            Ok(())
+        }
+        async fn range(&self, _: &str, _: &str) -> Result<Vec<SpendRow>> {
+            Ok(self.rows.lock().unwrap().clone())
+        }
+        fn watch(&self) -> crate::store::Watch<String> {
+            self.hub.watch()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_store_outage_delays_the_ledger_and_loses_nothing() {
+        let store = Arc::new(Flaky {
+            failures: 3.into(),
+            rows: Default::default(),
+            hub: Default::default(),
+        });
+        let ledger = Ledger::start(store.clone());
+        ledger.record(entry("k1", "payments", "m1", Some(100)));
+        ledger.flush().await; // refused: kept
+        ledger.record(entry("k1", "payments", "m1", Some(20)));
+        ledger.record(entry("k2", "payments", "m1", Some(3)));
+        ledger.flush().await; // refused again
+        assert!(store.rows.lock().unwrap().is_empty());
+        // The writer retries on its own (backoff), without new entries arriving.
+        tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+        ledger.flush().await;
+        let rows = store.rows.lock().unwrap().clone();
+        let total: u64 = rows.iter().map(|r| r.cost_micros).sum();
+        let requests: u64 = rows.iter().map(|r| r.requests).sum();
+        assert_eq!((total, requests), (123, 3), "every entry written once: {rows:?}");
     }
 }

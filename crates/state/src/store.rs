@@ -124,8 +124,9 @@ pub trait BudgetLimitStore: Send + Sync + 'static {
 /// The spend ledger's rows: counters per UTC day × key × model.
 #[async_trait]
 pub trait SpendStore: Send + Sync + 'static {
-    /// Adds each delta (one or more requests folded) to its row, each atomically; durable when it
-    /// returns. A row that fails is reported, naming it; the others are still added.
+    /// Adds each delta (one or more requests folded) to its row, all or nothing: durable when it
+    /// returns `Ok`, and nothing added when it returns an error, so the ledger retries a refused
+    /// batch without counting a row twice.
     async fn add(&self, deltas: &[SpendRow]) -> Result<()>;
     /// Rows for UTC days `since..=until` (YYYY-MM-DD).
     async fn range(&self, since: &str, until: &str) -> Result<Vec<SpendRow>>;
