@@ -63,7 +63,18 @@ pub async fn audit(config: Config, cmd: AuditCommand) -> Result<()> {
         AuditCommand::Verify { json } => {
             let v: serde_json::Value = match &client {
                 Some(c) => c.call(Method::GET, "/v1/audit/verify", None).await?,
-                None => serde_json::to_value(chain::verify(&dir)?)?,
+                None => {
+                    let checkpoint = match conduit_gateway::gateway::open_state(&config).await {
+                        Ok(state) => conduit_gateway::gateway::audit_checkpoint(&state, config.replica_id()).await?,
+                        Err(e) => {
+                            eprintln!(
+                                "note: the store did not open ({e}); the chain is checked without the store's checkpoint"
+                            );
+                            None
+                        }
+                    };
+                    serde_json::to_value(chain::verify_against(&dir, checkpoint.as_ref())?)?
+                }
             };
             if json {
                 println!("{v}");
@@ -82,6 +93,9 @@ pub async fn audit(config: Config, cmd: AuditCommand) -> Result<()> {
                     v["files"],
                     v["head_hash"].as_str().unwrap_or("-")
                 );
+                if let Some(seq) = v["checkpoint_seq"].as_u64() {
+                    println!("and it matches the store's checkpoint at record {seq}");
+                }
             }
             match v["problem"].as_str() {
                 Some(p) => Err(Error::msg(format!(

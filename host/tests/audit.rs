@@ -258,6 +258,65 @@ async fn tampering_is_detected_and_named() {
     assert!(!chain::verify(&dir).unwrap().ok);
 }
 
+/// A consistent rewrite — the last records cut and `HEAD` rewritten to match — passes the
+/// files' own check; the store's checkpoint of the head catches it (through the admin API, as
+/// `conduit audit verify` asks a running gateway).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consistent_rewrite_of_the_files_is_caught_by_the_stores_checkpoint() {
+    let h = Harness::start().await;
+    for i in 0..4 {
+        let r = h
+            .messages(&body("claude-sonnet-4-5", &format!("turn {i}"), false))
+            .await;
+        assert_eq!(r.status.as_u16(), 200);
+    }
+    h.gateway().audit.sync();
+    let pinned = h.gateway().checkpoint_audit().await.unwrap().expect("a head");
+    assert_eq!(pinned.seq, 4);
+    let v = h.admin_get("/v1/audit/verify").await.json();
+    assert_eq!(
+        (v["ok"].as_bool(), v["checkpoint_seq"].as_u64()),
+        (Some(true), Some(4)),
+        "{v}"
+    );
+
+    let dir = h.gateway().audit.dir().to_path_buf();
+    let (_, file) = chain::day_files(&dir).unwrap().pop().unwrap();
+    let original = std::fs::read_to_string(&file).unwrap();
+    let lines: Vec<&str> = original.lines().collect();
+    std::fs::write(&file, lines[..3].join("\n") + "\n").unwrap();
+    let head = chain::Head {
+        seq: 3,
+        hash: conduit_gateway::audit::line_hash(lines[2].as_bytes()),
+    };
+    chain::write_head(&dir, &head).unwrap();
+    assert!(chain::verify(&dir).unwrap().ok, "the files alone look intact");
+    let v = h.admin_get("/v1/audit/verify").await.json();
+    let problem = v["problem"].as_str().unwrap_or_default();
+    assert!(
+        v["ok"].as_bool() == Some(false) && problem.contains("checkpoint") && problem.contains("record 4"),
+        "{v}"
+    );
+    // Record 3 rewritten (and everything after it, consistently): the checkpoint at 4 no longer
+    // matches what the chain hashes to.
+    let forged = lines[3].replace("\"status\":200", "\"status\":201");
+    let mut rewritten: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+    rewritten[3] = forged;
+    std::fs::write(&file, rewritten.join("\n") + "\n").unwrap();
+    chain::write_head(
+        &dir,
+        &chain::Head {
+            seq: 4,
+            hash: conduit_gateway::audit::line_hash(rewritten[3].as_bytes()),
+        },
+    )
+    .unwrap();
+    assert!(chain::verify(&dir).unwrap().ok, "the files alone look intact");
+    let v = h.admin_get("/v1/audit/verify").await.json();
+    let problem = v["problem"].as_str().unwrap_or_default();
+    assert!(problem.contains("rewritten") && problem.contains("record 4"), "{v}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn export_round_trips_and_matches_the_ledger() {
     let h = Harness::start().await;

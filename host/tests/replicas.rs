@@ -184,7 +184,11 @@ async fn a_key_revoked_on_one_replica_is_refused_on_the_others_and_changes_follo
             revoked_at.elapsed()
         );
     }
-    assert_eq!(post(&rs[0], &key.key).await.status, 401, "at once on the replica that revoked it");
+    assert_eq!(
+        post(&rs[0], &key.key).await.status,
+        401,
+        "at once on the replica that revoked it"
+    );
     // A policy mode and a price override set on replica 0 reach the others' memory.
     rs[0].gateway().set_policy_mode("secret.aws", "block").await.unwrap();
     for r in &rs[1..] {
@@ -258,16 +262,29 @@ async fn postgres_going_away_fails_closed_and_recovers() {
     let why = String::from_utf8_lossy(&ready.body).to_string();
     assert!(why.contains("PostgreSQL"), "readiness says why: {why}");
     let forwarded = r.mock_log().await.len();
-    assert_eq!(forwarded, 5, "no budgeted request was forwarded while PostgreSQL was away");
+    assert_eq!(
+        forwarded, 5,
+        "no budgeted request was forwarded while PostgreSQL was away"
+    );
     cluster.resume();
-    until("requests are admitted again", async || post(r, &r.key).await.status == 200).await;
-    until("the replica is ready again", async || r.admin_get("/readyz").await.status == 200).await;
+    until("requests are admitted again", async || {
+        post(r, &r.key).await.status == 200
+    })
+    .await;
+    until("the replica is ready again", async || {
+        r.admin_get("/readyz").await.status == 200
+    })
+    .await;
     // The ledger rows refused during the outage were kept and written after it.
     let today = conduit_gateway::clock::format_date(conduit_gateway::clock::now_unix());
     until("the outage's spend reaches the ledger", async || {
         r.gateway().ledger.flush().await;
         let rows = r.gateway().state.spend.range(&today, &today).await.unwrap();
-        rows.iter().filter(|row| row.team == "risk").map(|row| row.requests).sum::<u64>() == 4
+        rows.iter()
+            .filter(|row| row.team == "risk")
+            .map(|row| row.requests)
+            .sum::<u64>()
+            == 4
     })
     .await;
 }
@@ -374,4 +391,43 @@ async fn store_copy_moves_a_single_node_install_and_refuses_a_non_empty_target()
         .unwrap()
         .to_string();
     assert!(again.contains("not empty"), "{again}");
+}
+
+/// Rate limits are per replica (token buckets in each process): the documented bound is that a
+/// client spread over N replicas reaches at most N × its limit — and no more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_are_per_replica_so_n_replicas_allow_at_most_n_times_the_limit() {
+    let Some(cluster) = Cluster::start() else { return };
+    let rs = replicas(&cluster, "rates", 2).await;
+    let limited = conduit_gateway::operator::create_key(
+        rs[0].gateway().state.keys.as_ref(),
+        conduit_gateway::operator::NewKeyRequest {
+            owner: "frank@corp.example".into(),
+            team: Some("risk".into()),
+            name: None,
+            expires_at: None,
+            limits: conduit_gateway::records::RateLimits {
+                rpm: Some(3),
+                ..Default::default()
+            },
+        },
+    )
+    .await
+    .unwrap()
+    .key;
+    let mut admitted = 0;
+    for r in &rs {
+        for _ in 0..5 {
+            match post(r, &limited).await.status.as_u16() {
+                200 => admitted += 1,
+                429 => {}
+                other => panic!("unexpected status {other}"),
+            }
+        }
+    }
+    assert_eq!(
+        admitted,
+        2 * 3,
+        "each replica admits the key's rpm, no more: N × the limit in all"
+    );
 }

@@ -238,11 +238,23 @@ pub struct Verification {
     pub files: usize,
     /// The first problem, naming the record.
     pub problem: Option<String>,
+    /// The seq of the checkpoint held outside these files (the store) that the chain was checked
+    /// against, if there was one within what the files keep.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoint_seq: Option<u64>,
 }
 
 /// Re-walks the chain: every line must hash to the next line's `prev`, seqs must follow without a
 /// gap from `ANCHOR` (or 1), and the end must reach `HEAD`. Stops at the first break.
 pub fn verify(dir: &Path) -> Result<Verification> {
+    verify_against(dir, None)
+}
+
+/// As [`verify`], and also against a checkpoint of the chain's head kept somewhere the files'
+/// writer cannot rewrite (the store): the record at its seq must still hash to it, and the files
+/// must reach it. A log rewritten consistently from some record on — files and `HEAD` alike —
+/// passes [`verify`] but not this.
+pub fn verify_against(dir: &Path, checkpoint: Option<&Head>) -> Result<Verification> {
     let anchor: Option<Anchor> = read_json(dir, "ANCHOR")?;
     let head = read_head(dir)?;
     let files = day_files(dir)?;
@@ -258,6 +270,7 @@ pub fn verify(dir: &Path) -> Result<Verification> {
         head_hash: expect_prev.clone(),
         files: files.len(),
         problem: None,
+        checkpoint_seq: None,
     };
     let mut last_id = String::new();
     let fail = |v: &mut Verification, msg: String| {
@@ -344,10 +357,36 @@ pub fn verify(dir: &Path) -> Result<Verification> {
             v.records += 1;
             expect_seq = r.seq + 1;
             expect_prev = line_hash(body);
+            if let Some(c) = checkpoint.filter(|c| c.seq == r.seq) {
+                v.checkpoint_seq = Some(c.seq);
+                if c.hash != expect_prev {
+                    fail(
+                        &mut v,
+                        format!(
+                            "record {} ({}) is not the record the store's checkpoint holds: the log was rewritten from there on ({name} line {lineno})",
+                            r.seq, r.request_id
+                        ),
+                    );
+                    break 'files;
+                }
+            }
             last_id = r.request_id;
         }
     }
     v.head_hash = expect_prev.clone();
+    if v.ok
+        && let Some(c) = checkpoint
+        && c.seq >= expect_seq
+    {
+        fail(
+            &mut v,
+            format!(
+                "records after {} were removed: the store's checkpoint says the log reached record {}",
+                expect_seq - 1,
+                c.seq
+            ),
+        );
+    }
     if v.ok
         && let Some(h) = head
     {

@@ -89,9 +89,13 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>) -> Response<GatewayBod
     let result = match (&method, segments.as_slice()) {
         (&Method::GET, ["v1", "audit", "verify"]) => {
             let (log, dir) = (gw.audit.clone(), gw.audit.dir().to_path_buf());
+            let checkpoint = match crate::gateway::audit_checkpoint(&gw.state, gw.config.replica_id()).await {
+                Ok(c) => c,
+                Err(e) => return problem(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+            };
             blocking(move || {
                 log.sync();
-                crate::audit::chain::verify(&dir).map(|v| json!(v))
+                crate::audit::chain::verify_against(&dir, checkpoint.as_ref()).map(|v| json!(v))
             })
             .await
             .map(|v| (StatusCode::OK, v))

@@ -94,6 +94,16 @@ pub struct RawStore {
     pub cache_ttl_secs: Option<u64>,
 }
 
+impl Config {
+    /// This gateway's name among replicas (`[store] replica_id`); `local` on the embedded store.
+    pub fn replica_id(&self) -> &str {
+        match &self.store {
+            StoreConfig::Sled => "local",
+            StoreConfig::Postgres(pg) => &pg.replica_id,
+        }
+    }
+}
+
 /// Where the state lives.
 #[derive(Debug, Clone)]
 pub enum StoreConfig {

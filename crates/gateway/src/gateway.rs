@@ -130,6 +130,22 @@ impl Gateway {
         Ok(())
     }
 
+    /// Copies the audit chain's synced head into the store now (the checkpoint task does it every
+    /// few seconds); returns it, or `None` before the first record.
+    pub async fn checkpoint_audit(&self) -> Result<Option<crate::audit::chain::Head>> {
+        let dir = self.audit.dir().to_path_buf();
+        let head = tokio::task::spawn_blocking(move || crate::audit::chain::read_head(&dir))
+            .await
+            .map_err(|e| Error::msg(format!("reading the audit head failed: {e}")))??;
+        let Some(head) = head else { return Ok(None) };
+        let name = audit_checkpoint_name(self.config.replica_id());
+        let value = serde_json::to_string(&head)?;
+        if self.state.meta.get(&name).await?.as_deref() != Some(value.as_str()) {
+            self.state.meta.set(&name, &value).await?;
+        }
+        Ok(Some(head))
+    }
+
     /// The current master key (what new credentials are sealed under).
     pub fn master_key(&self) -> Arc<MasterKey> {
         self.master_keys
@@ -288,6 +304,44 @@ pub fn follow_changes(gateway: &Arc<Gateway>) {
             }
         }
     });
+}
+
+/// How often the audit chain's head is checkpointed into the store.
+pub const AUDIT_CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The store's name for a replica's audit checkpoint.
+pub fn audit_checkpoint_name(replica: &str) -> String {
+    format!("audit_checkpoint:{replica}")
+}
+
+/// Copies the audit chain's synced head into the store every [`AUDIT_CHECKPOINT_EVERY`], so a
+/// rewrite of this replica's files — even a consistent one, `HEAD` included — is found by
+/// `audit verify` against the store (which the files' writer cannot rewrite: another host, or at
+/// least another trust boundary).
+pub fn checkpoint_audit(gateway: &Arc<Gateway>) {
+    let weak = Arc::downgrade(gateway);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(AUDIT_CHECKPOINT_EVERY);
+        loop {
+            tick.tick().await;
+            let Some(gw) = weak.upgrade() else { return };
+            if let Err(e) = gw.checkpoint_audit().await {
+                tracing::warn!(error = %e, "checkpointing the audit head into the store failed");
+            }
+        }
+    });
+}
+
+/// The audit checkpoint the store holds for `replica`.
+pub async fn audit_checkpoint(state: &State, replica: &str) -> Result<Option<crate::audit::chain::Head>> {
+    match state.meta.get(&audit_checkpoint_name(replica)).await? {
+        Some(v) => serde_json::from_str(&v).map(Some).map_err(|e| {
+            Error::msg(format!(
+                "the store's audit checkpoint for {replica:?} is not valid: {e}"
+            ))
+        }),
+        None => Ok(None),
+    }
 }
 
 /// Opens the state the configuration names: the one place a backend is chosen — the embedded

@@ -54,6 +54,7 @@ impl Running {
 pub async fn start(gateway: Gateway, grace: Duration) -> Result<Running> {
     let gateway = Arc::new(gateway);
     crate::gateway::follow_changes(&gateway);
+    crate::gateway::checkpoint_audit(&gateway);
     let config = &gateway.config;
     let tls = config.tls.as_ref().map(load_tls).transpose()?;
     let listener = TcpListener::bind(config.listen).await.map_err(|e| {

@@ -51,7 +51,9 @@ impl<K: Eq + Hash + Clone, V: Clone> Entries<K, V> {
 
     fn get(&self, k: &K) -> Option<V> {
         let map = self.map.read().unwrap_or_else(|p| p.into_inner());
-        map.get(k).filter(|(_, at)| at.elapsed() < self.ttl).map(|(v, _)| v.clone())
+        map.get(k)
+            .filter(|(_, at)| at.elapsed() < self.ttl)
+            .map(|(v, _)| v.clone())
     }
 
     fn generation(&self) -> u64 {
@@ -115,12 +117,14 @@ impl CachedKeys {
             entries: Entries::new(ttl),
             inner: inner.clone(),
         });
-        follow(inner.watch(), Arc::downgrade(&cache), |c: &CachedKeys, change: Option<KeyChange>| {
-            match change {
+        follow(
+            inner.watch(),
+            Arc::downgrade(&cache),
+            |c: &CachedKeys, change: Option<KeyChange>| match change {
                 Some(k) if k.id != EVERYTHING => c.entries.forget(&k.hash),
                 _ => c.entries.forget_all(),
-            }
-        });
+            },
+        );
         cache
     }
 }
