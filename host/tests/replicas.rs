@@ -227,7 +227,8 @@ async fn postgres_going_away_fails_closed_and_recovers() {
     let Some(mut cluster) = Cluster::start() else { return };
     let rs = replicas(&cluster, "outage", 1).await;
     let r = &rs[0];
-    set(r, "team:payments", 1_000 * WORST).await;
+    // 40 worst cases: a replica's slice is 2 of them (5 % of the cap).
+    set(r, "team:payments", 40 * WORST).await;
     // A key no budget applies to (team risk), looked up once so its replica has it cached.
     let unbudgeted = conduit_gateway::operator::create_key(
         r.gateway().state.keys.as_ref(),
@@ -242,20 +243,32 @@ async fn postgres_going_away_fails_closed_and_recovers() {
     .await
     .unwrap()
     .key;
-    assert_eq!(post(r, &r.key).await.status, 200);
     assert_eq!(post(r, &unbudgeted).await.status, 200);
     assert_eq!(r.admin_get("/readyz").await.status, 200);
     r.gateway().ledger.flush().await;
+    assert_eq!(post(r, &r.key).await.status, 200, "takes a slice of the team budget");
     cluster.stop();
     // Nothing to enforce for this key, and its record is cached: served, and its spend is kept
     // until the ledger can write it.
     for _ in 0..3 {
         assert_eq!(post(r, &unbudgeted).await.status, 200);
     }
-    let reply = post(r, &r.key).await;
+    // The team budget: admitted against what is left of the slice held here (none if it already
+    // went back, idle), then refused — never forwarded unchecked.
+    let mut from_slice = 0;
+    let reply = loop {
+        let reply = post(r, &r.key).await;
+        if reply.status != 200 {
+            break reply;
+        }
+        from_slice += 1;
+        assert!(from_slice <= 1, "admitted past the slice held while PostgreSQL is away");
+    };
     assert_eq!(
-        reply.status, 503,
-        "no budget can be checked: refused, never forwarded unchecked"
+        reply.status,
+        503,
+        "refused once the slice is used: {}",
+        String::from_utf8_lossy(&reply.body)
     );
     let ready = r.admin_get("/readyz").await;
     assert_eq!(ready.status, 503);
@@ -263,8 +276,9 @@ async fn postgres_going_away_fails_closed_and_recovers() {
     assert!(why.contains("PostgreSQL"), "readiness says why: {why}");
     let forwarded = r.mock_log().await.len();
     assert_eq!(
-        forwarded, 5,
-        "no budgeted request was forwarded while PostgreSQL was away"
+        forwarded,
+        5 + from_slice,
+        "no budgeted request beyond the slice was forwarded while PostgreSQL was away"
     );
     cluster.resume();
     until("requests are admitted again", async || {

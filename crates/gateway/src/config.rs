@@ -89,6 +89,9 @@ pub struct RawStore {
     pub replica_id: Option<String>,
     /// Seconds before an unsettled budget hold of a vanished replica counts as spent (default 900).
     pub hold_ttl_secs: Option<u64>,
+    /// Admit requests only team / org budgets apply to against slices this replica holds (default
+    /// true: no database round trip for them); `false` reserves every budgeted request in the database.
+    pub leases: Option<bool>,
     /// Seconds a cached key or credential lookup may be served without re-reading the store, if
     /// the store's change announcements stop arriving (default 10; changes invalidate at once).
     pub cache_ttl_secs: Option<u64>,
@@ -180,6 +183,9 @@ impl RawStore {
                         )));
                     }
                     pg.hold_ttl = Duration::from_secs(s);
+                }
+                if let Some(l) = self.leases {
+                    pg.leases = l;
                 }
                 Ok(StoreConfig::Postgres(pg))
             }

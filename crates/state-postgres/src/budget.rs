@@ -27,6 +27,7 @@ use conduit_state::budget::{BudgetStatus, Budgets, Hold, OverBudget, Period, Ref
 use conduit_state::records::{BudgetLimit, Principal};
 use conduit_state::store::{BudgetLimitStore, Watch};
 
+use crate::lease::{LeaseHold, Leases, period_key, period_of_key};
 use crate::{PgConfig, pg_err};
 
 /// How often the limits are re-read and expired holds reaped.
@@ -44,30 +45,19 @@ struct Shared {
     /// Counter rows known to exist (created, or seen), so a reservation is one statement.
     known: Mutex<HashSet<(String, Period)>>,
     settles: mpsc::UnboundedSender<Settle>,
+    /// Slices of shared budgets this process holds (`None`: `[store] leases = false`).
+    leases: Option<Arc<Leases>>,
 }
+
+/// How long a replica short of room waits, after asking the others to give back unused slices,
+/// before it tries once more.
+const RETURN_WAIT: Duration = Duration::from_millis(50);
 
 enum Settle {
     /// A hold to settle to a cost (`None`: released unused).
     Hold(String, Option<u64>),
     /// Answered once everything queued before it is done.
     Flush(oneshot::Sender<()>),
-}
-
-fn period_key(p: &Period) -> String {
-    match p {
-        Period::Day(d) => format!("d:{d}"),
-        Period::Month(m) => format!("m:{m}"),
-    }
-}
-
-fn period_of_key(k: &str) -> Option<Period> {
-    let (kind, n) = k.split_once(':')?;
-    let n: i64 = n.parse().ok()?;
-    match kind {
-        "d" => Some(Period::Day(n)),
-        "m" => Some(Period::Month(n)),
-        _ => None,
-    }
 }
 
 impl PgBudgets {
@@ -83,6 +73,9 @@ impl PgBudgets {
             limits: RwLock::new(HashMap::new()),
             known: Mutex::new(HashSet::new()),
             settles: tx,
+            leases: config
+                .leases
+                .then(|| Leases::new(pg.clone(), config.replica_id.clone())),
         });
         shared.reload().await?;
         let reaped = shared.reap().await?;
@@ -91,11 +84,27 @@ impl PgBudgets {
                 target: "conduit::budget",
                 holds = reaped,
                 replica = %shared.replica,
-                "budget holds this replica left unsettled (it stopped mid-request) now count as spent"
+                "budget holds and leases this replica left unsettled (it stopped mid-request) now count as spent"
             );
         }
-        tokio::spawn(settle_worker(pg, rx));
+        tokio::spawn(settle_worker(pg.clone(), rx));
         tokio::spawn(refresher(Arc::downgrade(&shared)));
+        if let Some(leases) = &shared.leases {
+            tokio::spawn(crate::lease::committer(Arc::downgrade(leases)));
+            // Other replicas short of room ask for unused slices back.
+            let mut asks = pg.0.hubs.lease_returns.watch();
+            let weak = Arc::downgrade(leases);
+            tokio::spawn(async move {
+                while let Ok(ask) = asks.recv().await {
+                    let Some(leases) = weak.upgrade() else { return };
+                    if let Some((scope, period)) = ask.rsplit_once('|')
+                        && let Some(period) = period_of_key(period)
+                    {
+                        leases.give_back((scope.to_string(), period));
+                    }
+                }
+            });
+        }
         Ok(PgBudgets(shared))
     }
 }
@@ -126,7 +135,17 @@ impl Shared {
             )
             .await
             .map_err(|e| pg_err("reaping expired budget holds", e))?;
-        Ok(row.get(0))
+        let leases = self
+            .pg
+            .client()
+            .await?
+            .query_one(
+                "SELECT conduit_reap_leases($1, $2, $3)",
+                &[&conduit_core::clock::now_unix(), &self.replica, &self.pg.0.origin],
+            )
+            .await
+            .map_err(|e| pg_err("reaping expired budget leases", e))?;
+        Ok(row.get::<_, i32>(0) + leases.get::<_, i32>(0))
     }
 
     fn targets(&self, principal: &Principal, at_unix: i64) -> Vec<(String, Period, u64)> {
@@ -177,6 +196,120 @@ impl Shared {
                 .insert((scope.clone(), *period));
         }
         Ok(())
+    }
+
+    /// One round trip: `conduit_reserve` raises every counter of the request, or none.
+    async fn reserve_held(
+        &self,
+        targets: &[(String, Period, u64)],
+        worst: u64,
+        at_unix: i64,
+    ) -> Result<Option<Reservation>, Refusal> {
+        let mut id = [0u8; 16];
+        getrandom::fill(&mut id)
+            .map_err(|e| Refusal::Unavailable(Error::msg(format!("OS random source failed: {e}"))))?;
+        let id = format!("h_{}", conduit_core::hex::encode(&id));
+        let scopes: Vec<&str> = targets.iter().map(|t| t.0.as_str()).collect();
+        let periods: Vec<String> = targets.iter().map(|t| period_key(&t.1)).collect();
+        let caps: Vec<i64> = targets.iter().map(|t| crate::big(t.2)).collect();
+        let now = conduit_core::clock::now_unix();
+        let refused = self
+            .pg
+            .client()
+            .await
+            .map_err(Refusal::Unavailable)?
+            .query_opt(
+                "SELECT scope, period, cap, committed, held FROM conduit_reserve($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                &[
+                    &id,
+                    &self.replica,
+                    &self.pg.0.origin,
+                    &scopes,
+                    &periods,
+                    &caps,
+                    &crate::big(worst),
+                    &now,
+                    &(now + self.hold_ttl),
+                ],
+            )
+            .await
+            .map_err(|e| Refusal::Unavailable(pg_err("reserving against budgets", e)))?;
+        match refused {
+            None => Ok(Some(Reservation::new(Box::new(PgHold {
+                id,
+                settles: self.settles.clone(),
+            })))),
+            Some(row) => {
+                let scope: String = row.get(0);
+                let period = period_of_key(row.get(1)).unwrap_or(Period::day_of(at_unix));
+                let n = |i: usize| row.get::<_, i64>(i).max(0) as u64;
+                Err(Refusal::Over(OverBudget {
+                    scope,
+                    period: period.name(),
+                    limit: n(2),
+                    spent: n(3),
+                    reserved: n(4),
+                    requested: worst,
+                    resets_at: period.bounds().2,
+                }))
+            }
+        }
+    }
+
+    /// No round trip while the slices held here have room: the worst case is taken from each
+    /// target's slice (topped up from the database when short), all or nothing.
+    async fn reserve_leased(
+        &self,
+        leases: &Arc<Leases>,
+        targets: &[(String, Period, u64)],
+        worst: u64,
+    ) -> Result<Option<Reservation>, Refusal> {
+        let mut taken: Vec<(crate::lease::SlotKey, u64)> = Vec::with_capacity(targets.len());
+        let undo = |taken: &[(crate::lease::SlotKey, u64)]| {
+            for (key, generation) in taken {
+                leases.finish(key, *generation, worst, None);
+            }
+        };
+        for (scope, period, cap) in targets {
+            let key = (scope.clone(), *period);
+            let mut asked = false;
+            loop {
+                match leases.take(&key, *cap, worst).await {
+                    Err(e) => {
+                        undo(&taken);
+                        return Err(Refusal::Unavailable(e));
+                    }
+                    Ok(Ok(generation)) => {
+                        taken.push((key, generation));
+                        break;
+                    }
+                    Ok(Err(no)) if !asked && no.others_leased > 0 => {
+                        // Other replicas hold slices of it: ask for what they do not use, once.
+                        asked = true;
+                        let _ = leases.ask_others(&key).await;
+                        tokio::time::sleep(RETURN_WAIT).await;
+                    }
+                    Ok(Err(no)) => {
+                        undo(&taken);
+                        let (local_spent, _) = leases.local(&key);
+                        return Err(Refusal::Over(OverBudget {
+                            scope: scope.clone(),
+                            period: period.name(),
+                            limit: *cap,
+                            spent: no.committed + local_spent,
+                            reserved: no.held.saturating_sub(local_spent),
+                            requested: worst,
+                            resets_at: period.bounds().2,
+                        }));
+                    }
+                }
+            }
+        }
+        Ok(Some(Reservation::new(Box::new(LeaseHold {
+            leases: leases.clone(),
+            taken,
+            worst,
+        }))))
     }
 
     async fn flush(&self) {
@@ -230,16 +363,25 @@ async fn refresher(weak: std::sync::Weak<Shared>) {
     let mut tick = tokio::time::interval(REFRESH);
     tick.tick().await;
     loop {
+        let mut changed = Err(());
         let reap = tokio::select! {
             _ = tick.tick() => true,
             r = changes.recv() => {
-                if matches!(r, Err(tokio::sync::broadcast::error::RecvError::Closed)) {
-                    return;
+                match r {
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                    Ok(scope) => changed = Ok(scope),
+                    Err(_) => {}
                 }
                 false
             }
         };
         let Some(shared) = weak.upgrade() else { return };
+        if !reap && let (Some(leases), Ok(scope)) = (&shared.leases, &changed) {
+            // A new limit: slices taken under the old one go back and are re-granted under it.
+            for key in leases.keys_of(scope) {
+                leases.give_back(key);
+            }
+        }
         if let Err(e) = shared.reload().await {
             tracing::warn!(target: "conduit::budget", error = %e, "re-reading budget limits failed");
         }
@@ -285,59 +427,36 @@ impl Budgets for PgBudgets {
 
     async fn reserve(&self, principal: &Principal, at_unix: i64, worst: u64) -> Result<Option<Reservation>, Refusal> {
         let s = &self.0;
-        let targets = s.targets(principal, at_unix);
+        let mut targets = s.targets(principal, at_unix);
         if targets.is_empty() {
             return Ok(None);
         }
+        targets.sort_by(|a, b| (&a.0, &a.1.bounds().0).cmp(&(&b.0, &b.1.bounds().0)));
         let wanted: Vec<(String, Period)> = targets.iter().map(|(sc, p, _)| (sc.clone(), *p)).collect();
         s.ensure(&wanted).await.map_err(Refusal::Unavailable)?;
-        let mut id = [0u8; 16];
-        getrandom::fill(&mut id)
-            .map_err(|e| Refusal::Unavailable(Error::msg(format!("OS random source failed: {e}"))))?;
-        let id = format!("h_{}", conduit_core::hex::encode(&id));
-        let scopes: Vec<&str> = targets.iter().map(|t| t.0.as_str()).collect();
-        let periods: Vec<String> = targets.iter().map(|t| period_key(&t.1)).collect();
-        let caps: Vec<i64> = targets.iter().map(|t| crate::big(t.2)).collect();
-        let now = conduit_core::clock::now_unix();
-        let refused = s
-            .pg
-            .client()
-            .await
-            .map_err(Refusal::Unavailable)?
-            .query_opt(
-                "SELECT scope, period, cap, committed, held FROM conduit_reserve($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-                &[
-                    &id,
-                    &s.replica,
-                    &s.pg.0.origin,
-                    &scopes,
-                    &periods,
-                    &caps,
-                    &crate::big(worst),
-                    &now,
-                    &(now + s.hold_ttl),
-                ],
-            )
-            .await
-            .map_err(|e| Refusal::Unavailable(pg_err("reserving against budgets", e)))?;
-        match refused {
-            None => Ok(Some(Reservation::new(Box::new(PgHold {
-                id,
-                settles: s.settles.clone(),
-            })))),
-            Some(row) => {
-                let scope: String = row.get(0);
-                let period = period_of_key(row.get(1)).unwrap_or(Period::day_of(at_unix));
-                let n = |i: usize| row.get::<_, i64>(i).max(0) as u64;
-                Err(Refusal::Over(OverBudget {
-                    scope,
-                    period: period.name(),
-                    limit: n(2),
-                    spent: n(3),
-                    reserved: n(4),
-                    requested: worst,
-                    resets_at: period.bounds().2,
-                }))
+        let per_key = targets.iter().any(|t| t.0.starts_with("key:"));
+        match &s.leases {
+            // Only shared budgets apply: admit from slices held here.
+            Some(leases) if !per_key => s.reserve_leased(leases, &targets, worst).await,
+            _ => {
+                let mut asked = false;
+                loop {
+                    match s.reserve_held(&targets, worst, at_unix).await {
+                        // Short in a shared budget whose room other replicas may hold unused: ask
+                        // for it back once before refusing.
+                        Err(Refusal::Over(o)) if !asked && !o.scope.starts_with("key:") && o.reserved > 0 => {
+                            asked = true;
+                            if let Some(key) = targets.iter().find(|t| t.0 == o.scope).map(|t| (t.0.clone(), t.1)) {
+                                if let Some(leases) = &s.leases {
+                                    leases.give_back(key.clone());
+                                    let _ = leases.ask_others(&key).await;
+                                }
+                                tokio::time::sleep(RETURN_WAIT).await;
+                            }
+                        }
+                        other => return other,
+                    }
+                }
             }
         }
     }
@@ -363,6 +482,11 @@ impl Budgets for PgBudgets {
     async fn status(&self, now_unix: i64) -> Result<Vec<BudgetStatus>> {
         let s = &self.0;
         s.flush().await;
+        if let Some(leases) = &s.leases {
+            // What this replica spent is committed and its unused slices go back, so the figures
+            // are the database's own (other replicas' slices show as reserved).
+            leases.commit(true).await?;
+        }
         let in_force: Vec<(String, Period, u64)> = s
             .limits()
             .iter()

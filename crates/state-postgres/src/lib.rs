@@ -17,6 +17,7 @@
 //!   conditional statement per request, raises them, so N replicas cannot admit more than the cap.
 
 pub mod budget;
+mod lease;
 mod listen;
 pub mod schema;
 pub mod testing;
@@ -72,6 +73,8 @@ pub struct PgConfig {
     pub replica_id: String,
     /// How long a hold may stay unsettled before any replica counts it as spent.
     pub hold_ttl: Duration,
+    /// Admit requests only shared budgets (team, org) apply to against slices held locally.
+    pub leases: bool,
 }
 
 impl std::fmt::Debug for PgConfig {
@@ -97,6 +100,7 @@ impl PgConfig {
             connect_timeout: Duration::from_secs(5),
             replica_id: default_replica_id(),
             hold_ttl: Duration::from_secs(15 * 60),
+            leases: true,
         }
     }
 }
@@ -241,6 +245,8 @@ pub(crate) struct Hubs {
     pub(crate) modes: Hub<String>,
     pub(crate) prices: Hub<()>,
     pub(crate) meta: Hub<String>,
+    /// Another replica needs room in a shared budget: `scope|period` whose unused lease to give back.
+    pub(crate) lease_returns: Hub<String>,
 }
 
 /// A change, as it travels in a NOTIFY payload: `<origin> <kind> <data>`.
@@ -254,6 +260,7 @@ pub(crate) enum Change {
     Mode(String),
     Prices,
     Meta(String),
+    LeaseReturn(String),
 }
 
 impl Change {
@@ -267,6 +274,7 @@ impl Change {
             Change::Mode(m) => ("mode", m.clone()),
             Change::Prices => ("prices", String::new()),
             Change::Meta(n) => ("meta", n.clone()),
+            Change::LeaseReturn(k) => ("lease-return", k.clone()),
         };
         format!("{origin} {kind} {data}")
     }
@@ -297,6 +305,7 @@ impl Change {
             "mode" => Change::Mode(data.into()),
             "prices" => Change::Prices,
             "meta" => Change::Meta(data.into()),
+            "lease-return" => Change::LeaseReturn(data.into()),
             _ => return None,
         };
         Some((origin, change))
@@ -314,6 +323,7 @@ impl Hubs {
             Change::Mode(m) => self.modes.send(m),
             Change::Prices => self.prices.send(()),
             Change::Meta(n) => self.meta.send(n),
+            Change::LeaseReturn(k) => self.lease_returns.send(k),
         }
     }
 }
@@ -393,6 +403,17 @@ impl Pg {
                 }
             ))
         })
+    }
+
+    /// Announces `change` to the other processes only (nothing was written).
+    pub(crate) async fn announce(&self, change: Change) -> Result<()> {
+        let payload = change.payload(&self.0.origin);
+        self.client()
+            .await?
+            .execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &payload])
+            .await
+            .map_err(|e| pg_err("announcing a change", e))?;
+        Ok(())
     }
 
     /// Whether changes from other replicas are being heard right now.

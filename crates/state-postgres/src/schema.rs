@@ -195,6 +195,123 @@ BEGIN
 END
 $fn$;
 "#,
+    // 2: leases — a replica holds a slice of a shared (team, org) budget and admits against it
+    // locally; the slice counts in `leased` until it is settled (spent) or returned.
+    r#"
+CREATE TABLE conduit_budget_leases (
+    scope text NOT NULL,
+    period text NOT NULL,
+    replica text NOT NULL,
+    life text NOT NULL,
+    amount bigint NOT NULL CHECK (amount >= 0),
+    expires_at bigint NOT NULL,
+    PRIMARY KEY (scope, period, life)
+);
+
+-- Grants a lease of at least p_need (else nothing: the counter lacks room) and at most the larger of
+-- p_need and min(p_want, a quarter of the room left), so a nearly spent budget goes out in small
+-- pieces. Returns the grant (0: refused) and the counter's figures after it.
+CREATE FUNCTION conduit_lease(p_scope text, p_period text, p_cap bigint, p_need bigint, p_want bigint,
+                              p_replica text, p_life text, p_expires bigint)
+RETURNS TABLE (granted bigint, committed bigint, held bigint, others_leased bigint)
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    c conduit_budget_counters%ROWTYPE;
+    mine bigint;
+    room bigint;
+    g bigint;
+BEGIN
+    SELECT * INTO c FROM conduit_budget_counters WHERE scope = p_scope AND period = p_period FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'conduit_lease: no budget counter for % %', p_scope, p_period;
+    END IF;
+    SELECT coalesce(sum(amount), 0) INTO mine FROM conduit_budget_leases l
+        WHERE l.scope = p_scope AND l.period = p_period AND l.life = p_life;
+    room := p_cap - c.committed - c.reserved - c.leased;
+    IF room < p_need THEN
+        RETURN QUERY SELECT 0::bigint, c.committed, c.reserved + c.leased, c.leased - mine;
+        RETURN;
+    END IF;
+    g := greatest(p_need, least(p_want, room / 4));
+    UPDATE conduit_budget_counters u SET leased = u.leased + g
+        WHERE u.scope = p_scope AND u.period = p_period AND u.committed + u.reserved + u.leased + g <= p_cap;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'conduit_lease: the counter changed under its lock';
+    END IF;
+    INSERT INTO conduit_budget_leases (scope, period, replica, life, amount, expires_at)
+        VALUES (p_scope, p_period, p_replica, p_life, g, p_expires)
+        ON CONFLICT (scope, period, life) DO UPDATE
+        SET amount = conduit_budget_leases.amount + g, expires_at = p_expires;
+    RETURN QUERY SELECT g, c.committed, c.reserved + c.leased + g, c.leased - mine;
+END
+$fn$;
+
+-- Moves p_spent of this life's lease into committed, gives p_returned back and extends it.
+-- Returns false when the lease is gone (reaped: all of it was counted as spent already).
+CREATE FUNCTION conduit_lease_settle(p_scope text, p_period text, p_life text, p_spent bigint, p_returned bigint,
+                                     p_expires bigint)
+RETURNS boolean
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    l conduit_budget_leases%ROWTYPE;
+    moved bigint;
+    back bigint;
+BEGIN
+    PERFORM 1 FROM conduit_budget_counters WHERE scope = p_scope AND period = p_period FOR UPDATE;
+    SELECT * INTO l FROM conduit_budget_leases
+        WHERE scope = p_scope AND period = p_period AND life = p_life FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    -- Never move more than the lease holds (a real cost above the worst case is committed in full:
+    -- spent is spent).
+    back := least(p_returned, l.amount);
+    moved := least(p_spent, l.amount - back);
+    UPDATE conduit_budget_counters
+        SET committed = committed + p_spent, leased = leased - moved - back
+        WHERE scope = p_scope AND period = p_period;
+    IF l.amount - moved - back = 0 THEN
+        DELETE FROM conduit_budget_leases WHERE scope = p_scope AND period = p_period AND life = p_life;
+    ELSE
+        UPDATE conduit_budget_leases SET amount = amount - moved - back, expires_at = p_expires
+            WHERE scope = p_scope AND period = p_period AND life = p_life;
+    END IF;
+    RETURN true;
+END
+$fn$;
+
+-- Counts expired leases (and replica p_replica's from another life) as spent, as conduit_reap does
+-- for holds; returns how many.
+CREATE FUNCTION conduit_reap_leases(p_now bigint, p_replica text, p_life text)
+RETURNS integer
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    k record;
+    l conduit_budget_leases%ROWTYPE;
+    n integer := 0;
+BEGIN
+    FOR k IN
+        SELECT scope, period, life FROM conduit_budget_leases
+        WHERE expires_at < p_now OR (replica = p_replica AND life <> p_life)
+        ORDER BY scope, period, life
+    LOOP
+        PERFORM 1 FROM conduit_budget_counters WHERE scope = k.scope AND period = k.period FOR UPDATE;
+        SELECT * INTO l FROM conduit_budget_leases
+            WHERE scope = k.scope AND period = k.period AND life = k.life
+              AND (expires_at < p_now OR (replica = p_replica AND life <> p_life))
+            FOR UPDATE SKIP LOCKED;
+        IF FOUND THEN
+            UPDATE conduit_budget_counters
+                SET committed = committed + l.amount, leased = leased - l.amount
+                WHERE scope = k.scope AND period = k.period;
+            DELETE FROM conduit_budget_leases WHERE scope = k.scope AND period = k.period AND life = k.life;
+            n := n + 1;
+        END IF;
+    END LOOP;
+    RETURN n;
+END
+$fn$;
+"#,
 ];
 
 /// Applies every migration the database lacks, under the advisory lock; returns the versions

@@ -270,6 +270,11 @@ async fn replicas_racing_shared_budgets_admit_exactly_what_fits() {
     for r in held {
         r.settle(worst / 2);
     }
+    // Each replica commits what it spent from its slices when asked for its status (and every
+    // 200 ms on its own).
+    for r in &replicas {
+        r.budgets.status(now).await.unwrap();
+    }
     let status = replicas[1].budgets.status(now).await.unwrap();
     let status_0 = replicas[0].budgets.status(now).await.unwrap();
     let team = status_0.iter().find(|s| s.scope == "team:risk").unwrap();
@@ -316,4 +321,93 @@ async fn a_dead_replicas_holds_count_as_spent_and_are_reaped_on_restart() {
     );
     assert!(matches!(a.budgets.reserve(&p, now, 6_001).await, Err(Refusal::Over(_))));
     drop(a.budgets.reserve(&p, now, 6_000).await.unwrap());
+}
+
+/// A request only shared budgets apply to is admitted from the slice this replica holds: with
+/// PostgreSQL gone it admits what that slice covers, then refuses (fail closed); nothing is lost
+/// or overspent when the database is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_postgres_gone_a_replica_admits_only_against_the_slice_it_holds() {
+    let Some(mut cluster) = Cluster::start() else { return };
+    let url = migrated(&cluster, "slice").await;
+    let a = conduit_state_postgres::open(&config(&url, "a"), &[]).await.unwrap();
+    let now = conduit_core::clock::now_unix();
+    let worst = 1_000;
+    a.budgets
+        .set(
+            "team:risk",
+            BudgetLimit {
+                daily_micros: Some(100 * worst),
+                monthly_micros: None,
+            },
+        )
+        .await
+        .unwrap();
+    let p = Principal::of(key("key_slice", "risk"));
+    // The first reservation takes a slice: 5 % of the cap (less than a quarter of the room).
+    let mut held = vec![a.budgets.reserve(&p, now, worst).await.unwrap().unwrap()];
+    cluster.stop();
+    loop {
+        match a.budgets.reserve(&p, now, worst).await {
+            Ok(Some(r)) => held.push(r),
+            Err(Refusal::Unavailable(e)) => {
+                assert!(e.to_string().contains("PostgreSQL"), "{e}");
+                break;
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(held.len() <= 5, "admitted past the slice it holds");
+    }
+    assert_eq!(
+        held.len(),
+        5,
+        "the slice (5 % of the cap) admits 5 worst cases while the database is away"
+    );
+    for r in held {
+        r.settle(worst);
+    }
+    cluster.resume();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        match a.budgets.status(now).await {
+            Ok(s) => break s,
+            Err(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(100)).await,
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert_eq!(
+        (status[0].spent_micros, status[0].reserved_micros),
+        (5 * worst, 0),
+        "what was spent during the outage is committed once the database is back"
+    );
+}
+
+/// A replica that dies holding a slice: the whole slice counts as spent when it restarts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_replicas_slice_counts_as_spent() {
+    let Some(cluster) = Cluster::start() else { return };
+    let url = migrated(&cluster, "deadslice").await;
+    let now = conduit_core::clock::now_unix();
+    let p = Principal::of(key("key_ds", "risk"));
+    {
+        let a = conduit_state_postgres::open(&config(&url, "a"), &[]).await.unwrap();
+        a.budgets
+            .set(
+                "team:risk",
+                BudgetLimit {
+                    daily_micros: Some(100_000),
+                    monthly_micros: None,
+                },
+            )
+            .await
+            .unwrap();
+        std::mem::forget(a.budgets.reserve(&p, now, 1_000).await.unwrap().unwrap());
+    }
+    let a = conduit_state_postgres::open(&config(&url, "a"), &[]).await.unwrap();
+    let s = a.budgets.status(now).await.unwrap();
+    assert_eq!(
+        (s[0].spent_micros, s[0].reserved_micros),
+        (5_000, 0),
+        "the slice the previous life held (5 % of the cap) is counted as spent: never less than what it may have admitted"
+    );
 }

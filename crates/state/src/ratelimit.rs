@@ -3,7 +3,7 @@
 //! concurrent requests of one key cannot both take its last token.
 //!
 //! Across several replicas each keeps its own buckets: a client spread over N replicas can reach
-//! N × its limits (documented in docs/architecture.md; shared counters are a backend's choice).
+//! N × its limits, never more (docs/high-availability.md says why this is the choice).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
