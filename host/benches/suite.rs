@@ -67,10 +67,10 @@ fn parse_args() -> Args {
             "--soak-minutes" => a.soak_minutes = it.next().and_then(|v| v.parse().ok()).expect("--soak-minutes N"),
             "--out" => a.out = it.next().expect("--out FILE"),
             "--bench" => {}
-            "all" | "latency" | "throughput" | "rate" | "stream" | "memory" => a.what = arg,
+            "all" | "latency" | "throughput" | "rate" | "stream" | "memory" | "replicas" => a.what = arg,
             "--help" | "-h" => {
                 println!(
-                    "suite [all|latency|throughput|rate|stream|memory] [--smoke] [--no-peers] [--soak-minutes N] [--out FILE.json]\n(SUITE_NO_PIN=1: no taskset pinning; PORTKEY_DIR: where @portkey-ai/gateway is installed)"
+                    "suite [all|latency|throughput|rate|stream|memory|replicas] [--smoke] [--no-peers] [--soak-minutes N] [--out FILE.json]\n(SUITE_NO_PIN=1: no taskset pinning; PORTKEY_DIR: where @portkey-ai/gateway is installed)"
                 );
                 std::process::exit(0);
             }
@@ -213,68 +213,197 @@ fn start_mock() -> (Child, SocketAddr) {
 
 fn start_conduit(mock: SocketAddr) -> System {
     let data = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let admin = free_port();
-    let cache = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/bench-policy-cache");
-    // The workloads steer the mock with its control headers, which the gateway forwards only when
-    // configured to.
-    let config = data.path().join("conduit.toml");
-    std::fs::write(&config, conduit_gateway::mock::CONTROL_HEADERS_TOML).unwrap();
-    let env = |c: &mut Command| {
-        c.env("CONDUIT_DATA_DIR", data.path())
-            .env("CONDUIT_CONFIG", &config)
-            .env("CONDUIT_LISTEN", format!("127.0.0.1:{port}"))
-            .env("CONDUIT_ADMIN_LISTEN", format!("127.0.0.1:{admin}"))
-            .env("CONDUIT_ADMIN_TOKEN", "bench-admin-token-0123456789")
-            .env("CONDUIT_POLICY_CACHE_DIR", cache)
-            .env("UPSTREAM_ANTHROPIC_URL", format!("http://{mock}"))
-            .env("UPSTREAM_OPENAI_URL", format!("http://{mock}"))
-            .env("UPSTREAM_BEDROCK_URL", format!("http://{mock}"))
-            .env("CONDUIT_LOG", "warn");
-    };
-    let bin = env!("CARGO_BIN_EXE_conduit");
-    let mut create = Command::new(bin);
-    env(&mut create);
-    let out = create
-        .args(["keys", "create", "--owner", "bench@corp.example", "--json"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let key = serde_json::from_slice::<Value>(&out.stdout).unwrap()["key"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let mut cred = Command::new(bin);
-    env(&mut cred);
-    let out = cred
-        .args(["credentials", "set", "anthropic", "--from-env", "BENCH_CRED"])
-        .env("BENCH_CRED", "sk-ant-bench")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    // A key pair, so the Bedrock row includes SigV4 signing of every request.
-    let mut cred = Command::new(bin);
-    env(&mut cred);
-    let out = cred
-        .args(["credentials", "set", "bedrock", "--from-aws-env"])
-        .env("AWS_ACCESS_KEY_ID", "AKIABENCHKEY00000000")
-        .env("AWS_SECRET_ACCESS_KEY", "bench/secret+access/key0123456789abcdef")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let mut serve = pinned(GATEWAY_CPU, bin);
-    env(&mut serve);
-    let child = serve
-        .arg("serve")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    assert!(wait_listening(addr, "conduit", 120));
-    let mut sys = system("conduit", addr, vec![("x-api-key".into(), key)], Some(child), None);
+    let setup = Setup::new(&data, mock, &[], "");
+    let key = setup.create_key(None);
+    setup.credentials();
+    let mut sys = setup.serve("conduit", key);
     sys._keep.push(Box::new(data));
     sys
+}
+
+/// One Conduit's environment and config: its data directory, ports and (for a replica) the
+/// shared store.
+struct Setup {
+    env: Vec<(String, String)>,
+    port: u16,
+}
+
+impl Setup {
+    fn new(data: &tempfile::TempDir, mock: SocketAddr, extra_env: &[(&str, String)], extra_toml: &str) -> Setup {
+        let port = free_port();
+        let admin = free_port();
+        let cache = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/bench-policy-cache");
+        // The workloads steer the mock with its control headers, which the gateway forwards only
+        // when configured to.
+        let config = data.path().join("conduit.toml");
+        std::fs::write(
+            &config,
+            format!("{extra_toml}\n{}", conduit_gateway::mock::CONTROL_HEADERS_TOML),
+        )
+        .unwrap();
+        let mut env: Vec<(String, String)> = [
+            ("CONDUIT_DATA_DIR", data.path().display().to_string()),
+            ("CONDUIT_CONFIG", config.display().to_string()),
+            ("CONDUIT_LISTEN", format!("127.0.0.1:{port}")),
+            ("CONDUIT_ADMIN_LISTEN", format!("127.0.0.1:{admin}")),
+            ("CONDUIT_ADMIN_TOKEN", "bench-admin-token-0123456789".into()),
+            ("CONDUIT_POLICY_CACHE_DIR", cache.into()),
+            ("UPSTREAM_ANTHROPIC_URL", format!("http://{mock}")),
+            ("UPSTREAM_OPENAI_URL", format!("http://{mock}")),
+            ("UPSTREAM_BEDROCK_URL", format!("http://{mock}")),
+            ("CONDUIT_LOG", "warn".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        env.extend(extra_env.iter().map(|(k, v)| (k.to_string(), v.clone())));
+        Setup { env, port }
+    }
+
+    fn cli(&self, args: &[&str], extra: &[(&str, &str)]) -> Vec<u8> {
+        let out = Command::new(env!("CARGO_BIN_EXE_conduit"))
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .envs(extra.iter().copied())
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "conduit {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    }
+
+    /// A new stand-in key: `(secret, id)`.
+    fn create_key_with_id(&self, team: Option<&str>) -> (String, String) {
+        let mut args = vec!["keys", "create", "--owner", "bench@corp.example", "--json"];
+        if let Some(t) = team {
+            args.extend(["--team", t]);
+        }
+        let v: Value = serde_json::from_slice(&self.cli(&args, &[])).unwrap();
+        (
+            v["key"].as_str().unwrap().to_string(),
+            v["record"]["id"].as_str().unwrap().to_string(),
+        )
+    }
+
+    fn create_key(&self, team: Option<&str>) -> String {
+        self.create_key_with_id(team).0
+    }
+
+    fn credentials(&self) {
+        self.cli(
+            &["credentials", "set", "anthropic", "--from-env", "BENCH_CRED"],
+            &[("BENCH_CRED", "sk-ant-bench")],
+        );
+        // A key pair, so the Bedrock row includes SigV4 signing of every request.
+        self.cli(
+            &["credentials", "set", "bedrock", "--from-aws-env"],
+            &[
+                ("AWS_ACCESS_KEY_ID", "AKIABENCHKEY00000000"),
+                ("AWS_SECRET_ACCESS_KEY", "bench/secret+access/key0123456789abcdef"),
+            ],
+        );
+    }
+
+    fn serve(&self, name: &str, key: String) -> System {
+        let mut serve = pinned(GATEWAY_CPU, env!("CARGO_BIN_EXE_conduit"));
+        serve.envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let child = serve
+            .arg("serve")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{}", self.port).parse().unwrap();
+        assert!(wait_listening(addr, name, 120));
+        system(name, addr, vec![("x-api-key".into(), key)], Some(child), None)
+    }
+}
+
+/// The replicas pass: Conduit on sled with a team budget, beside three replicas on one
+/// PostgreSQL (a throwaway cluster, not pinned) — one admitting a team-budgeted key from its
+/// lease, one a key with its own budget (a database reservation per request) — and the three
+/// replicas together. `None` without PostgreSQL.
+struct Replicas {
+    sled: System,
+    lease: System,
+    reserve: System,
+    others: Vec<System>,
+    _cluster: conduit_state_postgres::testing::Cluster,
+    _dirs: Vec<tempfile::TempDir>,
+}
+
+const BUDGET_TOML: &str = "[budgets.\"team:bench\"]\nmonthly_usd = \"1000000\"\n";
+
+fn start_replicas(mock: SocketAddr) -> Option<Replicas> {
+    let cluster = conduit_state_postgres::testing::Cluster::start()?;
+    let url = cluster.database("bench");
+    let master = String::from_utf8(
+        Command::new(env!("CARGO_BIN_EXE_conduit"))
+            .args(["master-key", "generate"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .trim()
+    .to_string();
+    let sled_dir = tempfile::tempdir().unwrap();
+    let sled_setup = Setup::new(&sled_dir, mock, &[], BUDGET_TOML);
+    let sled_key = sled_setup.create_key(Some("bench"));
+    sled_setup.credentials();
+    let sled = sled_setup.serve("conduit-sled", sled_key);
+    let store = "[store]\ntls = \"disable\"\n";
+    let mut dirs = vec![sled_dir];
+    let mut setups = Vec::new();
+    for i in 0..3 {
+        let dir = tempfile::tempdir().unwrap();
+        setups.push(Setup::new(
+            &dir,
+            mock,
+            &[
+                ("CONDUIT_STORE_URL", url.clone()),
+                ("CONDUIT_REPLICA_ID", format!("bench-{i}")),
+                ("CONDUIT_MASTER_KEY", master.clone()),
+            ],
+            &format!("{store}{BUDGET_TOML}"),
+        ));
+        dirs.push(dir);
+    }
+    setups[0].cli(&["migrate"], &[]);
+    setups[0].credentials();
+    let team_key = setups[0].create_key(Some("bench"));
+    let (own_key, own_id) = setups[0].create_key_with_id(Some("bench"));
+    setups[0].cli(
+        &["budgets", "set", &format!("key:{own_id}"), "--monthly", "1000000"],
+        &[],
+    );
+    let mut replicas: Vec<System> = setups
+        .iter()
+        .enumerate()
+        .map(|(i, s)| s.serve(&format!("pg-replica-{i}"), team_key.clone()))
+        .collect();
+    let first = replicas.remove(0);
+    let mut reserve = system(
+        "pg-reserve",
+        first.addr,
+        vec![("x-api-key".into(), own_key)],
+        None,
+        None,
+    );
+    reserve.pid = first.pid;
+    let mut lease = first;
+    lease.target.name = "pg-lease".into();
+    Some(Replicas {
+        sled,
+        lease,
+        reserve,
+        others: replicas,
+        _cluster: cluster,
+        _dirs: dirs,
+    })
 }
 
 fn start_nginx(mock: SocketAddr) -> Option<System> {
@@ -608,10 +737,16 @@ async fn latency(systems: &[&System], w: &Workload, n: usize) -> BTreeMap<String
 
 /// Closed loop at concurrency `c` for `secs`: requests per second and latency quantiles.
 async fn throughput(sys: &System, w: &Workload, c: usize, secs: f64) -> Value {
+    throughput_over(&[sys.target.clone()], w, c, secs).await
+}
+
+/// As [`throughput`], the `c` connections spread round-robin over `targets` (replicas behind a
+/// load balancer).
+async fn throughput_over(targets: &[Target], w: &Workload, c: usize, secs: f64) -> Value {
     let deadline = Instant::now() + Duration::from_secs_f64(secs);
     let mut tasks = Vec::new();
-    for _ in 0..c {
-        let (target, w) = (sys.target.clone(), w.clone());
+    for i in 0..c {
+        let (target, w) = (targets[i % targets.len()].clone(), w.clone());
         tasks.push(tokio::spawn(async move {
             let mut sender = connect(target.addr).await;
             let mut lat = Vec::new();
@@ -992,6 +1127,15 @@ fn main() {
         }
         report["peers"] = Value::Object(peers);
     }
+    if args.what == "all" || args.what == "replicas" {
+        match start_replicas(mock_addr) {
+            Some(r) => {
+                eprintln!("replicas pass: sled vs 3 replicas on PostgreSQL");
+                report["replicas"] = rt.block_on(measure_replicas(&sizes, &main_group[0], &r));
+            }
+            None => eprintln!("replicas: PostgreSQL is not installed, skipped"),
+        }
+    }
     drop(main_group);
     let _ = mock.kill();
     let _ = mock.wait();
@@ -1001,6 +1145,73 @@ fn main() {
     }
     std::fs::write(&args.out, serde_json::to_string_pretty(&report).unwrap()).unwrap();
     println!("\nJSON: {}", args.out);
+}
+
+/// Added latency at c=1 (team budget on sled; on a replica from its lease; a key budget reserved in
+/// PostgreSQL per request) and throughput of one replica and of three behind round-robin.
+async fn measure_replicas(sizes: &Sizes, direct: &System, r: &Replicas) -> Value {
+    let w = Workload {
+        body: body_kib(4, false),
+        delay_ms: 0,
+        path: None,
+    };
+    eprintln!("replicas: latency");
+    let lat = latency(&[direct, &r.sled, &r.lease, &r.reserve], &w, sizes.latency_requests).await;
+    let mut t = serde_json::Map::new();
+    for c in [16usize, 64] {
+        eprintln!("replicas: throughput c={c}");
+        let all: Vec<Target> = std::iter::once(r.lease.target.clone())
+            .chain(r.others.iter().map(|s| s.target.clone()))
+            .collect();
+        t.insert(
+            format!("c{c}"),
+            json!({
+                "conduit-sled": throughput(&r.sled, &w, c, sizes.throughput_secs).await,
+                "pg-one-replica": throughput(&r.lease, &w, c, sizes.throughput_secs).await,
+                "pg-three-replicas": throughput_over(&all, &w, c, sizes.throughput_secs).await,
+            }),
+        );
+    }
+    json!({"latency_us": lat, "throughput": t})
+}
+
+fn print_replicas(r: &Value) {
+    let Some(lat) = r["latency_us"].as_object() else { return };
+    println!("\n==== Replicas: sled vs 3 replicas on PostgreSQL (4 KiB, budgeted keys; PostgreSQL not pinned) ====");
+    println!(
+        "{:<14} {:>9} {:>9} {:>10} {:>10}",
+        "system", "p50", "p99", "added p50", "added p99"
+    );
+    let d = &lat["direct"];
+    for (name, x) in lat {
+        let added = |k: &str| x[k].as_f64().zip(d[k].as_f64()).map(|(a, b)| format!("{:.1}", a - b));
+        println!(
+            "{:<14} {:>9} {:>9} {:>10} {:>10}",
+            name,
+            f(&x["p50"]),
+            f(&x["p99"]),
+            added("p50").unwrap_or("-".into()),
+            added("p99").unwrap_or("-".into())
+        );
+    }
+    if let Some(t) = r["throughput"].as_object() {
+        println!(
+            "{:<6} {:<18} {:>9} {:>9} {:>7}",
+            "c", "system", "req/s", "p99 µs", "errors"
+        );
+        for (c, row) in t {
+            for (name, x) in row.as_object().into_iter().flatten() {
+                println!(
+                    "{:<6} {:<18} {:>9} {:>9} {:>7}",
+                    c,
+                    name,
+                    f(&x["rps"]),
+                    f(&x["p99"]),
+                    f(&x["errors"])
+                );
+            }
+        }
+    }
 }
 
 fn merge(report: &mut Value, results: Value) {
@@ -1190,6 +1401,7 @@ fn print_table(r: &Value) {
         }
     );
     print_group(r);
+    print_replicas(&r["replicas"]);
     if let Some(peers) = r["peers"].as_object() {
         for (name, pass) in peers {
             println!("\n==== {name}, in a pass of its own beside direct and Conduit ====");
