@@ -445,3 +445,238 @@ async fn rate_limits_are_per_replica_so_n_replicas_allow_at_most_n_times_the_lim
         "each replica admits the key's rpm, no more: N × the limit in all"
     );
 }
+
+/// Replicas as processes: one is killed with SIGKILL mid-load and restarted under the same
+/// replica id. What it held (its lease, its unsettled holds) counts as spent, so the team budget
+/// is never overshot; nothing stays reserved or leased once the load ends; every response that
+/// completed at a client is in its replica's audit log (strict durability).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_killed_mid_load_overshoots_nothing_and_loses_no_record() {
+    use common::process::{BIN, free_port, policy_cache_dir, wait_listening};
+    use std::process::{Command, Stdio};
+
+    let Some(cluster) = Cluster::start() else { return };
+    let url = cluster.database("kill");
+    conduit_state_postgres::migrate(&conduit_state_postgres::testing::config(&url, "migrate"))
+        .await
+        .unwrap();
+    let mock = conduit_gateway::mock::start("127.0.0.1:0".parse().unwrap(), Default::default())
+        .await
+        .unwrap();
+    let (_, master) = conduit_gateway::seal::MasterKey::generate().unwrap();
+    let k: u64 = 60;
+    let cap = k * WORST + WORST / 2;
+    let config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        config.path(),
+        format!(
+            "[store]\ntls = \"disable\"\n[budgets.\"team:risk\"]\nmonthly_usd = \"{}\"\n{}",
+            conduit_gateway::money::usd(cap),
+            conduit_gateway::mock::CONTROL_HEADERS_TOML
+        ),
+    )
+    .unwrap();
+    struct Replica {
+        data: tempfile::TempDir,
+        listen: String,
+        admin: String,
+        id: String,
+    }
+    let replicas: Vec<Replica> = ["kill-a", "kill-b"]
+        .iter()
+        .map(|id| Replica {
+            data: tempfile::tempdir().unwrap(),
+            listen: format!("127.0.0.1:{}", free_port()),
+            admin: format!("127.0.0.1:{}", free_port()),
+            id: id.to_string(),
+        })
+        .collect();
+    let cmd = |r: &Replica, args: &[&str]| {
+        let mut c = Command::new(BIN);
+        c.args(args)
+            .env("CONDUIT_CONFIG", config.path())
+            .env("CONDUIT_POLICY_CACHE_DIR", policy_cache_dir())
+            .env("CONDUIT_DATA_DIR", r.data.path())
+            .env("CONDUIT_LISTEN", &r.listen)
+            .env("CONDUIT_ADMIN_LISTEN", &r.admin)
+            .env("CONDUIT_ADMIN_TOKEN", common::ADMIN_TOKEN)
+            .env("CONDUIT_MASTER_KEY", &master)
+            .env("CONDUIT_STORE_URL", &url)
+            .env("CONDUIT_REPLICA_ID", &r.id)
+            .env("CONDUIT_AUDIT_DURABILITY", "strict")
+            .env("UPSTREAM_OPENAI_URL", mock.url());
+        c
+    };
+    let out = cmd(
+        &replicas[0],
+        &[
+            "keys",
+            "create",
+            "--owner",
+            "k9@corp.example",
+            "--team",
+            "risk",
+            "--json",
+        ],
+    )
+    .output()
+    .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let key = serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let out = cmd(&replicas[0], &["credentials", "set", "openai", "--from-env", "CRED"])
+        .env("CRED", "sk-proj-kill9")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let serve = |r: &Replica| {
+        let child = cmd(r, &["serve"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_listening(&r.listen);
+        child
+    };
+    let mut a = serve(&replicas[0]);
+    let b = serve(&replicas[1]);
+
+    // Four clients per replica, each sending until its replica refuses (or dies).
+    type Done = std::sync::Arc<std::sync::Mutex<Vec<(usize, String)>>>;
+    let completed: Done = Default::default();
+    let load = |completed: Done| {
+        let mut workers = Vec::new();
+        for w in 0..8 {
+            let (listen, key, completed) = (replicas[w % 2].listen.clone(), key.clone(), completed.clone());
+            workers.push(tokio::spawn(async move {
+                let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                    .build(hyper_util::client::legacy::connect::HttpConnector::new());
+                loop {
+                    let req = http::Request::post(format!("http://{listen}/v1/chat/completions"))
+                        .header("authorization", format!("Bearer {key}"))
+                        .header("content-type", "application/json")
+                        .header("x-mock-usage", "max")
+                        .header("x-mock-delay-ms", "200")
+                        .body(http_body_util::Full::new(bytes::Bytes::from(body())))
+                        .unwrap();
+                    let Ok(resp) = client.request(req).await else { break };
+                    let status = resp.status().as_u16();
+                    let id = resp
+                        .headers()
+                        .get("x-conduit-request-id")
+                        .map(|v| v.to_str().unwrap().to_string());
+                    use http_body_util::BodyExt;
+                    match (status, resp.into_body().collect().await) {
+                        (200, Ok(_)) => completed.lock().unwrap().push((w % 2, id.unwrap())),
+                        _ => break,
+                    }
+                }
+            }));
+        }
+        workers
+    };
+    let workers = load(completed.clone());
+    until("a third of the budget is used", async || {
+        completed.lock().unwrap().len() as u64 >= k / 3
+    })
+    .await;
+    let before_kill = completed.lock().unwrap().len();
+    Command::new("kill").args(["-9", &a.id().to_string()]).status().unwrap();
+    let _ = a.wait();
+    for w in workers {
+        let _ = w.await;
+    }
+    // A restarts under the same id: its previous life's slice and holds count as spent at once.
+    let a = serve(&replicas[0]);
+    for w in load(completed.clone()) {
+        let _ = w.await;
+    }
+    let completed = completed.lock().unwrap().clone();
+    let forwarded = {
+        use http_body_util::BodyExt;
+        let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build(hyper_util::client::legacy::connect::HttpConnector::new());
+        let resp = client
+            .request(
+                http::Request::get(format!("{}/__mock/requests", mock.url()))
+                    .body(http_body_util::Full::<bytes::Bytes>::default())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let log: Vec<serde_json::Value> =
+            serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+        log.len()
+    };
+    assert!(
+        before_kill > 0 && (before_kill as u64) < k,
+        "the replica was killed mid-load: {before_kill} of {k} had completed"
+    );
+    assert!(
+        completed.len() as u64 <= k && forwarded as u64 <= k,
+        "the team budget fits {k}: {} completed, {forwarded} forwarded",
+        completed.len()
+    );
+
+    // Once idle, every replica gives its slice back: nothing reserved or leased remains, and
+    // what was committed is within the cap.
+    let file_budget = BudgetLimit {
+        daily_micros: None,
+        monthly_micros: Some(cap),
+    };
+    let observer = conduit_state_postgres::open(
+        &conduit_state_postgres::testing::config(&url, "observer"),
+        &[("team:risk".to_string(), file_budget)],
+    )
+    .await
+    .unwrap();
+    let now = conduit_gateway::clock::now_unix();
+    until("nothing is left reserved or leased", async || {
+        let s = observer.budgets.status(now).await.unwrap();
+        s.iter().all(|b| b.reserved_micros == 0)
+    })
+    .await;
+    let s = observer.budgets.status(now).await.unwrap();
+    let team = s.iter().find(|b| b.scope == "team:risk").unwrap();
+    assert!(team.spent_micros <= cap, "{team:?}");
+    assert!(
+        team.spent_micros >= completed.len() as u64 * WORST,
+        "every completed request is counted: {team:?} for {}",
+        completed.len()
+    );
+
+    // Every completed response is on record in its replica's audit log.
+    for (i, r) in replicas.iter().enumerate() {
+        let out = cmd(r, &["audit", "export", "--format", "jsonl"]).output().unwrap();
+        let recorded: std::collections::HashSet<String> = String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["request_id"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        let missing: Vec<&String> = completed
+            .iter()
+            .filter(|(w, id)| *w == i && !recorded.contains(id))
+            .map(|(_, id)| id)
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "replica {i}: completed responses without a record: {missing:?}"
+        );
+    }
+    println!(
+        "kill -9 of a replica mid-load: {} completed ({before_kill} before the kill), {forwarded} forwarded, {} µ$ counted of a {cap} µ$ cap",
+        completed.len(),
+        team.spent_micros
+    );
+    for mut c in [a, b] {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
