@@ -737,7 +737,7 @@ async fn latency(systems: &[&System], w: &Workload, n: usize) -> BTreeMap<String
 
 /// Closed loop at concurrency `c` for `secs`: requests per second and latency quantiles.
 async fn throughput(sys: &System, w: &Workload, c: usize, secs: f64) -> Value {
-    throughput_over(&[sys.target.clone()], w, c, secs).await
+    throughput_over(std::slice::from_ref(&sys.target), w, c, secs).await
 }
 
 /// As [`throughput`], the `c` connections spread round-robin over `targets` (replicas behind a

@@ -470,7 +470,7 @@ async fn a_replica_killed_mid_load_overshoots_nothing_and_loses_no_record() {
     std::fs::write(
         config.path(),
         format!(
-            "[store]\ntls = \"disable\"\n[budgets.\"team:risk\"]\nmonthly_usd = \"{}\"\n{}",
+            "[store]\ntls = \"disable\"\nheartbeat_stale_secs = 2\n[budgets.\"team:risk\"]\nmonthly_usd = \"{}\"\n{}",
             conduit_gateway::money::usd(cap),
             conduit_gateway::mock::CONTROL_HEADERS_TOML
         ),

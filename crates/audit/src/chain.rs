@@ -277,6 +277,21 @@ pub fn verify_against(dir: &Path, checkpoint: Option<&Head>) -> Result<Verificat
         v.ok = false;
         v.problem = Some(msg);
     };
+    // Retention never moves the anchor past the head, and the checkpoint follows the head: an
+    // anchor past the checkpoint was moved to hide what it covers.
+    if let (Some(c), Some(a)) = (checkpoint, &anchor)
+        && c.seq < a.seq
+        && c.seq > 0
+    {
+        fail(
+            &mut v,
+            format!(
+                "ANCHOR starts the log at record {} but the store's checkpoint is record {}: the log's beginning was cut past what the store pinned",
+                a.seq, c.seq
+            ),
+        );
+        return Ok(v);
+    }
     'files: for (_, path) in &files {
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("?").to_string();
         let file = File::open(path).map_err(|e| Error::msg(format!("opening {}: {e}", path.display())))?;

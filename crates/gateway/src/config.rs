@@ -92,6 +92,9 @@ pub struct RawStore {
     /// Admit requests only team / org budgets apply to against slices this replica holds (default
     /// true: no database round trip for them); `false` reserves every budgeted request in the database.
     pub leases: Option<bool>,
+    /// Seconds without a heartbeat after which a replica is taken for dead and what it held counts
+    /// as spent (default 15).
+    pub heartbeat_stale_secs: Option<u64>,
     /// Seconds a cached key or credential lookup may be served without re-reading the store, if
     /// the store's change announcements stop arriving (default 10; changes invalidate at once).
     pub cache_ttl_secs: Option<u64>,
@@ -186,6 +189,14 @@ impl RawStore {
                 }
                 if let Some(l) = self.leases {
                     pg.leases = l;
+                }
+                if let Some(s) = self.heartbeat_stale_secs {
+                    if !(2..=3600).contains(&s) {
+                        return Err(Error::msg(format!(
+                            "[store] heartbeat_stale_secs = {s} must be 2..=3600"
+                        )));
+                    }
+                    pg.heartbeat_stale = Duration::from_secs(s);
                 }
                 Ok(StoreConfig::Postgres(pg))
             }

@@ -45,6 +45,11 @@ impl Running {
         // What the writers still hold (folded spend, queued audit records) reaches disk before
         // the process exits.
         self.gateway.ledger.flush().await;
+        // Settle what is queued and give back slices of shared budgets: a clean stop leaves
+        // nothing for another replica to count as spent.
+        if let Err(e) = self.gateway.state.budgets.drain().await {
+            tracing::warn!(error = %e, "returning budget holds and leases at shutdown failed; they count as spent until reaped");
+        }
         let gw = self.gateway.clone();
         let _ = tokio::task::spawn_blocking(move || gw.audit.sync()).await;
     }

@@ -6,9 +6,9 @@
 //! checks every one and raises them all — or none — in one round trip, and records the request's
 //! hold. Settling (the real cost) and releasing (the request died) run on a worker off the request
 //! path and retry until PostgreSQL answers; until then the hold keeps counting against the cap
-//! (fail closed). A hold its replica never settles — the replica was killed — is counted as spent
-//! by any replica's reaper once it expires, or at once by the same replica when it restarts; a
-//! late settle corrects it to the real cost.
+//! (fail closed). A hold its process never settles — the process was killed — is counted as spent
+//! by any replica's reaper once the process's heartbeat is stale (`heartbeat_stale`, 15 s) or the
+//! hold expires; a late settle corrects it to the real cost.
 //!
 //! The limits in force (the config file's, overridden by those set at run time) are kept in
 //! memory so [`Budgets::applies`] costs no round trip; other replicas' changes arrive through the
@@ -40,6 +40,8 @@ struct Shared {
     pg: crate::Pg,
     replica: String,
     hold_ttl: i64,
+    /// A life whose heartbeat is older than this is dead.
+    stale: Duration,
     defaults: HashMap<String, BudgetLimit>,
     limits: RwLock<HashMap<String, BudgetLimit>>,
     /// Counter rows known to exist (created, or seen), so a reservation is one statement.
@@ -69,6 +71,7 @@ impl PgBudgets {
             pg: pg.clone(),
             replica: config.replica_id.clone(),
             hold_ttl: config.hold_ttl.as_secs().max(1) as i64,
+            stale: config.heartbeat_stale.max(Duration::from_secs(1)),
             defaults: defaults.iter().cloned().collect(),
             limits: RwLock::new(HashMap::new()),
             known: Mutex::new(HashSet::new()),
@@ -78,13 +81,15 @@ impl PgBudgets {
                 .then(|| Leases::new(pg.clone(), config.replica_id.clone())),
         });
         shared.reload().await?;
+        // Alive before anything is held, so no reaper takes this life for a dead one.
+        shared.heartbeat().await?;
         let reaped = shared.reap().await?;
         if reaped > 0 {
             tracing::warn!(
                 target: "conduit::budget",
                 holds = reaped,
                 replica = %shared.replica,
-                "budget holds and leases this replica left unsettled (it stopped mid-request) now count as spent"
+                "budget holds and leases of stopped replicas (killed mid-request) now count as spent"
             );
         }
         tokio::spawn(settle_worker(pg.clone(), rx));
@@ -125,27 +130,33 @@ impl Shared {
 
     /// Counts expired holds (and this replica's from a previous life) as spent.
     async fn reap(&self) -> Result<i32> {
-        let row = self
-            .pg
+        let now = conduit_core::clock::now_unix();
+        let alive_since = now - self.stale.as_secs() as i64;
+        let client = self.pg.client().await?;
+        let holds = client
+            .query_one("SELECT conduit_reap($1, $2)", &[&now, &alive_since])
+            .await
+            .map_err(|e| pg_err("reaping budget holds of stopped replicas", e))?;
+        let leases = client
+            .query_one("SELECT conduit_reap_leases($1, $2)", &[&now, &alive_since])
+            .await
+            .map_err(|e| pg_err("reaping budget leases of stopped replicas", e))?;
+        Ok(holds.get::<_, i32>(0) + leases.get::<_, i32>(0))
+    }
+
+    /// Tells the other replicas this life is alive (what it holds is not to be reaped).
+    async fn heartbeat(&self) -> Result<()> {
+        self.pg
             .client()
             .await?
-            .query_one(
-                "SELECT conduit_reap($1, $2, $3)",
-                &[&conduit_core::clock::now_unix(), &self.replica, &self.pg.0.origin],
+            .execute(
+                "INSERT INTO conduit_lives (life, replica, seen_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (life) DO UPDATE SET seen_at = EXCLUDED.seen_at",
+                &[&self.pg.0.origin, &self.replica, &conduit_core::clock::now_unix()],
             )
             .await
-            .map_err(|e| pg_err("reaping expired budget holds", e))?;
-        let leases = self
-            .pg
-            .client()
-            .await?
-            .query_one(
-                "SELECT conduit_reap_leases($1, $2, $3)",
-                &[&conduit_core::clock::now_unix(), &self.replica, &self.pg.0.origin],
-            )
-            .await
-            .map_err(|e| pg_err("reaping expired budget leases", e))?;
-        Ok(row.get::<_, i32>(0) + leases.get::<_, i32>(0))
+            .map_err(|e| pg_err("recording this replica's heartbeat", e))?;
+        Ok(())
     }
 
     fn targets(&self, principal: &Principal, at_unix: i64) -> Vec<(String, Period, u64)> {
@@ -306,7 +317,7 @@ impl Shared {
             }
         }
         Ok(Some(Reservation::new(Box::new(LeaseHold {
-            leases: leases.clone(),
+            leases: Arc::downgrade(leases),
             taken,
             worst,
         }))))
@@ -356,15 +367,16 @@ async fn settle_worker(pg: crate::Pg, mut rx: mpsc::UnboundedReceiver<Settle>) {
 /// Re-reads the limits on every change other replicas announce and every [`REFRESH`]; reaps
 /// expired holds on the same tick.
 async fn refresher(weak: std::sync::Weak<Shared>) {
-    let mut changes = match weak.upgrade() {
-        Some(s) => s.pg.0.hubs.budgets.watch(),
+    let (mut changes, beat) = match weak.upgrade() {
+        Some(s) => (s.pg.0.hubs.budgets.watch(), s.stale / 5),
         None => return,
     };
-    let mut tick = tokio::time::interval(REFRESH);
+    let mut tick = tokio::time::interval(beat);
     tick.tick().await;
+    let mut last_reload = std::time::Instant::now();
     loop {
         let mut changed = Err(());
-        let reap = tokio::select! {
+        let beat = tokio::select! {
             _ = tick.tick() => true,
             r = changes.recv() => {
                 match r {
@@ -376,17 +388,26 @@ async fn refresher(weak: std::sync::Weak<Shared>) {
             }
         };
         let Some(shared) = weak.upgrade() else { return };
-        if !reap && let (Some(leases), Ok(scope)) = (&shared.leases, &changed) {
+        if beat {
+            // Heartbeat, then reap the lives that stopped beating.
+            if let Err(e) = shared.heartbeat().await {
+                tracing::warn!(target: "conduit::budget", error = %e, "the replica heartbeat failed");
+            } else if let Err(e) = shared.reap().await {
+                tracing::warn!(target: "conduit::budget", error = %e, "reaping budget holds failed");
+            }
+            if last_reload.elapsed() < REFRESH {
+                continue;
+            }
+        }
+        if let (Some(leases), Ok(scope)) = (&shared.leases, &changed) {
             // A new limit: slices taken under the old one go back and are re-granted under it.
             for key in leases.keys_of(scope) {
                 leases.give_back(key);
             }
         }
+        last_reload = std::time::Instant::now();
         if let Err(e) = shared.reload().await {
             tracing::warn!(target: "conduit::budget", error = %e, "re-reading budget limits failed");
-        }
-        if reap && let Err(e) = shared.reap().await {
-            tracing::warn!(target: "conduit::budget", error = %e, "reaping expired budget holds failed");
         }
     }
 }
@@ -538,5 +559,13 @@ impl Budgets for PgBudgets {
 
     fn watch(&self) -> Watch<String> {
         self.0.pg.0.hubs.budgets.watch()
+    }
+
+    async fn drain(&self) -> Result<()> {
+        self.0.flush().await;
+        match &self.0.leases {
+            Some(leases) => leases.commit(true).await,
+            None => Ok(()),
+        }
     }
 }

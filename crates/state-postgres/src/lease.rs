@@ -7,7 +7,7 @@
 //! [`COMMIT_EVERY`] a task moves what was spent into `committed` and extends the lease
 //! (`conduit_lease_settle`); a slice unused for [`IDLE_RETURN`] goes back, as does everything at
 //! once when another replica runs short (it asks with a `lease-return` announcement before
-//! refusing), when the scope's limit changes, or when [`Leases::drain`] is called.
+//! refusing), when the scope's limit changes, at shutdown (`Budgets::drain`) or before a status report.
 //!
 //! Sizes are adaptive: a grant is at least what the request needs and at most the larger of that
 //! and min(5 % of the cap, ¼ of the room left), so a nearly spent budget goes out in small pieces.
@@ -56,14 +56,16 @@ struct Slot {
 }
 
 impl Slot {
-    fn new() -> Slot {
+    /// A fresh slot; `generation` is unique across this process's slots, old and new, so a hold
+    /// from a slot the database lost never matches a slot made later.
+    fn new(generation: u64) -> Slot {
         Slot {
             granted: 0,
             in_flight: 0,
             spent: 0,
             expires_at: 0,
             last_take: Instant::now(),
-            generation: 0,
+            generation,
         }
     }
 
@@ -93,6 +95,7 @@ pub(crate) struct Leases {
     /// Slots to give back at the next commit.
     give_back: Mutex<HashSet<SlotKey>>,
     pub(crate) commit_now: tokio::sync::Notify,
+    generations: std::sync::atomic::AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -125,7 +128,12 @@ impl Leases {
             topping: Mutex::new(HashMap::new()),
             give_back: Mutex::new(HashSet::new()),
             commit_now: tokio::sync::Notify::new(),
+            generations: std::sync::atomic::AtomicU64::new(1),
         })
+    }
+
+    fn next_generation(&self) -> u64 {
+        self.generations.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Takes `worst` from the local slice, if it has room; returns the generation taken from.
@@ -149,49 +157,52 @@ impl Leases {
         }
         let gate = lock(&self.topping).entry(key.clone()).or_default().clone();
         let _one_at_a_time = gate.lock().await;
-        if let Some(g) = self.take_local(key, worst) {
-            return Ok(Ok(g));
+        // Other requests take from the slice while a top-up is awaited (only top-ups wait on the
+        // gate): after each grant the take is tried again, and topped up again if it still
+        // does not fit, so nothing is admitted past what was granted.
+        loop {
+            if let Some(g) = self.take_local(key, worst) {
+                return Ok(Ok(g));
+            }
+            let now = conduit_core::clock::now_unix();
+            let have = lock(&self.slots).get(key).map(|s| s.available(now)).unwrap_or(0);
+            let need = worst - have.min(worst);
+            let want = need.max(cap / 20);
+            let row = self
+                .pg
+                .client()
+                .await?
+                .query_one(
+                    "SELECT granted, committed, held, others_leased FROM conduit_lease($1, $2, $3, $4, $5, $6, $7, $8)",
+                    &[
+                        &key.0,
+                        &period_key(&key.1),
+                        &crate::big(cap),
+                        &crate::big(need),
+                        &crate::big(want),
+                        &self.replica,
+                        &self.pg.0.origin,
+                        &(now + LEASE_TTL),
+                    ],
+                )
+                .await
+                .map_err(|e| pg_err(&format!("leasing from the {} budget", key.0), e))?;
+            let n = |i: usize| row.get::<_, i64>(i).max(0) as u64;
+            let granted = n(0);
+            if granted == 0 {
+                return Ok(Err(NoRoom {
+                    committed: n(1),
+                    held: n(2),
+                    others_leased: n(3),
+                }));
+            }
+            let mut slots = lock(&self.slots);
+            let fresh = self.next_generation();
+            let slot = slots.entry(key.clone()).or_insert_with(|| Slot::new(fresh));
+            // The grant extended the whole lease in the database (an expiring slice is alive again).
+            slot.granted += granted;
+            slot.expires_at = now + LEASE_TTL;
         }
-        let now = conduit_core::clock::now_unix();
-        let have = lock(&self.slots).get(key).map(|s| s.available(now)).unwrap_or(0);
-        let need = worst - have.min(worst);
-        let want = need.max(cap / 20);
-        let row = self
-            .pg
-            .client()
-            .await?
-            .query_one(
-                "SELECT granted, committed, held, others_leased FROM conduit_lease($1, $2, $3, $4, $5, $6, $7, $8)",
-                &[
-                    &key.0,
-                    &period_key(&key.1),
-                    &crate::big(cap),
-                    &crate::big(need),
-                    &crate::big(want),
-                    &self.replica,
-                    &self.pg.0.origin,
-                    &(now + LEASE_TTL),
-                ],
-            )
-            .await
-            .map_err(|e| pg_err(&format!("leasing from the {} budget", key.0), e))?;
-        let n = |i: usize| row.get::<_, i64>(i).max(0) as u64;
-        let granted = n(0);
-        if granted == 0 {
-            return Ok(Err(NoRoom {
-                committed: n(1),
-                held: n(2),
-                others_leased: n(3),
-            }));
-        }
-        let mut slots = lock(&self.slots);
-        let slot = slots.entry(key.clone()).or_insert_with(Slot::new);
-        // The grant extended the whole lease in the database (an expiring slice is alive again).
-        slot.granted += granted;
-        slot.expires_at = now + LEASE_TTL;
-        slot.in_flight += worst;
-        slot.last_take = Instant::now();
-        Ok(Ok(slot.generation))
     }
 
     /// A request admitted from `key` (generation `generation`) ended, costing `actual` (`None`:
@@ -251,10 +262,11 @@ impl Leases {
         }
         let mut first_error = None;
         for (key, generation, commit, from_lease, back) in work {
-            let result = async {
-                self.pg
-                    .client()
-                    .await?
+            // `Err((e, ambiguous))`: `ambiguous` when the statement may have committed with its
+            // answer lost (the connection broke after sending); otherwise it surely did not.
+            let result: std::result::Result<bool, (conduit_core::error::Error, bool)> = match self.pg.client().await {
+                Err(e) => Err((e, false)),
+                Ok(client) => client
                     .query_one(
                         "SELECT conduit_lease_settle($1, $2, $3, $4, $5, $6)",
                         &[
@@ -267,10 +279,15 @@ impl Leases {
                         ],
                     )
                     .await
-                    .map_err(|e| pg_err(&format!("settling the lease on the {} budget", key.0), e))
                     .map(|r| r.get::<_, bool>(0))
-            }
-            .await;
+                    .map_err(|e| {
+                        let ambiguous = e.as_db_error().is_none();
+                        (
+                            pg_err(&format!("settling the lease on the {} budget", key.0), e),
+                            ambiguous,
+                        )
+                    }),
+            };
             let mut slots = lock(&self.slots);
             let Some(slot) = slots.get_mut(&key) else { continue };
             if slot.generation != generation {
@@ -282,13 +299,14 @@ impl Leases {
                     // Reaped: all of it was counted as spent. Requests in flight from it are
                     // covered by that; start afresh.
                     tracing::warn!(target: "conduit::budget", scope = %key.0, "a budget lease expired before it was settled; it was counted as spent");
-                    *slot = Slot {
-                        generation: generation + 1,
-                        ..Slot::new()
-                    };
+                    *slot = Slot::new(self.next_generation());
                 }
-                Err(e) => {
-                    slot.granted += from_lease + back;
+                Err((e, ambiguous)) => {
+                    // Not applied: everything goes back on the local books. Maybe applied (the
+                    // answer was lost): what was returned is not lent again (at worst it stays
+                    // leased, unused, until this life ends) and what was spent is committed again
+                    // (at worst counted twice — never less).
+                    slot.granted += from_lease + if ambiguous { 0 } else { back };
                     slot.spent += commit;
                     first_error.get_or_insert(e);
                 }
@@ -340,21 +358,24 @@ pub(crate) async fn committer(weak: std::sync::Weak<Leases>) {
 /// A reservation made from leases: what it took from each slice.
 #[derive(Debug)]
 pub(crate) struct LeaseHold {
-    pub(crate) leases: Arc<Leases>,
+    /// Weak: a hold outliving its process's budgets (a test's forgotten hold) settles nothing.
+    pub(crate) leases: std::sync::Weak<Leases>,
     pub(crate) taken: Vec<(SlotKey, u64)>,
     pub(crate) worst: u64,
 }
 
 impl Hold for LeaseHold {
     fn settle(self: Box<Self>, actual_micros: u64) {
+        let Some(leases) = self.leases.upgrade() else { return };
         for (key, generation) in &self.taken {
-            self.leases.finish(key, *generation, self.worst, Some(actual_micros));
+            leases.finish(key, *generation, self.worst, Some(actual_micros));
         }
     }
 
     fn release(self: Box<Self>) {
+        let Some(leases) = self.leases.upgrade() else { return };
         for (key, generation) in &self.taken {
-            self.leases.finish(key, *generation, self.worst, None);
+            leases.finish(key, *generation, self.worst, None);
         }
     }
 }

@@ -75,6 +75,9 @@ pub struct PgConfig {
     pub hold_ttl: Duration,
     /// Admit requests only shared budgets (team, org) apply to against slices held locally.
     pub leases: bool,
+    /// A process whose heartbeat is older than this is taken for dead: what it held (budget
+    /// holds, slices) counts as spent. Heartbeats go out every fifth of it.
+    pub heartbeat_stale: Duration,
 }
 
 impl std::fmt::Debug for PgConfig {
@@ -101,6 +104,7 @@ impl PgConfig {
             replica_id: default_replica_id(),
             hold_ttl: Duration::from_secs(15 * 60),
             leases: true,
+            heartbeat_stale: Duration::from_secs(15),
         }
     }
 }

@@ -23,6 +23,9 @@ pub(crate) async fn start(pg: &Pg) -> Result<tokio::task::AbortHandle> {
     Ok(task.abort_handle())
 }
 
+/// How often the listening connection is checked.
+const PING: Duration = Duration::from_secs(5);
+
 type Notifications = tokio::sync::mpsc::UnboundedReceiver<tokio_postgres::Notification>;
 
 /// A listening connection: the notifications it receives, and its driver.
@@ -69,12 +72,28 @@ async fn run(weak: Weak<Inner>, first: (tokio_postgres::Client, Notifications, t
     let mut backoff = Duration::from_millis(100);
     loop {
         if let Some((client, mut notes, driver)) = current.take() {
-            while let Some(n) = notes.recv().await {
-                let Some(inner) = weak.upgrade() else { return };
-                if let Some((origin, change)) = Change::parse(n.payload())
-                    && origin != inner.origin
-                {
-                    inner.hubs.send(change);
+            // A connection can die without a word (a half-open TCP connection): it is pinged
+            // every PING, and a ping unanswered within PING counts as lost.
+            let mut ping = tokio::time::interval(PING);
+            ping.tick().await;
+            loop {
+                tokio::select! {
+                    n = notes.recv() => {
+                        let Some(n) = n else { break };
+                        let Some(inner) = weak.upgrade() else { return };
+                        if let Some((origin, change)) = Change::parse(n.payload())
+                            && origin != inner.origin
+                        {
+                            inner.hubs.send(change);
+                        }
+                    }
+                    _ = ping.tick() => {
+                        let alive = tokio::time::timeout(PING, client.simple_query("SELECT 1")).await;
+                        if !matches!(alive, Ok(Ok(_))) {
+                            tracing::warn!("the PostgreSQL change listener stopped answering; reconnecting");
+                            break;
+                        }
+                    }
                 }
             }
             drop(client);

@@ -79,6 +79,10 @@ CREATE TABLE conduit_budget_counters (
     PRIMARY KEY (scope, period)
 );
 
+-- Every process using the budgets, by life (a random id per start), with its last heartbeat: a
+-- life that stopped beating is dead, and what it held counts as spent.
+CREATE TABLE conduit_lives (life text PRIMARY KEY, replica text NOT NULL, seen_at bigint NOT NULL);
+
 -- A request's worst case, held until its replica settles it; a hold its replica never settles
 -- (crashed) is reaped after expires_at: its amount counts as spent, and a late settle corrects it.
 CREATE TABLE conduit_budget_holds (
@@ -162,36 +166,44 @@ BEGIN
 END
 $fn$;
 
--- Counts expired holds as spent (their replica died or lost the database); returns how many.
--- Also every hold of replica p_replica from a life other than p_life (a restarted replica's
--- previous life: nothing will settle those).
-CREATE FUNCTION conduit_reap(p_now bigint, p_replica text, p_life text)
+-- Counts as spent the holds that expired or whose life stopped beating (last seen before
+-- p_alive_since), at most 500 per call; returns how many. Holds are taken first (SKIP LOCKED: two
+-- reapers never wait on each other), then every counter they touch in one order.
+CREATE FUNCTION conduit_reap(p_now bigint, p_alive_since bigint)
 RETURNS integer
 LANGUAGE plpgsql AS $fn$
 DECLARE
-    h conduit_budget_holds%ROWTYPE;
-    n integer := 0;
+    ids text[];
 BEGIN
-    FOR h IN
-        SELECT * FROM conduit_budget_holds
-        WHERE NOT reaped AND (expires_at < p_now OR (replica = p_replica AND life <> p_life))
-        ORDER BY id
-        FOR UPDATE SKIP LOCKED
-    LOOP
-        PERFORM 1 FROM conduit_budget_counters c
-            JOIN unnest(h.scopes, h.periods) AS w(s, p) ON c.scope = w.s AND c.period = w.p
-            ORDER BY c.scope, c.period
-            FOR UPDATE OF c;
-        UPDATE conduit_budget_counters c
-            SET reserved = c.reserved - h.amount, committed = c.committed + h.amount
-            FROM unnest(h.scopes, h.periods) AS w(s, p)
-            WHERE c.scope = w.s AND c.period = w.p;
-        UPDATE conduit_budget_holds SET reaped = true WHERE id = h.id;
-        n := n + 1;
-    END LOOP;
-    -- A reaped hold nobody settled within a day never will be.
+    SELECT array_agg(id) INTO ids FROM (
+        SELECT h.id FROM conduit_budget_holds h
+        WHERE NOT h.reaped AND (h.expires_at < p_now OR NOT EXISTS (
+            SELECT 1 FROM conduit_lives v WHERE v.life = h.life AND v.seen_at >= p_alive_since))
+        ORDER BY h.id
+        LIMIT 500
+        FOR UPDATE OF h SKIP LOCKED
+    ) picked;
+    -- A reaped hold nobody settled within a day never will be; lives gone a day are forgotten.
     DELETE FROM conduit_budget_holds WHERE reaped AND expires_at < p_now - 86400;
-    RETURN n;
+    DELETE FROM conduit_lives WHERE seen_at < p_now - 86400;
+    IF ids IS NULL THEN
+        RETURN 0;
+    END IF;
+    PERFORM 1 FROM conduit_budget_counters c
+        JOIN (SELECT DISTINCT unnest(h.scopes) AS s, unnest(h.periods) AS p
+              FROM conduit_budget_holds h WHERE h.id = ANY (ids)) w
+        ON c.scope = w.s AND c.period = w.p
+        ORDER BY c.scope, c.period
+        FOR UPDATE OF c;
+    UPDATE conduit_budget_counters c
+        SET reserved = c.reserved - t.amount, committed = c.committed + t.amount
+        FROM (SELECT x.s, x.p, sum(x.amount) AS amount
+              FROM (SELECT unnest(h.scopes) AS s, unnest(h.periods) AS p, h.amount
+                    FROM conduit_budget_holds h WHERE h.id = ANY (ids)) x
+              GROUP BY x.s, x.p) t
+        WHERE c.scope = t.s AND c.period = t.p;
+    UPDATE conduit_budget_holds SET reaped = true WHERE id = ANY (ids);
+    RETURN cardinality(ids);
 END
 $fn$;
 "#,
@@ -280,33 +292,34 @@ BEGIN
 END
 $fn$;
 
--- Counts expired leases (and replica p_replica's from another life) as spent, as conduit_reap does
--- for holds; returns how many.
-CREATE FUNCTION conduit_reap_leases(p_now bigint, p_replica text, p_life text)
+-- Counts as spent the leases that expired or whose life stopped beating, as conduit_reap does for
+-- holds (counters locked first, in one order, then the leases); returns how many.
+CREATE FUNCTION conduit_reap_leases(p_now bigint, p_alive_since bigint)
 RETURNS integer
 LANGUAGE plpgsql AS $fn$
 DECLARE
-    k record;
     l conduit_budget_leases%ROWTYPE;
     n integer := 0;
 BEGIN
-    FOR k IN
-        SELECT scope, period, life FROM conduit_budget_leases
-        WHERE expires_at < p_now OR (replica = p_replica AND life <> p_life)
-        ORDER BY scope, period, life
+    PERFORM 1 FROM conduit_budget_counters c
+        JOIN (SELECT DISTINCT x.scope, x.period FROM conduit_budget_leases x
+              WHERE x.expires_at < p_now OR NOT EXISTS (
+                  SELECT 1 FROM conduit_lives v WHERE v.life = x.life AND v.seen_at >= p_alive_since)) w
+        ON c.scope = w.scope AND c.period = w.period
+        ORDER BY c.scope, c.period
+        FOR UPDATE OF c;
+    FOR l IN
+        SELECT * FROM conduit_budget_leases x
+        WHERE x.expires_at < p_now OR NOT EXISTS (
+            SELECT 1 FROM conduit_lives v WHERE v.life = x.life AND v.seen_at >= p_alive_since)
+        ORDER BY x.scope, x.period, x.life
+        FOR UPDATE SKIP LOCKED
     LOOP
-        PERFORM 1 FROM conduit_budget_counters WHERE scope = k.scope AND period = k.period FOR UPDATE;
-        SELECT * INTO l FROM conduit_budget_leases
-            WHERE scope = k.scope AND period = k.period AND life = k.life
-              AND (expires_at < p_now OR (replica = p_replica AND life <> p_life))
-            FOR UPDATE SKIP LOCKED;
-        IF FOUND THEN
-            UPDATE conduit_budget_counters
-                SET committed = committed + l.amount, leased = leased - l.amount
-                WHERE scope = k.scope AND period = k.period;
-            DELETE FROM conduit_budget_leases WHERE scope = k.scope AND period = k.period AND life = k.life;
-            n := n + 1;
-        END IF;
+        UPDATE conduit_budget_counters
+            SET committed = committed + l.amount, leased = leased - l.amount
+            WHERE scope = l.scope AND period = l.period;
+        DELETE FROM conduit_budget_leases WHERE scope = l.scope AND period = l.period AND life = l.life;
+        n := n + 1;
     END LOOP;
     RETURN n;
 END

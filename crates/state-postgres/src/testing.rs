@@ -258,5 +258,6 @@ pub fn config(url: &str, replica: &str) -> crate::PgConfig {
     c.pool_size = 8;
     c.statement_timeout = Duration::from_secs(5);
     c.connect_timeout = Duration::from_secs(2);
+    c.heartbeat_stale = Duration::from_secs(2);
     c
 }

@@ -181,6 +181,11 @@ pub trait Budgets: Send + Sync + 'static {
     async fn status(&self, now_unix: i64) -> Result<Vec<BudgetStatus>>;
     /// Scopes whose limit changed.
     fn watch(&self) -> Watch<String>;
+    /// Before the process stops: settles what is queued and gives back what it holds for
+    /// requests it will not serve (a shared backend's leases).
+    async fn drain(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Checks a scope name: `org`, `team:NAME` or `key:ID`.
