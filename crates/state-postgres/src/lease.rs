@@ -173,7 +173,7 @@ impl Leases {
                 .client()
                 .await?
                 .query_one(
-                    "SELECT granted, committed, held, others_leased FROM conduit_lease($1, $2, $3, $4, $5, $6, $7, $8)",
+                    "SELECT granted, committed, held, others_leased, lease_total FROM conduit_lease($1, $2, $3, $4, $5, $6, $7, $8)",
                     &[
                         &key.0,
                         &period_key(&key.1),
@@ -196,11 +196,21 @@ impl Leases {
                     others_leased: n(3),
                 }));
             }
+            let lease_total = n(4);
             let mut slots = lock(&self.slots);
             let fresh = self.next_generation();
             let slot = slots.entry(key.clone()).or_insert_with(|| Slot::new(fresh));
-            // The grant extended the whole lease in the database (an expiring slice is alive again).
-            slot.granted += granted;
+            if lease_total < slot.granted + granted {
+                // A reaper took the lease (this process was taken for dead) and counted it as
+                // spent: what this slot held is gone, and requests admitted from it are covered by
+                // that count. Start afresh on what the database now holds, never on the old books.
+                tracing::warn!(target: "conduit::budget", scope = %key.0, "a budget lease was reaped while this replica held it; it was counted as spent");
+                *slot = Slot::new(self.next_generation());
+                slot.granted = lease_total;
+            } else {
+                // The grant extended the whole lease in the database (an expiring slice is alive again).
+                slot.granted += granted;
+            }
             slot.expires_at = now + LEASE_TTL;
         }
     }

@@ -222,10 +222,11 @@ CREATE TABLE conduit_budget_leases (
 
 -- Grants a lease of at least p_need (else nothing: the counter lacks room) and at most the larger of
 -- p_need and min(p_want, a quarter of the room left), so a nearly spent budget goes out in small
--- pieces. Returns the grant (0: refused) and the counter's figures after it.
+-- pieces. Returns the grant (0: refused), the counter's figures after it, and what the lease holds
+-- in all after it (less than the replica believes it holds: a reaper took the rest).
 CREATE FUNCTION conduit_lease(p_scope text, p_period text, p_cap bigint, p_need bigint, p_want bigint,
                               p_replica text, p_life text, p_expires bigint)
-RETURNS TABLE (granted bigint, committed bigint, held bigint, others_leased bigint)
+RETURNS TABLE (granted bigint, committed bigint, held bigint, others_leased bigint, lease_total bigint)
 LANGUAGE plpgsql AS $fn$
 DECLARE
     c conduit_budget_counters%ROWTYPE;
@@ -241,7 +242,7 @@ BEGIN
         WHERE l.scope = p_scope AND l.period = p_period AND l.life = p_life;
     room := p_cap - c.committed - c.reserved - c.leased;
     IF room < p_need THEN
-        RETURN QUERY SELECT 0::bigint, c.committed, c.reserved + c.leased, c.leased - mine;
+        RETURN QUERY SELECT 0::bigint, c.committed, c.reserved + c.leased, c.leased - mine, mine;
         RETURN;
     END IF;
     g := greatest(p_need, least(p_want, room / 4));
@@ -254,7 +255,7 @@ BEGIN
         VALUES (p_scope, p_period, p_replica, p_life, g, p_expires)
         ON CONFLICT (scope, period, life) DO UPDATE
         SET amount = conduit_budget_leases.amount + g, expires_at = p_expires;
-    RETURN QUERY SELECT g, c.committed, c.reserved + c.leased + g, c.leased - mine;
+    RETURN QUERY SELECT g, c.committed, c.reserved + c.leased + g, c.leased - mine, mine + g;
 END
 $fn$;
 

@@ -256,8 +256,8 @@ pub fn config(url: &str, replica: &str) -> crate::PgConfig {
     c.tls = crate::TlsMode::Disable;
     c.replica_id = replica.into();
     c.pool_size = 8;
-    c.statement_timeout = Duration::from_secs(5);
-    c.connect_timeout = Duration::from_secs(2);
+    c.statement_timeout = Duration::from_secs(10);
+    c.connect_timeout = Duration::from_secs(10);
     c.heartbeat_stale = Duration::from_secs(2);
     c
 }
