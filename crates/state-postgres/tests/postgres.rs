@@ -428,3 +428,52 @@ async fn a_dead_replicas_slice_counts_as_spent() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A replica whose slice a reaper took while it was alive (taken for dead: a starved machine, a
+/// partition) admits what the slice covered and no more, and starts afresh on its next top-up: the
+/// counter ends at the reaped slice plus what was spent since, never the slice twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slice_reaped_from_a_live_replica_is_not_lent_twice() {
+    let Some(cluster) = Cluster::start() else { return };
+    let url = migrated(&cluster, "reaped").await;
+    let a = conduit_state_postgres::open(&config(&url, "a"), &[]).await.unwrap();
+    let now = conduit_core::clock::now_unix();
+    let worst = 1_000;
+    a.budgets
+        .set(
+            "team:risk",
+            BudgetLimit {
+                daily_micros: Some(100 * worst),
+                monthly_micros: None,
+            },
+        )
+        .await
+        .unwrap();
+    let p = Principal::of(key("key_reaped", "risk"));
+    let mut held = vec![a.budgets.reserve(&p, now, worst).await.unwrap().unwrap()];
+    // Another process's reaper takes the slice (5 worst cases) and counts it as spent.
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    let far = now + 100_000;
+    let n: i32 = client
+        .query_one("SELECT conduit_reap_leases($1, $2)", &[&far, &far])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1);
+    // What the slice covered is still admitted here (the reaped count covers it) …
+    for _ in 0..4 {
+        held.push(a.budgets.reserve(&p, now, worst).await.unwrap().unwrap());
+    }
+    // … and the next one tops up, finding the lease gone.
+    held.push(a.budgets.reserve(&p, now, worst).await.unwrap().unwrap());
+    for r in held {
+        r.settle(worst);
+    }
+    let s = a.budgets.status(now).await.unwrap();
+    assert_eq!(
+        (s[0].spent_micros, s[0].reserved_micros),
+        (6 * worst, 0),
+        "the reaped slice (5) plus the one spent from the new lease: the old slice never lent again"
+    );
+}
