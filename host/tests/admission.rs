@@ -18,34 +18,10 @@ use conduit_gateway::store::{KeyChange, KeyStore, MetaStore, Watch};
 use http::{Method, Request};
 use http_body_util::Full;
 
-/// An OpenAI chat body of exactly `len` bytes asking for `max_tokens`.
-fn body_of(len: usize, max_tokens: u64) -> String {
-    let head = format!(r#"{{"model":"gpt-5-mini","max_tokens":{max_tokens},"messages":[{{"role":"user","content":""#);
-    let tail = r#""}]}"#;
-    let pad = len - head.len() - tail.len();
-    let b = format!("{head}{}{tail}", "x".repeat(pad));
-    assert_eq!(b.len(), len);
-    b
-}
-
-// gpt-5-mini: $0.25 in (cache write defaults to the input rate), $2 out per MTok. A 400-byte body
-// with max_tokens 1000 has a worst case of 400 × 0.25 + 1000 × 2 = 2100 µ$, and with
-// `x-mock-usage: max` the mock reports exactly that usage: real cost = reservation.
-const WORST: u64 = 2100;
+use common::{CHAT_WORST as WORST, chat_body as body_of};
 
 async fn post(h: &Harness, key: &str, body: &str) -> Reply {
-    let bearer = format!("Bearer {key}");
-    h.send(
-        Method::POST,
-        "/v1/chat/completions",
-        &[
-            ("authorization", &bearer),
-            ("content-type", "application/json"),
-            ("x-mock-usage", "max"),
-        ],
-        body.to_string(),
-    )
-    .await
+    h.chat_at_worst(key, body).await
 }
 
 /// A gateway for the races: 50 requests at once on 2 cores, beside the other tests of this file.

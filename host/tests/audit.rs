@@ -610,16 +610,7 @@ async fn strict_durability_survives_kill_9() {
         String::from_utf8_lossy(&out.stderr)
     );
     let out = cmd(&["audit", "export", "--format", "jsonl"]).output().unwrap();
-    let recorded: std::collections::HashSet<String> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["request_id"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
-        .collect();
+    let recorded = common::process::exported_request_ids(&out.stdout);
     let missing: Vec<&String> = completed.iter().filter(|id| !recorded.contains(*id)).collect();
     assert!(
         missing.is_empty(),

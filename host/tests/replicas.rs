@@ -13,35 +13,19 @@ use std::time::{Duration, Instant};
 use common::{Harness, Reply};
 use conduit_gateway::records::BudgetLimit;
 use conduit_state_postgres::testing::Cluster;
-use http::Method;
 
 /// One test at a time: each starts a PostgreSQL cluster and up to three gateways, which on two
 /// cores beside each other would measure CPU starvation, not Conduit.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// gpt-5-mini, a 400-byte body, max_tokens 1000: the worst case is 2100 µ$, and with
-/// `x-mock-usage: max` the mock reports exactly that (as in admission.rs).
-const WORST: u64 = 2100;
+use common::CHAT_WORST as WORST;
 
 fn body() -> String {
-    let head = r#"{"model":"gpt-5-mini","max_tokens":1000,"messages":[{"role":"user","content":""#;
-    let tail = r#""}]}"#;
-    format!("{head}{}{tail}", "x".repeat(400 - head.len() - tail.len()))
+    common::chat_body(400, 1000)
 }
 
 async fn post(h: &Harness, key: &str) -> Reply {
-    let bearer = format!("Bearer {key}");
-    h.send(
-        Method::POST,
-        "/v1/chat/completions",
-        &[
-            ("authorization", &bearer),
-            ("content-type", "application/json"),
-            ("x-mock-usage", "max"),
-        ],
-        body(),
-    )
-    .await
+    h.chat_at_worst(key, &body()).await
 }
 
 /// `n` replicas on a freshly migrated database of `cluster`, sharing one master key.
@@ -665,16 +649,7 @@ async fn a_replica_killed_mid_load_overshoots_nothing_and_loses_no_record() {
     // Every completed response is on record in its replica's audit log.
     for (i, r) in replicas.iter().enumerate() {
         let out = cmd(r, &["audit", "export", "--format", "jsonl"]).output().unwrap();
-        let recorded: std::collections::HashSet<String> = String::from_utf8(out.stdout)
-            .unwrap()
-            .lines()
-            .map(|l| {
-                serde_json::from_str::<serde_json::Value>(l).unwrap()["request_id"]
-                    .as_str()
-                    .unwrap()
-                    .to_string()
-            })
-            .collect();
+        let recorded = common::process::exported_request_ids(&out.stdout);
         let missing: Vec<&String> = completed
             .iter()
             .filter(|(w, id)| *w == i && !recorded.contains(id))

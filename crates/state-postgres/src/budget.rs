@@ -23,7 +23,9 @@ use async_trait::async_trait;
 use tokio::sync::{mpsc, oneshot};
 
 use conduit_core::error::{Error, Result};
-use conduit_state::budget::{BudgetStatus, Budgets, Hold, OverBudget, Period, Refusal, Reservation, validate_scope};
+use conduit_state::budget::{
+    BudgetStatus, Budgets, Hold, Limits, OverBudget, Period, Refusal, Reservation, validate_scope,
+};
 use conduit_state::records::{BudgetLimit, Principal};
 use conduit_state::store::{BudgetLimitStore, Watch};
 
@@ -42,8 +44,7 @@ struct Shared {
     hold_ttl: i64,
     /// A life whose heartbeat is older than this is dead.
     stale: Duration,
-    defaults: HashMap<String, BudgetLimit>,
-    limits: RwLock<HashMap<String, BudgetLimit>>,
+    limits: RwLock<Limits>,
     /// Counter rows known to exist (created, or seen), so a reservation is one statement.
     known: Mutex<HashSet<(String, Period)>>,
     settles: mpsc::UnboundedSender<Settle>,
@@ -72,8 +73,7 @@ impl PgBudgets {
             replica: config.replica_id.clone(),
             hold_ttl: config.hold_ttl.as_secs().max(1) as i64,
             stale: config.heartbeat_stale.max(Duration::from_secs(1)),
-            defaults: defaults.iter().cloned().collect(),
-            limits: RwLock::new(HashMap::new()),
+            limits: RwLock::new(Limits::new(defaults, Vec::new())),
             known: Mutex::new(HashSet::new()),
             settles: tx,
             leases: config
@@ -115,16 +115,15 @@ impl PgBudgets {
 }
 
 impl Shared {
-    fn limits(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, BudgetLimit>> {
+    fn limits(&self) -> std::sync::RwLockReadGuard<'_, Limits> {
         self.limits.read().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Re-reads every stored limit over the config file's.
     async fn reload(&self) -> Result<()> {
         let stored = BudgetLimitStore::list(&self.pg).await?;
-        let mut limits = self.defaults.clone();
-        limits.extend(stored);
-        *self.limits.write().unwrap_or_else(|p| p.into_inner()) = limits;
+        let reloaded = self.limits().reloaded(stored);
+        *self.limits.write().unwrap_or_else(|p| p.into_inner()) = reloaded;
         Ok(())
     }
 
@@ -157,19 +156,6 @@ impl Shared {
             .await
             .map_err(|e| pg_err("recording this replica's heartbeat", e))?;
         Ok(())
-    }
-
-    fn targets(&self, principal: &Principal, at_unix: i64) -> Vec<(String, Period, u64)> {
-        let limits = self.limits();
-        let mut targets = Vec::new();
-        for scope in principal.scopes() {
-            if let Some(limit) = limits.get(&scope) {
-                for (period, cap) in Period::in_force(limit, at_unix) {
-                    targets.push((scope.clone(), period, cap));
-                }
-            }
-        }
-        targets
     }
 
     /// Creates the counter rows not yet known to exist, each seeded with what the spend ledger
@@ -302,7 +288,7 @@ impl Shared {
                     }
                     Ok(Err(no)) => {
                         undo(&taken);
-                        let (local_spent, _) = leases.local(&key);
+                        let local_spent = leases.uncommitted(&key);
                         return Err(Refusal::Over(OverBudget {
                             scope: scope.clone(),
                             period: period.name(),
@@ -432,27 +418,15 @@ impl Hold for PgHold {
 #[async_trait]
 impl Budgets for PgBudgets {
     fn applies(&self, principal: &Principal) -> bool {
-        let limits = self.0.limits();
-        if limits.is_empty() {
-            return false;
-        }
-        let has = |scope: &str| {
-            limits
-                .get(scope)
-                .is_some_and(|l| l.daily_micros.is_some() || l.monthly_micros.is_some())
-        };
-        has(&format!("key:{}", principal.key_id))
-            || principal.team.as_ref().is_some_and(|t| has(&format!("team:{t}")))
-            || has("org")
+        self.0.limits().applies(principal)
     }
 
     async fn reserve(&self, principal: &Principal, at_unix: i64, worst: u64) -> Result<Option<Reservation>, Refusal> {
         let s = &self.0;
-        let mut targets = s.targets(principal, at_unix);
+        let targets = s.limits().targets(principal, at_unix);
         if targets.is_empty() {
             return Ok(None);
         }
-        targets.sort_by(|a, b| (&a.0, &a.1.bounds().0).cmp(&(&b.0, &b.1.bounds().0)));
         let wanted: Vec<(String, Period)> = targets.iter().map(|(sc, p, _)| (sc.clone(), *p)).collect();
         s.ensure(&wanted).await.map_err(Refusal::Unavailable)?;
         let per_key = targets.iter().any(|t| t.0.starts_with("key:"));
@@ -485,18 +459,11 @@ impl Budgets for PgBudgets {
     async fn set(&self, scope: &str, limit: BudgetLimit) -> Result<()> {
         validate_scope(scope)?;
         BudgetLimitStore::put(&self.0.pg, scope, &limit).await?;
-        let mut limits = self.0.limits.write().unwrap_or_else(|p| p.into_inner());
-        match self
-            .0
-            .defaults
-            .get(scope)
-            .copied()
-            .filter(|_| limit == BudgetLimit::default())
-        {
-            Some(default) => limits.insert(scope.to_string(), default),
-            None if limit == BudgetLimit::default() => limits.remove(scope),
-            None => limits.insert(scope.to_string(), limit),
-        };
+        self.0
+            .limits
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .set(scope, limit);
         Ok(())
     }
 
@@ -508,11 +475,7 @@ impl Budgets for PgBudgets {
             // are the database's own (other replicas' slices show as reserved).
             leases.commit(true).await?;
         }
-        let in_force: Vec<(String, Period, u64)> = s
-            .limits()
-            .iter()
-            .flat_map(|(scope, limit)| Period::in_force(limit, now_unix).map(move |(p, a)| (scope.clone(), p, a)))
-            .collect();
+        let in_force = s.limits().all_in_force(now_unix);
         let wanted: Vec<(String, Period)> = in_force.iter().map(|(sc, p, _)| (sc.clone(), *p)).collect();
         s.ensure(&wanted).await?;
         let scopes: Vec<&str> = in_force.iter().map(|t| t.0.as_str()).collect();

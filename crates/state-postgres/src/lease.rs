@@ -334,12 +334,9 @@ impl Leases {
         lock(&self.slots).keys().filter(|k| k.0 == scope).cloned().collect()
     }
 
-    /// This process's figures for `key`: (spent not yet committed, held by requests in flight).
-    pub(crate) fn local(&self, key: &SlotKey) -> (u64, u64) {
-        lock(&self.slots)
-            .get(key)
-            .map(|s| (s.spent, s.in_flight))
-            .unwrap_or_default()
+    /// What this process spent from `key`'s slice and has not committed yet.
+    pub(crate) fn uncommitted(&self, key: &SlotKey) -> u64 {
+        lock(&self.slots).get(key).map(|s| s.spent).unwrap_or(0)
     }
 }
 

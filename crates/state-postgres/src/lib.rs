@@ -465,6 +465,45 @@ impl Pg {
     }
 }
 
+type Params<'a> = &'a [&'a (dyn tokio_postgres::types::ToSql + Sync)];
+
+impl Pg {
+    /// The JSON record in the first column of the row `sql` finds, if any (`doing` names the
+    /// read in an error, `what` the record).
+    async fn record<T: DeserializeOwned>(
+        &self,
+        doing: &str,
+        what: &str,
+        sql: &str,
+        params: Params<'_>,
+    ) -> Result<Option<T>> {
+        let row = self
+            .client()
+            .await?
+            .query_opt(sql, params)
+            .await
+            .map_err(|e| pg_err(doing, e))?;
+        row.map(|r| decode(what, r.get::<_, &str>(0))).transpose()
+    }
+
+    /// The JSON records in the first column of every row `sql` returns.
+    async fn records<T: DeserializeOwned>(
+        &self,
+        doing: &str,
+        what: &str,
+        sql: &str,
+        params: Params<'_>,
+    ) -> Result<Vec<T>> {
+        let rows = self
+            .client()
+            .await?
+            .query(sql, params)
+            .await
+            .map_err(|e| pg_err(doing, e))?;
+        rows.iter().map(|r| decode(what, r.get::<_, &str>(0))).collect()
+    }
+}
+
 fn decode<T: DeserializeOwned>(what: &str, text: &str) -> Result<T> {
     serde_json::from_str(text).map_err(|e| Error::msg(format!("corrupt {what} record in PostgreSQL: {e}")))
 }
@@ -508,23 +547,23 @@ impl KeyStore for Pg {
     }
 
     async fn by_hash(&self, hash: &KeyHash) -> Result<Option<KeyRecord>> {
-        let row = self
-            .client()
-            .await?
-            .query_opt("SELECT record FROM conduit_keys WHERE hash = $1", &[&&hash.0[..]])
-            .await
-            .map_err(|e| pg_err("looking up a key", e))?;
-        row.map(|r| decode("key", r.get::<_, &str>(0))).transpose()
+        self.record(
+            "looking up a key",
+            "key",
+            "SELECT record FROM conduit_keys WHERE hash = $1",
+            &[&&hash.0[..]],
+        )
+        .await
     }
 
     async fn by_id(&self, id: &str) -> Result<Option<KeyRecord>> {
-        let row = self
-            .client()
-            .await?
-            .query_opt("SELECT record FROM conduit_keys WHERE id = $1", &[&id])
-            .await
-            .map_err(|e| pg_err("looking up a key", e))?;
-        row.map(|r| decode("key", r.get::<_, &str>(0))).transpose()
+        self.record(
+            "looking up a key",
+            "key",
+            "SELECT record FROM conduit_keys WHERE id = $1",
+            &[&id],
+        )
+        .await
     }
 
     async fn update(&self, record: &KeyRecord) -> Result<()> {
@@ -556,13 +595,13 @@ impl KeyStore for Pg {
     }
 
     async fn list(&self) -> Result<Vec<KeyRecord>> {
-        let rows = self
-            .client()
-            .await?
-            .query("SELECT record FROM conduit_keys ORDER BY created_at, id", &[])
-            .await
-            .map_err(|e| pg_err("listing keys", e))?;
-        rows.iter().map(|r| decode("key", r.get::<_, &str>(0))).collect()
+        self.records(
+            "listing keys",
+            "key",
+            "SELECT record FROM conduit_keys ORDER BY created_at, id",
+            &[],
+        )
+        .await
     }
 
     async fn entries(&self) -> Result<Vec<(KeyHash, KeyRecord)>> {
@@ -608,26 +647,23 @@ impl CredentialStore for Pg {
     }
 
     async fn get(&self, provider: &str, id: &str) -> Result<Option<SealedCredential>> {
-        let row = self
-            .client()
-            .await?
-            .query_opt(
-                "SELECT sealed FROM conduit_credentials WHERE provider = $1 AND id = $2",
-                &[&provider, &id],
-            )
-            .await
-            .map_err(|e| pg_err("reading a credential", e))?;
-        row.map(|r| decode("credential", r.get::<_, &str>(0))).transpose()
+        self.record(
+            "reading a credential",
+            "credential",
+            "SELECT sealed FROM conduit_credentials WHERE provider = $1 AND id = $2",
+            &[&provider, &id],
+        )
+        .await
     }
 
     async fn list(&self) -> Result<Vec<SealedCredential>> {
-        let rows = self
-            .client()
-            .await?
-            .query("SELECT sealed FROM conduit_credentials ORDER BY provider, id", &[])
-            .await
-            .map_err(|e| pg_err("listing credentials", e))?;
-        rows.iter().map(|r| decode("credential", r.get::<_, &str>(0))).collect()
+        self.records(
+            "listing credentials",
+            "credential",
+            "SELECT sealed FROM conduit_credentials ORDER BY provider, id",
+            &[],
+        )
+        .await
     }
 
     async fn reseal_all(&self, credentials: &[SealedCredential], master_key_id: &str) -> Result<()> {
@@ -870,16 +906,13 @@ impl FindingStore for Pg {
     }
 
     async fn list(&self, limit: usize) -> Result<Vec<FindingRecord>> {
-        let rows = self
-            .client()
-            .await?
-            .query(
-                "SELECT record FROM conduit_findings ORDER BY id DESC LIMIT $1",
-                &[&(limit.min(i64::MAX as usize) as i64)],
-            )
-            .await
-            .map_err(|e| pg_err("listing findings", e))?;
-        rows.iter().map(|r| decode("finding", r.get::<_, &str>(0))).collect()
+        self.records(
+            "listing findings",
+            "finding",
+            "SELECT record FROM conduit_findings ORDER BY id DESC LIMIT $1",
+            &[&(limit.min(i64::MAX as usize) as i64)],
+        )
+        .await
     }
 
     async fn mark_false_positive(&self, id: &str, by: &str) -> Result<Option<FindingRecord>> {
@@ -971,13 +1004,13 @@ impl PolicyModeStore for Pg {
 #[async_trait]
 impl PriceStore for Pg {
     async fn overrides(&self) -> Result<Vec<PriceRow>> {
-        let rows = self
-            .client()
-            .await?
-            .query("SELECT row FROM conduit_prices ORDER BY provider, model", &[])
-            .await
-            .map_err(|e| pg_err("reading price overrides", e))?;
-        rows.iter().map(|r| decode("price", r.get::<_, &str>(0))).collect()
+        self.records(
+            "reading price overrides",
+            "price",
+            "SELECT row FROM conduit_prices ORDER BY provider, model",
+            &[],
+        )
+        .await
     }
 
     async fn put_overrides(&self, rows: &[PriceRow]) -> Result<()> {
@@ -1026,26 +1059,23 @@ impl UploadStore for Pg {
     }
 
     async fn get(&self, provider: &str, id: &str) -> Result<Option<UploadRecord>> {
-        let row = self
-            .client()
-            .await?
-            .query_opt(
-                "SELECT record FROM conduit_uploads WHERE provider = $1 AND id = $2",
-                &[&provider, &id],
-            )
-            .await
-            .map_err(|e| pg_err("reading an upload", e))?;
-        row.map(|r| decode("upload", r.get::<_, &str>(0))).transpose()
+        self.record(
+            "reading an upload",
+            "upload",
+            "SELECT record FROM conduit_uploads WHERE provider = $1 AND id = $2",
+            &[&provider, &id],
+        )
+        .await
     }
 
     async fn list(&self) -> Result<Vec<UploadRecord>> {
-        let rows = self
-            .client()
-            .await?
-            .query("SELECT record FROM conduit_uploads ORDER BY provider, id", &[])
-            .await
-            .map_err(|e| pg_err("listing uploads", e))?;
-        rows.iter().map(|r| decode("upload", r.get::<_, &str>(0))).collect()
+        self.records(
+            "listing uploads",
+            "upload",
+            "SELECT record FROM conduit_uploads ORDER BY provider, id",
+            &[],
+        )
+        .await
     }
 }
 

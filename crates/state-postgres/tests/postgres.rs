@@ -120,6 +120,22 @@ async fn unreachable_and_misconfigured_databases_are_named_without_the_password(
     assert!(err.contains("/nonexistent/ca.pem"), "{err}");
 }
 
+fn daily(micros: u64) -> BudgetLimit {
+    BudgetLimit {
+        daily_micros: Some(micros),
+        monthly_micros: None,
+    }
+}
+
+/// Polls `f` until it holds, failing with `what` after 10 s.
+async fn eventually(what: &str, mut f: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !f().await {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn key(id: &str, team: &str) -> KeyRecord {
     KeyRecord {
         id: id.into(),
@@ -170,16 +186,7 @@ async fn a_change_on_one_replica_reaches_the_others_watchers() {
         .unwrap()
         .unwrap();
     assert_eq!(m, "secret.aws");
-    a.budgets
-        .set(
-            "team:risk",
-            BudgetLimit {
-                daily_micros: Some(5),
-                monthly_micros: None,
-            },
-        )
-        .await
-        .unwrap();
+    a.budgets.set("team:risk", daily(5)).await.unwrap();
     let s = tokio::time::timeout(Duration::from_secs(5), budgets_b.recv())
         .await
         .unwrap()
@@ -187,14 +194,10 @@ async fn a_change_on_one_replica_reaches_the_others_watchers() {
     assert_eq!(s, "team:risk");
     // B's in-memory limits follow (its refresher re-reads on the change).
     let alice = Principal::of(key("key_alice", "risk"));
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !b.budgets.applies(&alice) {
-        assert!(
-            Instant::now() < deadline,
-            "replica B never learned of the budget set on A"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually("replica B learns of the budget set on A", async || {
+        b.budgets.applies(&alice)
+    })
+    .await;
     b.meta.ping().await.unwrap();
 }
 
@@ -212,33 +215,14 @@ async fn replicas_racing_shared_budgets_admit_exactly_what_fits() {
     let k = 37;
     replicas[0]
         .budgets
-        .set(
-            "team:risk",
-            BudgetLimit {
-                daily_micros: Some(worst * k + worst / 2),
-                monthly_micros: None,
-            },
-        )
+        .set("team:risk", daily(worst * k + worst / 2))
         .await
         .unwrap();
-    replicas[0]
-        .budgets
-        .set(
-            "org",
-            BudgetLimit {
-                daily_micros: Some(worst * 1_000),
-                monthly_micros: None,
-            },
-        )
-        .await
-        .unwrap();
+    replicas[0].budgets.set("org", daily(worst * 1_000)).await.unwrap();
     // Each replica's limits must have heard of the budget before the race.
     for r in &replicas {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !r.budgets.applies(&Principal::of(key("key_x", "risk"))) {
-            assert!(Instant::now() < deadline);
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let p = Principal::of(key("key_x", "risk"));
+        eventually("every replica applies the budget", async || r.budgets.applies(&p)).await;
     }
     let mut tasks = Vec::new();
     for (i, r) in replicas.iter().enumerate() {
@@ -295,16 +279,7 @@ async fn a_dead_replicas_holds_count_as_spent_and_are_reaped_on_restart() {
     let p = Principal::of(key("key_dead", "risk"));
     {
         let a = conduit_state_postgres::open(&config(&url, "a"), &[]).await.unwrap();
-        a.budgets
-            .set(
-                "key:key_dead",
-                BudgetLimit {
-                    daily_micros: Some(10_000),
-                    monthly_micros: None,
-                },
-            )
-            .await
-            .unwrap();
+        a.budgets.set("key:key_dead", daily(10_000)).await.unwrap();
         let r = a.budgets.reserve(&p, now, 4_000).await.unwrap().unwrap();
         // The process dies: nothing settles or releases the hold.
         std::mem::forget(r);
@@ -321,15 +296,10 @@ async fn a_dead_replicas_holds_count_as_spent_and_are_reaped_on_restart() {
         (0, 4_000),
         "held while the dead life's heartbeat is fresh"
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while figures().await != (4_000, 0) {
-        assert!(
-            Instant::now() < deadline,
-            "the dead life's holds were never reaped: {:?}",
-            figures().await
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually("the dead life's holds are reaped", async || {
+        figures().await == (4_000, 0)
+    })
+    .await;
     assert!(matches!(a.budgets.reserve(&p, now, 6_001).await, Err(Refusal::Over(_))));
     drop(a.budgets.reserve(&p, now, 6_000).await.unwrap());
 }
@@ -344,16 +314,7 @@ async fn with_postgres_gone_a_replica_admits_only_against_the_slice_it_holds() {
     let a = conduit_state_postgres::open(&config(&url, "a"), &[]).await.unwrap();
     let now = conduit_core::clock::now_unix();
     let worst = 1_000;
-    a.budgets
-        .set(
-            "team:risk",
-            BudgetLimit {
-                daily_micros: Some(100 * worst),
-                monthly_micros: None,
-            },
-        )
-        .await
-        .unwrap();
+    a.budgets.set("team:risk", daily(100 * worst)).await.unwrap();
     let p = Principal::of(key("key_slice", "risk"));
     // The first reservation takes a slice: 5 % of the cap (less than a quarter of the room).
     let mut held = vec![a.budgets.reserve(&p, now, worst).await.unwrap().unwrap()];
@@ -402,31 +363,16 @@ async fn a_dead_replicas_slice_counts_as_spent() {
     let p = Principal::of(key("key_ds", "risk"));
     {
         let a = conduit_state_postgres::open(&config(&url, "a"), &[]).await.unwrap();
-        a.budgets
-            .set(
-                "team:risk",
-                BudgetLimit {
-                    daily_micros: Some(100_000),
-                    monthly_micros: None,
-                },
-            )
-            .await
-            .unwrap();
+        a.budgets.set("team:risk", daily(100_000)).await.unwrap();
         std::mem::forget(a.budgets.reserve(&p, now, 1_000).await.unwrap().unwrap());
     }
     let a = conduit_state_postgres::open(&config(&url, "a"), &[]).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    // The slice the dead life held (5 % of the cap) counts as spent, in full.
+    eventually("the dead life's slice is reaped", async || {
         let s = a.budgets.status(now).await.unwrap();
-        if (s[0].spent_micros, s[0].reserved_micros) == (5_000, 0) {
-            break; // the slice the dead life held (5 % of the cap) counts as spent, in full
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the dead life's slice was never reaped: {s:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        (s[0].spent_micros, s[0].reserved_micros) == (5_000, 0)
+    })
+    .await;
 }
 
 /// A replica whose slice a reaper took while it was alive (taken for dead: a starved machine, a
@@ -439,16 +385,7 @@ async fn a_slice_reaped_from_a_live_replica_is_not_lent_twice() {
     let a = conduit_state_postgres::open(&config(&url, "a"), &[]).await.unwrap();
     let now = conduit_core::clock::now_unix();
     let worst = 1_000;
-    a.budgets
-        .set(
-            "team:risk",
-            BudgetLimit {
-                daily_micros: Some(100 * worst),
-                monthly_micros: None,
-            },
-        )
-        .await
-        .unwrap();
+    a.budgets.set("team:risk", daily(100 * worst)).await.unwrap();
     let p = Principal::of(key("key_reaped", "risk"));
     let mut held = vec![a.budgets.reserve(&p, now, worst).await.unwrap().unwrap()];
     // Another process's reaper takes the slice (5 worst cases) and counts it as spent.

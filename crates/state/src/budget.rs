@@ -22,8 +22,8 @@ use conduit_core::error::{Error, Result};
 use crate::records::{BudgetLimit, Principal};
 use crate::store::{BudgetLimitStore, SpendStore, Watch};
 
-/// A budget period.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// A budget period (ordered: days before months, then by number — the order counters are locked in).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Period {
     /// Days since 1970-01-01.
     Day(i64),
@@ -204,6 +204,88 @@ pub fn validate_scope(scope: &str) -> Result<()> {
     }
 }
 
+/// The limits in force, as every backend keeps them in memory: the config file's, overridden per
+/// scope by those set at run time; clearing a scope falls back to the file's.
+#[derive(Debug, Clone, Default)]
+pub struct Limits {
+    defaults: HashMap<String, BudgetLimit>,
+    in_force: HashMap<String, BudgetLimit>,
+}
+
+impl Limits {
+    /// `defaults` (the config file's) overridden by `stored`.
+    pub fn new(defaults: &[(String, BudgetLimit)], stored: Vec<(String, BudgetLimit)>) -> Limits {
+        let defaults: HashMap<String, BudgetLimit> = defaults.iter().cloned().collect();
+        let mut in_force = defaults.clone();
+        in_force.extend(stored);
+        Limits { defaults, in_force }
+    }
+
+    /// The same defaults, overridden by a fresh read of the stored limits.
+    pub fn reloaded(&self, stored: Vec<(String, BudgetLimit)>) -> Limits {
+        let mut in_force = self.defaults.clone();
+        in_force.extend(stored);
+        Limits {
+            defaults: self.defaults.clone(),
+            in_force,
+        }
+    }
+
+    /// Puts a scope's limit in force (an empty limit: back to the file's, or none).
+    pub fn set(&mut self, scope: &str, limit: BudgetLimit) {
+        let fallback = self.defaults.get(scope).copied();
+        match fallback.filter(|_| limit == BudgetLimit::default()) {
+            Some(default) => self.in_force.insert(scope.to_string(), default),
+            None if limit == BudgetLimit::default() => self.in_force.remove(scope),
+            None => self.in_force.insert(scope.to_string(), limit),
+        };
+    }
+
+    /// A scope's limit in force.
+    pub fn get(&self, scope: &str) -> Option<&BudgetLimit> {
+        self.in_force.get(scope)
+    }
+
+    /// Whether any budget applies to `principal` (the request path asks this first; no
+    /// allocation when no budget is set at all).
+    pub fn applies(&self, principal: &Principal) -> bool {
+        if self.in_force.is_empty() {
+            return false;
+        }
+        let has = |scope: &str| {
+            self.in_force
+                .get(scope)
+                .is_some_and(|l| l.daily_micros.is_some() || l.monthly_micros.is_some())
+        };
+        has(&format!("key:{}", principal.key_id))
+            || principal.team.as_ref().is_some_and(|t| has(&format!("team:{t}")))
+            || has("org")
+    }
+
+    /// The (scope, period, cap) triples that apply to `principal` at `at_unix`, in the one order
+    /// counters are taken in (scope, then period).
+    pub fn targets(&self, principal: &Principal, at_unix: i64) -> Vec<(String, Period, u64)> {
+        let mut targets = Vec::new();
+        for scope in principal.scopes() {
+            if let Some(limit) = self.in_force.get(&scope) {
+                for (period, cap) in Period::in_force(limit, at_unix) {
+                    targets.push((scope.clone(), period, cap));
+                }
+            }
+        }
+        targets.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+        targets
+    }
+
+    /// Every budget's (scope, period, cap) in force at `now_unix`.
+    pub fn all_in_force(&self, now_unix: i64) -> Vec<(String, Period, u64)> {
+        self.in_force
+            .iter()
+            .flat_map(|(scope, limit)| Period::in_force(limit, now_unix).map(move |(p, a)| (scope.clone(), p, a)))
+            .collect()
+    }
+}
+
 #[derive(Debug, Default, Clone, Copy)]
 struct Counter {
     spent: u64,
@@ -212,7 +294,7 @@ struct Counter {
 
 #[derive(Default)]
 struct BookState {
-    limits: HashMap<String, BudgetLimit>,
+    limits: Limits,
     counters: HashMap<(String, Period), Counter>,
 }
 
@@ -222,7 +304,6 @@ struct BookState {
 pub struct BudgetBook {
     limit_store: Arc<dyn BudgetLimitStore>,
     spend: Arc<dyn SpendStore>,
-    defaults: HashMap<String, BudgetLimit>,
     state: Mutex<BookState>,
 }
 
@@ -257,13 +338,10 @@ impl BudgetBook {
         spend: Arc<dyn SpendStore>,
         defaults: &[(String, BudgetLimit)],
     ) -> Result<Arc<BudgetBook>> {
-        let defaults: HashMap<String, BudgetLimit> = defaults.iter().cloned().collect();
-        let mut limits = defaults.clone();
-        limits.extend(limit_store.list().await?);
+        let limits = Limits::new(defaults, limit_store.list().await?);
         Ok(Arc::new(BudgetBook {
             limit_store,
             spend,
-            defaults,
             state: Mutex::new(BookState {
                 limits,
                 counters: HashMap::new(),
@@ -277,16 +355,7 @@ impl BudgetBook {
 
     /// The (scope, period, limit) triples that apply to `principal` at `at_unix`.
     fn targets(&self, principal: &Principal, at_unix: i64) -> Vec<(String, Period, u64)> {
-        let state = self.lock();
-        let mut targets = Vec::new();
-        for scope in principal.scopes() {
-            if let Some(limit) = state.limits.get(&scope) {
-                for (period, amount) in Period::in_force(limit, at_unix) {
-                    targets.push((scope.clone(), period, amount));
-                }
-            }
-        }
-        targets
+        self.lock().limits.targets(principal, at_unix)
     }
 
     /// Makes sure the counter of every `(scope, period)` is loaded from the ledger. The lock is
@@ -352,19 +421,7 @@ impl BudgetBook {
 #[async_trait]
 impl Budgets for Arc<BudgetBook> {
     fn applies(&self, principal: &Principal) -> bool {
-        let state = self.lock();
-        if state.limits.is_empty() {
-            return false; // the common case: no allocation, one uncontended lock
-        }
-        let has = |scope: &str| {
-            state
-                .limits
-                .get(scope)
-                .is_some_and(|l| l.daily_micros.is_some() || l.monthly_micros.is_some())
-        };
-        has(&format!("key:{}", principal.key_id))
-            || principal.team.as_ref().is_some_and(|t| has(&format!("team:{t}")))
-            || has("org")
+        self.lock().limits.applies(principal) // one uncontended lock, no allocation without budgets
     }
 
     async fn reserve(&self, principal: &Principal, at_unix: i64, worst: u64) -> Result<Option<Reservation>, Refusal> {
@@ -408,26 +465,12 @@ impl Budgets for Arc<BudgetBook> {
     async fn set(&self, scope: &str, limit: BudgetLimit) -> Result<()> {
         validate_scope(scope)?;
         self.limit_store.put(scope, &limit).await?;
-        let mut state = self.lock();
-        match self
-            .defaults
-            .get(scope)
-            .copied()
-            .filter(|_| limit == BudgetLimit::default())
-        {
-            Some(default) => state.limits.insert(scope.to_string(), default),
-            None if limit == BudgetLimit::default() => state.limits.remove(scope),
-            None => state.limits.insert(scope.to_string(), limit),
-        };
+        self.lock().limits.set(scope, limit);
         Ok(())
     }
 
     async fn status(&self, now_unix: i64) -> Result<Vec<BudgetStatus>> {
-        let limits: Vec<(String, BudgetLimit)> = self.lock().limits.iter().map(|(k, v)| (k.clone(), *v)).collect();
-        let in_force: Vec<(String, Period, u64)> = limits
-            .iter()
-            .flat_map(|(scope, limit)| Period::in_force(limit, now_unix).map(move |(p, a)| (scope.clone(), p, a)))
-            .collect();
+        let in_force = self.lock().limits.all_in_force(now_unix);
         self.load(in_force.iter().map(|(s, p, _)| (s.clone(), *p))).await?;
         let state = self.lock();
         let mut out: Vec<BudgetStatus> = in_force

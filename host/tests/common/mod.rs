@@ -331,6 +331,39 @@ impl Builder {
     }
 }
 
+/// An OpenAI chat body of exactly `len` bytes asking for `max_tokens` of gpt-5-mini.
+pub fn chat_body(len: usize, max_tokens: u64) -> String {
+    let head = format!(r#"{{"model":"gpt-5-mini","max_tokens":{max_tokens},"messages":[{{"role":"user","content":""#);
+    let tail = r#""}]}"#;
+    let pad = len - head.len() - tail.len();
+    let b = format!("{head}{}{tail}", "x".repeat(pad));
+    assert_eq!(b.len(), len);
+    b
+}
+
+/// gpt-5-mini: $0.25 in (cache write defaults to the input rate), $2 out per MTok. A 400-byte
+/// [`chat_body`] with max_tokens 1000 has a worst case of 400 × 0.25 + 1000 × 2 = 2100 µ$, and with
+/// `x-mock-usage: max` the mock reports exactly that usage: real cost = reservation.
+pub const CHAT_WORST: u64 = 2100;
+
+impl Harness {
+    /// POSTs `body` to `/v1/chat/completions` with `key`, the mock told to report the worst case.
+    pub async fn chat_at_worst(&self, key: &str, body: &str) -> Reply {
+        let bearer = format!("Bearer {key}");
+        self.send(
+            Method::POST,
+            "/v1/chat/completions",
+            &[
+                ("authorization", &bearer),
+                ("content-type", "application/json"),
+                ("x-mock-usage", "max"),
+            ],
+            body.to_string(),
+        )
+        .await
+    }
+}
+
 pub struct Reply {
     pub status: StatusCode,
     pub headers: HeaderMap,

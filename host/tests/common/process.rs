@@ -48,3 +48,16 @@ pub fn terminate(mut child: Child) -> Output {
 pub fn contains(hay: &[u8], needle: &str) -> bool {
     hay.windows(needle.len()).any(|w| w == needle.as_bytes())
 }
+
+/// The request ids in `conduit audit export --format jsonl` output.
+pub fn exported_request_ids(jsonl: &[u8]) -> std::collections::HashSet<String> {
+    String::from_utf8_lossy(jsonl)
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["request_id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect()
+}
