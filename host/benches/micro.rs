@@ -236,6 +236,7 @@ fn budget_reserve_and_settle(bencher: divan::Bencher) {
         owner: "bench@corp.example".into(),
         team: Some("payments".into()),
         limits: RateLimits::default(),
+        session: None,
     };
     let now = conduit_gateway::clock::now_unix();
     bencher.bench(|| {

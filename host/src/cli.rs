@@ -115,6 +115,91 @@ pub enum Command {
     /// A seeded demo: a gateway over a mock provider, filled with synthetic traffic, to explore the
     /// dashboard. Uses a fresh data directory; never contacts a real provider.
     Demo(crate::demo::DemoArgs),
+    /// People signed in with the org's IdP: list them, sign one out everywhere, restore them.
+    #[command(subcommand)]
+    Users(UsersCommand),
+    /// Scoped admin API tokens: create (with roles and an expiry), list, revoke.
+    #[command(subcommand, name = "admin-tokens")]
+    AdminTokens(AdminTokensCommand),
+    /// Sign in to a Conduit gateway with the org's IdP (device flow: open a link, confirm a code).
+    Login {
+        /// The gateway's URL, e.g. https://conduit.corp.example.
+        #[arg(long)]
+        gateway: String,
+        /// Extra CA certificates (PEM) to trust for the gateway.
+        #[arg(long)]
+        ca_file: Option<std::path::PathBuf>,
+    },
+    /// Print a valid access token for the signed-in gateway, refreshing it if needed (for
+    /// apiKeyHelper, Codex's auth.command, SDKs).
+    Token {
+        /// Extra CA certificates (PEM) to trust for the gateway.
+        #[arg(long)]
+        ca_file: Option<std::path::PathBuf>,
+    },
+    /// Whether the running gateway is ready (exit 0) or not (exit 1, the reason on stderr): for a
+    /// container HEALTHCHECK or an exec probe.
+    Healthcheck {
+        /// Only whether the process is alive (`/livez`), not whether it can serve (`/readyz`).
+        #[arg(long)]
+        live: bool,
+    },
+    /// Sign out: revoke the tokens at the gateway and forget them.
+    Logout {
+        /// Extra CA certificates (PEM) to trust for the gateway.
+        #[arg(long)]
+        ca_file: Option<std::path::PathBuf>,
+    },
+}
+
+/// `conduit admin-tokens …`
+#[derive(Debug, Subcommand)]
+pub enum AdminTokensCommand {
+    /// Create a token; prints it once.
+    Create {
+        /// Role: viewer, finance, security or admin (repeat for several).
+        #[arg(long = "role", required = true)]
+        roles: Vec<String>,
+        /// Expiry: YYYY-MM-DD (UTC midnight) or YYYY-MM-DDTHH:MM:SSZ; at most 400 days ahead.
+        #[arg(long)]
+        expires: String,
+        /// Label (who or what uses it).
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        out: Output,
+    },
+    /// Every admin token (never a secret).
+    List {
+        #[command(flatten)]
+        out: Output,
+    },
+    /// Revoke a token; refused from its next call on.
+    Revoke {
+        /// Its id (adm_…).
+        id: String,
+    },
+}
+
+/// `conduit users …`
+#[derive(Debug, Subcommand)]
+pub enum UsersCommand {
+    /// Everyone with a sign-in session or a block.
+    List {
+        #[command(flatten)]
+        out: Output,
+    },
+    /// End every session of a person now (refused at their next request, on every replica) and
+    /// refuse new sign-ins until `conduit users restore`.
+    Revoke {
+        /// Their email, as the IdP gives it.
+        email: String,
+    },
+    /// Allow a revoked person to sign in again.
+    Restore {
+        /// Their email.
+        email: String,
+    },
 }
 
 /// `conduit store …`
@@ -327,6 +412,13 @@ pub struct Output {
 
 /// Runs the parsed command line.
 pub async fn run(cli: Cli) -> Result<()> {
+    // The client side of sign-in runs on an engineer's machine: no gateway configuration.
+    match &cli.command {
+        Some(Command::Login { gateway, ca_file }) => return crate::login::login(gateway, ca_file.clone()).await,
+        Some(Command::Token { ca_file }) => return crate::login::token(ca_file.clone()).await,
+        Some(Command::Logout { ca_file }) => return crate::login::logout(ca_file.clone()).await,
+        _ => {}
+    }
     let mut config = Config::load(cli.config.as_deref())?;
     if let Some(p) = cli.master_key_file {
         config.master_key = MasterKeySource::File(p);
@@ -339,6 +431,14 @@ pub async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Keys(cmd) => keys(crate::operate::connect(config).await?.as_ref(), cmd).await,
+        Command::Users(cmd) => users(crate::operate::connect(config).await?.as_ref(), cmd).await,
+        Command::AdminTokens(cmd) => admin_tokens(crate::operate::connect(config).await?.as_ref(), cmd).await,
+        Command::Login { .. } | Command::Token { .. } | Command::Logout { .. } => Ok(()),
+        Command::Healthcheck { live } => {
+            let status = crate::healthcheck::probe(config.admin_listen, live).await?;
+            println!("{status}");
+            Ok(())
+        }
         Command::Spend {
             by,
             since,
@@ -429,6 +529,122 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = tokio::signal::ctrl_c().await;
+}
+
+async fn admin_tokens(op: &dyn Operator, cmd: AdminTokensCommand) -> Result<()> {
+    use conduit_gateway::admin_auth::Role;
+    match cmd {
+        AdminTokensCommand::Create {
+            roles,
+            expires,
+            name,
+            out,
+        } => {
+            let roles = roles.iter().map(|r| Role::parse(r)).collect::<Result<Vec<_>>>()?;
+            let expires_at = conduit_core::clock::parse_date_or_time(&expires).ok_or_else(|| {
+                conduit_core::error::Error::msg(format!(
+                    "--expires {expires:?} is not a date; give YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ"
+                ))
+            })?;
+            let (token, record) = op.create_admin_token(roles, expires_at, name).await?;
+            if out.json {
+                println!("{}", json!({"token": token, "record": record}));
+            } else {
+                println!("{token}");
+                eprintln!(
+                    "admin token {} ({}) until {}; shown once — keep it in a secret store",
+                    record.id,
+                    record.roles.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(","),
+                    conduit_core::clock::format_rfc3339(record.expires_at)
+                );
+            }
+        }
+        AdminTokensCommand::List { out } => {
+            let all = op.admin_tokens().await?;
+            if out.json {
+                println!("{}", json!({"admin_tokens": all}));
+                return Ok(());
+            }
+            println!("{:<18} {:<24} {:<22} {:<10} NAME", "ID", "ROLES", "EXPIRES", "STATE");
+            let now = conduit_core::clock::now_unix();
+            for t in all {
+                let state = if t.revoked_at.is_some() {
+                    "revoked"
+                } else if t.expires_at <= now {
+                    "expired"
+                } else {
+                    "active"
+                };
+                println!(
+                    "{:<18} {:<24} {:<22} {state:<10} {}",
+                    t.id,
+                    t.roles.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(","),
+                    conduit_core::clock::format_rfc3339(t.expires_at),
+                    t.name.as_deref().unwrap_or("-")
+                );
+            }
+        }
+        AdminTokensCommand::Revoke { id } => {
+            let t = op.revoke_admin_token(&id).await?;
+            println!("revoked admin token {}; refused from its next call", t.id);
+        }
+    }
+    Ok(())
+}
+
+async fn users(op: &dyn Operator, cmd: UsersCommand) -> Result<()> {
+    match cmd {
+        UsersCommand::List { out } => {
+            let all = op.users().await?;
+            if out.json {
+                println!("{}", json!({"users": all}));
+                return Ok(());
+            }
+            println!(
+                "{:<32} {:<8} {:<20} {:<12} {:<22} SESSION",
+                "USER", "STATE", "TEAM", "CLIENT", "LAST REFRESH"
+            );
+            for u in &all {
+                let state = if u.blocked_at.is_some() { "blocked" } else { "active" };
+                if u.sessions.is_empty() {
+                    println!("{:<32} {state:<8}", u.email);
+                }
+                for s in &u.sessions {
+                    println!(
+                        "{:<32} {:<8} {:<20} {:<12} {:<22} {}{}",
+                        u.email,
+                        state,
+                        s.team.as_deref().unwrap_or("-"),
+                        s.surface.as_deref().unwrap_or("-"),
+                        s.refreshed_at,
+                        s.id,
+                        s.ended.as_deref().map(|e| format!(" (ended {e})")).unwrap_or_default()
+                    );
+                }
+            }
+        }
+        UsersCommand::Revoke { email } => {
+            let r = op.revoke_user(&email).await?;
+            println!(
+                "signed {email} out of {} session(s) and {} dashboard session(s); their next request is refused on every replica, and they cannot sign in again until `conduit users restore {email}`",
+                r.sessions_ended, r.admin_sessions_ended
+            );
+            if !r.admin_tokens_revoked.is_empty() {
+                println!(
+                    "revoked the admin token(s) they had created: {} (re-create any a service still needs)",
+                    r.admin_tokens_revoked.join(", ")
+                );
+            }
+        }
+        UsersCommand::Restore { email } => {
+            if op.restore_user(&email).await? {
+                println!("{email} may sign in again");
+            } else {
+                println!("{email} was not blocked");
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn keys(op: &dyn Operator, cmd: KeysCommand) -> Result<()> {

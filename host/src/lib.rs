@@ -11,6 +11,8 @@ pub mod cli;
 pub mod cli_audit;
 pub mod cli_policy;
 pub mod demo;
+pub mod healthcheck;
+pub mod login;
 pub mod operate;
 pub mod store_copy;
 pub mod telemetry;

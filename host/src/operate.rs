@@ -14,7 +14,9 @@ use conduit_state::State;
 use crate::admin_client::AdminClient;
 use conduit_core::error::{Error, Result};
 use conduit_core::seal::MasterKey;
+use conduit_gateway::admin_auth::{AdminToken, Role};
 use conduit_gateway::config::{Config, MasterKeySource};
+use conduit_gateway::signin::UserView;
 use conduit_state::budget::BudgetStatus;
 use conduit_state::ledger::By;
 use conduit_state::operator::{self, CreatedKey, CredentialInfo, NewKeyRequest, SpendReport};
@@ -50,6 +52,23 @@ pub trait Operator: Send + Sync {
     async fn prices(&self) -> Result<Vec<PriceRow>>;
     /// Imports a price file as overrides; returns how many rows, and what was skipped.
     async fn import_prices(&self, content: &str) -> Result<(usize, serde_json::Value)>;
+    /// People signed in with the IdP (or blocked), with their sessions.
+    async fn users(&self) -> Result<Vec<UserView>>;
+    /// Ends every session of a person now and blocks new sign-ins; how many sessions ended.
+    async fn revoke_user(&self, email: &str) -> Result<conduit_gateway::signin::Revoked>;
+    /// Lifts a block; whether there was one.
+    async fn restore_user(&self, email: &str) -> Result<bool>;
+    /// Creates a scoped admin token; the secret (once) and its record.
+    async fn create_admin_token(
+        &self,
+        roles: Vec<Role>,
+        expires_at: i64,
+        name: Option<String>,
+    ) -> Result<(String, AdminToken)>;
+    /// Every scoped admin token.
+    async fn admin_tokens(&self) -> Result<Vec<AdminToken>>;
+    /// Revokes a scoped admin token.
+    async fn revoke_admin_token(&self, id: &str) -> Result<AdminToken>;
 }
 
 /// The running gateway's admin API if it answers on the configured address, else the state.
@@ -137,6 +156,29 @@ impl Operator for Local {
         self.state.prices.put_overrides(&imported.rows).await?;
         Ok((imported.rows.len(), json!(imported.skipped)))
     }
+    async fn users(&self) -> Result<Vec<UserView>> {
+        conduit_gateway::signin::users(&self.state).await
+    }
+    async fn revoke_user(&self, email: &str) -> Result<conduit_gateway::signin::Revoked> {
+        conduit_gateway::signin::revoke_user(&self.state, email, "the CLI").await
+    }
+    async fn restore_user(&self, email: &str) -> Result<bool> {
+        conduit_gateway::signin::restore_user(&self.state, email).await
+    }
+    async fn create_admin_token(
+        &self,
+        roles: Vec<Role>,
+        expires_at: i64,
+        name: Option<String>,
+    ) -> Result<(String, AdminToken)> {
+        conduit_gateway::admin_auth::create_token(&self.state, roles, expires_at, name, "the CLI (local store)").await
+    }
+    async fn admin_tokens(&self) -> Result<Vec<AdminToken>> {
+        conduit_gateway::admin_auth::tokens(&self.state).await
+    }
+    async fn revoke_admin_token(&self, id: &str) -> Result<AdminToken> {
+        conduit_gateway::admin_auth::revoke_token(&self.state, id).await
+    }
 }
 
 #[async_trait]
@@ -199,4 +241,47 @@ impl Operator for AdminClient {
         let v: serde_json::Value = self.call(Method::POST, "/v1/prices/import", Some(body)).await?;
         Ok((v["imported"].as_u64().unwrap_or(0) as usize, v["skipped"].clone()))
     }
+    async fn users(&self) -> Result<Vec<UserView>> {
+        let v: serde_json::Value = self.call(Method::GET, "/v1/users", None).await?;
+        Ok(serde_json::from_value(v["users"].clone())?)
+    }
+    async fn revoke_user(&self, email: &str) -> Result<conduit_gateway::signin::Revoked> {
+        let path = format!("/v1/users/{}/revoke", email_segment(email)?);
+        self.call(Method::POST, &path, None).await
+    }
+    async fn restore_user(&self, email: &str) -> Result<bool> {
+        let path = format!("/v1/users/{}/restore", email_segment(email)?);
+        let v: serde_json::Value = self.call(Method::POST, &path, None).await?;
+        Ok(v["was_blocked"].as_bool().unwrap_or(false))
+    }
+    async fn create_admin_token(
+        &self,
+        roles: Vec<Role>,
+        expires_at: i64,
+        name: Option<String>,
+    ) -> Result<(String, AdminToken)> {
+        let body = json!({"roles": roles, "expires_at": expires_at, "name": name});
+        let v: serde_json::Value = self.call(Method::POST, "/v1/admin-tokens", Some(body)).await?;
+        let token = v["token"].as_str().unwrap_or_default().to_string();
+        Ok((token, serde_json::from_value(v["record"].clone())?))
+    }
+    async fn admin_tokens(&self) -> Result<Vec<AdminToken>> {
+        let v: serde_json::Value = self.call(Method::GET, "/v1/admin-tokens", None).await?;
+        Ok(serde_json::from_value(v["admin_tokens"].clone())?)
+    }
+    async fn revoke_admin_token(&self, id: &str) -> Result<AdminToken> {
+        let path = format!("/v1/admin-tokens/{}/revoke", path_segment(id)?);
+        self.call(Method::POST, &path, None).await
+    }
+}
+
+/// Checks an email before it becomes a path segment.
+fn email_segment(s: &str) -> Result<&str> {
+    let ok = s.contains('@') && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"@._+-".contains(&b));
+    if !ok {
+        return Err(Error::msg(format!(
+            "{s:?} is not an email address Conduit can name (letters, digits, @ . _ + -)"
+        )));
+    }
+    Ok(s)
 }

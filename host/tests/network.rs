@@ -154,3 +154,180 @@ async fn egress_goes_through_the_proxy_unless_no_proxy_matches() {
     assert_eq!(tunnels.load(Ordering::SeqCst), 1, "NO_PROXY host went direct");
     let _ = Method::GET;
 }
+
+/// Issue 20, clients that misbehave: connections over `limits.max_connections` are answered 503
+/// and closed at once, while the connections already open keep being served and the admin
+/// listener (its own cap) answers `/readyz`; a slot freed is used again. A client that sends half
+/// a request head and stops is cut by `limits.header_read_timeout_secs`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_cap_sheds_the_excess_and_slow_heads_are_cut() {
+    let cap = 8;
+    let h = Harness::builder()
+        .toml(&format!(
+            "[limits]\nmax_connections = {cap}\nheader_read_timeout_secs = 1\n"
+        ))
+        .start()
+        .await;
+    let addr = h.running.addr;
+    let mut idle = Vec::new();
+    for _ in 0..cap {
+        idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    // The next one: accepted, told why, closed.
+    let mut over = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(std::time::Duration::from_secs(10), over.read_to_end(&mut got))
+        .await
+        .expect("an over-cap connection is closed, not left waiting")
+        .unwrap();
+    let got = String::from_utf8_lossy(&got);
+    assert!(
+        got.starts_with("HTTP/1.1 503") && got.contains("retry-after: 1") && got.contains("limits.max_connections"),
+        "{got}"
+    );
+    let json = got.split("\r\n\r\n").nth(1).unwrap();
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(json).unwrap()["error"]["type"],
+        "overloaded_error"
+    );
+    // An established connection is still served at the cap.
+    let c = &mut idle[0];
+    c.write_all(b"GET / HTTP/1.1\r\nhost: conduit\r\n\r\n").await.unwrap();
+    let mut buf = [0u8; 512];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(10), c.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 "),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    assert!(
+        !buf[..n].starts_with(b"HTTP/1.1 503"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    assert_eq!(
+        h.admin_get("/readyz").await.status,
+        200,
+        "the admin listener has its own slots"
+    );
+
+    // Half a head, then silence: cut (hyper answers 408 or closes), and the slot comes back.
+    let slow = &mut idle[1];
+    slow.write_all(b"POST /v1/messages HTTP/1.1\r\nhost: conduit\r\n")
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(std::time::Duration::from_secs(20), slow.read_to_end(&mut rest))
+        .await
+        .expect("a half-sent head is cut by header_read_timeout_secs")
+        .ok();
+    drop(idle);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        c.write_all(b"GET / HTTP/1.1\r\nhost: conduit\r\nconnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), c.read_to_end(&mut got)).await;
+        if got.starts_with(b"HTTP/1.1 ") && !got.starts_with(b"HTTP/1.1 503") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "freed slots are not reused");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// Issue 20, overload: over `limits.max_in_flight` requests (streams count until their body
+/// ends) are shed at once with a provider-shaped 503 and `retry-after` (and no `x-should-retry: false`: clients retry);
+/// when the streams end, requests flow again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_over_max_in_flight_are_shed_with_retry_after() {
+    let h = Arc::new(
+        Harness::builder()
+            .toml("[limits]\nmax_in_flight = 2\n[network]\nidle_timeout_secs = 3\n")
+            .start()
+            .await,
+    );
+    // Two clients keep a stalled stream open each (re-opened when the idle timeout cuts it, so a
+    // loaded machine cannot slip between them).
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut stalled = Vec::new();
+    for _ in 0..2 {
+        let (h, stop) = (h.clone(), stop.clone());
+        stalled.push(tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                statuses.push(h.messages_with(BODY, &[("x-mock-mode", "stall")]).await.status);
+            }
+            statuses
+        }));
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let shed = loop {
+        let r = h.messages_with(BODY, &[]).await;
+        if r.status == 503 {
+            break r;
+        }
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        assert!(
+            std::time::Instant::now() < deadline,
+            "two stalled streams never filled max_in_flight = 2"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    shed.assert_anthropic_error(503, "overloaded_error", "limits.max_in_flight");
+    assert_eq!(shed.header("retry-after"), Some("1"));
+    assert_ne!(shed.header("x-should-retry"), Some("false"), "clients may retry");
+    stop.store(true, Ordering::Relaxed);
+    for s in stalled {
+        let statuses = s.await.unwrap();
+        assert!(
+            statuses.iter().any(|s| s.as_u16() == 200),
+            "the stalled streams began (and were cut by the idle timeout): {statuses:?}"
+        );
+    }
+    let r = h.messages_with(BODY, &[]).await;
+    assert_eq!(r.status, 200, "slots come back when the streams end");
+}
+
+/// Issue 20, a slow body (slowloris): a client that sends its head and part of its body, then
+/// stops, is answered 408 in the provider's shape after `limits.body_read_timeout_secs`, and the
+/// gateway keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_stops_coming_is_cut_with_a_408() {
+    let h = Harness::builder()
+        .toml("[limits]\nbody_read_timeout_secs = 1\n")
+        .start()
+        .await;
+    let mut c = tokio::net::TcpStream::connect(h.running.addr).await.unwrap();
+    let head = format!(
+        "POST /v1/messages HTTP/1.1\r\nhost: conduit\r\nx-api-key: {}\r\nanthropic-version: 2023-06-01\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{{\"model\":",
+        h.key
+    );
+    c.write_all(head.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&got).contains("\r\n\r\n{") {
+            match c.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+    .expect("a stalled body is cut, not waited on for ever");
+    let got = String::from_utf8_lossy(&got);
+    assert!(got.starts_with("HTTP/1.1 408"), "{got}");
+    assert!(got.contains("content-type: application/json"), "{got}");
+    // The connection closes with the request's unread bytes still queued, so the kernel may
+    // reset it before the body is read here; when it arrives, it names the setting.
+    if let Some(body) = got.split("\r\n\r\n").nth(1).filter(|b| !b.is_empty()) {
+        assert!(body.contains("body_read_timeout_secs"), "{body}");
+    }
+    assert_eq!(h.messages_with(BODY, &[]).await.status, 200, "the gateway serves on");
+}

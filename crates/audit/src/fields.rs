@@ -144,6 +144,21 @@ pub const FIELDS: &[Field] = &[
         Value::Maybe(r.session.as_deref())
     }),
     column("suppressed", "suppressed", |r| Value::Count(r.suppressed)),
+    column("admin", "admin_actor", |r| {
+        Value::Maybe(r.admin.as_ref().map(|a| a.actor.as_str()))
+    }),
+    column("admin", "admin_roles", |r| {
+        Value::Maybe(r.admin.as_ref().map(|a| a.roles.as_str()))
+    }),
+    column("admin", "admin_action", |r| {
+        Value::Maybe(r.admin.as_ref().map(|a| a.action.as_str()))
+    }),
+    column("admin", "admin_object", |r| {
+        Value::Maybe(r.admin.as_ref().and_then(|a| a.object.as_deref()))
+    }),
+    column("admin", "admin_change", |r| {
+        Value::Maybe(r.admin.as_ref().and_then(|a| a.change.as_deref()))
+    }),
     column("prev", "prev", |r| Value::Text(&r.prev)),
 ];
 
@@ -205,6 +220,7 @@ mod tests {
         let full = AuditRecord {
             price: Some("listed".into()),
             suppressed: 3,
+            admin: Some(Default::default()),
             ..AuditRecord::default()
         };
         let json = serde_json::to_value(&full).unwrap();

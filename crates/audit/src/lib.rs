@@ -14,6 +14,12 @@
 //!   process crash loses only what is still queued, a power loss at most the last ~100 ms. `"strict"` syncs
 //!   before acknowledging, and the response's last byte waits for that acknowledgement
 //!   ([`Pending`]).
+//! - **When the directory cannot be written** (full, unwritable, a failed `fsync`): the file is cut
+//!   back to its last whole (after a failed `fsync`, last synced) line, the records are held and
+//!   retried every 100 ms, [`AuditLog::failing`] names the cause (strict mode refuses requests on
+//!   it, `/readyz` reports it), strict acknowledgements answer "not durable", and held records
+//!   count in [`AuditLog::backlog`]. Beyond 64 MiB held, records are dropped and counted, and an
+//!   `audit-gap` record says how many once writing works again.
 //! - **Retention**: whole day files older than `retention_days` are deleted (hourly), with the
 //!   policy findings of those days.
 //!
@@ -207,6 +213,27 @@ pub struct AuditRecord {
     /// counted, not written one by one).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub suppressed: u64,
+    /// On an admin action (admin API, dashboard, CLI through the API): who did what to which object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin: Option<AdminAction>,
+}
+
+/// An administrator's action, as the audit chain keeps it: never a secret (a credential's value,
+/// a key's secret, a token), only what changed.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AdminAction {
+    /// `sso:alice@corp.example`, `token:adm_…`, or `bootstrap-token`.
+    pub actor: String,
+    /// The roles the actor acted with (`admin`, `finance`, …), comma-separated.
+    pub roles: String,
+    /// What (`budget.set`, `key.revoke`, `policy.mode`, …).
+    pub action: String,
+    /// Which object (`team:payments`, `key_…`, `secrets`), if one.
+    #[serde(default)]
+    pub object: Option<String>,
+    /// `{"before": …, "after": …}` for a changed setting, as JSON text.
+    #[serde(default)]
+    pub change: Option<String>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -264,11 +291,30 @@ pub fn client_family(user_agent: Option<&str>) -> &'static str {
     }
 }
 
-/// Acknowledgement that a record is durable (strict mode).
-pub type Pending = tokio::sync::oneshot::Receiver<()>;
+/// Acknowledgement of a record (strict mode): `Ok(true)` once it is durable; `Ok(false)` when it
+/// could not be made durable (the disk is full or unwritable: the writer keeps it and retries),
+/// and an error when the writer is gone. Anything but `Ok(true)` means the client must not see
+/// the response complete.
+pub type Pending = tokio::sync::oneshot::Receiver<bool>;
+
+/// Records held in memory while the audit directory cannot be written, at most this many bytes;
+/// beyond it records are dropped, counted, and the count written as an `audit-gap` record once
+/// writing works again (the log itself says what it is missing).
+const MAX_HELD_BYTES: usize = 64 << 20;
+
+/// Whether the writer can write, shared with the request path.
+#[derive(Default)]
+struct Health {
+    /// Whether `why` holds a cause: read on every request without taking the lock.
+    failing: std::sync::atomic::AtomicBool,
+    /// The last write, sync or open error while it persists.
+    why: std::sync::Mutex<Option<String>>,
+    /// Records taken by the writer and not yet durable (held while failing).
+    held: std::sync::atomic::AtomicUsize,
+}
 
 enum Msg {
-    Record(Box<AuditRecord>, Option<tokio::sync::oneshot::Sender<()>>),
+    Record(Box<AuditRecord>, Option<tokio::sync::oneshot::Sender<bool>>),
     /// Everything before it written and synced.
     Sync(mpsc::Sender<()>),
 }
@@ -281,6 +327,7 @@ pub struct AuditLog {
     dir: Arc<PathBuf>,
     /// Records sent and not yet taken by the writer.
     backlog: Arc<std::sync::atomic::AtomicUsize>,
+    health: Arc<Health>,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -307,8 +354,18 @@ impl AuditLog {
         let head = chain::recover(&config.dir)?;
         let (tx, rx) = mpsc::channel::<Msg>();
         let backlog = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let health = Arc::new(Health::default());
         let mut writer = Writer {
             backlog: backlog.clone(),
+            health: health.clone(),
+            day: 0,
+            file_len: 0,
+            synced_len: 0,
+            unsynced: Vec::new(),
+            unsynced_records: 0,
+            buf_records: 0,
+            dropped: 0,
+            pending_cut: None,
             aggregate: Aggregator::default(),
             dir: config.dir.clone(),
             durability: config.durability,
@@ -332,6 +389,7 @@ impl AuditLog {
             durability: config.durability,
             dir: Arc::new(config.dir.clone()),
             backlog,
+            health,
         })
     }
 
@@ -362,10 +420,20 @@ impl AuditLog {
         pending
     }
 
-    /// Records queued and not yet taken by the writer (the request path refuses new requests
-    /// above `audit.max_backlog`, so memory stays bounded when the disk is slow).
+    /// Records not yet durable: queued for the writer, or held by it while the directory cannot
+    /// be written (the request path refuses new requests above `audit.max_backlog`, so memory
+    /// stays bounded when the disk is slow or full).
     pub fn backlog(&self) -> usize {
         self.backlog.load(std::sync::atomic::Ordering::Relaxed)
+            + self.health.held.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Why records cannot be written right now (a full or unwritable directory), while it lasts.
+    pub fn failing(&self) -> Option<String> {
+        if !self.health.failing.load(std::sync::atomic::Ordering::Acquire) {
+            return None;
+        }
+        self.health.why.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Returns once every record queued before this call is written and synced.
@@ -393,6 +461,22 @@ struct Writer {
     buf: Vec<u8>,
     backlog: Arc<std::sync::atomic::AtomicUsize>,
     aggregate: Aggregator,
+    health: Arc<Health>,
+    /// UTC day of the records in `buf`.
+    day: i64,
+    /// Bytes of whole lines in the open file, and of those the synced ones: a failed write or
+    /// sync cuts the file back, so no torn line is left for the next write to follow.
+    file_len: u64,
+    synced_len: u64,
+    /// Written since the last sync, kept to write again if the sync fails.
+    unsynced: Vec<u8>,
+    unsynced_records: usize,
+    buf_records: usize,
+    /// Records dropped while failing and over [`MAX_HELD_BYTES`], not yet told in the log.
+    dropped: u64,
+    /// A cut-back that failed: the length the file must be cut to when it is next opened, before
+    /// anything is written to it (else a torn or duplicated line would follow).
+    pending_cut: Option<u64>,
 }
 
 /// Unauthenticated refusals — anyone can send them, as fast as they like — are written in full
@@ -480,7 +564,8 @@ impl Writer {
     fn run(&mut self, rx: mpsc::Receiver<Msg>) {
         self.prune();
         loop {
-            let first = if self.dirty {
+            let first = if self.dirty || !self.buf.is_empty() {
+                // Also while records are held after a failure: retried every window.
                 let wait = GROUP_COMMIT_WINDOW.saturating_sub(self.last_sync.elapsed());
                 match rx.recv_timeout(wait) {
                     Ok(m) => Some(m),
@@ -502,6 +587,7 @@ impl Writer {
             };
             let mut acks = Vec::new();
             let mut syncs = Vec::new();
+            let dropped_before = self.dropped;
             let mut next = first;
             let mut taken = 0;
             while let Some(msg) = next {
@@ -536,13 +622,21 @@ impl Writer {
             for summary in self.aggregate.flush(Some(conduit_core::clock::now_unix() * 1000)) {
                 self.append(summary);
             }
-            self.write_out();
+            let written = self.write_out();
             let due = self.dirty && self.last_sync.elapsed() >= GROUP_COMMIT_WINDOW;
-            if !acks.is_empty() || !syncs.is_empty() || due {
-                self.sync();
+            let synced = if !acks.is_empty() || !syncs.is_empty() || due {
+                self.sync()
+            } else {
+                true
+            };
+            // A record dropped over the cap is not durable: none of this batch is acknowledged so.
+            let dropped = self.dropped != dropped_before;
+            if written && synced && self.dropped > 0 {
+                self.tell_gap();
             }
+            let durable = written && synced && self.buf.is_empty() && !dropped;
             for ack in acks {
-                let _ = ack.send(());
+                let _ = ack.send(durable);
             }
             for done in syncs {
                 let _ = done.send(());
@@ -568,17 +662,25 @@ impl Writer {
             exporter.export(&record);
         }
         let day = record.end_ms.div_euclid(86_400_000);
-        if self.file.as_ref().is_some_and(|(d, _)| *d != day) {
-            // The day changed: what is buffered belongs to the old file.
-            self.write_out();
-            self.sync();
+        if self.file.as_ref().is_some_and(|(d, _)| *d != day) && self.write_out() && self.sync() {
+            // The day changed: what was buffered went to the old file. (While writing fails, the
+            // new day's records follow the old day's into the old file.)
             self.file = None;
         }
-        if self.file.is_none() {
-            match open_day(&self.dir, day) {
-                Ok(f) => self.file = Some((day, f)),
-                Err(e) => tracing::error!(error = %e, "cannot open the audit file; records are being lost"),
+        if self.file.is_none() && self.buf.is_empty() {
+            self.day = day;
+        }
+        let held = self.buf.len() + self.unsynced.len();
+        if held > MAX_HELD_BYTES && self.health_failing() {
+            self.dropped += 1;
+            if self.dropped == 1 || self.dropped.is_power_of_two() {
+                tracing::error!(
+                    dropped = self.dropped,
+                    held_bytes = held,
+                    "the audit directory cannot be written and the records held in memory reached their cap; records are being dropped (an audit-gap record will say how many)"
+                );
             }
+            return;
         }
         record.seq = self.head.seq + 1;
         record.prev = std::mem::take(&mut self.head.hash);
@@ -592,35 +694,151 @@ impl Writer {
         self.head.hash = line_hash(&self.buf[start..]);
         self.head.seq = record.seq;
         self.buf.push(b'\n');
+        self.buf_records += 1;
+        self.publish_held();
     }
 
-    fn write_out(&mut self) {
+    /// Writes the buffered lines; false (the file cut back to its last whole line, the lines
+    /// kept for the next try) when the directory cannot be written.
+    fn write_out(&mut self) -> bool {
         if self.buf.is_empty() {
-            return;
+            return true;
         }
-        if let Some((_, f)) = self.file.as_mut() {
-            if let Err(e) = f.write_all(&self.buf) {
-                tracing::error!(error = %e, bytes = self.buf.len(), "audit write failed");
+        if self.file.is_none() {
+            match open_day(&self.dir, self.day).and_then(|f| {
+                let len = f
+                    .metadata()
+                    .map_err(|e| Error::msg(format!("reading the size of the audit file: {e}")))?
+                    .len();
+                Ok((f, len))
+            }) {
+                Ok((f, len)) => {
+                    let len = match self.pending_cut {
+                        Some(cut) if len > cut => match f.set_len(cut) {
+                            Ok(()) => cut,
+                            Err(e) => {
+                                return self.fail(format!("cutting the audit file back to its last good line: {e}"));
+                            }
+                        },
+                        _ => len,
+                    };
+                    self.pending_cut = None;
+                    self.file = Some((self.day, f));
+                    (self.file_len, self.synced_len) = (len, len);
+                }
+                Err(e) => return self.fail(e.to_string()),
             }
-            self.dirty = true;
         }
-        self.buf.clear();
+        let Some((day, f)) = self.file.as_mut() else {
+            return false;
+        };
+        match f.write_all(&self.buf) {
+            Ok(()) => {
+                self.file_len += self.buf.len() as u64;
+                self.unsynced.extend_from_slice(&self.buf);
+                self.unsynced_records += self.buf_records;
+                self.buf.clear();
+                self.buf_records = 0;
+                self.dirty = true;
+                true
+            }
+            Err(e) => {
+                let path = chain::day_path(&self.dir, *day);
+                if f.set_len(self.file_len).is_err() {
+                    // Cut when it is reopened, before the next write.
+                    (self.pending_cut, self.file) = (Some(self.file_len), None);
+                }
+                self.fail(format!("writing {}: {e}", path.display()))
+            }
+        }
     }
 
-    fn sync(&mut self) {
+    /// Syncs what was written; false when the sync fails — then everything since the last good
+    /// sync is cut from the file and held to be written again (after a failed fsync the kernel
+    /// may have dropped those pages: a retried fsync could report success for lost data).
+    fn sync(&mut self) -> bool {
         if !self.dirty {
-            return;
+            return self.buf.is_empty();
         }
-        if let Some((_, f)) = self.file.as_ref()
-            && let Err(e) = f.sync_data()
-        {
-            tracing::error!(error = %e, "audit fsync failed");
+        let Some((day, f)) = self.file.as_ref() else {
+            return false;
+        };
+        if let Err(e) = f.sync_data() {
+            let path = chain::day_path(&self.dir, *day);
+            if f.set_len(self.synced_len).is_err() {
+                (self.pending_cut, self.file) = (Some(self.synced_len), None);
+            }
+            self.file_len = self.synced_len;
+            let mut again = std::mem::take(&mut self.unsynced);
+            again.extend_from_slice(&self.buf);
+            self.buf = again;
+            self.buf_records += std::mem::take(&mut self.unsynced_records);
+            self.dirty = false;
+            return self.fail(format!("syncing {}: {e}", path.display()));
         }
+        self.synced_len = self.file_len;
+        self.unsynced.clear();
+        self.unsynced_records = 0;
         if let Err(e) = chain::write_head(&self.dir, &self.head) {
+            // HEAD lagging the file is recoverable (the file's last line is the head); it only
+            // weakens truncation detection until the next successful write.
             tracing::error!(error = %e, "writing the audit head failed");
         }
         self.dirty = false;
         self.last_sync = Instant::now();
+        self.publish_held();
+        if self.health.failing.swap(false, std::sync::atomic::Ordering::AcqRel) {
+            *self.health.why.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            tracing::warn!("the audit directory is writable again; held records are written");
+        }
+        true
+    }
+
+    /// Marks the writer failing with `why`; false, for the caller to return.
+    fn fail(&mut self, why: String) -> bool {
+        self.publish_held();
+        let mut held = self.health.why.lock().unwrap_or_else(|p| p.into_inner());
+        if held.as_deref() != Some(why.as_str()) {
+            tracing::error!(error = %why, held = self.buf_records, "the audit log cannot be written; records are held in memory and retried");
+        }
+        *held = Some(why);
+        self.health.failing.store(true, std::sync::atomic::Ordering::Release);
+        self.last_sync = Instant::now();
+        false
+    }
+
+    fn health_failing(&self) -> bool {
+        self.health.failing.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn publish_held(&self) {
+        self.health.held.store(
+            self.buf_records + self.unsynced_records,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    /// Writes the `audit-gap` record for records dropped while failing.
+    fn tell_gap(&mut self) {
+        let now = conduit_core::clock::now_ms();
+        let n = std::mem::take(&mut self.dropped);
+        self.append(AuditRecord {
+            request_id: format!("audit-gap:{}", self.head.seq + 1),
+            start_ms: now,
+            end_ms: now,
+            client: "conduit".into(),
+            client_ip: "-".into(),
+            treatment: "audit".into(),
+            outcome: "audit-gap".into(),
+            error_class: Some(format!(
+                "{n} records were dropped while the audit directory could not be written"
+            )),
+            suppressed: n,
+            ..Default::default()
+        });
+        if !(self.write_out() && self.sync()) {
+            tracing::error!(dropped = n, "the audit-gap record could not be written yet");
+        }
     }
 
     fn prune(&mut self) {

@@ -32,6 +32,8 @@ pub enum ErrorKind {
     BudgetExceeded,
     /// A per-key rate limit.
     RateLimited,
+    /// The gateway is at `limits.max_in_flight`: shed at once, retry shortly.
+    Overloaded,
     /// A policy found something its category's mode blocks (a secret, a sensitive term).
     PolicyBlocked,
     /// A `fail_closed` policy failed (trap, timeout, memory); nothing leaves unchecked.
@@ -56,6 +58,7 @@ impl ErrorKind {
                 | ErrorKind::Internal
                 | ErrorKind::RequestTimeout
                 | ErrorKind::StoreUnavailable
+                | ErrorKind::Overloaded
         )
     }
 
@@ -75,6 +78,7 @@ impl ErrorKind {
             ErrorKind::NotConfigured => "not_configured",
             ErrorKind::BudgetExceeded => "budget_exceeded",
             ErrorKind::RateLimited => "rate_limited",
+            ErrorKind::Overloaded => "overloaded",
             ErrorKind::PolicyBlocked => "policy_blocked",
             ErrorKind::PolicyUnavailable => "policy_unavailable",
             ErrorKind::StoreUnavailable => "store_unavailable",

@@ -151,7 +151,7 @@ fn associated_data(provider: &str, id: &str, version: u32) -> String {
 }
 
 /// A provider credential at rest. Carries no plaintext and no hash of it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SealedCredential {
     /// `anthropic`, `openai`, ….
     pub provider: String,

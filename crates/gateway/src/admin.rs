@@ -2,8 +2,8 @@
 //! compared in constant time. JSON in and out; the CLI is a client of exactly these endpoints.
 //!
 //! ```text
-//! GET  /healthz                          liveness (no token)
-//! GET  /readyz                           the state backend answers (no token)
+//! GET  /livez, /healthz                  the process answers (no token; liveness)
+//! GET  /readyz                           the state backend answers and the audit log is writable (no token)
 //! GET  /v1/keys                          list keys (never secrets)
 //! POST /v1/keys                          create {owner, team?, name?, expires_at?} → {key, record}
 //! GET  /v1/keys/{id}                     one key
@@ -37,8 +37,6 @@ use hyper::body::Incoming;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
 use crate::body::GatewayBody;
@@ -50,12 +48,20 @@ use crate::seal::MasterKey;
 const MAX_ADMIN_BODY: usize = 1024 * 1024;
 
 /// Handles one admin request.
-pub async fn handle(gw: &Gateway, req: Request<Incoming>) -> Response<GatewayBody> {
+pub async fn handle(gw: &Gateway, req: Request<Incoming>, peer: std::net::SocketAddr) -> Response<GatewayBody> {
     let path = req.uri().path().trim_end_matches('/').to_string();
     let method = req.method().clone();
     match (&method, path.as_str()) {
-        (&Method::GET, "/healthz") => return reply(StatusCode::OK, json!({"status": "ok"})),
+        // Alive: the process answers. Never touches the store or the audit log, so a liveness
+        // probe does not restart a gateway that is only waiting for PostgreSQL or disk space.
+        (&Method::GET, "/healthz" | "/livez") => return reply(StatusCode::OK, json!({"status": "ok"})),
         (&Method::GET, "/readyz") => {
+            if let Some(why) = gw.audit.failing() {
+                return problem(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!("the audit log cannot be written: {why}"),
+                );
+            }
             return match gw.state.meta.ping().await {
                 Ok(()) => reply(StatusCode::OK, json!({"status": "ready"})),
                 Err(e) => problem(StatusCode::SERVICE_UNAVAILABLE, &format!("store is not answering: {e}")),
@@ -67,14 +73,144 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>) -> Response<GatewayBod
         // The page holds no data; every call it makes carries the admin token.
         return page;
     }
-    if !authorized(gw, &req) {
-        return problem(
-            StatusCode::UNAUTHORIZED,
-            "missing or wrong admin token; send `Authorization: Bearer <token>` (CONDUIT_ADMIN_TOKEN, or <data_dir>/admin.token)",
-        );
+    if crate::signin::admin::serves(&path) {
+        return crate::signin::admin::handle(gw, req, peer).await;
     }
+    let caller = match crate::admin_auth::caller(gw, req.headers()).await {
+        Ok(c) => c,
+        Err(why) => return problem(StatusCode::UNAUTHORIZED, &why),
+    };
     let segments: Vec<&str> = path.split('/').skip(1).collect();
-    match (&method, segments.as_slice()) {
+    let need = crate::admin_auth::needed(&method, &segments);
+    let changes = !(method == Method::GET || method == Method::HEAD);
+    let refusal = if !caller.may(need) {
+        Some(format!(
+            "{} (roles {}) may not {method} {path}: it needs the {} role; ask a Conduit administrator",
+            caller.actor,
+            caller.roles_text(),
+            need.as_str()
+        ))
+    } else if changes
+        && let Some(session) = &caller.session
+        && !crate::signin::admin::csrf_ok(gw, req.headers(), session)
+    {
+        Some(
+            "a change made with the dashboard's session needs its x-conduit-csrf header (from GET /auth/whoami)".into(),
+        )
+    } else {
+        None
+    };
+    let attempt = Attempt {
+        gw,
+        caller: &caller,
+        peer,
+        method: &method,
+        segments: &segments,
+        started_ms: crate::clock::now_ms(),
+    };
+    if let Some(why) = refusal {
+        // A refused attempt to change something is on the record too.
+        if changes {
+            attempt.record(StatusCode::FORBIDDEN, None, None).await;
+        }
+        return problem(StatusCode::FORBIDDEN, &why);
+    }
+    if !changes {
+        return serve(gw, req, &method, &path, &segments, &caller).await;
+    }
+    // Every change is an audit record: who, what, which object, and a setting's before/after.
+    let before = crate::admin_auth::setting(gw, &segments).await;
+    let response = serve(gw, req, &method, &path, &segments, &caller).await;
+    let after = crate::admin_auth::setting(gw, &segments).await;
+    attempt.record(response.status(), before, after).await;
+    response
+}
+
+/// An admin call that changes (or tried to change) something: what its audit record names.
+struct Attempt<'a> {
+    gw: &'a Gateway,
+    caller: &'a crate::admin_auth::Caller,
+    peer: std::net::SocketAddr,
+    method: &'a Method,
+    segments: &'a [&'a str],
+    started_ms: i64,
+}
+
+impl Attempt<'_> {
+    /// Writes the audit record of the change, with a setting's before and after.
+    async fn record(&self, status: StatusCode, before: Option<serde_json::Value>, after: Option<serde_json::Value>) {
+        let Attempt {
+            gw,
+            caller,
+            peer,
+            method,
+            segments,
+            started_ms,
+        } = *self;
+        let (action, object) = crate::admin_auth::action(method, segments);
+        let change = match (before, after) {
+            (Some(b), Some(a)) => Some(json!({"before": b, "after": a}).to_string()),
+            _ => None,
+        };
+        let template = segments
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                if i >= 2
+                    && !matches!(
+                        *s,
+                        "revoke" | "restore" | "import" | "modes" | "false-positive" | "rotate-master"
+                    )
+                {
+                    "{id}"
+                } else {
+                    s
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("/");
+        let record = crate::audit::AuditRecord {
+            request_id: gw.request_ids.next(),
+            start_ms: started_ms,
+            end_ms: crate::clock::now_ms(),
+            owner: Some(caller.actor.clone()),
+            client: "admin".into(),
+            client_ip: peer.ip().to_string(),
+            method: method.to_string(),
+            path: format!("/{template}"),
+            treatment: "admin".into(),
+            status: status.as_u16(),
+            outcome: if status.is_success() {
+                "complete".into()
+            } else {
+                "refused".into()
+            },
+            admin: Some(crate::audit::AdminAction {
+                actor: caller.actor.clone(),
+                roles: caller.roles_text(),
+                action,
+                object,
+                change,
+            }),
+            ..Default::default()
+        };
+        if let Some(pending) = gw.audit.record(record) {
+            let _ = pending.await;
+        }
+    }
+}
+
+/// Serves an authenticated, authorized admin request.
+async fn serve(
+    gw: &Gateway,
+    req: Request<Incoming>,
+    method: &Method,
+    path: &str,
+    segments: &[&str],
+    caller: &crate::admin_auth::Caller,
+) -> Response<GatewayBody> {
+    let method = method.clone();
+    match (&method, segments) {
         (&Method::GET, ["metrics"]) => {
             let mut r = Response::new(GatewayBody::full(gw.metrics.render()));
             r.headers_mut().insert(
@@ -86,7 +222,7 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>) -> Response<GatewayBod
         (&Method::GET, ["v1", "audit", "export"]) => return audit_export(gw, req.uri().query()).await,
         _ => {}
     }
-    let result = match (&method, segments.as_slice()) {
+    let result = match (&method, segments) {
         (&Method::GET, ["v1", "audit", "verify"]) => {
             let (log, dir) = (gw.audit.clone(), gw.audit.dir().to_path_buf());
             let checkpoint = match crate::gateway::audit_checkpoint(&gw.state, gw.config.replica_id()).await {
@@ -148,6 +284,47 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>) -> Response<GatewayBod
                 (StatusCode::OK, json!(k))
             })
         }
+        (&Method::GET, ["v1", "admin-tokens"]) => crate::admin_auth::tokens(&gw.state)
+            .await
+            .map(|t| (StatusCode::OK, json!({"admin_tokens": t}))),
+        (&Method::POST, ["v1", "admin-tokens"]) => match body::<NewAdminToken>(req).await {
+            Ok(r) => crate::admin_auth::create_token(&gw.state, r.roles, r.expires_at, r.name, &caller.actor)
+                .await
+                .map(|(token, record)| (StatusCode::OK, json!({"token": token, "record": record}))),
+            Err(e) => Err(e),
+        },
+        (&Method::POST, ["v1", "admin-tokens", id, "revoke"]) => crate::admin_auth::revoke_token(&gw.state, id)
+            .await
+            .map(|t| (StatusCode::OK, json!(t))),
+        (&Method::GET, ["v1", "users"]) => crate::signin::users(&gw.state)
+            .await
+            .map(|u| (StatusCode::OK, json!({"users": u}))),
+        (&Method::POST, ["v1", "users", email, "revoke"]) => {
+            let email = crate::percent::decode(email);
+            crate::signin::revoke_user(&gw.state, &email, &caller.actor)
+                .await
+                .map(|r| {
+                    (
+                        StatusCode::OK,
+                        json!({
+                            "user": email.to_ascii_lowercase(),
+                            "sessions_ended": r.sessions_ended,
+                            "admin_sessions_ended": r.admin_sessions_ended,
+                            "admin_tokens_revoked": r.admin_tokens_revoked,
+                            "blocked": true,
+                        }),
+                    )
+                })
+        }
+        (&Method::POST, ["v1", "users", email, "restore"]) => {
+            let email = crate::percent::decode(email);
+            crate::signin::restore_user(&gw.state, &email).await.map(|was| {
+                (
+                    StatusCode::OK,
+                    json!({"user": email.to_ascii_lowercase(), "was_blocked": was}),
+                )
+            })
+        }
         (&Method::GET, ["v1", "credentials"]) => operator::credentials(gw.state.credentials.as_ref())
             .await
             .map(|c| (StatusCode::OK, json!({"credentials": c}))),
@@ -180,7 +357,8 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>) -> Response<GatewayBod
             .await
             .map(|b| (StatusCode::OK, json!({"budgets": b}))),
         (&Method::PUT, ["v1", "budgets", scope]) => {
-            let scope = scope.to_string();
+            // A path segment: `%40` is `@`, and `+` is a plus (as in `user:a+ci@corp.example`).
+            let scope = crate::percent::decode(scope);
             match body::<crate::records::BudgetLimit>(req).await {
                 Ok(limit) => gw.state.budgets.set(&scope, limit).await.map(|()| {
                     tracing::info!(scope = %scope, "budget set");
@@ -328,6 +506,14 @@ async fn audit_export(gw: &Gateway, query: Option<&str>) -> Response<GatewayBody
 }
 
 #[derive(Deserialize)]
+struct NewAdminToken {
+    roles: Vec<crate::admin_auth::Role>,
+    expires_at: i64,
+    #[serde(default)]
+    name: Option<String>,
+}
+
+#[derive(Deserialize)]
 struct SetMode {
     mode: String,
 }
@@ -369,19 +555,6 @@ fn query_pairs(q: Option<&str>) -> std::collections::HashMap<String, String> {
 #[derive(Deserialize)]
 struct RotateRequest {
     master_key: Zeroizing<String>,
-}
-
-fn authorized(gw: &Gateway, req: &Request<Incoming>) -> bool {
-    let presented = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-        .unwrap_or("");
-    // Comparing digests keeps the comparison constant-time in the token length too.
-    let a = Sha256::digest(presented.trim().as_bytes());
-    let b = Sha256::digest(gw.admin_token.as_bytes());
-    !presented.is_empty() && bool::from(a.ct_eq(&b))
 }
 
 async fn body<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, Error> {

@@ -317,10 +317,13 @@ impl Body for UpstreamBody {
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let mut this = self.project();
         if let Some(ack) = this.ack.as_mut() {
-            // Strict audit: the end goes out once the record is durable (or the writer is gone).
-            let _ = ready!(Pin::new(ack).poll(cx));
+            // Strict audit: the end goes out once the record is durable; if it cannot be, the
+            // response is cut short instead (the client sees an incomplete response, never a
+            // complete unaudited one).
+            let durable = matches!(ready!(Pin::new(ack).poll(cx)), Ok(true));
             *this.ack = None;
-            return Poll::Ready(this.held.take().flatten());
+            let held = this.held.take().flatten();
+            return Poll::Ready(if durable { held } else { Some(Err(not_durable())) });
         }
         meter(this.tap, this.unmetered);
         let Some(inner) = this.inner.as_mut() else {
@@ -363,7 +366,8 @@ impl Body for UpstreamBody {
             return Poll::Ready(result);
         };
         match Pin::new(&mut ack).poll(cx) {
-            Poll::Ready(_) => Poll::Ready(result),
+            Poll::Ready(Ok(true)) => Poll::Ready(result),
+            Poll::Ready(_) => Poll::Ready(Some(Err(not_durable()))),
             Poll::Pending => {
                 *this.ack = Some(ack);
                 *this.held = Some(result);
@@ -387,6 +391,12 @@ impl Body for UpstreamBody {
             .map(|i| i.size_hint())
             .unwrap_or_else(|| SizeHint::with_exact(0))
     }
+}
+
+/// Why a strict-mode response was cut short.
+fn not_durable() -> BoxError {
+    "the audit record of this response could not be written (audit.durability = \"strict\"); the response is cut short"
+        .into()
 }
 
 /// Shows the tap the frame handed on last, if any.

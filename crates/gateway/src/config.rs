@@ -65,6 +65,12 @@ pub struct RawConfig {
     /// Where the state lives: `[store]` (embedded sled by default, or PostgreSQL for replicas).
     #[serde(default)]
     pub store: RawStore,
+    /// Sign-in with the org's IdP (`docs/sign-in.md`).
+    #[serde(default)]
+    pub signin: crate::idp::RawSignIn,
+    /// The admin API's own settings.
+    #[serde(default)]
+    pub admin: RawAdmin,
 }
 
 /// `[store]`
@@ -239,6 +245,15 @@ pub struct RawLimits {
     pub max_headers: Option<usize>,
     /// Seconds a client may take to send its body (default 60).
     pub body_read_timeout_secs: Option<u64>,
+    /// Seconds a client may take to send a request head, and the longest an idle keep-alive
+    /// connection waits for its next one (default 30).
+    pub header_read_timeout_secs: Option<u64>,
+    /// Connections each listener serves at once (default 10,000); more are answered 503 and
+    /// closed at once, so established streams and the admin listener are unaffected.
+    pub max_connections: Option<usize>,
+    /// Requests the gateway works on at once, streams included (default 4096); more are shed at
+    /// once with a provider-shaped 503 and `retry-after: 1`.
+    pub max_in_flight: Option<usize>,
     /// Output tokens assumed for a budget reservation when a request sets no `max_tokens`
     /// (default 64000).
     pub default_max_output_tokens: Option<u64>,
@@ -322,6 +337,10 @@ pub struct Config {
     pub store: StoreConfig,
     /// How long a cached key or credential lookup may live (`[store] cache_ttl_secs`).
     pub cache_ttl: Duration,
+    /// Sign-in with the org's IdP, when `[signin] issuer` is set.
+    pub signin: Option<crate::idp::SignInConfig>,
+    /// The admin API's own settings.
+    pub admin: AdminConfig,
 }
 
 pub use crate::upstream::{Network, ProxySettings};
@@ -368,6 +387,12 @@ pub struct Limits {
     pub max_headers: usize,
     /// Time to receive the body.
     pub body_read_timeout: Duration,
+    /// Time to receive a request head.
+    pub header_read_timeout: Duration,
+    /// Connections served at once per listener.
+    pub max_connections: usize,
+    /// Requests worked on at once.
+    pub max_in_flight: usize,
     /// Worst-case output tokens for budget reservations.
     pub default_max_output_tokens: u64,
     /// What one body may hold (each limit refuses).
@@ -489,6 +514,13 @@ impl RawConfig {
             max_header_bytes: positive("limits.max_header_bytes", self.limits.max_header_bytes, 64 * 1024)?.max(8192),
             max_headers: positive("limits.max_headers", self.limits.max_headers, 100)?,
             body_read_timeout: secs("limits.body_read_timeout_secs", self.limits.body_read_timeout_secs, 60)?,
+            header_read_timeout: secs(
+                "limits.header_read_timeout_secs",
+                self.limits.header_read_timeout_secs,
+                30,
+            )?,
+            max_connections: positive("limits.max_connections", self.limits.max_connections, 10_000)?,
+            max_in_flight: positive("limits.max_in_flight", self.limits.max_in_flight, 4096)?,
             default_max_output_tokens: self.limits.default_max_output_tokens.unwrap_or(64_000).max(1),
             body: crate::content::BodyLimits {
                 max_depth: positive("limits.max_json_depth", self.limits.max_json_depth, 128)?,
@@ -561,7 +593,10 @@ impl RawConfig {
         let egress = self.egress.validate()?;
         let cache_ttl = Duration::from_secs(self.store.cache_ttl_secs.unwrap_or(10));
         let store = self.store.validate(env)?;
+        let signin = self.signin.validate(env, listen.ip().is_loopback())?;
         Ok(Config {
+            admin: self.admin.validate(),
+            signin,
             store,
             cache_ttl,
             prices,
@@ -647,6 +682,37 @@ fn secs(key: &str, v: Option<u64>, default: u64) -> Result<Duration> {
         ))),
         Some(n) => Ok(Duration::from_secs(n)),
         None => Ok(Duration::from_secs(default)),
+    }
+}
+
+/// `[admin]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    /// Whether the bootstrap admin token is accepted (default true). Set false once scoped tokens
+    /// and SSO are in place.
+    pub bootstrap_token: Option<bool>,
+}
+
+/// Validated `[admin]`.
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    /// The bootstrap token is accepted.
+    pub bootstrap_token: bool,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig { bootstrap_token: true }
+    }
+}
+
+impl RawAdmin {
+    /// Validates.
+    pub fn validate(self) -> AdminConfig {
+        AdminConfig {
+            bootstrap_token: self.bootstrap_token.unwrap_or(true),
+        }
     }
 }
 

@@ -41,8 +41,12 @@ pub struct Gateway {
     pub policies: Option<Arc<crate::policy::Policies>>,
     /// The hash-chained audit log writer.
     pub audit: crate::audit::AuditLog,
+    /// Requests in flight, at most `limits.max_in_flight`.
+    pub in_flight: Arc<tokio::sync::Semaphore>,
     /// Prometheus metrics, folded from the audit records.
     pub metrics: Arc<crate::audit::metrics::Metrics>,
+    /// Sign-in with the org's IdP, when configured.
+    pub signin: Option<Arc<crate::idp::SignIn>>,
     master_keys: RwLock<MasterKeys>,
     credential_writes: tokio::sync::Mutex<()>,
     prices: RwLock<Arc<PriceTable>>,
@@ -89,7 +93,14 @@ impl Gateway {
         } else {
             None
         };
+        let signin = config
+            .signin
+            .clone()
+            .map(|c| Arc::new(crate::idp::SignIn::new(c, client.clone())));
+        let in_flight = Arc::new(tokio::sync::Semaphore::new(config.limits.max_in_flight));
         Ok(Gateway {
+            in_flight,
+            signin,
             config,
             state,
             client,

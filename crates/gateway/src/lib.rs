@@ -32,13 +32,17 @@ pub use conduit_wire::{
 };
 
 pub mod admin;
+pub mod admin_auth;
 pub mod body;
 pub mod config;
 pub mod dashboard;
 pub mod gateway;
+pub mod idp;
 pub mod mock;
 pub mod pipeline;
+pub mod roles;
 pub mod server;
+pub mod signin;
 pub mod stages;
 pub mod upstream;
 

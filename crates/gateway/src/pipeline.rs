@@ -44,25 +44,46 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>, peer: SocketAddr) -> R
         Ok(Handled::Streaming(response)) => response, // recorded when the body ends
         Ok(Handled::Local(response)) => {
             let status = response.status().as_u16();
-            until_synced(record::exchange(&gw.audit, exchange, status, None, None)).await;
-            response
+            recorded(gw, exchange, status, None, None, response).await
         }
         Err(err) => {
             log_failure(&exchange, &err);
             let response = error_shape::render(&err, exchange.protocol, &exchange.id).map(GatewayBody::full);
             let status = response.status().as_u16();
             let settled = settle::settle(&settlement(gw), &exchange, status, None, None, None);
-            until_synced(record::exchange(&gw.audit, exchange, status, Some(&err), settled)).await;
-            response
+            recorded(gw, exchange, status, Some(&err), settled, response).await
         }
     }
 }
 
-/// Strict audit durability: the response goes out once its record is synced.
-async fn until_synced(pending: Option<crate::audit::Pending>) {
-    if let Some(p) = pending {
-        let _ = p.await;
+/// Records an exchange the gateway answered itself and hands the answer on — in strict audit
+/// durability once the record is synced. A record that could not be made durable turns the
+/// answer into a 503, never the answer (unless the answer already says the gateway cannot
+/// record or store: it is the more specific one).
+async fn recorded(
+    gw: &Gateway,
+    exchange: accept::Exchange,
+    status: u16,
+    err: Option<&GatewayError>,
+    settled: Option<settle::Settled>,
+    response: Response<GatewayBody>,
+) -> Response<GatewayBody> {
+    let (id, protocol) = (exchange.id.clone(), exchange.protocol);
+    let as_is = err.is_some_and(|e| e.kind == crate::error::ErrorKind::StoreUnavailable);
+    let durable = match record::exchange(&gw.audit, exchange, status, err, settled) {
+        Some(pending) => matches!(pending.await, Ok(true)),
+        None => true,
+    };
+    if durable || as_is {
+        return response;
     }
+    let mut e = GatewayError::new(
+        crate::error::ErrorKind::StoreUnavailable,
+        crate::error::Fault::Gateway,
+        "this request's audit record could not be written (audit.durability = \"strict\"), so its answer is withheld; the audit directory is full or unwritable — tell your Conduit admin",
+    );
+    e.retry_after = Some(5);
+    error_shape::render(&e, protocol, &id).map(GatewayBody::full)
 }
 
 enum Handled {
@@ -76,6 +97,23 @@ async fn run(gw: &Gateway, req: Request<Incoming>, ex: &mut accept::Exchange) ->
     let config = &gw.config;
     // Refusals before routing come in the shape of the family the client most likely speaks.
     ex.protocol = Some(route::family_hint(req.uri().path(), req.headers()));
+    // Load shedding: over `limits.max_in_flight`, refused before any work. The place is held by
+    // the exchange, so it is given back when the exchange is recorded (a stream: when it ends).
+    match gw.in_flight.clone().try_acquire_owned() {
+        Ok(permit) => ex.in_flight = Some(std::sync::Arc::new(permit)),
+        Err(_) => {
+            let mut e = GatewayError::new(
+                crate::error::ErrorKind::Overloaded,
+                crate::error::Fault::Gateway,
+                format!(
+                    "the gateway is at its limit of {} requests in flight (limits.max_in_flight); retry shortly",
+                    config.limits.max_in_flight
+                ),
+            );
+            e.retry_after = Some(1);
+            return Err(e);
+        }
+    }
     // A bounded audit queue: while the writer is behind, new requests wait outside rather than
     // pile up in memory (or go unaudited).
     let backlog = gw.audit.backlog();
@@ -90,8 +128,26 @@ async fn run(gw: &Gateway, req: Request<Incoming>, ex: &mut accept::Exchange) ->
         e.retry_after = Some(1);
         return Err(e);
     }
+    // Strict durability: while records cannot be written, nothing is forwarded unaudited. (Group
+    // mode holds records in memory and keeps serving until the backlog above fills.)
+    if config.audit.durability == crate::audit::Durability::Strict && gw.audit.failing().is_some() {
+        let mut e = GatewayError::new(
+            crate::error::ErrorKind::StoreUnavailable,
+            crate::error::Fault::Gateway,
+            "the audit log cannot be written (its disk is full or unwritable); with audit.durability = \"strict\" the gateway refuses requests rather than forward them unaudited — retry later, and tell your Conduit admin (the admin listener's /readyz names the cause)",
+        );
+        e.retry_after = Some(5);
+        return Err(e);
+    }
     // Frames on an upgraded connection could not be inspected: refused before anything else.
     accept::refuse_upgrade(&req)?;
+    // The IdP sign-in's own endpoints (`signin`), when configured; never forwarded.
+    if let Some(signin) = gw.signin.as_deref()
+        && crate::signin::serves(req.uri().path())
+    {
+        ex.protocol = None;
+        return crate::signin::handle(gw, signin, req, ex).await.map(Handled::Local);
+    }
     let mut route = match route::resolve(
         &config.upstreams,
         &config.egress,

@@ -2,7 +2,8 @@
 //!
 //! Each accepted connection is served by hyper's auto builder (HTTP/1.1, and HTTP/2 by prior
 //! knowledge or ALPN). HTTP/1 limits on the request head (size, header count, read timeout) are
-//! enforced here, before any stage runs: hyper answers 431 / 408 itself.
+//! enforced here, before any stage runs: hyper answers 431 / 408 itself. Each listener serves at
+//! most `limits.max_connections` connections; one more is answered 503 and closed at once.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -55,6 +56,17 @@ impl Running {
     }
 }
 
+/// What a connection over `limits.max_connections` reads before it is closed: an Anthropic-shaped
+/// 503 (an HTTP/1 client shows it; anything else just sees the connection close).
+static OVER_CAPACITY: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(|| {
+    let body = r#"{"type":"error","error":{"type":"overloaded_error","message":"conduit: too many connections (limits.max_connections); retry shortly"}}"#;
+    format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+});
+
 /// Binds both listeners and serves until [`Running::shutdown`].
 pub async fn start(gateway: Gateway, grace: Duration) -> Result<Running> {
     let gateway = Arc::new(gateway);
@@ -88,11 +100,11 @@ pub async fn start(gateway: Gateway, grace: Duration) -> Result<Running> {
         })
     }));
     let gw = gateway.clone();
-    let admin_task = tokio::spawn(serve(admin, None, limits, stopped, grace, move |_peer| {
+    let admin_task = tokio::spawn(serve(admin, None, limits, stopped, grace, move |peer| {
         let gw = gw.clone();
         service_fn(move |req| {
             let gw = gw.clone();
-            async move { Ok::<_, std::convert::Infallible>(crate::admin::handle(&gw, req).await) }
+            async move { Ok::<_, std::convert::Infallible>(crate::admin::handle(&gw, req, peer).await) }
         })
     }));
     let scheme = if config.tls.is_some() { "https" } else { "http" };
@@ -133,7 +145,7 @@ async fn serve<F, S>(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30))
+        .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(limits.max_header_bytes.max(8192))
         .max_headers(limits.max_headers);
     builder
@@ -142,6 +154,10 @@ async fn serve<F, S>(
         .max_header_list_size(limits.max_header_bytes as u32);
     let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
+    // One slot per connection: over the cap, a connection is answered and closed at once rather
+    // than left in the kernel's queue (where it would hold an FD and wait unseen).
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let mut refused: u64 = 0;
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -155,6 +171,22 @@ async fn serve<F, S>(
             },
             _ = stopped.changed() => break,
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            refused += 1;
+            if refused.is_power_of_two() {
+                tracing::warn!(
+                    max_connections = limits.max_connections,
+                    refused,
+                    "connection cap reached (limits.max_connections); new connections are answered 503 and closed"
+                );
+            }
+            if tls.is_none() {
+                // Best effort, never waiting: an HTTP/1 client reads why.
+                let _ = stream.try_write(&OVER_CAPACITY);
+            }
+            drop(stream);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let service = make_service(peer);
         let builder = builder.clone();
@@ -163,6 +195,7 @@ async fn serve<F, S>(
                 let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {
+                    let _slot = slot;
                     if let Err(e) = conn.await {
                         tracing::debug!(error = %e, %peer, "connection ended with an error");
                     }
@@ -172,6 +205,7 @@ async fn serve<F, S>(
                 let acceptor = acceptor.clone();
                 let watcher = graceful.watcher();
                 tokio::spawn(async move {
+                    let _slot = slot;
                     let tls_stream = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await
                     {
                         Ok(Ok(s)) => s,

@@ -4,14 +4,16 @@
 //! Sandbox. A policy links against the `conduit:policy` world and nothing else it can use: the
 //! WASI imports a `wasm32-wasip2` Rust guest carries are defined as traps, except
 //! `wasi:random/insecure-seed` (hash-map seeding), answered with fresh randomness. No files, no
-//! network, no environment, no clock. Each call has an epoch deadline (base + per MiB of text;
-//! the epoch ticks every millisecond), each instance a memory cap; a trap or an overrun drops the
+//! network, no environment, no clock. Each call has a deadline (base + per MiB of text) in CPU
+//! time of the calling thread, checked every millisecond by the epoch ticker, with a wall-clock
+//! backstop of 10× (at least 0.5 s) — a starved thread is not cut for time it was not given, a
+//! spinning guest is; each instance has a memory cap; a trap or an overrun drops the
 //! instance, and the next call gets a fresh one.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker};
@@ -209,6 +211,60 @@ pub struct HostState {
     limits: StoreLimits,
     memory_bytes: usize,
     name: Arc<str>,
+    /// The call under way's deadline, read when an epoch deadline passes.
+    call: Option<CallClock>,
+}
+
+/// A call's deadline. It counts the **CPU time of the calling thread**, so a call whose thread
+/// was not scheduled (a loaded host, a noisy neighbour) is not cut for time it never had; a
+/// wall-clock backstop of [`WALL_FACTOR`]× the deadline (at least [`WALL_MIN`]) still bounds
+/// how long a request can wait on a policy.
+#[derive(Debug, Clone, Copy)]
+struct CallClock {
+    cpu_start: Duration,
+    wall_start: Instant,
+    budget: Duration,
+}
+
+/// The wall-clock backstop, as a multiple of a call's CPU deadline.
+const WALL_FACTOR: u32 = 10;
+/// The smallest wall-clock backstop.
+const WALL_MIN: Duration = Duration::from_millis(500);
+
+impl CallClock {
+    fn start(budget: Duration) -> CallClock {
+        CallClock {
+            cpu_start: thread_cpu_time(),
+            wall_start: Instant::now(),
+            budget,
+        }
+    }
+
+    /// At an epoch deadline: stop, or the ticks until the budget could next be spent.
+    fn update(&self) -> wasmtime::UpdateDeadline {
+        let used = thread_cpu_time().saturating_sub(self.cpu_start);
+        let backstop = (self.budget * WALL_FACTOR).max(WALL_MIN);
+        if used >= self.budget || self.wall_start.elapsed() >= backstop {
+            wasmtime::UpdateDeadline::Interrupt
+        } else {
+            wasmtime::UpdateDeadline::Continue(ticks(self.budget.saturating_sub(used)))
+        }
+    }
+}
+
+/// CPU time the calling thread has used. Where the platform has no per-thread clock, wall time
+/// since an arbitrary start (the deadline is then a wall-clock one).
+fn thread_cpu_time() -> Duration {
+    #[cfg(target_os = "linux")]
+    {
+        let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+        Duration::new(t.tv_sec.max(0) as u64, t.tv_nsec.clamp(0, 999_999_999) as u32)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        static START: OnceLock<Instant> = OnceLock::new();
+        START.get_or_init(Instant::now).elapsed()
+    }
 }
 
 impl wasmtime::ResourceLimiter for HostState {
@@ -367,7 +423,7 @@ impl Prepared {
             max_idle: std::thread::available_parallelism().map(|n| n.get() * 2).unwrap_or(4),
         };
         let mut first = prepared.instantiate_bare()?;
-        first.store.set_epoch_deadline(ticks(sandbox.timeout * 100));
+        arm(&mut first.store, sandbox.timeout * 100);
         let description = first
             .bindings
             .call_describe(&mut first.store)
@@ -395,10 +451,17 @@ impl Prepared {
                 limits,
                 memory_bytes: 0,
                 name: self.name.clone(),
+                call: None,
             },
         );
         store.limiter(|s| s as &mut dyn wasmtime::ResourceLimiter);
-        store.set_epoch_deadline(ticks(self.sandbox.timeout * 100));
+        store.epoch_deadline_callback(|ctx| {
+            Ok(ctx
+                .data()
+                .call
+                .map_or(wasmtime::UpdateDeadline::Interrupt, |c| c.update()))
+        });
+        arm(&mut store, self.sandbox.timeout * 100);
         let bindings = self
             .pre
             .instantiate(&mut store)
@@ -408,7 +471,7 @@ impl Prepared {
 
     fn configure(&self, inst: &mut Instance) -> Result<(), String> {
         // Configuration may build large automata (100k terms): give it a generous deadline.
-        inst.store.set_epoch_deadline(ticks(Duration::from_secs(30)));
+        arm(&mut inst.store, Duration::from_secs(30));
         match inst.bindings.call_configure(&mut inst.store, &self.config_json) {
             Ok(Ok(())) => Ok(()),
             Ok(Err(msg)) => Err(format!("refused its configuration: {msg}")),
@@ -437,7 +500,7 @@ impl Prepared {
         let mut inst = self.acquire().map_err(Failure::Trap)?;
         let bytes: usize = segments.iter().map(|s| s.text.len()).sum();
         let deadline = self.sandbox.timeout + self.sandbox.per_mib.mul_f64(bytes as f64 / (1 << 20) as f64);
-        inst.store.set_epoch_deadline(ticks(deadline));
+        arm(&mut inst.store, deadline);
         match inst.bindings.call_evaluate(&mut inst.store, info, segments) {
             Ok(v) => {
                 self.release(inst);
@@ -452,6 +515,12 @@ impl Prepared {
         let pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
         pool.iter().map(|i| i.store.data().memory_bytes).max().unwrap_or(0)
     }
+}
+
+/// Starts a call's deadline of `budget` (CPU time; see [`CallClock`]).
+fn arm(store: &mut Store<HostState>, budget: Duration) {
+    store.data_mut().call = Some(CallClock::start(budget));
+    store.set_epoch_deadline(ticks(budget));
 }
 
 fn ticks(d: Duration) -> u64 {
@@ -490,6 +559,29 @@ fn first_line(e: &wasmtime::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_deadline_counts_cpu_time_with_a_wall_clock_backstop() {
+        use wasmtime::UpdateDeadline;
+        // Waiting (no CPU used) past the budget is not an overrun.
+        let c = CallClock::start(Duration::from_millis(5));
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(matches!(c.update(), UpdateDeadline::Continue(_)));
+        // Spending the budget is.
+        let c = CallClock::start(Duration::from_millis(5));
+        let spin = Instant::now();
+        while thread_cpu_time().saturating_sub(c.cpu_start) < Duration::from_millis(6) {
+            assert!(
+                spin.elapsed() < Duration::from_secs(10),
+                "the thread CPU clock does not advance"
+            );
+        }
+        assert!(matches!(c.update(), UpdateDeadline::Interrupt));
+        // So is waiting past the backstop.
+        let c = CallClock::start(Duration::from_millis(1));
+        std::thread::sleep(WALL_MIN + Duration::from_millis(20));
+        assert!(matches!(c.update(), UpdateDeadline::Interrupt));
+    }
 
     /// A cached artifact is used only under the key it was written with, and only unaltered.
     #[test]

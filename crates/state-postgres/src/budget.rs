@@ -429,7 +429,9 @@ impl Budgets for PgBudgets {
         }
         let wanted: Vec<(String, Period)> = targets.iter().map(|(sc, p, _)| (sc.clone(), *p)).collect();
         s.ensure(&wanted).await.map_err(Refusal::Unavailable)?;
-        let per_key = targets.iter().any(|t| t.0.starts_with("key:"));
+        let per_key = targets
+            .iter()
+            .any(|t| t.0.starts_with("key:") || t.0.starts_with("user:"));
         match &s.leases {
             // Only shared budgets apply: admit from slices held here.
             Some(leases) if !per_key => s.reserve_leased(leases, &targets, worst).await,
@@ -439,7 +441,12 @@ impl Budgets for PgBudgets {
                     match s.reserve_held(&targets, worst, at_unix).await {
                         // Short in a shared budget whose room other replicas may hold unused: ask
                         // for it back once before refusing.
-                        Err(Refusal::Over(o)) if !asked && !o.scope.starts_with("key:") && o.reserved > 0 => {
+                        Err(Refusal::Over(o))
+                            if !asked
+                                && !o.scope.starts_with("key:")
+                                && !o.scope.starts_with("user:")
+                                && o.reserved > 0 =>
+                        {
                             asked = true;
                             if let Some(key) = targets.iter().find(|t| t.0 == o.scope).map(|t| (t.0.clone(), t.1)) {
                                 if let Some(leases) = &s.leases {

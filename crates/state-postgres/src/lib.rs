@@ -41,7 +41,7 @@ use conduit_state::State;
 use conduit_state::records::{BudgetLimit, FindingRecord, KeyRecord, META_MASTER_KEY_ID, SpendRow, UploadRecord};
 use conduit_state::store::{
     BudgetLimitStore, CredentialChange, CredentialStore, FindingStore, Hub, KeyChange, KeyStore, MetaStore,
-    PolicyModeStore, PriceStore, SpendStore, UploadStore, Watch,
+    PolicyModeStore, PriceStore, SignInStore, SpendStore, UploadStore, Watch,
 };
 use conduit_wire::prices::PriceRow;
 
@@ -233,7 +233,8 @@ pub async fn open(config: &PgConfig, budget_defaults: &[(String, BudgetLimit)]) 
         policy_modes: Arc::new(pg.clone()),
         prices: Arc::new(pg.clone()),
         uploads: Arc::new(pg.clone()),
-        meta: Arc::new(pg),
+        meta: Arc::new(pg.clone()),
+        signin: Arc::new(pg),
     })
 }
 
@@ -1076,6 +1077,67 @@ impl UploadStore for Pg {
             &[],
         )
         .await
+    }
+}
+
+#[async_trait]
+impl SignInStore for Pg {
+    async fn get(&self, name: &str) -> Result<Option<String>> {
+        let row = self
+            .client()
+            .await?
+            .query_opt("SELECT value FROM conduit_signin WHERE name = $1", &[&name])
+            .await
+            .map_err(|e| pg_err("reading a sign-in record", e))?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    async fn swap(&self, name: &str, expected: Option<&str>, new: Option<&str>) -> Result<bool> {
+        let client = self.client().await?;
+        // Under READ COMMITTED a concurrent writer of the row makes the conditional statement
+        // wait, then re-check its condition against the committed value: one winner.
+        let written = match (expected, new) {
+            (None, None) => return Ok(SignInStore::get(self, name).await?.is_none()),
+            (None, Some(v)) => {
+                client
+                    .execute(
+                        "INSERT INTO conduit_signin (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+                        &[&name, &v],
+                    )
+                    .await
+            }
+            (Some(old), Some(v)) => {
+                client
+                    .execute(
+                        "UPDATE conduit_signin SET value = $3 WHERE name = $1 AND value = $2",
+                        &[&name, &old, &v],
+                    )
+                    .await
+            }
+            (Some(old), None) => {
+                client
+                    .execute(
+                        "DELETE FROM conduit_signin WHERE name = $1 AND value = $2",
+                        &[&name, &old],
+                    )
+                    .await
+            }
+        }
+        .map_err(|e| pg_err("writing a sign-in record", e))?;
+        Ok(written == 1)
+    }
+
+    async fn scan(&self, prefix: &str) -> Result<Vec<(String, String)>> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT name, value FROM conduit_signin WHERE starts_with(name, $1) ORDER BY name",
+                &[&prefix],
+            )
+            .await
+            .map_err(|e| pg_err("reading sign-in records", e))?;
+        Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 }
 

@@ -326,6 +326,11 @@ BEGIN
 END
 $fn$;
 "#,
+    // 3: sign-in records (`conduit_state::signin`): device grants, sessions, users — JSON values
+    // under names, written by compare-and-swap.
+    r#"
+CREATE TABLE conduit_signin (name text COLLATE "C" PRIMARY KEY, value text NOT NULL);
+"#,
 ];
 
 /// Applies every migration the database lacks, under the advisory lock; returns the versions

@@ -147,6 +147,7 @@ fn key(id: &str, team: &str) -> KeyRecord {
         expires_at: None,
         revoked_at: None,
         limits: RateLimits::default(),
+        session: None,
     }
 }
 

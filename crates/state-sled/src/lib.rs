@@ -28,7 +28,7 @@ use conduit_core::seal::SealedCredential;
 use conduit_state::records::{BudgetLimit, FindingRecord, KeyRecord, META_MASTER_KEY_ID, SpendRow, UploadRecord};
 use conduit_state::store::{
     BudgetLimitStore, CredentialChange, CredentialStore, FindingStore, Hub, KeyChange, KeyStore, MetaStore,
-    PolicyModeStore, PriceStore, SpendStore, UploadStore, Watch,
+    PolicyModeStore, PriceStore, SignInStore, SpendStore, UploadStore, Watch,
 };
 use conduit_state::{BudgetBook, State};
 use conduit_wire::prices::PriceRow;
@@ -52,7 +52,8 @@ pub async fn open(dir: &Path, budget_defaults: &[(String, BudgetLimit)]) -> Resu
         policy_modes: Arc::new(sled.clone()),
         prices: Arc::new(sled.clone()),
         uploads: Arc::new(sled.clone()),
-        meta: Arc::new(sled),
+        meta: Arc::new(sled.clone()),
+        signin: Arc::new(sled),
     })
 }
 
@@ -72,6 +73,7 @@ struct Inner {
     findings: sled::Tree,
     policy_modes: sled::Tree,
     uploads: sled::Tree,
+    signin: sled::Tree,
     key_changes: Hub<KeyChange>,
     credential_changes: Hub<CredentialChange>,
     budget_changes: Hub<String>,
@@ -112,6 +114,7 @@ impl Sled {
             findings: tree("findings")?,
             policy_modes: tree("policy_modes")?,
             uploads: tree("uploads")?,
+            signin: tree("signin")?,
             key_changes: Hub::default(),
             credential_changes: Hub::default(),
             budget_changes: Hub::default(),
@@ -639,6 +642,40 @@ impl MetaStore for Sled {
 
     fn watch(&self) -> Watch<String> {
         self.0.meta_changes.watch()
+    }
+}
+
+#[async_trait]
+impl SignInStore for Sled {
+    async fn get(&self, name: &str) -> Result<Option<String>> {
+        Ok(self.0.signin.get(name).map_err(sled_err)?.map(|v| text(&v)))
+    }
+
+    async fn swap(&self, name: &str, expected: Option<&str>, new: Option<&str>) -> Result<bool> {
+        let (name, expected, new) = (name.to_string(), expected.map(str::to_owned), new.map(str::to_owned));
+        self.blocking(move |s| {
+            let swapped = s
+                .signin
+                .compare_and_swap(name.as_bytes(), expected.as_deref(), new.as_deref())
+                .map_err(sled_err)?
+                .is_ok();
+            if swapped {
+                s.db.flush().map_err(sled_err)?;
+            }
+            Ok(swapped)
+        })
+        .await
+    }
+
+    async fn scan(&self, prefix: &str) -> Result<Vec<(String, String)>> {
+        let prefix = prefix.to_string();
+        self.blocking(move |s| {
+            s.signin
+                .scan_prefix(prefix.as_bytes())
+                .map(|kv| kv.map(|(k, v)| (text(&k), text(&v))).map_err(sled_err))
+                .collect()
+        })
+        .await
     }
 }
 

@@ -188,18 +188,18 @@ pub trait Budgets: Send + Sync + 'static {
     }
 }
 
-/// Checks a scope name: `org`, `team:NAME` or `key:ID`.
+/// Checks a scope name: `org`, `team:NAME`, `user:EMAIL` or `key:ID`.
 pub fn validate_scope(scope: &str) -> Result<()> {
+    let named = |p: &str| scope.strip_prefix(p).is_some_and(|t| !t.is_empty() && t.len() <= 128);
     let ok = scope == "org"
-        || scope
-            .strip_prefix("team:")
-            .is_some_and(|t| !t.is_empty() && t.len() <= 128)
+        || named("team:")
+        || named("user:")
         || scope.strip_prefix("key:").is_some_and(|k| k.starts_with("key_"));
     if ok {
         Ok(())
     } else {
         Err(Error::msg(format!(
-            "budget scope {scope:?} is not valid; use org, team:NAME or key:KEY_ID"
+            "budget scope {scope:?} is not valid; use org, team:NAME, user:EMAIL or key:KEY_ID"
         )))
     }
 }
@@ -258,6 +258,7 @@ impl Limits {
                 .is_some_and(|l| l.daily_micros.is_some() || l.monthly_micros.is_some())
         };
         has(&format!("key:{}", principal.key_id))
+            || (principal.session.is_some() && has(&format!("user:{}", principal.owner)))
             || principal.team.as_ref().is_some_and(|t| has(&format!("team:{t}")))
             || has("org")
     }

@@ -47,6 +47,7 @@ pub async fn run(backend: &dyn Backend) {
     policy_modes(backend).await;
     prices(backend).await;
     uploads_and_meta(backend).await;
+    signin(backend).await;
 }
 
 async fn open(backend: &dyn Backend) -> State {
@@ -72,6 +73,7 @@ fn key_record(id: &str, created_at: i64) -> KeyRecord {
         expires_at: None,
         revoked_at: None,
         limits: RateLimits::default(),
+        session: None,
     }
 }
 
@@ -239,6 +241,7 @@ fn principal(key: &str, team: Option<&str>) -> Principal {
         owner: format!("{key}@corp.example"),
         team: team.map(str::to_string),
         limits: RateLimits::default(),
+        session: None,
     }
 }
 
@@ -496,4 +499,67 @@ async fn uploads_and_meta(backend: &dyn Backend) {
     assert_eq!(s.uploads.list().await.unwrap().len(), 1, "every upload is listed");
     assert_eq!(s.meta.get("conformance").await.unwrap().as_deref(), Some("1"));
     assert!(s.meta.get("nothing").await.unwrap().is_none());
+}
+
+/// Sign-in records: compare-and-swap semantics, one winner among concurrent swaps, durability,
+/// prefix scans that do not leak across prefixes.
+async fn signin(backend: &dyn Backend) {
+    {
+        let s = open(backend).await;
+        let st = s.signin.as_ref();
+        assert!(st.get("grant:a").await.unwrap().is_none());
+        assert!(
+            st.swap("grant:a", None, Some("v1")).await.unwrap(),
+            "create when absent"
+        );
+        assert!(
+            !st.swap("grant:a", None, Some("v9")).await.unwrap(),
+            "create refused when present"
+        );
+        assert!(
+            !st.swap("grant:a", Some("v0"), Some("v9")).await.unwrap(),
+            "swap refused on a stale value"
+        );
+        assert_eq!(st.get("grant:a").await.unwrap().as_deref(), Some("v1"));
+        assert!(st.swap("grant:a", Some("v1"), Some("v2")).await.unwrap());
+        assert!(
+            !st.swap("grant:b", Some("v1"), None).await.unwrap(),
+            "delete of an absent name"
+        );
+        st.swap("grant:b", None, Some("b")).await.unwrap();
+        st.swap("grantx", None, Some("x")).await.unwrap();
+        st.swap("session:1", None, Some("s")).await.unwrap();
+        // Many replicas consuming one device code: exactly one wins.
+        let wins = futures_join(s.signin.clone(), 16).await;
+        assert_eq!(wins, 1, "{wins} concurrent swaps of one value succeeded");
+    }
+    let s = open(backend).await;
+    let st = s.signin.as_ref();
+    assert_eq!(st.get("grant:a").await.unwrap().as_deref(), Some("v2"), "durable swap");
+    let names: Vec<String> = st.scan("grant:").await.unwrap().into_iter().map(|(n, _)| n).collect();
+    assert_eq!(
+        names,
+        vec!["grant:a".to_string(), "grant:b".to_string()],
+        "a prefix scan"
+    );
+    assert!(st.swap("grant:a", Some("v2"), None).await.unwrap(), "delete");
+    assert!(st.get("grant:a").await.unwrap().is_none());
+}
+
+async fn futures_join(st: Arc<dyn crate::store::SignInStore>, n: usize) -> usize {
+    st.swap("race", None, Some("start")).await.unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let st = st.clone();
+        tasks.push(tokio::spawn(async move {
+            st.swap("race", Some("start"), Some(&format!("taken by {i}")))
+                .await
+                .unwrap()
+        }));
+    }
+    let mut wins = 0;
+    for t in tasks {
+        wins += usize::from(t.await.unwrap());
+    }
+    wins
 }

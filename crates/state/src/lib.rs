@@ -18,6 +18,7 @@ pub mod ledger;
 pub mod operator;
 pub mod ratelimit;
 pub mod records;
+pub mod signin;
 pub mod store;
 
 pub use budget::{BudgetBook, Budgets, Reservation};
@@ -26,8 +27,8 @@ pub use records::Principal;
 use std::sync::Arc;
 
 use store::{
-    BudgetLimitStore, CredentialStore, FindingStore, KeyStore, MetaStore, PolicyModeStore, PriceStore, SpendStore,
-    UploadStore,
+    BudgetLimitStore, CredentialStore, FindingStore, KeyStore, MetaStore, PolicyModeStore, PriceStore, SignInStore,
+    SpendStore, UploadStore,
 };
 
 /// Everything Conduit keeps, as one value: what a backend's `open` returns and what the gateway,
@@ -55,6 +56,8 @@ pub struct State {
     pub uploads: Arc<dyn UploadStore>,
     /// Metadata.
     pub meta: Arc<dyn MetaStore>,
+    /// Sign-in grants, sessions and users.
+    pub signin: Arc<dyn SignInStore>,
 }
 
 impl std::fmt::Debug for State {

@@ -104,6 +104,7 @@ pub async fn create_key(keys: &dyn KeyStore, req: NewKeyRequest) -> Result<Creat
         expires_at: req.expires_at,
         revoked_at: None,
         limits: req.limits,
+        session: None,
     };
     keys.insert(&new.hash, &record).await?;
     Ok(CreatedKey {

@@ -22,6 +22,9 @@ pub struct Principal {
     pub team: Option<String>,
     /// The key's rate limits.
     pub limits: RateLimits,
+    /// The sign-in session, when the key is a short-lived access token issued at an IdP sign-in
+    /// (`crate::signin`); then `owner` is the IdP user and budgets of `user:OWNER` apply too.
+    pub session: Option<String>,
 }
 
 impl Principal {
@@ -32,12 +35,18 @@ impl Principal {
             owner: record.owner,
             team: record.team,
             limits: record.limits,
+            session: record.session,
         }
     }
 
-    /// The budget scopes that apply, narrowest first: `key:ID`, `team:NAME`, `org`.
+    /// The budget scopes that apply, narrowest first: `key:ID`, `user:EMAIL` (a signed-in user's
+    /// access token: the budget follows the person across the tokens each refresh issues),
+    /// `team:NAME`, `org`.
     pub fn scopes(&self) -> Vec<String> {
         let mut s = vec![format!("key:{}", self.key_id)];
+        if self.session.is_some() {
+            s.push(format!("user:{}", self.owner));
+        }
         if let Some(t) = &self.team {
             s.push(format!("team:{t}"));
         }
@@ -72,6 +81,9 @@ pub struct KeyRecord {
     /// Per-key rate limits.
     #[serde(default)]
     pub limits: RateLimits,
+    /// Set on a short-lived access token issued at an IdP sign-in: the session it belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
 }
 
 impl KeyRecord {

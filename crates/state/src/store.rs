@@ -183,6 +183,20 @@ pub trait UploadStore: Send + Sync + 'static {
     async fn list(&self) -> Result<Vec<UploadRecord>>;
 }
 
+/// Sign-in state (`crate::signin`): device grants, sessions and user records, each one JSON value
+/// under a name. Every write is a compare-and-swap, so two replicas can never both consume one
+/// device code or both rotate one refresh token: the loser sees `false` and re-reads.
+#[async_trait]
+pub trait SignInStore: Send + Sync + 'static {
+    /// The value under `name`.
+    async fn get(&self, name: &str) -> Result<Option<String>>;
+    /// Sets `name` to `new` (`None` deletes it) if it holds `expected` now (`None`: absent);
+    /// whether it did. Durable when it returns `true`.
+    async fn swap(&self, name: &str, expected: Option<&str>, new: Option<&str>) -> Result<bool>;
+    /// Every `(name, value)` whose name starts with `prefix`, in name order.
+    async fn scan(&self, prefix: &str) -> Result<Vec<(String, String)>>;
+}
+
 /// Small named values: the master key id, the schema version.
 #[async_trait]
 pub trait MetaStore: Send + Sync + 'static {

@@ -153,6 +153,12 @@ fn shape(kind: ErrorKind) -> (StatusCode, &'static str, &'static str, Option<&'s
             "rate_limit_exceeded",
             Some("rate_limit_exceeded"),
         ),
+        Overloaded => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded_error",
+            "server_error",
+            Some("overloaded"),
+        ),
         StoreUnavailable => (
             StatusCode::SERVICE_UNAVAILABLE,
             "api_error",

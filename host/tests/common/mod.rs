@@ -19,6 +19,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use zeroize::Zeroizing;
 
+pub mod fault;
 pub mod installed;
 pub mod process;
 pub mod wiretap;
@@ -105,6 +106,30 @@ impl Harness {
     /// GETs an admin API path with the admin token.
     pub async fn admin_get(&self, path: &str) -> Reply {
         self.admin_get_with_token(path, ADMIN_TOKEN).await
+    }
+
+    /// Any admin API call, with the headers given (no token unless one is among them).
+    pub async fn admin_call(&self, method: Method, path: &str, headers: &[(&str, &str)], body: &str) -> Reply {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(format!("http://{}{path}", self.running.admin_addr));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = self
+            .http
+            .request(req.body(Full::new(Bytes::from(body.to_string()))).unwrap())
+            .await
+            .expect("admin answers");
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map(|c| c.to_bytes())
+            .unwrap_or_default();
+        Reply { status, headers, body }
     }
 
     /// GETs an admin API path with the given bearer token.

@@ -1,11 +1,14 @@
 //! The dashboard: one self-contained page (HTML, CSS, JS and SVG charts in `index.html`, embedded in
 //! the binary — no CDN, no fonts, works offline) served by the admin listener at `/dashboard`.
 //!
-//! The page itself holds no data. It asks for the admin token (or takes it from the URL fragment
-//! `#token=…`, which browsers never send to a server), keeps it in `sessionStorage`, and calls the
-//! admin API with `Authorization: Bearer`. No cookie is set, so another site cannot make the
-//! browser act on the admin API (no CSRF surface), and a strict Content-Security-Policy allows
-//! nothing but this page's own script talking to its own origin.
+//! The page itself holds no data. It acts either as an admin token (asked for, or taken from the
+//! URL fragment `#token=…`, which browsers never send to a server; kept in `sessionStorage`; sent
+//! as `Authorization: Bearer`), or as a dashboard SSO session (`signin::admin`): an HttpOnly,
+//! SameSite=Strict cookie, with every change also carrying the session's `x-conduit-csrf` token
+//! from `GET /auth/whoami` — a header another site cannot set without a CORS preflight this
+//! listener never grants. It shows the caller's roles and greys out what they may not do; the
+//! admin API enforces the same (`admin_auth`). A strict Content-Security-Policy allows nothing but
+//! this page's own script talking to its own origin.
 
 use http::{HeaderValue, Method, Response, StatusCode, header};
 

@@ -20,6 +20,9 @@ use crate::protocol::Protocol;
 pub struct Exchange {
     /// Conduit's request id (`x-conduit-request-id`).
     pub id: String,
+    /// Its place under `limits.max_in_flight`, given back when the exchange is recorded (for a
+    /// stream: when its body ends).
+    pub in_flight: Option<std::sync::Arc<tokio::sync::OwnedSemaphorePermit>>,
     /// Monotonic start.
     pub started: Instant,
     /// Wall-clock start, Unix seconds.
@@ -82,6 +85,7 @@ pub fn begin<B>(ids: &RequestIds, req: &Request<B>, peer: SocketAddr) -> Exchang
         .map(crate::audit::session_hash);
     Exchange {
         id: ids.next(),
+        in_flight: None,
         started: Instant::now(),
         started_unix: now_ms.div_euclid(1000),
         started_ms: now_ms,

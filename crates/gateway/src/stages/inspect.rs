@@ -35,7 +35,7 @@ pub async fn read(body: Incoming, limits: &Limits) -> Result<Bytes, GatewayError
         GatewayError::client(
             ErrorKind::RequestTimeout,
             format!(
-                "the request body did not arrive within {} s",
+                "the request body did not arrive within {} s (limits.body_read_timeout_secs); send it faster, or ask your Conduit admin to raise the limit",
                 limits.body_read_timeout.as_secs()
             ),
         )

@@ -156,6 +156,7 @@ fn emit(
         policy_set: ex.policy_set,
         session: ex.session,
         suppressed: 0,
+        admin: None,
     })
 }
 

@@ -127,7 +127,9 @@ pub fn settle(
     }
     s.ledger.record(SpendEntry {
         day: crate::clock::format_date(ex.started_unix),
-        key_id: principal.key_id.clone(),
+        // A signed-in user's access token changes at every refresh: their ledger rows are the
+        // session's, not one per token.
+        key_id: principal.session.clone().unwrap_or_else(|| principal.key_id.clone()),
         owner: principal.owner.clone(),
         team: principal.team.clone().unwrap_or_else(|| "-".into()),
         provider: provider.map_or("-", |p| p.as_str()).to_string(),
