@@ -325,3 +325,10 @@ fn log_failure(ex: &accept::Exchange, err: &GatewayError) {
         ),
     }
 }
+
+/// The answer when a request's task itself failed (a bug: it panicked). Anthropic-shaped, as
+/// the family is no longer known; the log has the cause.
+pub(crate) fn internal_error() -> Response<GatewayBody> {
+    let err = GatewayError::internal("the request's task panicked");
+    error_shape::render(&err, None, "-").map(GatewayBody::full)
+}

@@ -96,7 +96,20 @@ pub async fn start(gateway: Gateway, grace: Duration) -> Result<Running> {
         let gw = gw.clone();
         service_fn(move |req| {
             let gw = gw.clone();
-            async move { Ok::<_, std::convert::Infallible>(crate::pipeline::handle(&gw, req, peer).await) }
+            // Each request runs on a task of its own, so a client that hangs up does not cancel
+            // it halfway: a request already upstream is answered, billed and audited as
+            // `client_gone` (its body drained for the provider's usage) instead of vanishing
+            // with its reservation and record. The stages bound how long that can take.
+            let exchange = tokio::spawn(async move { crate::pipeline::handle(&gw, req, peer).await });
+            async move {
+                Ok::<_, std::convert::Infallible>(match exchange.await {
+                    Ok(response) => response,
+                    Err(e) => {
+                        tracing::error!(error = %e, %peer, "a request's task failed");
+                        crate::pipeline::internal_error()
+                    }
+                })
+            }
         })
     }));
     let gw = gateway.clone();

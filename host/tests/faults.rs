@@ -1,0 +1,235 @@
+//! Faults between Conduit and the provider (issue 20): a fault proxy damages the mock's answers —
+//! a reset before the response head, a reset and a clean cut mid-body, a byte-at-a-time trickle,
+//! silence — and for each the test checks what the client gets, what is billed and audited, and
+//! that the gateway keeps serving.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::Harness;
+use common::fault::{Fault, FaultProxy};
+use conduit_gateway::audit::AuditRecord;
+use conduit_gateway::audit::chain::{self, Filter};
+
+fn body(stream: bool) -> String {
+    serde_json::json!({"model": "claude-sonnet-4-5", "max_tokens": 64, "stream": stream,
+        "messages": [{"role": "user", "content": "count to three"}]})
+    .to_string()
+}
+
+/// The record of `id`, if it is written yet.
+fn find(h: &Harness, id: &str) -> Option<AuditRecord> {
+    h.gateway().audit.sync();
+    let mut found = None;
+    chain::scan(h.gateway().audit.dir(), &Filter::default(), |r, _| {
+        if r.request_id == id {
+            found = Some(r);
+        }
+        true
+    })
+    .unwrap();
+    found
+}
+
+fn record(h: &Harness, id: &str) -> AuditRecord {
+    find(h, id).unwrap_or_else(|| panic!("no audit record for {id}"))
+}
+
+/// The record of `id`, once its stream has settled (settling after a cut stream is asynchronous).
+async fn settled(h: &Harness, id: &str) -> AuditRecord {
+    for _ in 0..200 {
+        if let Some(r) = find(h, id) {
+            return r;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    record(h, id)
+}
+
+/// One row of the printed table: what the client got, what is on record and billed.
+fn show(fault: &str, r: &common::Reply, rec: &AuditRecord) {
+    eprintln!(
+        "{fault:<18} client {} ({} bytes) | record status {} outcome {} error {:?} | billed {:?} µ$, {} output tokens",
+        r.status,
+        r.body.len(),
+        rec.status,
+        rec.outcome,
+        rec.error_class,
+        rec.cost_micros,
+        rec.output_tokens
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_faults_get_honest_answers_bills_and_records() {
+    let mock = conduit_gateway::mock::start("127.0.0.1:0".parse().unwrap(), Default::default())
+        .await
+        .unwrap();
+    let proxy = FaultProxy::start(mock.addr).await;
+    let h = Harness::builder()
+        .env("UPSTREAM_ANTHROPIC_URL", &proxy.url())
+        .toml("[network]\nidle_timeout_secs = 2\nresponse_timeout_secs = 2\n")
+        .start()
+        .await;
+    let id = |r: &common::Reply| r.header("x-conduit-request-id").unwrap().to_string();
+
+    // Baseline, streamed: what an undamaged answer bills.
+    let base = h.messages_with(&body(true), &[]).await;
+    assert_eq!(base.status, 200);
+    let base_record = settled(&h, &id(&base)).await;
+    show("none", &base, &base_record);
+    assert!(
+        base_record.cost_micros > Some(0) && base_record.output_tokens > 0,
+        "{base_record:?}"
+    );
+
+    // Byte at a time: the client gets the same bytes, and the bill is the same — the usage tap
+    // does not depend on how the stream is cut into reads.
+    proxy.set(Fault::Trickle);
+    let r = h.messages_with(&body(true), &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        String::from_utf8_lossy(&r.body),
+        String::from_utf8_lossy(&base.body),
+        "a trickled stream arrives byte-identical"
+    );
+    let trickled = settled(&h, &id(&r)).await;
+    show("trickle", &r, &trickled);
+    assert_eq!(
+        (trickled.input_tokens, trickled.output_tokens, trickled.cost_micros),
+        (
+            base_record.input_tokens,
+            base_record.output_tokens,
+            base_record.cost_micros
+        )
+    );
+
+    // Reset before a byte of the answer: a provider-shaped 502, nothing billed but the attempt.
+    proxy.set(Fault::ResetBeforeHead);
+    let r = h.messages_with(&body(false), &[]).await;
+    r.assert_anthropic_error(502, "api_error", "");
+    let rec = record(&h, &id(&r));
+    show("reset before head", &r, &rec);
+    assert_eq!(rec.status, 502, "{rec:?}");
+    assert_eq!(rec.output_tokens, 0, "{rec:?}");
+
+    // Reset mid-stream: the client has the head and the bytes so far, then the stream breaks;
+    // the record says so.
+    proxy.set(Fault::ResetAfter(200));
+    let r = h.messages_with(&body(true), &[]).await;
+    assert_eq!(r.status, 200, "the head had gone out");
+    let rec = settled(&h, &id(&r)).await;
+    show("reset mid-stream", &r, &rec);
+    assert_ne!(rec.outcome, "complete", "{rec:?}");
+    assert_eq!(rec.error_class.as_deref(), Some("stream_error"), "{rec:?}");
+    // The bytes so far were passed on (the test client drops a broken body, the record counts them).
+    assert!(rec.bytes_out > 0 && rec.bytes_out < base_record.bytes_out, "{rec:?}");
+    // Billed, flagged as an estimate: the usage frames never came.
+    assert!(
+        rec.estimated && rec.cost_micros > Some(0) && rec.output_tokens == 0,
+        "{rec:?}"
+    );
+
+    // A clean cut inside a JSON body with a content-length: incomplete at the client, and on
+    // record as not complete.
+    proxy.set(Fault::TruncateAfter(300));
+    let r = h.messages_with(&body(false), &[]).await;
+    let whole = serde_json::from_slice::<serde_json::Value>(&r.body).is_ok();
+    assert!(!(r.status == 200 && whole), "a cut JSON answer was passed on as whole");
+    let rec = settled(&h, &id(&r)).await;
+    show("cut JSON body", &r, &rec);
+    assert_ne!(rec.outcome, "complete", "{rec:?}");
+
+    // Silence after the request: the response timeout answers in the provider's shape.
+    proxy.set(Fault::Silent);
+    let r = h.messages_with(&body(false), &[]).await;
+    r.assert_anthropic_error(504, "api_error", "");
+    let rec = record(&h, &id(&r));
+    show("silent", &r, &rec);
+    assert_eq!(rec.status, 504);
+
+    // And the gateway keeps serving.
+    proxy.set(Fault::None);
+    let r = h.messages_with(&body(true), &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, base.body);
+}
+
+/// Every record `h`'s audit log holds so far.
+fn records(h: &Harness) -> Vec<AuditRecord> {
+    h.gateway().audit.sync();
+    let mut all = Vec::new();
+    chain::scan(h.gateway().audit.dir(), &Filter::default(), |r, _| {
+        all.push(r);
+        true
+    })
+    .unwrap();
+    all
+}
+
+/// A client that hangs up while the provider is still working (Ctrl-C, a closed laptop, a proxy
+/// timeout) does not take the request's bill or record with it: the exchange goes on without
+/// it, so what the provider bills is billed and audited (`client_gone`), and the budget's
+/// reservation becomes that cost rather than vanishing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_hangs_up_before_the_answer_is_still_billed_and_recorded() {
+    use tokio::io::AsyncWriteExt;
+    let mock = conduit_gateway::mock::start("127.0.0.1:0".parse().unwrap(), Default::default())
+        .await
+        .unwrap();
+    let proxy = FaultProxy::start(mock.addr).await;
+    let h = Harness::builder()
+        .env("UPSTREAM_ANTHROPIC_URL", &proxy.url())
+        .toml("[network]\nidle_timeout_secs = 5\nresponse_timeout_secs = 5\n")
+        .start()
+        .await;
+    proxy.set(Fault::Hold(std::time::Duration::from_millis(500)));
+    for stream in [false, true] {
+        let before = records(&h).len();
+        let body = body(stream);
+        let mut client = tokio::net::TcpStream::connect(h.running.addr).await.unwrap();
+        let head = format!(
+            "POST /v1/messages HTTP/1.1\r\nhost: conduit\r\nx-api-key: {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            h.key,
+            body.len()
+        );
+        client.write_all(head.as_bytes()).await.unwrap();
+        client.write_all(body.as_bytes()).await.unwrap();
+        // The request is upstream, its answer held back: hang up.
+        tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+        drop(client);
+        let mut rec = None;
+        for _ in 0..200 {
+            let all = records(&h);
+            if all.len() > before {
+                rec = all.into_iter().nth(before);
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        let rec =
+            rec.unwrap_or_else(|| panic!("no audit record for a request whose client hung up (stream: {stream})"));
+        eprintln!(
+            "hung up (stream {stream}): record status {} outcome {} error {:?} | billed {:?} µ$, {} input / {} output tokens, estimated {}",
+            rec.status,
+            rec.outcome,
+            rec.error_class,
+            rec.cost_micros,
+            rec.input_tokens,
+            rec.output_tokens,
+            rec.estimated
+        );
+        assert_eq!((rec.path.as_str(), rec.status), ("/v1/messages", 200), "{rec:?}");
+        assert_eq!(rec.outcome, "client_gone", "{rec:?}");
+        assert_eq!(rec.bytes_out, 0, "nothing reached the client: {rec:?}");
+        // The provider's own usage, read from the answer nobody was there to receive.
+        assert!(
+            rec.output_tokens > 0 && rec.cost_micros > Some(0) && !rec.estimated,
+            "{rec:?}"
+        );
+    }
+    // And the gateway keeps serving.
+    proxy.set(Fault::None);
+    let r = h.messages_with(&body(true), &[]).await;
+    assert_eq!(r.status, 200);
+}
