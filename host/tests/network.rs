@@ -331,3 +331,94 @@ async fn a_body_that_stops_coming_is_cut_with_a_408() {
     }
     assert_eq!(h.messages_with(BODY, &[]).await.status, 200, "the gateway serves on");
 }
+
+/// Issue 20, a client that never reads its response (HTTP/1 or the socket under HTTP/2): once the
+/// socket buffers are full, a write that waits `limits.send_timeout_secs` ends the connection;
+/// the request is then settled like any client that went away — the upstream body drained for
+/// its usage, recorded `client_gone` — and its place under `limits.max_in_flight` comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_is_cut_by_the_send_timeout() {
+    // An upstream whose stream never ends: text deltas as fast as the gateway takes them.
+    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = upstream.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = upstream.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                let _ = s.read(&mut buf).await;
+                let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
+                if s.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                let text = "x".repeat(16 * 1024);
+                let event = format!(
+                    "event: content_block_delta\ndata: {{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{{\"type\":\"text_delta\",\"text\":\"{text}\"}}}}\n\n"
+                );
+                let chunk = format!("{:x}\r\n{event}\r\n", event.len());
+                while s.write_all(chunk.as_bytes()).await.is_ok() {}
+            });
+        }
+    });
+    let h = Harness::builder()
+        .env("UPSTREAM_ANTHROPIC_URL", &format!("http://{up}"))
+        .toml("[limits]\nsend_timeout_secs = 1\nmax_in_flight = 4\n")
+        .start()
+        .await;
+    let body = r#"{"model":"claude-sonnet-4-5","max_tokens":64,"stream":true,"messages":[{"role":"user","content":"go on forever"}]}"#;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut client = socket.connect(h.running.addr).await.unwrap();
+    let head = format!(
+        "POST /v1/messages HTTP/1.1\r\nhost: conduit\r\nx-api-key: {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        h.key,
+        body.len()
+    );
+    client.write_all(head.as_bytes()).await.unwrap();
+    // …and never read a byte of the answer.
+    let started = std::time::Instant::now();
+    let gw = h.gateway();
+    let mut rec = None;
+    while rec.is_none() && started.elapsed() < std::time::Duration::from_secs(60) {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        gw.audit.sync();
+        conduit_gateway::audit::chain::scan(gw.audit.dir(), &Default::default(), |r, _| {
+            if r.path == "/v1/messages" {
+                rec = Some(r);
+            }
+            true
+        })
+        .unwrap();
+    }
+    let rec = rec.expect("a client that never reads holds its request open: no record after 60 s");
+    eprintln!(
+        "never-reading client: recorded after {:?}: outcome {} error {:?}, {} bytes out, {} output tokens (estimated {})",
+        started.elapsed(),
+        rec.outcome,
+        rec.error_class,
+        rec.bytes_out,
+        rec.output_tokens,
+        rec.estimated
+    );
+    assert_eq!(rec.outcome, "client_gone", "{rec:?}");
+    assert!(rec.bytes_out > 0, "the answer began before the client stalled: {rec:?}");
+    assert!(rec.output_tokens > 0 && rec.estimated, "{rec:?}");
+    assert_eq!(
+        gw.in_flight.available_permits(),
+        4,
+        "the request's in-flight place came back"
+    );
+    // The connection is closed from the gateway's side: reading drains what was buffered, then EOF.
+    let mut sink = vec![0u8; 1 << 16];
+    let drained = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        loop {
+            match client.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(drained.is_ok(), "the stalled connection was closed");
+    // And the gateway keeps serving.
+    assert_eq!(h.send(Method::GET, "/", &[], "").await.status, 200);
+}

@@ -248,6 +248,9 @@ pub struct RawLimits {
     /// Seconds a client may take to send a request head, and the longest an idle keep-alive
     /// connection waits for its next one (default 30).
     pub header_read_timeout_secs: Option<u64>,
+    /// Seconds a write to a client may wait without progress — a client that stopped reading
+    /// its response — before its connection is closed (default 60).
+    pub send_timeout_secs: Option<u64>,
     /// Connections each listener serves at once (default 10,000); more are answered 503 and
     /// closed at once, so established streams and the admin listener are unaffected.
     pub max_connections: Option<usize>,
@@ -389,6 +392,8 @@ pub struct Limits {
     pub body_read_timeout: Duration,
     /// Time to receive a request head.
     pub header_read_timeout: Duration,
+    /// Time a write to a client may wait without progress.
+    pub send_timeout: Duration,
     /// Connections served at once per listener.
     pub max_connections: usize,
     /// Requests worked on at once.
@@ -519,6 +524,7 @@ impl RawConfig {
                 self.limits.header_read_timeout_secs,
                 30,
             )?,
+            send_timeout: secs("limits.send_timeout_secs", self.limits.send_timeout_secs, 60)?,
             max_connections: positive("limits.max_connections", self.limits.max_connections, 10_000)?,
             max_in_flight: positive("limits.max_in_flight", self.limits.max_in_flight, 4096)?,
             default_max_output_tokens: self.limits.default_max_output_tokens.unwrap_or(64_000).max(1),

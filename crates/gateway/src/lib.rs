@@ -41,6 +41,7 @@ pub mod idp;
 pub mod mock;
 pub mod pipeline;
 pub mod roles;
+pub mod send_timeout;
 pub mod server;
 pub mod signin;
 pub mod stages;

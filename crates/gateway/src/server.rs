@@ -3,7 +3,9 @@
 //! Each accepted connection is served by hyper's auto builder (HTTP/1.1, and HTTP/2 by prior
 //! knowledge or ALPN). HTTP/1 limits on the request head (size, header count, read timeout) are
 //! enforced here, before any stage runs: hyper answers 431 / 408 itself. Each listener serves at
-//! most `limits.max_connections` connections; one more is answered 503 and closed at once.
+//! most `limits.max_connections` connections; one more is answered 503 and closed at once. A write
+//! to a client that waits `limits.send_timeout_secs` without progress closes its connection
+//! (`crate::send_timeout`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,6 +25,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::config::{Limits, TlsFiles};
 use crate::error::{Error, Result};
 use crate::gateway::Gateway;
+use crate::send_timeout::SendTimeout;
 
 /// A started gateway: its bound addresses and a handle to stop it.
 pub struct Running {
@@ -201,6 +204,8 @@ async fn serve<F, S>(
             continue;
         };
         let _ = stream.set_nodelay(true);
+        // A client that stops reading cannot hold its request open (`send_timeout`).
+        let stream = SendTimeout::new(stream, limits.send_timeout);
         let service = make_service(peer);
         let builder = builder.clone();
         match &tls {
