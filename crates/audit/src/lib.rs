@@ -931,6 +931,19 @@ mod tests {
         assert_eq!(client_family(Some("é")), "other");
     }
 
+    /// Fuzzing (`fuzz/`, target `audit_lines`) found a line with only the chain's fields passing
+    /// `verify` while export refused it: verify now reads whole records.
+    #[test]
+    fn verify_refuses_a_line_that_is_not_a_whole_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let line = format!("{{\"seq\":1,\"prev\":\"{ZERO_HASH}\"}}\n");
+        std::fs::write(chain::day_path(dir.path(), 20_000), line).unwrap();
+        let v = chain::verify(dir.path()).unwrap();
+        assert!(!v.ok, "{v:?}");
+        assert!(v.problem.unwrap().contains("is not a valid record"));
+        assert!(chain::scan(dir.path(), &chain::Filter::default(), |_, _| true).is_err());
+    }
+
     #[test]
     fn session_hash_is_stable_and_hides_the_id() {
         let id = "6f6d783b-9cf8-4d07-834b-7bc0d1cae803";

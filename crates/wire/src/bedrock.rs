@@ -392,12 +392,9 @@ where
                 Some(Ok(frame)) => {
                     let Some(data) = frame.data_ref() else { continue };
                     let mut out = BytesMut::new();
-                    match this.decoder.push(data) {
-                        Ok(messages) => {
-                            for m in &messages {
-                                sse_event(m, &mut out);
-                            }
-                        }
+                    // The events before a framing error reach the client, then the error.
+                    match this.decoder.push_each(data, |m| sse_event(&m, &mut out)) {
+                        Ok(()) => {}
                         Err(e) => {
                             this.done = true;
                             let err = anthropic_error(

@@ -277,16 +277,19 @@ pub fn canonical(raw: &str) -> Result<String, PathProblem> {
                         b'/' | b'\\' => return Err(problem("an encoded '/' or '\\'")),
                         0 => return Err(problem("an encoded NUL")),
                         c if c.is_ascii_alphanumeric() || b"-_~".contains(&c) => decoded.push(c as char),
-                        c => {
-                            decoded.push('%');
-                            decoded.push(char::from(b"0123456789ABCDEF"[(c >> 4) as usize]));
-                            decoded.push(char::from(b"0123456789ABCDEF"[(c & 15) as usize]));
-                        }
+                        c => push_escaped(&mut decoded, c),
                     }
                     j += 3;
                 }
                 b';' => return Err(problem("a ';' parameter")),
                 b'\\' => return Err(problem("a '\\'")),
+                // A raw non-ASCII byte (hyper passes them): its escape, so the canonical form is
+                // ASCII and canonical again (found by fuzzing: a raw UTF-8 byte was widened to a
+                // two-byte char, and the upstream got a path the client never sent).
+                c if !c.is_ascii() => {
+                    push_escaped(&mut decoded, c);
+                    j += 1;
+                }
                 c => {
                     decoded.push(c as char);
                     j += 1;
@@ -302,6 +305,13 @@ pub fn canonical(raw: &str) -> Result<String, PathProblem> {
         out.push('/');
     }
     Ok(out)
+}
+
+/// Appends `%XX` (upper-case hex) for `byte`.
+fn push_escaped(out: &mut String, byte: u8) {
+    out.push('%');
+    out.push(char::from(b"0123456789ABCDEF"[(byte >> 4) as usize]));
+    out.push(char::from(b"0123456789ABCDEF"[(byte & 15) as usize]));
 }
 
 /// A path matched against the catalogue.
@@ -416,8 +426,12 @@ mod tests {
                 "/model/us.anthropic.x-v1%3A0/invoke",
             ),
             ("/", "/"),
+            // Raw non-ASCII bytes become their escapes (fuzz/: `path`), the same as when sent escaped.
+            ("/v1/files/\u{46f}", "/v1/files/%D1%AF"),
+            ("/v1/files/%d1%af", "/v1/files/%D1%AF"),
         ] {
             assert_eq!(canonical(raw).unwrap(), want, "{raw}");
+            assert_eq!(canonical(want).unwrap(), want, "canonical twice = once: {raw}");
         }
         for bad in [
             "/v1//messages",

@@ -217,18 +217,13 @@ impl UsageTap {
         if bytes.is_empty() || self.observed.gave_up {
             return;
         }
-        if let Some(frames) = self.frames.as_mut() {
-            match frames.push(bytes) {
-                Ok(messages) => {
-                    for m in messages {
-                        self.frame(&m);
-                    }
-                }
-                Err(_) => {
-                    self.observed.gave_up = true;
-                    self.observed.stream_error = true;
-                }
+        if let Some(mut frames) = self.frames.take() {
+            // The messages before a framing error count too, however the reads were cut.
+            if frames.push_each(bytes, |m| self.frame(&m)).is_err() {
+                self.observed.gave_up = true;
+                self.observed.stream_error = true;
             }
+            self.frames = Some(frames);
             return;
         }
         if !self.sse {
