@@ -422,3 +422,149 @@ async fn a_client_that_never_reads_is_cut_by_the_send_timeout() {
     // And the gateway keeps serving.
     assert_eq!(h.send(Method::GET, "/", &[], "").await.status, 200);
 }
+
+/// Issue 20: 10,000 idle connections — the default `limits.max_connections` — against a gateway
+/// process (its own file descriptors, as deployed). The connections over the cap are answered and
+/// closed; with every slot held by an idle client, an established connection still streams a
+/// request through, `/readyz` answers, and nothing crashes; once the idle clients go, new
+/// connections are served. Prints the gateway's RSS and open FDs idle and with the 10,000.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_idle_connections_leave_established_streams_and_readyz_unaffected() {
+    use common::process::{BIN, free_port, policy_cache_dir, terminate, wait_listening};
+    use std::process::{Command, Stdio};
+    let mock = conduit_gateway::mock::start("127.0.0.1:0".parse().unwrap(), Default::default())
+        .await
+        .unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let (listen, admin) = (
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+    );
+    let cmd = |args: &[&str]| {
+        let mut c = Command::new(BIN);
+        c.args(args)
+            .env("CONDUIT_POLICY_CACHE_DIR", policy_cache_dir())
+            .env("CONDUIT_DATA_DIR", data.path())
+            .env("CONDUIT_LISTEN", &listen)
+            .env("CONDUIT_ADMIN_LISTEN", &admin)
+            .env("UPSTREAM_ANTHROPIC_URL", mock.url())
+            .env("UPSTREAM_OPENAI_URL", mock.url());
+        c
+    };
+    let out = cmd(&["keys", "create", "--owner", "idle@corp.example", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let key = serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let out = cmd(&["credentials", "set", "anthropic", "--from-env", "CRED"])
+        .env("CRED", "sk-ant-idle")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let gateway = cmd(&["serve"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = gateway.id();
+    wait_listening(&listen);
+    wait_listening(&admin);
+    let rss_mib = || {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<f64>().ok())
+            .unwrap()
+            / 1024.0
+    };
+    let fds = || std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
+    let (rss_idle, fds_idle) = (rss_mib(), fds());
+
+    let mut established = tokio::net::TcpStream::connect(&listen).await.unwrap();
+    let cap = 10_000;
+    let started = std::time::Instant::now();
+    let mut idle = Vec::with_capacity(cap);
+    for _ in 1..cap {
+        idle.push(tokio::net::TcpStream::connect(&listen).await.unwrap());
+    }
+    // The gateway has taken them all once the next ones are refused: 200 more, each answered
+    // (503 or a close) rather than left waiting.
+    let mut over = tokio::task::JoinSet::new();
+    for _ in 0..200 {
+        let mut c = tokio::net::TcpStream::connect(&listen).await.unwrap();
+        over.spawn(async move {
+            let mut got = Vec::new();
+            tokio::time::timeout(std::time::Duration::from_secs(10), c.read_to_end(&mut got))
+                .await
+                .is_ok()
+        });
+    }
+    let answered = over.join_all().await.into_iter().filter(|a| *a).count();
+    let opened = started.elapsed();
+    assert_eq!(answered, 200, "connections over the cap are answered and closed");
+    let (rss_full, fds_full) = (rss_mib(), fds());
+
+    // The established connection streams a request through.
+    let body = r#"{"model":"claude-sonnet-4-5","max_tokens":64,"stream":true,"messages":[{"role":"user","content":"still there?"}]}"#;
+    let head = format!(
+        "POST /v1/messages HTTP/1.1\r\nhost: conduit\r\nx-api-key: {key}\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let t = std::time::Instant::now();
+    established.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(std::time::Duration::from_secs(30), established.read_to_end(&mut answer))
+        .await
+        .expect("the established connection is served at the cap")
+        .unwrap();
+    let streamed = t.elapsed();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 200") && answer.contains("message_stop"),
+        "{answer}"
+    );
+    // The admin listener has slots of its own.
+    let t = std::time::Instant::now();
+    let mut probe = tokio::net::TcpStream::connect(&admin).await.unwrap();
+    probe
+        .write_all(b"GET /readyz HTTP/1.1\r\nhost: conduit\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut ready = Vec::new();
+    tokio::time::timeout(std::time::Duration::from_secs(30), probe.read_to_end(&mut ready))
+        .await
+        .expect("/readyz answers at the cap")
+        .unwrap();
+    let readyz = t.elapsed();
+    assert!(
+        ready.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&ready)
+    );
+    eprintln!(
+        "10,000 idle connections: opened in {opened:?}; gateway RSS {rss_idle:.1} → {rss_full:.1} MiB, FDs {fds_idle} → {fds_full}; a stream on an established connection took {streamed:?}, /readyz {readyz:?}"
+    );
+
+    // The idle clients go; new connections are served again.
+    drop(idle);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let mut c = tokio::net::TcpStream::connect(&listen).await.unwrap();
+        c.write_all(b"GET / HTTP/1.1\r\nhost: conduit\r\nconnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), c.read_to_end(&mut got)).await;
+        if got.starts_with(b"HTTP/1.1 200") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "slots did not come back");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let out = terminate(gateway);
+    assert!(out.status.success(), "the gateway exits cleanly: {:?}", out.status);
+}
