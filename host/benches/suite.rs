@@ -1,7 +1,7 @@
 //! The benchmark suite: Conduit against the direct path, nginx and (when installed) LiteLLM and
 //! Portkey, all in front of the same mock provider, measured side by side in one run.
 //!
-//! Run with: `cargo bench -p conduit --bench suite -- [all|latency|throughput|rate|stream|memory]
+//! Run with: `cargo bench -p conduit --bench suite -- [all|latency|throughput|rate|stream|memory|overload]
 //! [--smoke] [--soak-minutes N] [--out FILE.json]` (see docs/performance.md).
 //!
 //! Every system runs as its own process pinned with `taskset` to CPU 1; the mock (the `conduit-mock`
@@ -15,7 +15,9 @@
 //!   latency measured from each request's scheduled start (no coordinated omission);
 //! - streaming: added time to first byte and added gap between SSE events, and a SHA-256 check that
 //!   the client received exactly the bytes the mock sent;
-//! - memory: the gateway's RSS idle and with 1,000 open streams, and the slope over a soak.
+//! - memory: the gateway's RSS idle and with 1,000 open streams, and the slope over a soak;
+//! - overload: a Conduit with `limits.max_in_flight = 64`, open loop at twice its highest rate with
+//!   p99 under 10 ms — what is admitted and how fast, what is shed (503) and how fast, RSS.
 //!
 //! Peers (LiteLLM, Portkey) are measured in passes of their own and are stopped (SIGSTOP) while any
 //! other system is measured: an idle Python or Node gateway still takes CPU on the shared core.
@@ -67,10 +69,10 @@ fn parse_args() -> Args {
             "--soak-minutes" => a.soak_minutes = it.next().and_then(|v| v.parse().ok()).expect("--soak-minutes N"),
             "--out" => a.out = it.next().expect("--out FILE"),
             "--bench" => {}
-            "all" | "latency" | "throughput" | "rate" | "stream" | "memory" | "replicas" => a.what = arg,
+            "all" | "latency" | "throughput" | "rate" | "stream" | "memory" | "replicas" | "overload" => a.what = arg,
             "--help" | "-h" => {
                 println!(
-                    "suite [all|latency|throughput|rate|stream|memory|replicas] [--smoke] [--no-peers] [--soak-minutes N] [--out FILE.json]\n(SUITE_NO_PIN=1: no taskset pinning; PORTKEY_DIR: where @portkey-ai/gateway is installed)"
+                    "suite [all|latency|throughput|rate|stream|memory|replicas|overload] [--smoke] [--no-peers] [--soak-minutes N] [--out FILE.json]\n(SUITE_NO_PIN=1: no taskset pinning; PORTKEY_DIR: where @portkey-ai/gateway is installed)"
                 );
                 std::process::exit(0);
             }
@@ -779,6 +781,17 @@ async fn throughput_over(targets: &[Target], w: &Workload, c: usize, secs: f64) 
 /// A thread of its own keeps the schedule (sleep, then spin the last stretch: tokio's timer has
 /// 1 ms granularity, which would otherwise add up to a millisecond to every latency).
 async fn fixed_rate(sys: &System, w: &Workload, rate: f64, secs: f64) -> (f64, u64, usize) {
+    let outcomes = open_loop(sys, w, rate, secs).await;
+    let n = outcomes.len();
+    let errors = outcomes.iter().filter(|o| !(200..300).contains(&o.1)).count() as u64;
+    let mut lat: Vec<f64> = outcomes.into_iter().map(|o| o.0).collect();
+    lat.sort_by(f64::total_cmp);
+    (pct(&lat, 0.99), errors, n)
+}
+
+/// Open-loop load at a fixed `rate` for `secs`: each request's latency (µs, from its scheduled
+/// start: no coordinated omission) and status (0: no answer).
+async fn open_loop(sys: &System, w: &Workload, rate: f64, secs: f64) -> Vec<(f64, u16)> {
     let n = (rate * secs).max(1.0) as usize;
     // Idle keep-alive connections; a request that finds none opens one (its connect time counts).
     let idle: Arc<std::sync::Mutex<Vec<Sender>>> = Arc::default();
@@ -790,7 +803,7 @@ async fn fixed_rate(sys: &System, w: &Workload, rate: f64, secs: f64) -> (f64, u
     // At most this many requests in flight (and connections open); a request waiting for a slot
     // is late, and its latency, counted from its scheduled start, says so.
     let in_flight = Arc::new(tokio::sync::Semaphore::new(256));
-    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<(Duration, bool)>();
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<(Duration, u16)>();
     let handle = tokio::runtime::Handle::current();
     let start = Instant::now() + Duration::from_millis(20);
     let dispatcher = std::thread::spawn(move || {
@@ -817,30 +830,81 @@ async fn fixed_rate(sys: &System, w: &Workload, rate: f64, secs: f64) -> (f64, u
                     Some(s) => Some(s),
                     None => try_connect(target.addr).await,
                 };
-                let ok = match sender {
+                let status = match sender {
                     Some(mut sender) => {
                         let e = exchange(&mut sender, request(target, w, None), false).await;
-                        if e.ok {
+                        // Any answer (a shed 503 too) leaves the connection usable; one the server
+                        // closed is reopened by the next `exchange`.
+                        if e.status != 0 {
                             idle.lock().unwrap().push(sender);
                         }
-                        e.ok
+                        if e.ok || e.status != 200 { e.status } else { 0 }
                     }
-                    None => false,
+                    None => 0,
                 };
-                let _ = done_tx.send((at.elapsed(), ok));
+                let _ = done_tx.send((at.elapsed(), status));
             });
         }
     });
-    let mut lat = Vec::with_capacity(n);
-    let mut errors = 0;
+    let mut outcomes = Vec::with_capacity(n);
     for _ in 0..n {
-        let (d, ok) = done_rx.recv().await.unwrap();
-        lat.push(us(d));
-        errors += (!ok) as u64;
+        let (d, status) = done_rx.recv().await.unwrap();
+        outcomes.push((us(d), status));
     }
     let _ = dispatcher.join();
-    lat.sort_by(f64::total_cmp);
-    (pct(&lat, 0.99), errors, n)
+    outcomes
+}
+
+/// Overload (issue 20): a Conduit with `limits.max_in_flight = 64` at its highest rate with p99
+/// under 10 ms, then open loop at twice that. Reports what was admitted (and its latency), what
+/// was shed (a provider-shaped 503 with `retry-after`; how fast), other failures, and RSS.
+async fn overload(sys: &System, w: &Workload, sizes: &Sizes) -> Value {
+    let pid = sys.pid.expect("a process");
+    let sustainable = max_rate(sys, w, 10_000.0, sizes.rate_secs, sizes.rate_steps).await["max_rps"]
+        .as_f64()
+        .unwrap_or(0.0)
+        .max(100.0);
+    let rss_before = rss_kib(pid).unwrap_or(0) as f64 / 1024.0;
+    let offered = 2.0 * sustainable;
+    let sampler = {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let peak = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (s, p) = (stop.clone(), peak.clone());
+        let t = std::thread::spawn(move || {
+            while !s.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Some(r) = rss_kib(pid) {
+                    p.fetch_max(r, std::sync::atomic::Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        (stop, peak, t)
+    };
+    let outcomes = open_loop(sys, w, offered, sizes.throughput_secs.max(1.0)).await;
+    sampler.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = sampler.2.join();
+    let rss_peak = sampler.1.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1024.0;
+    let (mut admitted, mut shed, mut failed) = (Vec::new(), Vec::new(), 0u64);
+    for (lat, status) in &outcomes {
+        match status {
+            200..=299 => admitted.push(*lat),
+            503 => shed.push(*lat),
+            _ => failed += 1,
+        }
+    }
+    json!({
+        "max_in_flight": 64,
+        "sustainable_rps": sustainable,
+        "offered_rps": offered,
+        "requests": outcomes.len(),
+        "admitted": admitted.len(),
+        "shed_503": shed.len(),
+        "failed": failed,
+        "admitted_us": quantiles(admitted),
+        "shed_us": quantiles(shed),
+        "rss_mib_before": rss_before,
+        "rss_mib_peak": rss_peak,
+    })
 }
 
 /// The highest rate (req/s) whose p99 stays under `limit_us`: doubling, then bisecting.
@@ -1136,15 +1200,53 @@ fn main() {
             None => eprintln!("replicas: PostgreSQL is not installed, skipped"),
         }
     }
+    if args.what == "all" || args.what == "overload" {
+        let data = tempfile::tempdir().unwrap();
+        let setup = Setup::new(&data, mock_addr, &[], "[limits]\nmax_in_flight = 64\n");
+        let key = setup.create_key(None);
+        setup.credentials();
+        let mut sys = setup.serve("conduit (max_in_flight = 64)", key);
+        sys._keep.push(Box::new(data));
+        eprintln!("overload pass: open loop at 2x the highest rate with p99 under 10 ms");
+        let w = Workload {
+            body: body_kib(4, false),
+            delay_ms: 0,
+            path: None,
+        };
+        report["overload"] = rt.block_on(overload(&sys, &w, &sizes));
+    }
     drop(main_group);
     let _ = mock.kill();
     let _ = mock.wait();
     print_table(&report);
+    print_overload(&report);
     if let Some(dir) = std::path::Path::new(&args.out).parent() {
         let _ = std::fs::create_dir_all(dir);
     }
     std::fs::write(&args.out, serde_json::to_string_pretty(&report).unwrap()).unwrap();
     println!("\nJSON: {}", args.out);
+}
+
+fn print_overload(r: &Value) {
+    let Some(o) = r.get("overload") else { return };
+    println!(
+        "\noverload (max_in_flight = 64, 4 KiB, open loop): sustainable {} req/s (p99 < 10 ms); offered {} req/s for {} requests",
+        f(&o["sustainable_rps"]),
+        f(&o["offered_rps"]),
+        o["requests"]
+    );
+    println!(
+        "  admitted {} (p50 {} µs, p99 {} µs) | shed 503 {} (p50 {} µs, p99 {} µs) | other failures {} | RSS {} → peak {} MiB",
+        o["admitted"],
+        f(&o["admitted_us"]["p50"]),
+        f(&o["admitted_us"]["p99"]),
+        o["shed_503"],
+        f(&o["shed_us"]["p50"]),
+        f(&o["shed_us"]["p99"]),
+        o["failed"],
+        f(&o["rss_mib_before"]),
+        f(&o["rss_mib_peak"])
+    );
 }
 
 /// Added latency at c=1 (team budget on sled; on a replica from its lease; a key budget reserved in
