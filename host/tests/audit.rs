@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::Harness;
-use common::process::{BIN, free_port, policy_cache_dir, wait_listening};
+use common::process::{BIN, free_port, issued_key, policy_cache_dir, succeed, wait_listening};
 use conduit_gateway::audit::AuditRecord;
 use conduit_gateway::audit::chain::{self, Filter};
 use conduit_gateway::audit::export::{self, Format};
@@ -19,14 +19,7 @@ use http::Method;
 const GITHUB_TOKEN: &str = "ghp_R8xk2LmQ9vTz4WcY7nB3pJ6hF1sD5gA0eK2u";
 
 fn records(h: &Harness) -> Vec<AuditRecord> {
-    h.gateway().audit.sync();
-    let mut all = Vec::new();
-    chain::scan(h.gateway().audit.dir(), &Filter::default(), |r, _| {
-        all.push(r);
-        true
-    })
-    .unwrap();
-    all
+    h.records()
 }
 
 fn body(model: &str, text: &str, stream: bool) -> String {
@@ -531,21 +524,11 @@ async fn strict_durability_survives_kill_9() {
             .env("UPSTREAM_OPENAI_URL", mock.url());
         c
     };
-    let out = cmd(&["keys", "create", "--owner", "k9@corp.example", "--json"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let key = serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["key"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let out = cmd(&["credentials", "set", "anthropic", "--from-env", "CRED"])
-        .env("CRED", "sk-ant-kill9")
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let out = cmd(&["budgets", "set", "org", "--daily", "1000"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let key = issued_key(cmd(&["keys", "create", "--owner", "k9@corp.example", "--json"]));
+    let mut set = cmd(&["credentials", "set", "anthropic", "--from-env", "CRED"]);
+    set.env("CRED", "sk-ant-kill9");
+    succeed(set);
+    succeed(cmd(&["budgets", "set", "org", "--daily", "1000"]));
     // Rounds: CONDUIT_KILL9_ROUNDS (default 3, the CI smoke; `CONDUIT_KILL9_ROUNDS=20 cargo test
     // -p conduit --test audit strict_durability` for the full loop).
     let rounds: usize = std::env::var("CONDUIT_KILL9_ROUNDS")

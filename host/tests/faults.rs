@@ -9,7 +9,6 @@ mod common;
 use common::Harness;
 use common::fault::{Fault, FaultProxy};
 use conduit_gateway::audit::AuditRecord;
-use conduit_gateway::audit::chain::{self, Filter};
 
 fn body(stream: bool) -> String {
     serde_json::json!({"model": "claude-sonnet-4-5", "max_tokens": 64, "stream": stream,
@@ -19,16 +18,7 @@ fn body(stream: bool) -> String {
 
 /// The record of `id`, if it is written yet.
 fn find(h: &Harness, id: &str) -> Option<AuditRecord> {
-    h.gateway().audit.sync();
-    let mut found = None;
-    chain::scan(h.gateway().audit.dir(), &Filter::default(), |r, _| {
-        if r.request_id == id {
-            found = Some(r);
-        }
-        true
-    })
-    .unwrap();
-    found
+    h.records().into_iter().find(|r| r.request_id == id)
 }
 
 fn record(h: &Harness, id: &str) -> AuditRecord {
@@ -44,6 +34,23 @@ async fn settled(h: &Harness, id: &str) -> AuditRecord {
         tokio::time::sleep(std::time::Duration::from_millis(25)).await;
     }
     record(h, id)
+}
+
+/// A gateway whose Anthropic upstream is the mock behind a fault proxy, with network idle and
+/// response timeouts of `timeout_secs`.
+async fn behind_fault_proxy(timeout_secs: u64) -> (conduit_gateway::mock::MockServer, FaultProxy, Harness) {
+    let mock = conduit_gateway::mock::start("127.0.0.1:0".parse().unwrap(), Default::default())
+        .await
+        .unwrap();
+    let proxy = FaultProxy::start(mock.addr).await;
+    let h = Harness::builder()
+        .env("UPSTREAM_ANTHROPIC_URL", &proxy.url())
+        .toml(&format!(
+            "[network]\nidle_timeout_secs = {timeout_secs}\nresponse_timeout_secs = {timeout_secs}\n"
+        ))
+        .start()
+        .await;
+    (mock, proxy, h)
 }
 
 /// One row of the printed table: what the client got, what is on record and billed.
@@ -62,15 +69,7 @@ fn show(fault: &str, r: &common::Reply, rec: &AuditRecord) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_faults_get_honest_answers_bills_and_records() {
-    let mock = conduit_gateway::mock::start("127.0.0.1:0".parse().unwrap(), Default::default())
-        .await
-        .unwrap();
-    let proxy = FaultProxy::start(mock.addr).await;
-    let h = Harness::builder()
-        .env("UPSTREAM_ANTHROPIC_URL", &proxy.url())
-        .toml("[network]\nidle_timeout_secs = 2\nresponse_timeout_secs = 2\n")
-        .start()
-        .await;
+    let (_mock, proxy, h) = behind_fault_proxy(2).await;
     let id = |r: &common::Reply| r.header("x-conduit-request-id").unwrap().to_string();
 
     // Baseline, streamed: what an undamaged answer bills.
@@ -155,18 +154,6 @@ async fn upstream_faults_get_honest_answers_bills_and_records() {
     assert_eq!(r.body, base.body);
 }
 
-/// Every record `h`'s audit log holds so far.
-fn records(h: &Harness) -> Vec<AuditRecord> {
-    h.gateway().audit.sync();
-    let mut all = Vec::new();
-    chain::scan(h.gateway().audit.dir(), &Filter::default(), |r, _| {
-        all.push(r);
-        true
-    })
-    .unwrap();
-    all
-}
-
 /// A client that hangs up while the provider is still working (Ctrl-C, a closed laptop, a proxy
 /// timeout) does not take the request's bill or record with it: the exchange goes on without
 /// it, so what the provider bills is billed and audited (`client_gone`), and the budget's
@@ -174,18 +161,10 @@ fn records(h: &Harness) -> Vec<AuditRecord> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_hangs_up_before_the_answer_is_still_billed_and_recorded() {
     use tokio::io::AsyncWriteExt;
-    let mock = conduit_gateway::mock::start("127.0.0.1:0".parse().unwrap(), Default::default())
-        .await
-        .unwrap();
-    let proxy = FaultProxy::start(mock.addr).await;
-    let h = Harness::builder()
-        .env("UPSTREAM_ANTHROPIC_URL", &proxy.url())
-        .toml("[network]\nidle_timeout_secs = 5\nresponse_timeout_secs = 5\n")
-        .start()
-        .await;
+    let (_mock, proxy, h) = behind_fault_proxy(5).await;
     proxy.set(Fault::Hold(std::time::Duration::from_millis(500)));
     for stream in [false, true] {
-        let before = records(&h).len();
+        let before = h.records().len();
         let body = body(stream);
         let mut client = tokio::net::TcpStream::connect(h.running.addr).await.unwrap();
         let head = format!(
@@ -200,7 +179,7 @@ async fn a_client_that_hangs_up_before_the_answer_is_still_billed_and_recorded()
         drop(client);
         let mut rec = None;
         for _ in 0..200 {
-            let all = records(&h);
+            let all = h.records();
             if all.len() > before {
                 rec = all.into_iter().nth(before);
                 break;

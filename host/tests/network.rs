@@ -380,14 +380,7 @@ async fn a_client_that_never_reads_is_cut_by_the_send_timeout() {
     let mut rec = None;
     while rec.is_none() && started.elapsed() < std::time::Duration::from_secs(60) {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        gw.audit.sync();
-        conduit_gateway::audit::chain::scan(gw.audit.dir(), &Default::default(), |r, _| {
-            if r.path == "/v1/messages" {
-                rec = Some(r);
-            }
-            true
-        })
-        .unwrap();
+        rec = h.records().into_iter().find(|r| r.path == "/v1/messages");
     }
     let rec = rec.expect("a client that never reads holds its request open: no record after 60 s");
     eprintln!(
@@ -430,7 +423,7 @@ async fn a_client_that_never_reads_is_cut_by_the_send_timeout() {
 /// connections are served. Prints the gateway's RSS and open FDs idle and with the 10,000.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_idle_connections_leave_established_streams_and_readyz_unaffected() {
-    use common::process::{BIN, free_port, policy_cache_dir, terminate, wait_listening};
+    use common::process::{BIN, free_port, issued_key, policy_cache_dir, succeed, terminate, wait_listening};
     use std::process::{Command, Stdio};
     let mock = conduit_gateway::mock::start("127.0.0.1:0".parse().unwrap(), Default::default())
         .await
@@ -451,19 +444,10 @@ async fn ten_thousand_idle_connections_leave_established_streams_and_readyz_unaf
             .env("UPSTREAM_OPENAI_URL", mock.url());
         c
     };
-    let out = cmd(&["keys", "create", "--owner", "idle@corp.example", "--json"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let key = serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["key"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let out = cmd(&["credentials", "set", "anthropic", "--from-env", "CRED"])
-        .env("CRED", "sk-ant-idle")
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    let key = issued_key(cmd(&["keys", "create", "--owner", "idle@corp.example", "--json"]));
+    let mut set = cmd(&["credentials", "set", "anthropic", "--from-env", "CRED"]);
+    set.env("CRED", "sk-ant-idle");
+    succeed(set);
     let gateway = cmd(&["serve"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -77,6 +77,19 @@ impl Harness {
         &self.running.gateway
     }
 
+    /// Every audit record written so far, in chain order (after a sync).
+    pub fn records(&self) -> Vec<conduit_gateway::audit::AuditRecord> {
+        let log = &self.gateway().audit;
+        log.sync();
+        let mut all = Vec::new();
+        conduit_gateway::audit::chain::scan(log.dir(), &Default::default(), |r, _| {
+            all.push(r);
+            true
+        })
+        .unwrap();
+        all
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.running.addr)
     }
@@ -92,15 +105,7 @@ impl Harness {
             .request(req.body(Full::new(body.into())).unwrap())
             .await
             .expect("gateway answers");
-        let status = resp.status();
-        let headers = resp.headers().clone();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map(|c| c.to_bytes())
-            .unwrap_or_default();
-        Reply { status, headers, body }
+        Reply::read(resp).await
     }
 
     /// GETs an admin API path with the admin token.
@@ -121,15 +126,7 @@ impl Harness {
             .request(req.body(Full::new(Bytes::from(body.to_string()))).unwrap())
             .await
             .expect("admin answers");
-        let status = resp.status();
-        let headers = resp.headers().clone();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map(|c| c.to_bytes())
-            .unwrap_or_default();
-        Reply { status, headers, body }
+        Reply::read(resp).await
     }
 
     /// GETs an admin API path with the given bearer token.
@@ -139,15 +136,7 @@ impl Harness {
             .body(Full::new(Bytes::new()))
             .unwrap();
         let resp = self.http.request(req).await.expect("admin answers");
-        let status = resp.status();
-        let headers = resp.headers().clone();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map(|c| c.to_bytes())
-            .unwrap_or_default();
-        Reply { status, headers, body }
+        Reply::read(resp).await
     }
 
     /// An Anthropic Messages request with the stand-in key as x-api-key and extra headers.
@@ -396,6 +385,19 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// Reads a whole response (raw bytes, no decoding; a broken body reads as what arrived: none).
+    pub async fn read(resp: http::Response<hyper::body::Incoming>) -> Reply {
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map(|c| c.to_bytes())
+            .unwrap_or_default();
+        Reply { status, headers, body }
+    }
+
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body)
             .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))

@@ -61,3 +61,23 @@ pub fn exported_request_ids(jsonl: &[u8]) -> std::collections::HashSet<String> {
         })
         .collect()
 }
+
+/// Runs `cmd` (a `conduit` CLI call) and insists it succeeded; its output.
+pub fn succeed(mut cmd: Command) -> Output {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Runs `cmd` — a `conduit keys create … --json` — and returns the new stand-in key.
+pub fn issued_key(cmd: Command) -> String {
+    let out = succeed(cmd);
+    serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["key"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
