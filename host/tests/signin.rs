@@ -1035,3 +1035,37 @@ async fn dashboard_sso_gives_each_idp_group_exactly_its_role() {
     let text = String::from_utf8_lossy(&out);
     assert!(text.contains("\"actor\":\"sso:fin@corp.example\"") && text.contains("\"actor\":\"sso:ann@corp.example\""));
 }
+
+/// Review of issue 20: a sign-in form (or telemetry batch) that never arrives is cut like any
+/// request body, by `limits.body_read_timeout_secs` — before, its read had no deadline, so a few
+/// connections posting to the unauthenticated `/oauth/token` could hold every place under
+/// `limits.max_in_flight`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sign_in_form_that_never_arrives_is_cut_by_the_body_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Some((idp_module, _)) = tools() else {
+        return;
+    };
+    let idp = start_idp(&idp_module);
+    let (h, _files) = gateway(&idp, "\n[limits]\nbody_read_timeout_secs = 1\nmax_in_flight = 2\n").await;
+    let mut held = Vec::new();
+    for path in ["/oauth/token", "/oauth/revoke"] {
+        let mut c = tokio::net::TcpStream::connect(h.running.addr).await.unwrap();
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nhost: conduit\r\ncontent-type: application/x-www-form-urlencoded\r\ncontent-length: 65536\r\n\r\n"
+        );
+        c.write_all(head.as_bytes()).await.unwrap();
+        held.push(c);
+    }
+    for c in &mut held {
+        let mut got = [0u8; 512];
+        let n = tokio::time::timeout(std::time::Duration::from_secs(30), c.read(&mut got))
+            .await
+            .expect("a form that never arrives is cut")
+            .unwrap();
+        let got = String::from_utf8_lossy(&got[..n]);
+        assert!(got.starts_with("HTTP/1.1 408"), "{got}");
+    }
+    // Both places are back: the gateway serves.
+    assert_eq!(h.send(Method::GET, "/", &[], "").await.status, 200);
+}

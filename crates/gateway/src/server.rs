@@ -46,6 +46,19 @@ impl Running {
         for t in self.tasks {
             let _ = tokio::time::timeout(grace + Duration::from_secs(1), t).await;
         }
+        // Requests whose client hung up run on without a connection, so the connections' drain
+        // does not wait for them: wait (within the grace) until every in-flight place is back —
+        // a place returns only once its request is recorded — before the writers flush.
+        let all = u32::try_from(self.gateway.config.limits.max_in_flight).unwrap_or(u32::MAX);
+        if tokio::time::timeout(grace, self.gateway.in_flight.acquire_many(all))
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                in_flight = self.gateway.config.limits.max_in_flight - self.gateway.in_flight.available_permits(),
+                "requests still in flight at shutdown after the grace period; their records may be lost"
+            );
+        }
         // What the writers still hold (folded spend, queued audit records) reaches disk before
         // the process exits.
         self.gateway.ledger.flush().await;

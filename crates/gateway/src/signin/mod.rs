@@ -35,7 +35,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -120,7 +120,7 @@ pub async fn handle(gw: &Gateway, si: &SignIn, req: Request<Incoming>, ex: &mut 
                 ));
             }
             let base = ctx.base(req.headers())?;
-            let form = read_form(req).await?;
+            let form = read_form(req, &gw.config.limits).await?;
             ctx.device_authorization(&base, field(&form, "surface")).await
         }
         (Method::GET, "/device") => {
@@ -144,7 +144,7 @@ pub async fn handle(gw: &Gateway, si: &SignIn, req: Request<Incoming>, ex: &mut 
             }
             let base = ctx.base(req.headers())?;
             let headers = req.headers().clone();
-            let form = read_form(req).await?;
+            let form = read_form(req, &gw.config.limits).await?;
             ctx.confirm(&base, &headers, &form).await
         }
         (Method::GET, "/oauth/callback") => {
@@ -153,11 +153,11 @@ pub async fn handle(gw: &Gateway, si: &SignIn, req: Request<Incoming>, ex: &mut 
             Ok(ctx.callback(&base, req.headers(), &query).await)
         }
         (Method::POST, "/oauth/token") => {
-            let form = read_form(req).await?;
+            let form = read_form(req, &gw.config.limits).await?;
             ctx.token(&form, ex).await
         }
         (Method::POST, "/oauth/revoke") => {
-            let form = read_form(req).await?;
+            let form = read_form(req, &gw.config.limits).await?;
             if let Some(token) = field(&form, "token") {
                 ctx.revoke_token(token).await?;
             }
@@ -1181,13 +1181,13 @@ impl Ctx<'_> {
     async fn telemetry(&self, path: &str, req: Request<Incoming>) -> Answer {
         let content_type = req.headers().get(header::CONTENT_TYPE).cloned();
         let encoding = req.headers().get(header::CONTENT_ENCODING).cloned();
-        let body = Limited::new(req.into_body(), 4 << 20)
-            .collect()
-            .await
-            .map_err(|_| {
-                GatewayError::client(ErrorKind::PayloadTooLarge, "telemetry batches are accepted up to 4 MiB")
-            })?
-            .to_bytes();
+        let body = read_body(
+            req,
+            &self.gw.config.limits,
+            4 << 20,
+            "telemetry batches are accepted up to 4 MiB",
+        )
+        .await?;
         if let Some(base) = &self.cfg().otlp_forward_url {
             match self.si.otlp_in_flight.clone().try_acquire_owned() {
                 Ok(permit) => {
@@ -1491,15 +1491,35 @@ fn field<'f>(form: &'f [(String, String)], name: &str) -> Option<&'f str> {
         .filter(|v| !v.is_empty())
 }
 
-async fn read_form(req: Request<Incoming>) -> Result<Vec<(String, String)>, GatewayError> {
-    let body = Limited::new(req.into_body(), 64 << 10)
-        .collect()
-        .await
-        .map_err(|_| GatewayError::client(ErrorKind::PayloadTooLarge, "sign-in forms are accepted up to 64 KiB"))?
-        .to_bytes();
+async fn read_form(
+    req: Request<Incoming>,
+    limits: &crate::config::Limits,
+) -> Result<Vec<(String, String)>, GatewayError> {
+    let body = read_body(req, limits, 64 << 10, "sign-in forms are accepted up to 64 KiB").await?;
     let text =
         std::str::from_utf8(&body).map_err(|_| GatewayError::client(ErrorKind::BadRequest, "the form is not UTF-8"))?;
     Ok(oidc::parse_form(text))
+}
+
+/// A sign-in or telemetry body: the request path's own bounded read (`inspect::read`: size and
+/// `limits.body_read_timeout_secs`, so a body that never comes cannot hold a place under
+/// `limits.max_in_flight`), with this endpoint's smaller size cap.
+async fn read_body(
+    req: Request<Incoming>,
+    limits: &crate::config::Limits,
+    max: u64,
+    too_large: &'static str,
+) -> Result<bytes::Bytes, GatewayError> {
+    let limits = crate::config::Limits {
+        max_body_bytes: max.min(limits.max_body_bytes),
+        ..*limits
+    };
+    crate::stages::inspect::read(req.into_body(), &limits)
+        .await
+        .map_err(|e| match e.kind {
+            ErrorKind::PayloadTooLarge => GatewayError::client(ErrorKind::PayloadTooLarge, too_large),
+            _ => e,
+        })
 }
 
 fn set(resp: &mut Response<GatewayBody>, name: header::HeaderName, value: &str) {
