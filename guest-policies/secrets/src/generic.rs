@@ -198,6 +198,20 @@ const NOT_SECRET_SUFFIXES: &[&str] = &[
     "class",
 ];
 
+/// Words in a name that say its value is not a live credential: `nonMatchingToken`,
+/// `FAKE_API_KEY`, `dummySecret`, `exampleToken`.
+const SAMPLE_NAME_WORDS: &[&str] = &[
+    "nonmatching",
+    "notmatching",
+    "fake",
+    "dummy",
+    "mock",
+    "sample",
+    "example",
+    "invalid",
+    "bogus",
+];
+
 pub(crate) struct Generic;
 
 fn is_name_byte(b: u8) -> bool {
@@ -205,8 +219,8 @@ fn is_name_byte(b: u8) -> bool {
 }
 
 impl Generic {
-    pub(crate) fn new() -> Result<Self, String> {
-        Ok(Self)
+    pub(crate) fn new() -> Self {
+        Self
     }
 
     /// Spans of values assigned to secret-ish names; `hits` are the name-word matches
@@ -237,13 +251,24 @@ impl Generic {
             let Some((vs, ve)) = value_after(hay, ne, quoted_name, xml_name) else {
                 continue;
             };
-            if plausible_secret(&hay[vs..ve]) && secret_name(&hay[ns..ne]) && out.last().is_none_or(|&(_, e)| vs >= e) {
+            let (name, value) = (&hay[ns..ne], &hay[vs..ve]);
+            if plausible_secret(value)
+                && secret_name(name)
+                && !sample_name(name)
+                && out.last().is_none_or(|&(_, e)| vs >= e)
+            {
                 out.push((vs, ve));
                 next_from = ve;
             }
         }
         out
     }
+}
+
+/// Does the name say its value is a sample (`nonMatchingToken`, `FAKE_KEY`)?
+fn sample_name(name: &[u8]) -> bool {
+    let lower = name.to_ascii_lowercase();
+    SAMPLE_NAME_WORDS.iter().any(|w| contains(&lower, w.as_bytes()))
 }
 
 /// Does the name (without the value) say "this holds a secret"?
@@ -445,6 +470,11 @@ pub(crate) fn plausible_secret(v: &[u8]) -> bool {
     let has_digit = v.iter().any(|b| b.is_ascii_digit());
     let has_upper = v.iter().any(|b| b.is_ascii_uppercase());
     let has_lower = v.iter().any(|b| b.is_ascii_lowercase());
+    // Hex in both cases at once: real hex keys and digests are written in one case, and a
+    // random base62 token of this length almost never keeps to hex letters — an edited sample.
+    if has_upper && has_lower && v.len() >= 16 && v.iter().all(u8::is_ascii_hexdigit) {
+        return false;
+    }
     let alnum = v.iter().filter(|b| b.is_ascii_alphanumeric()).count();
     if alnum * 2 < v.len() {
         return false; // mostly punctuation: an expression, not a key

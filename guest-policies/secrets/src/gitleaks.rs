@@ -45,14 +45,16 @@ pub(crate) fn parse(text: &str) -> Result<Vec<(Rule, Vec<String>)>, String> {
     let mut out = Vec::new();
     for r in file.rules {
         let Some(pattern) = r.regex else { continue };
-        // gitleaks regexes are RE2; Rust's regex accepts them, but `{{` must be escaped.
-        let regex = compile(&pattern).map_err(|e| format!("secrets policy: gitleaks rule {:?}: {e}", r.id))?;
+        let regex =
+            compile(&re2_braces(&pattern)).map_err(|e| format!("secrets policy: gitleaks rule {:?}: {e}", r.id))?;
         let mut allow = Vec::new();
         let mut stopwords = Vec::new();
         for a in r.allowlists.iter().chain(r.allowlist.iter()) {
             for re in &a.regexes {
-                allow
-                    .push(compile(re).map_err(|e| format!("secrets policy: gitleaks rule {:?} allowlist: {e}", r.id))?);
+                allow.push(
+                    compile(&re2_braces(re))
+                        .map_err(|e| format!("secrets policy: gitleaks rule {:?} allowlist: {e}", r.id))?,
+                );
             }
             stopwords.extend(a.stopwords.iter().cloned());
         }
@@ -74,4 +76,72 @@ pub(crate) fn parse(text: &str) -> Result<Vec<(Rule, Vec<String>)>, String> {
         ));
     }
     Ok(out)
+}
+
+/// RE2 (gitleaks' dialect) reads a `{` that does not open a repetition (`{2}`, `{2,}`, `{2,5}`)
+/// as a literal brace; Rust's regex refuses it. Escapes those braces, outside classes.
+fn re2_braces(pattern: &str) -> String {
+    let b = pattern.as_bytes();
+    let mut out = String::with_capacity(pattern.len() + 8);
+    let (mut i, mut in_class) = (0, false);
+    while i < b.len() {
+        let c = b[i];
+        if c == b'\\' && i + 1 < b.len() {
+            out.push_str(&pattern[i..i + 2 + utf8_extra(b[i + 1])]);
+            i += 2 + utf8_extra(b[i + 1]);
+            continue;
+        }
+        match c {
+            b'[' if !in_class => in_class = true,
+            b']' if in_class => in_class = false,
+            b'{' if !in_class && !opens_repetition(&b[i + 1..]) => {
+                out.push_str("\\{");
+                i += 1;
+                continue;
+            }
+            _ => {}
+        }
+        let len = 1 + utf8_extra(c);
+        out.push_str(&pattern[i..i + len]);
+        i += len;
+    }
+    out
+}
+
+fn utf8_extra(lead: u8) -> usize {
+    match lead {
+        0xC0..=0xDF => 1,
+        0xE0..=0xEF => 2,
+        0xF0..=0xF7 => 3,
+        _ => 0,
+    }
+}
+
+/// `2}`, `2,}`, `2,5}` (what follows a `{`).
+fn opens_repetition(rest: &[u8]) -> bool {
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    if digits == 0 {
+        return false;
+    }
+    match rest.get(digits) {
+        Some(b'}') => true,
+        Some(b',') => {
+            let more = rest[digits + 1..].iter().take_while(|b| b.is_ascii_digit()).count();
+            rest.get(digits + 1 + more) == Some(&b'}')
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn re2_literal_braces_are_escaped_and_repetitions_kept() {
+        assert_eq!(re2_braces(r"import[ \t]+{[ \w,]+}"), r"import[ \t]+\{[ \w,]+}");
+        assert_eq!(re2_braces(r"a{2}b{2,}c{2,5}"), r"a{2}b{2,}c{2,5}");
+        assert_eq!(re2_braces(r"^\{\{x}}$|[{]{{"), r"^\{\{x}}$|[{]\{\{");
+        assert!(compile(&re2_braces(r"import[ \t]+{[ \t\w,]+}[ \t]+from")).is_ok());
+    }
 }

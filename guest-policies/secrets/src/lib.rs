@@ -18,6 +18,7 @@
 
 mod generic;
 mod gitleaks;
+mod jwt;
 pub mod rules;
 
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, AhoCorasickKind, MatchKind};
@@ -57,9 +58,12 @@ struct Rule {
 }
 
 /// The policy's configuration (JSON).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// The built-in rule table (default on); off leaves only the `gitleaks` file's rules.
+    #[serde(default = "yes")]
+    pub builtin: bool,
     /// Rule ids (or families, `secret.<family>`) to turn off.
     #[serde(default)]
     pub disable: Vec<String>,
@@ -72,6 +76,19 @@ pub struct Config {
     /// Turn the generic assignment detector off (default on).
     #[serde(default = "yes")]
     pub generic: bool,
+}
+
+impl Default for Config {
+    /// The built-in rules and the generic detector, nothing disabled.
+    fn default() -> Self {
+        Config {
+            builtin: true,
+            disable: Vec::new(),
+            allow_values: Vec::new(),
+            gitleaks: None,
+            generic: true,
+        }
+    }
 }
 
 fn yes() -> bool {
@@ -96,19 +113,13 @@ const WINDOW_AFTER: usize = 512;
 impl Scanner {
     /// The built-in rules with default settings.
     pub fn builtin() -> Result<Self, String> {
-        Self::new(&Config {
-            generic: true,
-            ..Config::default()
-        })
+        Self::new(&Config::default())
     }
 
     /// Parses a JSON configuration and compiles.
     pub fn from_json(config: &str) -> Result<Self, String> {
         let config: Config = if config.trim().is_empty() {
-            Config {
-                generic: true,
-                ..Config::default()
-            }
+            Config::default()
         } else {
             serde_json::from_str(config).map_err(|e| format!("secrets policy configuration: {e}"))?
         };
@@ -119,7 +130,8 @@ impl Scanner {
     pub fn new(config: &Config) -> Result<Self, String> {
         let disabled = |id: &str, category: &str| config.disable.iter().any(|d| d == id || d == category);
         let mut specs: Vec<(Rule, Vec<String>)> = Vec::new();
-        for spec in rules::RULES {
+        let builtin = if config.builtin { rules::RULES } else { &[] };
+        for spec in builtin {
             let category = format!("secret.{}", spec.family);
             if disabled(spec.id, &category) {
                 continue;
@@ -196,7 +208,7 @@ impl Scanner {
             keywords,
             keyword_rules,
             generic: if config.generic && !disabled("generic-api-key", "secret.generic") {
-                Some(generic::Generic::new()?)
+                Some(generic::Generic::new())
             } else {
                 None
             },
@@ -309,6 +321,10 @@ impl Scanner {
         if rule.stopwords.iter().any(|s| contains_ci(value, s.as_bytes())) {
             return false;
         }
+        // A JWT under any rule (a bearer header, an assignment) that names nobody is a sample.
+        if value.starts_with(b"eyJ") && jwt::claims_nobody(value) {
+            return false;
+        }
         !rule.allow.iter().any(|a| a.is_match(value))
     }
 }
@@ -335,6 +351,7 @@ pub fn is_placeholder(value: &[u8], aws_example: bool) -> bool {
     const MARKERS: &[&[u8]] = &[
         b"xxxx",
         b"****",
+        b"####",
         b"...",
         b"${",
         b"{{",
@@ -361,11 +378,11 @@ pub fn is_placeholder(value: &[u8], aws_example: bool) -> bool {
     if aws_example && contains_ci(value, b"example") {
         return true;
     }
+    // `xoxp-1234567890`: a counting run that is most of the value.
     // `sk-...`, `ops_eyJ..`, and Windows `%VAR%` references.
     if value.ends_with(b"..") || (value.len() > 2 && value.starts_with(b"%") && value.ends_with(b"%")) {
         return true;
     }
-    // Ten or more of one character, or an alphabet / counting run: a sample, not a key.
     // Long runs of one character (when they dominate the value), or an alphabet / counting run:
     // a sample, not a key.
     let (mut same, mut longest_same) = (1, 1);
@@ -374,7 +391,7 @@ pub fn is_placeholder(value: &[u8], aws_example: bool) -> bool {
         same = if w[0] == w[1] { same + 1 } else { 1 };
         longest_same = longest_same.max(same);
         run = if w[1] == w[0].wrapping_add(1) { run + 1 } else { 1 };
-        if run >= 12 {
+        if run >= 12 || (run >= 8 && run * 2 >= value.len()) {
             return true;
         }
     }
