@@ -3,7 +3,8 @@
 //! URLs with passwords, and `.env` / YAML / code assignments of high-entropy values.
 //!
 //! How it scans, so that 1 MiB of prompt costs a few milliseconds:
-//! 1. one Aho-Corasick pass finds every rule keyword (`ghp_`, `AKIA`, `-----BEGIN`, `token`, …);
+//! 1. one trigram-filter pass finds every rule keyword (`ghp_`, `AKIA`, `-----BEGIN`, `token`, …;
+//!    see `prefilter.rs`);
 //! 2. each rule's regex runs only on windows around its keyword hits;
 //! 3. a candidate must pass the rule's entropy floor and the placeholder checks (`EXAMPLE`,
 //!    `xxxx`, `${VAR}`, `<your-key>`, `sk-...`, alphabet runs, repeated characters);
@@ -19,9 +20,9 @@
 mod generic;
 mod gitleaks;
 mod jwt;
+mod prefilter;
 pub mod rules;
 
-use aho_corasick::{AhoCorasick, AhoCorasickBuilder, AhoCorasickKind, MatchKind};
 use regex::bytes::{Regex, RegexBuilder};
 use serde::Deserialize;
 
@@ -98,7 +99,7 @@ fn yes() -> bool {
 /// The compiled rule set.
 pub struct Scanner {
     rules: Vec<Rule>,
-    keywords: AhoCorasick,
+    keywords: prefilter::Keywords,
     /// For each keyword pattern, the rules it triggers.
     keyword_rules: Vec<Vec<usize>>,
     generic: Option<generic::Generic>,
@@ -192,13 +193,7 @@ impl Scanner {
             }
         }
         // Rules without keywords (possible in gitleaks files) run everywhere (see `scan`).
-        // A DFA: the overlapping keyword pass is the scan's inner loop.
-        let keywords = AhoCorasickBuilder::new()
-            .ascii_case_insensitive(true)
-            .match_kind(MatchKind::Standard)
-            .kind(Some(AhoCorasickKind::DFA))
-            .build(&patterns)
-            .map_err(|e| format!("secrets policy keywords: {e}"))?;
+        let keywords = prefilter::Keywords::new(&patterns)?;
         let mut rules: Vec<Rule> = specs.into_iter().map(|(r, _)| r).collect();
         for i in always {
             rules[i].before = usize::MAX / 4;
@@ -221,28 +216,36 @@ impl Scanner {
         self.rules.len() + usize::from(self.generic.is_some())
     }
 
+    /// How many keyword hits the prefilter reports in `text` (a profiling aid).
+    #[doc(hidden)]
+    pub fn prefilter_hits(&self, text: &str) -> usize {
+        let mut n = 0;
+        self.keywords.for_each(text.as_bytes(), |_, _, _| n += 1);
+        n
+    }
+
     /// Every secret in `text`.
     pub fn scan(&self, text: &str) -> Vec<Finding> {
         let hay = text.as_bytes();
         // Windows per rule, in hit order.
         let mut windows: Vec<Vec<(usize, usize)>> = vec![Vec::new(); self.rules.len()];
         let mut name_hits: Vec<(usize, usize)> = Vec::new();
-        for hit in self.keywords.find_overlapping_iter(hay) {
-            for &r in &self.keyword_rules[hit.pattern().as_usize()] {
+        self.keywords.for_each(hay, |hit_start, hit_end, pattern| {
+            for &r in &self.keyword_rules[pattern] {
                 if r == GENERIC {
-                    name_hits.push((hit.start(), hit.end()));
+                    name_hits.push((hit_start, hit_end));
                     continue;
                 }
                 let rule = &self.rules[r];
-                let start = hit.start().saturating_sub(rule.before);
-                let end = hit.end().saturating_add(rule.after).min(hay.len());
+                let start = hit_start.saturating_sub(rule.before);
+                let end = hit_end.saturating_add(rule.after).min(hay.len());
                 let w = &mut windows[r];
                 match w.last_mut() {
                     Some(last) if start <= last.1 => last.1 = last.1.max(end),
                     _ => w.push((start, end)),
                 }
             }
-        }
+        });
         for (r, rule) in self.rules.iter().enumerate() {
             if rule.before >= usize::MAX / 4 {
                 windows[r] = vec![(0, hay.len())];
