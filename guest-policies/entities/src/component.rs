@@ -27,7 +27,7 @@ impl Policy for Entities {
                 let term = &matcher.terms()[m.term];
                 verdict.push(Finding::at(
                     matcher.category(term),
-                    &term.id,
+                    matcher.id(term),
                     i,
                     m.start..m.end,
                     Severity::High,

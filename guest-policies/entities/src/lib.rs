@@ -17,41 +17,35 @@
 //! `category` defaults to `entity.term` and must start with `entity.`. 100,000 terms are fine;
 //! large lists can also come as CSV (`terms_csv`, lines `id,category,term`).
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
+use std::fmt;
 use std::hash::{BuildHasherDefault, Hasher};
 
 use serde::Deserialize;
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 
 #[cfg(target_arch = "wasm32")]
 mod component;
 
+/// One term as it stands in the configuration, borrowed from the configuration text where it can
+/// be: 100,000 terms are read one at a time into the matcher, never held as a list of strings.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Config {
-    #[serde(default)]
-    terms: Vec<TermConfig>,
-    /// `id,category,term` lines (a header line `id,category,term` is skipped); handy with
-    /// `terms_csv_file` for large lists.
-    #[serde(default)]
-    terms_csv: Option<String>,
-    #[serde(default)]
-    allow: Vec<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TermConfig {
-    id: String,
-    term: String,
-    #[serde(default)]
-    category: Option<String>,
+struct TermConfig<'a> {
+    #[serde(borrow)]
+    id: Cow<'a, str>,
+    #[serde(borrow)]
+    term: Cow<'a, str>,
+    #[serde(default, borrow)]
+    category: Option<Cow<'a, str>>,
 }
 
 /// A configured term: what is reported when it matches.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 pub struct Term {
-    /// Reported as the rule id.
-    pub id: String,
+    /// The id's place in the matcher's id arena.
+    id: (u32, u32),
     /// Index into the category table.
     category: u16,
 }
@@ -71,16 +65,23 @@ pub struct Match {
 /// Text and terms are split into tokens: maximal runs of letters or of digits (lower-cased).
 /// Anything that is not a letter or digit separates tokens, and so does a change between letters
 /// and digits — which is exactly the character-class boundary rule. A term matches where its
-/// token sequence appears. Memory is a hash entry per term plus its id; no automaton.
+/// token sequence appears.
+///
+/// Memory, for 100,000 terms: a hash entry per term, its id and its normalised key in two
+/// arenas (one allocation each, not one per string), and a bitset of first tokens. The text is
+/// never copied: each token is hashed as it is read, and its lower-cased form is only rebuilt
+/// to confirm a hash hit.
 pub struct Matcher {
     terms: Vec<Term>,
     categories: Vec<String>,
-    /// Hash of a token sequence → term index (collisions resolved against `keys`).
+    ids: String,
+    /// Normalised token sequences (tokens joined by `\u{1}`), for collision checks.
+    keys: String,
+    key_spans: Vec<(u32, u32)>,
+    /// Hash of a token sequence → term index.
     by_hash: HashMap<u64, u32, Prehashed>,
-    /// The normalised token sequence of each term, joined by `\u{1}`, for collision checks.
-    keys: Vec<Box<str>>,
-    /// Hashes of first tokens: a cheap filter before multi-token lookups.
-    first: HashSet<u64, Prehashed>,
+    /// Bit per first-token hash (low bits): most tokens of a text are refused with one load.
+    first: Vec<u64>,
     max_tokens: usize,
     allow: HashSet<u64, Prehashed>,
     allow_first: HashSet<u64, Prehashed>,
@@ -94,6 +95,15 @@ enum Class {
 }
 
 fn class(c: char) -> Option<Class> {
+    if c.is_ascii() {
+        return if c.is_ascii_digit() {
+            Some(Class::Digit)
+        } else if c.is_ascii_alphabetic() {
+            Some(Class::Letter)
+        } else {
+            None
+        };
+    }
     if c.is_numeric() {
         Some(Class::Digit)
     } else if c.is_alphanumeric() {
@@ -123,146 +133,157 @@ impl Hasher for Identity {
 
 type Prehashed = BuildHasherDefault<Identity>;
 
-/// Tokens of a text: one lower-cased buffer, and per token its span there and in the original.
-struct Tokens {
-    lower: String,
-    /// (start, end) in `lower`, (start, end) in the original.
-    spans: Vec<(u32, u32, u32, u32)>,
-}
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x0100_0000_01b3;
 
-/// A token's span in the original text.
+/// A token: the FNV-1a hash of its lower-cased text and its span in the original.
+#[derive(Clone, Copy)]
 struct Token {
-    start: usize,
-    end: usize,
+    hash: u64,
+    start: u32,
+    end: u32,
 }
 
-impl Tokens {
-    fn len(&self) -> usize {
-        self.spans.len()
-    }
-
-    fn is_empty(&self) -> bool {
-        self.spans.is_empty()
-    }
-
-    fn get(&self, i: usize) -> Token {
-        let (_, _, os, oe) = self.spans[i];
-        Token {
-            start: os as usize,
-            end: oe as usize,
-        }
-    }
-
-    fn texts(&self, from: usize, n: usize) -> impl Iterator<Item = &str> {
-        self.spans[from..from + n]
-            .iter()
-            .map(|&(ls, le, _, _)| &self.lower[ls as usize..le as usize])
-    }
-}
-
-fn tokenize(input: &str) -> Tokens {
-    let mut lower = String::with_capacity(input.len());
-    let mut spans = Vec::with_capacity(input.len() / 5);
-    let mut current: Option<(Class, u32, u32)> = None; // class, lower start, original start
-    let mut last_end = 0u32;
-    for (at, c) in input.char_indices() {
+/// Splits `input` into tokens, hashing each as it is read (no lower-cased copy of the text).
+fn tokenize(input: &str) -> Vec<Token> {
+    let mut out = Vec::with_capacity(input.len() / 6);
+    let mut current: Option<(Class, u32, u64)> = None; // class, start, hash so far
+    let mut at = 0usize;
+    let bytes = input.as_bytes();
+    while at < bytes.len() {
+        let b = bytes[at];
+        let (c, len) = if b.is_ascii() {
+            (char::from(b), 1)
+        } else {
+            let c = input[at..].chars().next().unwrap_or('\u{fffd}');
+            (c, c.len_utf8())
+        };
         let k = class(c);
-        if let Some((ck, ls, os)) = current
+        if let Some((ck, start, hash)) = current
             && k != Some(ck)
         {
-            spans.push((ls, lower.len() as u32, os, last_end));
+            out.push(Token {
+                hash,
+                start,
+                end: at as u32,
+            });
             current = None;
         }
         if let Some(k) = k {
-            if current.is_none() {
-                current = Some((k, lower.len() as u32, at as u32));
+            let (_, _, hash) = current.get_or_insert((k, at as u32, FNV_OFFSET));
+            if b.is_ascii() {
+                *hash = (*hash ^ u64::from(b.to_ascii_lowercase())).wrapping_mul(FNV_PRIME);
+            } else {
+                let mut buf = [0u8; 4];
+                for l in c.to_lowercase() {
+                    for &x in l.encode_utf8(&mut buf).as_bytes() {
+                        *hash = (*hash ^ u64::from(x)).wrapping_mul(FNV_PRIME);
+                    }
+                }
             }
-            push_lower(&mut lower, c);
-            last_end = (at + c.len_utf8()) as u32;
         }
+        at += len;
     }
-    if let Some((_, ls, os)) = current {
-        spans.push((ls, lower.len() as u32, os, last_end));
+    if let Some((_, start, hash)) = current {
+        out.push(Token {
+            hash,
+            start,
+            end: bytes.len() as u32,
+        });
     }
-    Tokens { lower, spans }
+    out
 }
 
-fn push_lower(s: &mut String, c: char) {
-    if c.is_ascii() {
-        s.push(c.to_ascii_lowercase());
-    } else {
-        s.extend(c.to_lowercase());
-    }
+/// The hash of a token sequence, from its tokens' hashes (order matters).
+fn sequence_hash(tokens: &[Token]) -> u64 {
+    tokens.iter().fold(FNV_OFFSET, |h, t| {
+        (h.rotate_left(23) ^ t.hash).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+    })
 }
 
-/// FNV-1a over tokens with a separator, so ["ab","c"] and ["a","bc"] differ.
-fn hash_tokens<'a>(tokens: impl Iterator<Item = &'a str>) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for (i, t) in tokens.enumerate() {
+/// The normalised key of a token sequence: lower-cased tokens joined by `\u{1}`.
+fn push_key(out: &mut String, text: &str, tokens: &[Token]) {
+    for (i, t) in tokens.iter().enumerate() {
         if i > 0 {
-            h = (h ^ 0x01).wrapping_mul(0x0100_0000_01b3);
+            out.push('\u{1}');
         }
-        for b in t.bytes() {
-            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        for c in text[t.start as usize..t.end as usize].chars() {
+            if c.is_ascii() {
+                out.push(c.to_ascii_lowercase());
+            } else {
+                out.extend(c.to_lowercase());
+            }
         }
     }
-    h
-}
-
-fn key_of<'a>(tokens: impl Iterator<Item = &'a str>) -> String {
-    tokens.collect::<Vec<_>>().join("\u{1}")
 }
 
 const MAX_TERM_TOKENS: usize = 16;
 
 impl Matcher {
-    /// Parses a configuration and compiles it.
-    pub fn from_json(config: &str) -> Result<Self, String> {
-        let config: Config = if config.trim().is_empty() {
-            Config {
-                terms: Vec::new(),
-                terms_csv: None,
-                allow: Vec::new(),
-            }
-        } else {
-            serde_json::from_str(config).map_err(|e| format!("entities policy configuration: {e}"))?
-        };
-        let mut m = Matcher {
+    fn empty() -> Self {
+        Matcher {
             terms: Vec::new(),
             categories: Vec::new(),
+            ids: String::new(),
+            keys: String::new(),
+            key_spans: Vec::new(),
             by_hash: HashMap::default(),
-            keys: Vec::new(),
-            first: HashSet::default(),
+            first: Vec::new(),
             max_tokens: 0,
             allow: HashSet::default(),
             allow_first: HashSet::default(),
             allow_max_tokens: 0,
-        };
-        let csv_terms = config
-            .terms_csv
-            .as_deref()
-            .map(parse_csv)
-            .transpose()?
-            .unwrap_or_default();
-        m.terms.reserve(config.terms.len() + csv_terms.len());
-        for t in config.terms.into_iter().chain(csv_terms) {
-            m.add(t)?;
         }
-        for a in &config.allow {
-            let tokens = tokenize(a);
-            if tokens.is_empty() || tokens.len() > MAX_TERM_TOKENS {
-                continue;
-            }
-            m.allow.insert(hash_tokens(tokens.texts(0, tokens.len())));
-            m.allow_first.insert(hash_tokens(tokens.texts(0, 1)));
-            m.allow_max_tokens = m.allow_max_tokens.max(tokens.len());
+    }
+
+    /// Parses a configuration and compiles it.
+    pub fn from_json(config: &str) -> Result<Self, String> {
+        let mut m = Matcher::empty();
+        if !config.trim().is_empty() {
+            // Room for what a term list of this size needs, so the arenas do not double past it.
+            let guess = config.len() / 80;
+            m.terms.reserve(guess);
+            m.key_spans.reserve(guess);
+            m.by_hash.reserve(guess);
+            // About 20 bits per term: one load refuses nearly every other token.
+            m.first = vec![0; (config.len() / 8).next_power_of_two().max(64) / 64];
+            let mut de = serde_json::Deserializer::from_str(config);
+            ConfigSeed(&mut m)
+                .deserialize(&mut de)
+                .and_then(|()| de.end())
+                .map_err(|e| format!("entities policy configuration: {e}"))?;
         }
-        m.by_hash.shrink_to_fit();
-        m.first.shrink_to_fit();
+        if m.first.is_empty() {
+            m.first = vec![0; 1];
+        }
+        m.finish();
         Ok(m)
     }
 
-    fn add(&mut self, t: TermConfig) -> Result<(), String> {
+    fn finish(&mut self) {
+        self.by_hash.shrink_to_fit();
+        self.terms.shrink_to_fit();
+        self.key_spans.shrink_to_fit();
+        self.ids.shrink_to_fit();
+        self.keys.shrink_to_fit();
+    }
+
+    fn first_bit(&self, h: u64) -> (usize, u64) {
+        let slot = (h as usize) & (self.first.len() * 64 - 1);
+        (slot / 64, 1 << (slot % 64))
+    }
+
+    fn set_first(&mut self, h: u64) {
+        let (word, bit) = self.first_bit(h);
+        self.first[word] |= bit;
+    }
+
+    fn may_start(&self, h: u64) -> bool {
+        let (word, bit) = self.first_bit(h);
+        self.first[word] & bit != 0
+    }
+
+    fn add(&mut self, t: TermConfig<'_>) -> Result<(), String> {
         let tokens = tokenize(&t.term);
         if tokens.is_empty() {
             return Err(format!(
@@ -277,37 +298,55 @@ impl Matcher {
                 t.id
             ));
         }
-        let category = t.category.unwrap_or_else(|| "entity.term".into());
+        let category = t.category.as_deref().unwrap_or("entity.term");
         if !category.starts_with("entity.") || category.len() > 64 {
             return Err(format!(
                 "entities policy: term id {:?} has category {category:?}; categories start with `entity.`",
                 t.id
             ));
         }
-        let cat = match self.categories.iter().position(|c| *c == category) {
+        let cat = match self.categories.iter().position(|c| c == category) {
             Some(i) => i,
             None => {
-                self.categories.push(category);
+                self.categories.push(category.to_string());
                 self.categories.len() - 1
             }
         };
         let index = self.terms.len() as u32;
-        let h = hash_tokens(tokens.texts(0, tokens.len()));
         // The first configuration of a term wins; a duplicate is ignored.
-        self.by_hash.entry(h).or_insert(index);
-        self.first.insert(hash_tokens(tokens.texts(0, 1)));
+        self.by_hash.entry(sequence_hash(&tokens)).or_insert(index);
+        self.set_first(sequence_hash(&tokens[..1]));
         self.max_tokens = self.max_tokens.max(tokens.len());
-        self.keys.push(key_of(tokens.texts(0, tokens.len())).into_boxed_str());
+        let key_start = self.keys.len() as u32;
+        push_key(&mut self.keys, &t.term, &tokens);
+        self.key_spans.push((key_start, self.keys.len() as u32));
+        let id_start = self.ids.len() as u32;
+        self.ids.push_str(&t.id);
         self.terms.push(Term {
-            id: t.id,
+            id: (id_start, self.ids.len() as u32),
             category: cat as u16,
         });
         Ok(())
     }
 
+    fn add_allowed(&mut self, a: &str) {
+        let tokens = tokenize(a);
+        if tokens.is_empty() || tokens.len() > MAX_TERM_TOKENS {
+            return;
+        }
+        self.allow.insert(sequence_hash(&tokens));
+        self.allow_first.insert(sequence_hash(&tokens[..1]));
+        self.allow_max_tokens = self.allow_max_tokens.max(tokens.len());
+    }
+
     /// The configured terms, indexed by [`Match::term`].
     pub fn terms(&self) -> &[Term] {
         &self.terms
+    }
+
+    /// The id of a term (reported as the finding's rule).
+    pub fn id(&self, term: &Term) -> &str {
+        &self.ids[term.id.0 as usize..term.id.1 as usize]
     }
 
     /// The category of a term.
@@ -321,24 +360,28 @@ impl Matcher {
             return Vec::new();
         }
         let tokens = tokenize(text);
-        let allowed = self.allowed_spans(&tokens);
+        let mut allowed: Option<Vec<(usize, usize)>> = None;
         let mut out = Vec::new();
+        let mut key = String::new();
         let mut i = 0;
         while i < tokens.len() {
-            if !self.first.contains(&hash_tokens(tokens.texts(i, 1))) {
+            if !self.may_start(sequence_hash(&tokens[i..=i])) {
                 i += 1;
                 continue;
             }
             // Longest term starting here.
             let longest = (1..=self.max_tokens.min(tokens.len() - i)).rev().find_map(|n| {
-                let h = hash_tokens(tokens.texts(i, n));
-                let term = *self.by_hash.get(&h)?;
-                let same = *self.keys[term as usize] == key_of(tokens.texts(i, n));
-                same.then_some((n, term))
+                let seq = &tokens[i..i + n];
+                let term = *self.by_hash.get(&sequence_hash(seq))?;
+                key.clear();
+                push_key(&mut key, text, seq);
+                let (ks, ke) = self.key_spans[term as usize];
+                (self.keys[ks as usize..ke as usize] == key).then_some((n, term))
             });
             match longest {
                 Some((n, term)) => {
-                    let (start, end) = (tokens.get(i).start, tokens.get(i + n - 1).end);
+                    let (start, end) = (tokens[i].start as usize, tokens[i + n - 1].end as usize);
+                    let allowed = allowed.get_or_insert_with(|| self.allowed_spans(&tokens));
                     if !allowed.iter().any(|&(s, e)| s <= start && end <= e) {
                         out.push(Match {
                             term: term as usize,
@@ -354,18 +397,18 @@ impl Matcher {
         out
     }
 
-    fn allowed_spans(&self, tokens: &Tokens) -> Vec<(usize, usize)> {
+    fn allowed_spans(&self, tokens: &[Token]) -> Vec<(usize, usize)> {
         let mut spans = Vec::new();
         if self.allow.is_empty() {
             return spans;
         }
         for i in 0..tokens.len() {
-            if !self.allow_first.contains(&hash_tokens(tokens.texts(i, 1))) {
+            if !self.allow_first.contains(&sequence_hash(&tokens[i..=i])) {
                 continue;
             }
             for n in 1..=self.allow_max_tokens.min(tokens.len() - i) {
-                if self.allow.contains(&hash_tokens(tokens.texts(i, n))) {
-                    spans.push((tokens.get(i).start, tokens.get(i + n - 1).end));
+                if self.allow.contains(&sequence_hash(&tokens[i..i + n])) {
+                    spans.push((tokens[i].start as usize, tokens[i + n - 1].end as usize));
                 }
             }
         }
@@ -373,8 +416,70 @@ impl Matcher {
     }
 }
 
-fn parse_csv(text: &str) -> Result<Vec<TermConfig>, String> {
-    let mut out = Vec::new();
+/// Reads the configuration object straight into the matcher: `terms` (a list), `terms_csv`
+/// (`id,category,term` lines; a header line `id,category,term` is skipped) and `allow`.
+struct ConfigSeed<'m>(&'m mut Matcher);
+
+impl<'de> DeserializeSeed<'de> for ConfigSeed<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ConfigSeed<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an object with `terms`, `terms_csv` and `allow`")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            match &*key {
+                "terms" => map.next_value_seed(TermsSeed(&mut *self.0))?,
+                "terms_csv" => {
+                    let csv: Option<Cow<'de, str>> = map.next_value()?;
+                    if let Some(csv) = csv {
+                        parse_csv(&csv, self.0).map_err(de::Error::custom)?;
+                    }
+                }
+                "allow" => {
+                    let allow: Vec<Cow<'de, str>> = map.next_value()?;
+                    for a in &allow {
+                        self.0.add_allowed(a);
+                    }
+                }
+                other => {
+                    return Err(de::Error::unknown_field(other, &["terms", "terms_csv", "allow"]));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+struct TermsSeed<'m>(&'m mut Matcher);
+
+impl<'de> DeserializeSeed<'de> for TermsSeed<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for TermsSeed<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a list of {id, term, category}")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while let Some(t) = seq.next_element::<TermConfig<'de>>()? {
+            self.0.add(t).map_err(de::Error::custom)?;
+        }
+        Ok(())
+    }
+}
+
+fn parse_csv(text: &str, m: &mut Matcher) -> Result<(), String> {
     for (n, line) in text.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() || (n == 0 && line.eq_ignore_ascii_case("id,category,term")) {
@@ -382,11 +487,14 @@ fn parse_csv(text: &str) -> Result<Vec<TermConfig>, String> {
         }
         let mut parts = line.splitn(3, ',');
         match (parts.next(), parts.next(), parts.next()) {
-            (Some(id), Some(category), Some(term)) if !id.is_empty() && !term.is_empty() => out.push(TermConfig {
-                id: id.trim().to_string(),
-                category: Some(category.trim().to_string()).filter(|c| !c.is_empty()),
-                term: term.trim().trim_matches('"').to_string(),
-            }),
+            (Some(id), Some(category), Some(term)) if !id.is_empty() && !term.is_empty() => {
+                let category = category.trim();
+                m.add(TermConfig {
+                    id: Cow::Borrowed(id.trim()),
+                    category: (!category.is_empty()).then_some(Cow::Borrowed(category)),
+                    term: Cow::Borrowed(term.trim().trim_matches('"')),
+                })?;
+            }
             _ => {
                 return Err(format!(
                     "entities policy: terms_csv line {} is not `id,category,term`",
@@ -395,7 +503,7 @@ fn parse_csv(text: &str) -> Result<Vec<TermConfig>, String> {
             }
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -407,7 +515,10 @@ mod tests {
     }
 
     fn ids(m: &Matcher, text: &str) -> Vec<String> {
-        m.find(text).iter().map(|x| m.terms()[x.term].id.clone()).collect()
+        m.find(text)
+            .iter()
+            .map(|x| m.id(&m.terms()[x.term]).to_string())
+            .collect()
     }
 
     #[test]
