@@ -67,19 +67,19 @@ pub struct Match {
 /// and digits — which is exactly the character-class boundary rule. A term matches where its
 /// token sequence appears.
 ///
-/// Memory, for 100,000 terms: a hash entry per term, its id and its normalised key in two
-/// arenas (one allocation each, not one per string), and a bitset of first tokens. The text is
-/// never copied: each token is hashed as it is read, and its lower-cased form is only rebuilt
-/// to confirm a hash hit.
+/// Memory, for 100,000 terms: a hash entry and a check hash per term, the ids in one arena (one
+/// allocation, not one per string), and a bitset of first tokens. The text is never copied:
+/// each token is hashed as it is read, with two independent hashes.
 pub struct Matcher {
     terms: Vec<Term>,
     categories: Vec<String>,
     ids: String,
-    /// Normalised token sequences (tokens joined by `\u{1}`), for collision checks.
-    keys: String,
-    key_spans: Vec<(u32, u32)>,
     /// Hash of a token sequence → term index.
     by_hash: HashMap<u64, u32, Prehashed>,
+    /// Per term, a second, independent hash of its token sequence: a match needs both (128 bits),
+    /// which stands in for comparing the text — a chance false match is ~2^-64 per lookup
+    /// even after the first hash collided, and would err toward reporting.
+    check: Vec<u64>,
     /// Bit per first-token hash (low bits): most tokens of a text are refused with one load.
     first: Vec<u64>,
     max_tokens: usize,
@@ -136,18 +136,26 @@ type Prehashed = BuildHasherDefault<Identity>;
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 const FNV_PRIME: u64 = 0x0100_0000_01b3;
 
-/// A token: the FNV-1a hash of its lower-cased text and its span in the original.
+/// A token: two independent hashes of its lower-cased text (FNV-1a and a multiply-rotate
+/// hash) and its span in the original.
 #[derive(Clone, Copy)]
 struct Token {
     hash: u64,
+    check: u64,
     start: u32,
     end: u32,
+}
+
+const CHECK_SEED: u64 = 0x243f_6a88_85a3_08d3;
+
+fn mix_check(h: u64, b: u8) -> u64 {
+    (h ^ u64::from(b)).wrapping_mul(0xff51_afd7_ed55_8ccd).rotate_left(29)
 }
 
 /// Splits `input` into tokens, hashing each as it is read (no lower-cased copy of the text).
 fn tokenize(input: &str) -> Vec<Token> {
     let mut out = Vec::with_capacity(input.len() / 6);
-    let mut current: Option<(Class, u32, u64)> = None; // class, start, hash so far
+    let mut current: Option<(Class, u32, u64, u64)> = None; // class, start, hashes so far
     let mut at = 0usize;
     let bytes = input.as_bytes();
     while at < bytes.len() {
@@ -159,34 +167,39 @@ fn tokenize(input: &str) -> Vec<Token> {
             (c, c.len_utf8())
         };
         let k = class(c);
-        if let Some((ck, start, hash)) = current
+        if let Some((ck, start, hash, check)) = current
             && k != Some(ck)
         {
             out.push(Token {
                 hash,
+                check,
                 start,
                 end: at as u32,
             });
             current = None;
         }
         if let Some(k) = k {
-            let (_, _, hash) = current.get_or_insert((k, at as u32, FNV_OFFSET));
+            let (_, _, hash, check) = current.get_or_insert((k, at as u32, FNV_OFFSET, CHECK_SEED));
             if b.is_ascii() {
-                *hash = (*hash ^ u64::from(b.to_ascii_lowercase())).wrapping_mul(FNV_PRIME);
+                let x = b.to_ascii_lowercase();
+                *hash = (*hash ^ u64::from(x)).wrapping_mul(FNV_PRIME);
+                *check = mix_check(*check, x);
             } else {
                 let mut buf = [0u8; 4];
                 for l in c.to_lowercase() {
                     for &x in l.encode_utf8(&mut buf).as_bytes() {
                         *hash = (*hash ^ u64::from(x)).wrapping_mul(FNV_PRIME);
+                        *check = mix_check(*check, x);
                     }
                 }
             }
         }
         at += len;
     }
-    if let Some((_, start, hash)) = current {
+    if let Some((_, start, hash, check)) = current {
         out.push(Token {
             hash,
+            check,
             start,
             end: bytes.len() as u32,
         });
@@ -201,20 +214,11 @@ fn sequence_hash(tokens: &[Token]) -> u64 {
     })
 }
 
-/// The normalised key of a token sequence: lower-cased tokens joined by `\u{1}`.
-fn push_key(out: &mut String, text: &str, tokens: &[Token]) {
-    for (i, t) in tokens.iter().enumerate() {
-        if i > 0 {
-            out.push('\u{1}');
-        }
-        for c in text[t.start as usize..t.end as usize].chars() {
-            if c.is_ascii() {
-                out.push(c.to_ascii_lowercase());
-            } else {
-                out.extend(c.to_lowercase());
-            }
-        }
-    }
+/// The second hash of a token sequence, independent of [`sequence_hash`].
+fn sequence_check(tokens: &[Token]) -> u64 {
+    tokens.iter().fold(CHECK_SEED, |h, t| {
+        (h ^ t.check).wrapping_mul(0xc4ce_b9fe_1a85_ec53).rotate_left(31)
+    })
 }
 
 const MAX_TERM_TOKENS: usize = 16;
@@ -225,9 +229,8 @@ impl Matcher {
             terms: Vec::new(),
             categories: Vec::new(),
             ids: String::new(),
-            keys: String::new(),
-            key_spans: Vec::new(),
             by_hash: HashMap::default(),
+            check: Vec::new(),
             first: Vec::new(),
             max_tokens: 0,
             allow: HashSet::default(),
@@ -243,7 +246,7 @@ impl Matcher {
             // Room for what a term list of this size needs, so the arenas do not double past it.
             let guess = config.len() / 80;
             m.terms.reserve(guess);
-            m.key_spans.reserve(guess);
+            m.check.reserve(guess);
             m.by_hash.reserve(guess);
             // About 20 bits per term: one load refuses nearly every other token.
             m.first = vec![0; (config.len() / 8).next_power_of_two().max(64) / 64];
@@ -256,16 +259,8 @@ impl Matcher {
         if m.first.is_empty() {
             m.first = vec![0; 1];
         }
-        m.finish();
+        // Nothing is shrunk to fit: a shrink copies, and the copy would be the configuration's peak.
         Ok(m)
-    }
-
-    fn finish(&mut self) {
-        self.by_hash.shrink_to_fit();
-        self.terms.shrink_to_fit();
-        self.key_spans.shrink_to_fit();
-        self.ids.shrink_to_fit();
-        self.keys.shrink_to_fit();
     }
 
     fn first_bit(&self, h: u64) -> (usize, u64) {
@@ -317,9 +312,7 @@ impl Matcher {
         self.by_hash.entry(sequence_hash(&tokens)).or_insert(index);
         self.set_first(sequence_hash(&tokens[..1]));
         self.max_tokens = self.max_tokens.max(tokens.len());
-        let key_start = self.keys.len() as u32;
-        push_key(&mut self.keys, &t.term, &tokens);
-        self.key_spans.push((key_start, self.keys.len() as u32));
+        self.check.push(sequence_check(&tokens));
         let id_start = self.ids.len() as u32;
         self.ids.push_str(&t.id);
         self.terms.push(Term {
@@ -362,7 +355,6 @@ impl Matcher {
         let tokens = tokenize(text);
         let mut allowed: Option<Vec<(usize, usize)>> = None;
         let mut out = Vec::new();
-        let mut key = String::new();
         let mut i = 0;
         while i < tokens.len() {
             if !self.may_start(sequence_hash(&tokens[i..=i])) {
@@ -373,10 +365,7 @@ impl Matcher {
             let longest = (1..=self.max_tokens.min(tokens.len() - i)).rev().find_map(|n| {
                 let seq = &tokens[i..i + n];
                 let term = *self.by_hash.get(&sequence_hash(seq))?;
-                key.clear();
-                push_key(&mut key, text, seq);
-                let (ks, ke) = self.key_spans[term as usize];
-                (self.keys[ks as usize..ke as usize] == key).then_some((n, term))
+                (self.check[term as usize] == sequence_check(seq)).then_some((n, term))
             });
             match longest {
                 Some((n, term)) => {
