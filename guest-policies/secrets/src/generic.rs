@@ -397,11 +397,18 @@ fn unquoted(hay: &[u8], vs: usize) -> Option<(usize, usize)> {
 
 /// Is this value long and random enough, and not code, a version, a path or a placeholder?
 pub(crate) fn plausible_secret(v: &[u8]) -> bool {
-    if v.len() < 10 || v.len() > 200 || v.contains(&b':') {
+    if v.len() < 10 || v.len() > 200 || v.contains(&b':') || v.contains(&b'\n') {
         return false;
     }
-    if is_placeholder(v, true) || v.contains(&b'\n') {
-        return false;
+    // The cheap counts first: most values after a secret-ish name (`req.header`, `64000`) fail
+    // them, and the string checks below cost far more, above all in wasm.
+    random_enough(v) && !code_or_sample(v)
+}
+
+/// Not code, a version, a path, a file name, a digest or a placeholder.
+fn code_or_sample(v: &[u8]) -> bool {
+    if is_placeholder(v, true) {
+        return true;
     }
     let lower: Vec<u8> = v.iter().map(|b| b.to_ascii_lowercase()).collect();
     for prefix in [
@@ -426,24 +433,24 @@ pub(crate) fn plausible_secret(v: &[u8]) -> bool {
         b"arn:aws",
     ] {
         if lower.starts_with(prefix) {
-            return false;
+            return true;
         }
     }
     if lower.starts_with(b"/") || lower.starts_with(b"./") || lower.starts_with(b"~/") || lower.starts_with(b"$") {
-        return false;
+        return true;
     }
     // A dotted code reference: `X25519.secret_length`, `kVK_Return.u16`, `org.example.Key`.
     if v.contains(&b'.') && v.split(|&b| b == b'.').all(is_identifier) {
         let last = v.rsplit(|&b| b == b'.').next().unwrap_or_default();
         if last.contains(&b'_') || longest_lower_run(last) >= 4 || last.len() <= 4 {
-            return false;
+            return true;
         }
     }
     // A trailing version: `jjwt-jackson-0.11.2`, `lib_v1.2`.
     if let Some(at) = v.iter().rposition(|b| matches!(b, b'-' | b'_' | b'v')) {
         let tail = &v[at + 1..];
         if tail.contains(&b'.') && tail.iter().all(|b| b.is_ascii_digit() || *b == b'.') && tail[0].is_ascii_digit() {
-            return false;
+            return true;
         }
     }
     // A version: `1.2.3`, `rc0.15.0_20231217-SNAPSHOT`, `v2.0.1-beta`.
@@ -457,16 +464,21 @@ pub(crate) fn plausible_secret(v: &[u8]) -> bool {
         if tail.windows(2).any(|w| w[0].is_ascii_digit() && w[1] == b'.')
             && (contains(&lower, b"snapshot") || dots >= 2)
         {
-            return false;
+            return true;
         }
     }
     // File names: `cert.p12`, `app.keytab`.
     if let Some(dot) = v.iter().rposition(|&b| b == b'.') {
         let ext = &lower[dot + 1..];
         if (2..=5).contains(&ext.len()) && ext.iter().all(|b| b.is_ascii_alphanumeric()) && FILE_EXTS.contains(&ext) {
-            return false;
+            return true;
         }
     }
+    false
+}
+
+/// Mixed enough and random enough to be a key.
+fn random_enough(v: &[u8]) -> bool {
     let has_digit = v.iter().any(|b| b.is_ascii_digit());
     let has_upper = v.iter().any(|b| b.is_ascii_uppercase());
     let has_lower = v.iter().any(|b| b.is_ascii_lowercase());

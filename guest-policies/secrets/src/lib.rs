@@ -390,33 +390,57 @@ fn contains_ci(hay: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && hay.windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle))
 }
 
+/// Placeholder markers, lower-case.
+const MARKERS: &[&[u8]] = &[
+    b"xxxx",
+    b"****",
+    b"####",
+    b"...",
+    b"${",
+    b"{{",
+    b"$(",
+    b"<your",
+    b"your_",
+    b"your-",
+    b"yourkey",
+    b"changeme",
+    b"placeholder",
+    b"redacted",
+    b"insert",
+    b"replace_me",
+    b"replaceme",
+    b"dummy",
+    b"<token>",
+    b"<secret>",
+    b"%s",
+    b"0000000000000000",
+];
+
+/// The bytes a marker starts with (either case): one load refuses most places in a value.
+const MARKER_FIRST: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut i = 0;
+    while i < MARKERS.len() {
+        let b = MARKERS[i][0];
+        table[b as usize] = true;
+        table[b.to_ascii_uppercase() as usize] = true;
+        i += 1;
+    }
+    table
+};
+
+fn has_marker(value: &[u8]) -> bool {
+    (0..value.len()).any(|i| {
+        MARKER_FIRST[usize::from(value[i])]
+            && MARKERS
+                .iter()
+                .any(|m| value.len() - i >= m.len() && value[i..i + m.len()].eq_ignore_ascii_case(m))
+    })
+}
+
 /// Documentation placeholders and obviously fake values.
 pub fn is_placeholder(value: &[u8], aws_example: bool) -> bool {
-    const MARKERS: &[&[u8]] = &[
-        b"xxxx",
-        b"****",
-        b"####",
-        b"...",
-        b"${",
-        b"{{",
-        b"$(",
-        b"<your",
-        b"your_",
-        b"your-",
-        b"yourkey",
-        b"changeme",
-        b"placeholder",
-        b"redacted",
-        b"insert",
-        b"replace_me",
-        b"replaceme",
-        b"dummy",
-        b"<token>",
-        b"<secret>",
-        b"%s",
-        b"0000000000000000",
-    ];
-    if MARKERS.iter().any(|m| contains_ci(value, m)) {
+    if has_marker(value) {
         return true;
     }
     if aws_example && contains_ci(value, b"example") {
