@@ -56,12 +56,28 @@ struct Tally {
     by_value: usize,
 }
 
+/// A regex that matches one exact value: no metacharacter unless escaped (`hal\+9ooo_da!sY`).
+fn is_literal(re: &str) -> bool {
+    let mut bytes = re.bytes();
+    while let Some(b) = bytes.next() {
+        match b {
+            b'\\' => match bytes.next() {
+                Some(e) if !e.is_ascii_alphanumeric() => {}
+                _ => return false,
+            },
+            b'.' | b'^' | b'$' | b'*' | b'+' | b'?' | b'(' | b')' | b'[' | b']' | b'{' | b'}' | b'|' => return false,
+            _ => {}
+        }
+    }
+    true
+}
+
 /// gitleaks' own rule set run by this engine, with its value allow-lists (`by_value = false`) or
 /// without the allow-list entries that are literal values (`by_value = true`).
 fn gitleaks_reference(without_literal_allowlists: bool) -> Scanner {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/bench/gitleaks.toml");
     let mut file: toml::Table = toml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    let literal = |re: &str| re.len() >= 8 && re.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-!".contains(&b));
+    let literal = |re: &str| re.len() >= 8 && is_literal(re);
     if let Some(toml::Value::Array(rules)) = file.get_mut("rules") {
         for rule in rules.iter_mut().filter_map(toml::Value::as_table_mut) {
             if let Some(toml::Value::Array(lists)) = rule.get_mut("allowlists") {
