@@ -4,9 +4,10 @@
 //!
 //! Prints:
 //! - recall of the built-in secrets policy on gitleaks' `secret` cases and the share of its
-//!   `clean` cases flagged (../shared/bench/gitleaks-cases.jsonl), plus our hard-negative set;
+//!   `clean` cases flagged (../shared/bench/gitleaks-cases.jsonl), on each half of the tuned / held-out split, plus
+//!   our hard-negative set;
 //! - scan throughput of the secrets policy on 1 MiB of mixed prompt text;
-//! - the entities policy with 100,000 terms: ms per MiB and the memory it takes;
+//! - the entities policy with 100,000 and 1,000,000 terms: configure time, ms per MiB and the memory it takes;
 //! - the whole policy stage (segment extraction + every built-in) per request for a 1 KB body,
 //!   the 76 KB Claude Code first turn (../shared/captures) and its repeat (incremental cache).
 //!
@@ -20,6 +21,10 @@ use std::time::Instant;
 use conduit_gateway::policy::runtime::RequestInfo;
 use conduit_gateway::policy::segments::Segment;
 use conduit_gateway::policy::{Policies, RawPolicies};
+
+#[path = "../../guest-policies/secrets/examples/support/mixed_text.rs"]
+mod mixed_text;
+use mixed_text::mixed_text;
 
 const SHARED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared");
 
@@ -52,27 +57,13 @@ fn percentiles(mut v: Vec<f64>) -> (f64, f64) {
     (p(0.5), p(0.99))
 }
 
-/// ~1 MiB of what prompts look like: prose, code, logs, JSON, a few secrets.
-fn mixed_text(target: usize) -> String {
-    let prose = "The parser keeps a cursor into the buffer; when a token spans two reads it copies the tail and retries. Refresh the access token before it expires, and never log the token itself. ";
-    let code = "fn handle(req: Request) -> Result<Response> {\n    let token = req.header(\"authorization\")?;\n    let user = db.lookup(&token_hash(token))?;\n    Ok(Response::json(&user))\n}\n";
-    let log = "2026-11-27T07:00:01Z INFO request_id=req_8c5c93b4 status=200 duration_ms=12.4 key_id=key_2f9c1a\n";
-    let json = "{\"id\":\"3f2b8c1e-9a4d-4e6f-b2c1-7d8e9f0a1b2c\",\"sha\":\"9fceb02d0ae598e95dc970b74767f19372d61af8\",\"max_tokens\":64000}\n";
-    let secret = "export GITHUB_TOKEN=ghp_R8xk2LmQ9vTz4WcY7nB3pJ6hF1sD5gA0eK2u\n";
-    let mut s = String::with_capacity(target + 1024);
-    let mut i = 0;
-    while s.len() < target {
-        s.push_str(match i % 9 {
-            0..=3 => prose,
-            4 | 5 => code,
-            6 => log,
-            7 => json,
-            _ if i % 90 == 8 => secret,
-            _ => prose,
-        });
-        i += 1;
+/// 0 = half A, 1 = half B: the low bit of the FNV-1a hash of the case's text.
+fn half(text: &str) -> usize {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
     }
-    s
+    (h & 1) as usize
 }
 
 fn hard_negatives() -> Vec<String> {
@@ -119,7 +110,9 @@ fn main() {
         data.path(),
     );
     let cases = std::fs::read_to_string(format!("{SHARED}/bench/gitleaks-cases.jsonl")).expect("../shared/bench");
-    let (mut secret, mut found, mut clean, mut flagged) = (0u32, 0u32, 0u32, 0u32);
+    // [half][secret, found, clean, flagged]; the halves are guest-policies/secrets/tests/gitleaks.rs's
+    // split (A tuned on, B held out).
+    let mut tally = [[0u32; 4]; 2];
     let secret_texts: std::collections::HashSet<String> = cases
         .lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
@@ -135,12 +128,13 @@ fn main() {
             continue;
         }
         let hit = !secrets.scan(&info(), &one(text)).findings.is_empty();
+        let t = &mut tally[half(text)];
         if c["expect"] == "secret" {
-            secret += 1;
-            found += u32::from(hit);
+            t[0] += 1;
+            t[1] += u32::from(hit);
         } else if !secret_texts.contains(text) {
-            clean += 1;
-            flagged += u32::from(hit);
+            t[2] += 1;
+            t[3] += u32::from(hit);
         }
     }
     let corpus_ms = t.elapsed().as_secs_f64() * 1e3;
@@ -150,14 +144,14 @@ fn main() {
         .filter(|n| !secrets.scan(&info(), &one(n)).findings.is_empty())
         .count();
     println!("secrets policy (in wasmtime) on gitleaks cases");
-    println!(
-        "  recall            {found}/{secret} = {:.4}",
-        f64::from(found) / f64::from(secret.max(1))
-    );
-    println!(
-        "  clean flagged     {flagged}/{clean} = {:.4}",
-        f64::from(flagged) / f64::from(clean.max(1))
-    );
+    for (name, [secret, found, clean, flagged]) in ["A (tuned on)", "B (held out)"].iter().zip(tally) {
+        println!(
+            "  half {name}: recall {found}/{secret} = {:.4}, clean flagged {flagged}/{clean} = {:.4}",
+            f64::from(found) / f64::from(secret.max(1)),
+            f64::from(flagged) / f64::from(clean.max(1))
+        );
+    }
+    println!("  (what the flags are: cargo test -p conduit-policy-secrets --test gitleaks -- --nocapture)");
     println!("  hard negatives    {neg_flagged}/{} flagged", negatives.len());
     println!("  corpus time       {corpus_ms:.0} ms");
 
@@ -181,43 +175,47 @@ fn main() {
         1.048576 / p50
     );
 
-    // 3. Entities with 100,000 terms.
-    let n_terms = if smoke { 1_000 } else { 100_000 };
-    let terms: Vec<serde_json::Value> = (0..n_terms)
-        .map(|i| serde_json::json!({"id": format!("cust-{i:06}"), "term": format!("Customer {i:06} Holdings"), "category": "entity.customer"}))
-        .collect();
-    let terms_file = data.path().join("terms.json");
-    std::fs::write(&terms_file, serde_json::to_string(&terms).unwrap()).unwrap();
-    let t = Instant::now();
-    let entities = open(
-        &format!(
-            "[builtin.secrets]\nenabled = false\n[builtin.models]\nenabled = false\n[builtin.entities.config]\nterms_file = {:?}\n",
-            terms_file.display().to_string()
-        ),
-        data.path(),
-    );
-    let load_ms = t.elapsed().as_secs_f64() * 1e3;
-    let mut times = Vec::new();
-    for r in 0..rounds {
-        let text = format!("{base} customer-000{r:03} holdings");
+    // 3. Entities with 100,000 terms, then 1,000,000 (with room for its 85 MB configuration).
+    let sizes: &[usize] = if smoke { &[1_000] } else { &[100_000, 1_000_000] };
+    for &n_terms in sizes {
+        let terms: Vec<serde_json::Value> = (0..n_terms)
+            .map(|i| serde_json::json!({"id": format!("cust-{i:07}"), "term": format!("Customer {i:07} Holdings"), "category": "entity.customer"}))
+            .collect();
+        let terms_file = data.path().join(format!("terms-{n_terms}.json"));
+        std::fs::write(&terms_file, serde_json::to_string(&terms).unwrap()).unwrap();
+        drop(terms);
         let t = Instant::now();
-        let out = entities.scan(&info(), &one(&text));
-        times.push(t.elapsed().as_secs_f64());
-        assert!(out.failure.is_none(), "{:?}", out.failure);
-        assert!(!out.findings.is_empty());
+        let entities = open(
+            &format!(
+                "memory_mib = {}\n[builtin.secrets]\nenabled = false\n[builtin.models]\nenabled = false\n[builtin.entities.config]\nterms_file = {:?}\n",
+                if n_terms > 100_000 { 1024 } else { 64 },
+                terms_file.display().to_string()
+            ),
+            data.path(),
+        );
+        let load_ms = t.elapsed().as_secs_f64() * 1e3;
+        let mut times = Vec::new();
+        for r in 0..rounds {
+            let text = format!("{base} customer-0000{r:03} holdings");
+            let t = Instant::now();
+            let out = entities.scan(&info(), &one(&text));
+            times.push(t.elapsed().as_secs_f64());
+            assert!(out.failure.is_none(), "{:?}", out.failure);
+            assert!(!out.findings.is_empty());
+        }
+        let (p50, _) = percentiles(times);
+        let memory = entities
+            .memory_by_policy()
+            .into_iter()
+            .map(|(_, m)| m)
+            .max()
+            .unwrap_or(0);
+        println!(
+            "\nentities, {n_terms} terms: load + configure {load_ms:.0} ms, {:.1} MiB linear memory per instance, scan {:.2} ms per MiB",
+            memory as f64 / (1 << 20) as f64,
+            p50 * 1e3
+        );
     }
-    let (p50, _) = percentiles(times);
-    let memory = entities
-        .memory_by_policy()
-        .into_iter()
-        .map(|(_, m)| m)
-        .max()
-        .unwrap_or(0);
-    println!(
-        "\nentities, {n_terms} terms: load + configure {load_ms:.0} ms, {:.1} MiB linear memory per instance, scan {:.2} ms per MiB",
-        memory as f64 / (1 << 20) as f64,
-        p50 * 1e3
-    );
 
     // 4. The stage per request: extraction + all built-ins, first turn and repeat.
     let all = open("", data.path());
