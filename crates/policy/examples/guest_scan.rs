@@ -55,6 +55,11 @@ fn main() {
         let t = Instant::now();
         let policies = Policies::open(raw.validate(data.path(), &|_| None).unwrap(), &[]).unwrap();
         let open_ms = t.elapsed().as_secs_f64() * 1e3;
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        while policies.idle_instances().iter().any(|(_, n)| *n < cores) {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let warm_ms = t.elapsed().as_secs_f64() * 1e3 - open_ms;
         let mut times = Vec::new();
         for r in 0..15 {
             let text = format!("{base}{r}");
@@ -73,7 +78,7 @@ fn main() {
             .max()
             .unwrap_or(0);
         println!(
-            "{name:>20}: open {open_ms:.0} ms, 1 MiB scan p50 {:.2} ms = {:.0} MB/s, {:.1} MiB linear memory",
+            "{name:>20}: open {open_ms:.0} ms (+{warm_ms:.0} ms in the background to {cores} idle instances), 1 MiB scan p50 {:.2} ms = {:.0} MB/s, {:.1} MiB linear memory",
             p50 * 1e3,
             1.048576 / p50,
             memory as f64 / f64::from(1 << 20)

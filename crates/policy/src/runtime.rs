@@ -488,6 +488,28 @@ impl Prepared {
         Ok(inst)
     }
 
+    /// Configures instances until `n` are idle in the pool (the pool's cap at most), so the first
+    /// concurrent requests after a load or reload do not each pay a `configure` — for the entities
+    /// policy with 100,000 terms that is ~0.3 s an instance. Meant for a background thread; stops at
+    /// the first failure (the request path then configures as before, and reports what fails).
+    pub fn prewarm(&self, n: usize) -> usize {
+        let mut made = 0;
+        while self.pool.lock().unwrap_or_else(|p| p.into_inner()).len() < n.min(self.max_idle) {
+            let Ok(mut inst) = self.instantiate_bare() else { break };
+            if self.configure(&mut inst).is_err() {
+                break;
+            }
+            self.release(inst);
+            made += 1;
+        }
+        made
+    }
+
+    /// Idle configured instances (a test aid).
+    pub fn idle(&self) -> usize {
+        self.pool.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
     fn release(&self, inst: Instance) {
         let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
         if pool.len() < self.max_idle {

@@ -41,6 +41,29 @@ pub struct LoadedPolicy {
     prepared: Prepared,
 }
 
+impl LoadedPolicy {
+    /// Fills the instance pool on a thread of its own, one idle instance per core, off the
+    /// request path: a snapshot's effect (no request waits for a `configure`) without one.
+    fn prewarm_in_background(self: &Arc<Self>) {
+        let policy = Arc::clone(self);
+        let n = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let spawned = std::thread::Builder::new()
+            .name(format!("conduit-policy-prewarm-{}", self.name))
+            .spawn(move || {
+                let made = policy.prepared.prewarm(n);
+                tracing::debug!(policy = %policy.name, instances = made, "policy instances pre-configured");
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(policy = %self.name, error = %e, "cannot start the pre-configuring thread; instances are configured on demand");
+        }
+    }
+
+    /// Idle configured instances of this policy (a test aid).
+    pub fn idle_instances(&self) -> usize {
+        self.prepared.idle()
+    }
+}
+
 /// The policies in force.
 pub struct PolicySet {
     policies: Vec<Arc<LoadedPolicy>>,
@@ -240,7 +263,9 @@ impl Policies {
                         b.name, b.name
                     ))
                 })?;
-            out.push(Arc::new(loaded));
+            let loaded = Arc::new(loaded);
+            loaded.prewarm_in_background();
+            out.push(loaded);
         }
         Ok(out)
     }
@@ -319,6 +344,7 @@ impl Policies {
                         Ok(p) => {
                             tracing::info!(policy = %p.name, version = %p.version, file = %wasm_path.display(), signed_by = %p.signed_by, "policy loaded");
                             let p = Arc::new(p);
+                            p.prewarm_in_background();
                             (status_of(&p, None), Some(p))
                         }
                         Err(reason) => {
@@ -572,6 +598,15 @@ impl Policies {
         set.policies
             .iter()
             .map(|p| (p.name.clone(), p.prepared.memory_bytes()))
+            .collect()
+    }
+
+    /// Idle configured instances per policy (pre-configured after a load, returned after calls).
+    pub fn idle_instances(&self) -> Vec<(String, usize)> {
+        let set = self.set.read().unwrap_or_else(|p| p.into_inner()).clone();
+        set.policies
+            .iter()
+            .map(|p| (p.name.clone(), p.idle_instances()))
             .collect()
     }
 
