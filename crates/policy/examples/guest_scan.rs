@@ -55,7 +55,7 @@ fn main() {
         let t = Instant::now();
         let policies = Policies::open(raw.validate(data.path(), &|_| None).unwrap(), &[]).unwrap();
         let open_ms = t.elapsed().as_secs_f64() * 1e3;
-        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get()).min(4);
         while policies.idle_instances().iter().any(|(_, n)| *n < cores) {
             std::thread::sleep(std::time::Duration::from_millis(5));
         }

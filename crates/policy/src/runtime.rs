@@ -488,21 +488,23 @@ impl Prepared {
         Ok(inst)
     }
 
-    /// Configures instances until `n` are idle in the pool (the pool's cap at most), so the first
-    /// concurrent requests after a load or reload do not each pay a `configure` — for the entities
-    /// policy with 100,000 terms that is ~60 ms an instance in wasm. Meant for a background thread; stops at
-    /// the first failure (the request path then configures as before, and reports what fails).
-    pub fn prewarm(&self, n: usize) -> usize {
-        let mut made = 0;
-        while self.pool.lock().unwrap_or_else(|p| p.into_inner()).len() < n.min(self.max_idle) {
-            let Ok(mut inst) = self.instantiate_bare() else { break };
-            if self.configure(&mut inst).is_err() {
-                break;
-            }
-            self.release(inst);
-            made += 1;
+    /// Configures one instance and leaves it idle in the pool, unless `n` (or the pool's cap) are
+    /// idle already. False when there was nothing to do or it failed (the request path then
+    /// configures as before, and reports what fails). For a background thread: the first
+    /// concurrent requests after a load then do not each wait for a `configure` — for the entities
+    /// policy with 100,000 terms that is ~60 ms an instance in wasm.
+    pub fn prewarm_one(&self, n: usize) -> bool {
+        if self.idle() >= n.min(self.max_idle) {
+            return false;
         }
-        made
+        let Ok(mut inst) = self.instantiate_bare() else {
+            return false;
+        };
+        if self.configure(&mut inst).is_err() {
+            return false;
+        }
+        self.release(inst);
+        true
     }
 
     /// Idle configured instances (a test aid).

@@ -42,16 +42,22 @@ pub struct LoadedPolicy {
 }
 
 impl LoadedPolicy {
-    /// Fills the instance pool on a thread of its own, one idle instance per core, off the
-    /// request path: a snapshot's effect (no request waits for a `configure`) without one.
+    /// Fills the instance pool on a thread of its own, one idle instance per core (four at most),
+    /// off the request path: a snapshot's effect (no request waits for a `configure`) without one.
+    /// The thread holds the policy weakly: one replaced by a reload, and dropped, stops it; and
+    /// it makes at most that many instances, whatever happens to them.
     fn prewarm_in_background(self: &Arc<Self>) {
-        let policy = Arc::clone(self);
-        let n = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let policy = Arc::downgrade(self);
+        let n = std::thread::available_parallelism().map_or(2, |n| n.get()).min(4);
         let spawned = std::thread::Builder::new()
             .name(format!("conduit-policy-prewarm-{}", self.name))
             .spawn(move || {
-                let made = policy.prepared.prewarm(n);
-                tracing::debug!(policy = %policy.name, instances = made, "policy instances pre-configured");
+                for _ in 0..n {
+                    let Some(policy) = policy.upgrade() else { return };
+                    if !policy.prepared.prewarm_one(n) {
+                        return;
+                    }
+                }
             });
         if let Err(e) = spawned {
             tracing::warn!(policy = %self.name, error = %e, "cannot start the pre-configuring thread; instances are configured on demand");

@@ -406,7 +406,8 @@ impl Matcher {
 }
 
 /// Reads the configuration object straight into the matcher: `terms` (a list), `terms_csv`
-/// (`id,category,term` lines; a header line `id,category,term` is skipped) and `allow`.
+/// (`id,category,term` lines; a header line `id,category,term` is skipped) and `allow`, each at
+/// most once. Terms are taken in document order; of two with the same words, the first wins.
 struct ConfigSeed<'m>(&'m mut Matcher);
 
 impl<'de> DeserializeSeed<'de> for ConfigSeed<'_> {
@@ -422,7 +423,15 @@ impl<'de> Visitor<'de> for ConfigSeed<'_> {
         f.write_str("an object with `terms`, `terms_csv` and `allow`")
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mut seen = [false; 3];
         while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            let slot = ["terms", "terms_csv", "allow"].iter().position(|k| *k == key);
+            if let Some(i) = slot {
+                if seen[i] {
+                    return Err(de::Error::duplicate_field(["terms", "terms_csv", "allow"][i]));
+                }
+                seen[i] = true;
+            }
             match &*key {
                 "terms" => map.next_value_seed(TermsSeed(&mut *self.0))?,
                 "terms_csv" => {
@@ -573,6 +582,12 @@ mod tests {
         );
         assert!(Matcher::from_json(r#"{"terms":[{"id":"x","term":"a","category":"secret.x"}]}"#).is_err());
         assert!(Matcher::from_json(r#"{"term":[]}"#).is_err());
+        assert!(
+            Matcher::from_json(r#"{"terms":[],"terms":[]}"#)
+                .err()
+                .unwrap()
+                .contains("duplicate field `terms`")
+        );
         assert!(Matcher::from_json("").unwrap().find("anything").is_empty());
     }
 

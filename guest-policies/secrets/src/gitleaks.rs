@@ -58,7 +58,13 @@ pub(crate) fn parse(text: &str) -> Result<Vec<(Rule, Vec<String>)>, String> {
             }
             stopwords.extend(a.stopwords.iter().cloned());
         }
-        let keywords: Vec<String> = r.keywords.iter().map(|k| k.to_ascii_lowercase()).collect();
+        // An empty keyword (`keywords = [""]`) means no keyword: the rule runs everywhere.
+        let keywords: Vec<String> = r
+            .keywords
+            .iter()
+            .filter(|k| !k.is_empty())
+            .map(|k| k.to_ascii_lowercase())
+            .collect();
         out.push((
             Rule {
                 category: format!("secret.{}", r.id),
@@ -87,6 +93,16 @@ fn re2_braces(pattern: &str) -> String {
     while i < b.len() {
         let c = b[i];
         if c == b'\\' && i + 1 < b.len() {
+            // `\x{7F}`, `\p{Greek}`, `\P{L}`: the braces belong to the escape.
+            if matches!(b[i + 1], b'x' | b'p' | b'P')
+                && b.get(i + 2) == Some(&b'{')
+                && let Some(close) = b[i + 3..].iter().position(|&x| x == b'}')
+            {
+                let end = i + 3 + close + 1;
+                out.push_str(&pattern[i..end]);
+                i = end;
+                continue;
+            }
             out.push_str(&pattern[i..i + 2 + utf8_extra(b[i + 1])]);
             i += 2 + utf8_extra(b[i + 1]);
             continue;
@@ -143,5 +159,7 @@ mod tests {
         assert_eq!(re2_braces(r"a{2}b{2,}c{2,5}"), r"a{2}b{2,}c{2,5}");
         assert_eq!(re2_braces(r"^\{\{x}}$|[{]{{"), r"^\{\{x}}$|[{]\{\{");
         assert!(compile(&re2_braces(r"import[ \t]+{[ \t\w,]+}[ \t]+from")).is_ok());
+        assert_eq!(re2_braces(r"\x{7F}{a\p{Greek}"), r"\x{7F}\{a\p{Greek}");
+        assert!(compile(&re2_braces(r"[\x{20}-\x{7E}]\x{7F}")).is_ok());
     }
 }

@@ -5,8 +5,11 @@
 //! has `alg`, and whose payload has none of the claims below is set aside. Anything that does not
 //! decode stays a finding.
 
-/// Registered claims (RFC 7519 §4.1) and the identity / authorisation claims IdPs and APIs use.
-const CLAIMS: &[&str] = &[
+/// Words that make a claim name an identity, an audience, a lifetime or a grant: the registered
+/// claims (RFC 7519 §4.1) and what IdPs and APIs use. A key counts when one of its words (split
+/// at `_`, `-`, `.` and camelCase humps, case-insensitively) is here, or when it ends in `id`
+/// (`userID`, `customerid`), at any depth of the payload.
+const CLAIM_WORDS: &[&str] = &[
     "iss",
     "sub",
     "aud",
@@ -16,42 +19,47 @@ const CLAIMS: &[&str] = &[
     "jti",
     "azp",
     "scope",
+    "scopes",
     "scp",
-    "client_id",
-    "cid",
+    "id",
     "uid",
-    "user_id",
-    "userid",
-    "userId",
+    "uuid",
+    "guid",
     "user",
     "username",
-    "preferred_username",
     "email",
+    "mail",
+    "login",
     "role",
     "roles",
+    "group",
     "groups",
+    "tenant",
     "tid",
     "oid",
-    "upn",
-    "sid",
-    "session_id",
-    "sessionId",
-    "auth_time",
-    "nonce",
-    "acct",
+    "org",
+    "organization",
     "account",
-    "account_id",
-    "org_id",
-    "tenant",
-    "tenant_id",
-    "permissions",
-    "entitlements",
-    "api_key",
+    "acct",
+    "session",
+    "sid",
     "key",
     "token",
     "secret",
+    "perm",
+    "perms",
+    "permissions",
+    "entitlements",
+    "client",
+    "upn",
+    "nonce",
     "name",
-    "id",
+    "admin",
+    "auth",
+    "authorities",
+    "grant",
+    "grants",
+    "identity",
 ];
 
 /// True when `token` decodes to a JWT whose payload names nobody and grants nothing.
@@ -63,7 +71,45 @@ pub(crate) fn claims_nobody(token: &[u8]) -> bool {
     let (Some(header), Some(payload)) = (object(header), object(payload)) else {
         return false;
     };
-    header.contains_key("alg") && !CLAIMS.iter().any(|c| payload.contains_key(*c))
+    header.contains_key("alg") && !names_someone(&payload, 0)
+}
+
+fn names_someone(map: &serde_json::Map<String, serde_json::Value>, depth: usize) -> bool {
+    map.iter().any(|(key, value)| {
+        claim_key(key)
+            || match value {
+                // Nesting is bounded by serde_json's own recursion limit; this stops far earlier.
+                serde_json::Value::Object(inner) if depth < 8 => names_someone(inner, depth + 1),
+                serde_json::Value::Array(items) if depth < 8 => items.iter().any(|item| match item {
+                    serde_json::Value::Object(inner) => names_someone(inner, depth + 1),
+                    _ => false,
+                }),
+                _ => false,
+            }
+    })
+}
+
+fn claim_key(key: &str) -> bool {
+    let lower = key.to_ascii_lowercase();
+    if lower.ends_with("id") {
+        return true;
+    }
+    let mut words: Vec<String> = Vec::new();
+    let mut current = String::new();
+    let mut previous_lower = false;
+    for c in key.chars() {
+        if (!c.is_ascii_alphanumeric() || (c.is_ascii_uppercase() && previous_lower)) && !current.is_empty() {
+            words.push(std::mem::take(&mut current));
+        }
+        if c.is_ascii_alphanumeric() {
+            current.push(c.to_ascii_lowercase());
+        }
+        previous_lower = c.is_ascii_lowercase();
+    }
+    if !current.is_empty() {
+        words.push(current);
+    }
+    words.iter().any(|w| CLAIM_WORDS.contains(&w.as_str()))
 }
 
 fn object(part: &[u8]) -> Option<serde_json::Map<String, serde_json::Value>> {

@@ -45,9 +45,9 @@ pub struct Finding {
 struct Rule {
     id: String,
     category: String,
-    /// Compiled on first use for built-in rules (a fresh instance does not pay for ~170 regexes
-    /// it may never need; the first hit of a rule pays ~0.1 ms once), at configuration for a
-    /// gitleaks file's rules (so a bad one is refused at load).
+    /// Compiled on first use for built-in rules natively (tests, tools); the policy component
+    /// compiles them all in `configure` (see component.rs). A gitleaks file's rules are compiled
+    /// when parsed, so a bad one is refused at load.
     regex: Lazy,
     entropy: f32,
     /// The capture group holding the secret; 0 = first group that matched, else the whole match.
@@ -214,8 +214,7 @@ impl Scanner {
         })
     }
 
-    /// Compiles every rule's regex now; the first failure's rule id (a test aid).
-    #[doc(hidden)]
+    /// Compiles every rule's regex now; names the first that does not compile.
     pub fn compile_all(&self) -> Result<(), String> {
         match self.rules.iter().find(|r| r.regex.get().is_none()) {
             Some(rule) => Err(format!("rule {} does not compile", rule.id)),
@@ -446,7 +445,6 @@ pub fn is_placeholder(value: &[u8], aws_example: bool) -> bool {
     if aws_example && contains_ci(value, b"example") {
         return true;
     }
-    // `xoxp-1234567890`: a counting run that is most of the value.
     // `sk-...`, `ops_eyJ..`, and Windows `%VAR%` references.
     if value.ends_with(b"..") || (value.len() > 2 && value.starts_with(b"%") && value.ends_with(b"%")) {
         return true;
@@ -459,9 +457,19 @@ pub fn is_placeholder(value: &[u8], aws_example: bool) -> bool {
         same = if w[0] == w[1] { same + 1 } else { 1 };
         longest_same = longest_same.max(same);
         run = if w[1] == w[0].wrapping_add(1) { run + 1 } else { 1 };
-        if run >= 12 || (run >= 8 && run * 2 >= value.len()) {
+        if run >= 12 {
             return true;
         }
+    }
+    // `xoxp-1234567890`: a short prefix ending in `-` or `_`, then nothing but a counting run.
+    if let Some(at) = value.iter().rposition(|&b| b == b'-' || b == b'_')
+        && at < 8
+        && value.len() - at > 8
+        && value[at + 1..]
+            .windows(2)
+            .all(|w| w[1] == w[0].wrapping_add(1) || (w[0] == b'9' && w[1] == b'0'))
+    {
+        return true;
     }
     longest_same >= 24 || (longest_same >= 8 && longest_same * 3 >= value.len())
 }

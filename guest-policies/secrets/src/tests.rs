@@ -116,12 +116,23 @@ fn samples_are_told_from_credentials() {
     assert!(rules_hit(r#"nonMatchingToken := "sm_aat_3fzdswl17b""#).is_empty());
     assert!(rules_hit(r#"FAKE_API_KEY = "Zq8vR2mXk4Lp9TnW""#).is_empty());
     assert_eq!(rules_hit(r#"API_KEY = "Zq8vR2mXk4Lp9TnW""#), ["generic-assignment"]);
+    // Whole words only: these names hold real credentials.
+    assert_eq!(
+        rules_hit(r#"WIREMOCK_API_TOKEN = "Zq8vR2mXk4Lp9TnW""#),
+        ["generic-assignment"]
+    );
+    assert_eq!(
+        rules_hit(r#"CDN_INVALIDATION_TOKEN = "Zq8vR2mXk4Lp9TnW""#),
+        ["generic-assignment"]
+    );
     // Hex in both cases is an edited sample; one case is a key.
     assert!(rules_hit("meraki-api-key: acdeFf05b1a6d4c890237bf08c5e6e8d2b4d0f2e").is_empty());
     assert_eq!(
         rules_hit("meraki-api-key: acdeff05b1a6d4c890237bf08c5e6e8d2b4d0f2e"),
         ["generic-assignment"]
     );
+    // A weak password with a counting run in it is still a password.
+    assert_eq!(rules_hit(r#"DB_PASSWORD="P@ss12345678""#), ["generic-assignment"]);
     // A counting run that is most of the value; a masked tail.
     assert!(rules_hit(r#""token1": "xoxp-1234567890""#).is_empty());
     assert!(rules_hit(r#""token4": "xoxp-572370529330-573807301142-572331691188-####################""#).is_empty());
