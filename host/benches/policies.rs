@@ -204,12 +204,7 @@ fn main() {
             assert!(!out.findings.is_empty());
         }
         let (p50, _) = percentiles(times);
-        let memory = entities
-            .memory_by_policy()
-            .into_iter()
-            .map(|(_, m)| m)
-            .max()
-            .unwrap_or(0);
+        let memory = entities.largest_instance_memory();
         println!(
             "\nentities, {n_terms} terms: load + configure {load_ms:.0} ms, {:.1} MiB linear memory per instance, scan {:.2} ms per MiB",
             memory as f64 / (1 << 20) as f64,

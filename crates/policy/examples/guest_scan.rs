@@ -71,12 +71,7 @@ fn main() {
         }
         times.sort_by(f64::total_cmp);
         let p50 = times[times.len() / 2];
-        let memory = policies
-            .memory_by_policy()
-            .into_iter()
-            .map(|(_, m)| m)
-            .max()
-            .unwrap_or(0);
+        let memory = policies.largest_instance_memory();
         println!(
             "{name:>20}: open {open_ms:.0} ms (+{warm_ms:.0} ms in the background to {cores} idle instances), 1 MiB scan p50 {:.2} ms = {:.0} MB/s, {:.1} MiB linear memory",
             p50 * 1e3,

@@ -607,6 +607,11 @@ impl Policies {
             .collect()
     }
 
+    /// Linear memory of the largest idle instance of any policy, in bytes.
+    pub fn largest_instance_memory(&self) -> usize {
+        self.memory_by_policy().into_iter().map(|(_, m)| m).max().unwrap_or(0)
+    }
+
     /// Idle configured instances per policy (pre-configured after a load, returned after calls).
     pub fn idle_instances(&self) -> Vec<(String, usize)> {
         let set = self.set.read().unwrap_or_else(|p| p.into_inner()).clone();
