@@ -154,69 +154,91 @@ fn mix_check(h: u64, b: u8) -> u64 {
 
 /// Splits `input` into tokens, hashing each as it is read (no lower-cased copy of the text).
 fn tokenize(input: &str) -> Vec<Token> {
-    let mut out = Vec::with_capacity(input.len() / 6);
-    let mut current: Option<(Class, u32, u64, u64)> = None; // class, start, hashes so far
-    let mut at = 0usize;
-    let bytes = input.as_bytes();
-    while at < bytes.len() {
-        let b = bytes[at];
-        let (c, len) = if b.is_ascii() {
-            (char::from(b), 1)
-        } else {
-            let c = input[at..].chars().next().unwrap_or('\u{fffd}');
-            (c, c.len_utf8())
-        };
-        let k = class(c);
-        if let Some((ck, start, hash, check)) = current
-            && k != Some(ck)
-        {
+    let mut out = Vec::new();
+    Tokens { input, at: 0 }.fill(&mut out, usize::MAX);
+    out
+}
+
+/// The tokens of a text, a batch at a time: scanning keeps only a window of them.
+struct Tokens<'a> {
+    input: &'a str,
+    /// Where the next token's search starts (a token never spans two batches).
+    at: usize,
+}
+
+impl Tokens<'_> {
+    /// Appends up to `want` tokens to `out`; false once the text is used up.
+    fn fill(&mut self, out: &mut Vec<Token>, want: usize) -> bool {
+        let bytes = self.input.as_bytes();
+        let mut at = self.at;
+        let mut pushed = 0;
+        let mut current: Option<(Class, u32, u64, u64)> = None; // class, start, hashes so far
+        while at < bytes.len() {
+            let b = bytes[at];
+            let (c, len) = if b.is_ascii() {
+                (char::from(b), 1)
+            } else {
+                let c = self.input[at..].chars().next().unwrap_or('\u{fffd}');
+                (c, c.len_utf8())
+            };
+            let k = class(c);
+            if let Some((ck, start, hash, check)) = current
+                && k != Some(ck)
+            {
+                out.push(Token {
+                    hash,
+                    check,
+                    start,
+                    end: at as u32,
+                });
+                current = None;
+                pushed += 1;
+                if pushed == want {
+                    self.at = at;
+                    return true;
+                }
+            }
+            if let Some(k) = k {
+                let (_, _, hash, check) = current.get_or_insert((k, at as u32, FNV_OFFSET, CHECK_SEED));
+                if b.is_ascii() {
+                    let x = b.to_ascii_lowercase();
+                    *hash = (*hash ^ u64::from(x)).wrapping_mul(FNV_PRIME);
+                    *check = mix_check(*check, x);
+                } else {
+                    let mut buf = [0u8; 4];
+                    for l in c.to_lowercase() {
+                        for &x in l.encode_utf8(&mut buf).as_bytes() {
+                            *hash = (*hash ^ u64::from(x)).wrapping_mul(FNV_PRIME);
+                            *check = mix_check(*check, x);
+                        }
+                    }
+                }
+            }
+            at += len;
+        }
+        self.at = at;
+        if let Some((_, start, hash, check)) = current {
             out.push(Token {
                 hash,
                 check,
                 start,
-                end: at as u32,
+                end: bytes.len() as u32,
             });
-            current = None;
         }
-        if let Some(k) = k {
-            let (_, _, hash, check) = current.get_or_insert((k, at as u32, FNV_OFFSET, CHECK_SEED));
-            if b.is_ascii() {
-                let x = b.to_ascii_lowercase();
-                *hash = (*hash ^ u64::from(x)).wrapping_mul(FNV_PRIME);
-                *check = mix_check(*check, x);
-            } else {
-                let mut buf = [0u8; 4];
-                for l in c.to_lowercase() {
-                    for &x in l.encode_utf8(&mut buf).as_bytes() {
-                        *hash = (*hash ^ u64::from(x)).wrapping_mul(FNV_PRIME);
-                        *check = mix_check(*check, x);
-                    }
-                }
-            }
-        }
-        at += len;
+        false
     }
-    if let Some((_, start, hash, check)) = current {
-        out.push(Token {
-            hash,
-            check,
-            start,
-            end: bytes.len() as u32,
-        });
-    }
-    out
 }
 
 /// The hash of a token sequence, from its tokens' hashes (order matters).
-fn sequence_hash(tokens: &[Token]) -> u64 {
-    tokens.iter().fold(FNV_OFFSET, |h, t| {
+fn sequence_hash<'t>(tokens: impl IntoIterator<Item = &'t Token>) -> u64 {
+    tokens.into_iter().fold(FNV_OFFSET, |h, t| {
         (h.rotate_left(23) ^ t.hash).wrapping_mul(0x9e37_79b9_7f4a_7c15)
     })
 }
 
 /// The second hash of a token sequence, independent of [`sequence_hash`].
-fn sequence_check(tokens: &[Token]) -> u64 {
-    tokens.iter().fold(CHECK_SEED, |h, t| {
+fn sequence_check<'t>(tokens: impl IntoIterator<Item = &'t Token>) -> u64 {
+    tokens.into_iter().fold(CHECK_SEED, |h, t| {
         (h ^ t.check).wrapping_mul(0xc4ce_b9fe_1a85_ec53).rotate_left(31)
     })
 }
@@ -348,60 +370,66 @@ impl Matcher {
     }
 
     /// Every match of a configured term in `text`, outside allowed terms.
+    ///
+    /// The text's tokens stream through a window: the longest term (or allowed term) ahead of
+    /// the cursor and the longest allowed term behind it — memory does not grow with the text.
     pub fn find(&self, text: &str) -> Vec<Match> {
         if self.terms.is_empty() {
             return Vec::new();
         }
-        let tokens = tokenize(text);
-        let mut allowed: Option<Vec<(usize, usize)>> = None;
+        let mut stream = Tokens { input: text, at: 0 };
+        let ahead = self.max_tokens.max(self.allow_max_tokens);
+        let behind = self.allow_max_tokens;
+        // `window[k]` is token `base + k`; `i` is the cursor, as a token index. Tokens are read in
+        // batches and the ones the cursor left behind dropped a batch at a time, so the window
+        // stays a contiguous slice. (Tiny batches in tests, so the drains are exercised.)
+        const BATCH: usize = if cfg!(test) { 3 } else { 512 };
+        let mut window: Vec<Token> = Vec::with_capacity(2 * BATCH + ahead + behind);
+        let (mut base, mut i, mut exhausted) = (0usize, 0usize, false);
         let mut out = Vec::new();
-        let mut i = 0;
-        while i < tokens.len() {
-            if !self.may_start(sequence_hash(&tokens[i..=i])) {
+        loop {
+            if !exhausted && base + window.len() < i + ahead {
+                if i - base > behind + BATCH {
+                    window.drain(..i - base - behind);
+                    base = i - behind;
+                }
+                let want = i + ahead + BATCH - (base + window.len());
+                exhausted = !stream.fill(&mut window, want);
+            }
+            let known = base + window.len();
+            if i >= known {
+                return out;
+            }
+            let seq = |from: usize, n: usize| &window[from - base..from - base + n];
+            if !self.may_start(sequence_hash(seq(i, 1))) {
                 i += 1;
                 continue;
             }
             // Longest term starting here.
-            let longest = (1..=self.max_tokens.min(tokens.len() - i)).rev().find_map(|n| {
-                let seq = &tokens[i..i + n];
-                let term = *self.by_hash.get(&sequence_hash(seq))?;
-                (self.check[term as usize] == sequence_check(seq)).then_some((n, term))
+            let longest = (1..=self.max_tokens.min(known - i)).rev().find_map(|n| {
+                let term = *self.by_hash.get(&sequence_hash(seq(i, n)))?;
+                (self.check[term as usize] == sequence_check(seq(i, n))).then_some((n, term))
             });
-            match longest {
-                Some((n, term)) => {
-                    let (start, end) = (tokens[i].start as usize, tokens[i + n - 1].end as usize);
-                    let allowed = allowed.get_or_insert_with(|| self.allowed_spans(&tokens));
-                    if !allowed.iter().any(|&(s, e)| s <= start && end <= e) {
-                        out.push(Match {
-                            term: term as usize,
-                            start,
-                            end,
-                        });
-                    }
-                    i += n;
-                }
-                None => i += 1,
-            }
-        }
-        out
-    }
-
-    fn allowed_spans(&self, tokens: &[Token]) -> Vec<(usize, usize)> {
-        let mut spans = Vec::new();
-        if self.allow.is_empty() {
-            return spans;
-        }
-        for i in 0..tokens.len() {
-            if !self.allow_first.contains(&sequence_hash(&tokens[i..=i])) {
+            let Some((n, term)) = longest else {
+                i += 1;
                 continue;
+            };
+            // Inside an allowed term: one that starts at or before `i` and ends at or after the match.
+            let allowed = !self.allow.is_empty()
+                && (base.max((i + n).saturating_sub(self.allow_max_tokens))..=i).any(|j| {
+                    self.allow_first.contains(&sequence_hash(seq(j, 1)))
+                        && (i + n - j..=self.allow_max_tokens.min(known - j))
+                            .any(|m| self.allow.contains(&sequence_hash(seq(j, m))))
+                });
+            if !allowed {
+                out.push(Match {
+                    term: term as usize,
+                    start: window[i - base].start as usize,
+                    end: window[i + n - 1 - base].end as usize,
+                });
             }
-            for n in 1..=self.allow_max_tokens.min(tokens.len() - i) {
-                if self.allow.contains(&sequence_hash(&tokens[i..i + n])) {
-                    spans.push((tokens[i].start as usize, tokens[i + n - 1].end as usize));
-                }
-            }
+            i += n;
         }
-        spans
     }
 }
 
@@ -598,6 +626,104 @@ mod tests {
         assert_eq!(ids(&m, "acme holdings and blue-heron"), ["cust-1", "proj-2"]);
         assert_eq!(m.category(&m.terms()[1]), "entity.term");
         assert!(Matcher::from_json(r#"{"terms_csv":"just-one-field"}"#).is_err());
+    }
+
+    /// The matcher as it was before the tokens were streamed: every token of the text at once,
+    /// every allowed span at once.
+    fn find_reference(m: &Matcher, text: &str) -> Vec<Match> {
+        let tokens = tokenize(text);
+        let mut spans = Vec::new();
+        for i in 0..tokens.len() {
+            for n in 1..=m.allow_max_tokens.min(tokens.len() - i) {
+                if m.allow.contains(&sequence_hash(&tokens[i..i + n])) {
+                    spans.push((tokens[i].start as usize, tokens[i + n - 1].end as usize));
+                }
+            }
+        }
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < tokens.len() {
+            let longest = (1..=m.max_tokens.min(tokens.len() - i)).rev().find_map(|n| {
+                let seq = &tokens[i..i + n];
+                let term = *m.by_hash.get(&sequence_hash(seq))?;
+                (m.check[term as usize] == sequence_check(seq)).then_some((n, term))
+            });
+            match longest {
+                Some((n, term)) => {
+                    let (start, end) = (tokens[i].start as usize, tokens[i + n - 1].end as usize);
+                    if !spans.iter().any(|&(s, e)| s <= start && end <= e) {
+                        out.push(Match {
+                            term: term as usize,
+                            start,
+                            end,
+                        });
+                    }
+                    i += n;
+                }
+                None => i += 1,
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_streaming_window_finds_what_the_whole_text_would() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = |k: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % k
+        };
+        let words = [
+            "acme", "orca", "7", "holdings", "tower", "blue", "heron", "x", "42", "Über",
+        ];
+        let mut matched = 0;
+        for round in 0..500 {
+            let phrase = |next: &mut dyn FnMut(u64) -> u64, max: u64| {
+                let n = 1 + next(max);
+                (0..n)
+                    .map(|_| words[next(words.len() as u64) as usize])
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            };
+            let term_phrases: Vec<String> = (0..1 + next(6)).map(|_| phrase(&mut next, 3)).collect();
+            // Allowed terms longer than any term: the window must reach past the longest term.
+            let allow_phrases: Vec<String> = (0..next(4)).map(|_| phrase(&mut next, 7)).collect();
+            let terms: Vec<String> = term_phrases
+                .iter()
+                .enumerate()
+                .map(|(t, p)| format!(r#"{{"id":"t{t}","term":"{p}"}}"#))
+                .collect();
+            let allow: Vec<String> = allow_phrases.iter().map(|p| format!("{p:?}")).collect();
+            let m = matcher(&format!(
+                r#"{{"terms":[{}],"allow":[{}]}}"#,
+                terms.join(","),
+                allow.join(",")
+            ));
+            // Words, terms and allowed terms verbatim, with separators that do and do not split.
+            let seps = [" ", "-", "_", ", ", "\n", "7", ""];
+            let text: String = (0..next(60))
+                .map(|_| {
+                    let piece = match next(4) {
+                        0 if !allow_phrases.is_empty() => {
+                            allow_phrases[next(allow_phrases.len() as u64) as usize].clone()
+                        }
+                        1 => term_phrases[next(term_phrases.len() as u64) as usize].clone(),
+                        _ => words[next(words.len() as u64) as usize].to_string(),
+                    };
+                    format!("{piece}{}", seps[next(seps.len() as u64) as usize])
+                })
+                .collect();
+            let found = m.find(&text);
+            matched += found.len();
+            assert_eq!(
+                found,
+                find_reference(&m, &text),
+                "round {round}: {terms:?} allow {allow:?} in {text:?}"
+            );
+        }
+        assert!(matched > 1_000, "the rounds found too little to compare: {matched}");
     }
 
     #[test]
