@@ -507,7 +507,7 @@ impl Prepared {
         true
     }
 
-    /// Idle configured instances (a test aid).
+    /// Idle configured instances.
     pub fn idle(&self) -> usize {
         self.pool.lock().unwrap_or_else(|p| p.into_inner()).len()
     }

@@ -253,7 +253,7 @@ impl Matcher {
             ids: String::new(),
             by_hash: HashMap::default(),
             check: Vec::new(),
-            first: Vec::new(),
+            first: vec![0; 1],
             max_tokens: 0,
             allow: HashSet::default(),
             allow_first: HashSet::default(),
@@ -277,9 +277,6 @@ impl Matcher {
                 .deserialize(&mut de)
                 .and_then(|()| de.end())
                 .map_err(|e| format!("entities policy configuration: {e}"))?;
-        }
-        if m.first.is_empty() {
-            m.first = vec![0; 1];
         }
         // Nothing is shrunk to fit: a shrink copies, and the copy would be the configuration's peak.
         Ok(m)

@@ -22,13 +22,9 @@ impl Policy for Secrets {
     }
 
     fn configure(config: String) -> Result<(), String> {
-        let scanner = Scanner::from_json(&config)?;
-        // Every regex now, under configure's deadline and off the request path (the runtime
-        // pre-configures instances on a thread of their own). Compiled lazily inside `evaluate`, a
-        // prompt naming every rule's keyword would spend its whole CPU deadline compiling — a
-        // failure on demand, and with `fail_open` an unscanned request.
-        scanner.compile_all()?;
-        SCANNER.set("secrets", scanner)
+        // Compiles every regex, under configure's deadline and off the request path (the runtime
+        // configures pooled instances on a thread of their own).
+        SCANNER.set("secrets", Scanner::from_json(&config)?)
     }
 
     fn evaluate(_info: RequestInfo, segments: Vec<Segment>) -> Verdict {

@@ -269,32 +269,13 @@ impl Generic {
 
 /// Does the name say its value is a sample (`nonMatchingToken`, `FAKE_KEY`)?
 fn sample_name(name: &[u8]) -> bool {
-    let words = name_words(name);
+    let words = crate::words(name);
     let is_sample = |w: &[u8]| SAMPLE_NAME_WORDS.iter().any(|s| s.as_bytes() == w);
     // Single words, and two written together (`nonMatching` → `non` + `matching`).
     words.iter().any(|w| is_sample(w))
         || words
             .windows(2)
             .any(|p| is_sample(&[p[0].as_slice(), p[1].as_slice()].concat()))
-}
-
-/// The lower-cased words of a name: split at `_`, `-`, `.`, digits' edges and camelCase humps.
-fn name_words(name: &[u8]) -> Vec<Vec<u8>> {
-    let mut words: Vec<Vec<u8>> = Vec::new();
-    let mut current: Vec<u8> = Vec::new();
-    for (i, &b) in name.iter().enumerate() {
-        let hump = b.is_ascii_uppercase() && i > 0 && name[i - 1].is_ascii_lowercase();
-        if (!b.is_ascii_alphabetic() || hump) && !current.is_empty() {
-            words.push(std::mem::take(&mut current));
-        }
-        if b.is_ascii_alphabetic() {
-            current.push(b.to_ascii_lowercase());
-        }
-    }
-    if !current.is_empty() {
-        words.push(current);
-    }
-    words
 }
 
 /// Does the name (without the value) say "this holds a secret"?

@@ -4,7 +4,7 @@
 
 use serde::Deserialize;
 
-use crate::{Lazy, Rule, compile};
+use crate::{Rule, compile};
 
 #[derive(Deserialize)]
 struct File {
@@ -69,7 +69,7 @@ pub(crate) fn parse(text: &str) -> Result<Vec<(Rule, Vec<String>)>, String> {
             Rule {
                 category: format!("secret.{}", r.id),
                 id: r.id,
-                regex: Lazy::compiled(regex),
+                regex,
                 entropy: r.entropy.unwrap_or(0.0),
                 group: Some(r.secret_group.unwrap_or(0)),
                 before: 256,

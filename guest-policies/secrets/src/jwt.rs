@@ -6,8 +6,8 @@
 //! decode stays a finding.
 
 /// Words that make a claim name an identity, an audience, a lifetime or a grant: the registered
-/// claims (RFC 7519 §4.1) and what IdPs and APIs use. A key counts when one of its words (split
-/// at `_`, `-`, `.` and camelCase humps, case-insensitively) is here, or when it ends in `id`
+/// claims (RFC 7519 §4.1) and what IdPs and APIs use. A key counts when one of its words
+/// ([`crate::words`]: letters, split at anything else and at camelCase humps) is here, or when it ends in `id`
 /// (`userID`, `customerid`), at any depth of the payload.
 const CLAIM_WORDS: &[&str] = &[
     "iss",
@@ -90,26 +90,10 @@ fn names_someone(map: &serde_json::Map<String, serde_json::Value>, depth: usize)
 }
 
 fn claim_key(key: &str) -> bool {
-    let lower = key.to_ascii_lowercase();
-    if lower.ends_with("id") {
-        return true;
-    }
-    let mut words: Vec<String> = Vec::new();
-    let mut current = String::new();
-    let mut previous_lower = false;
-    for c in key.chars() {
-        if (!c.is_ascii_alphanumeric() || (c.is_ascii_uppercase() && previous_lower)) && !current.is_empty() {
-            words.push(std::mem::take(&mut current));
-        }
-        if c.is_ascii_alphanumeric() {
-            current.push(c.to_ascii_lowercase());
-        }
-        previous_lower = c.is_ascii_lowercase();
-    }
-    if !current.is_empty() {
-        words.push(current);
-    }
-    words.iter().any(|w| CLAIM_WORDS.contains(&w.as_str()))
+    key.to_ascii_lowercase().ends_with("id")
+        || crate::words(key.as_bytes())
+            .iter()
+            .any(|w| CLAIM_WORDS.iter().any(|c| c.as_bytes() == w))
 }
 
 fn object(part: &[u8]) -> Option<serde_json::Map<String, serde_json::Value>> {

@@ -45,10 +45,9 @@ pub struct Finding {
 struct Rule {
     id: String,
     category: String,
-    /// Compiled on first use for built-in rules natively (tests, tools); the policy component
-    /// compiles them all in `configure` (see component.rs). A gitleaks file's rules are compiled
-    /// when parsed, so a bad one is refused at load.
-    regex: Lazy,
+    /// Compiled when the scanner is built — in the policy's `configure`, never in `evaluate`: a
+    /// prompt naming every rule's keyword must not spend a request's CPU deadline compiling.
+    regex: Regex,
     entropy: f32,
     /// The capture group holding the secret; 0 = first group that matched, else the whole match.
     group: Option<usize>,
@@ -140,7 +139,7 @@ impl Scanner {
             if disabled(spec.id, &category) {
                 continue;
             }
-            let regex = Lazy::pattern(spec.regex);
+            let regex = compile(spec.regex).map_err(|e| format!("built-in rule {}: {e}", spec.id))?;
             let long =
                 spec.family == "private-key" || spec.id == "gcp-service-account" || spec.id == "kubernetes-secret";
             specs.push((
@@ -214,14 +213,6 @@ impl Scanner {
         })
     }
 
-    /// Compiles every rule's regex now; names the first that does not compile.
-    pub fn compile_all(&self) -> Result<(), String> {
-        match self.rules.iter().find(|r| r.regex.get().is_none()) {
-            Some(rule) => Err(format!("rule {} does not compile", rule.id)),
-            None => Ok(()),
-        }
-    }
-
     /// Number of compiled rules (plus one for the generic detector).
     pub fn rule_count(&self) -> usize {
         self.rules.len() + usize::from(self.generic.is_some())
@@ -266,8 +257,7 @@ impl Scanner {
         for (r, ws) in windows.iter().enumerate() {
             let rule = &self.rules[r];
             for &(ws, we) in ws {
-                let Some(regex) = rule.regex.get() else { continue };
-                for caps in regex.captures_iter(&hay[ws..we]) {
+                for caps in rule.regex.captures_iter(&hay[ws..we]) {
                     let m = match rule.group {
                         Some(0) => caps.iter().skip(1).flatten().next().or_else(|| caps.get(0)),
                         Some(g) => caps.get(g),
@@ -344,34 +334,6 @@ impl Scanner {
     }
 }
 
-/// A rule's regex, compiled when first needed.
-struct Lazy {
-    pattern: &'static str,
-    regex: std::sync::OnceLock<Option<Regex>>,
-}
-
-impl Lazy {
-    fn pattern(pattern: &'static str) -> Self {
-        Lazy {
-            pattern,
-            regex: std::sync::OnceLock::new(),
-        }
-    }
-
-    fn compiled(regex: Regex) -> Self {
-        Lazy {
-            pattern: "",
-            regex: std::sync::OnceLock::from(Some(regex)),
-        }
-    }
-
-    /// `None` only for a built-in pattern that does not compile, which
-    /// `at_least_150_formats_compile` (tests.rs) rules out.
-    fn get(&self) -> Option<&Regex> {
-        self.regex.get_or_init(|| compile(self.pattern).ok()).as_ref()
-    }
-}
-
 fn compile(pattern: &str) -> Result<Regex, regex::Error> {
     RegexBuilder::new(pattern)
         .unicode(false)
@@ -383,6 +345,27 @@ fn compile(pattern: &str) -> Result<Regex, regex::Error> {
 /// Shannon entropy in bits per byte.
 pub fn entropy(bytes: &[u8]) -> f32 {
     conduit_policy_sdk::entropy(bytes)
+}
+
+/// The lower-cased words of an identifier (`nonMatchingToken`, `FAKE_API_KEY`, `user_uuid`):
+/// runs of letters, split at anything else and at camelCase humps. Shared by the generic
+/// detector's sample names and the JWT claim names.
+fn words(name: &[u8]) -> Vec<Vec<u8>> {
+    let mut words: Vec<Vec<u8>> = Vec::new();
+    let mut current: Vec<u8> = Vec::new();
+    for (i, &b) in name.iter().enumerate() {
+        let hump = b.is_ascii_uppercase() && i > 0 && name[i - 1].is_ascii_lowercase();
+        if (!b.is_ascii_alphabetic() || hump) && !current.is_empty() {
+            words.push(std::mem::take(&mut current));
+        }
+        if b.is_ascii_alphabetic() {
+            current.push(b.to_ascii_lowercase());
+        }
+    }
+    if !current.is_empty() {
+        words.push(current);
+    }
+    words
 }
 
 fn contains_ci(hay: &[u8], needle: &[u8]) -> bool {
