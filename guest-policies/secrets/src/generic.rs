@@ -267,15 +267,23 @@ impl Generic {
     }
 }
 
-/// Does the name say its value is a sample (`nonMatchingToken`, `FAKE_KEY`)?
+/// Does the name say its value is a sample (`nonMatchingToken`, `FAKE_API_KEY`, `dummySecret`)?
+/// Only where the sample word stands right before the secret word, in the name's last dotted
+/// part: `EXAMPLE_APP_SECRET_KEY`, `MOCK_SERVER_PASSWORD` and `payments.mock.token` name real
+/// credentials of an app or service that happens to be called so.
 fn sample_name(name: &[u8]) -> bool {
-    let words = crate::words(name);
+    let last = name.rsplit(|&b| b == b'.').next().unwrap_or(name);
+    let words = crate::words(last);
     let is_sample = |w: &[u8]| SAMPLE_NAME_WORDS.iter().any(|s| s.as_bytes() == w);
-    // Single words, and two written together (`nonMatching` → `non` + `matching`).
-    words.iter().any(|w| is_sample(w))
-        || words
-            .windows(2)
-            .any(|p| is_sample(&[p[0].as_slice(), p[1].as_slice()].concat()))
+    let Some(secret) = words
+        .iter()
+        .position(|w| NAME_WORDS.iter().any(|n| w.starts_with(n.as_bytes())))
+    else {
+        return false;
+    };
+    // The word before it, or the two before it written together (`nonMatching`).
+    (secret >= 1 && is_sample(&words[secret - 1]))
+        || (secret >= 2 && is_sample(&[words[secret - 2].as_slice(), words[secret - 1].as_slice()].concat()))
 }
 
 /// Does the name (without the value) say "this holds a secret"?

@@ -19,7 +19,6 @@
 
 mod generic;
 mod gitleaks;
-mod jwt;
 mod prefilter;
 pub mod rules;
 
@@ -326,10 +325,6 @@ impl Scanner {
         if rule.stopwords.iter().any(|s| contains_ci(value, s.as_bytes())) {
             return false;
         }
-        // A JWT under any rule (a bearer header, an assignment) that names nobody is a sample.
-        if value.starts_with(b"eyJ") && jwt::claims_nobody(value) {
-            return false;
-        }
         !rule.allow.iter().any(|a| a.is_match(value))
     }
 }
@@ -347,10 +342,9 @@ pub fn entropy(bytes: &[u8]) -> f32 {
     conduit_policy_sdk::entropy(bytes)
 }
 
-/// The lower-cased words of an identifier (`nonMatchingToken`, `FAKE_API_KEY`, `user_uuid`):
-/// runs of letters, split at anything else and at camelCase humps. Shared by the generic
-/// detector's sample names and the JWT claim names.
-fn words(name: &[u8]) -> Vec<Vec<u8>> {
+/// The lower-cased words of an identifier (`nonMatchingToken`, `FAKE_API_KEY`): runs of
+/// letters, split at anything else and at camelCase humps.
+pub(crate) fn words(name: &[u8]) -> Vec<Vec<u8>> {
     let mut words: Vec<Vec<u8>> = Vec::new();
     let mut current: Vec<u8> = Vec::new();
     for (i, &b) in name.iter().enumerate() {
@@ -376,7 +370,6 @@ fn contains_ci(hay: &[u8], needle: &[u8]) -> bool {
 const MARKERS: &[&[u8]] = &[
     b"xxxx",
     b"****",
-    b"####",
     b"...",
     b"${",
     b"{{",
@@ -428,6 +421,10 @@ pub fn is_placeholder(value: &[u8], aws_example: bool) -> bool {
     if aws_example && contains_ci(value, b"example") {
         return true;
     }
+    // A masked tail (`xoxp-5723…-####################`); `####` inside a value may be a password.
+    if value.ends_with(b"####") {
+        return true;
+    }
     // `sk-...`, `ops_eyJ..`, and Windows `%VAR%` references.
     if value.ends_with(b"..") || (value.len() > 2 && value.starts_with(b"%") && value.ends_with(b"%")) {
         return true;
@@ -443,16 +440,6 @@ pub fn is_placeholder(value: &[u8], aws_example: bool) -> bool {
         if run >= 12 {
             return true;
         }
-    }
-    // `xoxp-1234567890`: a short prefix ending in `-` or `_`, then nothing but a counting run.
-    if let Some(at) = value.iter().rposition(|&b| b == b'-' || b == b'_')
-        && at < 8
-        && value.len() - at > 8
-        && value[at + 1..]
-            .windows(2)
-            .all(|w| w[1] == w[0].wrapping_add(1) || (w[0] == b'9' && w[1] == b'0'))
-    {
-        return true;
     }
     longest_same >= 24 || (longest_same >= 8 && longest_same * 3 >= value.len())
 }

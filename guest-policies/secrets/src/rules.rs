@@ -457,7 +457,7 @@ pub static RULES: &[RuleSpec] = &[
         "nuget-config-password",
         "nuget-password",
         &["clear"],
-        r#"(?i)<add key=\\?"(?:ClearTextPassword|Password)\\?"\s+value=\\?"([^"\\]{8,200})\\?""#,
+        r#"(?i)<add key=\\?"(?:ClearTextPassword|Password)\\?"\s+value=\\?"([^"\\]{1,200})\\?""#,
         1.0,
     ),
     r(
@@ -742,7 +742,7 @@ pub static RULES: &[RuleSpec] = &[
         "sumologic-context",
         "sumologic-key",
         &["sumo"],
-        ctx!(r"(?-i:[Ss]umo|SUMO)", r"su[a-zA-Z0-9]{12}|[a-z0-9]{64}"),
+        ctx!(r"sumo(?:logic|[^a-z]|$)", r"su[a-zA-Z0-9]{12}|[a-z0-9]{64}"),
         3.0,
     ),
     r(
@@ -897,7 +897,7 @@ pub static RULES: &[RuleSpec] = &[
         "slack-token",
         "slack-token",
         &["xox"],
-        r"(xox[abpsr]-(?:\d-)?(?:\d{6,14}-){1,4}[0-9A-Za-z]{8,64}|xox[ar]-(?:\d-)?[0-9A-Za-z]{8,48}|xoxe(?:\.xox[bp])?-\d-[A-Za-z0-9]{100,200})(?:[^0-9A-Za-z\-]|$)",
+        r"(xox[abpsr]-(?:\d-)?(?:\d{6,14}-){1,4}[0-9A-Za-z]{8,}|xox[ar]-(?:\d-)?[0-9A-Za-z]{8,48}|xoxe(?:\.xox[bp])?-\d-[A-Za-z0-9]{100,200})(?:[^0-9A-Za-z]|$)",
         2.5,
     ),
     r(

@@ -115,7 +115,19 @@ fn samples_are_told_from_credentials() {
     assert!(rules_hit(r#"nonMatchingToken := "sm_aat_3fzdswl17b""#).is_empty());
     assert!(rules_hit(r#"FAKE_API_KEY = "Zq8vR2mXk4Lp9TnW""#).is_empty());
     assert_eq!(rules_hit(r#"API_KEY = "Zq8vR2mXk4Lp9TnW""#), ["generic-assignment"]);
-    // Whole words only: these names hold real credentials.
+    // Whole words, right before the secret word: these names hold real credentials.
+    for name in [
+        "EXAMPLE_APP_SECRET_KEY",
+        "MOCK_SERVER_PASSWORD",
+        "payments.mock.token",
+        "sample-app.client-secret",
+    ] {
+        assert_eq!(
+            rules_hit(&format!(r#"{name} = "Zq8vR2mXk4Lp9TnW""#)),
+            ["generic-assignment"],
+            "{name}"
+        );
+    }
     assert_eq!(
         rules_hit(r#"WIREMOCK_API_TOKEN = "Zq8vR2mXk4Lp9TnW""#),
         ["generic-assignment"]
@@ -132,10 +144,27 @@ fn samples_are_told_from_credentials() {
     );
     // A weak password with a counting run in it is still a password.
     assert_eq!(rules_hit(r#"DB_PASSWORD="P@ss12345678""#), ["generic-assignment"]);
-    // A counting run that is most of the value; a masked tail.
-    assert!(rules_hit(r#""token1": "xoxp-1234567890""#).is_empty());
-    assert!(rules_hit(r#""token4": "xoxp-572370529330-573807301142-572331691188-####################""#).is_empty());
-    // Sumo Logic's name is case-sensitive: `sumObj` is a sum.
+    // Weak passwords are passwords; a masked tail is not.
+    assert!(!is_placeholder(b"Tr0ub4dor####2024", false), "`####` inside a value");
+    assert!(is_placeholder(b"xoxp-572370529330-########", false), "a masked tail");
+    for pw in ["admin_12345678", "qwerty-1234567890"] {
+        assert_eq!(
+            rules_hit(&format!(r#"DB_PASSWORD="{pw}""#)),
+            ["generic-assignment"],
+            "{pw}"
+        );
+    }
+    // Sumo Logic's name is a word of its own: `sumObj` is a sum.
     assert!(rules_hit("sumObj = suGyI5imvADdvU").is_empty());
     assert_eq!(rules_hit("sumo_access_id = suGyI5imvADdvU"), ["sumologic-context"]);
+    assert_eq!(rules_hit("sUMO_ACCESS_ID = suGyI5imvADdvU"), ["sumologic-context"]);
+    // A Slack token followed by `-` is still a Slack token; a short NuGet password still a password.
+    assert_eq!(
+        rules_hit("xoxb-263594206564-2343594206574-FGqddMF8t08v8N7Oq4i57vs1-"),
+        ["slack-token"]
+    );
+    assert_eq!(
+        rules_hit(r#"<add key="ClearTextPassword" value="hunter2" />"#),
+        ["nuget-config-password"]
+    );
 }
