@@ -4,7 +4,6 @@
 
 use std::io::Read;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
@@ -508,10 +507,11 @@ async fn migrate(config: &Config) -> Result<()> {
 async fn serve(config: Config) -> Result<()> {
     crate::telemetry::init(&config.log);
     let gateway = conduit_gateway::Gateway::open(config).await?;
-    let running = conduit_gateway::server::start(gateway, Duration::from_secs(30)).await?;
+    let grace = gateway.config.limits.shutdown_grace;
+    let running = conduit_gateway::server::start(gateway, grace).await?;
     shutdown_signal().await;
-    tracing::info!("shutting down: no new connections; finishing in-flight requests (up to 30 s)");
-    running.shutdown(Duration::from_secs(30)).await;
+    running.drain().await;
+    tracing::info!("stopped: ledger and audit log flushed");
     Ok(())
 }
 

@@ -296,3 +296,122 @@ fn bad_configuration_stops_start_up_with_a_specific_message() {
     let err = env.fails(&["credentials", "set", "openai", "--from-env", "NOT_SET_ANYWHERE"]);
     assert!(err.contains("\"NOT_SET_ANYWHERE\" is not set"), "{err}");
 }
+
+/// SIGTERM as Kubernetes sends it: `/readyz` turns 503 at once while requests are still served for
+/// `limits.shutdown_delay_secs`; then the listeners close, an open stream runs to its end, and the
+/// process exits 0 with every request in the ledger and the audit log. An admin token mounted as
+/// a file (`CONDUIT_ADMIN_TOKEN_FILE`) is the one the admin API takes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_readyz_first_then_lets_streams_finish() {
+    let mock = conduit_gateway::mock::start(
+        "127.0.0.1:0".parse().unwrap(),
+        conduit_gateway::mock::MockOptions {
+            event_delay_ms: 400,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let mut env = Env::new(data.path(), &mock.url());
+    let config = data.path().join("conduit.toml");
+    std::fs::write(&config, "[limits]\nshutdown_delay_secs = 2\nshutdown_grace_secs = 30\n").unwrap();
+    let token_file = data.path().join("admin-token");
+    std::fs::write(&token_file, "drain-test-admin-token-0123456789\n").unwrap();
+    env.vars.push(("CONDUIT_CONFIG".into(), config.display().to_string()));
+    env.vars
+        .push(("CONDUIT_ADMIN_TOKEN_FILE".into(), token_file.display().to_string()));
+    let key =
+        serde_json::from_str::<serde_json::Value>(&env.ok(&["keys", "create", "--owner", "d@corp.example", "--json"]))
+            .unwrap()["key"]
+            .as_str()
+            .unwrap()
+            .to_string();
+    env.ok(&["credentials", "set", "anthropic", "--from-env", "CANARY"]);
+    let gw = env.serve();
+    let gateway = env.get("CONDUIT_LISTEN");
+    let admin = env.get("CONDUIT_ADMIN_LISTEN");
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build(hyper_util::client::legacy::connect::HttpConnector::new());
+    let get = |path: &str, token: Option<&str>| {
+        let mut req = http::Request::get(format!("http://{admin}{path}"));
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let req = req.body(Full::<bytes::Bytes>::default()).unwrap();
+        let client = client.clone();
+        async move {
+            let resp = client.request(req).await.unwrap();
+            let status = resp.status().as_u16();
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            (status, String::from_utf8_lossy(&body).into_owned())
+        }
+    };
+    assert_eq!(get("/readyz", None).await.0, 200);
+    assert_eq!(
+        get("/v1/keys", Some("drain-test-admin-token-0123456789")).await.0,
+        200,
+        "the admin token is read from CONDUIT_ADMIN_TOKEN_FILE"
+    );
+
+    // A stream of ~8 events 400 ms apart: it outlives the 2 s delay.
+    let stream_req = http::Request::post(format!("http://{gateway}/v1/messages"))
+        .header("x-api-key", &key)
+        .header("content-type", "application/json")
+        .body(Full::new(bytes::Bytes::from_static(
+            br#"{"model":"claude-haiku-4-5","max_tokens":8,"stream":true,"messages":[{"role":"user","content":"hi"}]}"#,
+        )))
+        .unwrap();
+    let resp = client.request(stream_req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let stream = tokio::spawn(async move { resp.into_body().collect().await.map(|b| b.to_bytes()) });
+
+    let pid = gw.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let sent = std::time::Instant::now();
+    // Draining: not ready, yet still serving while the load balancer catches up.
+    let mut readyz = (0, String::new());
+    while sent.elapsed() < std::time::Duration::from_secs(1) {
+        readyz = get("/readyz", None).await;
+        if readyz.0 == 503 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(readyz.0, 503, "/readyz during the shutdown delay: {}", readyz.1);
+    assert!(readyz.1.contains("draining"), "{}", readyz.1);
+    assert_eq!(
+        post_messages(&gateway, &key).await,
+        200,
+        "requests are still served during the delay"
+    );
+    assert!(sent.elapsed() < std::time::Duration::from_secs(2));
+
+    // After the delay the listener is closed, while the stream goes on to its end.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(&gateway).await.is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the gateway still accepts after the delay"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(
+        sent.elapsed() >= std::time::Duration::from_secs(2),
+        "closed before the delay ended"
+    );
+    let body = stream.await.unwrap().expect("the open stream finishes, not cut");
+    assert!(
+        common::process::contains(&body, "message_stop"),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    let out = tokio::task::spawn_blocking(move || terminate(gw)).await.unwrap();
+    assert!(out.status.success(), "exit after SIGTERM: {:?}", out.status);
+
+    // Both requests were flushed to the audit log before the exit.
+    let audit = env.ok(&["audit", "export", "--format", "jsonl"]);
+    let forwarded = audit.lines().filter(|l| l.contains("\"status\":200")).count();
+    assert_eq!(forwarded, 2, "{audit}");
+    assert!(env.ok(&["audit", "verify"]).contains("audit chain intact"));
+}

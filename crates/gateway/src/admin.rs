@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! GET  /livez, /healthz                  the process answers (no token; liveness)
-//! GET  /readyz                           the state backend answers and the audit log is writable (no token)
+//! GET  /readyz                           the state backend answers, the audit log is writable and no shutdown
+//!                                          has begun (no token)
 //! GET  /v1/keys                          list keys (never secrets)
 //! POST /v1/keys                          create {owner, team?, name?, expires_at?} → {key, record}
 //! GET  /v1/keys/{id}                     one key
@@ -56,6 +57,12 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>, peer: std::net::Socket
         // probe does not restart a gateway that is only waiting for PostgreSQL or disk space.
         (&Method::GET, "/healthz" | "/livez") => return reply(StatusCode::OK, json!({"status": "ok"})),
         (&Method::GET, "/readyz") => {
+            if gw.draining.load(std::sync::atomic::Ordering::Relaxed) {
+                return problem(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "draining: this gateway is shutting down; in-flight requests are finishing",
+                );
+            }
             if let Some(why) = gw.audit.failing() {
                 return problem(
                     StatusCode::SERVICE_UNAVAILABLE,

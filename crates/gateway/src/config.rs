@@ -29,6 +29,9 @@ pub struct RawConfig {
     pub master_key_file: Option<PathBuf>,
     /// Admin bearer token (prefer env `CONDUIT_ADMIN_TOKEN`); generated into the data dir if unset.
     pub admin_token: Option<Redacted>,
+    /// A file holding the admin bearer token — a mounted secret (env `CONDUIT_ADMIN_TOKEN_FILE`).
+    /// `CONDUIT_ADMIN_TOKEN` and `admin_token` win.
+    pub admin_token_file: Option<PathBuf>,
     /// Logging.
     #[serde(default)]
     pub log: RawLog,
@@ -266,6 +269,13 @@ pub struct RawLimits {
     pub max_json_values: Option<usize>,
     /// Most separate pieces of text one request may carry (default 100,000); more → 413.
     pub max_text_values: Option<usize>,
+    /// Seconds between SIGTERM and closing the listeners, during which `/readyz` answers 503
+    /// `draining` and requests are still served — time for a load balancer or Kubernetes'
+    /// endpoints to stop sending new ones (default 0; the Kubernetes manifests set 5).
+    pub shutdown_delay_secs: Option<u64>,
+    /// Seconds, after the listeners close, that in-flight requests and streams may take to finish
+    /// before the process flushes its ledger and audit log and exits (default 30).
+    pub shutdown_grace_secs: Option<u64>,
 }
 
 /// `[network]`
@@ -402,6 +412,10 @@ pub struct Limits {
     pub default_max_output_tokens: u64,
     /// What one body may hold (each limit refuses).
     pub body: crate::content::BodyLimits,
+    /// SIGTERM → listeners closed: still serving, `/readyz` 503.
+    pub shutdown_delay: Duration,
+    /// Listeners closed → exit: in-flight requests finish within it.
+    pub shutdown_grace: Duration,
 }
 
 /// TLS termination files.
@@ -476,7 +490,17 @@ impl RawConfig {
             MasterKeySource::Generated(data_dir.join("master.key"))
         };
 
-        let admin_token = env_or("CONDUIT_ADMIN_TOKEN", self.admin_token.map(Redacted::into_inner));
+        let admin_token = match env_or("CONDUIT_ADMIN_TOKEN", self.admin_token.map(Redacted::into_inner)) {
+            Some(t) => Some(t),
+            None => match env("CONDUIT_ADMIN_TOKEN_FILE")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+                .or(self.admin_token_file)
+            {
+                Some(p) => Some(read_secret_file(&p, "admin_token_file (CONDUIT_ADMIN_TOKEN_FILE)")?),
+                None => None,
+            },
+        };
         if let Some(t) = &admin_token
             && t.len() < 16
         {
@@ -533,7 +557,15 @@ impl RawConfig {
                 max_values: positive("limits.max_json_values", self.limits.max_json_values, 4_000_000)?,
                 max_segments: positive("limits.max_text_values", self.limits.max_text_values, 100_000)?,
             },
+            shutdown_delay: Duration::from_secs(self.limits.shutdown_delay_secs.unwrap_or(0)),
+            shutdown_grace: secs("limits.shutdown_grace_secs", self.limits.shutdown_grace_secs, 30)?,
         };
+        if limits.shutdown_delay > Duration::from_secs(3600) {
+            return Err(Error::msg(format!(
+                "limits.shutdown_delay_secs is {}; expected at most 3600 seconds (Kubernetes uses 5–15)",
+                limits.shutdown_delay.as_secs()
+            )));
+        }
 
         let proxy = proxy_settings(&self.network, env)?;
         let network = Network {
@@ -671,6 +703,23 @@ fn parse_addr(key: &str, env_name: &str, value: Option<String>, default: &str) -
     })
 }
 
+/// A secret mounted as a file (a Docker / Kubernetes secret): its contents less surrounding
+/// whitespace. The error names the setting and the path, never the contents.
+fn read_secret_file(path: &Path, setting: &str) -> Result<String> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Error::msg(format!(
+            "{setting} is {path:?}, which cannot be read ({e}); mount the secret there or unset the setting"
+        ))
+    })?;
+    let secret = text.trim();
+    if secret.is_empty() {
+        return Err(Error::msg(format!(
+            "{setting} is {path:?}, which is empty; write the secret into it (e.g. `openssl rand -hex 24 > FILE`)"
+        )));
+    }
+    Ok(secret.to_string())
+}
+
 fn positive(key: &str, v: Option<usize>, default: usize) -> Result<usize> {
     match v {
         Some(0) => Err(Error::msg(format!(
@@ -741,6 +790,64 @@ mod tests {
         assert_eq!(c.limits.max_body_bytes, 32 * 1024 * 1024);
         assert!(matches!(c.master_key, MasterKeySource::Generated(_)));
         assert!(c.tls.is_none());
+    }
+
+    #[test]
+    fn the_admin_token_comes_from_a_mounted_file_and_shutdown_has_bounds() {
+        let dir = std::env::temp_dir().join(format!("conduit-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("admin-token");
+        std::fs::write(&file, "  file-admin-token-0123456789\n").unwrap();
+        let path = file.display().to_string();
+        let c = RawConfig::default()
+            .validate(&env_of(&[("CONDUIT_ADMIN_TOKEN_FILE", &path)]))
+            .unwrap();
+        assert_eq!(
+            c.admin_token.as_ref().map(Redacted::expose),
+            Some("file-admin-token-0123456789")
+        );
+        assert_eq!(c.limits.shutdown_delay, Duration::ZERO);
+        assert_eq!(c.limits.shutdown_grace, Duration::from_secs(30));
+        // The variable wins over the file.
+        let c = RawConfig::default()
+            .validate(&env_of(&[
+                ("CONDUIT_ADMIN_TOKEN_FILE", &path),
+                ("CONDUIT_ADMIN_TOKEN", "env-admin-token-0123456789"),
+            ]))
+            .unwrap();
+        assert_eq!(
+            c.admin_token.as_ref().map(Redacted::expose),
+            Some("env-admin-token-0123456789")
+        );
+        // An empty or missing file names the path and the setting, never contents.
+        std::fs::write(&file, "\n").unwrap();
+        let err = RawConfig::default()
+            .validate(&env_of(&[("CONDUIT_ADMIN_TOKEN_FILE", &path)]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("CONDUIT_ADMIN_TOKEN_FILE") && err.contains("is empty"),
+            "{err}"
+        );
+        let missing = dir.join("nope").display().to_string();
+        let err = RawConfig::default()
+            .validate(&env_of(&[("CONDUIT_ADMIN_TOKEN_FILE", &missing)]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cannot be read") && err.contains("nope"), "{err}");
+        // A short token from a file is refused like one from the environment.
+        std::fs::write(&file, "short").unwrap();
+        let err = RawConfig::default()
+            .validate(&env_of(&[("CONDUIT_ADMIN_TOKEN_FILE", &path)]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("at least 16"), "{err}");
+        let raw: RawConfig = toml::from_str("[limits]\nshutdown_delay_secs = 7200\n").unwrap();
+        let err = raw.validate(&env_of(&[])).unwrap_err().to_string();
+        assert!(err.contains("shutdown_delay_secs is 7200"), "{err}");
+        let raw: RawConfig = toml::from_str("[limits]\nshutdown_grace_secs = 0\n").unwrap();
+        assert!(raw.validate(&env_of(&[])).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

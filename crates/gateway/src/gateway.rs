@@ -47,6 +47,8 @@ pub struct Gateway {
     pub metrics: Arc<crate::audit::metrics::Metrics>,
     /// Sign-in with the org's IdP, when configured.
     pub signin: Option<Arc<crate::idp::SignIn>>,
+    /// Set once shutdown begins: `/readyz` answers 503 so no new work is routed here.
+    pub draining: std::sync::atomic::AtomicBool,
     master_keys: RwLock<MasterKeys>,
     credential_writes: tokio::sync::Mutex<()>,
     prices: RwLock<Arc<PriceTable>>,
@@ -100,6 +102,7 @@ impl Gateway {
         let in_flight = Arc::new(tokio::sync::Semaphore::new(config.limits.max_in_flight));
         Ok(Gateway {
             in_flight,
+            draining: std::sync::atomic::AtomicBool::new(false),
             signin,
             config,
             state,

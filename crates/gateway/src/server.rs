@@ -40,17 +40,41 @@ pub struct Running {
 }
 
 impl Running {
+    /// The operator's stop (SIGTERM): `/readyz` turns 503 at once while requests are still
+    /// served for `limits.shutdown_delay` (a load balancer's or Kubernetes' endpoints catch up),
+    /// then [`Running::shutdown`] with `limits.shutdown_grace`.
+    pub async fn drain(self) {
+        let limits = &self.gateway.config.limits;
+        let (delay, grace) = (limits.shutdown_delay, limits.shutdown_grace);
+        self.gateway.draining.store(true, std::sync::atomic::Ordering::Relaxed);
+        if !delay.is_zero() {
+            tracing::info!(
+                delay_secs = delay.as_secs(),
+                "shutting down: /readyz answers 503; still serving until the delay ends"
+            );
+            tokio::time::sleep(delay).await;
+        }
+        tracing::info!(
+            grace_secs = grace.as_secs(),
+            "shutting down: no new connections; finishing in-flight requests"
+        );
+        self.shutdown(grace).await;
+    }
+
     /// Stops accepting, lets in-flight requests finish (up to `grace`), then returns.
     pub async fn shutdown(self, grace: Duration) {
+        self.gateway.draining.store(true, std::sync::atomic::Ordering::Relaxed);
         let _ = self.stop.send(true);
+        // One deadline for the whole drain: connections first, then requests that outlived theirs.
+        let deadline = tokio::time::Instant::now() + grace;
         for t in self.tasks {
-            let _ = tokio::time::timeout(grace + Duration::from_secs(1), t).await;
+            let _ = tokio::time::timeout_at(deadline + Duration::from_secs(1), t).await;
         }
         // Requests whose client hung up run on without a connection, so the connections' drain
         // does not wait for them: wait (within the grace) until every in-flight place is back —
         // a place returns only once its request is recorded — before the writers flush.
         let all = u32::try_from(self.gateway.config.limits.max_in_flight).unwrap_or(u32::MAX);
-        if tokio::time::timeout(grace, self.gateway.in_flight.acquire_many(all))
+        if tokio::time::timeout_at(deadline, self.gateway.in_flight.acquire_many(all))
             .await
             .is_err()
         {
