@@ -29,7 +29,13 @@ done
 
 target_dir="${CARGO_TARGET_DIR:-target}"
 work="$target_dir/image"
-mkdir -p "$work" "$out"
+mkdir -p "$work"
+# dist/ holds exactly this release: made fresh, and only ever emptied if an earlier run made it.
+if [ -e "$out" ] && [ -n "$(ls -A "$out" 2>/dev/null)" ]; then
+  [ -f "$out/.conduit-release" ] || { echo "release.sh: $out exists, is not empty and was not made by release.sh; give another --out" >&2; exit 2; }
+  rm -rf "$out"
+fi
+mkdir -p "$out" && touch "$out/.conduit-release"
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 revision=$(git rev-parse HEAD 2>/dev/null || echo unknown)
 git diff --quiet HEAD 2>/dev/null || revision="$revision-dirty"
@@ -47,6 +53,9 @@ cargo auditable build --release --locked -p conduit --bin conduit
 objcopy --strip-debug "$target_dir/release/conduit" "$work/conduit"
 
 step "image: deploy/image/assemble.py"
+# Fresh .debs every time: apt-get download checks each against Debian's signed archive index, and
+# a cached copy would keep a release on a package security updates have replaced.
+rm -rf "$work/debs"
 python3 deploy/image/assemble.py --binary "$work/conduit" --debs "$work/debs" --out "$work" \
   --version "$version" --revision "$revision" --created "$created" --source "$source_url" --license "$license"
 digest=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["image"]["digest"])' "$work/image-contents.json")
@@ -57,7 +66,6 @@ python3 deploy/image/assemble.py --binary "$work/conduit" --debs "$work/debs" --
 again=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["image"]["digest"])' "$work/again/image-contents.json")
 [ "$again" = "$digest" ] || { echo "release.sh: the image is not reproducible: $digest, then $again" >&2; exit 1; }
 echo "reproducible: assembled twice, $digest both times"
-rm -f "$out"/conduit-*.tar "$out"/*.cdx.json "$out"/SHA256SUMS*
 cp "$work/conduit-$version.oci.tar" "$out/"
 
 step "SBOMs (CycloneDX 1.5), validated against the schema"
@@ -75,6 +83,7 @@ else
   rm -f "$out/UNRELEASABLE"
 fi
 openssl pkey -in "$key" -pubout -out "$out/cosign.pub"
+cp "$out/cosign.pub" "$work/signing.pub"   # for `deploy/verify --key` on this machine
 python3 deploy/sign.py --key "$key" --image-digest "$digest" --identity "$identity" --version "$version" \
   --created "$created" --out "$work/signature"
 cp "$work/signature/conduit-$version.sig.oci.tar" "$out/"
@@ -82,13 +91,16 @@ cp "$work/signature/payload.json" "$out/conduit-$version.sig.payload.json"
 cp "$work/signature/payload.sig" "$out/conduit-$version.sig.payload.sig"
 
 step "deployment files and the install guide"
-tar --sort=name --mtime="@$created" --owner=0 --group=0 --numeric-owner -czf "$out/conduit-$version-deploy.tar.gz" \
-  deploy/compose deploy/k8s deploy/verify deploy/sbom.py
+# From the commit, not the work tree: a secrets/ directory made while trying the Compose files, or
+# any other untracked file, cannot reach the release.
+git archive --format=tar.gz --prefix=conduit-$version/ -o "$out/conduit-$version-deploy.tar.gz" HEAD \
+  deploy/compose deploy/k8s deploy/verify deploy/sbom.py deploy/cosign-verify
+
 cp docs/install.md "$out/INSTALL.md"
 printf '%s\n' "$digest" > "$out/IMAGE_DIGEST"
 
 step "sums, signed"
-(cd "$out" && find . -maxdepth 1 -type f ! -name 'SHA256SUMS*' -printf '%f\n' | LC_ALL=C sort | xargs sha256sum > SHA256SUMS)
+(cd "$out" && find . -maxdepth 1 -type f ! -name 'SHA256SUMS*' ! -name '.conduit-release' -printf '%f\n' | LC_ALL=C sort | xargs sha256sum > SHA256SUMS)
 openssl dgst -sha256 -sign "$key" "$out/SHA256SUMS" | base64 -w0 > "$out/SHA256SUMS.sig"
 echo >> "$out/SHA256SUMS.sig"
 

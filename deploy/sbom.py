@@ -147,9 +147,9 @@ def binary_sbom(a: argparse.Namespace) -> dict:
     }
 
 
-def deb_purl(p: dict) -> str:
+def deb_purl(p: dict, distro: str) -> str:
     arch = "all" if p["name"] == "ca-certificates" else "amd64"
-    return f"pkg:deb/debian/{p['name']}@{quote(p['version'], safe='')}?arch={arch}&distro=debian-12"
+    return f"pkg:deb/debian/{p['name']}@{quote(p['version'], safe='')}?arch={arch}&distro={distro}"
 
 
 def image_sbom(a: argparse.Namespace) -> dict:
@@ -174,7 +174,7 @@ def image_sbom(a: argparse.Namespace) -> dict:
 
     components = []
     for p in contents["packages"]:
-        purl = deb_purl(p)
+        purl = deb_purl(p, contents["distro"])
         c: dict = {
             "type": "library",
             "bom-ref": purl,

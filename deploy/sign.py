@@ -26,25 +26,16 @@ from __future__ import annotations
 
 import argparse
 import base64
-import hashlib
-import io
-import json
 import subprocess
 import sys
-import tarfile
 import tempfile
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from oci import canonical, layout_files, sha, write_archive  # noqa: E402
+
 SIMPLESIGNING = "application/vnd.dev.cosign.simplesigning.v1+json"
 SIGNATURE_ANNOTATION = "dev.cosignproject.cosign/signature"
-
-
-def canonical(obj: object) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
-
-
-def sha(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def main() -> None:
@@ -93,25 +84,19 @@ def main() -> None:
                     "annotations": {SIGNATURE_ANNOTATION: signature}}],
     })
     tag = a.image_digest.replace(":", "-") + ".sig"
-    index = canonical({
+    index = {
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.index.v1+json",
         "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": sha(manifest),
                        "size": len(manifest), "annotations": {"org.opencontainers.image.ref.name": tag}}],
-    })
-    files = {"oci-layout": canonical({"imageLayoutVersion": "1.0.0"}), "index.json": index}
-    for blob in (config, manifest, payload):
-        files["blobs/sha256/" + sha(blob)[7:]] = blob
+    }
+    files = layout_files(index, [config, manifest, payload])
 
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / "payload.json").write_bytes(payload)
     (a.out / "payload.sig").write_text(signature + "\n")
     archive = a.out / f"conduit-{a.version}.sig.oci.tar"
-    with tarfile.open(archive, "w", format=tarfile.PAX_FORMAT) as tar:
-        for name in sorted(files):
-            info = tarfile.TarInfo(name)
-            info.size, info.mtime, info.mode, info.uname, info.gname = len(files[name]), a.created, 0o644, "", ""
-            tar.addfile(info, io.BytesIO(files[name]))
+    write_archive(archive, files, a.created)
     print(f"signed {a.image_digest} for {a.identity}: {archive} (tag {tag})")
 
 

@@ -5,7 +5,8 @@ Why a script and not buildah or a Dockerfile: the image holds a dozen files (a g
 libraries the binary links, a CA bundle, three /etc files, the binary), so it is written directly
 as OCI layers — no daemon, no privileges, no network beyond Debian's mirror for the .debs, and
 byte-for-byte reproducible: entries in name order, one timestamp (the commit's), root-owned,
-gzip without a name or time. The same inputs give the same image digest on any machine.
+gzip without a name or time. The same binary and .debs give the same image digest (with the same
+Python zlib: another zlib may compress differently).
 
 Output (in --out):
   oci/                         an OCI image layout (index.json, oci-layout, blobs/sha256/…)
@@ -36,6 +37,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+from oci import canonical, layout_files, sha, write_archive  # noqa: E402
 UID = GID = 65532
 DATA_DIR = "var/lib/conduit"
 BINARY_PATH = "usr/local/bin/conduit"
@@ -214,14 +217,6 @@ def layer(entries: list[Entry], mtime: int) -> tuple[bytes, bytes]:
     return tar_bytes, gz.getvalue()
 
 
-def sha(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def canonical(obj: object) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--binary", required=True, type=Path)
@@ -325,10 +320,7 @@ def main() -> None:
     layout = out / "oci"
     blobs = layout / "blobs/sha256"
     blobs.mkdir(parents=True, exist_ok=True)
-    files: dict[str, bytes] = {"oci-layout": canonical({"imageLayoutVersion": "1.0.0"}),
-                               "index.json": canonical(index)}
-    for blob in [config_bytes, manifest_bytes] + [gz for _, gz in layers]:
-        files["blobs/sha256/" + sha(blob)[7:]] = blob
+    files = layout_files(index, [config_bytes, manifest_bytes] + [gz for _, gz in layers])
     for name, data in files.items():
         (layout / name).write_bytes(data)
     # Docker ≤ 24 loads only its own archive format: the same blobs, named by a manifest.json.
@@ -338,14 +330,12 @@ def main() -> None:
         "Layers": ["blobs/sha256/" + sha(gz)[7:] for _, gz in layers],
     }])
     archive = out / f"conduit-{a.version}.oci.tar"
-    with tarfile.open(archive, "w", format=tarfile.PAX_FORMAT) as tar:
-        for name in sorted(files):
-            info = tarfile.TarInfo(name)
-            info.size, info.mtime, info.mode = len(files[name]), a.created, 0o644
-            info.uname = info.gname = ""
-            tar.addfile(info, io.BytesIO(files[name]))
+    write_archive(archive, files, a.created)
 
+    os_release = dict(line.split("=", 1) for line in Path("/etc/os-release").read_text().splitlines() if "=" in line)
+    distro = f"{os_release.get('ID', 'debian').strip(chr(34))}-{os_release.get('VERSION_ID', '').strip(chr(34))}"
     contents = {
+        "distro": distro,
         "image": {"digest": sha(manifest_bytes), "version": a.version, "revision": a.revision,
                   "created": created, "archive": archive.name,
                   "compressed_size": sum(len(gz) for _, gz in layers),

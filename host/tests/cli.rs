@@ -306,7 +306,7 @@ async fn sigterm_drains_readyz_first_then_lets_streams_finish() {
     let mock = conduit_gateway::mock::start(
         "127.0.0.1:0".parse().unwrap(),
         conduit_gateway::mock::MockOptions {
-            event_delay_ms: 400,
+            event_delay_ms: 700,
             ..Default::default()
         },
     )
@@ -315,7 +315,7 @@ async fn sigterm_drains_readyz_first_then_lets_streams_finish() {
     let data = tempfile::tempdir().unwrap();
     let mut env = Env::new(data.path(), &mock.url());
     let config = data.path().join("conduit.toml");
-    std::fs::write(&config, "[limits]\nshutdown_delay_secs = 2\nshutdown_grace_secs = 30\n").unwrap();
+    std::fs::write(&config, "[limits]\nshutdown_delay_secs = 3\nshutdown_grace_secs = 30\n").unwrap();
     let token_file = data.path().join("admin-token");
     std::fs::write(&token_file, "drain-test-admin-token-0123456789\n").unwrap();
     env.vars.push(("CONDUIT_CONFIG".into(), config.display().to_string()));
@@ -354,7 +354,7 @@ async fn sigterm_drains_readyz_first_then_lets_streams_finish() {
         "the admin token is read from CONDUIT_ADMIN_TOKEN_FILE"
     );
 
-    // A stream of ~8 events 400 ms apart: it outlives the 2 s delay.
+    // A stream of events 700 ms apart: it outlives the 3 s delay.
     let stream_req = http::Request::post(format!("http://{gateway}/v1/messages"))
         .header("x-api-key", &key)
         .header("content-type", "application/json")
@@ -364,7 +364,10 @@ async fn sigterm_drains_readyz_first_then_lets_streams_finish() {
         .unwrap();
     let resp = client.request(stream_req).await.unwrap();
     assert_eq!(resp.status(), 200);
-    let stream = tokio::spawn(async move { resp.into_body().collect().await.map(|b| b.to_bytes()) });
+    let stream = tokio::spawn(async move {
+        let body = resp.into_body().collect().await.map(|b| b.to_bytes());
+        (body, std::time::Instant::now())
+    });
 
     let pid = gw.id().to_string();
     assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
@@ -380,12 +383,29 @@ async fn sigterm_drains_readyz_first_then_lets_streams_finish() {
     }
     assert_eq!(readyz.0, 503, "/readyz during the shutdown delay: {}", readyz.1);
     assert!(readyz.1.contains("draining"), "{}", readyz.1);
+    let during = client
+        .request(
+            http::Request::post(format!("http://{gateway}/v1/messages"))
+                .header("x-api-key", &key)
+                .header("content-type", "application/json")
+                .body(Full::new(bytes::Bytes::from_static(
+                    br#"{"model":"claude-haiku-4-5","max_tokens":8,"messages":[]}"#,
+                )))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(during.status(), 200, "requests are still served during the delay");
     assert_eq!(
-        post_messages(&gateway, &key).await,
-        200,
-        "requests are still served during the delay"
+        during.headers().get("connection").map(|v| v.to_str().unwrap()),
+        Some("close"),
+        "a kept-alive connection is closed after its answer while draining, so its next request goes elsewhere"
     );
-    assert!(sent.elapsed() < std::time::Duration::from_secs(2));
+    let _ = during.into_body().collect().await;
+    assert!(
+        sent.elapsed() < std::time::Duration::from_secs(3),
+        "the checks above ran inside the delay"
+    );
 
     // After the delay the listener is closed, while the stream goes on to its end.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -396,11 +416,19 @@ async fn sigterm_drains_readyz_first_then_lets_streams_finish() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+    let closed = std::time::Instant::now();
     assert!(
-        sent.elapsed() >= std::time::Duration::from_secs(2),
+        closed - sent >= std::time::Duration::from_secs(3),
         "closed before the delay ended"
     );
-    let body = stream.await.unwrap().expect("the open stream finishes, not cut");
+    let (body, ended) = stream.await.unwrap();
+    let body = body.expect("the open stream finishes, not cut");
+    assert!(
+        ended > closed,
+        "the stream should outlive the listener: it ended {:?} after SIGTERM, the listener closed at {:?}",
+        ended - sent,
+        closed - sent
+    );
     assert!(
         common::process::contains(&body, "message_stop"),
         "{}",

@@ -1,7 +1,8 @@
 //! The data directory holds what executes (compiled policy artifacts) and what unlocks the rest
 //! (`master.key`, `admin.token`): it is created `0700`, its files `0600`, and at start-up a data
 //! directory, key file or token file that another user could write — group- or world-writable, or
-//! owned by someone else — is refused, as ssh refuses a loose `~/.ssh`.
+//! owned by someone other than this process's user or root — is refused, as ssh refuses a loose
+//! `~/.ssh`.
 
 use std::path::Path;
 
@@ -34,7 +35,7 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 /// Refuses `path` (`what` names it in the message) if it exists and another user could change
-/// it: group- or world-writable, or owned by a user other than this process's.
+/// it: group- or world-writable, or owned by a user other than this process's or root.
 pub fn check_not_writable_by_others(path: &Path, what: &str) -> Result<()> {
     #[cfg(unix)]
     {
@@ -56,7 +57,9 @@ pub fn check_not_writable_by_others(path: &Path, what: &str) -> Result<()> {
 
         fn judge(meta: &std::fs::Metadata, shown: &str, what: &str) -> Result<()> {
             let uid = current_uid();
-            if meta.uid() != uid {
+            // Root may own it: root can change anything anyway, and it is how orchestrators
+            // mount secrets (a Kubernetes Secret is root-owned, readable through fsGroup).
+            if meta.uid() != uid && meta.uid() != 0 {
                 return Err(Error::msg(format!(
                     "{what} {shown:?} is owned by user {} but Conduit runs as user {uid}; another user could replace what it holds — chown it to the user Conduit runs as",
                     meta.uid()
@@ -119,10 +122,16 @@ mod tests {
         std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o777)).unwrap();
         assert!(check_not_writable_by_others(&data, "the data directory").is_err());
         check_not_writable_by_others(&dir.path().join("absent"), "x").unwrap();
-        // Owned by another user: / is root's; run as root, it is ours — check a path we do not own
-        // only when not root.
-        if current_uid() != 0 {
-            assert!(check_not_writable_by_others(Path::new("/"), "x").is_err());
+        // Root's files pass (a mounted Kubernetes Secret is root-owned); another user's do not.
+        check_not_writable_by_others(Path::new("/"), "x").unwrap();
+        if current_uid() == 0 {
+            let theirs = dir.path().join("theirs");
+            write_private(&theirs, b"k").unwrap();
+            std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+            let e = check_not_writable_by_others(&theirs, "the master key file")
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("owned by user 65534"), "{e}");
         }
     }
 }

@@ -505,7 +505,7 @@ impl RawConfig {
             && t.len() < 16
         {
             return Err(Error::msg(format!(
-                "admin token (CONDUIT_ADMIN_TOKEN / admin_token) is {} characters; use at least 16 random characters, e.g. `openssl rand -hex 24`",
+                "admin token (CONDUIT_ADMIN_TOKEN / admin_token / admin_token_file) is {} characters; use at least 16 random characters, e.g. `openssl rand -hex 24`",
                 t.len()
             )));
         }
@@ -560,11 +560,16 @@ impl RawConfig {
             shutdown_delay: Duration::from_secs(self.limits.shutdown_delay_secs.unwrap_or(0)),
             shutdown_grace: secs("limits.shutdown_grace_secs", self.limits.shutdown_grace_secs, 30)?,
         };
-        if limits.shutdown_delay > Duration::from_secs(3600) {
-            return Err(Error::msg(format!(
-                "limits.shutdown_delay_secs is {}; expected at most 3600 seconds (Kubernetes uses 5–15)",
-                limits.shutdown_delay.as_secs()
-            )));
+        for (key, value) in [
+            ("limits.shutdown_delay_secs", limits.shutdown_delay),
+            ("limits.shutdown_grace_secs", limits.shutdown_grace),
+        ] {
+            if value > Duration::from_secs(3600) {
+                return Err(Error::msg(format!(
+                    "{key} is {}; expected at most 3600 seconds (Kubernetes uses 5–15 for the delay, 30 for the grace)",
+                    value.as_secs()
+                )));
+            }
         }
 
         let proxy = proxy_settings(&self.network, env)?;
@@ -706,6 +711,8 @@ fn parse_addr(key: &str, env_name: &str, value: Option<String>, default: &str) -
 /// A secret mounted as a file (a Docker / Kubernetes secret): its contents less surrounding
 /// whitespace. The error names the setting and the path, never the contents.
 fn read_secret_file(path: &Path, setting: &str) -> Result<String> {
+    // Held to the same rule as the generated token file: nobody but its owner (or root) may change it.
+    crate::fsperm::check_not_writable_by_others(path, setting)?;
     let text = std::fs::read_to_string(path).map_err(|e| {
         Error::msg(format!(
             "{setting} is {path:?}, which cannot be read ({e}); mount the secret there or unset the setting"

@@ -83,18 +83,38 @@ impl Running {
                 "requests still in flight at shutdown after the grace period; their records may be lost"
             );
         }
-        // What the writers still hold (folded spend, queued audit records) reaches disk before
-        // the process exits.
-        self.gateway.ledger.flush().await;
-        // Settle what is queued and give back slices of shared budgets: a clean stop leaves
-        // nothing for another replica to count as spent.
-        if let Err(e) = self.gateway.state.budgets.drain().await {
-            tracing::warn!(error = %e, "returning budget holds and leases at shutdown failed; they count as spent until reaped");
+        // The audit records first: they depend only on the local disk. Then what needs the store
+        // (folded spend, budget holds and leases), each bounded: with PostgreSQL away at stop
+        // time the process still exits — the ledger keeps nothing it could not write, and what a
+        // replica held counts as spent until reaped — instead of hanging until SIGKILL.
+        let gw = self.gateway.clone();
+        let _ = tokio::task::spawn_blocking(move || gw.audit.sync()).await;
+        if tokio::time::timeout(STORE_FLUSH, self.gateway.ledger.flush())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                secs = STORE_FLUSH.as_secs(),
+                "the spend ledger could not be written at shutdown in time; the audit log has every request"
+            );
+        }
+        match tokio::time::timeout(STORE_FLUSH, self.gateway.state.budgets.drain()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "returning budget holds and leases at shutdown failed; they count as spent until reaped")
+            }
+            Err(_) => tracing::warn!(
+                secs = STORE_FLUSH.as_secs(),
+                "returning budget holds and leases timed out at shutdown; they count as spent until reaped"
+            ),
         }
         let gw = self.gateway.clone();
         let _ = tokio::task::spawn_blocking(move || gw.audit.sync()).await;
     }
 }
+
+/// The longest shutdown waits for the store (ledger flush, budget drain) after the grace.
+const STORE_FLUSH: Duration = Duration::from_secs(5);
 
 /// What a connection over `limits.max_connections` reads before it is closed: an Anthropic-shaped
 /// 503 (an HTTP/1 client shows it; anything else just sees the connection close).
@@ -135,6 +155,8 @@ pub async fn start(gateway: Gateway, grace: Duration) -> Result<Running> {
     let gateway_task = tokio::spawn(serve(listener, tls, limits, stopped.clone(), grace, move |peer| {
         let gw = gw.clone();
         service_fn(move |req| {
+            let http1 = req.version() < http::Version::HTTP_2;
+            let draining = gw.clone();
             let gw = gw.clone();
             // Each request runs on a task of its own, so a client that hangs up does not cancel
             // it halfway: a request already upstream is answered, billed and audited as
@@ -142,13 +164,22 @@ pub async fn start(gateway: Gateway, grace: Duration) -> Result<Running> {
             // with its reservation and record. The stages bound how long that can take.
             let exchange = tokio::spawn(async move { crate::pipeline::handle(&gw, req, peer).await });
             async move {
-                Ok::<_, std::convert::Infallible>(match exchange.await {
+                let mut response = match exchange.await {
                     Ok(response) => response,
                     Err(e) => {
                         tracing::error!(error = %e, %peer, "a request's task failed");
                         crate::pipeline::internal_error()
                     }
-                })
+                };
+                // Draining: a kept-alive HTTP/1 connection (a load balancer's pool) is closed
+                // after this answer, so its next request goes to another replica instead of
+                // meeting a listener that is about to close. The body is untouched.
+                if http1 && draining.draining.load(std::sync::atomic::Ordering::Relaxed) {
+                    response
+                        .headers_mut()
+                        .insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+                }
+                Ok::<_, std::convert::Infallible>(response)
             }
         })
     }));

@@ -13,8 +13,8 @@
 
 use std::process::ExitCode;
 
-use sigstore::cosign::verification_constraint::{PublicKeyVerifier, VerificationConstraintVec};
-use sigstore::cosign::{ClientBuilder, CosignCapabilities, verify_constraints};
+use sigstore::cosign::verification_constraint::{PublicKeyVerifier, VerificationConstraint};
+use sigstore::cosign::{ClientBuilder, CosignCapabilities};
 use sigstore::registry::{Auth, ClientConfig, ClientProtocol, OciReference};
 
 struct Args {
@@ -73,29 +73,29 @@ async fn verify(a: &Args) -> Result<String, String> {
         .trusted_signature_layers(&auth, &image)
         .await
         .map_err(|e| format!("reading the signatures of {}: {e}", a.image))?;
-    let constraints: VerificationConstraintVec = vec![Box::new(verifier)];
-    verify_constraints(&layers, constraints.iter()).map_err(|_| {
-        format!(
+    // Each layer on its own: a layer counts only if the key verifies it AND it names this digest
+    // (and the identity asked for) — an unsigned layer beside a signed one proves nothing.
+    let trusted: Vec<&str> = layers
+        .iter()
+        .filter(|l| verifier.verify(l).unwrap_or(false))
+        .filter(|l| l.simple_signing.critical.image.docker_manifest_digest == digest)
+        .map(|l| l.simple_signing.critical.identity.docker_reference.as_str())
+        .collect();
+    if trusted.is_empty() {
+        return Err(format!(
             "no signature of {} ({digest}) verifies with {} ({} found)",
             a.image,
             a.key,
             layers.len()
-        )
-    })?;
-    let signed = layers
-        .iter()
-        .filter(|l| l.simple_signing.critical.image.docker_manifest_digest == digest)
-        .map(|l| l.simple_signing.critical.identity.docker_reference.clone())
-        .collect::<Vec<_>>();
-    if signed.is_empty() {
-        return Err(format!("the signatures name another digest than {digest}"));
+        ));
     }
-    if let Some(want) = &a.identity
-        && !signed.iter().any(|s| s == want)
-    {
-        return Err(format!("signed for {signed:?}, not {want:?}"));
-    }
-    Ok(format!("{digest} signed by {} for {}", a.key, signed.join(", ")))
+    let signed = match &a.identity {
+        Some(want) if !trusted.contains(&want.as_str()) => {
+            return Err(format!("signed by that key for {trusted:?}, not for {want:?}"));
+        }
+        _ => trusted.join(", "),
+    };
+    Ok(format!("{digest} signed by {} for {signed}", a.key))
 }
 
 #[tokio::main(flavor = "current_thread")]
