@@ -160,9 +160,7 @@ fn main() {
         .await
         .expect("key")
         .key;
-        let running = conduit_gateway::server::start(gateway, Duration::from_secs(1))
-            .await
-            .expect("start");
+        let running = conduit_gateway::server::start(gateway).await.expect("start");
         tx.send((running.addr, key)).expect("send");
         std::future::pending::<()>().await;
     });

@@ -51,6 +51,23 @@ fn one(text: &str) -> Vec<Segment<'static>> {
     vec![Segment::new("text", text.to_string())]
 }
 
+/// The median time of `rounds` scans of a fresh text each (`text(round)`: no cache help), in
+/// seconds; every scan must succeed and find something.
+fn p50_scan(policies: &Policies, rounds: usize, text: impl Fn(usize) -> String) -> f64 {
+    let times = (0..rounds)
+        .map(|r| {
+            let text = text(r);
+            let t = Instant::now();
+            let out = policies.scan(&info(), &one(&text));
+            let elapsed = t.elapsed().as_secs_f64();
+            assert!(out.failure.is_none(), "{:?}", out.failure);
+            assert!(!out.findings.is_empty());
+            elapsed
+        })
+        .collect();
+    percentiles(times).0
+}
+
 fn percentiles(mut v: Vec<f64>) -> (f64, f64) {
     v.sort_by(|a, b| a.total_cmp(b));
     let p = |q: f64| v[((v.len() - 1) as f64 * q) as usize];
@@ -159,16 +176,7 @@ fn main() {
     let mib = 1 << 20;
     let base = mixed_text(mib);
     let rounds = if smoke { 2 } else { 20 };
-    let mut times = Vec::new();
-    for r in 0..rounds {
-        let text = format!("{base}{r}");
-        let t = Instant::now();
-        let out = secrets.scan(&info(), &one(&text));
-        times.push(t.elapsed().as_secs_f64());
-        assert!(out.failure.is_none(), "{:?}", out.failure);
-        assert!(!out.findings.is_empty());
-    }
-    let (p50, _) = percentiles(times);
+    let p50 = p50_scan(&secrets, rounds, |r| format!("{base}{r}"));
     println!(
         "\nsecrets scan, 1 MiB mixed text: {:.2} ms p50 = {:.0} MB/s",
         p50 * 1e3,
@@ -194,16 +202,7 @@ fn main() {
             data.path(),
         );
         let load_ms = t.elapsed().as_secs_f64() * 1e3;
-        let mut times = Vec::new();
-        for r in 0..rounds {
-            let text = format!("{base} customer-0000{r:03} holdings");
-            let t = Instant::now();
-            let out = entities.scan(&info(), &one(&text));
-            times.push(t.elapsed().as_secs_f64());
-            assert!(out.failure.is_none(), "{:?}", out.failure);
-            assert!(!out.findings.is_empty());
-        }
-        let (p50, _) = percentiles(times);
+        let p50 = p50_scan(&entities, rounds, |r| format!("{base} customer-0000{r:03} holdings"));
         let memory = entities.largest_instance_memory();
         println!(
             "\nentities, {n_terms} terms: load + configure {load_ms:.0} ms, {:.1} MiB linear memory per instance, scan {:.2} ms per MiB",

@@ -507,8 +507,7 @@ async fn migrate(config: &Config) -> Result<()> {
 async fn serve(config: Config) -> Result<()> {
     crate::telemetry::init(&config.log);
     let gateway = conduit_gateway::Gateway::open(config).await?;
-    let grace = gateway.config.limits.shutdown_grace;
-    let running = conduit_gateway::server::start(gateway, grace).await?;
+    let running = conduit_gateway::server::start(gateway).await?;
     shutdown_signal().await;
     running.drain().await;
     tracing::info!("stopped: ledger and audit log flushed");

@@ -13,7 +13,6 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request};
@@ -145,7 +144,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         monthly_micros: None,
     };
     gateway.state.budgets.set(&format!("key:{}", keys[4].2), tiny).await?;
-    let running = conduit_gateway::server::start(gateway, Duration::from_secs(5)).await?;
+    let running = conduit_gateway::server::start(gateway).await?;
     let base = format!("http://{}", running.addr);
     let dashboard = format!("http://{}/dashboard#token={token}", running.admin_addr);
     if !args.json {
@@ -177,7 +176,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     if !args.exit {
         let _ = tokio::signal::ctrl_c().await;
     }
-    running.shutdown(Duration::from_secs(5)).await;
+    running.shutdown().await;
     drop(temp);
     Ok(())
 }

@@ -151,12 +151,7 @@ impl RawStore {
                 let url = match (url_env, self.url, &self.url_file) {
                     (Some(u), _, _) => u,
                     (None, Some(u), _) => u.into_inner(),
-                    (None, None, Some(f)) => std::fs::read_to_string(f)
-                        .map_err(|e| {
-                            Error::msg(format!("reading [store] url_file {:?}: {e}", f.display().to_string()))
-                        })?
-                        .trim()
-                        .to_string(),
+                    (None, None, Some(f)) => read_secret_file(f, "[store] url_file")?,
                     (None, None, None) => {
                         return Err(Error::msg(
                             "[store] kind = \"postgres\" needs a URL: set CONDUIT_STORE_URL, [store] url_file or [store] url (postgres://USER@HOST:PORT/DB)",
@@ -849,6 +844,11 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("at least 16"), "{err}");
+        // The PostgreSQL URL file is read the same way (one reader for mounted secrets).
+        std::fs::write(&file, "\n").unwrap();
+        let raw: RawConfig = toml::from_str(&format!("[store]\nkind = \"postgres\"\nurl_file = {path:?}\n")).unwrap();
+        let err = raw.validate(&env_of(&[])).unwrap_err().to_string();
+        assert!(err.contains("[store] url_file") && err.contains("is empty"), "{err}");
         let raw: RawConfig = toml::from_str("[limits]\nshutdown_delay_secs = 7200\n").unwrap();
         let err = raw.validate(&env_of(&[])).unwrap_err().to_string();
         assert!(err.contains("shutdown_delay_secs is 7200"), "{err}");

@@ -13,7 +13,7 @@
 //! # async fn run() -> Result<(), conduit_gateway::Error> {
 //! let config = conduit_gateway::Config::load(None)?;            // defaults + environment
 //! let gateway = conduit_gateway::Gateway::open(config).await?;   // state, master key, upstream client
-//! let running = conduit_gateway::server::start(gateway, std::time::Duration::from_secs(10)).await?;
+//! let running = conduit_gateway::server::start(gateway).await?;                           // limits.shutdown_grace from the config
 //! println!("listening on {}", running.addr);
 //! # Ok(()) }
 //! ```

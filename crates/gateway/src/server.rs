@@ -42,10 +42,9 @@ pub struct Running {
 impl Running {
     /// The operator's stop (SIGTERM): `/readyz` turns 503 at once while requests are still
     /// served for `limits.shutdown_delay` (a load balancer's or Kubernetes' endpoints catch up),
-    /// then [`Running::shutdown`] with `limits.shutdown_grace`.
+    /// then [`Running::shutdown`].
     pub async fn drain(self) {
-        let limits = &self.gateway.config.limits;
-        let (delay, grace) = (limits.shutdown_delay, limits.shutdown_grace);
+        let delay = self.gateway.config.limits.shutdown_delay;
         self.gateway.draining.store(true, std::sync::atomic::Ordering::Relaxed);
         if !delay.is_zero() {
             tracing::info!(
@@ -54,15 +53,17 @@ impl Running {
             );
             tokio::time::sleep(delay).await;
         }
+        self.shutdown().await;
+    }
+
+    /// Stops accepting, lets in-flight requests finish (up to `limits.shutdown_grace`), writes
+    /// what the writers hold, then returns.
+    pub async fn shutdown(self) {
+        let grace = self.gateway.config.limits.shutdown_grace;
         tracing::info!(
             grace_secs = grace.as_secs(),
             "shutting down: no new connections; finishing in-flight requests"
         );
-        self.shutdown(grace).await;
-    }
-
-    /// Stops accepting, lets in-flight requests finish (up to `grace`), then returns.
-    pub async fn shutdown(self, grace: Duration) {
         self.gateway.draining.store(true, std::sync::atomic::Ordering::Relaxed);
         let _ = self.stop.send(true);
         // One deadline for the whole drain: connections first, then requests that outlived theirs.
@@ -128,7 +129,7 @@ static OVER_CAPACITY: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(||
 });
 
 /// Binds both listeners and serves until [`Running::shutdown`].
-pub async fn start(gateway: Gateway, grace: Duration) -> Result<Running> {
+pub async fn start(gateway: Gateway) -> Result<Running> {
     let gateway = Arc::new(gateway);
     crate::gateway::follow_changes(&gateway);
     crate::gateway::checkpoint_audit(&gateway);
@@ -152,39 +153,40 @@ pub async fn start(gateway: Gateway, grace: Duration) -> Result<Running> {
 
     let gw = gateway.clone();
     let limits = config.limits;
-    let gateway_task = tokio::spawn(serve(listener, tls, limits, stopped.clone(), grace, move |peer| {
+    let gateway_task = tokio::spawn(serve(listener, tls, limits, stopped.clone(), move |peer| {
         let gw = gw.clone();
         service_fn(move |req| {
-            let http1 = req.version() < http::Version::HTTP_2;
-            let draining = gw.clone();
             let gw = gw.clone();
             // Each request runs on a task of its own, so a client that hangs up does not cancel
             // it halfway: a request already upstream is answered, billed and audited as
             // `client_gone` (its body drained for the provider's usage) instead of vanishing
             // with its reservation and record. The stages bound how long that can take.
-            let exchange = tokio::spawn(async move { crate::pipeline::handle(&gw, req, peer).await });
+            let exchange = tokio::spawn(async move {
+                let http1 = req.version() < http::Version::HTTP_2;
+                let mut response = crate::pipeline::handle(&gw, req, peer).await;
+                // Draining: a kept-alive HTTP/1 connection (a load balancer's pool) is closed
+                // after this answer, so its next request goes to another replica instead of
+                // meeting a listener that is about to close. The body is untouched.
+                if http1 && gw.draining.load(std::sync::atomic::Ordering::Relaxed) {
+                    response
+                        .headers_mut()
+                        .insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+                }
+                response
+            });
             async move {
-                let mut response = match exchange.await {
+                Ok::<_, std::convert::Infallible>(match exchange.await {
                     Ok(response) => response,
                     Err(e) => {
                         tracing::error!(error = %e, %peer, "a request's task failed");
                         crate::pipeline::internal_error()
                     }
-                };
-                // Draining: a kept-alive HTTP/1 connection (a load balancer's pool) is closed
-                // after this answer, so its next request goes to another replica instead of
-                // meeting a listener that is about to close. The body is untouched.
-                if http1 && draining.draining.load(std::sync::atomic::Ordering::Relaxed) {
-                    response
-                        .headers_mut()
-                        .insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
-                }
-                Ok::<_, std::convert::Infallible>(response)
+                })
             }
         })
     }));
     let gw = gateway.clone();
-    let admin_task = tokio::spawn(serve(admin, None, limits, stopped, grace, move |peer| {
+    let admin_task = tokio::spawn(serve(admin, None, limits, stopped, move |peer| {
         let gw = gw.clone();
         service_fn(move |req| {
             let gw = gw.clone();
@@ -213,7 +215,6 @@ async fn serve<F, S>(
     tls: Option<TlsAcceptor>,
     limits: Limits,
     mut stopped: watch::Receiver<bool>,
-    grace: Duration,
     make_service: F,
 ) where
     F: Fn(SocketAddr) -> S,
@@ -309,9 +310,12 @@ async fn serve<F, S>(
         }
     }
     drop(listener);
-    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(limits.shutdown_grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!(
-            grace_secs = grace.as_secs(),
+            grace_secs = limits.shutdown_grace.as_secs(),
             "in-flight requests did not finish within the grace period"
         );
     }

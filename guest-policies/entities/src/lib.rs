@@ -448,12 +448,12 @@ impl<'de> Visitor<'de> for ConfigSeed<'_> {
         f.write_str("an object with `terms`, `terms_csv` and `allow`")
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        let mut seen = [false; 3];
+        const FIELDS: [&str; 3] = ["terms", "terms_csv", "allow"];
+        let mut seen = [false; FIELDS.len()];
         while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-            let slot = ["terms", "terms_csv", "allow"].iter().position(|k| *k == key);
-            if let Some(i) = slot {
+            if let Some(i) = FIELDS.iter().position(|k| *k == key) {
                 if seen[i] {
-                    return Err(de::Error::duplicate_field(["terms", "terms_csv", "allow"][i]));
+                    return Err(de::Error::duplicate_field(FIELDS[i]));
                 }
                 seen[i] = true;
             }
@@ -472,7 +472,7 @@ impl<'de> Visitor<'de> for ConfigSeed<'_> {
                     }
                 }
                 other => {
-                    return Err(de::Error::unknown_field(other, &["terms", "terms_csv", "allow"]));
+                    return Err(de::Error::unknown_field(other, &FIELDS));
                 }
             }
         }

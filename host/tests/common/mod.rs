@@ -330,9 +330,7 @@ impl Builder {
         )
         .await
         .unwrap();
-        let running = conduit_gateway::server::start(gateway, Duration::from_secs(2))
-            .await
-            .unwrap();
+        let running = conduit_gateway::server::start(gateway).await.unwrap();
         let http = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
         Harness {
             mock,
