@@ -44,6 +44,7 @@ license=$(sed -n 's/^license = "\(.*\)"/\1/p' Cargo.toml | head -1)
 source_url="${CONDUIT_SOURCE_URL:-$(sed -n 's/^repository = "\(.*\)"/\1/p' Cargo.toml | head -1)}"
 
 step() { printf '\n--> %s\n' "$*"; }
+image_digest() { jq -r .image.digest "$1/image-contents.json"; }
 
 step "binary: cargo auditable build --release (the dependency tree is embedded for the SBOM)"
 command -v cargo-auditable >/dev/null || cargo install cargo-auditable --locked --version 0.7.7
@@ -58,12 +59,12 @@ step "image: deploy/image/assemble.py"
 rm -rf "$work/debs"
 python3 deploy/image/assemble.py --binary "$work/conduit" --debs "$work/debs" --out "$work" \
   --version "$version" --revision "$revision" --created "$created" --source "$source_url" --license "$license"
-digest=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["image"]["digest"])' "$work/image-contents.json")
+digest=$(image_digest "$work")
 # Reproducible: the same inputs assembled again elsewhere must give the same digest.
 rm -rf "$work/again" && mkdir -p "$work/again"
 python3 deploy/image/assemble.py --binary "$work/conduit" --debs "$work/debs" --out "$work/again" \
   --version "$version" --revision "$revision" --created "$created" --source "$source_url" --license "$license" >/dev/null
-again=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["image"]["digest"])' "$work/again/image-contents.json")
+again=$(image_digest "$work/again")
 [ "$again" = "$digest" ] || { echo "release.sh: the image is not reproducible: $digest, then $again" >&2; exit 1; }
 echo "reproducible: assembled twice, $digest both times"
 cp "$work/conduit-$version.oci.tar" "$out/"

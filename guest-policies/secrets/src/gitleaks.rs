@@ -58,13 +58,13 @@ pub(crate) fn parse(text: &str) -> Result<Vec<(Rule, Vec<String>)>, String> {
             }
             stopwords.extend(a.stopwords.iter().cloned());
         }
-        // An empty keyword (`keywords = [""]`) means no keyword: the rule runs everywhere.
-        let keywords: Vec<String> = r
-            .keywords
-            .iter()
-            .filter(|k| !k.is_empty())
-            .map(|k| k.to_ascii_lowercase())
-            .collect();
+        // An empty keyword matches everywhere, so a rule with one (`keywords = ["", "zzz"]`) has no
+        // keyword to wait for: it runs on the whole text, as gitleaks runs it.
+        let keywords: Vec<String> = if r.keywords.iter().any(String::is_empty) {
+            Vec::new()
+        } else {
+            r.keywords.iter().map(|k| k.to_ascii_lowercase()).collect()
+        };
         out.push((
             Rule {
                 category: format!("secret.{}", r.id),

@@ -742,7 +742,10 @@ pub static RULES: &[RuleSpec] = &[
         "sumologic-context",
         "sumologic-key",
         &["sumo"],
-        ctx!(r"sumo(?:logic|[^a-z]|$)", r"su[a-zA-Z0-9]{12}|[a-z0-9]{64}"),
+        ctx!(
+            r"(?:(?-i:[Ss]umo|SUMO)|sumo(?:logic|[_.\-]))",
+            r"su[a-zA-Z0-9]{12}|[a-z0-9]{64}"
+        ),
         3.0,
     ),
     r(

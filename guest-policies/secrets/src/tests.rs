@@ -99,6 +99,18 @@ fn config_disables_allows_and_adds_gitleaks_rules() {
         (found[0].rule.as_str(), &text[found[0].start..found[0].end]),
         ("secretco", "ab12cd34ef56")
     );
+    // An empty keyword beside a real one: the rule runs everywhere, not only near `zzz`.
+    for keywords in [r#"["", "zzz"]"#, r#"["zzz", ""]"#] {
+        let rule = format!(
+            "[[rules]]\nid = \"secretco\"\nregex = '''SECRETCO-([a-f0-9]{{12}})'''\nsecretGroup = 1\nkeywords = {keywords}\n"
+        );
+        let cfg = serde_json::json!({"builtin": false, "gitleaks": rule});
+        let s = Scanner::from_json(&cfg.to_string()).unwrap();
+        let far = format!("zzz{}{text}", " filler".repeat(400));
+        for hay in [text, far.as_str()] {
+            assert_eq!(s.scan(hay).len(), 1, "{keywords}");
+        }
+    }
     let s = Scanner::from_json(r#"{"allow_values":["ghp_R8xk2LmQ9vTz4WcY7nB3pJ6hF1sD5gA0eK2u"]}"#).unwrap();
     assert!(s.scan(text).is_empty());
     assert!(
@@ -158,6 +170,18 @@ fn samples_are_told_from_credentials() {
     assert!(rules_hit("sumObj = suGyI5imvADdvU").is_empty());
     assert_eq!(rules_hit("sumo_access_id = suGyI5imvADdvU"), ["sumologic-context"]);
     assert_eq!(rules_hit("sUMO_ACCESS_ID = suGyI5imvADdvU"), ["sumologic-context"]);
+    // … and camelCase or bare names, with any separator, are Sumo Logic's (an adversarial pass
+    // found the word-boundary version let these through).
+    for text in [
+        "sumoAccessId: suGyI5imvADdvU",
+        "SumoAccessId = suGyI5imvADdvU",
+        "SUMO=suGyI5imvADdvU",
+        "sumo: suGyI5imvADdvU",
+        "sumo:suGyI5imvADdvU",
+        "SUMO=aq7hgk3ho1b3ahdxqwinv9ghxefplc0qmcnquv2fxa0n7ukjvvpmzwg3cntxyvze",
+    ] {
+        assert_eq!(rules_hit(text), ["sumologic-context"], "{text}");
+    }
     // A Slack token followed by `-` is still a Slack token; a short NuGet password still a password.
     assert_eq!(
         rules_hit("xoxb-263594206564-2343594206574-FGqddMF8t08v8N7Oq4i57vs1-"),
