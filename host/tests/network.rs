@@ -416,6 +416,73 @@ async fn a_client_that_never_reads_is_cut_by_the_send_timeout() {
     assert_eq!(h.send(Method::GET, "/", &[], "").await.status, 200);
 }
 
+/// Issue 20, the HTTP/2 form of a client that never reads: it reads the connection (so no socket
+/// write ever waits) but grants a response stream no flow-control window
+/// (`SETTINGS_INITIAL_WINDOW_SIZE = 0`, never a WINDOW_UPDATE). hyper then never asks the body for
+/// more, so neither the send timeout nor the body's idle timer would run; the stream's watchdog
+/// (`conduit_gateway::unasked`) cuts it after `limits.send_timeout_secs`: the request is settled
+/// `client_gone` — the upstream's answer drained for its usage and billed from it — and its place
+/// under `limits.max_in_flight` comes back while the connection lives on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_stream_granted_no_window_is_cut_by_the_send_timeout() {
+    let h = Harness::builder()
+        .toml("[limits]\nsend_timeout_secs = 1\nmax_in_flight = 4\n")
+        .start()
+        .await;
+    let tcp = tokio::net::TcpStream::connect(h.running.addr).await.unwrap();
+    let (client, connection) = h2::client::Builder::new()
+        .initial_window_size(0)
+        .handshake::<_, bytes::Bytes>(tcp)
+        .await
+        .unwrap();
+    // The connection is driven throughout (pings answered, frames read): only the stream stalls.
+    let driver = tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    let request = http::Request::post(format!("http://{}/v1/messages", h.running.addr))
+        .header("x-api-key", &h.key)
+        .header("content-type", "application/json")
+        .header("anthropic-version", "2023-06-01")
+        .body(())
+        .unwrap();
+    let (answer, mut send) = client.send_request(request, false).unwrap();
+    send.send_data(bytes::Bytes::from_static(BODY.as_bytes()), true)
+        .unwrap();
+    let answer = answer.await.unwrap();
+    assert_eq!(answer.status(), 200, "the head is not flow-controlled");
+    let gw = h.gateway();
+    let started = std::time::Instant::now();
+    let mut rec = None;
+    while rec.is_none() && started.elapsed() < std::time::Duration::from_secs(30) {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        rec = h.records().into_iter().find(|r| r.path == "/v1/messages");
+    }
+    let rec = rec.expect("an HTTP/2 stream granted no window holds its request open: no record after 30 s");
+    eprintln!(
+        "zero-window HTTP/2 stream: recorded after {:?}: outcome {}, {} bytes out, {} output tokens (estimated {}), {:?} µ$",
+        started.elapsed(),
+        rec.outcome,
+        rec.bytes_out,
+        rec.output_tokens,
+        rec.estimated,
+        rec.cost_micros
+    );
+    assert_eq!(rec.outcome, "client_gone", "{rec:?}");
+    assert!(
+        rec.output_tokens > 0 && !rec.estimated,
+        "billed from the provider's own usage, drained: {rec:?}"
+    );
+    assert_eq!(
+        gw.in_flight.available_permits(),
+        4,
+        "the request's in-flight place came back"
+    );
+    assert!(
+        !driver.is_finished(),
+        "the connection itself is not cut, only the stream"
+    );
+    assert_eq!(h.messages_with(BODY, &[]).await.status, 200, "the gateway serves on");
+}
+
 /// Issue 20: 10,000 idle connections — the default `limits.max_connections` — against a gateway
 /// process (its own file descriptors, as deployed). The connections over the cap are answered and
 /// closed; with every slot held by an idle client, an established connection still streams a

@@ -35,6 +35,8 @@ pin_project_lite::pin_project! {
         Upstream { #[pin] inner: UpstreamBody },
         /// Chunks produced elsewhere (an audit export written on a blocking thread).
         Channel { rx: tokio::sync::mpsc::Receiver<Result<Bytes, BoxError>> },
+        /// A streamed body under HTTP/2, cut if the client grants it no window (`crate::unasked`).
+        Watched { #[pin] inner: crate::unasked::Watched },
     }
 }
 
@@ -61,6 +63,7 @@ impl Body for GatewayBody {
             GatewayBodyProj::Full { inner } => inner.poll_frame(cx).map_err(|never| match never {}),
             GatewayBodyProj::Upstream { inner } => inner.poll_frame(cx),
             GatewayBodyProj::Channel { rx } => rx.poll_recv(cx).map(|c| c.map(|r| r.map(Frame::data))),
+            GatewayBodyProj::Watched { inner } => inner.poll_frame(cx),
         }
     }
 
@@ -69,6 +72,7 @@ impl Body for GatewayBody {
             GatewayBody::Full { inner } => inner.is_end_stream(),
             GatewayBody::Upstream { inner } => inner.is_end_stream(),
             GatewayBody::Channel { .. } => false,
+            GatewayBody::Watched { inner } => inner.is_end_stream(),
         }
     }
 
@@ -77,6 +81,7 @@ impl Body for GatewayBody {
             GatewayBody::Full { inner } => inner.size_hint(),
             GatewayBody::Upstream { inner } => inner.size_hint(),
             GatewayBody::Channel { .. } => SizeHint::default(),
+            GatewayBody::Watched { inner } => inner.size_hint(),
         }
     }
 }

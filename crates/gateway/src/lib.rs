@@ -45,6 +45,7 @@ pub mod send_timeout;
 pub mod server;
 pub mod signin;
 pub mod stages;
+pub mod unasked;
 pub mod upstream;
 
 #[cfg(test)]

@@ -5,7 +5,9 @@
 //! enforced here, before any stage runs: hyper answers 431 / 408 itself. Each listener serves at
 //! most `limits.max_connections` connections; one more is answered 503 and closed at once. A write
 //! to a client that waits `limits.send_timeout_secs` without progress closes its connection
-//! (`crate::send_timeout`).
+//! (`crate::send_timeout`); under HTTP/2, a response stream the client grants no window for that
+//! long is cut (`crate::unasked`), idle connections are pinged (a peer that stops answering is
+//! dropped), and a connection carries at most 128 concurrent streams.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -114,6 +116,13 @@ impl Running {
     }
 }
 
+/// HTTP/2: streams one connection may carry at once (each request still needs a place under
+/// `limits.max_in_flight`), and how often an idle connection is pinged and how long a ping may go
+/// unanswered before the connection is dropped (a peer gone without a FIN frees its slot).
+const H2_MAX_STREAMS: u32 = 128;
+const H2_PING_EVERY: Duration = Duration::from_secs(30);
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// The longest shutdown waits for the store (ledger flush, budget drain) after the grace.
 const STORE_FLUSH: Duration = Duration::from_secs(5);
 
@@ -172,7 +181,14 @@ pub async fn start(gateway: Gateway) -> Result<Running> {
                         .headers_mut()
                         .insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
                 }
-                response
+                if http1 {
+                    response
+                } else {
+                    // HTTP/2: a stream the client grants no window is cut like a socket it
+                    // stops reading (`crate::unasked`).
+                    let limit = gw.config.limits.send_timeout;
+                    response.map(|body| crate::unasked::Watched::wrap(body, limit))
+                }
             });
             async move {
                 Ok::<_, std::convert::Infallible>(match exchange.await {
@@ -236,7 +252,10 @@ async fn serve<F, S>(
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(limits.max_header_bytes as u32);
+        .max_header_list_size(limits.max_header_bytes as u32)
+        .max_concurrent_streams(H2_MAX_STREAMS)
+        .keep_alive_interval(Some(H2_PING_EVERY))
+        .keep_alive_timeout(H2_PING_TIMEOUT);
     let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
     // One slot per connection: over the cap, a connection is answered and closed at once rather

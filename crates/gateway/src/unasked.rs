@@ -1,0 +1,250 @@
+//! An HTTP/2 response the client grants no window: the stream's own `limits.send_timeout_secs`.
+//!
+//! Under HTTP/1 a client that stops reading blocks the socket, and [`crate::send_timeout`] cuts
+//! it. Under HTTP/2 one connection carries many streams, each with its own flow-control window: a
+//! client that keeps reading the connection (answering pings, serving other streams) but never
+//! sends a WINDOW_UPDATE for one stream — `SETTINGS_INITIAL_WINDOW_SIZE = 0` and silence is
+//! enough — leaves that stream's body unpolled for as long as the connection lives. hyper holds the
+//! frame it has and asks for no more; the socket stays writable, so no write waits; the body's
+//! idle timer runs only while the body is polled. Left alone, such a stream would hold its
+//! upstream response, its place under `limits.max_in_flight` and its key's stream slot for ever,
+//! and one valid key could pin every place with a handful of streams.
+//!
+//! [`Watched`] wraps a streamed body under HTTP/2 and keeps a watchdog beside it: once the body
+//! has handed hyper a frame and is not asked for the next one within the limit, the watchdog drops
+//! the body — which settles it as a client that went away (the rest of the upstream body drained
+//! for its usage, billed, recorded `client_gone`, places returned) — and if hyper ever asks again
+//! the stream ends with an error (hyper resets it). A body waiting for its upstream is not
+//! "unasked" (hyper is waiting for it, and the upstream idle timeout covers silence); a client
+//! that keeps granting window, however slowly, keeps its stream, as a slow HTTP/1 reader does.
+//!
+//! The cost, HTTP/2 streamed responses only: a task with a timer per response, and an uncontended
+//! lock and a clock read per frame.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::body::{BoxError, GatewayBody};
+
+/// A streamed body whose frames must be asked for within a limit (see the module docs).
+pub struct Watched {
+    shared: Arc<Shared>,
+    limit: Duration,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    /// Told when hyper lets go of the body, so the watchdog ends with it.
+    gone: Notify,
+}
+
+struct State {
+    /// `None` once the watchdog cut it (or hyper let go).
+    body: Option<Pin<Box<GatewayBody>>>,
+    /// Since when the body has waited to be asked for its next frame; `None` while hyper waits
+    /// for the body.
+    unasked_since: Option<Instant>,
+}
+
+/// Streams cut so far (logged at powers of two: a hostile client cannot flood the log).
+static CUT: AtomicU64 = AtomicU64::new(0);
+
+impl Watched {
+    /// Wraps a streamed upstream body with a watchdog (an HTTP/2 response); any other body is
+    /// returned as it is — it holds no place and no upstream.
+    pub fn wrap(body: GatewayBody, limit: Duration) -> GatewayBody {
+        if !matches!(body, GatewayBody::Upstream { .. }) {
+            return body;
+        }
+        Watched::watch(body, limit)
+    }
+
+    /// Wraps any body (the tests watch a channel's).
+    fn watch(body: GatewayBody, limit: Duration) -> GatewayBody {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                body: Some(Box::pin(body)),
+                // hyper asks for the first frame as soon as the head is out; until then the clock runs.
+                unasked_since: Some(Instant::now()),
+            }),
+            gone: Notify::new(),
+        });
+        tokio::spawn(watchdog(shared.clone(), limit));
+        GatewayBody::Watched {
+            inner: Watched { shared, limit },
+        }
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+async fn watchdog(shared: Arc<Shared>, limit: Duration) {
+    loop {
+        let wake = {
+            let state = shared.lock();
+            if state.body.is_none() {
+                return;
+            }
+            state
+                .unasked_since
+                .map_or_else(|| Instant::now() + limit, |t| t + limit)
+        };
+        tokio::select! {
+            _ = shared.gone.notified() => return,
+            _ = tokio::time::sleep_until(wake) => {}
+        }
+        let cut = {
+            let mut state = shared.lock();
+            match state.unasked_since {
+                Some(t) if t + limit <= Instant::now() => state.body.take(),
+                _ => None,
+            }
+        };
+        if let Some(body) = cut {
+            // Dropped outside the lock: the drop settles the request (drain, bill, record).
+            drop(body);
+            let n = CUT.fetch_add(1, Ordering::Relaxed) + 1;
+            if n.is_power_of_two() {
+                tracing::warn!(
+                    send_timeout_secs = limit.as_secs(),
+                    cut = n,
+                    "an HTTP/2 client granted a response stream no window for limits.send_timeout_secs; the stream was cut and its request settled as client_gone (count logged at powers of two)"
+                );
+            }
+            return;
+        }
+    }
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        let body = self.shared.lock().body.take();
+        drop(body);
+        self.shared.gone.notify_one();
+    }
+}
+
+impl Body for Watched {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let mut state = self.shared.lock();
+        let Some(body) = state.body.as_mut() else {
+            return Poll::Ready(Some(Err(format!(
+                "the client granted this HTTP/2 stream no window for {} s (limits.send_timeout_secs)",
+                self.limit.as_secs()
+            )
+            .into())));
+        };
+        let polled = body.as_mut().poll_frame(cx);
+        state.unasked_since = matches!(polled, Poll::Ready(Some(Ok(_)))).then(Instant::now);
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        // A cut body is not ended: hyper asks once more and ends the stream with the error.
+        self.shared.lock().body.as_ref().is_some_and(|b| b.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.shared
+            .lock()
+            .body
+            .as_ref()
+            .map_or_else(SizeHint::default, |b| b.size_hint())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// A body fed by the test; its sender sees when the body is dropped.
+    fn fed(
+        limit: Duration,
+    ) -> (
+        tokio::sync::mpsc::Sender<Result<Bytes, BoxError>>,
+        Pin<Box<GatewayBody>>,
+    ) {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        (tx, Box::pin(Watched::watch(GatewayBody::Channel { rx }, limit)))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_not_asked_for_its_next_frame_within_the_limit_is_cut() {
+        let (tx, mut body) = fed(Duration::from_secs(5));
+        tx.send(Ok(Bytes::from_static(b"one"))).await.unwrap();
+        // Never asked: 4 s is not yet too long…
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        assert!(!tx.is_closed());
+        // …a frame is asked for and handed over, which restarts the clock…
+        let frame = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await;
+        assert!(frame.unwrap().unwrap().is_data());
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        assert!(!tx.is_closed(), "the clock restarted with the frame");
+        // …while hyper waits for the body (nothing to send yet), no clock runs at all…
+        let waiting = tokio::time::timeout(
+            Duration::from_secs(60),
+            std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)),
+        )
+        .await;
+        assert!(
+            waiting.is_err() && !tx.is_closed(),
+            "a body waiting for its upstream is not cut"
+        );
+        // …but a frame handed over and no next request for the limit: the body is dropped.
+        tx.send(Ok(Bytes::from_static(b"two"))).await.unwrap();
+        let frame = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await;
+        assert!(frame.unwrap().unwrap().is_data());
+        tokio::time::sleep(Duration::from_millis(5100)).await;
+        assert!(
+            tx.is_closed(),
+            "the unasked body was cut (dropped, which settles a streamed request)"
+        );
+        assert!(!body.is_end_stream(), "hyper asks once more…");
+        let after = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await;
+        let err = after.unwrap().unwrap_err().to_string();
+        assert!(
+            err.contains("limits.send_timeout_secs"),
+            "…and ends the stream with: {err}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn dropping_the_body_drops_what_it_wraps_and_ends_the_watchdog() {
+        let (tx, body) = fed(Duration::from_secs(5));
+        let GatewayBody::Watched { inner } = &*body else {
+            panic!("watched")
+        };
+        let shared = Arc::downgrade(&inner.shared);
+        drop(body);
+        assert!(tx.is_closed());
+        for _ in 0..4 {
+            tokio::task::yield_now().await;
+        }
+        assert!(
+            shared.upgrade().is_none(),
+            "the watchdog let go at once, not after the limit"
+        );
+    }
+
+    #[test]
+    fn only_streamed_upstream_bodies_are_watched() {
+        let body = Watched::wrap(GatewayBody::full("x"), Duration::from_secs(5));
+        assert!(matches!(body, GatewayBody::Full { .. }));
+    }
+}
