@@ -212,3 +212,127 @@ async fn a_client_that_hangs_up_before_the_answer_is_still_billed_and_recorded()
     let r = h.messages_with(&body(true), &[]).await;
     assert_eq!(r.status, 200);
 }
+
+/// Faults before a byte reaches the provider — its name does not resolve, its TLS handshake
+/// fails, it does not accept the connection in time — are each a provider-shaped 502 naming no
+/// internals ("could not be reached"; the gateway log has the cause), recorded
+/// `upstream_unreachable`, never billed; the gateway keeps serving. (An upstream whose certificate
+/// is not trusted is `network.rs::tls_termination_and_extra_ca_bundle`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstreams_that_cannot_be_reached_are_refused_unbilled_and_recorded() {
+    let mock = conduit_gateway::mock::start("127.0.0.1:0".parse().unwrap(), Default::default())
+        .await
+        .unwrap();
+    // A listener whose accept queue is full and never drained: the kernel drops further SYNs,
+    // so a connection attempt hangs as it does towards a provider behind a black hole.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let black_hole = socket.listen(0).unwrap();
+    let hole = black_hole.local_addr().unwrap();
+    let mut queued = Vec::new();
+    loop {
+        match tokio::time::timeout(
+            std::time::Duration::from_millis(300),
+            tokio::net::TcpStream::connect(hole),
+        )
+        .await
+        {
+            Ok(Ok(s)) => queued.push(s),
+            _ => break,
+        }
+        assert!(queued.len() < 64, "the accept queue never filled");
+    }
+    let cases = [
+        ("name does not resolve", "http://conduit-upstream.invalid".to_string()),
+        ("TLS to a plain HTTP server", format!("https://{}", mock.addr)),
+        ("connect never completes", format!("http://{hole}")),
+    ];
+    for (fault, url) in cases {
+        // A connect timeout of 1 s inside a response timeout of 30 s: a connect that is not cut
+        // by its own timeout shows as a 504 instead of the 502.
+        let h = Harness::builder()
+            .env("UPSTREAM_ANTHROPIC_URL", &url)
+            .toml("[network]\nconnect_timeout_secs = 1\nresponse_timeout_secs = 30\n")
+            .start()
+            .await;
+        let r = h.messages_with(&body(true), &[]).await;
+        r.assert_anthropic_error(502, "api_error", "could not be reached");
+        let message = r.json()["error"]["message"].as_str().unwrap().to_string();
+        assert!(!message.contains(&url) && !message.contains("127.0.0.1"), "{message}");
+        let rec = record(&h, r.header("x-conduit-request-id").unwrap());
+        show(fault, &r, &rec);
+        assert_eq!(rec.status, 502, "{rec:?}");
+        assert_eq!(rec.error_class.as_deref(), Some("upstream_unreachable"), "{rec:?}");
+        assert_eq!((rec.output_tokens, rec.bytes_out), (0, 0), "{rec:?}");
+        assert!(rec.cost_micros.unwrap_or(0) == 0, "nothing billed: {rec:?}");
+        assert_eq!(
+            h.send(http::Method::GET, "/", &[], "").await.status,
+            200,
+            "the gateway serves on"
+        );
+    }
+    drop(queued);
+}
+
+/// An SSE line far over the usage tap's 1 MiB line bound (a huge delta from a provider, or a
+/// hostile upstream): the client gets every byte as sent, the tap's memory stays bounded (the line
+/// is skipped, its bytes counted as text), and the provider's usage event after it is still read
+/// — billed from the provider's word, not estimated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_event_passes_through_and_the_usage_after_it_still_bills() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let huge = "x".repeat(3 * 1024 * 1024);
+    let events = [
+        r#"event: message_start
+data: {"type":"message_start","message":{"id":"msg_1","type":"message","role":"assistant","model":"claude-sonnet-4-5","content":[],"stop_reason":null,"usage":{"input_tokens":25,"output_tokens":1}}}"#.to_string(),
+        r#"event: content_block_start
+data: {"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}"#.to_string(),
+        format!(
+            "event: content_block_delta\ndata: {{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{{\"type\":\"text_delta\",\"text\":\"{huge}\"}}}}"
+        ),
+        r#"event: content_block_stop
+data: {"type":"content_block_stop","index":0}"#.to_string(),
+        r#"event: message_delta
+data: {"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":777}}"#.to_string(),
+        r#"event: message_stop
+data: {"type":"message_stop"}"#.to_string(),
+    ];
+    let sse: String = events.iter().map(|e| format!("{e}\n\n")).collect();
+    let sent = common::sha256_hex(sse.as_bytes());
+    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = upstream.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = upstream.accept().await {
+            let sse = sse.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                let _ = s.read(&mut buf).await;
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: {}\r\n\r\n",
+                    sse.len()
+                );
+                let _ = s.write_all(head.as_bytes()).await;
+                let _ = s.write_all(sse.as_bytes()).await;
+            });
+        }
+    });
+    let h = Harness::builder()
+        .env("UPSTREAM_ANTHROPIC_URL", &format!("http://{up}"))
+        .start()
+        .await;
+    let r = h.messages_with(&body(true), &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        common::sha256_hex(&r.body),
+        sent,
+        "the oversized stream arrives byte-identical"
+    );
+    let rec = settled(&h, r.header("x-conduit-request-id").unwrap()).await;
+    show("oversized event", &r, &rec);
+    assert_eq!(rec.outcome, "complete", "{rec:?}");
+    assert_eq!(
+        (rec.input_tokens, rec.output_tokens, rec.estimated),
+        (25, 777, false),
+        "billed from the provider's usage after the oversized line: {rec:?}"
+    );
+}

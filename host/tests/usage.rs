@@ -133,8 +133,33 @@ fn streams_without_usage_errors_and_oversize_lines() {
     );
     assert!(seen.stream_error);
     assert_eq!(seen.reported.map(|u| (u.input, u.output)), Some((9, 1)));
-    // A line longer than the bound stops parsing instead of growing memory.
-    let long = vec![b'a'; MAX_LINE + 10];
-    let seen = tap_all(Protocol::Anthropic, true, None, &[b"data: ", &long, b"\n"]);
-    assert!(seen.gave_up);
+    // A line longer than the bound (a huge delta, or a hostile upstream) is skipped instead of
+    // growing memory: its bytes count as text, and the usage event after it is still read —
+    // the same however the reads cut the stream.
+    let start = b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":9,\"output_tokens\":1}}}\n\n";
+    let delta = format!(
+        "event: content_block_delta\ndata: {{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{{\"type\":\"text_delta\",\"text\":\"{}\"}}}}\n\n",
+        "a".repeat(MAX_LINE + 10)
+    );
+    let end = b"event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":777}}\n\n";
+    let whole = [&start[..], delta.as_bytes(), &end[..]].concat();
+    let at_once = tap_all(Protocol::Anthropic, true, None, &[&whole]);
+    assert!(!at_once.gave_up, "{at_once:?}");
+    assert_eq!(
+        at_once.reported.map(|u| (u.input, u.output)),
+        Some((9, 777)),
+        "{at_once:?}"
+    );
+    assert!(
+        at_once.text_bytes > MAX_LINE as u64,
+        "the skipped line counts as text: {at_once:?}"
+    );
+    for cut in [1, 7, 4096, 65536, MAX_LINE / 2] {
+        let pieces: Vec<&[u8]> = whole.chunks(cut).collect();
+        assert_eq!(
+            tap_all(Protocol::Anthropic, true, None, &pieces),
+            at_once,
+            "reads of {cut} bytes"
+        );
+    }
 }

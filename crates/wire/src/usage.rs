@@ -81,7 +81,8 @@ pub struct Observed {
     pub text_bytes: u64,
     /// A provider error event arrived inside a 2xx stream.
     pub stream_error: bool,
-    /// Parsing stopped (oversized line or body, undecodable compression).
+    /// Parsing stopped (a body over 16 MiB that is not SSE, undecodable compression, a broken
+    /// event stream); an SSE line over [`MAX_LINE`] is skipped, not given up on.
     pub gave_up: bool,
     /// How the provider says it billed the request (service tier, fast mode, US-only), when it
     /// says so.
@@ -99,6 +100,10 @@ pub struct UsageTap {
     /// Bedrock's binary event stream, when the response is one.
     frames: Option<crate::eventstream::Decoder>,
     buf: Vec<u8>,
+    /// Inside an SSE line longer than [`MAX_LINE`]: its bytes are counted as text (for an
+    /// estimate) and skipped up to the next newline, where parsing resumes — the provider's usage
+    /// event after it is still read.
+    skipping: bool,
     observed: Observed,
     usage: Usage,
 }
@@ -150,6 +155,7 @@ impl UsageTap {
             sse,
             frames,
             buf: Vec::new(),
+            skipping: false,
             observed: Observed::default(),
             usage: Usage::default(),
         };
@@ -237,7 +243,14 @@ impl UsageTap {
         }
         let mut rest = bytes;
         while let Some(nl) = rest.iter().position(|&b| b == b'\n') {
-            if self.buf.is_empty() {
+            if self.skipping {
+                self.observed.text_bytes += nl as u64;
+                self.skipping = false;
+            } else if self.buf.len() + nl > MAX_LINE {
+                // However the reads cut it, a line over the limit is skipped, never parsed.
+                self.observed.text_bytes += (self.buf.len() + nl) as u64;
+                self.buf = Vec::new();
+            } else if self.buf.is_empty() {
                 self.line(&rest[..nl]);
             } else {
                 let mut line = std::mem::take(&mut self.buf);
@@ -246,9 +259,14 @@ impl UsageTap {
             }
             rest = &rest[nl + 1..];
         }
-        if self.buf.len() + rest.len() > MAX_LINE {
-            self.observed.gave_up = true;
+        if self.skipping {
+            self.observed.text_bytes += rest.len() as u64;
+        } else if self.buf.len() + rest.len() > MAX_LINE {
+            // An oversized line (a huge delta, or a hostile upstream): memory stays bounded, its
+            // bytes count as generated text, and parsing resumes after it.
+            self.observed.text_bytes += (self.buf.len() + rest.len()) as u64;
             self.buf = Vec::new();
+            self.skipping = true;
         } else {
             self.buf.extend_from_slice(rest);
         }
