@@ -436,10 +436,30 @@ async fn sigterm_drains_readyz_first_then_lets_streams_finish() {
     );
     let out = tokio::task::spawn_blocking(move || terminate(gw)).await.unwrap();
     assert!(out.status.success(), "exit after SIGTERM: {:?}", out.status);
+    let data = std::path::PathBuf::from(env.get("CONDUIT_DATA_DIR"));
+    assert!(
+        data.join("store.seal").exists(),
+        "a clean stop seals the embedded store"
+    );
 
     // Both requests were flushed to the audit log before the exit.
     let audit = env.ok(&["audit", "export", "--format", "jsonl"]);
     let forwarded = audit.lines().filter(|l| l.contains("\"status\":200")).count();
     assert_eq!(forwarded, 2, "{audit}");
     assert!(env.ok(&["audit", "verify"]).contains("audit chain intact"));
+
+    // Damage at rest after that clean stop (bit rot, a bad restore): sled alone would open what it
+    // can still read; the seal turns it into a refusal naming the way out.
+    let db = data.join("store").join("db");
+    let mut bytes = std::fs::read(&db).unwrap();
+    for i in (0..bytes.len()).step_by(997) {
+        bytes[i] ^= 0x5a;
+    }
+    std::fs::write(&db, bytes).unwrap();
+    let out = env.run(&["keys", "list"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("is damaged") && err.contains("Backup and restore"),
+        "{err}"
+    );
 }

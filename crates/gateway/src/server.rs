@@ -77,10 +77,8 @@ impl Running {
         // does not wait for them: wait (within the grace) until every in-flight place is back —
         // a place returns only once its request is recorded — before the writers flush.
         let all = u32::try_from(self.gateway.config.limits.max_in_flight).unwrap_or(u32::MAX);
-        if tokio::time::timeout_at(deadline, self.gateway.in_flight.acquire_many(all))
-            .await
-            .is_err()
-        {
+        let settled = tokio::time::timeout_at(deadline, self.gateway.in_flight.acquire_many(all)).await;
+        if settled.is_err() {
             tracing::warn!(
                 in_flight = self.gateway.config.limits.max_in_flight - self.gateway.in_flight.available_permits(),
                 "requests still in flight at shutdown after the grace period; their records may be lost"
@@ -113,6 +111,14 @@ impl Running {
         }
         let gw = self.gateway.clone();
         let _ = tokio::task::spawn_blocking(move || gw.audit.sync()).await;
+        // Every request settled and the writes done: the embedded store seals itself, so the next
+        // start can tell a store damaged at rest from this clean stop. (With requests still out,
+        // no seal: they may write after it.)
+        if settled.is_ok()
+            && let Err(e) = self.gateway.state.meta.close().await
+        {
+            tracing::warn!(error = %e, "the store could not be sealed at shutdown; the next start cannot check it for damage at rest");
+        }
     }
 }
 

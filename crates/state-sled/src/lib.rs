@@ -10,6 +10,15 @@
 //! (time-ordered id → finding metadata), `policy_modes` (run-time overrides), `uploads`
 //! (`provider/file id` → what an upload through the gateway carried). Records are JSON.
 //!
+//! Damage on disk: opening reads every entry once (sled checks each page's CRC as it reads), so
+//! a damaged file is refused at start-up with the ways out, never found by a request. sled's
+//! recovery also ends the log at the first entry it cannot read — right after a crash that is a
+//! torn tail, but on a store damaged at rest it would silently drop what follows. So a clean
+//! close writes `<dir>/store.seal` (the entry count and a CRC-32 of every tree's keys and values),
+//! and opening compares and removes it before any write: a store that no longer matches its seal
+//! is refused. After a crash there is no seal, and sled's torn-tail recovery stands (what a torn
+//! tail can lose is at most the last moments of counters; the audit log has every request).
+//!
 //! Where the work runs: reads of single records (a key by hash, a credential, an upload, a meta
 //! value) are served from sled's page cache in about a microsecond and run inline; everything that
 //! fsyncs or scans a tree runs on tokio's blocking pool, so a request's task never waits on a
@@ -82,6 +91,58 @@ struct Inner {
     mode_changes: Hub<String>,
     price_changes: Hub<()>,
     meta_changes: Hub<String>,
+    /// Where the close writes the seal.
+    seal: std::path::PathBuf,
+    /// Whether the seal on disk describes the store (set by a close, cleared by the next operation).
+    sealed: std::sync::RwLock<bool>,
+}
+
+impl Inner {
+    /// Holds the store unsealed for one operation: a seal written by [`Inner::close`] is removed
+    /// first, so an operation after the close (a straggler) never leaves a seal that no longer
+    /// describes the store — at worst the next start has nothing to compare. While operations
+    /// hold this, a close waits for them.
+    fn unsealed(&self) -> Result<std::sync::RwLockReadGuard<'_, bool>> {
+        loop {
+            {
+                let sealed = self.sealed.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+                if !*sealed {
+                    return Ok(sealed);
+                }
+            }
+            let mut sealed = self.sealed.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if *sealed {
+                remove_seal(&self.seal)?;
+                *sealed = false;
+            }
+        }
+    }
+
+    /// The writes are done: flush, then seal what is on disk (see the module docs).
+    fn close(&self) -> Result<()> {
+        let mut sealed = self.sealed.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !*sealed {
+            self.db.flush().map_err(sled_err)?;
+            let contents = Contents::read(&self.db).map_err(sled_err)?;
+            write_seal(&self.seal, contents).map_err(|e| {
+                Error::msg(format!(
+                    "writing the store seal {:?}: {e}",
+                    self.seal.display().to_string()
+                ))
+            })?;
+            *sealed = true;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Inner {
+    /// The last handle is gone (the CLI's commands end this way): seal, unless already sealed.
+    fn drop(&mut self) {
+        if let Err(e) = self.close() {
+            tracing::warn!(error = %e, "the store could not be sealed at close; the next start cannot compare it");
+        }
+    }
 }
 
 impl Sled {
@@ -90,18 +151,46 @@ impl Sled {
         conduit_core::fsperm::create_private_dir(dir)
             .map_err(|e| Error::msg(format!("creating data directory {:?}: {e}", dir.display().to_string())))?;
         let path = dir.join("store");
-        let db = sled::Config::new()
-            .path(&path)
-            .mode(sled::Mode::HighThroughput)
-            .open()
-            .map_err(|e| {
+        // sled checks each page's CRC as it reads it, and may panic on damage it does not expect:
+        // both become the one refusal below. Every entry is read once here, so damage is found
+        // at start-up, not by the request that happens to touch it (or, worse, by a budget or
+        // key lookup that then fails on every request).
+        let opened = std::panic::catch_unwind(|| {
+            let db = sled::Config::new()
+                .path(&path)
+                .mode(sled::Mode::HighThroughput)
+                .open()?;
+            let contents = Contents::read(&db)?;
+            Ok::<_, sled::Error>((db, contents))
+        });
+        let (db, contents) = match opened {
+            Ok(Ok(opened)) => opened,
+            Ok(Err(
+                e @ (sled::Error::Corruption { .. } | sled::Error::Unsupported(_) | sled::Error::ReportableBug(_)),
+            )) => {
+                return Err(damaged(&path, &e.to_string()));
+            }
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("sled panicked reading it");
+                return Err(damaged(&path, what));
+            }
+            Ok(Err(e)) => {
                 let hint = if e.to_string().contains("lock") || e.to_string().contains("WouldBlock") {
                     "; another Conduit process (a running gateway) holds it: use the CLI against its admin API, or stop it"
                 } else {
                     ""
                 };
-                Error::msg(format!("opening the store at {:?}: {e}{hint}", path.display().to_string()))
-            })?;
+                return Err(Error::msg(format!(
+                    "opening the store at {:?}: {e}{hint}",
+                    path.display().to_string()
+                )));
+            }
+        };
+        check_seal(dir, &path, contents)?;
         let tree = |name: &str| db.open_tree(name).map_err(sled_err);
         let inner = Inner {
             meta: tree("meta")?,
@@ -123,6 +212,8 @@ impl Sled {
             mode_changes: Hub::default(),
             price_changes: Hub::default(),
             meta_changes: Hub::default(),
+            seal: dir.join(SEAL),
+            sealed: std::sync::RwLock::new(false),
             db,
         };
         match inner.meta.get(META_SCHEMA).map_err(sled_err)? {
@@ -148,10 +239,116 @@ impl Sled {
     /// Runs `f` on tokio's blocking pool (fsyncs, scans).
     async fn blocking<T: Send + 'static>(&self, f: impl FnOnce(&Inner) -> Result<T> + Send + 'static) -> Result<T> {
         let inner = self.0.clone();
-        tokio::task::spawn_blocking(move || f(&inner))
-            .await
-            .map_err(|e| Error::msg(format!("a store task failed: {e}")))?
+        tokio::task::spawn_blocking(move || {
+            let _open = inner.unsealed()?;
+            f(&inner)
+        })
+        .await
+        .map_err(|e| Error::msg(format!("a store task failed: {e}")))?
     }
+}
+
+/// The seal a clean close leaves beside the store.
+const SEAL: &str = "store.seal";
+
+/// What the store holds, in brief: its entries, and a CRC-32 of every tree's name, keys and values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct Contents {
+    entries: u64,
+    crc32: u32,
+}
+
+impl Contents {
+    /// Reads every entry of every tree, in name order (sled verifies each page's checksum as it
+    /// reads it).
+    fn read(db: &sled::Db) -> sled::Result<Contents> {
+        let mut names = db.tree_names();
+        names.sort();
+        let mut crc = crc32fast::Hasher::new();
+        let mut entries = 0u64;
+        for name in names {
+            crc.update(&name);
+            for entry in db.open_tree(&name)?.iter() {
+                let (k, v) = entry?;
+                crc.update(&(k.len() as u64).to_le_bytes());
+                crc.update(&k);
+                crc.update(&(v.len() as u64).to_le_bytes());
+                crc.update(&v);
+                entries += 1;
+            }
+        }
+        Ok(Contents {
+            entries,
+            crc32: crc.finalize(),
+        })
+    }
+}
+
+/// Compares the store with the seal of its last clean close, if there is one, then removes the
+/// seal — durably, before anything is written — so a later crash leaves none.
+fn check_seal(dir: &Path, store: &Path, now: Contents) -> Result<()> {
+    let path = dir.join(SEAL);
+    let shown = path.display().to_string();
+    let sealed = match std::fs::read(&path) {
+        Ok(bytes) => Some(serde_json::from_slice::<Contents>(&bytes).map_err(|e| {
+            Error::msg(format!(
+                "the store seal {shown:?} cannot be read ({e}); if the store beside it is known to be good, remove the seal and start again"
+            ))
+        })?),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(Error::msg(format!("reading the store seal {shown:?}: {e}"))),
+    };
+    if let Some(sealed) = sealed
+        && sealed != now
+    {
+        return Err(damaged(
+            store,
+            &format!(
+                "it no longer matches the seal of its last clean close: {} entries (CRC-32 {:08x}) then, {} ({:08x}) now — sled's recovery dropped what it could not read; if you accept the store as it is, remove {shown:?}",
+                sealed.entries, sealed.crc32, now.entries, now.crc32
+            ),
+        ));
+    }
+    if sealed.is_some() {
+        remove_seal(&path)?;
+    }
+    Ok(())
+}
+
+/// Removes the seal durably (the directory synced): a crash after this leaves no seal.
+fn remove_seal(path: &Path) -> Result<()> {
+    let removed = match std::fs::remove_file(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    };
+    removed
+        .and_then(|()| std::fs::File::open(path.parent().unwrap_or(Path::new(".")))?.sync_all())
+        .map_err(|e| Error::msg(format!("removing the store seal {:?}: {e}", path.display().to_string())))
+}
+
+/// Writes the seal atomically (a temporary file, synced, renamed over, the directory synced).
+fn write_seal(path: &Path, contents: Contents) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("seal.tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(&serde_json::to_vec(&contents).map_err(std::io::Error::other)?)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// The refusal to start on a damaged store: what is wrong, where, and the ways out.
+fn damaged(path: &Path, cause: &str) -> Error {
+    Error::msg(format!(
+        "the store at {:?} is damaged ({cause}); Conduit will not start on it rather than lose or invent keys, credentials, budgets and spend. \
+         Restore the data directory from a backup (docs/install.md, \"Backup and restore\"), or move {:?} aside to start with an empty store \
+         (keys and credentials must then be issued again; every request is still in the audit log: conduit audit export)",
+        path.display().to_string(),
+        path.display().to_string(),
+    ))
 }
 
 /// A sled failure, as the one sentence the caller shows.
@@ -479,6 +676,7 @@ impl FindingStore for Sled {
         // On the request path (the policy stage awaits it): applied in memory, inline, and synced
         // by sled's own periodic flush — no fsync per finding (`FindingStore::record`).
         let s = &self.0;
+        let _open = s.unsealed()?;
         s.findings.apply_batch(batch).map_err(sled_err)?;
         if let Some(f) = findings.first() {
             s.finding_changes.send(f.id.clone());
@@ -643,6 +841,13 @@ impl MetaStore for Sled {
     fn watch(&self) -> Watch<String> {
         self.0.meta_changes.watch()
     }
+
+    async fn close(&self) -> Result<()> {
+        let inner = self.0.clone();
+        tokio::task::spawn_blocking(move || inner.close())
+            .await
+            .map_err(|e| Error::msg(format!("a store task failed: {e}")))?
+    }
 }
 
 #[async_trait]
@@ -710,6 +915,69 @@ mod tests {
             err.contains("schema version 99") && err.contains("reads version 1"),
             "{err}"
         );
+    }
+
+    /// Issue 20: a store damaged on disk (a failing disk, a bad restore, a truncated copy) is
+    /// refused at open with the path and the ways out — never opened half-readable, never a panic.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_damaged_store_is_refused_at_open_naming_the_path_and_the_way_out() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let state = open(dir.path(), &[]).await.unwrap();
+            for i in 0..200 {
+                state.meta.set(&format!("filler-{i}"), &"x".repeat(200)).await.unwrap();
+            }
+        }
+        let db = dir.path().join("store").join("db");
+        let good = std::fs::read(&db).unwrap();
+        type Damage = fn(&mut Vec<u8>);
+        let damages: [(&str, Damage); 3] = [
+            ("bytes flipped", |d: &mut Vec<u8>| {
+                for i in (0..d.len()).step_by(997) {
+                    d[i] ^= 0x5a;
+                }
+            }),
+            ("truncated", |d: &mut Vec<u8>| d.truncate(1000)),
+            ("emptied", |d: &mut Vec<u8>| d.clear()),
+        ];
+        for (what, damage) in damages {
+            let mut bytes = good.clone();
+            damage(&mut bytes);
+            std::fs::write(&db, &bytes).unwrap();
+            let err = open(dir.path(), &[])
+                .await
+                .err()
+                .unwrap_or_else(|| panic!("{what}: opened"))
+                .to_string();
+            assert!(
+                err.contains("is damaged") && err.contains("store") && err.contains("Backup and restore"),
+                "{what}: {err}"
+            );
+        }
+        std::fs::write(&db, &good).unwrap();
+        let seal = dir.path().join(SEAL);
+        let sealed = std::fs::read(&seal).expect("a clean close leaves a seal");
+        // A seal that does not match (as sled's recovery leaves a store damaged at rest: it ends
+        // the log at the first bad entry and opens what precedes) is refused, naming the way out.
+        let other = serde_json::to_vec(&Contents { entries: 1, crc32: 7 }).unwrap();
+        std::fs::write(&seal, &other).unwrap();
+        let err = open(dir.path(), &[]).await.err().unwrap().to_string();
+        assert!(
+            err.contains("no longer matches the seal") && err.contains("remove"),
+            "{err}"
+        );
+        std::fs::write(&seal, b"{not json").unwrap();
+        let err = open(dir.path(), &[]).await.err().unwrap().to_string();
+        assert!(err.contains("cannot be read"), "{err}");
+        std::fs::write(&seal, &sealed).unwrap();
+        {
+            let _state = open(dir.path(), &[]).await.expect("the undamaged store opens again");
+            assert!(
+                !seal.exists(),
+                "the seal is removed while the store is open: a crash leaves none"
+            );
+        }
+        assert!(seal.exists(), "…and written again at the close");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -208,4 +208,10 @@ pub trait MetaStore: Send + Sync + 'static {
     async fn ping(&self) -> Result<()>;
     /// Names whose value changed.
     fn watch(&self) -> Watch<String>;
+    /// The process is stopping and its writes are done: an embedded store seals itself, so the
+    /// next start can tell damage at rest from a clean stop (conduit-state-sled). An operation
+    /// after it is still served (and unseals). A shared database has nothing to do.
+    async fn close(&self) -> Result<()> {
+        Ok(())
+    }
 }
