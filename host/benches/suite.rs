@@ -2,7 +2,7 @@
 //! Portkey, all in front of the same mock provider, measured side by side in one run.
 //!
 //! Run with: `cargo bench -p conduit --bench suite -- [all|latency|throughput|rate|stream|memory|overload]
-//! [--smoke] [--soak-minutes N] [--out FILE.json]` (see docs/performance.md).
+//! [--smoke] [--soak-minutes N (fractions too)] [--out FILE.json]` (see docs/performance.md).
 //!
 //! Every system runs as its own process pinned with `taskset` to CPU 1; the mock (the `conduit-mock`
 //! binary) and this load generator share CPU 0. Conduit is the release `conduit serve` with its
@@ -49,7 +49,7 @@ struct Args {
     what: String,
     smoke: bool,
     no_peers: bool,
-    soak_minutes: u64,
+    soak_minutes: f64,
     out: String,
 }
 
@@ -58,7 +58,7 @@ fn parse_args() -> Args {
         what: "all".into(),
         smoke: false,
         no_peers: false,
-        soak_minutes: 0,
+        soak_minutes: 0.0,
         out: concat!(env!("CARGO_MANIFEST_DIR"), "/../target/bench-suite.json").into(),
     };
     let mut it = std::env::args().skip(1);
@@ -1062,30 +1062,122 @@ async fn memory(sys: &System, n: usize) -> Value {
            "per_stream_kib": match (idle, open) { (Some(a), Some(b)) => json!((b as f64 - a as f64) / n as f64), _ => Value::Null }})
 }
 
-/// Closed loop c=16 for `minutes`, sampling RSS every 10 s; the slope in MiB per hour.
-async fn soak(sys: &System, minutes: u64) -> Value {
+/// The soak: c=16 closed loop for `minutes` of a mixed workload — 4 KiB JSON, streamed, upstream
+/// errors (529) and refusals (an unknown key: 401), in turn on each connection — sampling the
+/// gateway's RSS, open file descriptors and threads every 10 s; each one's least-squares slope
+/// per hour (goal: flat) and the answers by status.
+async fn soak(sys: &System, minutes: f64) -> Value {
     let pid = sys.pid.expect("a process");
-    let w = Workload {
+    let deadline = Instant::now() + Duration::from_secs_f64(minutes * 60.0);
+    let json_w = Workload {
         body: body_kib(4, false),
         delay_ms: 0,
         path: None,
     };
-    let mut samples = Vec::new();
+    let stream_w = Workload {
+        body: body_kib(4, true),
+        delay_ms: 0,
+        path: None,
+    };
+    let mut tasks = Vec::new();
+    for worker in 0..16usize {
+        let (target, json_w, stream_w) = (sys.target.clone(), json_w.clone(), stream_w.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut sender = connect(target.addr).await;
+            let mut statuses = std::collections::BTreeMap::<u16, u64>::new();
+            let mut i = worker;
+            while Instant::now() < deadline {
+                let mut req = match i % 4 {
+                    0 => request(&target, &json_w, None),
+                    1 => request(&target, &stream_w, None),
+                    2 => {
+                        let mut r = request(&target, &json_w, None);
+                        r.headers_mut()
+                            .insert("x-mock-mode", http::HeaderValue::from_static("status-529"));
+                        r
+                    }
+                    _ => request(&target, &json_w, None),
+                };
+                if i % 4 == 3 {
+                    req.headers_mut().insert(
+                        "x-api-key",
+                        http::HeaderValue::from_static("ck_not-a-key-conduit-issued"),
+                    );
+                }
+                *statuses
+                    .entry(exchange(&mut sender, req, false).await.status)
+                    .or_default() += 1;
+                i += 1;
+            }
+            statuses
+        }));
+    }
     let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(minutes * 60) {
-        throughput(sys, &w, 16, 10.0).await;
-        if let Some(r) = rss_kib(pid) {
-            samples.push((start.elapsed().as_secs_f64(), r as f64 / 1024.0));
+    let mut samples: Vec<(f64, [f64; 3])> = Vec::new();
+    while Instant::now() < deadline {
+        if let (Some(rss), Some(fds), Some(threads)) = (rss_kib(pid), open_fds(pid), threads(pid)) {
+            samples.push((
+                start.elapsed().as_secs_f64(),
+                [rss as f64 / 1024.0, fds as f64, threads as f64],
+            ));
+        }
+        tokio::time::sleep(Duration::from_secs(10).min(deadline.saturating_duration_since(Instant::now()))).await;
+    }
+    let mut statuses = std::collections::BTreeMap::<String, u64>::new();
+    for t in tasks {
+        for (status, n) in t.await.unwrap() {
+            *statuses.entry(status.to_string()).or_default() += n;
         }
     }
-    let n = samples.len() as f64;
+    // Pools, caches and the allocator's arenas fill in the first minute: the slopes start after it
+    // (in a soak of three minutes or more).
+    let warm = if minutes >= 3.0 { 60.0 } else { 0.0 };
+    let steady = |k: usize| {
+        samples
+            .iter()
+            .filter(|s| s.0 >= warm)
+            .map(|s| (s.0, s.1[k]))
+            .collect::<Vec<_>>()
+    };
+    let series = |k: usize| samples.iter().map(|s| (s.0, s.1[k])).collect::<Vec<_>>();
+    let describe = |k: usize| {
+        let v = series(k);
+        json!({"first": v.first().map(|s| s.1), "last": v.last().map(|s| s.1),
+               "max": v.iter().map(|s| s.1).fold(f64::NAN, f64::max), "per_hour": slope(&steady(k)) * 3600.0,
+               "samples": v.iter().map(|s| s.1).collect::<Vec<_>>()})
+    };
+    json!({"minutes": minutes, "concurrency": 16, "requests": statuses.values().sum::<u64>(), "statuses": statuses,
+           "rss_mib": describe(0), "fds": describe(1), "threads": describe(2),
+           "warm_up_secs": warm, "slope_mib_per_hour": slope(&steady(0)) * 3600.0})
+}
+
+/// Least-squares slope of `(x, y)` points (y per unit of x).
+fn slope(points: &[(f64, f64)]) -> f64 {
+    let n = points.len() as f64;
+    if n < 2.0 {
+        return f64::NAN;
+    }
     let (mx, my) = (
-        samples.iter().map(|s| s.0).sum::<f64>() / n,
-        samples.iter().map(|s| s.1).sum::<f64>() / n,
+        points.iter().map(|p| p.0).sum::<f64>() / n,
+        points.iter().map(|p| p.1).sum::<f64>() / n,
     );
-    let slope = samples.iter().map(|s| (s.0 - mx) * (s.1 - my)).sum::<f64>()
-        / samples.iter().map(|s| (s.0 - mx).powi(2)).sum::<f64>().max(1e-9);
-    json!({"minutes": minutes, "rss_mib": samples.iter().map(|s| s.1).collect::<Vec<_>>(), "slope_mib_per_hour": slope * 3600.0})
+    points.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum::<f64>()
+        / points.iter().map(|p| (p.0 - mx).powi(2)).sum::<f64>().max(1e-9)
+}
+
+/// The process's open file descriptors.
+fn open_fds(pid: u32) -> Option<u64> {
+    Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count() as u64)
+}
+
+/// The process's threads.
+fn threads(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("Threads:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1450,7 +1542,7 @@ async fn measure_refs(args: &Args, sizes: &Sizes, systems: &[&System], mock: Soc
         if let Some(c) = systems
             .iter()
             .find(|s| s.name == "conduit")
-            .filter(|_| args.soak_minutes > 0)
+            .filter(|_| args.soak_minutes > 0.0)
         {
             let _p = pause_peers(systems, None);
             eprintln!("soak: {} minutes", args.soak_minutes);
@@ -1629,10 +1721,20 @@ fn print_group(r: &Value) {
         for (name, x) in m {
             if name.ends_with("_soak") {
                 println!(
-                    "{name:<14} slope {} MiB/hour over {} min",
-                    f(&x["slope_mib_per_hour"]),
-                    x["minutes"]
+                    "{name:<14} {} min, c=16 mixed (JSON, streamed, upstream 529, refused 401): {} requests {}",
+                    x["minutes"], x["requests"], x["statuses"]
                 );
+                for (what, unit) in [("rss_mib", "MiB"), ("fds", "FDs"), ("threads", "threads")] {
+                    let v = &x[what];
+                    println!(
+                        "{:<14} {what:<8} first {} last {} max {} → slope {} {unit}/hour",
+                        "",
+                        f(&v["first"]),
+                        f(&v["last"]),
+                        f(&v["max"]),
+                        f(&v["per_hour"])
+                    );
+                }
             } else {
                 println!(
                     "{name:<14} idle {} MiB, with {} open streams {} MiB ({} KiB per stream)",

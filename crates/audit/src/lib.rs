@@ -352,6 +352,7 @@ impl AuditLog {
         conduit_core::fsperm::create_private_dir(&config.dir)
             .map_err(|e| Error::msg(format!("creating the audit directory {}: {e}", config.dir.display())))?;
         let head = chain::recover(&config.dir)?;
+        let latest_day = chain::day_files(&config.dir)?.last().map_or(i64::MIN, |(day, _)| *day);
         let (tx, rx) = mpsc::channel::<Msg>();
         let backlog = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let health = Arc::new(Health::default());
@@ -359,6 +360,8 @@ impl AuditLog {
             backlog: backlog.clone(),
             health: health.clone(),
             day: 0,
+            started: (conduit_core::clock::now_ms(), Instant::now()),
+            latest_day,
             file_len: 0,
             synced_len: 0,
             unsynced: Vec::new(),
@@ -464,6 +467,13 @@ struct Writer {
     health: Arc<Health>,
     /// UTC day of the records in `buf`.
     day: i64,
+    /// The wall clock and the monotonic clock when the writer started (retention's "now").
+    started: (i64, Instant),
+    /// The latest day file written (or found at start): day files never go back in time, so a
+    /// wall clock set back (an NTP step, a VM restored from a snapshot) cannot append later records
+    /// to an earlier day's file, out of the chain's order. A record is filed under its own day or
+    /// this one, whichever is later; its timestamps stay as its clock gave them.
+    latest_day: i64,
     /// Bytes of whole lines in the open file, and of those the synced ones: a failed write or
     /// sync cuts the file back, so no torn line is left for the next write to follow.
     file_len: u64,
@@ -661,7 +671,8 @@ impl Writer {
         if let Some(exporter) = &self.otlp {
             exporter.export(&record);
         }
-        let day = record.end_ms.div_euclid(86_400_000);
+        let day = record.end_ms.div_euclid(86_400_000).max(self.latest_day);
+        self.latest_day = day;
         if self.file.as_ref().is_some_and(|(d, _)| *d != day) && self.write_out() && self.sync() {
             // The day changed: what was buffered went to the old file. (While writing fails, the
             // new day's records follow the old day's into the old file.)
@@ -844,7 +855,7 @@ impl Writer {
     fn prune(&mut self) {
         self.last_prune = Some(Instant::now());
         let Some(days) = self.retention_days else { return };
-        let cutoff_day = conduit_core::clock::now_unix().div_euclid(86_400) - i64::from(days);
+        let cutoff_day = retention_cutoff_day(conduit_core::clock::now_ms(), self.started, days);
         match chain::prune(&self.dir, cutoff_day) {
             Ok(0) => {}
             Ok(n) => tracing::info!(
@@ -858,6 +869,15 @@ impl Writer {
             hook(cutoff_day * 86_400);
         }
     }
+}
+
+/// The first day retention keeps. "Now" is the earlier of the wall clock and the start time plus
+/// the monotonic time since: a wall clock stepped forward (a VM restored on a host whose clock is
+/// ahead, a mistyped date) cannot make retention delete days of audit log that have not aged —
+/// retention deletes less under a jump, never more. (A restart takes the wall clock as it is.)
+fn retention_cutoff_day(wall_ms: i64, started: (i64, Instant), days: u32) -> i64 {
+    let monotonic_ms = started.0.saturating_add(started.1.elapsed().as_millis() as i64);
+    wall_ms.min(monotonic_ms).div_euclid(86_400_000) - i64::from(days)
 }
 
 fn open_day(dir: &Path, day: i64) -> Result<File> {
@@ -942,6 +962,72 @@ mod tests {
         assert!(!v.ok, "{v:?}");
         assert!(v.problem.unwrap().contains("is not a valid record"));
         assert!(chain::scan(dir.path(), &chain::Filter::default(), |_, _| true).is_err());
+    }
+
+    /// Issue 20, wall-clock jumps: a clock set back a day (an NTP step, a VM restored from a
+    /// snapshot) — while running and across a restart — must not file later records into an
+    /// earlier day's file, where `verify` (which reads the files in day order) would find the
+    /// chain out of order and report the log as tampered with.
+    #[test]
+    fn a_clock_set_back_never_files_records_out_of_chain_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = AuditConfig {
+            durability: Durability::Strict,
+            retention_days: None,
+            dir: dir.path().to_path_buf(),
+            max_backlog: 1000,
+        };
+        let day = 20_400 * 86_400_000i64;
+        let at = |ms: i64| AuditRecord {
+            request_id: format!("req_{ms}"),
+            start_ms: ms,
+            end_ms: ms,
+            ..AuditRecord::default()
+        };
+        {
+            let log = AuditLog::start(&config, Arc::default(), None, None).unwrap();
+            log.record(at(day + 3_600_000));
+            log.record(at(day - 3_600_000)); // the clock is set back into yesterday…
+            log.record(at(day + 7_200_000)); // …and forward again
+            log.sync();
+        }
+        {
+            // A restart while the clock is still behind.
+            let log = AuditLog::start(&config, Arc::default(), None, None).unwrap();
+            log.record(at(day - 1_800_000));
+            log.sync();
+        }
+        let v = chain::verify(dir.path()).unwrap();
+        assert!(v.ok, "{v:?}");
+        let files: Vec<i64> = chain::day_files(dir.path())
+            .unwrap()
+            .into_iter()
+            .map(|(d, _)| d)
+            .collect();
+        assert_eq!(files, vec![20_400], "every record went into the latest day's file");
+        let mut ends = Vec::new();
+        chain::scan(dir.path(), &chain::Filter::default(), |r, _| {
+            ends.push(r.end_ms - day);
+            true
+        })
+        .unwrap();
+        assert_eq!(
+            ends,
+            vec![3_600_000, -3_600_000, 7_200_000, -1_800_000],
+            "the records keep the times their clock gave them"
+        );
+    }
+
+    #[test]
+    fn a_wall_clock_stepped_forward_does_not_age_the_audit_log() {
+        let day = 86_400_000i64;
+        let started = (20_400 * day, Instant::now());
+        // The clocks agree: 30 days of retention keep from day 20_370.
+        assert_eq!(retention_cutoff_day(20_400 * day, started, 30), 20_370);
+        // The wall clock jumps two years ahead: nothing more is deleted than before the jump.
+        assert_eq!(retention_cutoff_day(21_130 * day, started, 30), 20_370);
+        // Set back: retention follows the earlier wall clock (it keeps more).
+        assert_eq!(retention_cutoff_day(20_390 * day, started, 30), 20_360);
     }
 
     #[test]
