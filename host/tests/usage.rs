@@ -162,4 +162,15 @@ fn streams_without_usage_errors_and_oversize_lines() {
             "reads of {cut} bytes"
         );
     }
+    // An oversized line that is not text (a partial image, base64) is skipped without counting
+    // toward an estimate: no usage at all would otherwise bill it as generated text.
+    let image = format!(
+        "event: response.image_generation_call.partial_image\ndata: {{\"type\":\"response.image_generation_call.partial_image\",\"partial_image_b64\":\"{}\"}}\n\n",
+        "A".repeat(MAX_LINE + 10)
+    );
+    for cut in [4096, MAX_LINE + 100] {
+        let pieces: Vec<&[u8]> = image.as_bytes().chunks(cut).collect();
+        let seen = tap_all(Protocol::OpenAi, true, None, &pieces);
+        assert_eq!(seen.text_bytes, 0, "reads of {cut} bytes: {seen:?}");
+    }
 }

@@ -449,12 +449,14 @@ impl Filter {
 /// Calls `each` for every record matching `filter`, in chain order, reading one line at a time
 /// (constant memory), with the line as stored. Stops early when `each` returns `false`.
 pub fn scan(dir: &Path, filter: &Filter, mut each: impl FnMut(AuditRecord, &[u8]) -> bool) -> Result<u64> {
-    // A record lands in the file of the day it ended: open files from the day before `since`.
+    // A record lands in the file of the day it ended, or a later one (day files never go back in
+    // time when the wall clock does: see the writer), never an earlier one. So files from the day
+    // before `since` on are opened, and every later one: a clock set back may have filed a record
+    // that started before `until` after it.
     let from_day = filter.since_ms.map(|t| t.div_euclid(86_400_000) - 1);
-    let to_day = filter.until_ms.map(|t| t.div_euclid(86_400_000) + 1);
     let mut seen = 0;
     for (day, path) in day_files(dir)? {
-        if from_day.is_some_and(|d| day < d) || to_day.is_some_and(|d| day > d) {
+        if from_day.is_some_and(|d| day < d) {
             continue;
         }
         let file = match File::open(&path) {

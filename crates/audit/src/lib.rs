@@ -362,6 +362,7 @@ impl AuditLog {
             day: 0,
             started: (conduit_core::clock::now_ms(), Instant::now()),
             latest_day,
+            behind_warned: false,
             file_len: 0,
             synced_len: 0,
             unsynced: Vec::new(),
@@ -474,6 +475,8 @@ struct Writer {
     /// to an earlier day's file, out of the chain's order. A record is filed under its own day or
     /// this one, whichever is later; its timestamps stay as its clock gave them.
     latest_day: i64,
+    /// Whether the clock being behind the latest day file was logged (once per process).
+    behind_warned: bool,
     /// Bytes of whole lines in the open file, and of those the synced ones: a failed write or
     /// sync cuts the file back, so no torn line is left for the next write to follow.
     file_len: u64,
@@ -671,7 +674,15 @@ impl Writer {
         if let Some(exporter) = &self.otlp {
             exporter.export(&record);
         }
-        let day = record.end_ms.div_euclid(86_400_000).max(self.latest_day);
+        let own = record.end_ms.div_euclid(86_400_000);
+        let day = own.max(self.latest_day);
+        if day > own + 1 && !self.behind_warned {
+            self.behind_warned = true;
+            tracing::warn!(
+                latest_day_file = %chain::day_path(&self.dir, day).display(),
+                "the wall clock is behind the audit log's latest day file (set back, or that file was written under a clock set ahead); records are filed in it to keep the chain in order"
+            );
+        }
         self.latest_day = day;
         if self.file.as_ref().is_some_and(|(d, _)| *d != day) && self.write_out() && self.sync() {
             // The day changed: what was buffered went to the old file. (While writing fails, the
@@ -995,6 +1006,7 @@ mod tests {
             // A restart while the clock is still behind.
             let log = AuditLog::start(&config, Arc::default(), None, None).unwrap();
             log.record(at(day - 1_800_000));
+            log.record(at(day - 3 * 86_400_000)); // three days back
             log.sync();
         }
         let v = chain::verify(dir.path()).unwrap();
@@ -1013,8 +1025,34 @@ mod tests {
         .unwrap();
         assert_eq!(
             ends,
-            vec![3_600_000, -3_600_000, 7_200_000, -1_800_000],
+            vec![3_600_000, -3_600_000, 7_200_000, -1_800_000, -3 * 86_400_000],
             "the records keep the times their clock gave them"
+        );
+        // An export up to the start of the day still finds the records filed in its file.
+        let until_day = chain::Filter {
+            until_ms: Some(day),
+            ..chain::Filter::default()
+        };
+        let mut before = 0;
+        chain::scan(dir.path(), &until_day, |_, _| {
+            before += 1;
+            true
+        })
+        .unwrap();
+        assert_eq!(before, 3, "the records stamped before the day, filed in its file");
+        let three_days_back = chain::Filter {
+            until_ms: Some(day - 2 * 86_400_000),
+            ..chain::Filter::default()
+        };
+        let mut found = 0;
+        chain::scan(dir.path(), &three_days_back, |_, _| {
+            found += 1;
+            true
+        })
+        .unwrap();
+        assert_eq!(
+            found, 1,
+            "a record filed days after its own day is still found by --until"
         );
     }
 

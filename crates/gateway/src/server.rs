@@ -6,7 +6,7 @@
 //! most `limits.max_connections` connections; one more is answered 503 and closed at once. A write
 //! to a client that waits `limits.send_timeout_secs` without progress closes its connection
 //! (`crate::send_timeout`); under HTTP/2, a response stream the client grants no window for that
-//! long is cut (`crate::unasked`), idle connections are pinged (a peer that stops answering is
+//! long is cut and its connection closed (`crate::unasked`), idle connections are pinged (a peer that stops answering is
 //! dropped), and a connection carries at most 128 concurrent streams.
 
 use std::net::SocketAddr;
@@ -124,7 +124,8 @@ impl Running {
 
 /// HTTP/2: streams one connection may carry at once (each request still needs a place under
 /// `limits.max_in_flight`), and how often an idle connection is pinged and how long a ping may go
-/// unanswered before the connection is dropped (a peer gone without a FIN frees its slot).
+/// unanswered (at least `limits.send_timeout_secs`) before the connection is dropped (a peer gone
+/// without a FIN frees its slot).
 const H2_MAX_STREAMS: u32 = 128;
 const H2_PING_EVERY: Duration = Duration::from_secs(30);
 const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
@@ -168,10 +169,10 @@ pub async fn start(gateway: Gateway) -> Result<Running> {
 
     let gw = gateway.clone();
     let limits = config.limits;
-    let gateway_task = tokio::spawn(serve(listener, tls, limits, stopped.clone(), move |peer| {
+    let gateway_task = tokio::spawn(serve(listener, tls, limits, stopped.clone(), move |peer, cut| {
         let gw = gw.clone();
         service_fn(move |req| {
-            let gw = gw.clone();
+            let (gw, cut) = (gw.clone(), cut.clone());
             // Each request runs on a task of its own, so a client that hangs up does not cancel
             // it halfway: a request already upstream is answered, billed and audited as
             // `client_gone` (its body drained for the provider's usage) instead of vanishing
@@ -193,7 +194,7 @@ pub async fn start(gateway: Gateway) -> Result<Running> {
                     // HTTP/2: a stream the client grants no window is cut like a socket it
                     // stops reading (`crate::unasked`).
                     let limit = gw.config.limits.send_timeout;
-                    response.map(|body| crate::unasked::Watched::wrap(body, limit))
+                    response.map(|body| crate::unasked::Watched::wrap(body, limit, cut))
                 }
             });
             async move {
@@ -208,11 +209,22 @@ pub async fn start(gateway: Gateway) -> Result<Running> {
         })
     }));
     let gw = gateway.clone();
-    let admin_task = tokio::spawn(serve(admin, None, limits, stopped, move |peer| {
+    let admin_task = tokio::spawn(serve(admin, None, limits, stopped, move |peer, cut| {
         let gw = gw.clone();
         service_fn(move |req| {
-            let gw = gw.clone();
-            async move { Ok::<_, std::convert::Infallible>(crate::admin::handle(&gw, req, peer).await) }
+            let (gw, cut) = (gw.clone(), cut.clone());
+            async move {
+                let http1 = req.version() < http::Version::HTTP_2;
+                let response = crate::admin::handle(&gw, req, peer).await;
+                // An audit export streams from a blocking thread: under HTTP/2 a client granting it
+                // no window would hold that thread.
+                let limit = gw.config.limits.send_timeout;
+                Ok::<_, std::convert::Infallible>(if http1 {
+                    response
+                } else {
+                    response.map(|body| crate::unasked::Watched::wrap(body, limit, cut))
+                })
+            }
         })
     }));
     let scheme = if config.tls.is_some() { "https" } else { "http" };
@@ -239,7 +251,7 @@ async fn serve<F, S>(
     mut stopped: watch::Receiver<bool>,
     make_service: F,
 ) where
-    F: Fn(SocketAddr) -> S,
+    F: Fn(SocketAddr, Arc<tokio::sync::Notify>) -> S,
     S: hyper::service::Service<
             http::Request<hyper::body::Incoming>,
             Response = http::Response<crate::body::GatewayBody>,
@@ -261,7 +273,9 @@ async fn serve<F, S>(
         .max_header_list_size(limits.max_header_bytes as u32)
         .max_concurrent_streams(H2_MAX_STREAMS)
         .keep_alive_interval(Some(H2_PING_EVERY))
-        .keep_alive_timeout(H2_PING_TIMEOUT);
+        // A ping's answer queues behind what the socket already holds: on a slow link a long
+        // download would otherwise be dropped while still taking bytes.
+        .keep_alive_timeout(H2_PING_TIMEOUT.max(limits.send_timeout));
     let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
     // One slot per connection: over the cap, a connection is answered and closed at once rather
@@ -300,7 +314,12 @@ async fn serve<F, S>(
         let _ = stream.set_nodelay(true);
         // A client that stops reading cannot hold its request open (`send_timeout`).
         let stream = SendTimeout::new(stream, limits.send_timeout);
-        let service = make_service(peer);
+        // Told when one of the connection's HTTP/2 streams was cut for granting no window
+        // (`crate::unasked`): hyper would hold that stream (and its place among the connection's
+        // streams) until the client grants window, so the connection is closed, as a socket that
+        // stops taking bytes is.
+        let cut = Arc::new(tokio::sync::Notify::new());
+        let service = make_service(peer, cut.clone());
         let builder = builder.clone();
         match &tls {
             None => {
@@ -308,8 +327,11 @@ async fn serve<F, S>(
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {
                     let _slot = slot;
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, %peer, "connection ended with an error");
+                    tokio::select! {
+                        ended = conn => if let Err(e) = ended {
+                            tracing::debug!(error = %e, %peer, "connection ended with an error");
+                        },
+                        _ = cut.notified() => tracing::debug!(%peer, "connection closed: a stream was granted no window for limits.send_timeout_secs"),
                     }
                 });
             }
@@ -327,8 +349,11 @@ async fn serve<F, S>(
                         Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
                     };
                     let conn = builder.serve_connection(TokioIo::new(tls_stream), service).into_owned();
-                    if let Err(e) = watcher.watch(conn).await {
-                        tracing::debug!(error = %e, %peer, "connection ended with an error");
+                    tokio::select! {
+                        ended = watcher.watch(conn) => if let Err(e) = ended {
+                            tracing::debug!(error = %e, %peer, "connection ended with an error");
+                        },
+                        _ = cut.notified() => tracing::debug!(%peer, "connection closed: a stream was granted no window for limits.send_timeout_secs"),
                     }
                 });
             }

@@ -10,13 +10,18 @@
 //! upstream response, its place under `limits.max_in_flight` and its key's stream slot for ever,
 //! and one valid key could pin every place with a handful of streams.
 //!
-//! [`Watched`] wraps a streamed body under HTTP/2 and keeps a watchdog beside it: once the body
-//! has handed hyper a frame and is not asked for the next one within the limit, the watchdog drops
-//! the body — which settles it as a client that went away (the rest of the upstream body drained
-//! for its usage, billed, recorded `client_gone`, places returned) — and if hyper ever asks again
-//! the stream ends with an error (hyper resets it). A body waiting for its upstream is not
-//! "unasked" (hyper is waiting for it, and the upstream idle timeout covers silence); a client
-//! that keeps granting window, however slowly, keeps its stream, as a slow HTTP/1 reader does.
+//! [`Watched`] wraps a streamed body under HTTP/2 (an upstream's, or an audit export's) and keeps
+//! a watchdog beside it: once the body has handed hyper a frame and is not asked for the next one
+//! within the limit, the watchdog drops the body — which settles it as a client that went away
+//! (the rest of the upstream body drained for its usage, billed, recorded `client_gone`, places
+//! returned) — and tells the connection, which closes: hyper would otherwise hold the stream, its
+//! last frame and its place among the connection's streams until the client grants window, and a
+//! client answering pings could park streams for as long as it liked. (Like a socket that stops
+//! taking bytes under HTTP/1, a stalled stream costs the client its connection.) A body waiting
+//! for its upstream is not "unasked" (hyper is waiting for it, and the upstream idle timeout covers
+//! silence). Frames are handed on in pieces of at most 16 KiB (HTTP/2's default frame size), so a
+//! client that keeps granting window keeps being asked: one reading 300 bytes a second survives
+//! the default 60 s, as a slow HTTP/1 reader does.
 //!
 //! The cost, HTTP/2 streamed responses only: a task with a timer per response, and an uncontended
 //! lock and a clock read per frame.
@@ -49,10 +54,15 @@ struct Shared {
 struct State {
     /// `None` once the watchdog cut it (or hyper let go).
     body: Option<Pin<Box<GatewayBody>>>,
+    /// The rest of a data frame larger than [`PIECE`], handed on first.
+    rest: Bytes,
     /// Since when the body has waited to be asked for its next frame; `None` while hyper waits
     /// for the body.
     unasked_since: Option<Instant>,
 }
+
+/// The largest piece of a data frame handed to hyper at once.
+const PIECE: usize = 16 * 1024;
 
 /// Streams cut so far (logged at powers of two: a hostile client cannot flood the log).
 static CUT: AtomicU64 = AtomicU64::new(0);
@@ -60,24 +70,21 @@ static CUT: AtomicU64 = AtomicU64::new(0);
 impl Watched {
     /// Wraps a streamed upstream body with a watchdog (an HTTP/2 response); any other body is
     /// returned as it is — it holds no place and no upstream.
-    pub fn wrap(body: GatewayBody, limit: Duration) -> GatewayBody {
-        if !matches!(body, GatewayBody::Upstream { .. }) {
+    /// `connection` is told when the body is cut.
+    pub fn wrap(body: GatewayBody, limit: Duration, connection: Arc<Notify>) -> GatewayBody {
+        if !matches!(body, GatewayBody::Upstream { .. } | GatewayBody::Channel { .. }) {
             return body;
         }
-        Watched::watch(body, limit)
-    }
-
-    /// Wraps any body (the tests watch a channel's).
-    fn watch(body: GatewayBody, limit: Duration) -> GatewayBody {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 body: Some(Box::pin(body)),
+                rest: Bytes::new(),
                 // hyper asks for the first frame as soon as the head is out; until then the clock runs.
                 unasked_since: Some(Instant::now()),
             }),
             gone: Notify::new(),
         });
-        tokio::spawn(watchdog(shared.clone(), limit));
+        tokio::spawn(watchdog(shared.clone(), limit, connection));
         GatewayBody::Watched {
             inner: Watched { shared, limit },
         }
@@ -90,7 +97,7 @@ impl Shared {
     }
 }
 
-async fn watchdog(shared: Arc<Shared>, limit: Duration) {
+async fn watchdog(shared: Arc<Shared>, limit: Duration, connection: Arc<Notify>) {
     loop {
         let wake = {
             let state = shared.lock();
@@ -108,13 +115,17 @@ async fn watchdog(shared: Arc<Shared>, limit: Duration) {
         let cut = {
             let mut state = shared.lock();
             match state.unasked_since {
-                Some(t) if t + limit <= Instant::now() => state.body.take(),
+                Some(t) if t + limit <= Instant::now() => {
+                    state.rest = Bytes::new();
+                    state.body.take()
+                }
                 _ => None,
             }
         };
         if let Some(body) = cut {
             // Dropped outside the lock: the drop settles the request (drain, bill, record).
             drop(body);
+            connection.notify_one();
             let n = CUT.fetch_add(1, Ordering::Relaxed) + 1;
             if n.is_power_of_two() {
                 tracing::warn!(
@@ -141,7 +152,8 @@ impl Body for Watched {
     type Error = BoxError;
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let mut state = self.shared.lock();
+        let mut guard = self.shared.lock();
+        let state = &mut *guard;
         let Some(body) = state.body.as_mut() else {
             return Poll::Ready(Some(Err(format!(
                 "the client granted this HTTP/2 stream no window for {} s (limits.send_timeout_secs)",
@@ -149,22 +161,43 @@ impl Body for Watched {
             )
             .into())));
         };
-        let polled = body.as_mut().poll_frame(cx);
+        let polled = if state.rest.is_empty() {
+            match body.as_mut().poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) if frame.data_ref().is_some_and(|d| d.len() > PIECE) => {
+                    let mut data = frame.into_data().unwrap_or_default();
+                    let piece = data.split_to(PIECE);
+                    state.rest = data;
+                    Poll::Ready(Some(Ok(Frame::data(piece))))
+                }
+                other => other,
+            }
+        } else {
+            let take = state.rest.len().min(PIECE);
+            Poll::Ready(Some(Ok(Frame::data(state.rest.split_to(take)))))
+        };
         state.unasked_since = matches!(polled, Poll::Ready(Some(Ok(_)))).then(Instant::now);
         polled
     }
 
     fn is_end_stream(&self) -> bool {
         // A cut body is not ended: hyper asks once more and ends the stream with the error.
-        self.shared.lock().body.as_ref().is_some_and(|b| b.is_end_stream())
+        let state = self.shared.lock();
+        state.rest.is_empty() && state.body.as_ref().is_some_and(|b| b.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.shared
-            .lock()
-            .body
-            .as_ref()
-            .map_or_else(SizeHint::default, |b| b.size_hint())
+        let state = self.shared.lock();
+        let Some(body) = state.body.as_ref() else {
+            return SizeHint::default();
+        };
+        let inner = body.size_hint();
+        let rest = state.rest.len() as u64;
+        let mut hint = SizeHint::new();
+        hint.set_lower(inner.lower() + rest);
+        if let Some(upper) = inner.upper() {
+            hint.set_upper(upper + rest);
+        }
+        hint
     }
 }
 
@@ -181,7 +214,14 @@ mod tests {
         Pin<Box<GatewayBody>>,
     ) {
         let (tx, rx) = tokio::sync::mpsc::channel(4);
-        (tx, Box::pin(Watched::watch(GatewayBody::Channel { rx }, limit)))
+        (
+            tx,
+            Box::pin(Watched::wrap(
+                GatewayBody::Channel { rx },
+                limit,
+                Arc::new(Notify::new()),
+            )),
+        )
     }
 
     #[tokio::test(start_paused = true)]
@@ -242,9 +282,41 @@ mod tests {
         );
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn large_frames_go_out_in_pieces_and_a_cut_tells_the_connection() {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let connection = Arc::new(Notify::new());
+        let mut body = Box::pin(Watched::wrap(
+            GatewayBody::Channel { rx },
+            Duration::from_secs(5),
+            connection.clone(),
+        ));
+        let big = Bytes::from(vec![7u8; 2 * PIECE + 10]);
+        tx.send(Ok(big.clone())).await.unwrap();
+        let mut got = Vec::new();
+        for _ in 0..3 {
+            // Each piece is asked for within the limit: a slow reader that keeps reading stays.
+            tokio::time::sleep(Duration::from_secs(4)).await;
+            let frame = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx))
+                .await
+                .unwrap()
+                .unwrap();
+            let data = frame.into_data().unwrap();
+            assert!(data.len() <= PIECE);
+            got.extend_from_slice(&data);
+        }
+        assert_eq!(got, big, "the pieces are the frame, in order");
+        assert!(!tx.is_closed());
+        let told = tokio::time::timeout(Duration::from_secs(6), connection.notified()).await;
+        assert!(
+            told.is_ok() && tx.is_closed(),
+            "the cut dropped the body and told the connection"
+        );
+    }
+
     #[test]
-    fn only_streamed_upstream_bodies_are_watched() {
-        let body = Watched::wrap(GatewayBody::full("x"), Duration::from_secs(5));
+    fn only_streamed_bodies_are_watched() {
+        let body = Watched::wrap(GatewayBody::full("x"), Duration::from_secs(5), Arc::new(Notify::new()));
         assert!(matches!(body, GatewayBody::Full { .. }));
     }
 }

@@ -155,6 +155,9 @@ impl Sled {
         // both become the one refusal below. Every entry is read once here, so damage is found
         // at start-up, not by the request that happens to touch it (or, worse, by a budget or
         // key lookup that then fails on every request).
+        // (Whether the store existed before, not sled's `was_recovered`: sled takes a store whose
+        // first segment is damaged for a new one.)
+        let existed = path.exists();
         let opened = std::panic::catch_unwind(|| {
             let db = sled::Config::new()
                 .path(&path)
@@ -165,10 +168,14 @@ impl Sled {
         });
         let (db, contents) = match opened {
             Ok(Ok(opened)) => opened,
-            Ok(Err(
-                e @ (sled::Error::Corruption { .. } | sled::Error::Unsupported(_) | sled::Error::ReportableBug(_)),
-            )) => {
+            Ok(Err(e @ (sled::Error::Corruption { .. } | sled::Error::ReportableBug(_)))) => {
                 return Err(damaged(&path, &e.to_string()));
+            }
+            Ok(Err(sled::Error::Unsupported(e))) => {
+                return Err(Error::msg(format!(
+                    "the store at {:?} cannot be opened by this build ({e}): it was written by another sled version or configuration; run the Conduit release that wrote it",
+                    path.display().to_string()
+                )));
             }
             Err(panic) => {
                 let what = panic
@@ -190,7 +197,7 @@ impl Sled {
                 )));
             }
         };
-        check_seal(dir, &path, contents)?;
+        check_seal(dir, &path, contents, existed)?;
         let tree = |name: &str| db.open_tree(name).map_err(sled_err);
         let inner = Inner {
             meta: tree("meta")?,
@@ -286,9 +293,15 @@ impl Contents {
 
 /// Compares the store with the seal of its last clean close, if there is one, then removes the
 /// seal — durably, before anything is written — so a later crash leaves none.
-fn check_seal(dir: &Path, store: &Path, now: Contents) -> Result<()> {
+fn check_seal(dir: &Path, store: &Path, now: Contents, existed: bool) -> Result<()> {
     let path = dir.join(SEAL);
     let shown = path.display().to_string();
+    if !existed && path.exists() {
+        // A new store beside an old seal (the store was moved aside, the seal not): nothing to
+        // compare.
+        tracing::warn!(seal = %shown, "a new store was created beside the seal of an earlier one; the seal is removed");
+        return remove_seal(&path);
+    }
     let sealed = match std::fs::read(&path) {
         Ok(bytes) => Some(serde_json::from_slice::<Contents>(&bytes).map_err(|e| {
             Error::msg(format!(
@@ -304,7 +317,7 @@ fn check_seal(dir: &Path, store: &Path, now: Contents) -> Result<()> {
         return Err(damaged(
             store,
             &format!(
-                "it no longer matches the seal of its last clean close: {} entries (CRC-32 {:08x}) then, {} ({:08x}) now — sled's recovery dropped what it could not read; if you accept the store as it is, remove {shown:?}",
+                "it no longer matches the seal of its last clean close: {} entries (CRC-32 {:08x}) then, {} ({:08x}) now — sled's recovery dropped what it could not read, or a Conduit release that keeps no seal wrote to it since; if you accept the store as it is, remove {shown:?}",
                 sealed.entries, sealed.crc32, now.entries, now.crc32
             ),
         ));
@@ -344,10 +357,11 @@ fn write_seal(path: &Path, contents: Contents) -> std::io::Result<()> {
 fn damaged(path: &Path, cause: &str) -> Error {
     Error::msg(format!(
         "the store at {:?} is damaged ({cause}); Conduit will not start on it rather than lose or invent keys, credentials, budgets and spend. \
-         Restore the data directory from a backup (docs/install.md, \"Backup and restore\"), or move {:?} aside to start with an empty store \
+         Restore the data directory from a backup (docs/install.md, \"Backup and restore\"), or move {:?} and {:?} aside to start with an empty store \
          (keys and credentials must then be issued again; every request is still in the audit log: conduit audit export)",
         path.display().to_string(),
         path.display().to_string(),
+        path.with_file_name(SEAL).display().to_string(),
     ))
 }
 
@@ -978,6 +992,13 @@ mod tests {
             );
         }
         assert!(seal.exists(), "…and written again at the close");
+        // The store moved aside, its seal left behind: the new, empty store opens.
+        std::fs::rename(dir.path().join("store"), dir.path().join("store.old")).unwrap();
+        drop(
+            open(dir.path(), &[])
+                .await
+                .expect("a new store beside an old seal opens"),
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -104,6 +104,9 @@ pub struct UsageTap {
     /// estimate) and skipped up to the next newline, where parsing resumes — the provider's usage
     /// event after it is still read.
     skipping: bool,
+    /// Whether the line being skipped is a text delta (its bytes count toward an estimate; an
+    /// image or a whole response object does not).
+    skipped_is_text: bool,
     observed: Observed,
     usage: Usage,
 }
@@ -156,6 +159,7 @@ impl UsageTap {
             frames,
             buf: Vec::new(),
             skipping: false,
+            skipped_is_text: false,
             observed: Observed::default(),
             usage: Usage::default(),
         };
@@ -244,11 +248,20 @@ impl UsageTap {
         let mut rest = bytes;
         while let Some(nl) = rest.iter().position(|&b| b == b'\n') {
             if self.skipping {
-                self.observed.text_bytes += nl as u64;
+                if self.skipped_is_text {
+                    self.observed.text_bytes += nl as u64;
+                }
                 self.skipping = false;
             } else if self.buf.len() + nl > MAX_LINE {
                 // However the reads cut it, a line over the limit is skipped, never parsed.
-                self.observed.text_bytes += (self.buf.len() + nl) as u64;
+                let start = if self.buf.is_empty() {
+                    &rest[..nl]
+                } else {
+                    &self.buf[..]
+                };
+                if looks_like_text(start) {
+                    self.observed.text_bytes += (self.buf.len() + nl) as u64;
+                }
                 self.buf = Vec::new();
             } else if self.buf.is_empty() {
                 self.line(&rest[..nl]);
@@ -260,11 +273,18 @@ impl UsageTap {
             rest = &rest[nl + 1..];
         }
         if self.skipping {
-            self.observed.text_bytes += rest.len() as u64;
+            if self.skipped_is_text {
+                self.observed.text_bytes += rest.len() as u64;
+            }
         } else if self.buf.len() + rest.len() > MAX_LINE {
-            // An oversized line (a huge delta, or a hostile upstream): memory stays bounded, its
-            // bytes count as generated text, and parsing resumes after it.
-            self.observed.text_bytes += (self.buf.len() + rest.len()) as u64;
+            // An oversized line (a huge delta, or a hostile upstream): memory stays bounded, a
+            // text delta's bytes count as generated text (for an estimate), and parsing resumes
+            // after it.
+            let start = if self.buf.is_empty() { rest } else { &self.buf[..] };
+            self.skipped_is_text = looks_like_text(start);
+            if self.skipped_is_text {
+                self.observed.text_bytes += (self.buf.len() + rest.len()) as u64;
+            }
             self.buf = Vec::new();
             self.skipping = true;
         } else {
@@ -483,6 +503,14 @@ fn needs_parse(data: &[u8]) -> bool {
     }) || f.error.find(data).is_some()
         || f.failed.find(data).is_some()
         || f.metrics.find(data).is_some()
+}
+
+/// Whether an oversized SSE line starts like a text delta (`data: {"type":"content_block_delta"`,
+/// an OpenAI chunk's `"delta"`, a Responses `output_text.delta`): only those count as generated
+/// text when skipped — a partial image or a whole response object would over-bill an estimate.
+fn looks_like_text(line: &[u8]) -> bool {
+    let head = &line[..line.len().min(256)];
+    head.starts_with(b"data:") && head.windows(5).any(|w| w == b"delta") && !head.windows(5).any(|w| w == b"image")
 }
 
 /// Text bytes in a delta event, without parsing it: the raw (escaped) lengths of the string values
