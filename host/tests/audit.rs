@@ -999,3 +999,47 @@ fn a_corrupted_last_audit_line_stops_start_up_with_a_clear_message() {
         "{err}"
     );
 }
+
+/// Issue 20: the store's disk fills up while the gateway runs (the audit log elsewhere). The
+/// gateway keeps serving — budgets are held in memory and every request is in the audit log — and
+/// `/readyz` turns 503 naming the cause and the way out (a load balancer moves traffic to a
+/// healthy replica); the spend rows wait in memory. sled refuses writes after a failed one until
+/// the process restarts, so `/readyz` stays 503 after space returns: the restart is the recovery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_store_disk_keeps_serving_and_readyz_says_why() {
+    let scratch = tempfile::tempdir().unwrap();
+    let data = scratch.path().join("data");
+    let Some(fs) = Tmpfs::mount(&data, 8 * 1024 * 1024) else {
+        return;
+    };
+    let audit = scratch.path().join("audit");
+    let h = Harness::builder()
+        .env("CONDUIT_DATA_DIR", &data.display().to_string())
+        .toml(&format!("[audit]\ndir = \"{}\"\n", audit.display()))
+        .start()
+        .await;
+    let ok = "claude-sonnet-4-5";
+    assert_eq!(h.messages_with(&body(ok, "before", false), &[]).await.status, 200);
+    until_ready(&h, true).await;
+    let _filler = fs.fill();
+    for i in 0..30 {
+        let r = h.messages_with(&body(ok, &format!("full {i}"), i % 2 == 0), &[]).await;
+        assert_eq!(r.status, 200, "served while the store's disk is full");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let gw = h.gateway();
+    gw.ledger.flush().await;
+    until_ready(&h, false).await;
+    let readyz = h.admin_get("/readyz").await;
+    let why = String::from_utf8_lossy(&readyz.body).to_string();
+    eprintln!("store disk full: 31 requests served; /readyz {} {why}", readyz.status);
+    assert!(
+        why.contains("No space left") && why.contains("restart Conduit"),
+        "{why}"
+    );
+    assert_eq!(
+        h.records().iter().filter(|r| r.path == "/v1/messages").count(),
+        31,
+        "every request is in the audit log"
+    );
+}

@@ -71,7 +71,10 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>, peer: std::net::Socket
             }
             return match gw.state.meta.ping().await {
                 Ok(()) => reply(StatusCode::OK, json!({"status": "ready"})),
-                Err(e) => problem(StatusCode::SERVICE_UNAVAILABLE, &format!("store is not answering: {e}")),
+                Err(e) => problem(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!("the store is not usable: {e}"),
+                ),
             };
         }
         _ => {}

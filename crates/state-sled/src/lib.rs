@@ -95,6 +95,8 @@ struct Inner {
     seal: std::path::PathBuf,
     /// Whether the seal on disk describes the store (set by a close, cleared by the next operation).
     sealed: std::sync::RwLock<bool>,
+    /// Why a store operation failed on the disk, if one did (`ping`, so `/readyz`, reports it).
+    failing: std::sync::Mutex<Option<String>>,
 }
 
 impl Inner {
@@ -115,6 +117,23 @@ impl Inner {
                 remove_seal(&self.seal)?;
                 *sealed = false;
             }
+        }
+    }
+
+    /// Remembers an operation that failed on the store itself (a full or failing disk). Never
+    /// cleared: sled keeps refusing writes after one failed, until the process restarts (and a
+    /// read succeeding says nothing about writes).
+    fn note(&self, failed: Option<&Error>) {
+        let mut failing = self.failing.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match failed {
+            // Only the store's own errors (not a refused value): they begin "store error".
+            Some(e) if e.to_string().starts_with("store error") => {
+                if failing.is_none() {
+                    tracing::error!(error = %e, "the embedded store cannot be written; /readyz reports it until Conduit restarts");
+                }
+                *failing = Some(e.to_string());
+            }
+            _ => {}
         }
     }
 
@@ -221,6 +240,7 @@ impl Sled {
             meta_changes: Hub::default(),
             seal: dir.join(SEAL),
             sealed: std::sync::RwLock::new(false),
+            failing: std::sync::Mutex::new(None),
             db,
         };
         match inner.meta.get(META_SCHEMA).map_err(sled_err)? {
@@ -248,7 +268,9 @@ impl Sled {
         let inner = self.0.clone();
         tokio::task::spawn_blocking(move || {
             let _open = inner.unsealed()?;
-            f(&inner)
+            let result = f(&inner);
+            inner.note(result.as_ref().err());
+            result
         })
         .await
         .map_err(|e| Error::msg(format!("a store task failed: {e}")))?
@@ -691,7 +713,9 @@ impl FindingStore for Sled {
         // by sled's own periodic flush — no fsync per finding (`FindingStore::record`).
         let s = &self.0;
         let _open = s.unsealed()?;
-        s.findings.apply_batch(batch).map_err(sled_err)?;
+        let applied = s.findings.apply_batch(batch).map_err(sled_err);
+        s.note(applied.as_ref().err());
+        applied?;
         if let Some(f) = findings.first() {
             s.finding_changes.send(f.id.clone());
         }
@@ -849,7 +873,19 @@ impl MetaStore for Sled {
 
     async fn ping(&self) -> Result<()> {
         self.0.meta.get(META_SCHEMA).map_err(sled_err)?;
-        Ok(())
+        // Reads are served from memory even when the disk refuses writes: say why writes fail.
+        let failing = self
+            .0
+            .failing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        match failing {
+            Some(why) => Err(Error::msg(format!(
+                "{why} — writes to the embedded store fail (spend rows wait in memory; keys and credentials cannot change); free space on its disk, then restart Conduit: sled does not resume writing after a failed write, and the audit log has every request"
+            ))),
+            None => Ok(()),
+        }
     }
 
     fn watch(&self) -> Watch<String> {
