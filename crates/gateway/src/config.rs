@@ -808,7 +808,31 @@ mod tests {
                 .filter_map(|b| b.split("```").next())
                 .map(str::to_owned),
         );
-        assert!(seeds.len() >= 7, "the deployment files and the documented examples");
+        // And every setting the reference table documents, alone at its documented default.
+        for row in doc.lines().filter(|l| l.starts_with("| `")) {
+            let cells: Vec<&str> = row.split(" | ").collect();
+            let (Some(key), Some(default)) = (cells.first(), cells.get(2)) else {
+                continue;
+            };
+            let key = key.trim_start_matches("| ").trim_matches('`');
+            let Some(value) = default.split('`').nth(1) else {
+                continue;
+            };
+            let value = if value.parse::<f64>().is_ok() || value == "true" || value == "false" || value.starts_with('[')
+            {
+                value.to_string()
+            } else {
+                format!("{value:?}")
+            };
+            seeds.push(match key.rsplit_once('.') {
+                Some((section, name)) => format!("[{section}]\n{name} = {value}\n"),
+                None => format!("{key} = {value}\n"),
+            });
+        }
+        assert!(
+            seeds.len() >= 60,
+            "the deployment files, the documented examples and settings"
+        );
         const EXTREMES: &[&str] = &[
             "0",
             "-1",
