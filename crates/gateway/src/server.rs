@@ -3,8 +3,7 @@
 //! Each accepted connection is served by hyper's auto builder (HTTP/1.1, and HTTP/2 by prior
 //! knowledge or ALPN). HTTP/1 limits on the request head (size, header count, read timeout) are
 //! enforced here, before any stage runs: hyper answers 431 / 408 itself. Each listener serves at
-//! most `limits.max_connections` connections; one more is answered 503 and closed at once — as is
-//! a new gateway connection while every place under `limits.max_in_flight` is taken. A write
+//! most `limits.max_connections` connections; one more is answered 503 and closed at once. A write
 //! to a client that waits `limits.send_timeout_secs` without progress closes its connection
 //! (`crate::send_timeout`); under HTTP/2, a response stream the client grants no window for that
 //! long is cut and its connection closed (`crate::unasked`), idle connections are pinged (a peer that stops answering is
@@ -145,17 +144,6 @@ static OVER_CAPACITY: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(||
     .into_bytes()
 });
 
-/// What a new connection reads while every place under `limits.max_in_flight` is taken: the
-/// same Anthropic-shaped 503 the pipeline sheds with (SDKs retry it).
-static OVERLOADED: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(|| {
-    let body = r#"{"type":"error","error":{"type":"overloaded_error","message":"conduit: the gateway is at its limit of requests in flight (limits.max_in_flight); retry shortly"}}"#;
-    format!(
-        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .into_bytes()
-});
-
 /// Binds both listeners and serves until [`Running::shutdown`].
 pub async fn start(gateway: Gateway) -> Result<Running> {
     let gateway = Arc::new(gateway);
@@ -181,55 +169,47 @@ pub async fn start(gateway: Gateway) -> Result<Running> {
 
     let gw = gateway.clone();
     let limits = config.limits;
-    let admission = Some(gateway.in_flight.clone());
-    let gateway_task = tokio::spawn(serve(
-        listener,
-        tls,
-        limits,
-        admission,
-        stopped.clone(),
-        move |peer, cut| {
-            let gw = gw.clone();
-            service_fn(move |req| {
-                let (gw, cut) = (gw.clone(), cut.clone());
-                // Each request runs on a task of its own, so a client that hangs up does not cancel
-                // it halfway: a request already upstream is answered, billed and audited as
-                // `client_gone` (its body drained for the provider's usage) instead of vanishing
-                // with its reservation and record. The stages bound how long that can take.
-                let exchange = tokio::spawn(async move {
-                    let http1 = req.version() < http::Version::HTTP_2;
-                    let mut response = crate::pipeline::handle(&gw, req, peer).await;
-                    // Draining: a kept-alive HTTP/1 connection (a load balancer's pool) is closed
-                    // after this answer, so its next request goes to another replica instead of
-                    // meeting a listener that is about to close. The body is untouched.
-                    if http1 && gw.draining.load(std::sync::atomic::Ordering::Relaxed) {
-                        response
-                            .headers_mut()
-                            .insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
-                    }
-                    if http1 {
-                        response
-                    } else {
-                        // HTTP/2: a stream the client grants no window is cut like a socket it
-                        // stops reading (`crate::unasked`).
-                        let limit = gw.config.limits.send_timeout;
-                        response.map(|body| crate::unasked::Watched::wrap(body, limit, cut))
-                    }
-                });
-                async move {
-                    Ok::<_, std::convert::Infallible>(match exchange.await {
-                        Ok(response) => response,
-                        Err(e) => {
-                            tracing::error!(error = %e, %peer, "a request's task failed");
-                            crate::pipeline::internal_error()
-                        }
-                    })
+    let gateway_task = tokio::spawn(serve(listener, tls, limits, stopped.clone(), move |peer, cut| {
+        let gw = gw.clone();
+        service_fn(move |req| {
+            let (gw, cut) = (gw.clone(), cut.clone());
+            // Each request runs on a task of its own, so a client that hangs up does not cancel
+            // it halfway: a request already upstream is answered, billed and audited as
+            // `client_gone` (its body drained for the provider's usage) instead of vanishing
+            // with its reservation and record. The stages bound how long that can take.
+            let exchange = tokio::spawn(async move {
+                let http1 = req.version() < http::Version::HTTP_2;
+                let mut response = crate::pipeline::handle(&gw, req, peer).await;
+                // Draining: a kept-alive HTTP/1 connection (a load balancer's pool) is closed
+                // after this answer, so its next request goes to another replica instead of
+                // meeting a listener that is about to close. The body is untouched.
+                if http1 && gw.draining.load(std::sync::atomic::Ordering::Relaxed) {
+                    response
+                        .headers_mut()
+                        .insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
                 }
-            })
-        },
-    ));
+                if http1 {
+                    response
+                } else {
+                    // HTTP/2: a stream the client grants no window is cut like a socket it
+                    // stops reading (`crate::unasked`).
+                    let limit = gw.config.limits.send_timeout;
+                    response.map(|body| crate::unasked::Watched::wrap(body, limit, cut))
+                }
+            });
+            async move {
+                Ok::<_, std::convert::Infallible>(match exchange.await {
+                    Ok(response) => response,
+                    Err(e) => {
+                        tracing::error!(error = %e, %peer, "a request's task failed");
+                        crate::pipeline::internal_error()
+                    }
+                })
+            }
+        })
+    }));
     let gw = gateway.clone();
-    let admin_task = tokio::spawn(serve(admin, None, limits, None, stopped, move |peer, cut| {
+    let admin_task = tokio::spawn(serve(admin, None, limits, stopped, move |peer, cut| {
         let gw = gw.clone();
         service_fn(move |req| {
             let (gw, cut) = (gw.clone(), cut.clone());
@@ -268,7 +248,6 @@ async fn serve<F, S>(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     limits: Limits,
-    in_flight: Option<Arc<tokio::sync::Semaphore>>,
     mut stopped: watch::Receiver<bool>,
     make_service: F,
 ) where
@@ -303,7 +282,6 @@ async fn serve<F, S>(
     // than left in the kernel's queue (where it would hold an FD and wait unseen).
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     let mut refused: u64 = 0;
-    let mut shed_at_door: u64 = 0;
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -333,25 +311,6 @@ async fn serve<F, S>(
             drop(stream);
             continue;
         };
-        // Overloaded (every place under `limits.max_in_flight` taken): a new connection is
-        // answered 503 at the door, before any read, parse, task or audit work — under overload
-        // that work is the CPU the admitted requests need, and shed answers queued behind it
-        // (docs/reliability.md, overload). Kept-alive connections still reach the pipeline's shed.
-        if in_flight.as_ref().is_some_and(|s| s.available_permits() == 0) {
-            shed_at_door += 1;
-            if shed_at_door.is_power_of_two() {
-                tracing::warn!(
-                    max_in_flight = limits.max_in_flight,
-                    shed = shed_at_door,
-                    "at limits.max_in_flight: new connections are answered 503 and closed (count logged at powers of two)"
-                );
-            }
-            if tls.is_none() {
-                let _ = stream.try_write(&OVERLOADED);
-            }
-            drop(stream);
-            continue;
-        }
         let _ = stream.set_nodelay(true);
         // A client that stops reading cannot hold its request open (`send_timeout`).
         let stream = SendTimeout::new(stream, limits.send_timeout);
