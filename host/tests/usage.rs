@@ -173,4 +173,13 @@ fn streams_without_usage_errors_and_oversize_lines() {
         let seen = tap_all(Protocol::OpenAi, true, None, &pieces);
         assert_eq!(seen.text_bytes, 0, "reads of {cut} bytes: {seen:?}");
     }
+    // The text-or-not decision reads the line's first bytes however the reads cut them: a read
+    // ending a few bytes into the oversized delta, then the rest of it at once.
+    let split = start.len() + "event: content_block_delta\ndata: {".len();
+    let cut = [&whole[..split], &whole[split..]];
+    assert_eq!(
+        tap_all(Protocol::Anthropic, true, None, &cut),
+        at_once,
+        "a read ending inside the line's head"
+    );
 }

@@ -36,7 +36,7 @@ pin_project_lite::pin_project! {
         /// Chunks produced elsewhere (an audit export written on a blocking thread).
         Channel { rx: tokio::sync::mpsc::Receiver<Result<Bytes, BoxError>> },
         /// A streamed body under HTTP/2, cut if the client grants it no window (`crate::unasked`).
-        Watched { #[pin] inner: crate::unasked::Watched },
+        Watched { #[pin] inner: crate::unasked::Watched<GatewayBody> },
     }
 }
 
@@ -51,6 +51,18 @@ impl GatewayBody {
     /// An empty body.
     pub fn empty() -> Self {
         GatewayBody::full(Bytes::new())
+    }
+
+    /// Under HTTP/2: a streamed body (an upstream's, an audit export's) watched for a client that
+    /// grants it no window (`crate::unasked`); `connection` is told when it is cut. A buffered body
+    /// holds no place, upstream or thread, and is returned as it is.
+    pub fn watched(self, limit: std::time::Duration, connection: std::sync::Arc<tokio::sync::Notify>) -> GatewayBody {
+        match self {
+            GatewayBody::Upstream { .. } | GatewayBody::Channel { .. } => GatewayBody::Watched {
+                inner: crate::unasked::Watched::new(self, limit, connection),
+            },
+            other => other,
+        }
     }
 }
 
@@ -415,4 +427,19 @@ fn finish(on_end: &mut Option<OnEnd>, tap: &mut Option<UsageTap>, sent: Sent, en
     on_end
         .take()
         .and_then(|f| f(sent, end, tap.take().map(UsageTap::finish).unwrap_or_default()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn only_streamed_bodies_are_watched() {
+        let connection = std::sync::Arc::new(tokio::sync::Notify::new());
+        let full = GatewayBody::full("x").watched(Duration::from_secs(5), connection.clone());
+        assert!(matches!(full, GatewayBody::Full { .. }));
+        let (_writer, channel) = ChannelWriter::new();
+        let channel = channel.watched(Duration::from_secs(5), connection);
+        assert!(matches!(channel, GatewayBody::Watched { .. }));
+    }
 }

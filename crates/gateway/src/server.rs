@@ -194,7 +194,7 @@ pub async fn start(gateway: Gateway) -> Result<Running> {
                     // HTTP/2: a stream the client grants no window is cut like a socket it
                     // stops reading (`crate::unasked`).
                     let limit = gw.config.limits.send_timeout;
-                    response.map(|body| crate::unasked::Watched::wrap(body, limit, cut))
+                    response.map(|body| body.watched(limit, cut))
                 }
             });
             async move {
@@ -222,7 +222,7 @@ pub async fn start(gateway: Gateway) -> Result<Running> {
                 Ok::<_, std::convert::Infallible>(if http1 {
                     response
                 } else {
-                    response.map(|body| crate::unasked::Watched::wrap(body, limit, cut))
+                    response.map(|body| body.watched(limit, cut))
                 })
             }
         })

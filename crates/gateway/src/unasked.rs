@@ -37,23 +37,23 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::body::{BoxError, GatewayBody};
+use conduit_wire::BoxError;
 
 /// A streamed body whose frames must be asked for within a limit (see the module docs).
-pub struct Watched {
-    shared: Arc<Shared>,
+pub struct Watched<B> {
+    shared: Arc<Shared<B>>,
     limit: Duration,
 }
 
-struct Shared {
-    state: Mutex<State>,
+struct Shared<B> {
+    state: Mutex<State<B>>,
     /// Told when hyper lets go of the body, so the watchdog ends with it.
     gone: Notify,
 }
 
-struct State {
+struct State<B> {
     /// `None` once the watchdog cut it (or hyper let go).
-    body: Option<Pin<Box<GatewayBody>>>,
+    body: Option<Pin<Box<B>>>,
     /// The rest of a data frame larger than [`PIECE`], handed on first.
     rest: Bytes,
     /// Since when the body has waited to be asked for its next frame; `None` while hyper waits
@@ -67,14 +67,13 @@ const PIECE: usize = 16 * 1024;
 /// Streams cut so far (logged at powers of two: a hostile client cannot flood the log).
 static CUT: AtomicU64 = AtomicU64::new(0);
 
-impl Watched {
-    /// Wraps a streamed upstream body with a watchdog (an HTTP/2 response); any other body is
-    /// returned as it is — it holds no place and no upstream.
-    /// `connection` is told when the body is cut.
-    pub fn wrap(body: GatewayBody, limit: Duration, connection: Arc<Notify>) -> GatewayBody {
-        if !matches!(body, GatewayBody::Upstream { .. } | GatewayBody::Channel { .. }) {
-            return body;
-        }
+impl<B> Watched<B>
+where
+    B: Body<Data = Bytes, Error = BoxError> + Send + 'static,
+{
+    /// Watches `body` (the caller picks which bodies: `GatewayBody::watched`); `connection` is
+    /// told when the body is cut.
+    pub fn new(body: B, limit: Duration, connection: Arc<Notify>) -> Watched<B> {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 body: Some(Box::pin(body)),
@@ -85,19 +84,17 @@ impl Watched {
             gone: Notify::new(),
         });
         tokio::spawn(watchdog(shared.clone(), limit, connection));
-        GatewayBody::Watched {
-            inner: Watched { shared, limit },
-        }
+        Watched { shared, limit }
     }
 }
 
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, State> {
+impl<B> Shared<B> {
+    fn lock(&self) -> MutexGuard<'_, State<B>> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
-async fn watchdog(shared: Arc<Shared>, limit: Duration, connection: Arc<Notify>) {
+async fn watchdog<B>(shared: Arc<Shared<B>>, limit: Duration, connection: Arc<Notify>) {
     loop {
         let wake = {
             let state = shared.lock();
@@ -139,7 +136,7 @@ async fn watchdog(shared: Arc<Shared>, limit: Duration, connection: Arc<Notify>)
     }
 }
 
-impl Drop for Watched {
+impl<B> Drop for Watched<B> {
     fn drop(&mut self) {
         let body = self.shared.lock().body.take();
         drop(body);
@@ -147,7 +144,10 @@ impl Drop for Watched {
     }
 }
 
-impl Body for Watched {
+impl<B> Body for Watched<B>
+where
+    B: Body<Data = Bytes, Error = BoxError>,
+{
     type Data = Bytes;
     type Error = BoxError;
 
@@ -207,26 +207,26 @@ mod tests {
     use super::*;
 
     /// A body fed by the test; its sender sees when the body is dropped.
-    fn fed(
-        limit: Duration,
-    ) -> (
-        tokio::sync::mpsc::Sender<Result<Bytes, BoxError>>,
-        Pin<Box<GatewayBody>>,
-    ) {
+    struct Fed(tokio::sync::mpsc::Receiver<Result<Bytes, BoxError>>);
+
+    impl Body for Fed {
+        type Data = Bytes;
+        type Error = BoxError;
+        fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            self.0.poll_recv(cx).map(|c| c.map(|r| r.map(Frame::data)))
+        }
+    }
+
+    type Sender = tokio::sync::mpsc::Sender<Result<Bytes, BoxError>>;
+
+    fn fed(limit: Duration, connection: Arc<Notify>) -> (Sender, Pin<Box<Watched<Fed>>>) {
         let (tx, rx) = tokio::sync::mpsc::channel(4);
-        (
-            tx,
-            Box::pin(Watched::wrap(
-                GatewayBody::Channel { rx },
-                limit,
-                Arc::new(Notify::new()),
-            )),
-        )
+        (tx, Box::pin(Watched::new(Fed(rx), limit, connection)))
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_body_not_asked_for_its_next_frame_within_the_limit_is_cut() {
-        let (tx, mut body) = fed(Duration::from_secs(5));
+        let (tx, mut body) = fed(Duration::from_secs(5), Arc::new(Notify::new()));
         tx.send(Ok(Bytes::from_static(b"one"))).await.unwrap();
         // Never asked: 4 s is not yet too long…
         tokio::time::sleep(Duration::from_secs(4)).await;
@@ -266,11 +266,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn dropping_the_body_drops_what_it_wraps_and_ends_the_watchdog() {
-        let (tx, body) = fed(Duration::from_secs(5));
-        let GatewayBody::Watched { inner } = &*body else {
-            panic!("watched")
-        };
-        let shared = Arc::downgrade(&inner.shared);
+        let (tx, body) = fed(Duration::from_secs(5), Arc::new(Notify::new()));
+        let shared = Arc::downgrade(&body.shared);
         drop(body);
         assert!(tx.is_closed());
         for _ in 0..4 {
@@ -284,13 +281,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn large_frames_go_out_in_pieces_and_a_cut_tells_the_connection() {
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
         let connection = Arc::new(Notify::new());
-        let mut body = Box::pin(Watched::wrap(
-            GatewayBody::Channel { rx },
-            Duration::from_secs(5),
-            connection.clone(),
-        ));
+        let (tx, mut body) = fed(Duration::from_secs(5), connection.clone());
         let big = Bytes::from(vec![7u8; 2 * PIECE + 10]);
         tx.send(Ok(big.clone())).await.unwrap();
         let mut got = Vec::new();
@@ -312,11 +304,5 @@ mod tests {
             told.is_ok() && tx.is_closed(),
             "the cut dropped the body and told the connection"
         );
-    }
-
-    #[test]
-    fn only_streamed_bodies_are_watched() {
-        let body = Watched::wrap(GatewayBody::full("x"), Duration::from_secs(5), Arc::new(Notify::new()));
-        assert!(matches!(body, GatewayBody::Full { .. }));
     }
 }

@@ -254,12 +254,7 @@ impl UsageTap {
                 self.skipping = false;
             } else if self.buf.len() + nl > MAX_LINE {
                 // However the reads cut it, a line over the limit is skipped, never parsed.
-                let start = if self.buf.is_empty() {
-                    &rest[..nl]
-                } else {
-                    &self.buf[..]
-                };
-                if looks_like_text(start) {
+                if looks_like_text(&line_head(&self.buf, &rest[..nl])) {
                     self.observed.text_bytes += (self.buf.len() + nl) as u64;
                 }
                 self.buf = Vec::new();
@@ -280,8 +275,7 @@ impl UsageTap {
             // An oversized line (a huge delta, or a hostile upstream): memory stays bounded, a
             // text delta's bytes count as generated text (for an estimate), and parsing resumes
             // after it.
-            let start = if self.buf.is_empty() { rest } else { &self.buf[..] };
-            self.skipped_is_text = looks_like_text(start);
+            self.skipped_is_text = looks_like_text(&line_head(&self.buf, rest));
             if self.skipped_is_text {
                 self.observed.text_bytes += (self.buf.len() + rest.len()) as u64;
             }
@@ -505,11 +499,21 @@ fn needs_parse(data: &[u8]) -> bool {
         || f.metrics.find(data).is_some()
 }
 
+/// The first bytes of a line held partly in `buf` and partly in `rest`: the same whichever way the
+/// reads cut it (only called for an oversized line, so longer than this).
+fn line_head(buf: &[u8], rest: &[u8]) -> Vec<u8> {
+    let mut head = buf[..buf.len().min(HEAD)].to_vec();
+    head.extend_from_slice(&rest[..rest.len().min(HEAD - head.len())]);
+    head
+}
+
+const HEAD: usize = 256;
+
 /// Whether an oversized SSE line starts like a text delta (`data: {"type":"content_block_delta"`,
 /// an OpenAI chunk's `"delta"`, a Responses `output_text.delta`): only those count as generated
 /// text when skipped — a partial image or a whole response object would over-bill an estimate.
 fn looks_like_text(line: &[u8]) -> bool {
-    let head = &line[..line.len().min(256)];
+    let head = &line[..line.len().min(HEAD)];
     head.starts_with(b"data:") && head.windows(5).any(|w| w == b"delta") && !head.windows(5).any(|w| w == b"image")
 }
 
