@@ -242,12 +242,27 @@ async fn upstreams_that_cannot_be_reached_are_refused_unbilled_and_recorded() {
         }
         assert!(queued.len() < 64, "the accept queue never filled");
     }
+    assert!(!queued.is_empty(), "the black hole's accept queue took no connection");
+    // `.invalid` never resolves (RFC 6761), but a resolver that drops packets answers only after
+    // its own timeouts (name lookup is bounded by the response timeout, not the connect timeout):
+    // the case runs where the machine says so quickly.
+    let nxdomain = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        tokio::net::lookup_host("conduit-upstream.invalid:80"),
+    )
+    .await
+    .is_ok_and(|r| r.is_err());
+    if !nxdomain {
+        eprintln!(
+            "skipping the DNS case: this machine's resolver did not answer NXDOMAIN for a .invalid name within 5 s"
+        );
+    }
     let cases = [
         ("name does not resolve", "http://conduit-upstream.invalid".to_string()),
         ("TLS to a plain HTTP server", format!("https://{}", mock.addr)),
         ("connect never completes", format!("http://{hole}")),
     ];
-    for (fault, url) in cases {
+    for (fault, url) in cases.into_iter().filter(|(f, _)| nxdomain || !f.starts_with("name")) {
         // A connect timeout of 1 s inside a response timeout of 30 s: a connect that is not cut
         // by its own timeout shows as a 504 instead of the 502.
         let h = Harness::builder()

@@ -395,6 +395,11 @@ async fn a_client_that_never_reads_is_cut_by_the_send_timeout() {
     assert_eq!(rec.outcome, "client_gone", "{rec:?}");
     assert!(rec.bytes_out > 0, "the answer began before the client stalled: {rec:?}");
     assert!(rec.output_tokens > 0 && rec.estimated, "{rec:?}");
+    // The place returns just after the record is queued (the same task): wait for it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while gw.in_flight.available_permits() < 4 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     assert_eq!(
         gw.in_flight.available_permits(),
         4,
@@ -471,6 +476,11 @@ async fn an_http2_stream_granted_no_window_is_cut_by_the_send_timeout() {
         rec.output_tokens > 0 && !rec.estimated,
         "billed from the provider's own usage, drained: {rec:?}"
     );
+    // The place returns just after the record is queued (the same task): wait for it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while gw.in_flight.available_permits() < 4 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     assert_eq!(
         gw.in_flight.available_permits(),
         4,

@@ -111,9 +111,22 @@ impl Running {
         }
         let gw = self.gateway.clone();
         let _ = tokio::task::spawn_blocking(move || gw.audit.sync()).await;
-        // Every request settled and the writes done: the embedded store seals itself, so the next
-        // start can tell a store damaged at rest from this clean stop. (With requests still out,
-        // no seal: they may write after it.)
+        // Every request settled and the writes done: the audit head as it ends goes into the store
+        // (the checkpoint a later `audit verify` compares against), then the embedded store seals
+        // itself, so the next start can tell a store damaged at rest from this clean stop. (With
+        // requests still out, no seal: they may write after it.)
+        if settled.is_ok() {
+            match tokio::time::timeout(STORE_FLUSH, self.gateway.checkpoint_audit()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "checkpointing the audit head into the store at shutdown failed")
+                }
+                Err(_) => tracing::warn!(
+                    secs = STORE_FLUSH.as_secs(),
+                    "checkpointing the audit head into the store at shutdown timed out"
+                ),
+            }
+        }
         if settled.is_ok()
             && let Err(e) = self.gateway.state.meta.close().await
         {
