@@ -1013,10 +1013,15 @@ impl Drop for Paused {
 }
 
 fn rss_kib(pid: u32) -> Option<u64> {
+    proc_status(pid, "VmRSS:")
+}
+
+/// A number from `/proc/<pid>/status` (`VmRSS:`, `Threads:` …).
+fn proc_status(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
-        .find(|l| l.starts_with("VmRSS:"))
+        .find(|l| l.starts_with(field))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
 }
@@ -1115,7 +1120,7 @@ async fn soak(sys: &System, minutes: f64) -> Value {
     let start = Instant::now();
     let mut samples: Vec<(f64, [f64; 3])> = Vec::new();
     while Instant::now() < deadline {
-        if let (Some(rss), Some(fds), Some(threads)) = (rss_kib(pid), open_fds(pid), threads(pid)) {
+        if let (Some(rss), Some(fds), Some(threads)) = (rss_kib(pid), open_fds(pid), proc_status(pid, "Threads:")) {
             samples.push((
                 start.elapsed().as_secs_f64(),
                 [rss as f64 / 1024.0, fds as f64, threads as f64],
@@ -1168,16 +1173,6 @@ fn slope(points: &[(f64, f64)]) -> f64 {
 /// The process's open file descriptors.
 fn open_fds(pid: u32) -> Option<u64> {
     Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count() as u64)
-}
-
-/// The process's threads.
-fn threads(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find(|l| l.starts_with("Threads:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -376,13 +376,10 @@ async fn a_client_that_never_reads_is_cut_by_the_send_timeout() {
     client.write_all(head.as_bytes()).await.unwrap();
     // …and never read a byte of the answer.
     let started = std::time::Instant::now();
-    let gw = h.gateway();
-    let mut rec = None;
-    while rec.is_none() && started.elapsed() < std::time::Duration::from_secs(60) {
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        rec = h.records().into_iter().find(|r| r.path == "/v1/messages");
-    }
-    let rec = rec.expect("a client that never reads holds its request open: no record after 60 s");
+    let rec = h
+        .record_where(std::time::Duration::from_secs(60), |r| r.path == "/v1/messages")
+        .await
+        .expect("a client that never reads holds its request open: no record after 60 s");
     eprintln!(
         "never-reading client: recorded after {:?}: outcome {} error {:?}, {} bytes out, {} output tokens (estimated {})",
         started.elapsed(),
@@ -395,16 +392,7 @@ async fn a_client_that_never_reads_is_cut_by_the_send_timeout() {
     assert_eq!(rec.outcome, "client_gone", "{rec:?}");
     assert!(rec.bytes_out > 0, "the answer began before the client stalled: {rec:?}");
     assert!(rec.output_tokens > 0 && rec.estimated, "{rec:?}");
-    // The place returns just after the record is queued (the same task): wait for it.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while gw.in_flight.available_permits() < 4 && std::time::Instant::now() < deadline {
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    assert_eq!(
-        gw.in_flight.available_permits(),
-        4,
-        "the request's in-flight place came back"
-    );
+    assert_eq!(h.in_flight_free(4).await, 4, "the request's in-flight place came back");
     // The connection is closed from the gateway's side: reading drains what was buffered, then EOF.
     let mut sink = vec![0u8; 1 << 16];
     let drained = tokio::time::timeout(std::time::Duration::from_secs(30), async {
@@ -454,14 +442,11 @@ async fn an_http2_stream_granted_no_window_is_cut_by_the_send_timeout() {
         .unwrap();
     let answer = answer.await.unwrap();
     assert_eq!(answer.status(), 200, "the head is not flow-controlled");
-    let gw = h.gateway();
     let started = std::time::Instant::now();
-    let mut rec = None;
-    while rec.is_none() && started.elapsed() < std::time::Duration::from_secs(30) {
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        rec = h.records().into_iter().find(|r| r.path == "/v1/messages");
-    }
-    let rec = rec.expect("an HTTP/2 stream granted no window holds its request open: no record after 30 s");
+    let rec = h
+        .record_where(std::time::Duration::from_secs(30), |r| r.path == "/v1/messages")
+        .await
+        .expect("an HTTP/2 stream granted no window holds its request open: no record after 30 s");
     eprintln!(
         "zero-window HTTP/2 stream: recorded after {:?}: outcome {}, {} bytes out, {} output tokens (estimated {}), {:?} µ$",
         started.elapsed(),
@@ -476,16 +461,7 @@ async fn an_http2_stream_granted_no_window_is_cut_by_the_send_timeout() {
         rec.output_tokens > 0 && !rec.estimated,
         "billed from the provider's own usage, drained: {rec:?}"
     );
-    // The place returns just after the record is queued (the same task): wait for it.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while gw.in_flight.available_permits() < 4 && std::time::Instant::now() < deadline {
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    assert_eq!(
-        gw.in_flight.available_permits(),
-        4,
-        "the request's in-flight place came back"
-    );
+    assert_eq!(h.in_flight_free(4).await, 4, "the request's in-flight place came back");
     // hyper would hold the stalled stream (and its place among the connection's streams) until
     // the client granted window: the connection is closed instead.
     let closed = tokio::time::timeout(std::time::Duration::from_secs(10), driver).await;

@@ -1028,30 +1028,18 @@ mod tests {
             vec![3_600_000, -3_600_000, 7_200_000, -1_800_000, -3 * 86_400_000],
             "the records keep the times their clock gave them"
         );
-        // An export up to the start of the day still finds the records filed in its file.
-        let until_day = chain::Filter {
-            until_ms: Some(day),
-            ..chain::Filter::default()
+        // An export up to a time finds the records stamped before it, in whichever file.
+        let until = |ms: i64| {
+            let filter = chain::Filter {
+                until_ms: Some(ms),
+                ..chain::Filter::default()
+            };
+            chain::scan(dir.path(), &filter, |_, _| true).unwrap()
         };
-        let mut before = 0;
-        chain::scan(dir.path(), &until_day, |_, _| {
-            before += 1;
-            true
-        })
-        .unwrap();
-        assert_eq!(before, 3, "the records stamped before the day, filed in its file");
-        let three_days_back = chain::Filter {
-            until_ms: Some(day - 2 * 86_400_000),
-            ..chain::Filter::default()
-        };
-        let mut found = 0;
-        chain::scan(dir.path(), &three_days_back, |_, _| {
-            found += 1;
-            true
-        })
-        .unwrap();
+        assert_eq!(until(day), 3, "the records stamped before the day, filed in its file");
         assert_eq!(
-            found, 1,
+            until(day - 2 * 86_400_000),
+            1,
             "a record filed days after its own day is still found by --until"
         );
     }

@@ -115,21 +115,20 @@ impl Running {
         // (the checkpoint a later `audit verify` compares against), then the embedded store seals
         // itself, so the next start can tell a store damaged at rest from this clean stop. (With
         // requests still out, no seal: they may write after it.)
-        if settled.is_ok() {
-            match tokio::time::timeout(STORE_FLUSH, self.gateway.checkpoint_audit()).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "checkpointing the audit head into the store at shutdown failed")
-                }
-                Err(_) => tracing::warn!(
-                    secs = STORE_FLUSH.as_secs(),
-                    "checkpointing the audit head into the store at shutdown timed out"
-                ),
-            }
+        if settled.is_err() {
+            return;
         }
-        if settled.is_ok()
-            && let Err(e) = self.gateway.state.meta.close().await
-        {
+        match tokio::time::timeout(STORE_FLUSH, self.gateway.checkpoint_audit()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "checkpointing the audit head into the store at shutdown failed")
+            }
+            Err(_) => tracing::warn!(
+                secs = STORE_FLUSH.as_secs(),
+                "checkpointing the audit head into the store at shutdown timed out"
+            ),
+        }
+        if let Err(e) = self.gateway.state.meta.close().await {
             tracing::warn!(error = %e, "the store could not be sealed at shutdown; the next start cannot check it for damage at rest");
         }
     }
@@ -182,10 +181,10 @@ pub async fn start(gateway: Gateway) -> Result<Running> {
 
     let gw = gateway.clone();
     let limits = config.limits;
-    let gateway_task = tokio::spawn(serve(listener, tls, limits, stopped.clone(), move |peer, cut| {
+    let gateway_task = tokio::spawn(serve(listener, tls, limits, stopped.clone(), move |peer| {
         let gw = gw.clone();
         service_fn(move |req| {
-            let (gw, cut) = (gw.clone(), cut.clone());
+            let gw = gw.clone();
             // Each request runs on a task of its own, so a client that hangs up does not cancel
             // it halfway: a request already upstream is answered, billed and audited as
             // `client_gone` (its body drained for the provider's usage) instead of vanishing
@@ -201,14 +200,7 @@ pub async fn start(gateway: Gateway) -> Result<Running> {
                         .headers_mut()
                         .insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
                 }
-                if http1 {
-                    response
-                } else {
-                    // HTTP/2: a stream the client grants no window is cut like a socket it
-                    // stops reading (`crate::unasked`).
-                    let limit = gw.config.limits.send_timeout;
-                    response.map(|body| body.watched(limit, cut))
-                }
+                response
             });
             async move {
                 Ok::<_, std::convert::Infallible>(match exchange.await {
@@ -222,22 +214,11 @@ pub async fn start(gateway: Gateway) -> Result<Running> {
         })
     }));
     let gw = gateway.clone();
-    let admin_task = tokio::spawn(serve(admin, None, limits, stopped, move |peer, cut| {
+    let admin_task = tokio::spawn(serve(admin, None, limits, stopped, move |peer| {
         let gw = gw.clone();
         service_fn(move |req| {
-            let (gw, cut) = (gw.clone(), cut.clone());
-            async move {
-                let http1 = req.version() < http::Version::HTTP_2;
-                let response = crate::admin::handle(&gw, req, peer).await;
-                // An audit export streams from a blocking thread: under HTTP/2 a client granting it
-                // no window would hold that thread.
-                let limit = gw.config.limits.send_timeout;
-                Ok::<_, std::convert::Infallible>(if http1 {
-                    response
-                } else {
-                    response.map(|body| body.watched(limit, cut))
-                })
-            }
+            let gw = gw.clone();
+            async move { Ok::<_, std::convert::Infallible>(crate::admin::handle(&gw, req, peer).await) }
         })
     }));
     let scheme = if config.tls.is_some() { "https" } else { "http" };
@@ -264,7 +245,7 @@ async fn serve<F, S>(
     mut stopped: watch::Receiver<bool>,
     make_service: F,
 ) where
-    F: Fn(SocketAddr, Arc<tokio::sync::Notify>) -> S,
+    F: Fn(SocketAddr) -> S,
     S: hyper::service::Service<
             http::Request<hyper::body::Incoming>,
             Response = http::Response<crate::body::GatewayBody>,
@@ -327,12 +308,27 @@ async fn serve<F, S>(
         let _ = stream.set_nodelay(true);
         // A client that stops reading cannot hold its request open (`send_timeout`).
         let stream = SendTimeout::new(stream, limits.send_timeout);
-        // Told when one of the connection's HTTP/2 streams was cut for granting no window
-        // (`crate::unasked`): hyper would hold that stream (and its place among the connection's
-        // streams) until the client grants window, so the connection is closed, as a socket that
-        // stops taking bytes is.
+        // HTTP/2: a streamed answer the client grants no window for `send_timeout` is cut
+        // (`crate::unasked`; both listeners: an audit export holds a blocking thread), and then
+        // its connection is closed — hyper would hold that stream (and its place among the
+        // connection's streams) until the client granted window — as a socket that stops taking
+        // bytes is.
         let cut = Arc::new(tokio::sync::Notify::new());
-        let service = make_service(peer, cut.clone());
+        let service = {
+            let (inner, cut, limit) = (make_service(peer), cut.clone(), limits.send_timeout);
+            service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                let http2 = req.version() == http::Version::HTTP_2;
+                let (answer, cut) = (inner.call(req), cut.clone());
+                async move {
+                    let response = answer.await?;
+                    Ok::<_, std::convert::Infallible>(if http2 {
+                        response.map(|body| body.watched(limit, cut))
+                    } else {
+                        response
+                    })
+                }
+            })
+        };
         let builder = builder.clone();
         match &tls {
             None => {

@@ -126,8 +126,8 @@ impl Inner {
     fn note(&self, failed: Option<&Error>) {
         let mut failing = self.failing.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         match failed {
-            // Only the store's own errors (not a refused value): they begin "store error".
-            Some(e) if e.to_string().starts_with("store error") => {
+            // Only sled's own failures (`sled_err`), not a refused value.
+            Some(e) if e.to_string().starts_with(SLED_FAILED) => {
                 if failing.is_none() {
                     tracing::error!(error = %e, "the embedded store cannot be written; /readyz reports it until Conduit restarts");
                 }
@@ -202,7 +202,9 @@ impl Sled {
                     .map(String::as_str)
                     .or_else(|| panic.downcast_ref::<&str>().copied())
                     .unwrap_or("sled panicked reading it");
-                return Err(damaged(&path, what));
+                // Its first line, bounded: a panic message may quote what it read.
+                let what: String = what.lines().next().unwrap_or_default().chars().take(160).collect();
+                return Err(damaged(&path, &what));
             }
             Ok(Err(e)) => {
                 let hint = if e.to_string().contains("lock") || e.to_string().contains("WouldBlock") {
@@ -387,9 +389,12 @@ fn damaged(path: &Path, cause: &str) -> Error {
     ))
 }
 
+/// How every sled failure begins (`Inner::note` tells them from refused values by it).
+const SLED_FAILED: &str = "store error";
+
 /// A sled failure, as the one sentence the caller shows.
 fn sled_err(e: sled::Error) -> Error {
-    Error::msg(format!("store error: {e}"))
+    Error::msg(format!("{SLED_FAILED}: {e}"))
 }
 
 fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T> {

@@ -90,6 +90,36 @@ impl Harness {
         all
     }
 
+    /// The first audit record `matching`, waited for up to `within` (a stream's record is written
+    /// when it settles, after the client's answer).
+    pub async fn record_where(
+        &self,
+        within: std::time::Duration,
+        matching: impl Fn(&conduit_gateway::audit::AuditRecord) -> bool,
+    ) -> Option<conduit_gateway::audit::AuditRecord> {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Some(r) = self.records().into_iter().find(|r| matching(r)) {
+                return Some(r);
+            }
+            if std::time::Instant::now() > deadline {
+                return None;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Places free under `limits.max_in_flight`, once `all` are (waited for up to 10 s: a
+    /// request's place returns just after its record is queued).
+    pub async fn in_flight_free(&self, all: usize) -> usize {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let free = || self.gateway().in_flight.available_permits();
+        while free() < all && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        free()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.running.addr)
     }
