@@ -27,13 +27,9 @@ fn record(h: &Harness, id: &str) -> AuditRecord {
 
 /// The record of `id`, once its stream has settled (settling after a cut stream is asynchronous).
 async fn settled(h: &Harness, id: &str) -> AuditRecord {
-    for _ in 0..200 {
-        if let Some(r) = find(h, id) {
-            return r;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
-    record(h, id)
+    h.record_where(std::time::Duration::from_secs(5), |r| r.request_id == id)
+        .await
+        .unwrap_or_else(|| panic!("no audit record for {id}"))
 }
 
 /// A gateway whose Anthropic upstream is the mock behind a fault proxy, with network idle and
@@ -349,5 +345,65 @@ data: {"type":"message_stop"}"#.to_string(),
         (rec.input_tokens, rec.output_tokens, rec.estimated),
         (25, 777, false),
         "billed from the provider's usage after the oversized line: {rec:?}"
+    );
+}
+
+/// A client gone mid-stream whose drain is then cut (the upstream goes silent past
+/// `network.idle_timeout_secs`; the same for the drain's 600 s / 64 MiB bounds) saw only part of
+/// the provider's usage: `message_start`'s one output token. It is settled as incomplete — billed
+/// at least the text the tap saw, flagged estimated — never as the provider's final word.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_cut_short_is_billed_as_an_estimate_not_as_final() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let text = "thinking hard ".repeat(300);
+    let events = format!(
+        "event: message_start\ndata: {{\"type\":\"message_start\",\"message\":{{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"claude-sonnet-4-5\",\"content\":[],\"usage\":{{\"input_tokens\":25,\"output_tokens\":1}}}}}}\n\n\
+         event: content_block_delta\ndata: {{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{{\"type\":\"text_delta\",\"text\":\"{text}\"}}}}\n\n"
+    );
+    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = upstream.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = upstream.accept().await {
+            let events = events.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                let _ = s.read(&mut buf).await;
+                let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
+                let chunk = format!("{head}{:x}\r\n{events}\r\n", events.len());
+                let _ = s.write_all(chunk.as_bytes()).await;
+                // …then silence, the connection held open.
+                tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+            });
+        }
+    });
+    let h = Harness::builder()
+        .env("UPSTREAM_ANTHROPIC_URL", &format!("http://{up}"))
+        .toml("[network]\nidle_timeout_secs = 1\n")
+        .start()
+        .await;
+    let body = body(true);
+    let mut client = tokio::net::TcpStream::connect(h.running.addr).await.unwrap();
+    let head = format!(
+        "POST /v1/messages HTTP/1.1\r\nhost: conduit\r\nx-api-key: {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        h.key,
+        body.len()
+    );
+    client.write_all(head.as_bytes()).await.unwrap();
+    let mut got = vec![0u8; 16 * 1024];
+    let n = client.read(&mut got).await.unwrap();
+    assert!(n > 0, "the stream began");
+    drop(client);
+    let rec = h
+        .record_where(std::time::Duration::from_secs(20), |r| r.path == "/v1/messages")
+        .await
+        .expect("a record for the request whose drain was cut");
+    eprintln!(
+        "drain cut short: outcome {} | {} output tokens, estimated {} | {:?} µ$",
+        rec.outcome, rec.output_tokens, rec.estimated, rec.cost_micros
+    );
+    assert_eq!(rec.outcome, "client_gone", "{rec:?}");
+    assert!(
+        rec.estimated && rec.output_tokens > 100,
+        "billed the text seen as an estimate, not message_start's 1 token as final: {rec:?}"
     );
 }

@@ -155,8 +155,10 @@ pub enum StreamEnd {
     UpstreamError(String),
     /// No bytes from the upstream for the idle timeout.
     IdleTimeout,
-    /// The client went away before the end.
-    ClientGone,
+    /// The client went away before the end; `drained`: the rest of the upstream body was then
+    /// read to its end (so the usage the tap saw is final), not cut by the drain's time or size
+    /// bound, the idle timeout or an upstream error.
+    ClientGone { drained: bool },
 }
 
 impl StreamEnd {
@@ -166,7 +168,7 @@ impl StreamEnd {
             StreamEnd::Complete => "complete",
             StreamEnd::UpstreamError(_) => "upstream_error",
             StreamEnd::IdleTimeout => "idle_timeout",
-            StreamEnd::ClientGone => "client_gone",
+            StreamEnd::ClientGone { .. } => "client_gone",
         }
     }
 }
@@ -280,7 +282,7 @@ fn drain(mut inner: Source, mut tap: Option<UsageTap>, idle: Duration, sent: Sen
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         let _ = on_end(
             sent,
-            StreamEnd::ClientGone,
+            StreamEnd::ClientGone { drained: false },
             tap.map(UsageTap::finish).unwrap_or_default(),
         );
         return;
@@ -288,20 +290,33 @@ fn drain(mut inner: Source, mut tap: Option<UsageTap>, idle: Duration, sent: Sen
     runtime.spawn(async move {
         use http_body_util::BodyExt;
         let deadline = Instant::now() + DRAIN_TIME;
-        let mut drained = 0u64;
-        while drained < DRAIN_BYTES {
+        let (mut read, mut ended) = (0u64, false);
+        while read < DRAIN_BYTES {
             let next = tokio::time::timeout_at(deadline.min(Instant::now() + idle), inner.frame()).await;
-            let Ok(Some(Ok(frame))) = next else { break };
+            let frame = match next {
+                Ok(Some(Ok(frame))) => frame,
+                Ok(None) => {
+                    ended = true;
+                    break;
+                }
+                _ => break,
+            };
             if let Some(data) = frame.data_ref() {
-                drained += data.len() as u64;
+                read += data.len() as u64;
                 if let Some(t) = tap.as_mut() {
                     t.observe(data);
                 }
             }
+            if inner.is_end_stream() {
+                ended = true;
+                break;
+            }
         }
+        // A drain cut short saw only part of the usage: settled as incomplete (billed at least
+        // the text seen, flagged estimated), never as the provider's final word.
         let _ = on_end(
             sent,
-            StreamEnd::ClientGone,
+            StreamEnd::ClientGone { drained: ended },
             tap.map(UsageTap::finish).unwrap_or_default(),
         );
     });

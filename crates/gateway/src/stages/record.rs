@@ -66,7 +66,7 @@ pub fn stream(
     let class = status_class(status).or_else(|| match end {
         StreamEnd::UpstreamError(_) => Some("stream_error".into()),
         StreamEnd::IdleTimeout => Some("timeout".into()),
-        StreamEnd::ClientGone => Some("client_abort".into()),
+        StreamEnd::ClientGone { .. } => Some("client_abort".into()),
         StreamEnd::Complete if delivery.stream_error => Some("stream_error".into()),
         StreamEnd::Complete => None,
     });

@@ -61,7 +61,7 @@ pub fn settle(
 ) -> Option<Settled> {
     let principal = ex.principal.as_ref()?;
     let ok_status = (200..300).contains(&status);
-    let complete = matches!(end, Some(StreamEnd::Complete | StreamEnd::ClientGone));
+    let complete = matches!(end, Some(StreamEnd::Complete | StreamEnd::ClientGone { drained: true }));
     let error = !ok_status || !complete || seen.is_some_and(|o| o.stream_error);
     let (usage, estimated) = match seen {
         Some(o) => match o.reported {
