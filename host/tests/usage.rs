@@ -173,6 +173,37 @@ fn streams_without_usage_errors_and_oversize_lines() {
         let seen = tap_all(Protocol::OpenAi, true, None, &pieces);
         assert_eq!(seen.text_bytes, 0, "reads of {cut} bytes: {seen:?}");
     }
+    // OpenAI's Responses carry their only usage inside `response.completed`, with the whole
+    // response object before it: over the bound (a generated image, logprobs), the usage at the
+    // line's end is still read — at once or in pieces — and nothing of it counts as text.
+    let completed = format!(
+        "event: response.output_text.delta\ndata: {{\"type\":\"response.output_text.delta\",\"delta\":\"hi\"}}\n\n\
+         event: response.completed\ndata: {{\"type\":\"response.completed\",\"response\":{{\"id\":\"resp_1\",\"output\":[{{\"type\":\"image_generation_call\",\"result\":\"{}\"}}],\"tools\":[],\"usage\":{{\"input_tokens\":900000,\"output_tokens\":4321,\"input_tokens_details\":{{\"cached_tokens\":0}}}},\"user\":null,\"metadata\":{{\"note\":\"a }} and a \\\"usage\\\": in a string\"}}}}}}\n\n",
+        "QUJD".repeat(MAX_LINE / 2)
+    );
+    let responses = tap_all(Protocol::OpenAi, true, None, &[completed.as_bytes()]);
+    assert_eq!(
+        responses.reported.map(|u| (u.input, u.output)),
+        Some((900_000, 4321)),
+        "{responses:?}"
+    );
+    assert_eq!(responses.text_bytes, 2, "only the visible delta is text");
+    for cut in [1000, 65536, MAX_LINE / 3] {
+        let pieces: Vec<&[u8]> = completed.as_bytes().chunks(cut).collect();
+        assert_eq!(
+            tap_all(Protocol::OpenAi, true, None, &pieces),
+            responses,
+            "reads of {cut} bytes"
+        );
+    }
+    // A zstd body (read whole at its end) that decodes past the tap's 64 MiB bound is not read
+    // — and says so — rather than read up to the bound and billed from message_start as final.
+    let mut long = start.to_vec();
+    long.extend(std::iter::repeat_n(b":\n".as_slice(), 33 * 1024 * 1024).flatten());
+    long.extend_from_slice(end);
+    let zst = ruzstd::encoding::compress_to_vec(&long[..], ruzstd::encoding::CompressionLevel::Fastest);
+    let seen = tap_all(Protocol::Anthropic, true, Some("zstd"), &[&zst]);
+    assert!(seen.gave_up && seen.reported.is_none(), "{seen:?}");
     // The text-or-not decision reads the line's first bytes however the reads cut them: a read
     // ending a few bytes into the oversized delta, then the rest of it at once.
     let split = start.len() + "event: content_block_delta\ndata: {".len();

@@ -107,6 +107,9 @@ pub struct UsageTap {
     /// Whether the line being skipped is a text delta (its bytes count toward an estimate; an
     /// image or a whole response object does not).
     skipped_is_text: bool,
+    /// The last bytes of the line being skipped: where a whole response object carries its
+    /// `usage` (OpenAI's `response.completed` holds the entire response, then `usage`).
+    tail: Vec<u8>,
     observed: Observed,
     usage: Usage,
 }
@@ -160,6 +163,7 @@ impl UsageTap {
             buf: Vec::new(),
             skipping: false,
             skipped_is_text: false,
+            tail: Vec::new(),
             observed: Observed::default(),
             usage: Usage::default(),
         };
@@ -210,6 +214,9 @@ impl UsageTap {
             _ => {}
         }
         if self.sse {
+            if self.skipping {
+                self.skipped();
+            }
             if !self.buf.is_empty() {
                 let line = std::mem::take(&mut self.buf);
                 self.line(&line);
@@ -251,13 +258,18 @@ impl UsageTap {
                 if self.skipped_is_text {
                     self.observed.text_bytes += nl as u64;
                 }
-                self.skipping = false;
+                self.keep_tail(&rest[..nl]);
+                self.skipped();
             } else if self.buf.len() + nl > MAX_LINE {
-                // However the reads cut it, a line over the limit is skipped, never parsed.
+                // However the reads cut it, a line over the limit is skipped, never parsed whole.
                 if looks_like_text(&line_head(&self.buf, &rest[..nl])) {
                     self.observed.text_bytes += (self.buf.len() + nl) as u64;
                 }
-                self.buf = Vec::new();
+                let buf = std::mem::take(&mut self.buf);
+                self.tail.clear();
+                self.keep_tail(&buf);
+                self.keep_tail(&rest[..nl]);
+                self.skipped();
             } else if self.buf.is_empty() {
                 self.line(&rest[..nl]);
             } else {
@@ -271,18 +283,39 @@ impl UsageTap {
             if self.skipped_is_text {
                 self.observed.text_bytes += rest.len() as u64;
             }
+            self.keep_tail(rest);
         } else if self.buf.len() + rest.len() > MAX_LINE {
-            // An oversized line (a huge delta, or a hostile upstream): memory stays bounded, a
-            // text delta's bytes count as generated text (for an estimate), and parsing resumes
-            // after it.
+            // An oversized line (a huge delta, a whole response object, or a hostile upstream):
+            // memory stays bounded, a text delta's bytes count as generated text (for an
+            // estimate), the usage at its end is still read, and parsing resumes after it.
             self.skipped_is_text = looks_like_text(&line_head(&self.buf, rest));
             if self.skipped_is_text {
                 self.observed.text_bytes += (self.buf.len() + rest.len()) as u64;
             }
-            self.buf = Vec::new();
+            let buf = std::mem::take(&mut self.buf);
+            self.tail.clear();
+            self.keep_tail(&buf);
+            self.keep_tail(rest);
             self.skipping = true;
         } else {
             self.buf.extend_from_slice(rest);
+        }
+    }
+
+    /// Keeps the last [`TAIL`] bytes of the line being skipped (amortised: trimmed at twice that).
+    fn keep_tail(&mut self, more: &[u8]) {
+        self.tail.extend_from_slice(&more[more.len().saturating_sub(TAIL)..]);
+        if self.tail.len() > 2 * TAIL {
+            self.tail.drain(..self.tail.len() - TAIL);
+        }
+    }
+
+    /// The skipped line ended: read the `usage` object its last bytes hold, if any.
+    fn skipped(&mut self) {
+        self.skipping = false;
+        let tail = std::mem::take(&mut self.tail);
+        if let Some(usage) = last_usage_object(&tail[tail.len().saturating_sub(TAIL)..]) {
+            self.merge(&usage);
         }
     }
 
@@ -499,6 +532,46 @@ fn needs_parse(data: &[u8]) -> bool {
         || f.metrics.find(data).is_some()
 }
 
+/// How much of an oversized line's end is kept for its `usage` (a response object's usage, and
+/// what follows it, fit in far less).
+const TAIL: usize = 64 * 1024;
+
+/// The last `"usage":{…}` object in `bytes` (the end of a JSON text cut at its start), parsed.
+/// The key is found outside strings by construction: inside a JSON string its quotes would be
+/// escaped.
+fn last_usage_object(bytes: &[u8]) -> Option<Value> {
+    const KEY: &[u8] = b"\"usage\":";
+    let at = bytes.windows(KEY.len()).rposition(|w| w == KEY)?;
+    let rest = &bytes[at + KEY.len()..];
+    let start = rest.iter().position(|b| !b.is_ascii_whitespace())?;
+    let object = &rest[start..];
+    if object.first() != Some(&b'{') {
+        return None;
+    }
+    // The matching brace, strings skipped.
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for (i, &b) in object.iter().enumerate() {
+        match (in_string, escaped, b) {
+            (true, true, _) => escaped = false,
+            (true, false, b'\\') => escaped = true,
+            (true, false, b'"') => in_string = false,
+            (true, false, _) => {}
+            (false, _, b'"') => in_string = true,
+            (false, _, b'{') => depth += 1,
+            (false, _, b'}') => {
+                depth -= 1;
+                if depth == 0 {
+                    return serde_json::from_slice::<Value>(&object[..=i])
+                        .ok()
+                        .filter(Value::is_object);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
 /// The first bytes of a line held partly in `buf` and partly in `rest`: the same whichever way the
 /// reads cut it (only called for an oversized line, so longer than this).
 fn line_head(buf: &[u8], rest: &[u8]) -> Vec<u8> {
@@ -625,8 +698,12 @@ impl ZstdBuffered {
         std::panic::catch_unwind(move || {
             let mut out = Vec::new();
             let mut decoder = ruzstd::decoding::StreamingDecoder::new(compressed.as_slice()).ok()?;
-            (&mut decoder).take(4 * MAX_JSON as u64).read_to_end(&mut out).ok()?;
-            Some(out)
+            // One byte past the bound says the body was longer: not read whole, so not read.
+            (&mut decoder)
+                .take(4 * MAX_JSON as u64 + 1)
+                .read_to_end(&mut out)
+                .ok()?;
+            (out.len() <= 4 * MAX_JSON).then_some(out)
         })
         .ok()
         .flatten()
