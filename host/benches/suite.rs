@@ -69,10 +69,11 @@ fn parse_args() -> Args {
             "--soak-minutes" => a.soak_minutes = it.next().and_then(|v| v.parse().ok()).expect("--soak-minutes N"),
             "--out" => a.out = it.next().expect("--out FILE"),
             "--bench" => {}
-            "all" | "latency" | "throughput" | "rate" | "stream" | "memory" | "replicas" | "overload" => a.what = arg,
+            "all" | "latency" | "throughput" | "rate" | "stream" | "memory" | "replicas" | "overload" | "bedrock"
+            | "twocore" => a.what = arg,
             "--help" | "-h" => {
                 println!(
-                    "suite [all|latency|throughput|rate|stream|memory|replicas|overload] [--smoke] [--no-peers] [--soak-minutes N] [--out FILE.json]\n(SUITE_NO_PIN=1: no taskset pinning; PORTKEY_DIR: where @portkey-ai/gateway is installed)"
+                    "suite [all|latency|throughput|rate|stream|memory|replicas|overload|bedrock|twocore] [--smoke] [--no-peers] [--soak-minutes N] [--out FILE.json]\n(SUITE_NO_PIN=1: no taskset pinning; PORTKEY_DIR: where @portkey-ai/gateway is installed)"
                 );
                 std::process::exit(0);
             }
@@ -126,6 +127,9 @@ struct Target {
     addr: SocketAddr,
     /// Headers it needs (the stand-in key, a peer's routing headers).
     headers: Vec<(String, String)>,
+    /// What this system is sent instead of the pass's workload (the Anthropic → Bedrock gateway
+    /// is sent the Anthropic form of what the others get in Bedrock's).
+    instead: Option<Workload>,
 }
 
 struct System {
@@ -154,6 +158,7 @@ fn system(
             name: name.into(),
             addr,
             headers,
+            instead: None,
         },
         pid: pid.or(process.as_ref().map(Child::id)),
         _process: process,
@@ -214,11 +219,16 @@ fn start_mock() -> (Child, SocketAddr) {
 }
 
 fn start_conduit(mock: SocketAddr) -> System {
+    start_conduit_on(mock, "conduit", &[], GATEWAY_CPU)
+}
+
+/// A Conduit named `name` with `env` added, on `cpus` (its runtime has one worker per CPU).
+fn start_conduit_on(mock: SocketAddr, name: &str, env: &[(&str, String)], cpus: &str) -> System {
     let data = tempfile::tempdir().unwrap();
-    let setup = Setup::new(&data, mock, &[], "");
+    let setup = Setup::new(&data, mock, env, "");
     let key = setup.create_key(None);
     setup.credentials();
-    let mut sys = setup.serve("conduit", key);
+    let mut sys = setup.serve_on(name, key, cpus);
     sys._keep.push(Box::new(data));
     sys
 }
@@ -240,7 +250,13 @@ impl Setup {
         let config = data.path().join("conduit.toml");
         std::fs::write(
             &config,
-            format!("{extra_toml}\n{}", conduit_gateway::mock::CONTROL_HEADERS_TOML),
+            // The stream pass finds each request in the mock's log by its `x-bench-tag`: forwarded
+            // like the mock's control headers (the gateway forwards only headers it is told to).
+            format!(
+                "{extra_toml}\n{}",
+                conduit_gateway::mock::CONTROL_HEADERS_TOML
+                    .replace("\"x-mock-usage\"]", "\"x-mock-usage\", \"x-bench-tag\"]")
+            ),
         )
         .unwrap();
         let mut env: Vec<(String, String)> = [
@@ -310,7 +326,11 @@ impl Setup {
     }
 
     fn serve(&self, name: &str, key: String) -> System {
-        let mut serve = pinned(GATEWAY_CPU, env!("CARGO_BIN_EXE_conduit"));
+        self.serve_on(name, key, GATEWAY_CPU)
+    }
+
+    fn serve_on(&self, name: &str, key: String, cpus: &str) -> System {
+        let mut serve = pinned(cpus, env!("CARGO_BIN_EXE_conduit"));
         serve.envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         let child = serve
             .arg("serve")
@@ -409,7 +429,11 @@ fn start_replicas(mock: SocketAddr) -> Option<Replicas> {
 }
 
 fn start_nginx(mock: SocketAddr) -> Option<System> {
-    let n = nginx::Nginx::start_pinned(mock, Some(GATEWAY_CPU))?;
+    start_nginx_workers(mock, GATEWAY_CPU, 1)
+}
+
+fn start_nginx_workers(mock: SocketAddr, cpus: &str, workers: usize) -> Option<System> {
+    let n = nginx::Nginx::start_workers(mock, Some(cpus), workers)?;
     let mut sys = system(
         "nginx",
         n.addr,
@@ -535,6 +559,7 @@ struct Workload {
 const BEDROCK_PATH: &str = "/model/us.anthropic.claude-sonnet-4-5-20250929-v1:0/invoke-with-response-stream";
 
 fn request(sys: &Target, w: &Workload, tag: Option<&str>) -> Request<Full<Bytes>> {
+    let w = sys.instead.as_ref().unwrap_or(w);
     let mut r = Request::post(w.path.unwrap_or("/v1/messages"))
         .header("host", sys.addr.to_string())
         .header("content-type", "application/json")
@@ -943,11 +968,19 @@ async fn stream(s: &System, mock: SocketAddr, n: usize) -> Value {
         delay_ms: 10,
         path: None,
     };
+    stream_with(&s.target, mock, n, &w).await
+}
+
+/// As [`stream`], for workload `w` (its events `w.delay_ms` apart). A system whose gateway
+/// translates (Anthropic → Bedrock re-frames the event-stream as SSE) is timed, not compared.
+async fn stream_with(s: &Target, mock: SocketAddr, n: usize, w: &Workload) -> Value {
+    let w = w.clone();
+    let translated = s.instead.is_some();
     let http = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build::<_, Full<Bytes>>(hyper_util::client::legacy::connect::HttpConnector::new());
     {
         let mut sender = connect(s.addr).await;
-        let (mut first, mut gaps, mut identical) = (Vec::new(), Vec::new(), 0);
+        let (mut first, mut gaps, mut identical, mut untagged) = (Vec::new(), Vec::new(), 0, 0);
         for i in 0..n {
             let tag = format!("{}-{i}", s.name);
             let e = exchange(&mut sender, request(s, &w, Some(&tag)), true).await;
@@ -969,8 +1002,12 @@ async fn stream(s: &System, mock: SocketAddr, n: usize) -> Value {
                         .is_some_and(|h| h.iter().any(|kv| kv[0] == "x-bench-tag" && kv[1] == tag.as_str()))
                 })
             });
-            let mock_sha = sent.and_then(|r| r["response_sha256"].as_str()).unwrap_or("");
-            identical += (mock_sha == e.sha256) as usize;
+            // A request the mock did not see tagged is not compared (and says so), never counted
+            // as a difference: the 2026-12-07 run read 0/100 because the tag was not forwarded.
+            match sent.and_then(|r| r["response_sha256"].as_str()) {
+                Some(mock_sha) => identical += (mock_sha == e.sha256) as usize,
+                None => untagged += 1,
+            }
             // The mock keeps every request; clear it so the lookup stays small.
             let _ = http
                 .request(
@@ -980,8 +1017,98 @@ async fn stream(s: &System, mock: SocketAddr, n: usize) -> Value {
                 )
                 .await;
         }
-        json!({"ttfb_us": quantiles(first), "gap_us": quantiles(gaps), "byte_identical": format!("{identical}/{n}")})
+        if translated {
+            return json!({"ttfb_us": quantiles(first), "gap_us": quantiles(gaps), "byte_identical": "translated (SSE from event-stream)"});
+        }
+        if untagged > 0 {
+            eprintln!(
+                "{}: {untagged} of {n} streams not found in the mock's log by their tag",
+                s.name
+            );
+        }
+        json!({"ttfb_us": quantiles(first), "gap_us": quantiles(gaps), "byte_identical": format!("{identical}/{}", n - untagged), "untagged": untagged})
     }
+}
+
+/// Bedrock's streamed InvokeModel (4 KiB, Conduit re-signing it with SigV4 and metering the
+/// event-stream) through each system, and `a2b` — a Conduit routing Anthropic to Bedrock — sent
+/// the same request in the Anthropic form: throughput and streaming, as in the main pass.
+async fn bedrock_pass(args: &Args, sizes: &Sizes, systems: &[&System], a2b: &System, mock: SocketAddr) -> Value {
+    let run = |what: &str| ["all", "bedrock", what].contains(&args.what.as_str());
+    let w = |delay_ms| Workload {
+        body: bedrock_body_kib(4),
+        delay_ms,
+        path: Some(BEDROCK_PATH),
+    };
+    let translated = |delay_ms| Target {
+        instead: Some(Workload {
+            body: body_kib(4, true),
+            delay_ms,
+            path: None,
+        }),
+        ..a2b.target.clone()
+    };
+    let mut names: Vec<String> = systems.iter().map(|s| s.name.clone()).collect();
+    names.push(a2b.name.clone());
+    let mut report = json!({ "systems": names });
+    if run("throughput") {
+        let mut t = serde_json::Map::new();
+        for c in [16usize, 64] {
+            let mut row = serde_json::Map::new();
+            for s in systems {
+                eprintln!("bedrock throughput: c={c} {}", s.name);
+                let r = throughput_over(std::slice::from_ref(&s.target), &w(0), c, sizes.throughput_secs).await;
+                row.insert(s.name.clone(), r);
+            }
+            eprintln!("bedrock throughput: c={c} {}", a2b.name);
+            let r = throughput_over(&[translated(0)], &w(0), c, sizes.throughput_secs).await;
+            row.insert(a2b.name.clone(), r);
+            t.insert(format!("c{c}"), Value::Object(row));
+        }
+        report["throughput"] = Value::Object(t);
+    }
+    if run("stream") {
+        let mut st = serde_json::Map::new();
+        for s in systems {
+            eprintln!("bedrock streaming: {}", s.name);
+            st.insert(
+                s.name.clone(),
+                stream_with(&s.target, mock, sizes.stream_requests, &w(10)).await,
+            );
+        }
+        eprintln!("bedrock streaming: {}", a2b.name);
+        st.insert(
+            a2b.name.clone(),
+            stream_with(&translated(10), mock, sizes.stream_requests, &w(10)).await,
+        );
+        report["stream"] = Value::Object(st);
+    }
+    report
+}
+
+/// The two-core pass: 4 KiB latency at c=1 and throughput at c=16 / c=64.
+async fn two_core_pass(sizes: &Sizes, systems: &[&System]) -> Value {
+    let w = Workload {
+        body: body_kib(4, false),
+        delay_ms: 0,
+        path: None,
+    };
+    let names: Vec<String> = systems.iter().map(|s| s.name.clone()).collect();
+    let mut report = json!({ "systems": names });
+    eprintln!("two-core latency: 4k_json");
+    let lat = latency(systems, &w, sizes.latency_requests).await;
+    report["latency_us"] = json!({ "4k_json": lat });
+    let mut t = serde_json::Map::new();
+    for c in [16usize, 64] {
+        let mut row = serde_json::Map::new();
+        for s in systems {
+            eprintln!("two-core throughput: c={c} {}", s.name);
+            row.insert(s.name.clone(), throughput(s, &w, c, sizes.throughput_secs).await);
+        }
+        t.insert(format!("c{c}"), Value::Object(row));
+    }
+    report["throughput"] = Value::Object(t);
+    report
 }
 
 fn is_peer(s: &System) -> bool {
@@ -1029,6 +1156,9 @@ fn proc_status(pid: u32, field: &str) -> Option<u64> {
 /// RSS idle and with `n` streams open (the mock stalls after the first events).
 async fn memory(sys: &System, n: usize) -> Value {
     let pid = sys.pid.expect("a process");
+    // Idle means idle: quiet for two of the gateway's idle checks (it returns freed heap to the
+    // OS once quiet; nginx's figure does not move).
+    tokio::time::sleep(conduit_gateway::gateway::IDLE_CHECK_EVERY * 2 + Duration::from_secs(1)).await;
     let idle = rss_kib(pid);
     let w = Workload {
         body: body_kib(4, true),
@@ -1186,6 +1316,16 @@ fn body_kib(kib: usize, stream: bool) -> Bytes {
     )
 }
 
+/// [`body_kib`] in Bedrock's InvokeModel form (no `model`, no `stream`: the path says both).
+fn bedrock_body_kib(kib: usize) -> Bytes {
+    let text = "x".repeat(kib * 1024);
+    Bytes::from(
+        json!({"anthropic_version": "bedrock-2023-05-31", "max_tokens": 256,
+               "messages": [{"role": "user", "content": text}]})
+        .to_string(),
+    )
+}
+
 fn capture(name: &str, stream: bool) -> Bytes {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../shared/captures")
@@ -1277,6 +1417,37 @@ fn main() {
             drop(peer);
         }
         report["peers"] = Value::Object(peers);
+    }
+    // Bedrock's streamed API through every system, and Anthropic → Bedrock through a Conduit
+    // that translates (its own process; the one body Conduit changes).
+    if ["all", "throughput", "stream", "bedrock"].contains(&args.what.as_str()) {
+        let a2b = start_conduit_on(
+            mock_addr,
+            "conduit-a2b",
+            &[("CONDUIT_ANTHROPIC_PROVIDER", "bedrock".into())],
+            GATEWAY_CPU,
+        );
+        let refs: Vec<&System> = main_group.iter().collect();
+        eprintln!("bedrock pass: streamed InvokeModel, and Anthropic → Bedrock");
+        report["bedrock"] = rt.block_on(bedrock_pass(&args, &sizes, &refs, &a2b, mock_addr));
+    }
+    // Two cores: Conduit's runtime on both, nginx with two workers (the mock and this load
+    // generator stay on CPU 0, sharing it with them).
+    if args.what == "all" || args.what == "twocore" {
+        let mut group = vec![system(
+            "direct",
+            mock_addr,
+            vec![("x-api-key".into(), "sk-ant-bench".into())],
+            None,
+            None,
+        )];
+        if let Some(n) = start_nginx_workers(mock_addr, "0,1", 2) {
+            group.push(n);
+        }
+        group.push(start_conduit_on(mock_addr, "conduit", &[], "0,1"));
+        let refs: Vec<&System> = group.iter().collect();
+        eprintln!("two-core pass: conduit on CPUs 0,1; nginx with 2 workers");
+        report["two_core"] = rt.block_on(two_core_pass(&sizes, &refs));
     }
     if args.what == "all" || args.what == "replicas" {
         match start_replicas(mock_addr) {
@@ -1593,6 +1764,18 @@ fn print_table(r: &Value) {
         }
     );
     print_group(r);
+    if r["bedrock"].is_object() {
+        println!(
+            "\n==== Bedrock: streamed InvokeModel, 4 KiB (Conduit re-signs it with SigV4); conduit-a2b: the Anthropic form, translated to Bedrock ===="
+        );
+        print_group(&r["bedrock"]);
+    }
+    if r["two_core"].is_object() {
+        println!(
+            "\n==== Two cores: Conduit's runtime on both, nginx with two workers; the mock and the load generator share CPU 0 with them ===="
+        );
+        print_group(&r["two_core"]);
+    }
     print_replicas(&r["replicas"]);
     if let Some(peers) = r["peers"].as_object() {
         for (name, pass) in peers {

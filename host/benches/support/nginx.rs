@@ -20,6 +20,12 @@ impl Nginx {
 
     /// As [`Nginx::start`], run under `taskset -c CPUS` when given.
     pub fn start_pinned(upstream: std::net::SocketAddr, cpus: Option<&str>) -> Option<Nginx> {
+        Self::start_workers(upstream, cpus, 1)
+    }
+
+    /// As [`Nginx::start_pinned`], with `workers` worker processes (more than one: under a
+    /// master process, which `child` is).
+    pub fn start_workers(upstream: std::net::SocketAddr, cpus: Option<&str>, workers: usize) -> Option<Nginx> {
         let bin = ["/usr/sbin/nginx", "/usr/bin/nginx", "/usr/local/sbin/nginx"]
             .into_iter()
             .find(|p| std::path::Path::new(p).exists())?;
@@ -30,7 +36,7 @@ impl Nginx {
             .ok()?
             .port();
         let conf = format!(
-            "worker_processes 1;\nmaster_process off;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
+            "worker_processes {workers};\nmaster_process {master};\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
              worker_rlimit_nofile 16384;\n             events {{ worker_connections 8192; }}\n\
              http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
                client_max_body_size 32m;\n  client_body_buffer_size 1m;\n\
@@ -38,7 +44,8 @@ impl Nginx {
                server {{\n    listen 127.0.0.1:{port};\n    location / {{\n\
                  proxy_pass http://mock;\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n\
                  proxy_buffering off;\n    }}\n  }}\n}}\n",
-            d = dir.path().display()
+            d = dir.path().display(),
+            master = if workers > 1 { "on" } else { "off" },
         );
         std::fs::write(dir.path().join("nginx.conf"), conf).ok()?;
         let mut cmd = match cpus {
@@ -73,6 +80,14 @@ impl Nginx {
 
 impl Drop for Nginx {
     fn drop(&mut self) {
+        // A master stops its workers on SIGTERM (SIGKILL would orphan them).
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
