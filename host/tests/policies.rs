@@ -160,6 +160,112 @@ fn a_resent_conversation_is_scanned_only_for_what_is_new_and_still_blocks() {
     assert_eq!(out.findings[0].location, "messages[20].content");
 }
 
+/// A resent part (a message, a tool definition: same bytes, same place) is not read again: its
+/// remembered verdict applies — the same findings at the same paths, the same facts, the same
+/// segment limit — and only new parts are read and scanned.
+#[test]
+fn remembered_parts_are_not_read_again_and_keep_their_verdict() {
+    use conduit_gateway::content::{self, BodyLimits, Shape};
+    let data = tempfile::tempdir().unwrap();
+    let p = open("[modes]\n\"secret.*\" = \"block\"\n", data.path());
+    let recall: &dyn content::Recall = &*p;
+    let turn = |messages: serde_json::Value| {
+        serde_json::json!({
+            "model": "claude-sonnet-4-5", "max_tokens": 16,
+            "system": [{"type": "text", "text": "You are a coding agent."}],
+            "tools": [{"name": "Read", "description": "Reads a file", "input_schema": {"type": "object", "properties": {"path": {"type": "string"}}}}],
+            "messages": messages,
+        })
+        .to_string()
+    };
+    let first = serde_json::json!([
+        {"role": "user", "content": [{"type": "image", "source": {"type": "url", "url": "https://example.com/a.png"}}, {"type": "text", "text": "look at this"}]},
+        {"role": "assistant", "content": "ok"},
+        {"role": "user", "content": [{"type": "text", "text": format!("deploy with {GITHUB_TOKEN} please")}]},
+    ]);
+    let body1 = turn(first.clone());
+    let limits = BodyLimits::default();
+    let read = |body: &str, limits: &BodyLimits| {
+        let b: &'static [u8] = Box::leak(body.as_bytes().to_vec().into_boxed_slice());
+        content::json_recalling(b, Shape::Request, limits, Some(recall))
+    };
+    let summary = |o: &conduit_gateway::policy::Outcome| -> Vec<(String, String, u32, u32, Mode)> {
+        o.findings
+            .iter()
+            .map(|f| (f.category.clone(), f.location.clone(), f.start, f.end, f.mode))
+            .collect()
+    };
+
+    // Cold: every part read; the verdict blocks at the secret's path.
+    let cold = read(&body1, &limits).unwrap();
+    assert!(cold.parts.iter().all(|p| !p.remembered));
+    assert_eq!(cold.parts.len(), 5, "system[0], tools[0], messages[0..3]");
+    let cold_out = p
+        .scan_parts(&info("claude-sonnet-4-5"), &cold.segments, &cold.parts)
+        .unwrap();
+    assert_eq!(cold_out.decision, Decision::Block);
+    let cold_findings = summary(&cold_out);
+    assert_eq!(cold_findings.len(), 1);
+    assert!(cold_findings[0].1.starts_with("messages[2]."), "{cold_findings:?}");
+
+    // Resent: nothing read, the same facts (the image URL still makes the input unbounded), the
+    // same findings at the same paths.
+    let warm = read(&body1, &limits).unwrap();
+    assert!(warm.parts.iter().all(|p| p.remembered), "{:?}", warm.parts);
+    let outside = |s: &Segment| !["messages", "tools", "system"].iter().any(|m| s.path.starts_with(m));
+    assert!(
+        warm.segments.iter().all(outside),
+        "only the root's own members are read: {:?}",
+        warm.segments
+    );
+    assert_eq!(warm.facts, cold.facts);
+    assert!(warm.facts.unbounded_input);
+    let warm_out = p
+        .scan_parts(&info("claude-sonnet-4-5"), &warm.segments, &warm.parts)
+        .unwrap();
+    assert_eq!(
+        (warm_out.decision, summary(&warm_out)),
+        (Decision::Block, cold_findings.clone())
+    );
+    assert_eq!((warm_out.cached, warm_out.scanned), (cold.segments.len(), 0));
+
+    // The next turn: the old parts remembered, the new one read.
+    let mut more = first.as_array().unwrap().clone();
+    more.push(serde_json::json!({"role": "user", "content": "and now the tests"}));
+    let next = read(&turn(serde_json::Value::Array(more)), &limits).unwrap();
+    let remembered: Vec<bool> = next.parts.iter().map(|p| p.remembered).collect();
+    assert_eq!(remembered, [true, true, true, true, true, false]);
+    assert_eq!(next.segments.len(), warm.segments.len() + 1);
+    let next_out = p
+        .scan_parts(&info("claude-sonnet-4-5"), &next.segments, &next.parts)
+        .unwrap();
+    assert_eq!(summary(&next_out), cold_findings);
+
+    // Modes apply to remembered findings as they are now.
+    p.set_mode("secret.*", Mode::Alert).unwrap();
+    let alert = p
+        .scan_parts(&info("claude-sonnet-4-5"), &warm.segments, &warm.parts)
+        .unwrap();
+    assert_eq!((alert.decision, alert.findings[0].mode), (Decision::Alert, Mode::Alert));
+
+    // The segment limit counts remembered parts: what is refused cold is refused warm.
+    let tight = BodyLimits {
+        max_segments: cold.segments.len() - 1,
+        ..limits
+    };
+    let refused = read(&body1, &tight).unwrap_err();
+    assert!(refused.too_large, "{}", refused.message);
+
+    // A verdict gone by scan time (evicted, or the set reloaded) asks for a whole read.
+    p.clear_cache();
+    assert!(
+        p.scan_parts(&info("claude-sonnet-4-5"), &warm.segments, &warm.parts)
+            .is_none()
+    );
+    let again = read(&body1, &limits).unwrap();
+    assert!(again.parts.iter().all(|p| !p.remembered));
+}
+
 fn sign_into(dir: &Path, name: &str, wasm: &[u8], private: &str) {
     std::fs::write(dir.join(format!("{name}.wasm")), wasm).unwrap();
     std::fs::write(

@@ -21,6 +21,11 @@ impl RequestIds {
         }
     }
 
+    /// How many ids were issued so far (a cheap "were there requests since" for idle tasks).
+    pub fn issued(&self) -> u64 {
+        self.next.load(std::sync::atomic::Ordering::Relaxed) - 1
+    }
+
     /// The next id (`req_` + 8 hex prefix + 10 hex counter).
     pub fn next(&self) -> String {
         format!(

@@ -172,12 +172,15 @@ async fn run(gw: &Gateway, req: Request<Incoming>, ex: &mut accept::Exchange) ->
 
     let (parts, body) = req.into_parts();
     let body = inspect::read(body, &config.limits).await?;
+    // The policy runtime remembers the parts it judged: those are not read again.
+    let recall = gw.policies.as_deref().map(|p| p as &dyn crate::content::Recall);
     let mut extracted = inspect::extract(
         &body,
         &parts.headers,
         route.endpoint,
         &config.egress,
         &config.limits.body,
+        recall,
     )?;
     ex.model = route::finalize(&mut route, &mut extracted.facts)?;
     ex.bytes_in = body.len() as u64;
@@ -194,7 +197,7 @@ async fn run(gw: &Gateway, req: Request<Incoming>, ex: &mut accept::Exchange) ->
         &route.upstream.fixed_headers,
     );
 
-    scan::scan(
+    let scanned = scan::scan(
         &scanning(gw),
         ex,
         &principal,
@@ -204,6 +207,30 @@ async fn run(gw: &Gateway, req: Request<Incoming>, ex: &mut accept::Exchange) ->
         parts.uri.query(),
     )
     .await?;
+    if scanned == scan::Scanned::ReadAgain {
+        // A remembered part lost its verdict between reading and scanning (evicted, or the set
+        // reloaded): the body is read whole — the same facts — and scanned once more.
+        let whole = inspect::extract(
+            &body,
+            &parts.headers,
+            route.endpoint,
+            &config.egress,
+            &config.limits.body,
+            None,
+        )?;
+        extracted.segments = whole.segments;
+        extracted.parts = whole.parts;
+        scan::scan(
+            &scanning(gw),
+            ex,
+            &principal,
+            &route,
+            &mut extracted,
+            &headers,
+            parts.uri.query(),
+        )
+        .await?;
+    }
 
     let admitted = admit::admit(&admission(gw), ex, &principal, &route, &extracted).await?;
 

@@ -161,6 +161,7 @@ pub async fn start(gateway: Gateway) -> Result<Running> {
     let gateway = Arc::new(gateway);
     crate::gateway::follow_changes(&gateway);
     crate::gateway::checkpoint_audit(&gateway);
+    crate::gateway::return_idle_memory(&gateway);
     let config = &gateway.config;
     let tls = config.tls.as_ref().map(load_tls).transpose()?;
     let listener = TcpListener::bind(config.listen).await.map_err(|e| {

@@ -2,6 +2,11 @@
 //! (policy-set digest, text). An agent resends its whole conversation every turn; only the new
 //! segments are scanned. Findings are cached too, so a block still applies on a resend.
 //!
+//! A second memo of the same shape ([`PartVerdict`]) remembers whole request parts — a message,
+//! a tool definition — by their bytes (`conduit_wire::content::PartKey`), so a part seen before
+//! is not even read into segments: its findings, with paths relative to the part, apply again.
+//! Hashes are BLAKE3 (keys must not collide, even for a client crafting text to).
+//!
 //! Bounded with two generations: entries go into `young`; when it is full it becomes `old` and
 //! the former `old` is dropped; a hit in `old` is promoted. O(1), no per-entry bookkeeping, and
 //! recently used entries survive.
@@ -9,7 +14,8 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use sha2::{Digest, Sha256};
+use crate::segments::Origin;
+use conduit_wire::content::PartSummary;
 
 /// A finding as cached: relative to its segment.
 #[derive(Debug, Clone, PartialEq)]
@@ -27,42 +33,71 @@ pub struct CachedFinding {
     pub severity: &'static str,
 }
 
-/// The key: SHA-256 of the set digest and the text.
+/// The key: BLAKE3 of the set digest and the text.
 pub type Key = [u8; 32];
 
 /// Hashes a segment text under a policy-set digest.
 pub fn key(set_digest: &[u8; 32], text: &str) -> Key {
-    let mut h = Sha256::new();
+    let mut h = blake3::Hasher::new();
+    h.update(b"conduit segment verdict v1\0");
     h.update(set_digest);
-    h.update((text.len() as u64).to_le_bytes());
+    h.update(&(text.len() as u64).to_le_bytes());
     h.update(text.as_bytes());
-    h.finalize().into()
+    *h.finalize().as_bytes()
+}
+
+/// What the policies found in a whole request part, under one policy set.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PartVerdict {
+    /// The set that judged it (a verdict of another set is not used).
+    pub set: [u8; 32],
+    /// What reading it gave.
+    pub summary: PartSummary,
+    /// Its findings.
+    pub findings: Vec<PartFinding>,
+}
+
+/// A finding in a remembered part.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PartFinding {
+    /// The segment's path after the part's own (`.content[0].text`), or its whole path when it
+    /// was shortened and no longer starts with the part's.
+    pub path: String,
+    /// `path` is relative to the part's.
+    pub relative: bool,
+    /// The segment's origin (modes apply per origin).
+    pub origin: Origin,
+    /// The finding, relative to its segment.
+    pub finding: CachedFinding,
 }
 
 /// The cache.
 #[derive(Debug)]
-pub struct VerdictCache {
+pub struct VerdictCache<V = Vec<CachedFinding>> {
     capacity: usize,
-    inner: Mutex<Generations>,
+    inner: Mutex<Generations<V>>,
 }
 
-#[derive(Debug, Default)]
-struct Generations {
-    young: HashMap<Key, Vec<CachedFinding>>,
-    old: HashMap<Key, Vec<CachedFinding>>,
+#[derive(Debug)]
+struct Generations<V> {
+    young: HashMap<Key, V>,
+    old: HashMap<Key, V>,
 }
 
-impl VerdictCache {
+impl<V: Clone> VerdictCache<V> {
     /// A cache holding about `capacity` entries (between capacity/2 and capacity).
     pub fn new(capacity: usize) -> Self {
         Self {
             capacity: capacity.max(2),
-            inner: Mutex::new(Generations::default()),
+            inner: Mutex::new(Generations {
+                young: HashMap::new(),
+                old: HashMap::new(),
+            }),
         }
     }
 
     /// The findings remembered for `key`, if any.
-    pub fn get(&self, key: &Key) -> Option<Vec<CachedFinding>> {
+    pub fn get(&self, key: &Key) -> Option<V> {
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(v) = g.young.get(key) {
             return Some(v.clone());
@@ -74,7 +109,7 @@ impl VerdictCache {
     }
 
     /// Remembers the findings for `key`.
-    pub fn put(&self, key: Key, findings: Vec<CachedFinding>) {
+    pub fn put(&self, key: Key, findings: V) {
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         g.insert_young(key, findings, self.capacity / 2);
     }
@@ -98,8 +133,8 @@ impl VerdictCache {
     }
 }
 
-impl Generations {
-    fn insert_young(&mut self, key: Key, v: Vec<CachedFinding>, half: usize) {
+impl<V> Generations<V> {
+    fn insert_young(&mut self, key: Key, v: V, half: usize) {
         if self.young.len() >= half {
             self.old = std::mem::take(&mut self.young);
         }
@@ -113,7 +148,7 @@ mod tests {
 
     #[test]
     fn bounded_and_recent_entries_survive() {
-        let c = VerdictCache::new(100);
+        let c: VerdictCache = VerdictCache::new(100);
         let d = [7u8; 32];
         let hot = key(&d, "hot");
         c.put(hot, vec![]);

@@ -15,12 +15,13 @@ use p256::ecdsa::VerifyingKey;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::cache::{self, CachedFinding, VerdictCache};
+use crate::cache::{self, CachedFinding, PartFinding, PartVerdict, VerdictCache};
 use crate::config::{OnError, PolicyConfig};
 use crate::modes::{Mode, Modes};
 use crate::runtime::{self, Failure, Prepared, RequestInfo, Segment as WitSegment, Severity};
 use crate::segments::Segment;
 use crate::{builtin, signature};
+use conduit_wire::content::{Part, PartKey, PartSummary, Recall};
 
 /// One loaded policy.
 pub struct LoadedPolicy {
@@ -124,7 +125,9 @@ pub struct ReportedFinding {
     pub category: String,
     /// Rule id.
     pub rule_id: String,
-    /// Index of the segment in the request, if the finding is about one.
+    /// Index of the segment in the request, if the finding is about one that was read this time
+    /// (`None` for request-level findings and for findings in a remembered part: see
+    /// [`ReportedFinding::in_text`]).
     pub segment: Option<usize>,
     /// JSON path of the segment, or `request`.
     pub location: String,
@@ -138,6 +141,14 @@ pub struct ReportedFinding {
     pub severity: &'static str,
     /// The category's mode.
     pub mode: Mode,
+}
+
+impl ReportedFinding {
+    /// About a place in the request's text (its `location` is a path and `start`..`end` a span
+    /// in it), not about the request as a whole.
+    pub fn in_text(&self) -> bool {
+        self.origin != "request"
+    }
 }
 
 /// The request's fate.
@@ -196,6 +207,8 @@ pub struct Policies {
     statuses: RwLock<Vec<PolicyStatus>>,
     modes: RwLock<Modes>,
     cache: VerdictCache,
+    /// Whole request parts' verdicts (`conduit_wire::content::Part`).
+    parts: VerdictCache<Arc<PartVerdict>>,
     trusted: Vec<(String, VerifyingKey)>,
     /// Directory state: file → (fingerprint, loaded version).
     files: Mutex<BTreeMap<PathBuf, FileState>>,
@@ -231,6 +244,7 @@ impl Policies {
         let policies = Policies {
             modes: RwLock::new(Modes::layered(&config.modes, &overrides)),
             cache: VerdictCache::new(config.cache_entries),
+            parts: VerdictCache::new(config.cache_entries),
             set: RwLock::new(Arc::new(PolicySet::new(Vec::new()))),
             statuses: RwLock::new(Vec::new()),
             files: Mutex::new(BTreeMap::new()),
@@ -467,6 +481,31 @@ impl Policies {
     /// Runs every policy on a request's segments.
     pub fn scan(&self, info: &RequestInfo, segments: &[Segment<'_>]) -> Outcome {
         let set = self.set.read().unwrap_or_else(|p| p.into_inner()).clone();
+        self.scan_in(&set, info, segments, &[], Vec::new())
+    }
+
+    /// Runs every policy on a request read with this runtime as its [`Recall`]: `segments` are
+    /// those of the parts that were read; a remembered part's verdict applies as it was given.
+    /// `None` when a remembered verdict is gone by now (evicted, or the set was reloaded since
+    /// the body was read): read the body again without recall and scan that.
+    pub fn scan_parts(&self, info: &RequestInfo, segments: &[Segment<'_>], parts: &[Part]) -> Option<Outcome> {
+        let set = self.set.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut remembered = Vec::new();
+        for part in parts.iter().filter(|p| p.remembered) {
+            let verdict = self.parts.get(&part.key).filter(|v| v.set == set.digest)?;
+            remembered.push((part, verdict));
+        }
+        Some(self.scan_in(&set, info, segments, parts, remembered))
+    }
+
+    fn scan_in(
+        &self,
+        set: &PolicySet,
+        info: &RequestInfo,
+        segments: &[Segment<'_>],
+        parts: &[Part],
+        remembered: Vec<(&Part, Arc<PartVerdict>)>,
+    ) -> Outcome {
         let keys: Vec<cache::Key> = segments.iter().map(|s| cache::key(&set.digest, &s.text)).collect();
         let mut per_segment: Vec<Option<Vec<CachedFinding>>> = keys.iter().map(|k| self.cache.get(k)).collect();
         let fresh_idx: Vec<usize> = (0..segments.len()).filter(|&i| per_segment[i].is_none()).collect();
@@ -522,9 +561,49 @@ impl Policies {
         for (slot, &i) in fresh_idx.iter().enumerate() {
             per_segment[i] = Some(std::mem::take(&mut new_findings[slot]));
         }
+        // Parts read this time are remembered with their findings (not when a policy failed:
+        // its verdict is missing).
+        if !any_failed {
+            for part in parts.iter().filter(|p| !p.remembered) {
+                let verdict = part_verdict(set.digest, part, segments, &per_segment);
+                self.parts.put(part.key, Arc::new(verdict));
+            }
+        }
         let modes = self.modes.read().unwrap_or_else(|p| p.into_inner());
         let mut findings = Vec::new();
+        let remembered_segments: usize = remembered.iter().map(|(p, _)| p.summary.segments as usize).sum();
+        // Remembered parts' findings come where the part sits in the body, as if it were read.
+        let mut pending = remembered.into_iter().peekable();
+        let report_part = |findings: &mut Vec<ReportedFinding>, part: &Part, verdict: &PartVerdict| {
+            for pf in &verdict.findings {
+                let f = &pf.finding;
+                let origin = pf.origin.as_str();
+                let mode = modes.mode_at(&f.category, origin);
+                if mode == Mode::Off || !valid_category(&f.category) {
+                    continue;
+                }
+                findings.push(ReportedFinding {
+                    policy: set.policies.get(f.policy).map(|p| p.name.clone()).unwrap_or_default(),
+                    category: f.category.clone(),
+                    rule_id: f.rule_id.clone(),
+                    segment: None,
+                    location: if pf.relative {
+                        format!("{}{}", part.path, pf.path)
+                    } else {
+                        pf.path.clone()
+                    },
+                    origin,
+                    start: f.start,
+                    end: f.end,
+                    severity: f.severity,
+                    mode,
+                });
+            }
+        };
         for (i, cached) in per_segment.into_iter().enumerate() {
+            while let Some((part, verdict)) = pending.next_if(|(p, _)| p.segments.start <= i) {
+                report_part(&mut findings, part, &verdict);
+            }
             for f in cached.unwrap_or_default() {
                 let origin = segments[i].origin.as_str();
                 let mode = modes.mode_at(&f.category, origin);
@@ -544,6 +623,9 @@ impl Policies {
                     mode,
                 });
             }
+        }
+        for (part, verdict) in pending {
+            report_part(&mut findings, part, &verdict);
         }
         let mut deny_modes: HashMap<usize, Vec<Mode>> = HashMap::new();
         for (pi, f) in request_level {
@@ -584,7 +666,7 @@ impl Policies {
             deny,
             failure,
             set_digest: set.digest_hex(),
-            cached: segments.len() - fresh.len(),
+            cached: segments.len() - fresh.len() + remembered_segments,
             scanned: fresh.len(),
         }
     }
@@ -624,6 +706,48 @@ impl Policies {
     /// Forgets every cached verdict (benchmarks measure first turns with it).
     pub fn clear_cache(&self) {
         self.cache.clear();
+        self.parts.clear();
+    }
+}
+
+/// The runtime remembers parts it judged under the set now in force.
+impl Recall for Policies {
+    fn recall(&self, key: &PartKey) -> Option<PartSummary> {
+        let verdict = self.parts.get(key)?;
+        let current = self.set.read().unwrap_or_else(|p| p.into_inner()).digest;
+        (verdict.set == current).then_some(verdict.summary)
+    }
+}
+
+/// A part's verdict from its segments' findings: paths relative to the part's own.
+fn part_verdict(
+    set: [u8; 32],
+    part: &Part,
+    segments: &[Segment<'_>],
+    per_segment: &[Option<Vec<CachedFinding>>],
+) -> PartVerdict {
+    let mut findings = Vec::new();
+    for i in part.segments.clone() {
+        let (Some(segment), Some(Some(found))) = (segments.get(i), per_segment.get(i)) else {
+            continue;
+        };
+        for f in found {
+            let (path, relative) = match segment.path.strip_prefix(part.path.as_str()) {
+                Some(rest) => (rest.to_string(), true),
+                None => (segment.path.clone(), false),
+            };
+            findings.push(PartFinding {
+                path,
+                relative,
+                origin: segment.origin,
+                finding: f.clone(),
+            });
+        }
+    }
+    PartVerdict {
+        set,
+        summary: part.summary,
+        findings,
     }
 }
 

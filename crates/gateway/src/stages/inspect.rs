@@ -49,13 +49,16 @@ pub async fn read(body: Incoming, limits: &Limits) -> Result<Bytes, GatewayError
     }
 }
 
-/// What the body of a request to `endpoint` says: facts and segments, or a refusal.
+/// What the body of a request to `endpoint` says: facts and segments, or a refusal. With
+/// `recall` (the policy runtime), a model request's parts judged before are not read again
+/// (`content::Part`): the facts are the same, their verdicts are the policy runtime's.
 pub fn extract<'b>(
     body: &'b [u8],
     headers: &HeaderMap,
     endpoint: Endpoint,
     egress: &EgressConfig,
     limits: &BodyLimits,
+    recall: Option<&dyn content::Recall>,
 ) -> Result<Extracted<'b>, GatewayError> {
     let refused = |r: content::Refusal| {
         let kind = if r.too_large {
@@ -74,7 +77,7 @@ pub fn extract<'b>(
                 ));
             }
             check_content_type(headers)?;
-            content::json(body, shape, limits).map_err(refused)
+            content::json_recalling(body, shape, limits, recall).map_err(refused)
         }
         BodyKind::OptionalJson if body.iter().all(u8::is_ascii_whitespace) => Ok(Extracted::default()),
         BodyKind::OptionalJson => {

@@ -28,6 +28,16 @@ use http::HeaderMap;
 /// so other requests on this worker are not delayed.
 const INLINE_LIMIT: usize = 32 * 1024;
 
+/// How a scan ended, when it did not refuse the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scanned {
+    /// Judged: forward it.
+    Done,
+    /// A part the body was read without (remembered) has no verdict any more — evicted, or the
+    /// policy set was reloaded since: read the whole body again, without recall, and scan that.
+    ReadAgain,
+}
+
 /// What the scan stage reads besides the request.
 pub struct Reads<'a> {
     /// The policy set (`None`: the stage is off).
@@ -36,8 +46,8 @@ pub struct Reads<'a> {
     pub findings: &'a dyn FindingStore,
 }
 
-/// Runs the policies on a request: the body's segments, then the query and headers that will
-/// be forwarded (appended to `extracted.segments`).
+/// Runs the policies on a request: the body's segments (and the verdicts of the parts it was read
+/// without), then the query and headers that will be forwarded (appended to `extracted.segments`).
 pub async fn scan(
     reads: &Reads<'_>,
     ex: &mut Exchange,
@@ -46,9 +56,9 @@ pub async fn scan(
     extracted: &mut Extracted<'_>,
     headers: &HeaderMap,
     query: Option<&str>,
-) -> Result<(), GatewayError> {
+) -> Result<Scanned, GatewayError> {
     let Some(policies) = reads.policies else {
-        return Ok(());
+        return Ok(Scanned::Done);
     };
     let began = std::time::Instant::now();
     append_head(&mut extracted.segments, &route.path, headers, query);
@@ -64,7 +74,9 @@ pub async fn scan(
         estimated_input_tokens: ex.bytes_in / 4,
     };
     let text_bytes: usize = segments.iter().map(|s| s.text.len()).sum();
-    let mut outcome = run(policies, &info, segments, text_bytes);
+    let Some(mut outcome) = run(policies, &info, segments, &extracted.parts, text_bytes) else {
+        return Ok(Scanned::ReadAgain);
+    };
     // A batch holds several requests: each model is judged too (the segments were scanned once).
     let mut judged: Vec<&str> = info.model.iter().map(String::as_str).collect();
     for model in extracted.requests.iter().filter_map(|r| r.model.as_deref()) {
@@ -87,9 +99,10 @@ pub async fn scan(
             category: f.category.clone(),
             rule: f.rule_id.clone(),
             mode: f.mode.as_str().to_string(),
-            location: match f.segment {
-                Some(_) => format!("{}:{}-{}", f.location, f.start, f.end),
-                None => "request".to_string(),
+            location: if f.in_text() {
+                format!("{}:{}-{}", f.location, f.start, f.end)
+            } else {
+                "request".to_string()
             },
         })
         .collect();
@@ -99,7 +112,7 @@ pub async fn scan(
     if outcome
         .findings
         .iter()
-        .any(|f| f.segment.is_some() && (f.location == "model" || f.origin == "path"))
+        .any(|f| f.in_text() && (f.location == "model" || f.origin == "path"))
     {
         ex.model = Some("(withheld: it carried a finding)".into());
     }
@@ -113,7 +126,7 @@ pub async fn scan(
         ));
     }
     if outcome.decision != Decision::Block {
-        return Ok(());
+        return Ok(Scanned::Done);
     }
     if let Some((status, message, policy)) = outcome.deny.clone() {
         let kind = if status == 403 {
@@ -175,13 +188,19 @@ fn append_head(segments: &mut Vec<Segment<'_>>, path: &str, headers: &HeaderMap,
     }
 }
 
-fn run(policies: &Policies, info: &RequestInfo, segments: &[Segment<'_>], text_bytes: usize) -> Outcome {
+fn run(
+    policies: &Policies,
+    info: &RequestInfo,
+    segments: &[Segment<'_>],
+    parts: &[crate::content::Part],
+    text_bytes: usize,
+) -> Option<Outcome> {
     let multi_thread = tokio::runtime::Handle::try_current()
         .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
     if multi_thread && text_bytes > INLINE_LIMIT {
-        tokio::task::block_in_place(|| policies.scan(info, segments))
+        tokio::task::block_in_place(|| policies.scan_parts(info, segments, parts))
     } else {
-        policies.scan(info, segments)
+        policies.scan_parts(info, segments, parts)
     }
 }
 
@@ -260,9 +279,10 @@ pub fn block_message(findings: &[ReportedFinding], ids: &[String]) -> String {
         "model" => "a model that is not allowed",
         _ => "content a policy does not allow",
     };
-    let location = match first.segment {
-        Some(_) => format!("in {} (bytes {}–{})", first.location, first.start, first.end),
-        None => "in the request".to_string(),
+    let location = if first.in_text() {
+        format!("in {} (bytes {}–{})", first.location, first.start, first.end)
+    } else {
+        "in the request".to_string()
     };
     let id = ids.get(at).map(String::as_str).unwrap_or("-");
     let others: Vec<&str> = findings

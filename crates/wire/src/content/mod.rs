@@ -80,6 +80,58 @@ pub struct Extracted<'a> {
     pub opaque_bytes: u64,
     /// An upload's `purpose` field.
     pub purpose: Option<String>,
+    /// The request's parts, when read with a [`Recall`]: each element of its `messages`,
+    /// `system`, `input` and `tools`, in body order — read into `segments`, or remembered whole.
+    pub parts: Vec<Part>,
+}
+
+/// A part of a request: one element of its `messages`, `system`, `input` or `tools` array,
+/// known by a BLAKE3 hash of the member's name and the element's exact bytes. An agent resends
+/// its whole conversation and every tool definition each turn; a part seen before (same bytes,
+/// same place in the API) gives the same segments and the same verdict, so it is neither read
+/// nor scanned again — its remembered verdict applies (see `conduit_policy`'s part memo).
+pub type PartKey = [u8; 32];
+
+/// What reading a part gave, remembered with its verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PartSummary {
+    /// Segments it reads into (counted against `max_segments` whether read or remembered).
+    pub segments: u32,
+    /// It references input the body does not carry (a file id, a URL): the request's
+    /// `unbounded_input` is set whether the part is read or remembered.
+    pub unbounded: bool,
+}
+
+/// Parts already read and judged: consulted for each part before it is read.
+pub trait Recall {
+    /// The summary of the part with this key, if it is remembered with a verdict.
+    fn recall(&self, key: &PartKey) -> Option<PartSummary>;
+}
+
+/// One part of a request (see [`PartKey`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Part {
+    /// Its key.
+    pub key: PartKey,
+    /// Its JSON path (`messages[3]`): the prefix of its segments' paths.
+    pub path: String,
+    /// Its segments in [`Extracted::segments`]; empty (at the place it would start) when it was
+    /// remembered rather than read.
+    pub segments: std::ops::Range<usize>,
+    /// What it reads into.
+    pub summary: PartSummary,
+    /// Remembered (not read): its verdict is the memo's.
+    pub remembered: bool,
+}
+
+/// The key of a part: member name, the element's kind and its exact bytes.
+fn part_key(member: &str, doc: &Doc<'_>, item: usize) -> PartKey {
+    let mut h = blake3::Hasher::new();
+    h.update(b"conduit request part v1\0");
+    h.update(member.as_bytes());
+    h.update(&[0, doc.node(item).kind as u8]);
+    h.update(doc.raw(item).as_bytes());
+    *h.finalize().as_bytes()
 }
 
 /// Why a body is refused: a status class and a message that quotes none of its text.
@@ -144,6 +196,17 @@ pub enum Shape {
 
 /// Reads a JSON body: facts and segments, or a refusal.
 pub fn json<'a>(body: &'a [u8], shape: Shape, limits: &BodyLimits) -> Result<Extracted<'a>, Refusal> {
+    json_recalling(body, shape, limits, None)
+}
+
+/// As [`json`], reading only the parts `recall` does not remember ([`Extracted::parts`] says
+/// which were read and which remembered). The facts are the same either way.
+pub fn json_recalling<'a>(
+    body: &'a [u8],
+    shape: Shape,
+    limits: &BodyLimits,
+    recall: Option<&dyn Recall>,
+) -> Result<Extracted<'a>, Refusal> {
     if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         return Err(Refusal::bad(
             "the request body is not a JSON object; send `{\"model\": …, \"messages\": …}`",
@@ -162,6 +225,9 @@ pub fn json<'a>(body: &'a [u8], shape: Shape, limits: &BodyLimits) -> Result<Ext
         path: String::with_capacity(64),
         limits: *limits,
         facts: RequestFacts::default(),
+        recall,
+        parts: Vec::new(),
+        remembered: 0,
     };
     let mut requests = Vec::new();
     match shape {
@@ -193,11 +259,12 @@ pub fn json<'a>(body: &'a [u8], shape: Shape, limits: &BodyLimits) -> Result<Ext
             w.facts = total;
         }
     }
-    let Walker { out, facts, .. } = w;
+    let Walker { out, facts, parts, .. } = w;
     Ok(Extracted {
         facts,
         segments: out,
         requests,
+        parts,
         ..Extracted::default()
     })
 }
@@ -237,6 +304,9 @@ pub fn jsonl_batch<'a>(bytes: &'a [u8], path: &str, limits: &BodyLimits) -> Resu
                 ..*limits
             },
             facts: RequestFacts::default(),
+            recall: None,
+            parts: Vec::new(),
+            remembered: 0,
         };
         let mut body_seen = false;
         for (k, v) in doc.members(0) {
@@ -342,8 +412,6 @@ fn too_many_segments(limits: &BodyLimits) -> Refusal {
 /// The walker's idea of where it is in a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Ctx {
-    /// A list of messages.
-    Messages,
     /// A message object.
     Message,
     /// A list of content blocks / parts / input items.
@@ -364,6 +432,12 @@ struct Walker<'d, 'a> {
     path: String,
     limits: BodyLimits,
     facts: RequestFacts,
+    /// Parts already read and judged; `None`: every part is read (and none recorded).
+    recall: Option<&'d dyn Recall>,
+    /// The parts, read or remembered (only with `recall`).
+    parts: Vec<Part>,
+    /// Segments of remembered parts: counted against `max_segments` as if read.
+    remembered: usize,
 }
 
 /// Keys whose values are decided by the API at the root of a request, with their origin.
@@ -560,7 +634,7 @@ impl<'a> Walker<'_, 'a> {
         if text.is_empty() {
             return Ok(());
         }
-        if self.out.len() >= self.limits.max_segments {
+        if self.out.len() + self.remembered >= self.limits.max_segments {
             return Err(too_many_segments(&self.limits));
         }
         self.out.push(Segment {
@@ -601,11 +675,11 @@ impl<'a> Walker<'_, 'a> {
                         "`{key}` is given as token ids, which Conduit cannot read (the provider decodes them to text); send the text itself"
                     )));
                 }
-                ("messages", Kind::Array) => self.with_key(&key, |w| w.walk(v, Ctx::Messages, origin))?,
-                ("system" | "input", Kind::Array) => self.with_key(&key, |w| w.walk(v, Ctx::Blocks, origin))?,
+                ("messages", Kind::Array) => self.with_key(&key, |w| w.parts(v, &key, Ctx::Message, origin))?,
+                ("system" | "input", Kind::Array) => self.with_key(&key, |w| w.parts(v, &key, Ctx::Block, origin))?,
                 ("tools", Kind::Array) => {
                     tool_facts(doc, v, &mut facts);
-                    self.with_key(&key, |w| w.walk(v, Ctx::Tools, origin))?
+                    self.with_key(&key, |w| w.parts(v, &key, Ctx::Tools, origin))?
                 }
                 ("tool_choice", Kind::Object) => self.with_key(&key, |w| w.walk(v, Ctx::Block, origin))?,
                 // Any member the API does not define is scanned with its key, whatever its value.
@@ -632,6 +706,66 @@ impl<'a> Walker<'_, 'a> {
         let seen_unbounded = self.facts.unbounded_input;
         self.facts = facts;
         self.facts.unbounded_input |= seen_unbounded;
+        Ok(())
+    }
+
+    /// The elements of a root array (`messages`, `system`, `input`, `tools`), each read as
+    /// `item_ctx` — as parts when there is a [`Recall`] (as `walk` would read the array).
+    fn parts(&mut self, array: usize, member: &str, item_ctx: Ctx, origin: Origin) -> Result<(), Refusal> {
+        let doc = self.doc;
+        for (i, item) in doc.children(array).enumerate() {
+            self.with_index(i, |w| match w.recall {
+                None => w.walk(item, item_ctx, origin),
+                Some(recall) => w.part(item, member, item_ctx, origin, recall),
+            })?;
+        }
+        Ok(())
+    }
+
+    /// One part: remembered whole, or read (and its summary recorded for the memo).
+    fn part(
+        &mut self,
+        item: usize,
+        member: &str,
+        ctx: Ctx,
+        origin: Origin,
+        recall: &dyn Recall,
+    ) -> Result<(), Refusal> {
+        let key = part_key(member, self.doc, item);
+        let start = self.out.len();
+        if let Some(summary) = recall.recall(&key) {
+            // The limit holds as if the part were read: a body refused cold is refused warm.
+            if start + self.remembered + summary.segments as usize > self.limits.max_segments {
+                return Err(too_many_segments(&self.limits));
+            }
+            self.remembered += summary.segments as usize;
+            self.facts.unbounded_input |= summary.unbounded;
+            self.parts.push(Part {
+                key,
+                path: short_path(&self.path),
+                segments: start..start,
+                summary,
+                remembered: true,
+            });
+            return Ok(());
+        }
+        // Whether this part alone references unbounded input (the flag is the request's).
+        let before = std::mem::replace(&mut self.facts.unbounded_input, false);
+        let read = self.walk(item, ctx, origin);
+        let unbounded = self.facts.unbounded_input;
+        self.facts.unbounded_input |= before;
+        read?;
+        let end = self.out.len();
+        self.parts.push(Part {
+            key,
+            path: short_path(&self.path),
+            segments: start..end,
+            summary: PartSummary {
+                segments: (end - start) as u32,
+                unbounded,
+            },
+            remembered: false,
+        });
         Ok(())
     }
 
@@ -785,7 +919,6 @@ impl<'a> Walker<'_, 'a> {
             Kind::String => self.emit_string(node, origin),
             Kind::Array => {
                 let item_ctx = match ctx {
-                    Ctx::Messages => Ctx::Message,
                     Ctx::Blocks => Ctx::Block,
                     Ctx::Tools => Ctx::Tools,
                     other => other,
