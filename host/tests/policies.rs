@@ -454,6 +454,25 @@ async fn misbehaving_gateway(on_error: &str) -> Harness {
         .await
 }
 
+/// A policy's refusal of the whole request (`deny`) rests on text it was given: a resend — whose
+/// segments and parts the caches would otherwise answer, so the policy would not see that text
+/// again — is refused again. Verdicts of a refused scan are not remembered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_refusal_of_the_whole_request_holds_on_a_resend() {
+    let h = misbehaving_gateway("fail_closed").await;
+    let refused = body("please-deny this one");
+    for attempt in 1..=3 {
+        let r = h.messages(&refused).await;
+        assert_eq!(
+            r.status,
+            StatusCode::BAD_REQUEST,
+            "attempt {attempt}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+    }
+    assert_eq!(h.messages(&body("fine")).await.status, StatusCode::OK);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_policy_fails_closed_and_others_keep_flowing() {
     let h = misbehaving_gateway("fail_closed").await;

@@ -220,7 +220,7 @@ async fn run(gw: &Gateway, req: Request<Incoming>, ex: &mut accept::Exchange) ->
         )?;
         extracted.segments = whole.segments;
         extracted.parts = whole.parts;
-        scan::scan(
+        let again = scan::scan(
             &scanning(gw),
             ex,
             &principal,
@@ -230,6 +230,13 @@ async fn run(gw: &Gateway, req: Request<Incoming>, ex: &mut accept::Exchange) ->
             parts.uri.query(),
         )
         .await?;
+        if again != scan::Scanned::Done {
+            // Cannot happen (a body read without recall has no remembered part); if it did,
+            // the request is not forwarded unjudged.
+            return Err(GatewayError::internal(
+                "the policy scan could not judge this request's body",
+            ));
+        }
     }
 
     let admitted = admit::admit(&admission(gw), ex, &principal, &route, &extracted).await?;

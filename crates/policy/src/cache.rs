@@ -65,6 +65,10 @@ pub struct PartFinding {
     pub path: String,
     /// `path` is relative to the part's.
     pub relative: bool,
+    /// The segment's path was over the length kept and shown shortened (`a…z`): a relative path
+    /// then holds the ellipsis, and under a part path of another width it is shortened at a
+    /// slightly different place than a whole read would.
+    pub shortened: bool,
     /// The segment's origin (modes apply per origin).
     pub origin: Origin,
     /// The finding, relative to its segment.
@@ -112,6 +116,14 @@ impl<V: Clone> VerdictCache<V> {
     pub fn put(&self, key: Key, findings: V) {
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         g.insert_young(key, findings, self.capacity / 2);
+    }
+
+    /// Remembers several entries under one lock.
+    pub fn put_all(&self, entries: impl IntoIterator<Item = (Key, V)>) {
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        for (key, v) in entries {
+            g.insert_young(key, v, self.capacity / 2);
+        }
     }
 
     /// Entries held.

@@ -553,21 +553,30 @@ impl Policies {
                 }
             }
         }
-        if !any_failed {
-            for (slot, &i) in fresh_idx.iter().enumerate() {
-                self.cache.put(keys[i], new_findings[slot].clone());
-            }
+        // Verdicts are remembered only from a scan every policy answered without refusing the
+        // request as a whole: a policy's `deny` or a request-level finding may rest on text
+        // that a resend would no longer show it (its segments answered from the cache).
+        let rememberable = !any_failed && denies.is_empty() && request_level.is_empty();
+        if rememberable {
+            self.cache.put_all(
+                fresh_idx
+                    .iter()
+                    .enumerate()
+                    .map(|(slot, &i)| (keys[i], new_findings[slot].clone())),
+            );
         }
         for (slot, &i) in fresh_idx.iter().enumerate() {
             per_segment[i] = Some(std::mem::take(&mut new_findings[slot]));
         }
         // Parts read this time are remembered with their findings (not when a policy failed:
         // its verdict is missing).
-        if !any_failed {
-            for part in parts.iter().filter(|p| !p.remembered) {
-                let verdict = part_verdict(set.digest, part, segments, &per_segment);
-                self.parts.put(part.key, Arc::new(verdict));
-            }
+        if rememberable {
+            self.parts.put_all(
+                parts
+                    .iter()
+                    .filter(|p| !p.remembered)
+                    .filter_map(|p| Some((p.key, Arc::new(part_verdict(set.digest, p, segments, &per_segment)?)))),
+            );
         }
         let modes = self.modes.read().unwrap_or_else(|p| p.into_inner());
         let mut findings = Vec::new();
@@ -587,10 +596,10 @@ impl Policies {
                     category: f.category.clone(),
                     rule_id: f.rule_id.clone(),
                     segment: None,
-                    location: if pf.relative {
-                        format!("{}{}", part.path, pf.path)
-                    } else {
-                        pf.path.clone()
+                    location: match (pf.relative, pf.shortened) {
+                        (true, false) => conduit_wire::content::short_path(&format!("{}{}", part.path, pf.path)),
+                        (true, true) => format!("{}{}", part.path, pf.path),
+                        (false, _) => pf.path.clone(),
                     },
                     origin,
                     start: f.start,
@@ -719,13 +728,17 @@ impl Recall for Policies {
     }
 }
 
+/// Findings one remembered part may carry; a part with more is read each time (its segments'
+/// verdicts still come from the segment cache), so no one entry grows without bound.
+const MAX_PART_FINDINGS: usize = 64;
+
 /// A part's verdict from its segments' findings: paths relative to the part's own.
 fn part_verdict(
     set: [u8; 32],
     part: &Part,
     segments: &[Segment<'_>],
     per_segment: &[Option<Vec<CachedFinding>>],
-) -> PartVerdict {
+) -> Option<PartVerdict> {
     let mut findings = Vec::new();
     for i in part.segments.clone() {
         let (Some(segment), Some(Some(found))) = (segments.get(i), per_segment.get(i)) else {
@@ -739,16 +752,17 @@ fn part_verdict(
             findings.push(PartFinding {
                 path,
                 relative,
+                shortened: segment.path.contains('…'),
                 origin: segment.origin,
                 finding: f.clone(),
             });
         }
     }
-    PartVerdict {
+    (findings.len() <= MAX_PART_FINDINGS).then_some(PartVerdict {
         set,
         summary: part.summary,
         findings,
-    }
+    })
 }
 
 /// A policy's rule id as the host records it (store, audit, logs, block message): anything not

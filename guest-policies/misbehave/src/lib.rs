@@ -40,6 +40,10 @@ mod component {
                 if s.text.contains("please-log") {
                     log(Level::Warn, "misbehave was asked to log");
                 }
+                if s.text.contains("please-deny") {
+                    // A refusal of the whole request that rests on one segment's text.
+                    verdict = verdict.deny(400, "misbehave was asked to refuse this request");
+                }
                 if let Some(at) = s.text.find("please-find") {
                     verdict.push(Finding::at("test.marker", "please-find", i, at..at + 11, Severity::Low));
                 }

@@ -124,6 +124,10 @@ pub struct Part {
     pub remembered: bool,
 }
 
+/// Most parts one body is read as; further elements are read as usual. Claude Code's longest
+/// sessions send a few thousand messages; each part costs a hash and a memo lookup.
+pub const MAX_PARTS: usize = 4096;
+
 /// The key of a part: member name, the element's kind and its exact bytes.
 fn part_key(member: &str, doc: &Doc<'_>, item: usize) -> PartKey {
     let mut h = blake3::Hasher::new();
@@ -714,7 +718,11 @@ impl<'a> Walker<'_, 'a> {
     fn parts(&mut self, array: usize, member: &str, item_ctx: Ctx, origin: Origin) -> Result<(), Refusal> {
         let doc = self.doc;
         for (i, item) in doc.children(array).enumerate() {
-            self.with_index(i, |w| match w.recall {
+            // Only objects and arrays are parts (a lone string is one segment, which the
+            // segment cache already remembers), and at most MAX_PARTS of them: a body of
+            // millions of tiny elements costs no more than it did without the memo.
+            let as_part = matches!(doc.node(item).kind, Kind::Object | Kind::Array) && self.parts.len() < MAX_PARTS;
+            self.with_index(i, |w| match w.recall.filter(|_| as_part) {
                 None => w.walk(item, item_ctx, origin),
                 Some(recall) => w.part(item, member, item_ctx, origin, recall),
             })?;
@@ -1022,7 +1030,7 @@ impl<'a> Walker<'_, 'a> {
 
 /// Paths are recorded; a deep one is kept to its first and last parts (`MAX_PATH` bytes), so a
 /// body nested to the limit cannot make every segment carry kilobytes of path.
-fn short_path(path: &str) -> String {
+pub fn short_path(path: &str) -> String {
     const MAX_PATH: usize = 128;
     if path.len() <= MAX_PATH {
         return path.to_string();

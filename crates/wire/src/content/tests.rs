@@ -306,3 +306,42 @@ fn a_canary_anywhere_is_scanned_or_the_body_refused() {
     }
     assert!(refused < 300, "most bodies are valid ({refused} refused)");
 }
+
+/// Reading with a recall gives the same segments as without (nothing remembered), and only
+/// objects and arrays — at most `MAX_PARTS` — become parts: a body of many tiny elements costs
+/// no more hashing and memo work than that.
+#[test]
+fn parts_are_containers_and_bounded_and_read_the_same() {
+    struct Nothing;
+    impl Recall for Nothing {
+        fn recall(&self, _: &PartKey) -> Option<PartSummary> {
+            None
+        }
+    }
+    let mut messages: Vec<String> = (0..MAX_PARTS + 100)
+        .map(|i| format!(r#"{{"role":"user","content":"message {i}"}}"#))
+        .collect();
+    messages.push(r#""a bare string""#.into());
+    let body = format!(
+        r#"{{"model":"m","max_tokens":1,"system":"plain","messages":[{}]}}"#,
+        messages.join(",")
+    );
+    let limits = BodyLimits::default();
+    let plain = json(body.as_bytes(), Shape::Request, &limits).unwrap();
+    let read = json_recalling(body.as_bytes(), Shape::Request, &limits, Some(&Nothing)).unwrap();
+    assert_eq!(read.segments, plain.segments);
+    assert_eq!(read.facts, plain.facts);
+    assert!(plain.parts.is_empty(), "no recall, no parts");
+    assert_eq!(read.parts.len(), MAX_PARTS);
+    assert_eq!(read.parts[0].path, "messages[0]");
+    assert_eq!(
+        read.parts[0].segments,
+        2..3,
+        "after `model` and `system`, one segment each"
+    );
+    assert!(
+        read.parts
+            .iter()
+            .all(|p| p.path.starts_with("messages[") && p.summary.segments == 1)
+    );
+}
