@@ -12,7 +12,8 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
@@ -40,6 +41,61 @@ pub struct Sandbox {
 /// The epoch tick: deadlines are counted in these.
 const TICK: Duration = Duration::from_millis(1);
 
+/// Calls into guest code now running. The epoch ticker runs only while there is one: an idle
+/// gateway does not wake a thousand times a second (2 % of a core here, and the caches that
+/// the next request then finds cold).
+static IN_GUEST: InGuest = InGuest {
+    calls: AtomicUsize::new(0),
+    lock: Mutex::new(()),
+    began: Condvar::new(),
+};
+
+struct InGuest {
+    calls: AtomicUsize,
+    lock: Mutex<()>,
+    began: Condvar,
+}
+
+impl InGuest {
+    /// Blocks the ticker while no call runs (waking each second, so a dropped engine ends it).
+    /// `true`: a call is running; `false`: a second passed without one.
+    fn wait_for_a_call(&self) -> bool {
+        let mut guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        while self.calls.load(Ordering::Acquire) == 0 {
+            let (g, timeout) = self
+                .began
+                .wait_timeout(guard, Duration::from_secs(1))
+                .unwrap_or_else(|p| p.into_inner());
+            guard = g;
+            if timeout.timed_out() {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// Held for the length of a call into guest code: the ticker runs meanwhile.
+#[must_use = "the epoch ticks only while this is held"]
+struct Ticking;
+
+impl Ticking {
+    fn start() -> Ticking {
+        if IN_GUEST.calls.fetch_add(1, Ordering::AcqRel) == 0 {
+            // Under the lock: the ticker either sees the count or is already waiting.
+            let _guard = IN_GUEST.lock.lock().unwrap_or_else(|p| p.into_inner());
+            IN_GUEST.began.notify_all();
+        }
+        Ticking
+    }
+}
+
+impl Drop for Ticking {
+    fn drop(&mut self) {
+        IN_GUEST.calls.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// The process-wide engine, with its epoch ticker thread.
 pub fn engine() -> &'static Engine {
     static ENGINE: OnceLock<Engine> = OnceLock::new();
@@ -60,6 +116,7 @@ pub fn engine() -> &'static Engine {
             while let Some(engine) = ticker.upgrade() {
                 engine.increment_epoch();
                 drop(engine);
+                let _ = IN_GUEST.wait_for_a_call();
                 std::thread::sleep(TICK);
             }
         });
@@ -423,7 +480,7 @@ impl Prepared {
             max_idle: std::thread::available_parallelism().map(|n| n.get() * 2).unwrap_or(4),
         };
         let mut first = prepared.instantiate_bare()?;
-        arm(&mut first.store, sandbox.timeout * 100);
+        let _ticking = arm(&mut first.store, sandbox.timeout * 100);
         let description = first
             .bindings
             .call_describe(&mut first.store)
@@ -461,7 +518,7 @@ impl Prepared {
                 .call
                 .map_or(wasmtime::UpdateDeadline::Interrupt, |c| c.update()))
         });
-        arm(&mut store, self.sandbox.timeout * 100);
+        let _ticking = arm(&mut store, self.sandbox.timeout * 100);
         let bindings = self
             .pre
             .instantiate(&mut store)
@@ -471,7 +528,7 @@ impl Prepared {
 
     fn configure(&self, inst: &mut Instance) -> Result<(), String> {
         // Configuration may build large automata (100k terms): give it a generous deadline.
-        arm(&mut inst.store, Duration::from_secs(30));
+        let _ticking = arm(&mut inst.store, Duration::from_secs(30));
         match inst.bindings.call_configure(&mut inst.store, &self.config_json) {
             Ok(Ok(())) => Ok(()),
             Ok(Err(msg)) => Err(format!("refused its configuration: {msg}")),
@@ -524,8 +581,10 @@ impl Prepared {
         let mut inst = self.acquire().map_err(Failure::Trap)?;
         let bytes: usize = segments.iter().map(|s| s.text.len()).sum();
         let deadline = self.sandbox.timeout + self.sandbox.per_mib.mul_f64(bytes as f64 / (1 << 20) as f64);
-        arm(&mut inst.store, deadline);
-        match inst.bindings.call_evaluate(&mut inst.store, info, segments) {
+        let ticking = arm(&mut inst.store, deadline);
+        let called = inst.bindings.call_evaluate(&mut inst.store, info, segments);
+        drop(ticking);
+        match called {
             Ok(v) => {
                 self.release(inst);
                 Ok(v)
@@ -541,10 +600,13 @@ impl Prepared {
     }
 }
 
-/// Starts a call's deadline of `budget` (CPU time; see [`CallClock`]).
-fn arm(store: &mut Store<HostState>, budget: Duration) {
+/// Starts a call's deadline of `budget` (CPU time; see [`CallClock`]); the epoch ticks while
+/// the returned guard is held.
+fn arm(store: &mut Store<HostState>, budget: Duration) -> Ticking {
+    let ticking = Ticking::start();
     store.data_mut().call = Some(CallClock::start(budget));
     store.set_epoch_deadline(ticks(budget));
+    ticking
 }
 
 fn ticks(d: Duration) -> u64 {
@@ -583,6 +645,22 @@ fn first_line(e: &wasmtime::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The ticker sleeps while no guest code runs, and a call wakes it at once (not at its
+    /// one-second timeout: a runaway guest would run that long).
+    #[test]
+    fn a_call_wakes_the_sleeping_ticker() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiter = std::thread::spawn(move || {
+            tx.send(()).unwrap();
+            IN_GUEST.wait_for_a_call()
+        });
+        rx.recv().unwrap();
+        std::thread::sleep(Duration::from_millis(50)); // the waiter is waiting
+        let ticking = Ticking::start();
+        assert!(waiter.join().unwrap(), "woken by the call, not by the timeout");
+        drop(ticking);
+    }
 
     #[test]
     fn the_deadline_counts_cpu_time_with_a_wall_clock_backstop() {
