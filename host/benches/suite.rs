@@ -1154,11 +1154,11 @@ fn proc_status(pid: u32, field: &str) -> Option<u64> {
 }
 
 /// RSS idle and with `n` streams open (the mock stalls after the first events).
-async fn memory(sys: &System, n: usize) -> Value {
+async fn memory(sys: &System, n: usize, quiet: Duration) -> Value {
     let pid = sys.pid.expect("a process");
     // Idle means idle: quiet for two of the gateway's idle checks (it returns freed heap to the
-    // OS once quiet; nginx's figure does not move).
-    tokio::time::sleep(conduit_gateway::gateway::IDLE_CHECK_EVERY * 2 + Duration::from_secs(1)).await;
+    // OS once quiet; nginx's figure does not move). The smoke does not wait.
+    tokio::time::sleep(quiet).await;
     let idle = rss_kib(pid);
     let w = Workload {
         body: body_kib(4, true),
@@ -1715,7 +1715,12 @@ async fn measure_refs(args: &Args, sizes: &Sizes, systems: &[&System], mock: Soc
         for s in systems.iter().filter(|s| s.pid.is_some()) {
             let _p = pause_peers(systems, Some(&s.name));
             eprintln!("memory: {} streams through {}", sizes.streams, s.name);
-            m.insert(s.name.clone(), memory(s, sizes.streams).await);
+            let quiet = if args.smoke {
+                Duration::ZERO
+            } else {
+                conduit_gateway::gateway::IDLE_CHECK_EVERY * 2 + Duration::from_secs(1)
+            };
+            m.insert(s.name.clone(), memory(s, sizes.streams, quiet).await);
         }
         report["memory"] = Value::Object(m);
     }

@@ -199,7 +199,11 @@ fn remembered_parts_are_not_read_again_and_keep_their_verdict() {
     // Cold: every part read; the verdict blocks at the secret's path.
     let cold = read(&body1, &limits).unwrap();
     assert!(cold.parts.iter().all(|p| !p.remembered));
-    assert_eq!(cold.parts.len(), 5, "system[0], tools[0], messages[0..3]");
+    let paths: Vec<&str> = cold.parts.iter().map(|p| p.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        ["system[0]", "tools", "messages[0]", "messages[1]", "messages[2]"]
+    );
     let cold_out = p
         .scan_parts(&info("claude-sonnet-4-5"), &cold.segments, &cold.parts)
         .unwrap();

@@ -85,8 +85,8 @@ pub struct Extracted<'a> {
     pub parts: Vec<Part>,
 }
 
-/// A part of a request: one element of its `messages`, `system`, `input` or `tools` array,
-/// known by a BLAKE3 hash of the member's name and the element's exact bytes. An agent resends
+/// A part of a request: one element of its `messages`, `system` or `input` array, or its whole
+/// `tools` array, known by a BLAKE3 hash of the member's name and the exact bytes. An agent resends
 /// its whole conversation and every tool definition each turn; a part seen before (same bytes,
 /// same place in the API) gives the same segments and the same verdict, so it is neither read
 /// nor scanned again — its remembered verdict applies (see `conduit_policy`'s part memo).
@@ -683,7 +683,13 @@ impl<'a> Walker<'_, 'a> {
                 ("system" | "input", Kind::Array) => self.with_key(&key, |w| w.parts(v, &key, Ctx::Block, origin))?,
                 ("tools", Kind::Array) => {
                     tool_facts(doc, v, &mut facts);
-                    self.with_key(&key, |w| w.parts(v, &key, Ctx::Tools, origin))?
+                    // The tool definitions are one part: a client resends the same set every
+                    // turn, and one hash over the whole array runs at BLAKE3's parallel speed
+                    // (per-definition hashes of a few hundred bytes each run at its one-block speed).
+                    self.with_key(&key, |w| match w.recall {
+                        None => w.walk(v, Ctx::Tools, origin),
+                        Some(recall) => w.part(v, &key, Ctx::Tools, origin, recall),
+                    })?
                 }
                 ("tool_choice", Kind::Object) => self.with_key(&key, |w| w.walk(v, Ctx::Block, origin))?,
                 // Any member the API does not define is scanned with its key, whatever its value.
