@@ -9,6 +9,7 @@
 //! authenticate  stand-in key → principal (key id, owner, team); 401     stages::authenticate
 //! inspect       bounded body read, original bytes kept; one strict parse: stages::inspect
 //!               facts (model, stream, max output…) and every text segment
+//!               (parts the policy runtime remembers are not read again)
 //!   (route)     finalize: URLs that need the model; recorded vs judged model  route::finalize
 //! scan          Wasm policies on the body's text, the query and the     stages::scan
 //!               headers that will be forwarded → findings; block/403
