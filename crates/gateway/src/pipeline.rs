@@ -198,7 +198,7 @@ async fn run(gw: &Gateway, req: Request<Incoming>, ex: &mut accept::Exchange) ->
         &route.upstream.fixed_headers,
     );
 
-    let scanned = scan::scan(
+    while scan::scan(
         &scanning(gw),
         ex,
         &principal,
@@ -207,10 +207,18 @@ async fn run(gw: &Gateway, req: Request<Incoming>, ex: &mut accept::Exchange) ->
         &headers,
         parts.uri.query(),
     )
-    .await?;
-    if scanned == scan::Scanned::ReadAgain {
+    .await?
+        == scan::Scanned::ReadAgain
+    {
         // A remembered part lost its verdict between reading and scanning (evicted, or the set
-        // reloaded): the body is read whole — the same facts — and scanned once more.
+        // reloaded): the body is read whole — the same facts — and scanned once more. A body read
+        // whole has no remembered part, so this happens at most once; a ReadAgain without one
+        // is refused, never forwarded unjudged.
+        if extracted.parts.iter().all(|p| !p.remembered) {
+            return Err(GatewayError::internal(
+                "the policy scan could not judge this request's body",
+            ));
+        }
         let whole = inspect::extract(
             &body,
             &parts.headers,
@@ -221,23 +229,6 @@ async fn run(gw: &Gateway, req: Request<Incoming>, ex: &mut accept::Exchange) ->
         )?;
         extracted.segments = whole.segments;
         extracted.parts = whole.parts;
-        let again = scan::scan(
-            &scanning(gw),
-            ex,
-            &principal,
-            &route,
-            &mut extracted,
-            &headers,
-            parts.uri.query(),
-        )
-        .await?;
-        if again != scan::Scanned::Done {
-            // Cannot happen (a body read without recall has no remembered part); if it did,
-            // the request is not forwarded unjudged.
-            return Err(GatewayError::internal(
-                "the policy scan could not judge this request's body",
-            ));
-        }
     }
 
     let admitted = admit::admit(&admission(gw), ex, &principal, &route, &extracted).await?;

@@ -112,12 +112,6 @@ impl<V: Clone> VerdictCache<V> {
         Some(out)
     }
 
-    /// Remembers the findings for `key`.
-    pub fn put(&self, key: Key, findings: V) {
-        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        g.insert_young(key, findings, self.capacity / 2);
-    }
-
     /// Remembers several entries under one lock.
     pub fn put_all(&self, entries: impl IntoIterator<Item = (Key, V)>) {
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
@@ -163,9 +157,9 @@ mod tests {
         let c: VerdictCache = VerdictCache::new(100);
         let d = [7u8; 32];
         let hot = key(&d, "hot");
-        c.put(hot, vec![]);
+        c.put_all([(hot, vec![])]);
         for i in 0..1000 {
-            c.put(key(&d, &i.to_string()), vec![]);
+            c.put_all([(key(&d, &i.to_string()), vec![])]);
             assert!(c.get(&hot).is_some(), "a used entry is kept ({i})");
             assert!(c.len() <= 100);
         }
