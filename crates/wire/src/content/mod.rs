@@ -128,6 +128,12 @@ pub struct Part {
 /// sessions send a few thousand messages; each part costs a hash and a memo lookup.
 pub const MAX_PARTS: usize = 4096;
 
+/// The recall to read the next part with: none once a body has `MAX_PARTS` parts (the rest is
+/// read as usual) — one bound for every kind of part, batch items' `params` included.
+fn recall_below_max(recall: Option<&dyn Recall>, parts: usize) -> Option<&dyn Recall> {
+    recall.filter(|_| parts < MAX_PARTS)
+}
+
 /// The key of a part: member name, the element's kind and its exact bytes.
 fn part_key(member: &str, doc: &Doc<'_>, item: usize) -> PartKey {
     let mut h = blake3::Hasher::new();
@@ -686,7 +692,8 @@ impl<'a> Walker<'_, 'a> {
                     // The tool definitions are one part: a client resends the same set every
                     // turn, and one hash over the whole array runs at BLAKE3's parallel speed
                     // (per-definition hashes of a few hundred bytes each run at its one-block speed).
-                    self.with_key(&key, |w| match w.recall {
+                    let recall = recall_below_max(self.recall, self.parts.len());
+                    self.with_key(&key, |w| match recall {
                         None => w.walk(v, Ctx::Tools, origin),
                         Some(recall) => w.part(v, &key, Ctx::Tools, origin, recall),
                     })?
@@ -727,8 +734,9 @@ impl<'a> Walker<'_, 'a> {
             // Only objects and arrays are parts (a lone string is one segment, which the
             // segment cache already remembers), and at most MAX_PARTS of them: a body of
             // millions of tiny elements costs no more than it did without the memo.
-            let as_part = matches!(doc.node(item).kind, Kind::Object | Kind::Array) && self.parts.len() < MAX_PARTS;
-            self.with_index(i, |w| match w.recall.filter(|_| as_part) {
+            let recall = recall_below_max(self.recall, self.parts.len())
+                .filter(|_| matches!(doc.node(item).kind, Kind::Object | Kind::Array));
+            self.with_index(i, |w| match recall {
                 None => w.walk(item, item_ctx, origin),
                 Some(recall) => w.part(item, member, item_ctx, origin, recall),
             })?;

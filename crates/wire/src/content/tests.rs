@@ -345,3 +345,27 @@ fn parts_are_containers_and_bounded_and_read_the_same() {
             .all(|p| p.path.starts_with("messages[") && p.summary.segments == 1)
     );
 }
+
+/// The bound holds for every kind of part: a batch whose every item carries its own `tools`
+/// (each one part) is read as parts only up to `MAX_PARTS`.
+#[test]
+fn tool_definition_parts_are_bounded_too() {
+    struct Nothing;
+    impl Recall for Nothing {
+        fn recall(&self, _: &PartKey) -> Option<PartSummary> {
+            None
+        }
+    }
+    let items: Vec<String> = (0..MAX_PARTS + 50)
+        .map(|i| {
+            format!(r#"{{"custom_id":"c{i}","params":{{"model":"m","max_tokens":1,"tools":[{{"name":"t{i}"}}]}}}}"#)
+        })
+        .collect();
+    let body = format!(r#"{{"requests":[{}]}}"#, items.join(","));
+    let limits = BodyLimits::default();
+    let plain = json(body.as_bytes(), Shape::AnthropicBatch, &limits).unwrap();
+    let read = json_recalling(body.as_bytes(), Shape::AnthropicBatch, &limits, Some(&Nothing)).unwrap();
+    assert_eq!(read.parts.len(), MAX_PARTS);
+    assert_eq!(read.segments, plain.segments);
+    assert_eq!(read.parts[0].path, "requests[0].params.tools");
+}
